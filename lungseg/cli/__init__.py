@@ -1,0 +1,71 @@
+"""The ``lungseg`` command line: a thin layer over the library.
+
+Each subcommand lives in its own module here with two functions, ``add_parser(subparsers)``
+and ``run(args) -> int``. Modules import only argparse-level things at import time; the heavy
+libraries (torch, mlflow, kfp, great-expectations) are imported inside ``run`` so that
+``lungseg --help`` answers fast.
+
+Errors derived from :class:`lungseg.errors.LungsegError` are printed as ``error: <message>``
+and exit with their ``exit_code``; anything else is a bug and propagates with its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from lungseg import __version__
+
+#: subcommand name → module under ``lungseg.cli``
+SUBCOMMANDS = {
+    "preprocess": "preprocess",
+    "train": "train",
+    "evaluate": "evaluate",
+    "register": "register",
+    "models": "models",
+}
+
+#: entry-point group through which other packages add subcommands (``pipelines`` adds ``pipeline``)
+PLUGIN_GROUP = "lungseg.subcommands"
+
+
+def _subcommand_modules():
+    for module_name in SUBCOMMANDS.values():
+        yield importlib.import_module(f"lungseg.cli.{module_name}")
+    from importlib.metadata import entry_points
+
+    for ep in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
+        yield ep.load()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lungseg",
+        description="Train, track and ship lung CT segmentation models (LG-Net, PR-Net, baselines).",
+    )
+    parser.add_argument("--version", action="version", version=f"lungseg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in _subcommand_modules():
+        sp = module.add_parser(sub)
+        sp.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lungseg.errors import LungsegError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except LungsegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""``lungseg evaluate``: per-image metrics, summary JSON, figures; logged to MLflow."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from lungseg.cli._common import add_params_argument, load
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("evaluate", help="evaluate a trained model on a split")
+    p.add_argument("--model", type=Path, required=True, help="training output folder (from lungseg train)")
+    p.add_argument("--data", type=Path, required=True, help="preprocessed dataset folder")
+    p.add_argument("--output", type=Path, required=True, help="folder for the report (replaced atomically)")
+    add_params_argument(p)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    params = load(args)  # config errors surface before heavy imports
+    from lungseg.evaluation import evaluate
+    result = evaluate(params, model_dir=args.model, data_dir=args.data, output_dir=args.output)
+    print(result.describe())
+    return 0

@@ -1,0 +1,39 @@
+import subprocess
+import sys
+import time
+
+from lungseg.cli import main
+
+
+def test_help_is_fast_and_lazy():
+    """`lungseg --help` must not import torch/mlflow/kfp (it answers in well under 2 s)."""
+    code = (
+        "import sys, contextlib, io\n"
+        "from lungseg.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try: main(['--help'])\n"
+        "    except SystemExit: pass\n"
+        "heavy = [m for m in ('torch', 'mlflow', 'kfp', 'great_expectations', 'pandas', 'monai') if m in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    elapsed = time.perf_counter() - t0
+    assert out.stdout.strip() == "", f"heavy modules imported by --help: {out.stdout}"
+    assert elapsed < 2.0
+
+
+def test_every_subcommand_is_listed():
+    out = subprocess.run([sys.executable, "-m", "lungseg.cli", "--help"], capture_output=True, text=True, check=True)
+    for name in ("preprocess", "train", "evaluate", "register", "models", "pipeline"):
+        assert name in out.stdout
+
+
+def test_config_error_is_one_line_and_nonzero(tmp_path, capsys):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("train: {epochs: many}\n")
+    code = main(["preprocess", "--dataset", "medseg", "--input", str(tmp_path), "--output", str(tmp_path / "o"),
+                 "--params", str(bad)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "train.epochs: expected an integer" in err
