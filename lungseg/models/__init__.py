@@ -1,0 +1,61 @@
+"""The model zoo: ``create_model(name, **kwargs)`` and ``list_models()``.
+
+Every model takes the same vocabulary ``in_channels=1, num_classes=1, base_channels=64`` (plus
+model-specific keyword arguments documented in its module), returns logits
+``(B, num_classes, H, W)`` and has a ``size_divisor`` attribute: H and W must be multiples of it,
+otherwise ``forward`` raises ``ValueError``.
+
+Model modules are imported on first use, so importing this package stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+from torch import nn
+
+# name → (module, class). Order = the order of ``list_models()`` and of the docs table.
+_REGISTRY: dict[str, tuple[str, str]] = {
+    "unet": ("unet", "UNet"),
+    "attention_unet": ("attention_unet", "AttentionUNet"),
+    "unetpp": ("unetpp", "UNetPlusPlus"),
+    "segnet": ("segnet", "SegNet"),
+    "u2net_p": ("u2net", "U2NetP"),
+    "lgnet": ("lgnet", "LGNet"),
+    "prnet": ("prnet", "PRNet"),
+}
+
+
+def _available() -> dict[str, tuple[str, str]]:
+    out = {}
+    for name, (mod, cls) in _REGISTRY.items():
+        if importlib.util.find_spec(f"{__name__}.{mod}") is not None:
+            out[name] = (mod, cls)
+    return out
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create_model`, in a stable order."""
+    return list(_available())
+
+
+def model_class(name: str) -> type[nn.Module]:
+    """The class registered under ``name`` (``ValueError`` listing the valid names otherwise)."""
+    avail = _available()
+    if name not in avail:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(avail)}")
+    mod, cls = avail[name]
+    return getattr(importlib.import_module(f"{__name__}.{mod}"), cls)
+
+
+def create_model(
+    name: str, *, in_channels: int = 1, num_classes: int = 1, base_channels: int = 64, **kwargs
+) -> nn.Module:
+    """Build model ``name``; ``kwargs`` are that model's own options (see its module docstring)."""
+    return model_class(name)(
+        in_channels=in_channels, num_classes=num_classes, base_channels=base_channels, **kwargs
+    )
+
+
+__all__ = ["create_model", "list_models", "model_class"]

@@ -1,0 +1,199 @@
+"""Building blocks shared by every model of the zoo.
+
+Notation (see ``/work/shared/design/architecture.md``): CBR = Conv→BatchNorm→ReLU,
+CIR = Conv→InstanceNorm→ReLU. Convolutions followed by a norm have ``bias=False``
+(the norm's shift makes a bias redundant, and a bias before BatchNorm gets no gradient).
+
+Everything a model needs twice lives here (or in :mod:`lungseg.models.attention`), so that
+model files only wire blocks together.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Norm = Literal["batch", "instance", "none"]
+
+
+def _norm(kind: Norm, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "instance":
+        # affine=True so the norm has learnable scale/shift like BN (PyTorch's default is False).
+        return nn.InstanceNorm2d(channels, affine=True)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm {kind!r} (valid: batch, instance, none)")
+
+
+class ConvNormAct(nn.Sequential):
+    """Conv(k×k, 'same' padding, optional dilation) → norm → ReLU (ReLU optional).
+
+    ``norm="batch"`` gives CBR, ``norm="instance"`` gives CIR. The conv has a bias only when no
+    norm follows it.
+    """
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel_size: int = 3,
+        *,
+        dilation: int = 1,
+        norm: Norm = "batch",
+        act: bool = True,
+    ):
+        pad = dilation * (kernel_size - 1) // 2
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_ch, out_ch, kernel_size, padding=pad, dilation=dilation, bias=norm == "none"),
+            _norm(norm, out_ch),
+        ]
+        if act:
+            layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
+
+
+def cbr(in_ch: int, out_ch: int, kernel_size: int = 3, *, dilation: int = 1) -> ConvNormAct:
+    """Conv → BatchNorm → ReLU."""
+    return ConvNormAct(in_ch, out_ch, kernel_size, dilation=dilation, norm="batch")
+
+
+def cir(in_ch: int, out_ch: int, kernel_size: int = 3, *, dilation: int = 1) -> ConvNormAct:
+    """Conv → InstanceNorm(affine) → ReLU."""
+    return ConvNormAct(in_ch, out_ch, kernel_size, dilation=dilation, norm="instance")
+
+
+class DoubleConv(nn.Sequential):
+    """Two 3×3 conv-norm-ReLU (the U-Net stage): ``in → mid → out`` (``mid`` defaults to ``out``)."""
+
+    def __init__(self, in_ch: int, out_ch: int, mid_ch: int | None = None, *, norm: Norm = "batch"):
+        mid = out_ch if mid_ch is None else mid_ch
+        super().__init__(ConvNormAct(in_ch, mid, 3, norm=norm), ConvNormAct(mid, out_ch, 3, norm=norm))
+
+
+class ConvStack(nn.Sequential):
+    """``n`` 3×3 CBR in series (VGG/SegNet stage): ``in → out → … → out``."""
+
+    def __init__(self, in_ch: int, out_ch: int, n: int):
+        super().__init__(*[cbr(in_ch if i == 0 else out_ch, out_ch) for i in range(n)])
+
+
+class SqueezeExcite(nn.Module):
+    """Channel gate ``s = σ(W2·ReLU(W1·GAP(u)))`` (Hu et al.); returns ``s`` of shape (B,C,1,1).
+
+    ``W1`` reduces ``C`` to ``max(1, C // reduction)``; both are 1×1 convs with bias (= FC layers).
+    """
+
+    def __init__(self, channels: int, reduction: int = 16):
+        super().__init__()
+        hidden = max(1, channels // reduction)
+        self.fc1 = nn.Conv2d(channels, hidden, 1)
+        self.fc2 = nn.Conv2d(hidden, channels, 1)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        z = F.adaptive_avg_pool2d(u, 1)  # (B, C, 1, 1)   Eq. 11 (squeeze)
+        return torch.sigmoid(self.fc2(F.relu(self.fc1(z))))  # (B, C, 1, 1)   Eq. 12 (excite)
+
+
+class RSEBlock(nn.Module):
+    """Residual squeeze-and-excitation block of LG-Net (§2.4, Eq. 11–13).
+
+    ``x' = Conv1×1(x)``; ``u = BN(Dropout(Conv3×3(x')))``; ``s = SE(u)`` with reduction 6;
+    ``y = x' + u ⊙ s``. ``Conv1×1`` keeps its bias (no norm follows it); ``Conv3×3`` has none
+    (BN follows it, after the dropout). Dropout is channel-wise (``Dropout2d``), p = 0.1 by default
+    (the paper gives no rate).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, *, reduction: int = 6, dropout: float = 0.1):
+        super().__init__()
+        self.proj = nn.Conv2d(in_ch, out_ch, 1)
+        self.conv = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
+        self.drop = nn.Dropout2d(dropout)
+        self.bn = nn.BatchNorm2d(out_ch)
+        self.se = SqueezeExcite(out_ch, reduction)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(x)  # (B, out, H, W)
+        u = self.bn(self.drop(self.conv(x)))  # (B, out, H, W)
+        return x + u * self.se(u)  # (B, out, H, W)   Eq. 13
+
+
+class UpConv(nn.Module):
+    """×2 up-sampling that maps ``in_ch → out_ch`` channels.
+
+    ``mode="transpose"``: ConvTranspose 2×2 stride 2 with bias (Ronneberger's "up-conv 2×2").
+    ``mode="bilinear"``: bilinear ×2 (``align_corners=False``) then CBR 1×1 (LG-Net's decoder).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, mode: Literal["transpose", "bilinear"] = "transpose"):
+        super().__init__()
+        if mode not in ("transpose", "bilinear"):
+            raise ValueError(f"unknown up-sampling mode {mode!r} (valid: transpose, bilinear)")
+        self.mode = mode
+        if mode == "transpose":
+            self.up = nn.ConvTranspose2d(in_ch, out_ch, 2, stride=2)
+        else:
+            self.up = cbr(in_ch, out_ch, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "bilinear":
+            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)  # (B, in, 2H, 2W)
+        return self.up(x)  # (B, out, 2H, 2W)
+
+
+def upsample_like(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Bilinear resize of ``x`` to the spatial size of ``ref`` (no-op when equal)."""
+    if x.shape[-2:] == ref.shape[-2:]:
+        return x
+    return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def widths(base: int, n: int = 5) -> list[int]:
+    """Encoder widths ``base·(1, 2, 4, …)`` (5 levels: the U-Net frame)."""
+    if base < 1:
+        raise ValueError(f"base_channels must be >= 1, got {base}")
+    return [base * 2**i for i in range(n)]
+
+
+class SegmentationModel(nn.Module):
+    """Base class: holds the common vocabulary and checks the input size.
+
+    Subclasses set ``size_divisor`` (H and W must be multiples of it) and call
+    :meth:`check_input` at the top of ``forward``.
+    """
+
+    size_divisor: int = 16
+
+    def __init__(self, in_channels: int, num_classes: int, base_channels: int):
+        super().__init__()
+        for name, v in (("in_channels", in_channels), ("num_classes", num_classes), ("base_channels", base_channels)):
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.base_channels = base_channels
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 4:
+            raise ValueError(f"{type(self).__name__} expects (B, C, H, W), got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"{type(self).__name__} expects {self.in_channels} input channel(s), got {x.shape[1]}"
+            )
+        h, w = x.shape[-2:]
+        d = self.size_divisor
+        if h % d or w % d:
+            raise ValueError(
+                f"input {h}×{w} is not a multiple of {d} ({type(self).__name__} down-samples by {d}); "
+                f"pad or crop H and W to a multiple of {d}"
+            )
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_channels={self.in_channels}, num_classes={self.num_classes}, "
+            f"base_channels={self.base_channels}, size_divisor={self.size_divisor}"
+        )
