@@ -1,7 +1,8 @@
 """Low-level readers for the file formats of CT data; every failure is a :class:`DataError`.
 
 Libraries made for the field do the decoding: PIL for PNG/JPG, tifffile for TIFF, nibabel for
-NIfTI, SimpleITK for DICOM series (it applies RescaleSlope/RescaleIntercept, so values are HU),
+NIfTI, pydicom for DICOM series (RescaleSlope/RescaleIntercept applied, so values are HU) and SimpleITK
+for mask volumes,
 h5py for HDF5. The functions here return raw arrays in the file's own units; normalisation to
 [0, 1] lives in :mod:`lungseg.data.transforms`.
 """
@@ -74,34 +75,55 @@ def read_nifti(path: str | Path):
 
 
 def read_dicom_series(folder: str | Path):
-    """``(volume (Z, Y, X) float32 in HU, spacing (z, y, x), origin, direction)`` of one DICOM series.
+    """``(volume (Z, Y, X) float32 in HU, spacing (z, y, x), origin (x, y, z), direction 3×3 flat)``.
 
-    SimpleITK's ``ImageSeriesReader`` sorts the slices by position and applies the rescale
-    slope/intercept, so the values are Hounsfield units.
+    pydicom reads every file of ``folder`` (one series expected); slices are sorted by their
+    position along the slice normal (ImagePositionPatient · (row × column cosines)) and converted
+    to HU with each slice's own RescaleSlope / RescaleIntercept. The geometry is returned in
+    SimpleITK's convention (spacing x, y, z reversed to z, y, x; direction row-major with one column
+    per voxel axis) so it can be compared with a mask volume read by SimpleITK. (SimpleITK's GDCM
+    reader was not used because it returned stored values without the rescale for series written
+    by SimpleITK itself.)
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(folder, "DICOM series folder not found")
-    import SimpleITK as sitk
+    import pydicom
 
-    reader = sitk.ImageSeriesReader()
-    try:
-        ids = reader.GetGDCMSeriesIDs(str(folder))
-    except RuntimeError as exc:
-        raise DataError(folder, f"cannot scan for DICOM series: {exc}") from exc
-    if not ids:
-        raise DataError(folder, "no DICOM series found")
-    if len(ids) > 1:
-        raise DataError(folder, f"{len(ids)} DICOM series in one folder (expected one per folder)")
-    files = reader.GetGDCMSeriesFileNames(str(folder), ids[0])
-    reader.SetFileNames(files)
-    try:
-        img = reader.Execute()
-    except RuntimeError as exc:
-        raise DataError(folder, f"cannot read DICOM series: {exc}") from exc
-    vol = sitk.GetArrayFromImage(img).astype(np.float32)
-    spacing = tuple(float(s) for s in img.GetSpacing())[::-1]
-    return vol, spacing, tuple(img.GetOrigin()), tuple(img.GetDirection())
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise DataError(folder, "no DICOM files")
+    slices = []
+    for path in files:
+        try:
+            ds = pydicom.dcmread(path)
+            pixels = ds.pixel_array.astype(np.float32)
+            slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
+            intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
+            iop = np.asarray([float(v) for v in ds.ImageOrientationPatient])
+            ipp = np.asarray([float(v) for v in ds.ImagePositionPatient])
+            pix = [float(v) for v in ds.PixelSpacing]  # (row spacing, column spacing)
+            series = str(ds.SeriesInstanceUID)
+        except Exception as exc:  # pydicom raises many types for non-DICOM / incomplete files
+            raise DataError(path, f"cannot read DICOM slice ({type(exc).__name__}: {exc})") from exc
+        slices.append((path, series, pixels * slope + intercept, iop, ipp, pix))
+    uids = sorted({s[1] for s in slices})
+    if len(uids) > 1:
+        raise DataError(folder, f"{len(uids)} DICOM series in one folder (expected one per folder)")
+    row_cos, col_cos = slices[0][3][:3], slices[0][3][3:]
+    normal = np.cross(row_cos, col_cos)
+    slices.sort(key=lambda s: float(np.dot(s[4], normal)))
+    shapes = {s[2].shape for s in slices}
+    if len(shapes) > 1:
+        raise DataError(folder, f"slices of different sizes {sorted(shapes)}")
+    positions = np.asarray([np.dot(s[4], normal) for s in slices])
+    dz = float(np.median(np.diff(positions))) if len(slices) > 1 else 1.0
+    if len(slices) > 1 and not np.allclose(np.diff(positions), dz, atol=1e-2 * max(abs(dz), 1e-6)):
+        raise DataError(folder, "slices are not evenly spaced (missing slice?)")
+    vol = np.stack([s[2] for s in slices]).astype(np.float32)
+    row_sp, col_sp = slices[0][5]
+    direction = np.stack([row_cos, col_cos, normal], axis=1).reshape(-1)
+    return vol, (dz, row_sp, col_sp), tuple(slices[0][4]), tuple(direction)
 
 
 def read_sitk_volume(path: str | Path):

@@ -55,7 +55,7 @@ General layouts:
     posterior, columns = right → left, the radiological view). Patient id = volume name, so splits
     are patient-level.
 ``dicom``
-    One folder per case: ``<case>/image/`` holds one DICOM series (SimpleITK ``ImageSeriesReader``,
+    One folder per case: ``<case>/image/`` holds one DICOM series (pydicom, sorted by position,
     rescale slope/intercept applied → HU), ``<case>/mask.*`` a mask volume SimpleITK reads (NIfTI,
     NRRD, MHA) on the same grid (size, spacing, origin, direction checked). Patient id = case name.
 
