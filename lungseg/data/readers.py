@@ -217,8 +217,6 @@ def _read_jcs_list(path: Path, root: Path) -> list[str]:
 def read_medseg(input_dir: Path, cfg) -> RawDataset:
     img_dir = _require_dir(input_dir / "tr_im", "MedSeg image (tr_im)")
     mask_dir = _require_dir(input_dir / "tr_mask_new", "MedSeg mask (tr_mask_new)")
-    train_list = set(_read_jcs_list(input_dir / "train.txt", input_dir))
-    test_list = set(_read_jcs_list(input_dir / "test.txt", input_dir))
     images = _files(img_dir, (".png",))
     if not images:
         raise DataError(img_dir, "no PNG images")
@@ -228,6 +226,8 @@ def read_medseg(input_dir: Path, cfg) -> RawDataset:
         if not mask.is_file():
             raise DataError(img, f"image has no mask (expected {mask})")
         pairs.append((img, mask))
+    train_list = set(_read_jcs_list(input_dir / "train.txt", input_dir))
+    test_list = set(_read_jcs_list(input_dir / "test.txt", input_dir))
     overlap = train_list & test_list
     rel = {img: f"tr_im/{img.name}" for img, _ in pairs}
     neither = [img for img, _ in pairs if rel[img] not in train_list | test_list]
