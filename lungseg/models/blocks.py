@@ -145,6 +145,37 @@ class UpConv(nn.Module):
         return self.up(x)  # (B, out, 2H, 2W)
 
 
+class DecoderStage(nn.Module):
+    """Up-sample the deeper map (``in_ch → out_ch``), merge it with the skip (``out_ch``), double CBR.
+
+    ``fuse(skip, up)`` must return ``2·out_ch`` channels; default: ``concat(skip, up)`` (U-Net).
+    LG-Net passes its FF module, Attention U-Net its attention gate.
+    """
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        up: Literal["transpose", "bilinear"] = "transpose",
+        fuse: nn.Module | None = None,
+    ):
+        super().__init__()
+        self.up = UpConv(in_ch, out_ch, up)
+        self.fuse = fuse
+        self.conv = DoubleConv(2 * out_ch, out_ch)
+
+    def forward(self, deep: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        d = self.up(deep)  # (B, out, H, W)
+        z = torch.cat([skip, d], dim=1) if self.fuse is None else self.fuse(skip, d)  # (B, 2·out, H, W)
+        return self.conv(z)  # (B, out, H, W)
+
+
+def encoder_levels(in_ch: int, chans: list[int], block=None) -> nn.ModuleList:
+    """``block(in, chans[0]), block(chans[0], chans[1]), …`` (default block: :class:`DoubleConv`)."""
+    block = DoubleConv if block is None else block
+    return nn.ModuleList([block(in_ch if i == 0 else chans[i - 1], c) for i, c in enumerate(chans)])
+
+
 def upsample_like(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """Bilinear resize of ``x`` to the spatial size of ``ref`` (no-op when equal)."""
     if x.shape[-2:] == ref.shape[-2:]:
@@ -197,3 +228,29 @@ class SegmentationModel(nn.Module):
             f"in_channels={self.in_channels}, num_classes={self.num_classes}, "
             f"base_channels={self.base_channels}, size_divisor={self.size_divisor}"
         )
+
+
+def encode_decode(
+    x: torch.Tensor,
+    encoder: nn.ModuleList,
+    decoder: nn.ModuleList,
+    *,
+    down=F.max_pool2d,
+    skip_blocks: nn.ModuleList | None = None,
+) -> torch.Tensor:
+    """The U-shaped pass shared by U-Net, LG-Net and PR-Net.
+
+    ``encoder[i]`` maps level i-1 (after ``down(·, 2)``) to level i; the last level is the
+    bottleneck. ``skip_blocks[i]`` (optional) transforms skip i; ``decoder[j]`` takes
+    ``(deeper, skip)``, deepest first. Returns the finest decoder output.
+    """
+    skips = []
+    for i, stage in enumerate(encoder):
+        x = stage(x if i == 0 else down(x, 2))  # (B, C_i, H/2^i, W/2^i)
+        skips.append(x)
+    x = skips.pop()  # bottleneck (B, C_last, H/2^L, W/2^L)
+    if skip_blocks is not None:
+        skips = [blk(s) for blk, s in zip(skip_blocks, skips)]  # shapes unchanged
+    for stage in decoder:
+        x = stage(x, skips.pop())  # (B, C_i, H/2^i, W/2^i), deepest level first
+    return x

@@ -22,22 +22,8 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from .blocks import DoubleConv, SegmentationModel, UpConv, widths
-
-
-class UNetDecoderStage(nn.Module):
-    """Up-sample the deeper map (``in_ch → out_ch``), concatenate the skip (``out_ch``), double CBR."""
-
-    def __init__(self, in_ch: int, out_ch: int, up: Literal["transpose", "bilinear"] = "transpose"):
-        super().__init__()
-        self.up = UpConv(in_ch, out_ch, up)
-        self.conv = DoubleConv(2 * out_ch, out_ch)
-
-    def forward(self, deep: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        d = self.up(deep)  # (B, out, 2h, 2w)
-        return self.conv(torch.cat([skip, d], dim=1))  # (B, 2·out, H, W) → (B, out, H, W)
+from .blocks import DecoderStage, SegmentationModel, encode_decode, encoder_levels, widths
 
 
 class UNet(SegmentationModel):
@@ -55,19 +41,11 @@ class UNet(SegmentationModel):
     ):
         super().__init__(in_channels, num_classes, base_channels)
         w = widths(base_channels)
-        self.encoder = nn.ModuleList(
-            [DoubleConv(in_channels if i == 0 else w[i - 1], w[i]) for i in range(5)]
-        )
-        self.decoder = nn.ModuleList([UNetDecoderStage(w[i + 1], w[i], up) for i in reversed(range(4))])
+        self.encoder = encoder_levels(in_channels, w)
+        self.decoder = nn.ModuleList([DecoderStage(w[i + 1], w[i], up) for i in reversed(range(4))])
         self.head = nn.Conv2d(w[0], num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        skips = []
-        for i, stage in enumerate(self.encoder):
-            x = stage(x if i == 0 else F.max_pool2d(x, 2))  # (B, base·2^i, H/2^i, W/2^i)
-            skips.append(x)
-        x = skips.pop()  # (B, 16·base, H/16, W/16)
-        for stage in self.decoder:
-            x = stage(x, skips.pop())  # (B, base·2^i, H/2^i, W/2^i), i = 3..0
+        x = encode_decode(x, self.encoder, self.decoder)  # (B, base, H, W)
         return self.head(x)  # (B, num_classes, H, W)

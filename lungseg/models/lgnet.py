@@ -1,0 +1,136 @@
+"""LG-Net (Lu, Yuan & Xu, "Research on lung CT image segmentation algorithm based on the improved
+U-Net network", Intelligent Computer and Applications 13(7), 2023; ``seeds/000_a63c139867e588ca.txt``),
+read as fixed by ``/work/shared/design/architecture.md`` §LG-Net.
+
+Structure (widths ``base·(1,2,4,8,16)``, four 2×2 max-pools, ``size_divisor = 16``):
+- Encoder stage = double CBR 3×3 → MRC (``use_mrc``). The bottleneck (level 5) is a stage too
+  ("at the tail of every down-sampling level").
+- MRC(c): three residual units in series, ``u_k = CBR3×3(u_{k-1}) + BN(Conv3×3(u_{k-1}))``;
+  ``concat(u1,u2,u3)`` → CBR 1×1 → c.
+- Each of the 4 skips goes through LG-Attention (``use_lg_attention``), see
+  :class:`lungseg.models.attention.LGAttention` (θ 1×1 → C/2, ReLU-cos PCM, v = X, global + four
+  quadrants, PWA, multiplied into the skip).
+- Decoder stage = bilinear ×2 + CBR 1×1 halving → FF(skip, up) (``use_ff``; off = plain concat) →
+  double CBR 3×3. Head Conv 1×1 → logits.
+- FF(s, d): ``z = concat(s, d)``; L1 = CBR1×1(2C→C) → Conv3×3(C→C) → RSE(C→C);
+  L2 = CBR1×1(2C→C) → Conv5×5(C→C) → RSE(C→C); output ``concat(s ⊙ σ(L1(z)), d ⊙ σ(L2(z)))``.
+- RSE per Eq. 11–13, reduction 6, ``Dropout2d(rse_dropout=0.1)`` (rate not in the paper).
+
+Choices where paper and architecture.md are silent:
+- The FF branch convs after the 1×1 reduction (3×3 and 5×5) have a bias and no norm (the paper
+  draws no norm there; RSE's 1×1 follows). The reduction width is C (half of the concat).
+- θ has a bias. PCM ε = 1e-6, PWA ε = 1e-6.
+- ``max_tokens`` default 4096 (= 64×64), applied to every PCM call (global and each quadrant);
+  see :mod:`lungseg.models.attention` for the rule and the justification. ``chunk_rows=1024``:
+  PCM rows are computed (and, when training, checkpointed) in blocks of 1024 rows, so at most a
+  1024×N affinity block is alive at once; ``None`` = one block.
+- With ``use_mrc = use_lg_attention = use_ff = False`` the network is exactly
+  ``UNet(up="bilinear")`` (same modules, same parameter count; tested).
+
+Loss (Eq. 14–16) lives in ``lungseg.losses``, not here.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .attention import DEFAULT_MAX_TOKENS, LGAttention
+from .blocks import DecoderStage, DoubleConv, RSEBlock, SegmentationModel, cbr, encode_decode, widths
+
+
+class ResidualUnit(nn.Module):
+    """MRC unit: ``CBR3×3(x) + BN(Conv3×3(x))`` (residual branch with conv + BN, as in the paper)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.trunk = cbr(channels, channels, 3)
+        self.shortcut = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trunk(x) + self.shortcut(x)  # (B, C, H, W)
+
+
+class MultiLevelResidualConv(nn.Module):
+    """MRC (§2.2): three residual units in series, outputs concatenated and fused by CBR 1×1."""
+
+    def __init__(self, channels: int, units: int = 3):
+        super().__init__()
+        self.units = nn.ModuleList([ResidualUnit(channels) for _ in range(units)])
+        self.fuse = cbr(units * channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = []
+        for unit in self.units:
+            x = unit(x)  # (B, C, H, W)
+            outs.append(x)
+        return self.fuse(torch.cat(outs, dim=1))  # (B, 3C, H, W) → (B, C, H, W)
+
+
+class FeatureFusion(nn.Module):
+    """FF (§2.4): two weight-map branches (1×1 → 3×3 → RSE and 1×1 → 5×5 → RSE) on ``concat(s, d)``."""
+
+    def __init__(self, channels: int, *, rse_reduction: int = 6, rse_dropout: float = 0.1):
+        super().__init__()
+
+        def branch(k: int) -> nn.Sequential:
+            return nn.Sequential(
+                cbr(2 * channels, channels, 1),
+                nn.Conv2d(channels, channels, k, padding=k // 2),
+                RSEBlock(channels, channels, reduction=rse_reduction, dropout=rse_dropout),
+            )
+
+        self.l1 = branch(3)
+        self.l2 = branch(5)
+
+    def forward(self, s: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        z = torch.cat([s, d], dim=1)  # (B, 2C, H, W)
+        ws = torch.sigmoid(self.l1(z))  # (B, C, H, W)   weight map for the skip
+        wd = torch.sigmoid(self.l2(z))  # (B, C, H, W)   weight map for the up-sampled map
+        return torch.cat([s * ws, d * wd], dim=1)  # (B, 2C, H, W)
+
+
+class LGNet(SegmentationModel):
+    """LG-Net; the three switches re-run the paper's ablation (Table 2) through one class."""
+
+    size_divisor = 16
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 1,
+        base_channels: int = 64,
+        *,
+        use_mrc: bool = True,
+        use_lg_attention: bool = True,
+        use_ff: bool = True,
+        max_tokens: int | None = DEFAULT_MAX_TOKENS,
+        chunk_rows: int | None = 1024,
+        rse_dropout: float = 0.1,
+    ):
+        super().__init__(in_channels, num_classes, base_channels)
+        self.use_mrc, self.use_lg_attention, self.use_ff = use_mrc, use_lg_attention, use_ff
+        w = widths(base_channels)
+        self.encoder = nn.ModuleList()
+        for i in range(5):
+            conv = DoubleConv(in_channels if i == 0 else w[i - 1], w[i])
+            self.encoder.append(nn.Sequential(conv, MultiLevelResidualConv(w[i])) if use_mrc else conv)
+        self.attention = nn.ModuleList(
+            [LGAttention(w[i], max_tokens=max_tokens, chunk_rows=chunk_rows) if use_lg_attention else nn.Identity()
+             for i in range(4)]
+        )
+        self.decoder = nn.ModuleList(
+            [
+                DecoderStage(w[i + 1], w[i], "bilinear", FeatureFusion(w[i], rse_dropout=rse_dropout) if use_ff else None)
+                for i in reversed(range(4))
+            ]
+        )
+        self.head = nn.Conv2d(w[0], num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        # encoder (B, base·2^i, H/2^i, W/2^i), i = 0..4; LG-Attention on skips 0..3; decoder back up
+        x = encode_decode(x, self.encoder, self.decoder, skip_blocks=self.attention)  # (B, base, H, W)
+        return self.head(x)  # (B, num_classes, H, W)

@@ -1,0 +1,80 @@
+"""PR-Net (the residual + progressive-attention lung CT segmentation network of
+``seeds/001_1629151eb43ef42a.txt``), read as fixed by ``/work/shared/design/architecture.md`` §PR-Net.
+
+Structure (widths ``base·(1,2,4,8,16)``, four 2×2 average-pool down-samplings,
+``size_divisor = 16``):
+- Encoder level = residual block with InstanceNorm: ``r = CIR1×1(x)``, ``h = CIR3×3(CIR3×3(r))``,
+  output ``r + h`` (the residual is the 1×1 output, as the paper stresses). Level 5 is the bottleneck.
+- Skip enhancement on each of the 4 skips: double CBR 3×3 → PAM
+  (:class:`lungseg.models.attention.ProgressiveAttention`: CBR3×3, DSA with dilation 2 and 3,
+  two gated convs, CBR1×1 fusion of ``concat(c, g1, g2)``). ``use_pam=False`` keeps only the
+  double CBR (ablation).
+- Decoder level = ConvTranspose 2×2 stride 2 (with bias) → concat with the enhanced skip → double
+  CBR 3×3. Head Conv 1×1 → logits.
+
+Choices and deviations:
+- DSA uses the standard key-softmax (``scaled_dot_product_attention``), not Eq. 1's query-index
+  normalisation (architecture.md §PR-Net 4). ``heads=None`` → the most heads ≤ 8 with head dim ≥ 8
+  (1 head when C < 16). q/k/v convs have a bias (no norm follows); no output projection.
+- ``max_tokens`` default 4096 (64×64), see :mod:`lungseg.models.attention`.
+- InstanceNorm with ``affine=True`` (learnable scale/shift; PyTorch's default has none).
+- Loss: not in the paper; ``lungseg.losses`` provides the documented default (BCE + soft Dice).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .attention import DEFAULT_MAX_TOKENS, ProgressiveAttention
+from .blocks import DecoderStage, DoubleConv, SegmentationModel, cir, encode_decode, encoder_levels, widths
+
+
+class INResidualBlock(nn.Module):
+    """``r = CIR1×1(x)``; ``out = r + CIR3×3(CIR3×3(r))``."""
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__()
+        self.proj = cir(in_ch, out_ch, 1)
+        self.body = nn.Sequential(cir(out_ch, out_ch, 3), cir(out_ch, out_ch, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.proj(x)  # (B, out, H, W)
+        return r + self.body(r)  # (B, out, H, W)
+
+
+class PRNet(SegmentationModel):
+    size_divisor = 16
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 1,
+        base_channels: int = 64,
+        *,
+        use_pam: bool = True,
+        heads: int | None = None,
+        max_tokens: int | None = DEFAULT_MAX_TOKENS,
+    ):
+        super().__init__(in_channels, num_classes, base_channels)
+        self.use_pam = use_pam
+        w = widths(base_channels)
+        self.encoder = encoder_levels(in_channels, w, INResidualBlock)
+        self.skip_enhance = nn.ModuleList(
+            [
+                nn.Sequential(
+                    DoubleConv(w[i], w[i]),
+                    *([ProgressiveAttention(w[i], heads=heads, max_tokens=max_tokens)] if use_pam else []),
+                )
+                for i in range(4)
+            ]
+        )
+        self.decoder = nn.ModuleList([DecoderStage(w[i + 1], w[i], "transpose") for i in reversed(range(4))])
+        self.head = nn.Conv2d(w[0], num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        # encoder (B, base·2^i, H/2^i, W/2^i) with 2×2 avg-pool; skips 0..3 → double CBR + PAM
+        x = encode_decode(x, self.encoder, self.decoder, down=F.avg_pool2d, skip_blocks=self.skip_enhance)
+        return self.head(x)  # (B, num_classes, H, W)
