@@ -1,0 +1,87 @@
+"""LG-Net loss (paper Eq. 14–16): ``L = γ·L_tversky + (1−γ)·L_focal`` with γ = 0.3.
+
+``L_tversky`` is MONAI's soft Tversky loss with α = β = 0.5, which is the soft Dice loss
+(``TP/(TP + ½FP + ½FN) = 2TP/(2TP + FP + FN)``; with MONAI's smoothing the two agree exactly when the
+Tversky smoothing is half the Dice smoothing, see ``tests/losses``). ``L_focal`` is MONAI's focal loss
+with focusing parameter 2 and no class-balancing α (MONAI evaluates it in float32 even for float64
+input, so compare with tolerance ~1e-6).
+
+Binary (``num_classes=1``): both terms act on the foreground probability ``sigmoid(logit)``
+(focal = sigmoid focal loss ``−(1−p_t)^γ·log p_t`` averaged over pixels).
+Multi-class (``num_classes ≥ 2``): softmax over channels, one-hot targets, and both terms are the mean
+over classes (background included by default, ``include_background``):
+Tversky = mean over images and classes of the per-class loss; focal = mean over all
+``B·C·H·W`` elements of ``−(1−p_c)^γ·log p_c·t_c`` (i.e. the per-pixel softmax focal loss divided by C).
+
+Smoothing: ``smooth_nr = smooth_dr = 1e-5`` (MONAI defaults) are added to the numerator and denominator of
+every per-image, per-class Tversky ratio, so an empty class that is also predicted empty gives ~0 loss.
+Batch reduction: ``batch=False`` (default) computes the Tversky ratio per image and averages over the
+batch; ``batch=True`` pools TP/FP/FN over the batch first. The focal term is always a pixel mean.
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.losses import FocalLoss, TverskyLoss
+from torch import nn
+
+from ._inputs import binary_target, check_logits_masks, onehot_target
+
+
+class DiceFocalLoss(nn.Module):
+    """``gamma_weight · Tversky(α, β) + (1 − gamma_weight) · Focal(focal_gamma)`` on logits ``(B, C, H, W)``
+    and integer masks ``(B, H, W)``. See the module docstring for the reductions and smoothing."""
+
+    def __init__(
+        self,
+        *,
+        num_classes: int = 1,
+        gamma_weight: float = 0.3,
+        focal_gamma: float = 2.0,
+        alpha: float = 0.5,
+        beta: float = 0.5,
+        smooth_nr: float = 1e-5,
+        smooth_dr: float = 1e-5,
+        batch: bool = False,
+        include_background: bool = True,
+        check_values: bool = True,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if not 0.0 <= gamma_weight <= 1.0:
+            raise ValueError(f"gamma_weight must lie in [0, 1], got {gamma_weight}")
+        if num_classes == 1 and not include_background:
+            raise ValueError("include_background=False needs num_classes >= 2 (binary has one channel)")
+        self.num_classes = num_classes
+        self.gamma_weight = float(gamma_weight)
+        self.check_values = check_values
+        multi = num_classes >= 2
+        self.tversky = TverskyLoss(
+            include_background=include_background,
+            sigmoid=not multi,
+            softmax=multi,
+            alpha=alpha,
+            beta=beta,
+            smooth_nr=smooth_nr,
+            smooth_dr=smooth_dr,
+            batch=batch,
+        )
+        self.focal = FocalLoss(
+            include_background=include_background, gamma=focal_gamma, alpha=None, use_softmax=multi
+        )
+
+    def _target(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        check_logits_masks(logits, masks, self.num_classes, check_values=self.check_values)
+        if self.num_classes == 1:
+            return binary_target(masks, logits)
+        return onehot_target(masks, self.num_classes, logits)
+
+    def components(self, logits: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The two unweighted terms ``{"tversky": …, "focal": …}`` (for logging)."""
+        target = self._target(logits, masks)
+        return {"tversky": self.tversky(logits, target), "focal": self.focal(logits, target)}
+
+    def forward(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        c = self.components(logits, masks)
+        return self.gamma_weight * c["tversky"] + (1.0 - self.gamma_weight) * c["focal"]
