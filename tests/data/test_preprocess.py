@@ -196,3 +196,15 @@ def test_too_small_dataset_is_a_data_error(tmp_path, shared_data, cfg):
     with pytest.raises(DataError, match="too few slices"):
         preprocess("pairs", root, tmp_path / "o", cfg)
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_help_names_every_reader():
+    import argparse
+
+    from lungseg.cli import preprocess as cli_preprocess
+
+    parser = argparse.ArgumentParser()
+    cli_preprocess.add_parser(parser.add_subparsers())
+    help_text = next(a.help for a in parser._subparsers._group_actions[0].choices["preprocess"]._actions
+                     if a.dest == "dataset")
+    assert sorted(n.strip() for n in help_text.split(":")[1].split("(")[0].split(",")) == sorted(readers.READERS)
