@@ -1,0 +1,380 @@
+"""Register an evaluated model in the MLflow model registry and decide champion / challenger.
+
+``register(params, model_dir, evaluation_dir, output)``:
+
+1. reads the run (``model_dir/mlflow_run.json``: ``run_id, tracking_uri, model_uri``) and the
+   evaluation (``evaluation_dir/metrics.json``: the promotion metric, the split, the evaluation-set
+   fingerprint);
+2. registers ``model_uri`` as a new version of ``params.register.model_name`` and waits until it is
+   ``READY`` (a repeated run of the same run + evaluation set reuses its existing version);
+3. under a registry-wide lock, reads the current champion, decides, re-checks that the champion
+   has not moved, and only then sets the alias (``champion`` or ``challenger``) — aliases, never
+   the deprecated stages — then verifies the alias points where it was set;
+4. records the decision, both numbers and the fingerprints as tags on the version and writes the
+   decision JSON atomically.
+
+Policy (also in docs/pipeline.md, "Registry policy"):
+
+* no champion (or its alias dangles) → the candidate becomes champion;
+* champion evaluated on the **same** evaluation set (same fingerprint, same metric) → the candidate
+  becomes champion only if it is strictly better (``greater_is_better``); a tie keeps the champion;
+* candidate is the champion's own run (same ``run_id``) re-evaluated → the alias follows it (same
+  weights, the newest evaluation record) — this is how a champion is moved onto a new set;
+* champion evaluated on a **different** set (or with no recorded fingerprint, or another metric) →
+  not compared: the candidate becomes challenger, ``reason`` says so and what to do (re-evaluate
+  the champion on this set and register it; see above).
+
+The evaluation-set fingerprint is ``metrics.json["data_fingerprint"]`` when the evaluation wrote one
+(sha256 of the split's manifest ``id,image_sha256,mask_sha256`` rows, see
+:func:`manifest_fingerprint`); otherwise it is derived from ``per_image.csv`` (split + sorted image
+ids) and marked as weaker (``fingerprint_source``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from lungseg.errors import ConfigError, DataError, LungsegError
+
+TAG = "lungseg."
+#: seconds after which a registry lock whose holder vanished is taken over
+LOCK_STALE_AFTER_S = 120.0
+LOCK_TIMEOUT_S = 300.0
+
+
+class RegistryError(LungsegError):
+    """The registry could not record the version or the decision."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    model_name: str
+    version: str
+    metric: str
+    candidate: float
+    champion_before: float | None
+    champion_before_version: str | None
+    decision: str  # "champion" | "challenger"
+    alias: str
+    reason: str
+    fingerprint: str | None
+    fingerprint_source: str
+    split: str | None
+    run_id: str
+    model_uri: str
+    tracking_uri: str
+    reused_version: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        before = "none" if self.champion_before is None else f"{self.champion_before:.4f}"
+        return (
+            f"{self.model_name} v{self.version}: {self.decision} ({self.metric} {self.candidate:.4f} vs champion "
+            f"{before}{'' if self.champion_before_version is None else f' v{self.champion_before_version}'}) — "
+            f"{self.reason}"
+        )
+
+
+# ------------------------------------------------------------------------------------ fingerprint
+def manifest_fingerprint(rows: Iterable[dict[str, Any]]) -> str:
+    """sha256 of an evaluation set: its rows' ``id,image_sha256,mask_sha256``, sorted by id.
+
+    Same processed pixels and labels ⇒ same fingerprint, whatever the folder or the row order;
+    a different ``image_size`` or a different split gives a different one.
+    """
+    lines = sorted(f"{r['id']},{r['image_sha256']},{r['mask_sha256']}" for r in rows)
+    if not lines:
+        raise DataError(None, "cannot fingerprint an empty evaluation set")
+    return "sha256:" + hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def evaluation_fingerprint(metrics: dict[str, Any], evaluation_dir: Path) -> tuple[str | None, str]:
+    """(fingerprint, source) of the set that ``metrics.json`` was computed on."""
+    for key in ("data_fingerprint", "eval_fingerprint", "dataset_fingerprint"):
+        if metrics.get(key):
+            return str(metrics[key]), f"metrics.json:{key}"
+    per_image = evaluation_dir / "per_image.csv"
+    if per_image.is_file():
+        import csv
+
+        with per_image.open(newline="") as fh:
+            reader = csv.DictReader(fh)
+            id_col = next((c for c in ("id", "image_id", "ids") if c in (reader.fieldnames or [])), None)
+            ids = sorted(row[id_col] for row in reader) if id_col else []
+        if ids:
+            text = f"split={metrics.get('split')}\n" + "\n".join(ids)
+            return "ids-sha256:" + hashlib.sha256(text.encode()).hexdigest(), "per_image.csv:ids"
+    return None, "none"
+
+
+# ------------------------------------------------------------------------------------------ inputs
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise DataError(path, f"missing ({what})")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(path, f"not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise DataError(path, "expected a JSON object")
+    return data
+
+
+def _candidate_value(metrics: dict[str, Any], metric: str, path: Path) -> float:
+    if metric not in metrics:
+        keys = ", ".join(sorted(k for k, v in metrics.items() if isinstance(v, (int, float))))
+        raise ConfigError(f"register.metric: {metric!r} is not in {path} (numeric keys: {keys})")
+    try:
+        value = float(metrics[metric])
+    except (TypeError, ValueError) as exc:
+        raise DataError(path, f"{metric} is not a number: {metrics[metric]!r}") from exc
+    if math.isnan(value):
+        raise DataError(path, f"{metric} is NaN: refusing to register a model with an undefined score")
+    return value
+
+
+# ------------------------------------------------------------------------------------------- MLflow
+def _client(tracking_uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def _is_code(exc: Exception, *codes: str) -> bool:
+    return getattr(exc, "error_code", None) in codes
+
+
+def _ensure_registered_model(client, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name, description="lungseg lung CT segmentation (see docs/pipeline.md)")
+    except MlflowException as exc:
+        if not _is_code(exc, "RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+
+
+def _wait_ready(client, name: str, version: str, timeout: float = 300.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        mv = client.get_model_version(name, version)
+        if mv.status == "READY":
+            return mv
+        if mv.status == "FAILED_REGISTRATION":
+            raise RegistryError(f"{name} v{version}: registration failed: {mv.status_message}")
+        if time.monotonic() > deadline:
+            raise RegistryError(f"{name} v{version}: not READY after {timeout:.0f}s (status {mv.status})")
+        time.sleep(0.5)
+
+
+def _alias_version(client, name: str, alias: str):
+    """The READY version an alias points to, or None (no alias, or it dangles)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if _is_code(exc, "RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+    return mv if mv is not None and mv.status == "READY" else None
+
+
+def _existing_version(client, name: str, run_id: str, model_uri: str, fingerprint: str | None):
+    """A READY version of this very run + model + evaluation set, so a repeated run is idempotent."""
+    if fingerprint is None:
+        return None
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    except MlflowException:
+        return None
+    for mv in sorted(versions, key=lambda v: int(v.version), reverse=True):
+        tags = mv.tags or {}
+        if (
+            mv.status == "READY"
+            and tags.get(TAG + "model_uri") == model_uri
+            and tags.get(TAG + "eval_fingerprint") == fingerprint
+        ):
+            return mv
+    return None
+
+
+@contextlib.contextmanager
+def registry_lock(client, name: str, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Mutual exclusion across processes and machines that share the tracking server.
+
+    Creating a registered model is atomic on the server (its name is unique), so the lock is the
+    registered model ``<name>.lock``: created to acquire, deleted to release. A lock older than
+    :data:`LOCK_STALE_AFTER_S` (holder crashed) is taken over.
+    """
+    from mlflow.exceptions import MlflowException
+
+    lock = f"{name}.lock"
+    holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    deadline = time.monotonic() + timeout
+    delay = 0.1
+    while True:
+        try:
+            client.create_registered_model(
+                lock,
+                tags={"holder": holder, "since": str(time.time())},
+                description="lungseg registration lock (transient; safe to delete if stale)",
+            )
+            break
+        except MlflowException as exc:
+            if not _is_code(exc, "RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+                raise
+        with contextlib.suppress(MlflowException):
+            current = client.get_registered_model(lock)
+            since = float((current.tags or {}).get("since", "0") or 0)
+            if since and time.time() - since > LOCK_STALE_AFTER_S:
+                client.delete_registered_model(lock)  # stale: its holder is gone
+                continue
+        if time.monotonic() > deadline:
+            raise RegistryError(f"could not acquire the registry lock {lock!r} within {timeout:.0f}s")
+        time.sleep(delay)
+        delay = min(delay * 2, 2.0)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(MlflowException):
+            current = client.get_registered_model(lock)
+            if (current.tags or {}).get("holder") == holder:
+                client.delete_registered_model(lock)
+
+
+def _decide(cfg, candidate: float, fingerprint: str | None, run_id: str, champion) -> tuple[bool, float | None, str]:
+    """(promote?, champion's number or None, reason)."""
+    if champion is None:
+        return True, None, "no champion yet"
+    tags = champion.tags or {}
+    try:
+        before = float(tags[TAG + "metric_value"])
+    except (KeyError, ValueError):
+        before = None
+    if champion.run_id and champion.run_id == run_id:
+        return True, before, f"same run as champion v{champion.version} (re-evaluated): the alias follows it"
+    if tags.get(TAG + "metric") != cfg.metric or before is None:
+        return False, before, (
+            f"champion v{champion.version} has no recorded {cfg.metric}: not compared; "
+            "re-evaluate and register the champion's run on this set to compare"
+        )
+    if fingerprint is None or tags.get(TAG + "eval_fingerprint") != fingerprint:
+        return False, before, (
+            f"champion v{champion.version} was evaluated on a different evaluation set "
+            f"({tags.get(TAG + 'eval_fingerprint', 'unknown')} vs {fingerprint or 'unknown'}): not compared; "
+            "re-evaluate and register the champion's run on this set to compare"
+        )
+    better = candidate > before if cfg.greater_is_better else candidate < before
+    if better:
+        return True, before, f"beats champion v{champion.version} on the same evaluation set"
+    return False, before, f"does not beat champion v{champion.version} on the same evaluation set"
+
+
+# --------------------------------------------------------------------------------------------- API
+def register(params, model_dir: str | Path, evaluation_dir: str | Path, output: str | Path) -> Decision:
+    """Register the evaluated model, move ``champion`` only if it is better; write the decision."""
+    from lungseg.io import atomic_write_json
+
+    cfg = params.register
+    model_dir, evaluation_dir, output = Path(model_dir), Path(evaluation_dir), Path(output)
+    run_info = _read_json(model_dir / "mlflow_run.json", "written by `lungseg train`")
+    for key in ("run_id", "model_uri"):
+        if not run_info.get(key):
+            raise DataError(model_dir / "mlflow_run.json", f"no {key!r}: the training run was not logged to MLflow")
+    metrics_path = evaluation_dir / "metrics.json"
+    metrics = _read_json(metrics_path, "written by `lungseg evaluate`")
+    candidate = _candidate_value(metrics, cfg.metric, metrics_path)
+    fingerprint, fp_source = evaluation_fingerprint(metrics, evaluation_dir)
+    tracking_uri = run_info.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow.tracking_uri
+    run_id, model_uri, name = run_info["run_id"], run_info["model_uri"], cfg.model_name
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = _client(tracking_uri)
+    try:
+        _ensure_registered_model(client, name)
+        mv = _existing_version(client, name, run_id, model_uri, fingerprint)
+        reused = mv is not None
+        if mv is None:
+            base_tags = {
+                TAG + "metric": cfg.metric,
+                TAG + "metric_value": repr(candidate),
+                TAG + "eval_fingerprint": fingerprint or "unknown",
+                TAG + "eval_fingerprint_source": fp_source,
+                TAG + "eval_split": str(metrics.get("split")),
+                TAG + "eval_n_images": str(metrics.get("n_images")),
+                TAG + "model_uri": model_uri,
+            }
+            previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+            mlflow.set_tracking_uri(tracking_uri)
+            mlflow.set_registry_uri(tracking_uri)
+            try:
+                mv = mlflow.register_model(model_uri, name, tags=base_tags, await_registration_for=300)
+            finally:
+                mlflow.set_tracking_uri(previous[0])
+                mlflow.set_registry_uri(previous[1])
+        mv = _wait_ready(client, name, mv.version)  # an alias is set only on a READY version
+        version = str(mv.version)
+
+        with registry_lock(client, name):
+            for _attempt in range(5):
+                champion = _alias_version(client, name, cfg.champion_alias)
+                if champion is not None and str(champion.version) == version:
+                    promote, before, reason = True, candidate, "already champion (repeated run)"
+                    champion_version = version
+                else:
+                    promote, before, reason = _decide(cfg, candidate, fingerprint, run_id, champion)
+                    champion_version = None if champion is None else str(champion.version)
+                # re-check: the champion must not have moved between the read and the write
+                again = _alias_version(client, name, cfg.champion_alias)
+                if (None if again is None else str(again.version)) != champion_version:
+                    continue
+                alias = cfg.champion_alias if promote else cfg.challenger_alias
+                client.set_registered_model_alias(name, alias, version)
+                check = _alias_version(client, name, alias)
+                if check is not None and str(check.version) == version:
+                    if promote:  # a promoted challenger is no longer the challenger
+                        stale = _alias_version(client, name, cfg.challenger_alias)
+                        if stale is not None and str(stale.version) == version:
+                            client.delete_registered_model_alias(name, cfg.challenger_alias)
+                    break
+            else:
+                raise RegistryError(f"{name}: the champion kept moving during registration; run again")
+
+        decision = Decision(
+            model_name=name, version=version, metric=cfg.metric, candidate=candidate,
+            champion_before=before, champion_before_version=champion_version,
+            decision="champion" if promote else "challenger", alias=alias, reason=reason,
+            fingerprint=fingerprint, fingerprint_source=fp_source, split=metrics.get("split"),
+            run_id=run_id, model_uri=model_uri, tracking_uri=tracking_uri, reused_version=reused,
+        )  # fmt: skip
+        for key, value in {
+            TAG + "decision": decision.decision,
+            TAG + "decision_reason": reason,
+            TAG + "candidate_value": repr(candidate),
+            TAG + "champion_before_value": "none" if before is None else repr(before),
+            TAG + "champion_before_version": champion_version or "none",
+            TAG + "decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }.items():
+            client.set_model_version_tag(name, version, key, value)
+    except MlflowException as exc:
+        raise RegistryError(f"MLflow registry at {tracking_uri}: {exc.message}") from exc
+    atomic_write_json(output, decision.to_dict())
+    return decision

@@ -1,0 +1,48 @@
+"""Build real registration inputs: an MLflow run holding a tiny torch model + an evaluation folder.
+
+Until ``lungseg train``/``evaluate`` write them, the tests create what they would: a real run with
+``mlflow.pytorch.log_model`` and the ``mlflow_run.json`` / ``metrics.json`` of docs/CONTRACTS.md.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import torch
+
+
+def log_tiny_model(tracking_uri: str, experiment: str = "registry-tests") -> dict:
+    """A real run with a logged model; returns the ``mlflow_run.json`` content."""
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        exp = mlflow.set_experiment(experiment)
+        with mlflow.start_run() as run:
+            module = torch.nn.Conv2d(1, 1, 3, padding=1)
+            info = mlflow.pytorch.log_model(
+                module, name="model", serialization_format="pickle", pip_requirements=["torch"]
+            )
+        return {
+            "run_id": run.info.run_id,
+            "tracking_uri": tracking_uri,
+            "experiment_id": exp.experiment_id,
+            "model_uri": info.model_uri,
+            "lost_logging": False,
+        }
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def write_candidate(root: Path, run_info: dict, *, dice: float, fingerprint: str | None, split="test") -> tuple[Path, Path]:
+    """``root/model/mlflow_run.json`` and ``root/eval/metrics.json``; returns (model_dir, eval_dir)."""
+    model_dir, eval_dir = root / "model", root / "eval"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / "mlflow_run.json").write_text(json.dumps(run_info))
+    metrics = {"dice_mean": dice, "iou_mean": dice * 0.8, "split": split, "n_images": 4, "checkpoint": "best.pt"}
+    if fingerprint is not None:
+        metrics["data_fingerprint"] = fingerprint
+    (eval_dir / "metrics.json").write_text(json.dumps(metrics))
+    return model_dir, eval_dir

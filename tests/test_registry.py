@@ -1,0 +1,197 @@
+"""lungseg.registry against a real MLflow registry (embedded sqlite store; the server case is in
+tests/integration/test_servers.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mlflow import MlflowClient
+from registry_helpers import log_tiny_model, write_candidate
+
+from lungseg.cli import main
+from lungseg.config import params_from_dict
+from lungseg.errors import ConfigError, DataError
+from lungseg.registry import manifest_fingerprint, register
+
+SET_A = "sha256:" + "a" * 64
+SET_B = "sha256:" + "b" * 64
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory):
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture
+def params(tracking_uri, request):
+    name = "lsg-" + request.node.name.replace("[", "-").replace("]", "")
+    return params_from_dict({"register": {"model_name": name}, "mlflow": {"tracking_uri": tracking_uri}})
+
+
+def _candidate(tmp_path, tracking_uri, tag, *, dice, fingerprint=SET_A, run_info=None):
+    run_info = run_info or log_tiny_model(tracking_uri)
+    model_dir, eval_dir = write_candidate(tmp_path / tag, run_info, dice=dice, fingerprint=fingerprint)
+    return model_dir, eval_dir, run_info
+
+
+class _Alias:
+    def __init__(self, mv):
+        self.mv, self.version = mv, str(mv.version)
+
+    def __getattr__(self, item):
+        return getattr(self.mv, item)
+
+
+def _alias(client, name, alias):
+    """The version an alias points to, with ``version`` as a string (sqlite stores ints)."""
+    return _Alias(client.get_model_version_by_alias(name, alias))
+
+
+def test_first_model_becomes_champion_and_decision_is_recorded(tmp_path, tracking_uri, params):
+    model_dir, eval_dir, run_info = _candidate(tmp_path, tracking_uri, "c1", dice=0.61)
+    out = tmp_path / "reports" / "registration.json"
+    decision = register(params, model_dir, eval_dir, out)
+
+    assert decision.decision == "champion" and decision.alias == "champion"
+    assert decision.champion_before is None and decision.candidate == pytest.approx(0.61)
+    written = json.loads(out.read_text())
+    for key in ("model_name", "version", "metric", "candidate", "champion_before", "decision", "alias"):
+        assert key in written
+    assert written["version"] == decision.version and written["decision"] == "champion"
+    assert not list(out.parent.glob(".*tmp*")), "atomic write left a temporary file"
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    mv = _alias(client, params.register.model_name, "champion")
+    assert mv.version == decision.version and mv.status == "READY" and mv.run_id == run_info["run_id"]
+    assert mv.tags["lungseg.decision"] == "champion"
+    assert float(mv.tags["lungseg.candidate_value"]) == pytest.approx(0.61)
+    assert mv.tags["lungseg.champion_before_value"] == "none"
+    assert mv.tags["lungseg.eval_fingerprint"] == SET_A
+    assert mv.current_stage in (None, "None"), "stages are deprecated and must not be used"
+    assert decision.describe().startswith(f"{params.register.model_name} v{decision.version}: champion")
+
+
+def test_better_moves_champion_worse_and_tie_become_challenger(tmp_path, tracking_uri, params):
+    name = params.register.model_name
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    first = register(params, *_candidate(tmp_path, tracking_uri, "a", dice=0.50)[:2], tmp_path / "a.json")
+    better = register(params, *_candidate(tmp_path, tracking_uri, "b", dice=0.70)[:2], tmp_path / "b.json")
+    assert better.decision == "champion" and better.champion_before == pytest.approx(0.50)
+    assert better.champion_before_version == first.version
+    assert _alias(client, name, "champion").version == better.version
+
+    worse = register(params, *_candidate(tmp_path, tracking_uri, "c", dice=0.60)[:2], tmp_path / "c.json")
+    assert worse.decision == "challenger" and worse.champion_before == pytest.approx(0.70)
+    assert _alias(client, name, "champion").version == better.version
+    assert _alias(client, name, "challenger").version == worse.version
+    tags = client.get_model_version(name, worse.version).tags
+    assert tags["lungseg.decision"] == "challenger"
+    assert float(tags["lungseg.champion_before_value"]) == pytest.approx(0.70)
+    assert float(tags["lungseg.candidate_value"]) == pytest.approx(0.60)
+
+    tie = register(params, *_candidate(tmp_path, tracking_uri, "d", dice=0.70)[:2], tmp_path / "d.json")
+    assert tie.decision == "challenger", "a tie keeps the champion"
+    assert _alias(client, name, "champion").version == better.version
+
+
+def test_lower_is_better_metric(tmp_path, tracking_uri, request):
+    params = params_from_dict({
+        "register": {"model_name": "lsg-" + request.node.name, "metric": "hd95_mean", "greater_is_better": False},
+        "mlflow": {"tracking_uri": tracking_uri},
+    })  # fmt: skip
+
+    def cand(tag, hd95):
+        model_dir, eval_dir, _ = _candidate(tmp_path, tracking_uri, tag, dice=0.5)
+        m = json.loads((eval_dir / "metrics.json").read_text())
+        m["hd95_mean"] = hd95
+        (eval_dir / "metrics.json").write_text(json.dumps(m))
+        return model_dir, eval_dir
+
+    assert register(params, *cand("a", 12.0), tmp_path / "a.json").decision == "champion"
+    assert register(params, *cand("b", 15.0), tmp_path / "b.json").decision == "challenger"
+    assert register(params, *cand("c", 9.5), tmp_path / "c.json").decision == "champion"
+
+
+def test_different_evaluation_set_is_not_compared_until_champion_is_reevaluated(tmp_path, tracking_uri, params):
+    name = params.register.model_name
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    champ_run = log_tiny_model(tracking_uri)
+    champ = register(params, *write_candidate(tmp_path / "champ", champ_run, dice=0.40, fingerprint=SET_A),
+                     tmp_path / "champ.json")  # fmt: skip
+    assert champ.decision == "champion"
+
+    # a much higher number on ANOTHER set must not dethrone the champion blindly
+    other = register(params, *_candidate(tmp_path, tracking_uri, "other", dice=0.95, fingerprint=SET_B)[:2],
+                     tmp_path / "other.json")  # fmt: skip
+    assert other.decision == "challenger"
+    assert "different evaluation set" in other.reason
+    assert _alias(client, name, "champion").version == champ.version
+
+    # the champion's own run re-evaluated on set B: the alias follows it onto the new set
+    moved = register(params, *write_candidate(tmp_path / "champB", champ_run, dice=0.45, fingerprint=SET_B),
+                     tmp_path / "champB.json")  # fmt: skip
+    assert moved.decision == "champion" and moved.version != champ.version
+    assert _alias(client, name, "champion").version == moved.version
+
+    # now candidates on set B are compared with the champion's set-B number (0.45)
+    again = register(params, *_candidate(tmp_path, tracking_uri, "again", dice=0.50, fingerprint=SET_B)[:2],
+                     tmp_path / "again.json")  # fmt: skip
+    assert again.decision == "champion" and again.champion_before == pytest.approx(0.45)
+
+
+def test_missing_fingerprint_never_compares(tmp_path, tracking_uri, params):
+    register(params, *_candidate(tmp_path, tracking_uri, "a", dice=0.3)[:2], tmp_path / "a.json")
+    unknown = register(params, *_candidate(tmp_path, tracking_uri, "b", dice=0.9, fingerprint=None)[:2],
+                       tmp_path / "b.json")  # fmt: skip
+    assert unknown.decision == "challenger" and unknown.fingerprint_source == "none"
+
+
+def test_repeated_run_reuses_its_version(tmp_path, tracking_uri, params):
+    name = params.register.model_name
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    model_dir, eval_dir, _ = _candidate(tmp_path, tracking_uri, "a", dice=0.55)
+    first = register(params, model_dir, eval_dir, tmp_path / "1.json")
+    second = register(params, model_dir, eval_dir, tmp_path / "2.json")
+    assert second.reused_version and second.version == first.version
+    assert second.decision == "champion"
+    versions = client.search_model_versions(f"name = '{name}'")
+    assert len(versions) == 1
+    assert not [m for m in client.search_registered_models() if m.name == f"{name}.lock"], "lock not released"
+
+
+def test_bad_inputs_are_user_errors(tmp_path, tracking_uri, params):
+    with pytest.raises(DataError, match="mlflow_run.json"):
+        register(params, tmp_path / "nope", tmp_path / "nope", tmp_path / "o.json")
+    model_dir, eval_dir, _ = _candidate(tmp_path, tracking_uri, "a", dice=0.5)
+    bad = params_from_dict({"register": {"metric": "no_such_metric"}, "mlflow": {"tracking_uri": tracking_uri}})
+    with pytest.raises(ConfigError, match="no_such_metric"):
+        register(bad, model_dir, eval_dir, tmp_path / "o.json")
+    assert not (tmp_path / "o.json").exists()
+
+
+def test_cli_register(tmp_path, tracking_uri, params, capsys):
+    model_dir, eval_dir, _ = _candidate(tmp_path, tracking_uri, "a", dice=0.42)
+    params_file = tmp_path / "params.yaml"
+    sections = params.to_dict()
+    params_file.write_text(json.dumps({k: sections[k] for k in ("register", "mlflow")}))  # JSON is YAML
+    out = tmp_path / "reg.json"
+    code = main(["register", "--model", str(model_dir), "--evaluation", str(eval_dir), "--output", str(out),
+                 "--params", str(params_file)])  # fmt: skip
+    assert code == 0
+    assert "champion" in capsys.readouterr().out
+    assert json.loads(out.read_text())["decision"] == "champion"
+    code = main(["register", "--model", str(tmp_path / "missing"), "--evaluation", str(eval_dir),
+                 "--output", str(out), "--params", str(params_file)])  # fmt: skip
+    assert code == 2 and capsys.readouterr().err.startswith("error: ")
+
+
+def test_manifest_fingerprint_is_order_free_and_content_sensitive():
+    rows = [{"id": f"s{i}", "image_sha256": f"i{i}", "mask_sha256": f"m{i}"} for i in range(4)]
+    assert manifest_fingerprint(rows) == manifest_fingerprint(list(reversed(rows)))
+    changed = [dict(r) for r in rows]
+    changed[2]["mask_sha256"] = "other"
+    assert manifest_fingerprint(changed) != manifest_fingerprint(rows)
+    assert manifest_fingerprint(rows[:3]) != manifest_fingerprint(rows)
+    with pytest.raises(DataError):
+        manifest_fingerprint([])
