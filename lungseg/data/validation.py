@@ -109,10 +109,7 @@ def validate(
     t_import = time.perf_counter() - t0
     batch = build_batch(manifest, images, masks, expected_counts)
     context = gx.get_context(mode="ephemeral")
-    try:
-        context.variables.progress_bars = gx.data_context.types.base.ProgressBarsConfig(globally=False)
-    except AttributeError:  # older/newer layout: progress bars only cost log noise
-        pass
+    context.variables.progress_bars = gx.data_context.types.base.ProgressBarsConfig(globally=False)
     source = context.data_sources.add_pandas("lungseg")
     asset = source.add_dataframe_asset("processed")
     batch_def = asset.add_batch_definition_whole_dataframe("all")
