@@ -50,7 +50,7 @@ def s3_server(tmp_path_factory):
 
     with S3Server(
         tmp_path_factory.mktemp("s3"),
-        bucket="lungseg-test",
+        bucket="lungseg",  # the bucket named in .dvc/config and docs
         access_key="lsgtest" + secrets.token_hex(6),
         secret_key=secrets.token_urlsafe(24),
     ) as server:
