@@ -1,0 +1,249 @@
+#!/usr/bin/env python
+"""Throughput and peak-memory benchmark of the zoo against MONAI peers (not a test).
+
+For every model: train-step throughput (forward + BCE loss + backward + Adam step, images/s),
+inference throughput (``inference_mode``, eval, images/s) and, on CUDA, the peak allocated memory
+of the train step. Each number is also given as a ratio ``ours / peer`` against a MONAI network
+measured in the same process with the same input, batch and width:
+
+- ``unet``, ``segnet``, ``u2net_p``, ``lgnet``, ``prnet`` → ``monai.networks.nets.BasicUNet``
+  (classic double-conv U-Net; features ``base·(1,2,4,8,16), base``, ReLU, BatchNorm, deconv up),
+- ``attention_unet`` → ``AttentionUnet`` (channels ``base·(1..16)``, strides 2),
+- ``unetpp`` → ``BasicUNetPlusPlus`` (same features/act/norm as BasicUNet).
+
+CUDA: bf16 autocast + channels_last, ``cudnn.benchmark``. CPU: fp32. Results go to
+``bench/results/<device>.json``; ``bench/results/README.md`` is re-rendered from all JSON files.
+
+Usage::
+
+    python bench/bench_models.py --device cpu  --sizes 128 --base 16 --batch 2 --iters 3
+    python bench/bench_models.py --device cuda --sizes 256 512 --base 64 --batch 4 --iters 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lungseg.models import create_model, list_models  # noqa: E402
+
+PEER_OF = {"attention_unet": "AttentionUnet", "unetpp": "BasicUNetPlusPlus"}  # others: BasicUNet
+
+
+def make_peer(kind: str, base: int) -> torch.nn.Module:
+    from monai.networks import nets
+
+    feats = (base, 2 * base, 4 * base, 8 * base, 16 * base, base)
+    common = dict(spatial_dims=2, in_channels=1, out_channels=1)
+    if kind == "AttentionUnet":
+        return nets.AttentionUnet(channels=feats[:5], strides=(2, 2, 2, 2), **common)
+    cls = getattr(nets, kind)
+    return cls(features=feats, act=("relu", {"inplace": True}), norm=("batch", {}), bias=False, **common)
+
+
+def flops(model: torch.nn.Module, size: int) -> int | None:
+    model.eval()
+    try:
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            model(torch.zeros(1, 1, size, size, device=next(model.parameters()).device))
+        return counter.get_total_flops()
+    except Exception:  # noqa: BLE001 - a peer that cannot be counted just has no FLOPs entry
+        return None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(model: torch.nn.Module, size: int, batch: int, iters: int, warmup: int, device: torch.device) -> dict:
+    cuda = device.type == "cuda"
+    model = model.to(device)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 1, size, size, device=device)
+    y = (torch.rand(batch, 1, size, size, device=device) > 0.5).float()
+    if cuda:
+        x = x.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def autocast():
+        return torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+
+    def train_step():
+        opt.zero_grad(set_to_none=True)
+        with autocast():
+            out = model(x)
+            out = out[0] if isinstance(out, (list, tuple)) else out  # BasicUNetPlusPlus returns a list
+            loss = F.binary_cross_entropy_with_logits(out.float(), y)
+        loss.backward()
+        opt.step()
+
+    out: dict = {}
+    model.train()
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(warmup):
+        train_step()
+    _sync(device)
+    t = time.perf_counter()
+    for _ in range(iters):
+        train_step()
+    _sync(device)
+    out["train_img_s"] = batch * iters / (time.perf_counter() - t)
+    if cuda:
+        out["train_peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    opt.zero_grad(set_to_none=True)
+    del opt
+    model.eval()
+    with torch.inference_mode():
+        for _ in range(warmup):
+            with autocast():
+                model(x)
+        _sync(device)
+        t = time.perf_counter()
+        for _ in range(iters):
+            with autocast():
+                model(x)
+        _sync(device)
+    out["infer_img_s"] = batch * iters / (time.perf_counter() - t)
+    return out
+
+
+def run_one(build, size, args, device) -> dict:
+    try:
+        model = build()
+        res = {"params": sum(p.numel() for p in model.parameters()), "gflops_per_img": None}
+        f = flops(model.to(device), size)
+        res["gflops_per_img"] = None if f is None else f / 1e9
+        res.update(measure(model, size, args.batch, args.iters, args.warmup, device))
+    except torch.OutOfMemoryError as e:
+        res = {"error": f"OOM: {str(e).splitlines()[0]}"}
+    finally:
+        model = None
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return res
+
+
+def device_label(device: torch.device) -> tuple[str, str]:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+    return name, re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def render_readme(results_dir: Path) -> None:
+    parts = [
+        "# Model benchmark results",
+        "",
+        "Generated by `bench/bench_models.py` (re-rendered from every `*.json` here on each run).",
+        "Ratios are ours / MONAI peer measured in the same process (>1 = ours faster or, for memory, larger).",
+        "Throughput in images/s; train = forward + BCE + backward + Adam step.",
+    ]
+    for path in sorted(results_dir.glob("*.json")):
+        d = json.loads(path.read_text())
+        parts += [
+            "",
+            f"## {d['device']}",
+            "",
+            f"- date: {d['date']}; torch {d['torch']}, monai {d['monai']}, python {d['python']}",
+            f"- command: `{d['command']}`",
+            f"- settings: batch {d['batch']}, base_channels {d['base']}, iters {d['iters']} (warmup {d['warmup']}), "
+            f"{'bf16 autocast + channels_last' if d['amp'] else 'fp32'}",
+            "",
+            "| model | size | peer | params (M) | GFLOPs/img | peer GFLOPs/img | train img/s | ratio | "
+            "infer img/s | ratio | train peak GiB | ratio |",
+            "|" + " --- |" * 12,
+        ]
+        for r in d["rows"]:
+            o, p = r["ours"], r["peer"]
+            if "error" in o:
+                parts.append(f"| {r['model']} | {r['size']} | {r['peer_name']} | {o['error']} |" + " |" * 8)
+                continue
+
+            def f(v, fmt="{:.2f}"):
+                return "n/a" if v is None else fmt.format(v)
+
+            def ratio(k):
+                return f(o[k] / p[k]) if p.get(k) and o.get(k) is not None else "n/a"
+
+            parts.append(
+                f"| {r['model']} | {r['size']} | {r['peer_name']} | {o['params'] / 1e6:.2f} | {f(o['gflops_per_img'])} "
+                f"| {f(p.get('gflops_per_img'))} | {o['train_img_s']:.1f} | {ratio('train_img_s')} "
+                f"| {o['infer_img_s']:.1f} | {ratio('infer_img_s')} | {f(o.get('train_peak_mem_gib'))} "
+                f"| {ratio('train_peak_mem_gib')} |"
+            )
+    (results_dir / "README.md").write_text("\n".join(parts) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[128])
+    ap.add_argument("--base", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--models", nargs="+", default=None, help=f"subset of {list_models()}")
+    ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    import monai
+
+    name, label = device_label(device)
+    rows, peer_cache = [], {}
+    for size in args.sizes:
+        for model_name in args.models or list_models():
+            peer_name = PEER_OF.get(model_name, "BasicUNet")
+            if (peer_name, size) not in peer_cache:
+                peer_cache[peer_name, size] = run_one(lambda: make_peer(peer_name, args.base), size, args, device)
+                print(f"{size} peer {peer_name}: {peer_cache[peer_name, size]}", flush=True)
+            ours = run_one(lambda: create_model(model_name, base_channels=args.base), size, args, device)
+            print(f"{size} {model_name}: {ours}", flush=True)
+            rows.append(
+                {"model": model_name, "size": size, "peer_name": peer_name, "ours": ours, "peer": peer_cache[peer_name, size]}
+            )
+    result = {
+        "device": name,
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "python": platform.python_version(),
+        "command": "python bench/bench_models.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "batch": args.batch,
+        "base": args.base,
+        "iters": args.iters,
+        "warmup": args.warmup,
+        "amp": device.type == "cuda",
+        "rows": rows,
+    }
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / f"{label}.json").write_text(json.dumps(result, indent=1) + "\n")
+    render_readme(args.results)
+    print(f"wrote {args.results / (label + '.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
