@@ -24,6 +24,7 @@ SUBCOMMANDS = {
     "evaluate": "evaluate",
     "register": "register",
     "models": "models",
+    "results": "results",
 }
 
 #: entry-point group through which other packages add subcommands (``pipelines`` adds ``pipeline``)

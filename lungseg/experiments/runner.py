@@ -1,0 +1,388 @@
+"""Run the cells of a table: preprocess once per dataset, then train + evaluate per row and seed.
+
+For every (row, seed) the runner builds :class:`lungseg.config.Params` with
+:func:`lungseg.config.params_from_dict` (library defaults + the table's profile + the row's model),
+calls :func:`lungseg.training.train` and :func:`lungseg.evaluation.evaluate` — the same code as
+``lungseg train`` / ``lungseg evaluate``, so every run is tracked in MLflow like any training run
+(``MLFLOW_TRACKING_URI`` or the default local store, experiment ``lungseg-results``) — and writes
+one JSON record atomically to ``<results>/<table>/<profile>/<row>-seed<k>.json``:
+
+``metrics`` (the evaluation's ``metrics.json``: ``<m>_mean`` over test images and ``<m>_pooled``),
+``per_image`` (the rows of ``per_image.csv``), ``settings`` (effective profile + model),
+``overrides`` (what differs from the spec's profile), ``seed``, wall times, device name, torch
+version, git commit, data checksums (processed arrays + manifest, and a digest of the raw input
+folder), the MLflow run id and the command.
+
+A cell whose record exists with the same settings is skipped, so an interrupted sweep resumes
+where it stopped; a record with *different* settings is an error unless ``force`` (never mix two
+settings in one mean ± std). Preprocessed datasets are cached under ``<workdir>/data`` and
+re-used while the reader, preprocess settings and raw-data digest agree; when the raw folder is
+absent (e.g. on a remote GPU machine that only got the cache) a cache with matching reader and
+settings is used and its recorded digest is reported.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from lungseg.errors import ConfigError, DataError
+from lungseg.experiments.tables import (
+    DEFAULT_DATA_ROOT, DEFAULT_RESULTS_DIR, PROFILES, REPO_ROOT, Profile, Row, TableSpec,
+)
+from lungseg.io import atomic_write_json
+
+RECORD_VERSION = 1
+MLFLOW_EXPERIMENT = "lungseg-results"
+#: fields of :class:`Profile` that may be overridden from the command line
+OVERRIDABLE = ("image_size", "base_channels", "epochs", "batch_size", "lr")
+
+
+@dataclass
+class CellOutcome:
+    table: str
+    profile: str
+    row: str
+    seed: int
+    status: str
+    """``done``, ``skipped`` or ``failed``."""
+    record_path: Path
+    seconds: float = 0.0
+    error: str | None = None
+
+    def describe(self) -> str:
+        extra = f" ({self.seconds:.1f} s)" if self.status == "done" else ""
+        err = f": {self.error}" if self.error else ""
+        return f"{self.table}/{self.profile}/{self.row}-seed{self.seed}: {self.status}{extra}{err}"
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def folder_digest(folder: str | Path) -> dict[str, Any]:
+    """sha256 over ``relative/path<TAB>sha256(file)`` lines of every file under ``folder``, sorted."""
+    folder = Path(folder)
+    lines = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        lines.append(f"{path.relative_to(folder).as_posix()}\t{sha256_file(path)}\n")
+    return {"sha256": hashlib.sha256("".join(lines).encode()).hexdigest(), "n_files": len(lines)}
+
+
+def git_commit(repo: Path = REPO_ROOT) -> dict[str, Any]:
+    """HEAD and whether ``lungseg/`` has uncommitted changes; ``LUNGSEG_GIT_COMMIT`` overrides (copies without .git)."""
+    env = os.environ.get("LUNGSEG_GIT_COMMIT")
+    if env:
+        return {"commit": env, "dirty": None, "source": "LUNGSEG_GIT_COMMIT"}
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                              check=True, timeout=20).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--", "lungseg"], cwd=repo,
+                                capture_output=True, text=True, check=True, timeout=20).stdout
+        return {"commit": head, "dirty": bool(status.strip()), "source": "git"}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None, "source": "unavailable"}
+
+
+def device_info(device: str) -> dict[str, Any]:
+    """The device a run with ``train.device = device`` uses, by name."""
+    import torch
+
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    info: dict[str, Any] = {"type": "cuda" if use_cuda else "cpu", "torch": torch.__version__,
+                            "python": platform.python_version(), "platform": platform.platform()}
+    if use_cuda:
+        info["name"] = torch.cuda.get_device_name(0)
+        info["cuda"] = torch.version.cuda
+    else:
+        name = platform.processor() or platform.machine()
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+        info["name"] = name
+        info["cpu_threads"] = torch.get_num_threads()
+        info["cpu_count"] = os.cpu_count()
+    return info
+
+
+def clean_json(value: Any) -> Any:
+    """NaN/inf → None (strict JSON), numpy scalars → Python, recursively."""
+    if isinstance(value, dict):
+        return {str(k): clean_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean_json(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        try:
+            value = value.item()
+        except (TypeError, ValueError):
+            return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def effective_profile(spec: TableSpec, profile: str, overrides: dict[str, Any] | None = None) -> Profile:
+    if profile not in PROFILES or profile not in spec.profiles:
+        raise ConfigError(f"unknown profile {profile!r} for table {spec.name} (valid: {', '.join(spec.profiles)})")
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    bad = set(overrides) - set(OVERRIDABLE)
+    if bad:
+        raise ConfigError(f"cannot override {sorted(bad)} (allowed: {', '.join(OVERRIDABLE)})")
+    return dataclasses.replace(spec.profiles[profile], **overrides)
+
+
+def settings_of(prof: Profile, row: Row) -> dict[str, Any]:
+    """What must agree between two records of one cell for them to be averaged together."""
+    return clean_json({
+        "image_size": prof.image_size, "base_channels": prof.base_channels, "epochs": prof.epochs,
+        "batch_size": prof.batch_size, "lr": prof.lr, "extra_train": dict(prof.extra_train),
+        "model": row.model, "model_kwargs": dict(row.model_kwargs),
+    })
+
+
+def build_params(spec: TableSpec, row: Row, prof: Profile, seed: int, *, device: str = "auto"):
+    """:class:`lungseg.config.Params` of one cell: library defaults + profile + row + seed."""
+    from lungseg.config import params_from_dict
+
+    train = {"model": row.model, "model_kwargs": dict(row.model_kwargs), "seed": seed, "device": device,
+             **prof.train_overrides()}
+    return params_from_dict({
+        "preprocess": {"image_size": prof.image_size, "seed": 0},
+        "train": train,
+        "evaluate": {"split": "test", "n_overlays": 2},
+        "mlflow": {"experiment": MLFLOW_EXPERIMENT},
+    }, source=f"results:{spec.name}/{row.key}")
+
+
+def record_path(results_dir: str | Path, table: str, profile: str, row: str, seed: int) -> Path:
+    return Path(results_dir) / table / profile / f"{row}-seed{seed}.json"
+
+
+# ------------------------------------------------------------------------------------ data
+
+
+def prepare_dataset(spec: TableSpec, prof: Profile, *, data_root: str | Path, workdir: str | Path,
+                    log: Callable[[str], None] = print) -> tuple[Path, dict[str, Any]]:
+    """The processed folder for ``spec.dataset`` at ``prof.image_size`` (cached) and its provenance."""
+    from lungseg.config import PreprocessConfig
+
+    cfg = PreprocessConfig(image_size=prof.image_size, seed=0)
+    cfg_dict = dataclasses.asdict(cfg)
+    cfg_dict["hu_window"] = list(cfg_dict["hu_window"])
+    out = Path(workdir) / "data" / f"{spec.dataset}-{prof.image_size}"
+    source_file = out.parent / f"{out.name}.source.json"
+    input_dir = spec.input_dir(data_root)
+    cached = json.loads(source_file.read_text()) if source_file.is_file() and (out / "meta.json").is_file() else None
+    if cached is not None and (cached.get("dataset") != spec.dataset or cached.get("preprocess") != cfg_dict):
+        cached = None
+    raw = None
+    if input_dir.is_dir():
+        raw = folder_digest(input_dir)
+        if cached is not None and cached.get("raw") != raw:
+            log(f"raw data in {input_dir} changed since {out} was made: preprocessing again")
+            cached = None
+    elif cached is None:
+        raise DataError(input_dir, f"raw input folder of table {spec.name} not found (check --data-root)")
+    else:
+        log(f"{input_dir} not found: using the cached {out} (raw digest {cached['raw']['sha256'][:12]} as recorded)")
+
+    if cached is None:
+        from lungseg.data.preprocess import preprocess
+
+        t0 = time.perf_counter()
+        summary = preprocess(spec.dataset, input_dir, out, cfg)
+        log(summary.describe())
+        cached = {"dataset": spec.dataset, "input_subdir": spec.input_subdir, "preprocess": cfg_dict, "raw": raw,
+                  "preprocess_seconds": round(time.perf_counter() - t0, 2)}
+        atomic_write_json(source_file, cached)
+
+    meta = json.loads((out / "meta.json").read_text())
+    provenance = {
+        "dataset": spec.dataset,
+        "input_subdir": spec.input_subdir,
+        "raw_sha256": cached["raw"]["sha256"],
+        "raw_n_files": cached["raw"]["n_files"],
+        "processed_sha256": {name: sha256_file(out / name) for name in ("images.npy", "masks.npy", "manifest.csv")},
+        "counts": meta.get("counts"),
+        "image_size": meta.get("image_size"),
+        "split_protocol": meta.get("split_protocol"),
+        "split_level": meta.get("split_level"),
+        "warnings": meta.get("warnings", []),
+        "preprocess": cfg_dict,
+        "preprocess_seconds": cached.get("preprocess_seconds"),
+    }
+    return out, provenance
+
+
+# ------------------------------------------------------------------------------------ cells
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _read_per_image(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    out = []
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            item: dict[str, Any] = {}
+            for k, v in row.items():
+                try:
+                    item[k] = float(v) if v not in ("", None) else None
+                except ValueError:
+                    item[k] = v
+            out.append(item)
+    return out
+
+
+def existing_record(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The finished record at ``path`` if it has ``settings``; ``ConfigError`` if it has others."""
+    if not path.is_file():
+        return None
+    try:
+        rec = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None  # a broken record is re-run (records are written atomically, so this is rare)
+    if rec.get("settings") != settings:
+        raise ConfigError(
+            f"{path}: recorded with settings {rec.get('settings')}, now asked for {settings}; "
+            "use --force to replace it (or another --results-dir): one mean ± std never mixes settings"
+        )
+    return rec
+
+
+def run_cell(spec: TableSpec, row: Row, seed: int, *, profile: str, prof: Profile, data_dir: Path,
+             data_provenance: dict[str, Any], workdir: Path, results_dir: Path, device: str = "auto",
+             overrides: dict[str, Any] | None = None, command: str | None = None,
+             keep_checkpoints: bool = False) -> dict[str, Any]:
+    """Train + evaluate one cell and write its record; returns the record."""
+    from lungseg.evaluation import evaluate
+    from lungseg.training import train
+
+    params = build_params(spec, row, prof, seed, device=device)
+    run_dir = Path(workdir) / "runs" / spec.name / profile / f"{row.key}-seed{seed}"
+    train_dir, eval_dir = run_dir / "train", run_dir / "eval"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # a cell never resumes half-way: it is re-run from scratch
+    run_dir.mkdir(parents=True)
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    train(params, data_dir=data_dir, output_dir=train_dir)
+    t_train = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    evaluate(params, model_dir=train_dir, data_dir=data_dir, output_dir=eval_dir)
+    t_eval = time.perf_counter() - t1
+
+    metrics = _read_json(eval_dir / "metrics.json")
+    if not isinstance(metrics, dict):
+        raise DataError(eval_dir / "metrics.json", "evaluation wrote no metrics")
+    mlflow_run = _read_json(train_dir / "mlflow_run.json")
+    record = clean_json({
+        "record_version": RECORD_VERSION,
+        "table": spec.name,
+        "profile": profile,
+        "row": row.key,
+        "label": row.label,
+        "model": row.model,
+        "model_kwargs": dict(row.model_kwargs),
+        "seed": seed,
+        "settings": settings_of(prof, row),
+        "overrides": {k: v for k, v in (overrides or {}).items() if v is not None},
+        "params": params.to_dict(),
+        "metrics": metrics,
+        "per_image": _read_per_image(eval_dir / "per_image.csv"),
+        "train_metrics": _read_json(train_dir / "train_metrics.json"),
+        "mlflow": mlflow_run,
+        "wall_time_s": {"train": round(t_train, 2), "evaluate": round(t_eval, 2), "total": round(t_train + t_eval, 2)},
+        "started_at": started.isoformat(timespec="seconds"),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": device_info(device),
+        "git": git_commit(),
+        "data": data_provenance,
+        "command": command,
+        "host": platform.node(),
+    })
+    atomic_write_json(record_path(results_dir, spec.name, profile, row.key, seed), record)
+    if not keep_checkpoints:
+        for pt in train_dir.glob("*.pt"):
+            pt.unlink()
+    return record
+
+
+def run_table(spec: TableSpec, *, profile: str = "cpu", seeds: Sequence[int] | None = None,
+              rows: Sequence[str] | None = None, data_root: str | Path = DEFAULT_DATA_ROOT,
+              workdir: str | Path = ".results-work", results_dir: str | Path = DEFAULT_RESULTS_DIR,
+              force: bool = False, overrides: dict[str, Any] | None = None, device: str = "auto",
+              command: str | None = None, keep_going: bool = True, keep_checkpoints: bool = False,
+              log: Callable[[str], None] = print) -> list[CellOutcome]:
+    """Run every missing cell of ``spec`` (rows × seeds); returns one outcome a cell."""
+    prof = effective_profile(spec, profile, overrides)
+    seeds = list(spec.seeds if seeds is None else seeds)
+    if not seeds:
+        raise ConfigError("no seeds given")
+    chosen = [spec.row(k) for k in rows] if rows else list(spec.rows)
+    workdir, results_dir = Path(workdir), Path(results_dir)
+
+    todo: list[tuple[Row, int, Path]] = []
+    outcomes: list[CellOutcome] = []
+    for row in chosen:
+        settings = settings_of(prof, row)
+        for seed in seeds:
+            path = record_path(results_dir, spec.name, profile, row.key, seed)
+            if not force and existing_record(path, settings) is not None:
+                outcomes.append(CellOutcome(spec.name, profile, row.key, seed, "skipped", path))
+                log(outcomes[-1].describe())
+            else:
+                todo.append((row, seed, path))
+    if not todo:
+        return outcomes
+
+    data_dir, provenance = prepare_dataset(spec, prof, data_root=data_root, workdir=workdir, log=log)
+    for row, seed, path in todo:
+        t0 = time.perf_counter()
+        try:
+            run_cell(spec, row, seed, profile=profile, prof=prof, data_dir=data_dir, data_provenance=provenance,
+                     workdir=workdir, results_dir=results_dir, device=device, overrides=overrides,
+                     command=command, keep_checkpoints=keep_checkpoints)
+            outcomes.append(CellOutcome(spec.name, profile, row.key, seed, "done", path, time.perf_counter() - t0))
+        except Exception as exc:  # noqa: BLE001 - one failed cell must not lose the others; logged in full
+            if not keep_going:
+                raise
+            tb = traceback.format_exc()
+            log_path = workdir / "failures.log"
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(log_path, "a") as fh:
+                fh.write(f"--- {datetime.now(timezone.utc).isoformat()} {spec.name}/{profile}/{row.key}-seed{seed}\n{tb}\n")
+            outcomes.append(CellOutcome(spec.name, profile, row.key, seed, "failed", path,
+                                        time.perf_counter() - t0, f"{type(exc).__name__}: {exc}"))
+        log(outcomes[-1].describe())
+        sys.stdout.flush()
+    return outcomes

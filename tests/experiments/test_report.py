@@ -1,0 +1,171 @@
+"""Aggregation over seeds and the generated report, on hand-made run records (no training)."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+
+import pytest
+
+from lungseg.experiments import report as rep
+from lungseg.experiments.report import Summary, aggregate_rows, load_records, render_block, update_report
+from lungseg.experiments.tables import TABLES
+from lungseg.io import atomic_write_json
+
+SPEC = TABLES["lgnet-table1"]
+SETTINGS = {"image_size": 64, "base_channels": 8, "epochs": 2, "batch_size": 4, "lr": 0.001, "extra_train": {}}
+
+
+def make_record(row: str, seed: int, dice: float | None, acc: float = 0.9, hd95: float | None = 3.0,
+                **settings) -> dict:
+    model = SPEC.row(row).model
+    return {
+        "table": SPEC.name, "profile": "cpu", "row": row, "seed": seed,
+        "settings": {**SETTINGS, **settings, "model": model, "model_kwargs": {}},
+        "overrides": {},
+        "metrics": {"dice_mean": dice, "iou_mean": None if dice is None else dice / (2 - dice), "miou_mean": 0.7,
+                    "acc_mean": acc, "hd95_mean": hd95, "dice_pooled": 0.5, "acc_pooled": acc, "hd_undefined": 1},
+        "wall_time_s": {"train": 10.0, "evaluate": 1.0, "total": 11.0},
+        "device": {"name": "Test CPU", "type": "cpu", "torch": "x"},
+        "git": {"commit": "0123456789abcdef", "dirty": False},
+        "data": {"dataset": "medseg", "input_subdir": "medseg-covid100", "raw_sha256": "ab" * 32, "raw_n_files": 202,
+                 "processed_sha256": {"images.npy": "cd" * 32}, "counts": {"train": 68, "val": 12, "test": 20},
+                 "image_size": 64, "split_level": "slice", "warnings": ["slice-level split: hand-made"]},
+        "command": f"lungseg results run --table {SPEC.name} --profile cpu",
+    }
+
+
+def write(results, rec):
+    path = results / rec["table"] / rec["profile"] / f"{rec['row']}-seed{rec['seed']}.json"
+    atomic_write_json(path, rec)
+    return path
+
+
+def test_summary_mean_and_sample_std():
+    s = Summary.of([0.5, 0.7, 0.9])
+    assert s.mean == pytest.approx(0.7)
+    assert s.std == pytest.approx(statistics.stdev([0.5, 0.7, 0.9]))  # ddof = 1 → 0.2
+    assert s.std == pytest.approx(0.2)
+    assert (s.n, s.n_nan) == (3, 0)
+    assert s.format(100, 1) == "70.0 ± 20.0"
+    assert s.format(1, 3) == "0.700 ± 0.200"
+
+
+def test_summary_nan_handling():
+    s = Summary.of([0.5, None, float("nan"), 0.7])
+    assert (s.n, s.n_nan) == (2, 2)
+    assert s.mean == pytest.approx(0.6)
+    assert s.format(1, 2) == "0.60 ± 0.14 [2 NaN]"
+    one = Summary.of([0.25, None])
+    assert math.isnan(one.std)
+    assert one.format(1, 2) == "0.25 (n=1) [1 NaN]"
+    none = Summary.of([None, float("nan")])
+    assert math.isnan(none.mean)
+    assert none.format() == "n/a [2 NaN]"
+
+
+def test_aggregate_rows_from_records(tmp_path):
+    for seed, d in enumerate([0.6, 0.7, 0.8]):
+        write(tmp_path, make_record("lgnet", seed, d))
+    for seed, d in enumerate([0.4, None, 0.5]):
+        write(tmp_path, make_record("unet", seed, d, hd95=None if seed == 0 else 4.0))
+    recs = load_records(tmp_path, SPEC.name, "cpu")
+    assert len(recs) == 6
+    agg = aggregate_rows(SPEC, recs)
+    assert set(agg) == {"lgnet", "unet"}  # rows without records are absent
+    assert agg["lgnet"]["dice"].mean == pytest.approx(0.7)
+    assert agg["lgnet"]["dice"].std == pytest.approx(0.1)
+    assert (agg["unet"]["dice"].n, agg["unet"]["dice"].n_nan) == (2, 1)
+    assert agg["unet"]["dice"].mean == pytest.approx(0.45)
+    assert (agg["unet"]["hd95"].n, agg["unet"]["hd95"].n_nan) == (2, 1)
+    pooled = aggregate_rows(SPEC, recs, "pooled")
+    assert pooled["lgnet"]["dice"].mean == pytest.approx(0.5)
+    assert pooled["lgnet"]["hd95"].n == 0  # there is no pooled HD
+
+
+def test_rendered_table_keeps_paper_numbers_in_their_own_columns(tmp_path):
+    for seed, d in enumerate([0.6, 0.7, 0.8]):
+        write(tmp_path, make_record("lgnet", seed, d, acc=0.95 + seed / 100))
+    recs = load_records(tmp_path, SPEC.name, "cpu")
+    table = rep.render_metric_table(SPEC, recs)
+    lines = table.splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header[:3] == ["model", "seeds", "ours: ACC (%) ↑"]
+    assert "paper†: ACC (%)" in header and "paper†: mIoU (%)" in header
+    lg = next(l for l in lines if l.startswith("| LG-Net |"))
+    cells = [c.strip() for c in lg.strip("|").split("|")]
+    assert cells[1] == "0,1,2"
+    assert cells[2] == "96.0 ± 1.0"  # ours: ACC in %, mean ± std of 0.95, 0.96, 0.97
+    assert cells[4] == "70.0 ± 10.0"  # ours: Dice
+    assert cells[-2:] == ["91.5", "80.3"]  # the paper's, as printed
+    unet = next(l for l in lines if l.startswith("| U-Net |"))
+    assert "not run" in unet and "—" in unet  # no record, and the paper's Table 1 has no U-Net row
+    seg = next(l for l in lines if l.startswith("| SegNet |"))
+    assert seg.rstrip(" |").endswith("78.8 | 68.8")
+
+
+def test_paper_only_rows_are_listed_as_not_run():
+    spec = TABLES["prnet-kaggle"]
+    table = rep.render_metric_table(spec, [])
+    assert "| AnamNet (paper only) | — | not run" in table
+    assert "5.07" in table  # PR-Net's HD as printed (mm), in a paper column
+
+
+def test_block_has_provenance(tmp_path):
+    for seed, d in enumerate([0.6, 0.7, 0.8]):
+        write(tmp_path, make_record("lgnet", seed, d))
+    block = render_block(SPEC, "cpu", load_records(tmp_path, SPEC.name, "cpu"))
+    assert "lungseg results run --table lgnet-table1 --profile cpu" in block
+    assert "image 64², base width 8, 2 epochs" in block
+    assert "Test CPU" in block and "0123456789" in block
+    assert "abababababababab" in block  # raw-data checksum
+    assert "Seeds**: 0, 1, 2" in block
+    assert "Pooled over all test pixels" in block
+    assert "HD/HD95 undefined" in block and "3 test images" in block
+    assert "slice-level split: hand-made" in block
+
+
+def test_block_flags_mixed_settings(tmp_path):
+    write(tmp_path, make_record("lgnet", 0, 0.6))
+    write(tmp_path, make_record("lgnet", 1, 0.6, epochs=5))
+    block = render_block(SPEC, "cpu", load_records(tmp_path, SPEC.name, "cpu"))
+    assert "WARNING" in block and "lgnet" in block
+
+
+def test_update_report_replaces_only_generated_blocks(tmp_path):
+    results = tmp_path / "results"
+    for seed, d in enumerate([0.6, 0.7, 0.8]):
+        write(results, make_record("lgnet", seed, d))
+    doc = tmp_path / "results.md"
+    doc.write_text("# Title\n\nHand-written prose.\n\n"
+                   "<!-- BEGIN GENERATED: lgnet-table1/cpu -->\nstale\n<!-- END GENERATED: lgnet-table1/cpu -->\n\n"
+                   "More prose.\n")
+    update_report(doc, results, {"lgnet-table1": SPEC})
+    text = doc.read_text()
+    assert "stale" not in text
+    assert "Hand-written prose." in text and "More prose." in text
+    assert "70.0 ± 10.0" in text
+    # the block for the gpu profile has no records: not appended
+    assert "lgnet-table1/gpu" not in text
+    first = text
+    update_report(doc, results, {"lgnet-table1": SPEC})
+    assert doc.read_text() == first  # regenerating from the same records is idempotent
+
+
+def test_update_report_appends_missing_blocks(tmp_path):
+    results = tmp_path / "results"
+    write(results, make_record("unet", 0, 0.5))
+    doc = tmp_path / "results.md"
+    update_report(doc, results, {"lgnet-table1": SPEC})
+    text = doc.read_text()
+    assert "<!-- BEGIN GENERATED: lgnet-table1/cpu -->" in text
+    assert "50.0 (n=1)" in text
+
+
+def test_records_are_strict_json(tmp_path):
+    from lungseg.experiments.runner import clean_json
+
+    rec = clean_json({"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": 2}})
+    assert rec == {"a": None, "b": [1.0, None], "c": {"d": 2}}
+    json.loads(json.dumps(rec), parse_constant=lambda c: pytest.fail(f"non-strict constant {c}"))

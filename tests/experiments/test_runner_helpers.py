@@ -1,0 +1,109 @@
+"""Runner pieces that need no training: params, overrides, record conflicts, checksums, the CLI list."""
+
+from __future__ import annotations
+
+import pytest
+
+from lungseg.cli import main
+from lungseg.errors import ConfigError
+from lungseg.experiments import runner
+from lungseg.experiments.tables import TABLES
+from lungseg.io import atomic_write_json
+
+SPEC = TABLES["lgnet-ablation"]
+
+
+def test_build_params_puts_profile_row_and_seed_into_params():
+    row = SPEC.row("lga")
+    prof = runner.effective_profile(SPEC, "cpu", {"epochs": 3, "image_size": None})
+    params = runner.build_params(SPEC, row, prof, seed=2, device="cpu")
+    assert params.train.model == "lgnet"
+    assert params.train.model_kwargs == {"use_mrc": False, "use_lg_attention": True, "use_ff": False}
+    assert params.train.seed == 2 and params.train.device == "cpu"
+    assert params.train.epochs == 3  # the override
+    assert params.train.base_channels == SPEC.profiles["cpu"].base_channels
+    assert params.preprocess.image_size == SPEC.profiles["cpu"].image_size
+    assert params.preprocess.seed == 0  # the split never changes with the run seed
+    assert params.evaluate.split == "test"
+    assert params.mlflow.experiment == runner.MLFLOW_EXPERIMENT
+
+
+def test_effective_profile_rejects_unknown_things():
+    with pytest.raises(ConfigError, match="unknown profile 'tpu'"):
+        runner.effective_profile(SPEC, "tpu")
+    with pytest.raises(ConfigError, match="cannot override"):
+        runner.effective_profile(SPEC, "cpu", {"dropout": 0.5})
+
+
+def test_existing_record_skips_same_settings_and_refuses_others(tmp_path):
+    row = SPEC.row("all")
+    prof = runner.effective_profile(SPEC, "cpu")
+    settings = runner.settings_of(prof, row)
+    path = runner.record_path(tmp_path, SPEC.name, "cpu", row.key, 0)
+    assert path == tmp_path / "lgnet-ablation" / "cpu" / "all-seed0.json"
+    assert runner.existing_record(path, settings) is None
+    atomic_write_json(path, {"settings": settings, "metrics": {"dice_mean": 0.5}})
+    assert runner.existing_record(path, settings)["metrics"]["dice_mean"] == 0.5
+    other = runner.settings_of(runner.effective_profile(SPEC, "cpu", {"epochs": 99}), row)
+    with pytest.raises(ConfigError, match="--force"):
+        runner.existing_record(path, other)
+    path.write_text("{not json")  # a broken record is simply re-run
+    assert runner.existing_record(path, settings) is None
+
+
+def test_run_table_skips_finished_cells_without_touching_data(tmp_path):
+    """All records present → nothing is preprocessed or trained (data root does not even exist)."""
+    prof = runner.effective_profile(SPEC, "cpu")
+    for row in SPEC.rows:
+        for seed in (0, 1):
+            atomic_write_json(runner.record_path(tmp_path, SPEC.name, "cpu", row.key, seed),
+                              {"settings": runner.settings_of(prof, row)})
+    outcomes = runner.run_table(SPEC, seeds=[0, 1], data_root=tmp_path / "missing", workdir=tmp_path / "w",
+                                results_dir=tmp_path, log=lambda s: None)
+    assert [o.status for o in outcomes] == ["skipped"] * 10
+    assert not (tmp_path / "w").exists()
+
+
+def test_run_table_missing_data_root_is_a_data_error(tmp_path):
+    from lungseg.errors import DataError
+
+    with pytest.raises(DataError, match="check --data-root"):
+        runner.run_table(SPEC, seeds=[0], rows=["all"], data_root=tmp_path / "missing", workdir=tmp_path / "w",
+                         results_dir=tmp_path / "r", log=lambda s: None)
+
+
+def test_folder_digest_changes_with_content_and_names(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.txt").write_text("1")
+    d1 = runner.folder_digest(tmp_path)
+    assert d1["n_files"] == 1 and len(d1["sha256"]) == 64
+    (tmp_path / "a" / "x.txt").write_text("2")
+    d2 = runner.folder_digest(tmp_path)
+    (tmp_path / "a" / "x.txt").rename(tmp_path / "a" / "y.txt")
+    d3 = runner.folder_digest(tmp_path)
+    assert len({d1["sha256"], d2["sha256"], d3["sha256"]}) == 3
+
+
+def test_device_info_names_the_cpu():
+    info = runner.device_info("cpu")
+    assert info["type"] == "cpu" and info["name"] and info["torch"]
+
+
+def test_git_commit_of_this_checkout():
+    info = runner.git_commit()
+    assert info["source"] in ("git", "LUNGSEG_GIT_COMMIT", "unavailable")
+    if info["source"] == "git":
+        assert len(info["commit"]) == 40
+
+
+def test_cli_list(capsys):
+    assert main(["results", "list"]) == 0
+    out = capsys.readouterr().out
+    for name in TABLES:
+        assert name in out
+    assert "row lga: +LG-Attention = lgnet" in out
+
+
+def test_cli_unknown_profile_override_is_rejected(capsys):
+    with pytest.raises(SystemExit):
+        main(["results", "run", "--table", "lgnet-table1", "--profile", "tpu"])

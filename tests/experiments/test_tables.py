@@ -1,0 +1,95 @@
+"""The table specs are valid against the real model zoo, the readers and the real data folders."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from lungseg.data.readers import READERS
+from lungseg.errors import ConfigError
+from lungseg.experiments.tables import PROFILES, TABLES, Row, get_table, slug, validate_spec
+from lungseg.models import create_model, list_models
+
+EXPECTED = {"lgnet-table1", "lgnet-ablation", "infnet-protocol", "prnet-kaggle"}
+
+
+def test_the_four_tables_exist():
+    assert set(TABLES) == EXPECTED
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_spec_is_valid(name):
+    spec = TABLES[name]
+    assert validate_spec(spec) == []
+    assert spec.dataset in READERS
+    assert all(row.model in list_models() for row in spec.rows)
+    assert len(spec.seeds) >= 3
+    assert set(spec.profiles) == set(PROFILES)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_input_folder_exists_under_the_shared_data_root(name, shared_data):
+    assert TABLES[name].input_dir(shared_data).is_dir()
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_row_builds_with_its_kwargs(name):
+    spec = TABLES[name]
+    for row in spec.rows:
+        model = create_model(row.model, base_channels=4, **row.model_kwargs)
+        for kw, value in row.model_kwargs.items():
+            assert getattr(model, kw) == value
+
+
+def test_ablation_rows_are_the_lgnet_switches():
+    spec = TABLES["lgnet-ablation"]
+    switches = [(r.model_kwargs["use_mrc"], r.model_kwargs["use_lg_attention"], r.model_kwargs["use_ff"])
+                for r in spec.rows]
+    assert switches == [(False, False, False), (True, False, False), (False, True, False),
+                        (False, False, True), (True, True, True)]
+    assert {r.model for r in spec.rows} == {"lgnet"}
+
+
+def test_medseg_and_covid_semiseg_tables_never_share_data():
+    by_dataset = {s.name: s.dataset for s in TABLES.values()}
+    assert by_dataset["lgnet-table1"] == by_dataset["lgnet-ablation"] == "medseg"
+    assert by_dataset["infnet-protocol"] == "covid-semiseg"
+
+
+def test_published_numbers_are_only_attached_to_rows_by_label():
+    for spec in TABLES.values():
+        for row in spec.rows:
+            if row.published_as is not None:
+                assert row.published_as in spec.published.values
+
+
+def test_validate_spec_reports_problems():
+    spec = TABLES["lgnet-table1"]
+    bad = dataclasses.replace(
+        spec, dataset="nope", seeds=(0, 0),
+        rows=spec.rows + (Row("Bad Key", "x", "no-such-model"), Row("lgnet2", "x", "lgnet", {"use_nothing": True})),
+    )
+    problems = "\n".join(validate_spec(bad))
+    assert "unknown reader 'nope'" in problems
+    assert "at least 3 distinct seeds" in problems
+    assert "not file-name safe" in problems
+    assert "no-such-model" in problems
+    assert "no constructor argument 'use_nothing'" in problems
+
+
+def test_profile_sizes_fit_the_models_size_divisor():
+    bad = dataclasses.replace(TABLES["lgnet-table1"])
+    prof = dataclasses.replace(bad.profiles["cpu"], image_size=48)  # SegNet and U²-Net need multiples of 32
+    bad = dataclasses.replace(bad, profiles={**bad.profiles, "cpu": prof})
+    assert any("size_divisor 32" in p for p in validate_spec(bad))
+
+
+def test_get_table_unknown_name():
+    with pytest.raises(ConfigError, match="unknown table 'nope'"):
+        get_table("nope")
+
+
+def test_slug():
+    assert slug("U²-Net (P)") == "u-net-p"
+    assert slug("lgnet") == "lgnet"
