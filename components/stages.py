@@ -1,0 +1,104 @@
+"""The four stages as lightweight components. Each: typed artifacts in/out, the stage's own
+``params.yaml`` section as a ``dict`` parameter (so KFP caching, like DVC, re-runs a stage only
+when its section or its inputs change), one library call, and a one-line ``error: ...`` + exit 2
+for user errors (the same contract as the CLI)."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from components.image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def preprocess_op(dataset: str, raw: Input[Dataset], preprocess_params: dict, processed: Output[Dataset]):
+    """Raw CT data → the canonical processed folder (``lungseg.data.preprocess.preprocess``)."""
+    import sys
+
+    from lungseg.config import params_from_dict
+    from lungseg.data.preprocess import preprocess
+    from lungseg.errors import LungsegError
+
+    try:
+        params = params_from_dict({"preprocess": preprocess_params}, "pipeline parameters")
+        summary = preprocess(dataset, raw.path, processed.path, params.preprocess)
+    except LungsegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code)
+    processed.metadata["dataset"] = dataset
+    print(summary.describe())
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def train_op(data: Input[Dataset], train_params: dict, mlflow_params: dict, model: Output[Model],
+             metrics: Output[Metrics]):  # fmt: skip
+    """Train on the processed set (``lungseg.training.train``), tracked in MLflow."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from lungseg.config import params_from_dict
+    from lungseg.errors import LungsegError
+    from lungseg.training import train
+
+    try:
+        params = params_from_dict({"train": train_params, "mlflow": mlflow_params}, "pipeline parameters")
+        result = train(params, data_dir=data.path, output_dir=model.path)
+    except LungsegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code)
+    out = Path(model.path)
+    summary = json.loads((out / "train_metrics.json").read_text())
+    for key, value in summary.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            metrics.log_metric(key, float(value))
+    run = json.loads((out / "mlflow_run.json").read_text())
+    model.metadata.update({"model": params.train.model, "mlflow_run_id": run.get("run_id"),
+                           "model_uri": run.get("model_uri")})  # fmt: skip
+    print(result.describe())
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def evaluate_op(model: Input[Model], data: Input[Dataset], evaluate_params: dict, mlflow_params: dict,
+                report: Output[dsl.Artifact], metrics: Output[Metrics]):  # fmt: skip
+    """Per-image metrics, summary and figures (``lungseg.evaluation.evaluate``)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from lungseg.config import params_from_dict
+    from lungseg.errors import LungsegError
+    from lungseg.evaluation import evaluate
+
+    try:
+        params = params_from_dict({"evaluate": evaluate_params, "mlflow": mlflow_params}, "pipeline parameters")
+        result = evaluate(params, model_dir=model.path, data_dir=data.path, output_dir=report.path)
+    except LungsegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code)
+    summary = json.loads((Path(report.path) / "metrics.json").read_text())
+    for key, value in summary.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            metrics.log_metric(key, float(value))
+    print(result.describe())
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def register_op(model: Input[Model], report: Input[dsl.Artifact], register_params: dict, mlflow_params: dict,
+                decision: Output[dsl.Artifact]) -> str:  # fmt: skip
+    """Register the version; ``champion`` moves only if it is better (``lungseg.registry.register``).
+    Returns the decision (``champion`` or ``challenger``)."""
+    import sys
+
+    from lungseg.config import params_from_dict
+    from lungseg.errors import LungsegError
+    from lungseg.registry import register
+
+    try:
+        params = params_from_dict({"register": register_params, "mlflow": mlflow_params}, "pipeline parameters")
+        result = register(params, model_dir=model.path, evaluation_dir=report.path, output=decision.path)
+    except LungsegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code)
+    decision.metadata.update({"version": result.version, "decision": result.decision, "alias": result.alias})
+    print(result.describe())
+    return result.decision

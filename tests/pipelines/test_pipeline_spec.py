@@ -1,0 +1,147 @@
+"""The compiled KFP pipeline: committed YAML in sync with the code, GPU/secrets/caching settings,
+and the arguments `lungseg pipeline submit` sends."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lungseg.config import load_params
+from pipelines import ops
+from pipelines.lungseg_pipeline import GPU_NODE_LABEL, MLFLOW_SECRET, S3_SECRET
+
+REPO = Path(__file__).resolve().parents[2]
+COMMITTED = REPO / "pipelines" / "lungseg_pipeline.yaml"
+DEFAULT_IMAGE = "ghcr.io/lungseg/lungseg:0.1.0"
+
+
+def _load(path: Path) -> dict:
+    """The pipeline spec and the Kubernetes platform spec (two YAML documents), merged."""
+    doc: dict = {}
+    for part in yaml.safe_load_all(path.read_text()):
+        doc.update(part)
+    return doc
+
+
+def _compile_in_subprocess(out: Path, image: str | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "LUNGSEG_IMAGE"}
+    if image:
+        env["LUNGSEG_IMAGE"] = image
+    subprocess.run([sys.executable, "-m", "lungseg.cli", "pipeline", "compile", "--output", str(out)],
+                   cwd=REPO, env=env, check=True, capture_output=True)  # fmt: skip
+    return _load(out)
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("kfp") / "pipeline.yaml"
+    return {"doc": _compile_in_subprocess(out), "path": out}
+
+
+def test_committed_yaml_matches_the_code(spec):
+    assert COMMITTED.is_file(), "run `lungseg pipeline compile` and commit pipelines/lungseg_pipeline.yaml"
+    assert _load(COMMITTED) == spec["doc"], (
+        "pipelines/lungseg_pipeline.yaml is stale: run `lungseg pipeline compile` and commit it"
+    )
+
+
+def _executors(doc):
+    return doc["deploymentSpec"]["executors"]
+
+
+def _k8s(doc):
+    return doc["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def test_stages_are_chained_through_artifacts(spec):
+    tasks = spec["doc"]["root"]["dag"]["tasks"]
+    assert set(tasks) == {"importer", "preprocess-op", "train-op", "evaluate-op", "register-op"}
+    assert tasks["train-op"]["dependentTasks"] == ["preprocess-op"]
+    assert set(tasks["evaluate-op"]["dependentTasks"]) == {"preprocess-op", "train-op"}
+    assert set(tasks["register-op"]["dependentTasks"]) == {"evaluate-op", "train-op"}
+    train_in = tasks["train-op"]["inputs"]["artifacts"]["data"]["taskOutputArtifact"]
+    assert train_in == {"outputArtifactKey": "processed", "producerTask": "preprocess-op"}
+    # each stage receives only its own params section (+ mlflow), like the DVC stages
+    assert set(tasks["train-op"]["inputs"]["parameters"]) == {"train_params", "mlflow_params"}
+    assert set(tasks["preprocess-op"]["inputs"]["parameters"]) == {"dataset", "preprocess_params"}
+    # the registry has side effects: never replayed from the cache; the rest is cached
+    assert not tasks["register-op"]["cachingOptions"].get("enableCache", False)
+    assert tasks["train-op"]["cachingOptions"]["enableCache"] is True
+
+
+def test_every_component_runs_the_project_image_and_imports_lungseg(spec):
+    execs = {k: v for k, v in _executors(spec["doc"]).items() if k != "exec-importer"}
+    assert len(execs) == 4
+    calls = {
+        "exec-preprocess-op": "from lungseg.data.preprocess import preprocess",
+        "exec-train-op": "from lungseg.training import train",
+        "exec-evaluate-op": "from lungseg.evaluation import evaluate",
+        "exec-register-op": "from lungseg.registry import register",
+    }
+    for name, ex in execs.items():
+        container = ex["container"]
+        assert container["image"] == DEFAULT_IMAGE
+        source = "\n".join(container["command"])
+        assert calls[name] in source
+        assert "pip install" not in source, "the image already has kfp: nothing is installed at run time"
+
+
+def test_train_asks_for_a_gpu_node(spec):
+    acc = _executors(spec["doc"])["exec-train-op"]["container"]["resources"]["accelerator"]
+    assert acc["resourceType"] == "nvidia.com/gpu" and acc["resourceCount"] == "1"
+    train = _k8s(spec["doc"])["exec-train-op"]
+    assert train["nodeSelector"]["labels"] == {GPU_NODE_LABEL[0]: GPU_NODE_LABEL[1]}
+    assert train["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
+    for other in ("exec-preprocess-op", "exec-evaluate-op", "exec-register-op"):
+        assert "accelerator" not in _executors(spec["doc"])[other]["container"].get("resources", {})
+
+
+def test_credentials_come_from_kubernetes_secrets_only(spec):
+    k8s = _k8s(spec["doc"])
+    for name in ("exec-train-op", "exec-evaluate-op", "exec-register-op"):
+        envs = {e["envVar"]: s["secretName"] for s in k8s[name]["secretAsEnv"] for e in s["keyToEnv"]}
+        assert envs["MLFLOW_TRACKING_URI"] == MLFLOW_SECRET
+        assert envs["AWS_ACCESS_KEY_ID"] == envs["AWS_SECRET_ACCESS_KEY"] == S3_SECRET
+    assert "exec-preprocess-op" not in k8s  # no credentials where none are needed
+    for ex in _executors(spec["doc"]).values():
+        env = ex.get("container", {}).get("env", [])
+        assert not [e for e in env if "KEY" in e["name"] or "PASSWORD" in e["name"]], env
+
+
+def test_image_name_is_configurable_at_compile_time(tmp_path):
+    doc = _compile_in_subprocess(tmp_path / "p.yaml", image="registry.example:5000/lungseg:dev")
+    images = {ex["container"]["image"] for k, ex in _executors(doc).items() if k != "exec-importer"}
+    assert images == {"registry.example:5000/lungseg:dev"}
+
+
+def test_submit_arguments_carry_the_params_file(tmp_path):
+    """What `submit` sends to kfp.Client: compiled with those arguments, the spec holds the params
+    file's values (the call stops at the network: see test_submit_unreachable_host)."""
+    params = load_params(REPO / "params.yaml")
+    args = ops.pipeline_arguments(params, dataset="medseg", input_uri="s3://lungseg/raw/medseg-covid100")
+    assert args["train_params"]["model"] == params.train.model
+    assert args["preprocess_params"]["hu_window"] == list(params.preprocess.hu_window)
+    out = ops.compile_pipeline(tmp_path / "with-args.yaml", pipeline_parameters=args)
+    defaults = _load(out)["root"]["inputDefinitions"]["parameters"]
+    assert defaults["input_uri"]["defaultValue"] == "s3://lungseg/raw/medseg-covid100"
+    assert defaults["train_params"]["defaultValue"]["epochs"] == params.train.epochs
+    assert defaults["register_params"]["defaultValue"]["model_name"] == params.register.model_name
+
+
+def test_submit_unreachable_host_is_a_clear_error(tmp_path):
+    from lungseg.cli import main
+
+    code = subprocess.run(
+        [sys.executable, "-m", "lungseg.cli", "pipeline", "submit", "--host", "http://127.0.0.1:9",
+         "--input-uri", "s3://lungseg/raw/medseg", "--params", str(REPO / "params.yaml")],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert code.returncode == 2
+    assert "error: could not submit to Kubeflow Pipelines at http://127.0.0.1:9" in code.stderr
+    assert main(["pipeline", "submit", "--host", "http://127.0.0.1:9", "--input-uri", str(tmp_path),
+                 "--params", str(REPO / "params.yaml")]) == 2  # fmt: skip
