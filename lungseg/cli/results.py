@@ -79,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"  dataset {spec.dataset} (<data-root>/{spec.input_subdir}), seeds {list(spec.seeds)}")
             for pname, prof in spec.profiles.items():
                 print(f"  profile {pname}: image {prof.image_size}, base {prof.base_channels}, {prof.epochs} epochs, "
-                      f"batch {prof.batch_size}, lr {prof.lr:g}")
+                      f"batch {prof.batch_size}, lr {prof.lr:g}"
+                      + (f", model kwargs {prof.model_overrides}" if prof.model_overrides else ""))
             for row in spec.rows:
                 print(f"  row {row.key}: {row.label} = {row.model} {row.model_kwargs or ''}")
         return 0

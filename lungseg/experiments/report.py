@@ -205,6 +205,14 @@ def render_block(spec: TableSpec, profile: str, records: Sequence[dict[str, Any]
             f"batch {s.get('batch_size')}, lr {s.get('lr'):g}" + (f", {s.get('extra_train')}" if s.get('extra_train') else ""))
     out.append(f"- **Settings used**: {'; '.join(settings_lines)}" + (
         "" if overrides == ["{}"] else f" (command-line overrides of the profile: {', '.join(overrides)})"))
+    kw_lines = []
+    for row in spec.rows:
+        kws = _unique(json.dumps((r.get("settings") or {}).get("model_kwargs") or {}, sort_keys=True)
+                      for r in records if r.get("row") == row.key)
+        if kws and kws != ["{}"]:
+            kw_lines.append(f"{row.label} `{row.model}` {' / '.join(kws)}")
+    if kw_lines:
+        out.append(f"- **Model arguments**: {'; '.join(kw_lines)}")
     out.append(f"- **Profile `{profile}` as specified**: {prof.note}")
     if profile == "cpu" and "gpu" in spec.profiles:
         g = spec.profiles["gpu"]

@@ -162,7 +162,7 @@ def settings_of(prof: Profile, row: Row) -> dict[str, Any]:
     return clean_json({
         "image_size": prof.image_size, "base_channels": prof.base_channels, "epochs": prof.epochs,
         "batch_size": prof.batch_size, "lr": prof.lr, "extra_train": dict(prof.extra_train),
-        "model": row.model, "model_kwargs": dict(row.model_kwargs),
+        "model": row.model, "model_kwargs": prof.model_kwargs(row),
     })
 
 
@@ -170,7 +170,7 @@ def build_params(spec: TableSpec, row: Row, prof: Profile, seed: int, *, device:
     """:class:`lungseg.config.Params` of one cell: library defaults + profile + row + seed."""
     from lungseg.config import params_from_dict
 
-    train = {"model": row.model, "model_kwargs": dict(row.model_kwargs), "seed": seed, "device": device,
+    train = {"model": row.model, "model_kwargs": prof.model_kwargs(row), "seed": seed, "device": device,
              **prof.train_overrides()}
     return params_from_dict({
         "preprocess": {"image_size": prof.image_size, "seed": 0},
@@ -312,7 +312,7 @@ def run_cell(spec: TableSpec, row: Row, seed: int, *, profile: str, prof: Profil
         "row": row.key,
         "label": row.label,
         "model": row.model,
-        "model_kwargs": dict(row.model_kwargs),
+        "model_kwargs": prof.model_kwargs(row),
         "seed": seed,
         "settings": settings_of(prof, row),
         "overrides": {k: v for k, v in (overrides or {}).items() if v is not None},

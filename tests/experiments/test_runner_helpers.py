@@ -18,7 +18,10 @@ def test_build_params_puts_profile_row_and_seed_into_params():
     prof = runner.effective_profile(SPEC, "cpu", {"epochs": 3, "image_size": None})
     params = runner.build_params(SPEC, row, prof, seed=2, device="cpu")
     assert params.train.model == "lgnet"
-    assert params.train.model_kwargs == {"use_mrc": False, "use_lg_attention": True, "use_ff": False}
+    # the row's switches plus the cpu profile's pooled attention
+    assert params.train.model_kwargs == {"use_mrc": False, "use_lg_attention": True, "use_ff": False, "max_tokens": 256}
+    gpu = runner.build_params(SPEC, row, runner.effective_profile(SPEC, "gpu"), seed=0)
+    assert "max_tokens" not in gpu.train.model_kwargs  # paper-size profile keeps the model default
     assert params.train.seed == 2 and params.train.device == "cpu"
     assert params.train.epochs == 3  # the override
     assert params.train.base_channels == SPEC.profiles["cpu"].base_channels
