@@ -1,5 +1,6 @@
 """The four stages as lightweight components. Each: typed artifacts in/out, the stage's own
-``params.yaml`` section as a ``dict`` parameter (so KFP caching, like DVC, re-runs a stage only
+``params.yaml`` section as a JSON-string parameter (JSON, not a KFP ``dict``: KFP carries dicts
+as protobuf Structs, which turn every integer into a float that the typed config rightly rejects) (so KFP caching, like DVC, re-runs a stage only
 when its section or its inputs change), one library call, and a one-line ``error: ...`` + exit 2
 for user errors (the same contract as the CLI)."""
 
@@ -10,8 +11,9 @@ from components.image import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def preprocess_op(dataset: str, raw: Input[Dataset], preprocess_params: dict, processed: Output[Dataset]):
+def preprocess_op(dataset: str, raw: Input[Dataset], preprocess_params: str, processed: Output[Dataset]):
     """Raw CT data → the canonical processed folder (``lungseg.data.preprocess.preprocess``)."""
+    import json
     import sys
 
     from lungseg.config import params_from_dict
@@ -19,7 +21,7 @@ def preprocess_op(dataset: str, raw: Input[Dataset], preprocess_params: dict, pr
     from lungseg.errors import LungsegError
 
     try:
-        params = params_from_dict({"preprocess": preprocess_params}, "pipeline parameters")
+        params = params_from_dict({"preprocess": json.loads(preprocess_params)}, "pipeline parameters")
         summary = preprocess(dataset, raw.path, processed.path, params.preprocess)
     except LungsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -29,10 +31,11 @@ def preprocess_op(dataset: str, raw: Input[Dataset], preprocess_params: dict, pr
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def train_op(data: Input[Dataset], train_params: dict, mlflow_params: dict, model: Output[Model],
+def train_op(data: Input[Dataset], train_params: str, mlflow_params: str, model: Output[Model],
              metrics: Output[Metrics]):  # fmt: skip
     """Train on the processed set (``lungseg.training.train``), tracked in MLflow."""
     import json
+    import math
     import sys
     from pathlib import Path
 
@@ -41,7 +44,7 @@ def train_op(data: Input[Dataset], train_params: dict, mlflow_params: dict, mode
     from lungseg.training import train
 
     try:
-        params = params_from_dict({"train": train_params, "mlflow": mlflow_params}, "pipeline parameters")
+        params = params_from_dict({"train": json.loads(train_params), "mlflow": json.loads(mlflow_params)}, "pipeline parameters")
         result = train(params, data_dir=data.path, output_dir=model.path)
     except LungsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -49,8 +52,11 @@ def train_op(data: Input[Dataset], train_params: dict, mlflow_params: dict, mode
     out = Path(model.path)
     summary = json.loads((out / "train_metrics.json").read_text())
     for key, value in summary.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            metrics.log_metric(key, float(value))
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            metrics.log_metric(key, float(value))  # KFP metrics cannot hold NaN (e.g. undefined HD)
+    # the artifact must exist as a file too: KFP's local cache treats a missing one as a miss
+    Path(metrics.path).parent.mkdir(parents=True, exist_ok=True)
+    Path(metrics.path).write_text(json.dumps(summary, indent=2, default=str))
     run = json.loads((out / "mlflow_run.json").read_text())
     model.metadata.update({"model": params.train.model, "mlflow_run_id": run.get("run_id"),
                            "model_uri": run.get("model_uri")})  # fmt: skip
@@ -58,10 +64,11 @@ def train_op(data: Input[Dataset], train_params: dict, mlflow_params: dict, mode
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def evaluate_op(model: Input[Model], data: Input[Dataset], evaluate_params: dict, mlflow_params: dict,
+def evaluate_op(model: Input[Model], data: Input[Dataset], evaluate_params: str, mlflow_params: str,
                 report: Output[dsl.Artifact], metrics: Output[Metrics]):  # fmt: skip
     """Per-image metrics, summary and figures (``lungseg.evaluation.evaluate``)."""
     import json
+    import math
     import sys
     from pathlib import Path
 
@@ -70,23 +77,27 @@ def evaluate_op(model: Input[Model], data: Input[Dataset], evaluate_params: dict
     from lungseg.evaluation import evaluate
 
     try:
-        params = params_from_dict({"evaluate": evaluate_params, "mlflow": mlflow_params}, "pipeline parameters")
+        params = params_from_dict({"evaluate": json.loads(evaluate_params), "mlflow": json.loads(mlflow_params)}, "pipeline parameters")
         result = evaluate(params, model_dir=model.path, data_dir=data.path, output_dir=report.path)
     except LungsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code)
     summary = json.loads((Path(report.path) / "metrics.json").read_text())
     for key, value in summary.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            metrics.log_metric(key, float(value))
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            metrics.log_metric(key, float(value))  # KFP metrics cannot hold NaN (e.g. undefined HD)
+    # the artifact must exist as a file too: KFP's local cache treats a missing one as a miss
+    Path(metrics.path).parent.mkdir(parents=True, exist_ok=True)
+    Path(metrics.path).write_text(json.dumps(summary, indent=2, default=str))
     print(result.describe())
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def register_op(model: Input[Model], report: Input[dsl.Artifact], register_params: dict, mlflow_params: dict,
+def register_op(model: Input[Model], report: Input[dsl.Artifact], register_params: str, mlflow_params: str,
                 decision: Output[dsl.Artifact]) -> str:  # fmt: skip
     """Register the version; ``champion`` moves only if it is better (``lungseg.registry.register``).
     Returns the decision (``champion`` or ``challenger``)."""
+    import json
     import sys
 
     from lungseg.config import params_from_dict
@@ -94,7 +105,7 @@ def register_op(model: Input[Model], report: Input[dsl.Artifact], register_param
     from lungseg.registry import register
 
     try:
-        params = params_from_dict({"register": register_params, "mlflow": mlflow_params}, "pipeline parameters")
+        params = params_from_dict({"register": json.loads(register_params), "mlflow": json.loads(mlflow_params)}, "pipeline parameters")
         result = register(params, model_dir=model.path, evaluation_dir=report.path, output=decision.path)
     except LungsegError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """preprocess → train (GPU) → evaluate → register, as a KFP v2 pipeline.
 
 Pipeline parameters: ``input_uri`` (the raw dataset: ``s3://…`` in a cluster, a local folder for
-``run-local``), ``dataset`` (reader name) and one ``dict`` per ``params.yaml`` section. Defaults are
+``run-local``), ``dataset`` (reader name) and one JSON string per ``params.yaml`` section (``train_params`` …). Defaults are
 the typed defaults of :mod:`lungseg.config` (code, not ``params.yaml``, so the committed YAML only
 changes with the code); ``submit``/``run-local`` always pass the sections of the params file.
 
@@ -20,7 +20,7 @@ from components import evaluate_op, preprocess_op, register_op, train_op
 from lungseg.config import Params
 
 PIPELINE_NAME = "lungseg"
-DEFAULTS = json.loads(json.dumps(Params().to_dict()))  # JSON-safe (tuples → lists)
+DEFAULTS = {name: json.dumps(section, sort_keys=True) for name, section in Params().to_dict().items()}
 
 #: Kubernetes secret → environment of the MLflow-using tasks (see docs/pipeline.md)
 MLFLOW_SECRET = "lungseg-mlflow"
@@ -54,11 +54,11 @@ def _with_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
 def lungseg_pipeline(
     input_uri: str,
     dataset: str = "medseg",
-    preprocess_params: dict = DEFAULTS["preprocess"],
-    train_params: dict = DEFAULTS["train"],
-    evaluate_params: dict = DEFAULTS["evaluate"],
-    register_params: dict = DEFAULTS["register"],
-    mlflow_params: dict = DEFAULTS["mlflow"],
+    preprocess_params: str = DEFAULTS["preprocess"],
+    train_params: str = DEFAULTS["train"],
+    evaluate_params: str = DEFAULTS["evaluate"],
+    register_params: str = DEFAULTS["register"],
+    mlflow_params: str = DEFAULTS["mlflow"],
 ) -> str:
     raw = dsl.importer(artifact_uri=input_uri, artifact_class=Dataset, reimport=False)
     raw.set_display_name("raw data")

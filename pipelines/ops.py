@@ -11,9 +11,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +26,10 @@ class PipelineFailed(LungsegError):
 
 
 def pipeline_arguments(params, *, dataset: str, input_uri: str) -> dict[str, Any]:
-    """The pipeline's arguments: the input, the reader and one dict per params section (JSON-safe)."""
-    sections = json.loads(json.dumps(params.to_dict()))  # tuples → lists, as KFP carries them
+    """The pipeline's arguments: the input, the reader and one JSON string per params section."""
+    sections = params.to_dict()
     args: dict[str, Any] = {"input_uri": input_uri, "dataset": dataset}
-    args.update({f"{name}_params": sections[name] for name in SECTIONS})
+    args.update({f"{name}_params": json.dumps(sections[name], sort_keys=True) for name in SECTIONS})
     return args
 
 
@@ -70,16 +69,6 @@ def submit(params, *, host: str, experiment: str, dataset: str, input_uri: str) 
     return run.run_id
 
 
-@contextlib.contextmanager
-def _chdir(path: Path):
-    previous = Path.cwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(previous)
-
-
 def run_local(params, *, dataset: str, input_dir: str | Path, workdir: str | Path) -> dict[str, Any]:
     """Run the pipeline with ``kfp.local.SubprocessRunner(use_venv=False)`` in ``workdir``.
 
@@ -105,9 +94,31 @@ def run_local(params, *, dataset: str, input_dir: str | Path, workdir: str | Pat
         raise_on_error=True,
     )
     arguments = pipeline_arguments(params, dataset=dataset, input_uri=str(input_dir))
+    before = set((workdir / "outputs").glob("*")) if (workdir / "outputs").is_dir() else set()
+    handler = _show_cache_hits()
     try:
         task = lungseg_pipeline(**arguments)
     except RuntimeError as exc:
         raise PipelineFailed(f"{exc} (task logs above; outputs of the tasks that succeeded are in "
                              f"{workdir / 'outputs'} and cached for the re-run)") from exc  # fmt: skip
-    return {"decision": task.output, "outputs": str(workdir / "outputs")}
+    finally:
+        logging.getLogger().removeHandler(handler)
+    new = sorted(set((workdir / "outputs").glob("*")) - before)
+    return {"decision": task.output, "run_dir": str(new[-1]) if new else None}
+
+
+class _CacheHitFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "cache hit" in record.getMessage()
+
+
+def _show_cache_hits() -> logging.Handler:
+    """KFP logs a task served from the local cache at INFO on the root logger: show just those."""
+    handler = logging.StreamHandler()
+    handler.addFilter(_CacheHitFilter())
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+    return handler

@@ -3,6 +3,7 @@ and the arguments `lungseg pipeline submit` sends."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -124,13 +125,14 @@ def test_submit_arguments_carry_the_params_file(tmp_path):
     file's values (the call stops at the network: see test_submit_unreachable_host)."""
     params = load_params(REPO / "params.yaml")
     args = ops.pipeline_arguments(params, dataset="medseg", input_uri="s3://lungseg/raw/medseg-covid100")
-    assert args["train_params"]["model"] == params.train.model
-    assert args["preprocess_params"]["hu_window"] == list(params.preprocess.hu_window)
+    assert json.loads(args["train_params"])["model"] == params.train.model
+    assert json.loads(args["preprocess_params"])["hu_window"] == list(params.preprocess.hu_window)
+    assert json.loads(args["train_params"])["epochs"] == params.train.epochs  # an int stays an int
     out = ops.compile_pipeline(tmp_path / "with-args.yaml", pipeline_parameters=args)
     defaults = _load(out)["root"]["inputDefinitions"]["parameters"]
     assert defaults["input_uri"]["defaultValue"] == "s3://lungseg/raw/medseg-covid100"
-    assert defaults["train_params"]["defaultValue"]["epochs"] == params.train.epochs
-    assert defaults["register_params"]["defaultValue"]["model_name"] == params.register.model_name
+    assert json.loads(defaults["train_params"]["defaultValue"])["epochs"] == params.train.epochs
+    assert json.loads(defaults["register_params"]["defaultValue"])["model_name"] == params.register.model_name
 
 
 def test_submit_unreachable_host_is_a_clear_error(tmp_path):
