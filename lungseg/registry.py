@@ -258,6 +258,44 @@ def registry_lock(client, name: str, timeout: float = LOCK_TIMEOUT_S) -> Iterato
                 client.delete_registered_model(lock)
 
 
+@contextlib.contextmanager
+def scoped_mlflow_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's *global* tracking and registry URIs at ``uri`` inside the block only.
+
+    ``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI``; restoring with
+    ``set_tracking_uri(previous_resolved_value)`` would pin the global state (and the environment
+    of later subprocesses) to the old store, so the exact previous state is restored instead.
+    """
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    saved = tracking_utils._tracking_uri, registry_utils._registry_uri
+    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved[0])
+        registry_utils._registry_uri = saved[1]
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _create_version(tracking_uri: str, name: str, model_uri: str, tags: dict[str, str]):
+    """A new version of ``name`` from ``model_uri`` (``models:/m-…`` logged model or ``runs:/…``).
+
+    ``mlflow.register_model`` resolves both kinds, and a sqlite registry resolves a ``models:/``
+    source through the *global* tracking URI, so both are scoped to ``tracking_uri`` meanwhile."""
+    import mlflow
+
+    with scoped_mlflow_uri(tracking_uri):
+        return mlflow.register_model(model_uri, name, tags=tags, await_registration_for=300)
+
 def _decide(cfg, candidate: float, fingerprint: str | None, run_id: str, champion) -> tuple[bool, float | None, str]:
     """(promote?, champion's number or None, reason)."""
     if champion is None:
@@ -304,7 +342,6 @@ def register(params, model_dir: str | Path, evaluation_dir: str | Path, output: 
     tracking_uri = run_info.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow.tracking_uri
     run_id, model_uri, name = run_info["run_id"], run_info["model_uri"], cfg.model_name
 
-    import mlflow
     from mlflow.exceptions import MlflowException
 
     client = _client(tracking_uri)
@@ -322,14 +359,7 @@ def register(params, model_dir: str | Path, evaluation_dir: str | Path, output: 
                 TAG + "eval_n_images": str(metrics.get("n_images")),
                 TAG + "model_uri": model_uri,
             }
-            previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-            mlflow.set_tracking_uri(tracking_uri)
-            mlflow.set_registry_uri(tracking_uri)
-            try:
-                mv = mlflow.register_model(model_uri, name, tags=base_tags, await_registration_for=300)
-            finally:
-                mlflow.set_tracking_uri(previous[0])
-                mlflow.set_registry_uri(previous[1])
+            mv = _create_version(tracking_uri, name, model_uri, base_tags)
         mv = _wait_ready(client, name, mv.version)  # an alias is set only on a READY version
         version = str(mv.version)
 

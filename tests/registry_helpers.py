@@ -12,27 +12,26 @@ from pathlib import Path
 import mlflow
 import torch
 
+from lungseg.registry import scoped_mlflow_uri
 
-def log_tiny_model(tracking_uri: str, experiment: str = "registry-tests") -> dict:
-    """A real run with a logged model; returns the ``mlflow_run.json`` content."""
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tracking_uri)
-    try:
+
+def log_tiny_model(tracking_uri: str, experiment: str = "registry-tests", model_uri_style: str = "models") -> dict:
+    """A real run with a logged model; returns the ``mlflow_run.json`` content
+    (``model_uri`` as ``models:/m-…``, or ``runs:/<run_id>/model`` with ``model_uri_style="runs"``)."""
+    with scoped_mlflow_uri(tracking_uri):
         exp = mlflow.set_experiment(experiment)
         with mlflow.start_run() as run:
             module = torch.nn.Conv2d(1, 1, 3, padding=1)
             info = mlflow.pytorch.log_model(
                 module, name="model", serialization_format="pickle", pip_requirements=["torch"]
             )
-        return {
-            "run_id": run.info.run_id,
-            "tracking_uri": tracking_uri,
-            "experiment_id": exp.experiment_id,
-            "model_uri": info.model_uri,
-            "lost_logging": False,
-        }
-    finally:
-        mlflow.set_tracking_uri(previous)
+    return {
+        "run_id": run.info.run_id,
+        "tracking_uri": tracking_uri,
+        "experiment_id": exp.experiment_id,
+        "model_uri": info.model_uri if model_uri_style == "models" else f"runs:/{run.info.run_id}/model",
+        "lost_logging": False,
+    }
 
 
 def write_candidate(root: Path, run_info: dict, *, dice: float, fingerprint: str | None, split="test") -> tuple[Path, Path]:

@@ -195,3 +195,22 @@ def test_manifest_fingerprint_is_order_free_and_content_sensitive():
     assert manifest_fingerprint(rows[:3]) != manifest_fingerprint(rows)
     with pytest.raises(DataError):
         manifest_fingerprint([])
+
+
+def test_runs_uri_is_registered_and_global_mlflow_state_is_untouched(tmp_path, tracking_uri, params, monkeypatch):
+    import os
+
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    before = mlflow.get_tracking_uri()
+    run_info = log_tiny_model(tracking_uri, model_uri_style="runs")
+    assert run_info["model_uri"].startswith("runs:/")
+    decision = register(params, *write_candidate(tmp_path / "r", run_info, dice=0.3, fingerprint=SET_A),
+                        tmp_path / "r.json")  # fmt: skip
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    mv = client.get_model_version(params.register.model_name, decision.version)
+    assert mv.status == "READY" and mv.run_id == run_info["run_id"]
+    assert mlflow.get_tracking_uri() == before
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ

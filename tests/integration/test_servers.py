@@ -17,6 +17,8 @@ from mlflow import MlflowClient
 from registry_helpers import log_tiny_model, write_candidate
 from servers import S3Server, servers
 
+from lungseg.registry import scoped_mlflow_uri
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -47,12 +49,8 @@ def test_model_logged_through_server_lands_on_s3_and_loads_back(mlflow_server_en
             .get("Contents", [])]  # fmt: skip
     assert any(k.endswith("MLmodel") for k in keys), keys
     assert any(k.endswith("model.pth") for k in keys), keys
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(mlflow_server_env.uri)
-    try:
+    with scoped_mlflow_uri(mlflow_server_env.uri):
         loaded = mlflow.pytorch.load_model(run_info["model_uri"])
-    finally:
-        mlflow.set_tracking_uri(previous)
     x = torch.rand(1, 1, 8, 8)
     assert loaded(x).shape == (1, 1, 8, 8)
     assert isinstance(loaded, torch.nn.Conv2d)
@@ -94,7 +92,8 @@ def test_two_concurrent_registrations_leave_a_consistent_registry(mlflow_server_
     # whichever came first, the low one was either challenger or a champion later dethroned
     low = decisions["low"]
     assert low["decision"] == "challenger" or decisions["high"]["champion_before"] == pytest.approx(0.41)
-    loaded = mlflow.pytorch.load_model(f"models:/{name}@champion")
+    with scoped_mlflow_uri(uri):
+        loaded = mlflow.pytorch.load_model(f"models:/{name}@champion")
     assert isinstance(loaded, torch.nn.Module)
 
 
