@@ -89,16 +89,7 @@ class Decision:
 
 
 # ------------------------------------------------------------------------------------ fingerprint
-def manifest_fingerprint(rows: Iterable[dict[str, Any]]) -> str:
-    """sha256 of an evaluation set: its rows' ``id,image_sha256,mask_sha256``, sorted by id.
-
-    Same processed pixels and labels ⇒ same fingerprint, whatever the folder or the row order;
-    a different ``image_size`` or a different split gives a different one.
-    """
-    lines = sorted(f"{r['id']},{r['image_sha256']},{r['mask_sha256']}" for r in rows)
-    if not lines:
-        raise DataError(None, "cannot fingerprint an empty evaluation set")
-    return "sha256:" + hashlib.sha256("\n".join(lines).encode()).hexdigest()
+from lungseg.data.dataset import manifest_fingerprint  # noqa: E402  (shared with evaluation)
 
 
 def evaluation_fingerprint(metrics: dict[str, Any], evaluation_dir: Path) -> tuple[str | None, str]:

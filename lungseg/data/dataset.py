@@ -8,7 +8,9 @@ requested split are copied into memory, so loading the test split of a large set
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,3 +110,15 @@ def load_split(data_dir: str | Path, split: str) -> SplitArrays:
         manifest=rows.reset_index(drop=True),
         meta=meta,
     )
+
+
+def manifest_fingerprint(rows: Iterable[dict[str, Any]]) -> str:
+    """sha256 of an evaluation set: its rows' ``id,image_sha256,mask_sha256``, sorted by id.
+
+    Same processed pixels and labels ⇒ same fingerprint, whatever the folder or the row order;
+    a different ``image_size`` or a different split gives a different one.
+    """
+    lines = sorted(f"{r['id']},{r['image_sha256']},{r['mask_sha256']}" for r in rows)
+    if not lines:
+        raise DataError(None, "cannot fingerprint an empty evaluation set")
+    return "sha256:" + hashlib.sha256("\n".join(lines).encode()).hexdigest()
