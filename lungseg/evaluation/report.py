@@ -11,10 +11,14 @@ Outputs (written to a temporary folder, renamed into ``output_dir`` at the end):
   empty side) is written as ``null`` so the file stays strict JSON.
 * ``overlays.png`` — image, ground truth and prediction for the best and worst ``n_overlays``
   images by Dice.
-* ``roc.csv`` / ``pr.csv`` and ``curves.png`` — pooled ROC and precision–recall points.
+* ``roc.csv`` (fpr, tpr, threshold), ``pr.csv`` (recall, precision, threshold), ``curves.csv``
+  (threshold sweep of the pooled Dice/precision/recall/FPR) at 101 thresholds 0.00…1.00, all pooled
+  over every pixel of the split (DVC plots), drawn in ``curves.png``; ``roc_auc_pooled`` in metrics.json.
+* ``mlflow_logging.json`` — the training run it was logged to and what logging was lost (if any).
 
-Everything is logged to the training run in MLflow (``eval_*`` metrics, artifacts under
-``evaluation/``), through the resilient :class:`lungseg.tracking.RunLogger`.
+Everything is logged to the training run of ``<model_dir>/mlflow_run.json`` (``eval_*`` metrics,
+tags, artifacts under ``evaluation/<split>/``) through :class:`lungseg.tracking.ResilientRun`:
+a tracking server that is down costs the logging (recorded, warned), never the report.
 HD/HD95 are in mm when the processed set records a pixel spacing, else in pixels.
 Multi-class models (num_classes > 1) get per-class Dice/IoU from
 :func:`lungseg.metrics.per_image_metrics_multiclass`.
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +39,7 @@ import torch
 
 from lungseg.config import Params
 from lungseg.data.dataset import load_split, manifest_fingerprint
-from lungseg.errors import CheckpointError, DataError
+from lungseg.errors import CheckpointError, DataError, TrainingError
 from lungseg.io import atomic_dir, atomic_write_json
 from lungseg.metrics import aggregate, per_image_metrics, per_image_metrics_multiclass
 from lungseg.training.loop import BEST, CHECKPOINT, build_model, load_checkpoint
@@ -47,12 +52,18 @@ class EvalResult:
     n_images: int
     summary: dict[str, Any]
     seconds: float
+    logging: dict[str, Any] | None = None
 
     def describe(self) -> str:
         keys = [k for k in ("dice_mean", "dice_pooled", "iou_mean", "miou_mean", "acc_mean", "sen_mean",
                             "spe_mean", "hd95_mean", "dice_mean_fg_mean") if k in self.summary]  # fmt: skip
         vals = "  ".join(f"{k} {self.summary[k]:.4f}" for k in keys if self.summary[k] is not None)
-        return f"evaluated {self.n_images} {self.split} image(s) in {self.seconds:.1f} s → {self.output_dir}\n  {vals}"
+        s = f"evaluated {self.n_images} {self.split} image(s) in {self.seconds:.1f} s → {self.output_dir}\n  {vals}"
+        if self.logging and self.logging.get("run_id"):
+            s += f"\n  logged to MLflow run {self.logging['run_id']}"
+            if self.logging.get("lost_logging"):
+                s += f" ({self.logging['lost_logging']} logging call(s) lost)"
+        return s
 
 
 @torch.no_grad()
@@ -80,8 +91,6 @@ def _finite_or_none(summary: dict[str, Any]) -> dict[str, Any]:
 
 def evaluate(params: Params, model_dir: str | Path, data_dir: str | Path, output_dir: str | Path) -> EvalResult:
     """Evaluate the model trained into ``model_dir`` on ``params.evaluate.split`` of ``data_dir``."""
-    from lungseg.tracking import RunLogger
-
     t0 = time.perf_counter()
     cfg = params.evaluate
     model_dir, data_dir, output_dir = Path(model_dir), Path(data_dir), Path(output_dir)
@@ -112,7 +121,7 @@ def evaluate(params: Params, model_dir: str | Path, data_dir: str | Path, output
         df = per_image_metrics_multiclass(probs, masks, ids=ids)
     summary = _finite_or_none(aggregate(df))
     summary.update({
-        "split": cfg.split, "n_images": len(df), "threshold": cfg.threshold, "checkpoint": str(ckpt_path),
+        "split": cfg.split, "n_images": len(df), "threshold": cfg.threshold, "checkpoint": ckpt_path.name,
         "checkpoint_epoch": ckpt.get("epoch"), "model": ckpt["model_identity"]["name"],
         "data_fingerprint": manifest_fingerprint(split.manifest.to_dict("records")),
         "split_level": split.meta.get("split_level"), "data_warnings": split.meta.get("warnings", []),
@@ -124,24 +133,49 @@ def evaluate(params: Params, model_dir: str | Path, data_dir: str | Path, output
         atomic_write_json(tmp / "metrics.json", summary)
         _overlays(tmp / "overlays.png", split.images, masks, probs, df, cfg.n_overlays, cfg.threshold)
         if probs.ndim == 3:
-            _curves(tmp, probs, masks)
+            summary["roc_auc_pooled"] = _curves(tmp, probs, masks)
+            atomic_write_json(tmp / "metrics.json", summary)
+
+    logging = _log_to_training_run(model_dir, output_dir, summary, cfg.split, int(ckpt.get("epoch") or 0))
+    atomic_write_json(output_dir / "mlflow_logging.json", logging)
+    return EvalResult(output_dir, cfg.split, len(df), summary, time.perf_counter() - t0, logging)
+
+
+def _log_to_training_run(model_dir: Path, output_dir: Path, summary: dict[str, Any], split: str, step: int) -> dict:
+    """``eval_*`` metrics, tags and the report's files into the training run of ``mlflow_run.json``.
+
+    Returns what happened (``run_id``, ``lost_logging``, ``lost_calls``); a tracking server that is
+    down costs the logging (recorded and warned), never the evaluation.
+    """
+    from lungseg.tracking import ResilientRun
 
     run_file = model_dir / "mlflow_run.json"
-    if run_file.is_file() and json.loads(run_file.read_text()).get("run_id"):
-        logger = RunLogger(params.mlflow, run_id=json.loads(run_file.read_text())["run_id"])
-        step = int(ckpt.get("epoch") or 0)
-        logger.log_metrics({f"eval_{k}": v for k, v in summary.items()
-                            if isinstance(v, (int, float)) and not isinstance(v, bool)}, step=step)  # fmt: skip
-        logger.set_tags({"eval_split": cfg.split, "eval_data_fingerprint": summary["data_fingerprint"]})
-        for name in ("per_image.csv", "metrics.json", "overlays.png", "roc.csv", "pr.csv", "curves.png"):
+    if not run_file.is_file():
+        print(f"lungseg: warning: {run_file} not found: the evaluation is not logged to MLflow", file=sys.stderr)
+        return {"run_id": None, "lost_logging": 0, "lost_calls": [], "reason": f"{run_file} not found"}
+    info = json.loads(run_file.read_text())
+    if not info.get("run_id") or not info.get("tracking_uri"):
+        raise DataError(run_file, "no run_id/tracking_uri (was the training run logged to MLflow?)")
+    try:
+        run = ResilientRun.start(info["tracking_uri"], info.get("experiment") or "", run_id=info["run_id"])
+    except TrainingError as exc:  # the store is unreachable: the report stands, the logging is lost
+        print(f"lungseg: warning: evaluation not logged to MLflow: {exc}", file=sys.stderr)
+        return {"run_id": info["run_id"], "lost_logging": 1, "lost_calls": [f"all evaluation logging: {exc}"]}
+    was_running = True
+    try:
+        run.log_metrics({f"eval_{k}": v for k, v in summary.items()
+                         if isinstance(v, (int, float)) and not isinstance(v, bool)}, step=step)  # fmt: skip
+        run.set_tags({"eval_split": split, "eval_data_fingerprint": str(summary.get("data_fingerprint"))})
+        for name in ("per_image.csv", "metrics.json", "overlays.png", "roc.csv", "pr.csv", "curves.csv", "curves.png"):
             if (output_dir / name).is_file():
-                logger.log_artifact(output_dir / name, "evaluation")
-        # the run's status was set by training; record what this step lost without re-terminating it
-        while logger.pending:
-            logger._drop(logger.pending.popleft()[0])
-        if logger.lost:
-            print(f"lungseg: warning: {logger.lost} evaluation logging call(s) lost", flush=True)
-    return EvalResult(output_dir, cfg.split, len(df), summary, time.perf_counter() - t0)
+                run.log_artifact(output_dir / name, f"evaluation/{split}")
+        was_running = False
+    finally:
+        run.end("FINISHED" if not was_running else "FAILED")  # re-opening set RUNNING: restore the end state
+        run.close()
+    return {"run_id": run.run_id, **run.summary()}
+
+
 
 
 def _overlays(path: Path, images, masks, probs, df, n: int, threshold: float) -> None:
@@ -170,25 +204,53 @@ def _overlays(path: Path, images, masks, probs, df, n: int, threshold: float) ->
     plt.close(fig)
 
 
-def _curves(out: Path, probs: np.ndarray, masks: np.ndarray) -> None:
+THRESHOLDS = np.round(np.linspace(0.0, 1.0, 101), 2)
+
+
+def pooled_curves(probs: np.ndarray, masks: np.ndarray) -> dict[str, np.ndarray]:
+    """Pooled (all pixels of the split) confusion counts at :data:`THRESHOLDS` (prediction = ``p >= t``)."""
+    p = probs.reshape(-1).astype(np.float64)
+    g = masks.reshape(-1) != 0
+    fg, bg = np.sort(p[g]), np.sort(p[~g])
+    tp = len(fg) - np.searchsorted(fg, THRESHOLDS, side="left")
+    fp = len(bg) - np.searchsorted(bg, THRESHOLDS, side="left")
+    fn, tn = len(fg) - tp, len(bg) - fp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {
+            "threshold": THRESHOLDS, "tp": tp, "fp": fp, "tn": tn, "fn": fn,
+            "tpr": np.where(tp + fn > 0, tp / np.maximum(tp + fn, 1), np.nan),
+            "fpr": np.where(fp + tn > 0, fp / np.maximum(fp + tn, 1), np.nan),
+            "precision": np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 1.0),
+            "dice": np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 1.0),
+        }  # fmt: skip
+
+
+def _curves(out: Path, probs: np.ndarray, masks: np.ndarray) -> float | None:
+    """``roc.csv`` (fpr, tpr, threshold), ``pr.csv`` (recall, precision, threshold), ``curves.csv``
+    (threshold sweep: pooled dice, precision, recall, fpr) and ``curves.png``; returns the pooled ROC AUC
+    (``sklearn.metrics.roc_auc_score`` on every pixel) or None when the split has one class only."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from sklearn.metrics import precision_recall_curve, roc_curve
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
 
-    y, p = masks.reshape(-1).astype(np.uint8), probs.reshape(-1)
-    if y.min() == y.max():
-        return  # one class only: ROC/PR undefined; the summary's auc_n_undefined says so
-    fpr, tpr, _ = roc_curve(y, p, drop_intermediate=True)
-    prec, rec, _ = precision_recall_curve(y, p, drop_intermediate=True)
-    keep = lambda a: np.linspace(0, len(a) - 1, min(len(a), 200)).astype(int)  # noqa: E731
-    r, q = keep(fpr), keep(rec)
-    (out / "roc.csv").write_text("fpr,tpr\n" + "".join(f"{a:.6f},{b:.6f}\n" for a, b in zip(fpr[r], tpr[r])))
-    (out / "pr.csv").write_text("recall,precision\n" + "".join(f"{a:.6f},{b:.6f}\n" for a, b in zip(rec[q], prec[q])))
-    fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3.2))
-    a.plot(fpr, tpr), a.plot([0, 1], [0, 1], "k:"), a.set_xlabel("FPR"), a.set_ylabel("TPR"), a.set_title("ROC (pooled)")
-    b.plot(rec, prec), b.set_xlabel("recall"), b.set_ylabel("precision"), b.set_title("PR (pooled)")
+    c = pooled_curves(probs, masks)
+    pd.DataFrame({"fpr": c["fpr"], "tpr": c["tpr"], "threshold": c["threshold"]}).to_csv(out / "roc.csv", index=False)
+    pd.DataFrame({"recall": c["tpr"], "precision": c["precision"], "threshold": c["threshold"]}).to_csv(
+        out / "pr.csv", index=False)  # fmt: skip
+    pd.DataFrame({"threshold": c["threshold"], "dice": c["dice"], "precision": c["precision"], "recall": c["tpr"],
+                  "fpr": c["fpr"]}).to_csv(out / "curves.csv", index=False)  # fmt: skip
+    y = masks.reshape(-1) != 0
+    auc = float(roc_auc_score(y, probs.reshape(-1))) if 0 < y.sum() < y.size else None
+    fig, (a, b, d) = plt.subplots(1, 3, figsize=(11, 3.2))
+    a.plot(c["fpr"], c["tpr"], marker="."), a.plot([0, 1], [0, 1], "k:")
+    a.set_xlabel("FPR"), a.set_ylabel("TPR"), a.set_title(f"ROC (pooled, AUC {auc:.3f})" if auc else "ROC (pooled)")
+    b.plot(c["tpr"], c["precision"], marker="."), b.set_xlabel("recall"), b.set_ylabel("precision")
+    b.set_title("PR (pooled)")
+    d.plot(c["threshold"], c["dice"]), d.set_xlabel("threshold"), d.set_ylabel("pooled Dice"), d.set_title("Dice vs threshold")
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=90)
     plt.close(fig)
+    return auc

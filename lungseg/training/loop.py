@@ -1,45 +1,54 @@
-"""Training: presets, seeded augmentation, checkpoint every epoch, exact resume, MLflow tracking.
+"""Training: presets, seeded augmentation, a checkpoint every epoch, exact resume, MLflow tracking.
 
 Where things go
-    The run works in ``<output>.partial/``: a checkpoint (``checkpoint.pt``) is written there
-    atomically at the end of every epoch, ``best.pt`` whenever validation Dice improves. When the
-    run ends, the history, summary and ``mlflow_run.json`` are added and the folder is renamed to
-    ``<output>`` — a previous ``<output>`` stays intact until then, and a failed or killed run
-    never leaves a half-written ``<output>``. ``resume=True`` continues a killed run from
-    ``<output>.partial/checkpoint.pt`` (the same MLflow run goes on).
+    The run works in ``<output>.partial/`` (a sibling of ``--output``): ``checkpoint.pt`` is written
+    there atomically (temporary file + ``os.replace``) at the end of every epoch, ``best.pt`` whenever
+    the validation Dice improves, and ``history.csv`` every epoch. When the run ends, the summary,
+    the learning curves and ``mlflow_run.json`` are added and the folder is renamed to ``<output>``:
+    a previous ``<output>`` stays intact until then, and a failed or killed run never leaves a
+    half-written ``<output>``. ``resume=True`` (``lungseg train --resume``) continues a killed run
+    from ``<output>.partial/checkpoint.pt``; the same MLflow run goes on.
 
 Exact resume
-    The checkpoint holds model, optimizer, scheduler, scaler, epoch, best Dice, the early-stopping
-    counter, every RNG state, the config and the model identity. In addition every epoch draws its
-    shuffling, augmentation and dropout randomness from generators seeded with ``(seed, epoch)``,
-    so an epoch is a pure function of (weights, optimizer state, seed, epoch): a run killed after
-    epoch k and resumed gives bitwise the same weights as an uninterrupted run on the CPU (tested).
+    The checkpoint holds model, optimizer, scheduler and (bf16-unused, kept for the format) grad
+    scaler states, the epoch, best Dice + epoch, the early-stopping counter, the RNG states (torch,
+    CUDA, numpy, python), the effective config, the model identity (name + constructor kwargs), the
+    history and the MLflow run id. Besides, every epoch draws shuffling, augmentation and dropout
+    randomness from generators seeded with ``(seed, epoch)``, so one epoch is a pure function of
+    (weights, optimizer state, seed, epoch). On the CPU a run killed after epoch k and resumed ends
+    with bitwise the same weights and history as an uninterrupted run (tested by SIGKILL).
+    ``torch.use_deterministic_algorithms(True, warn_only=True)`` is on while training (CUDA also gets
+    ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` unless set); the previous setting is restored afterwards.
 
-Presets
-    ``default``: Adam(lr from params, default 1e-3), cosine schedule, early stopping on validation
-    Dice — what trains well on these small sets. ``paper`` (LG-Net §3): Adam, lr 0.01, batch 4,
-    120 epochs, constant lr; it expects 512² data (``preprocess.image_size: 512``) and warns
-    otherwise.
-
-Augmentation (training split only)
-    Random horizontal/vertical flips, a random 90° rotation and a random intensity scale/shift of
-    ±10 %, on batched tensors (masks move with images; no interpolation, so labels stay exact).
+Presets (``train.preset``)
+    ``default``: the values of ``params.yaml`` as given; the library defaults are AdamW-style Adam
+    (``weight_decay`` 1e-5), lr 1e-3, batch 4, cosine schedule, early stopping after 10 epochs
+    without a better validation Dice, augmentation on. ``paper`` (LG-Net §3): Adam, lr 0.01, batch 4,
+    120 epochs, constant lr, no early stopping, no weight decay. The image size is not a training
+    parameter: it comes from preprocessing (``preprocess.image_size``); the paper preset warns when
+    the data is not 512².
 
 Device
     ``device: auto`` uses CUDA when available. bf16 autocast (``amp``) and channels_last apply on
-    CUDA only; on the CPU they are ignored (both are recorded in the run's params either way).
+    CUDA only; on the CPU they are ignored (the run's params record both).
+
+Failures
+    A non-finite loss raises :class:`~lungseg.errors.TrainingError` naming the epoch and batch; the
+    last good checkpoint (previous epoch) is left intact. A checkpoint of another architecture raises
+    :class:`~lungseg.errors.CheckpointError` naming the file and both architectures. A missing or
+    empty split raises :class:`~lungseg.errors.DataError` (from :func:`lungseg.data.dataset.load_split`).
 """
 
 from __future__ import annotations
 
-import csv
+import contextlib
 import dataclasses
-import json
 import os
 import random
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,16 +58,20 @@ import torch
 
 from lungseg.config import Params, TrainConfig, flatten
 from lungseg.data.dataset import load_split, read_meta
-from lungseg.errors import CheckpointError, ConfigError, DataError, TrainingError
+from lungseg.errors import CheckpointError, ConfigError, LungsegError, TrainingError
 from lungseg.io import atomic_write_json, atomic_write_text
 from lungseg.losses import create_loss, default_loss_for
 from lungseg.metrics import dice_per_image_torch
 from lungseg.models import create_model, list_models
+from lungseg.training.augment import augment
 
-PAPER_PRESET = {"lr": 0.01, "batch_size": 4, "epochs": 120, "scheduler": "none"}
+PAPER_PRESET = {"lr": 0.01, "batch_size": 4, "epochs": 120, "scheduler": "none", "early_stopping_patience": 0,
+                "weight_decay": 0.0}  # fmt: skip
 PAPER_IMAGE_SIZE = 512
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
+CHECKPOINT_FORMAT = 1
+HISTORY_FIELDS = ["epoch", "train_loss", "train_dice", "val_loss", "val_dice", "lr", "seconds"]
 
 
 @dataclass
@@ -71,6 +84,7 @@ class TrainResult:
     run_id: str | None
     lost_logging: int
     seconds: float
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def describe(self) -> str:
         s = (f"trained {self.epochs_run} epoch(s) in {self.seconds:.1f} s; best val Dice {self.best_val_dice:.4f} "
@@ -78,12 +92,12 @@ class TrainResult:
         if self.run_id:
             s += f"\n  MLflow run {self.run_id}"
         if self.lost_logging:
-            s += f" ({self.lost_logging} logging call(s) lost: tracking server unreachable)"
+            s += f" ({self.lost_logging} logging call(s) lost: see lost_calls in mlflow_run.json)"
         return s
 
 
 def effective_config(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with the preset applied (``paper`` overrides lr, batch, epochs, schedule)."""
+    """``cfg`` with its preset applied (``paper`` overrides lr, batch, epochs, schedule, early stop, decay)."""
     if cfg.preset == "default":
         return cfg
     if cfg.preset == "paper":
@@ -92,6 +106,7 @@ def effective_config(cfg: TrainConfig) -> TrainConfig:
 
 
 def model_identity(cfg: TrainConfig, in_channels: int, num_classes: int) -> dict[str, Any]:
+    """What a checkpoint must match: model name + every constructor argument."""
     return {"name": cfg.model, "kwargs": {"in_channels": in_channels, "num_classes": num_classes,
                                            "base_channels": cfg.base_channels, **cfg.model_kwargs}}  # fmt: skip
 
@@ -100,13 +115,23 @@ def build_model(identity: dict[str, Any]) -> torch.nn.Module:
     return create_model(identity["name"], **identity["kwargs"])
 
 
-def load_checkpoint(path: Path, expected: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Load a checkpoint; ``CheckpointError`` if missing, corrupt, or of another architecture."""
+def _fmt_identity(identity: dict[str, Any]) -> str:
+    kw = ", ".join(f"{k}={v}" for k, v in sorted(identity.get("kwargs", {}).items()))
+    return f"{identity.get('name')}({kw})"
+
+
+def load_checkpoint(path: str | Path, expected: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Load a lungseg checkpoint; ``CheckpointError`` if missing, corrupt, or of another architecture.
+
+    Checkpoints hold python RNG states and plain config values besides tensors, so they are read
+    with ``weights_only=False``: load only checkpoints you (or your pipeline) wrote.
+    """
+    path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt file
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt/foreign file
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
     if not isinstance(ckpt, dict) or "model_identity" not in ckpt or "model_state" not in ckpt:
         raise CheckpointError(f"{path}: not a lungseg checkpoint (no model identity/state)")
@@ -118,15 +143,19 @@ def load_checkpoint(path: Path, expected: dict[str, Any] | None = None) -> dict[
     return ckpt
 
 
-def _fmt_identity(identity: dict[str, Any]) -> str:
-    kw = ", ".join(f"{k}={v}" for k, v in sorted(identity.get("kwargs", {}).items()))
-    return f"{identity.get('name')}({kw})"
-
-
-def _save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def save_checkpoint(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace`` (atomic)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
 
 
 def _device(cfg: TrainConfig) -> torch.device:
@@ -139,26 +168,8 @@ def _device(cfg: TrainConfig) -> torch.device:
     return torch.device(cfg.device)
 
 
-def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 100_003 + epoch)
-
-
-def augment(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flips, a 90° rotation and ±10 % intensity jitter per image; labels stay exact."""
-    out_x, out_y = [], []
-    for i in range(x.shape[0]):
-        xi, yi = x[i], y[i]
-        if torch.rand(1, generator=gen).item() < 0.5:
-            xi, yi = xi.flip(-1), yi.flip(-1)
-        if torch.rand(1, generator=gen).item() < 0.5:
-            xi, yi = xi.flip(-2), yi.flip(-2)
-        k = int(torch.randint(0, 4, (1,), generator=gen).item())
-        xi, yi = torch.rot90(xi, k, (-2, -1)), torch.rot90(yi, k, (-2, -1))
-        scale = 1.0 + (torch.rand(1, generator=gen).item() - 0.5) * 0.2
-        shift = (torch.rand(1, generator=gen).item() - 0.5) * 0.2
-        out_x.append((xi * scale + shift).clamp(0.0, 1.0))
-        out_y.append(yi)
-    return torch.stack(out_x), torch.stack(out_y)
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 100_003 + epoch
 
 
 def _rng_state() -> dict[str, Any]:
@@ -180,16 +191,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def data_hash(data_dir: Path) -> str:
-    """The data version: sha256 over the manifest's per-slice checksums and splits.
-
-    Computed from the processed folder itself (so it is the same whether the folder came from
-    ``dvc repro``, a KFP artifact or a copy); DVC's own md5 of the folder is in ``dvc.lock``.
-    """
-    import hashlib
-
-    manifest = (data_dir / "manifest.csv").read_bytes()
-    return "sha256:" + hashlib.sha256(manifest).hexdigest()
+@contextlib.contextmanager
+def deterministic() -> Any:
+    """``torch.use_deterministic_algorithms(True, warn_only=True)`` inside the block only."""
+    prev, prev_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    prev_bench = torch.backends.cudnn.benchmark
+    if torch.cuda.is_available():
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
+        torch.backends.cudnn.benchmark = prev_bench
 
 
 def _scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer):
@@ -205,18 +220,38 @@ def _scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer):
 def _validate_config(cfg: TrainConfig) -> None:
     if cfg.model not in list_models():
         raise ConfigError(f"train.model: unknown model {cfg.model!r} (valid: {', '.join(list_models())})")
-    for key in ("epochs", "batch_size"):
+    for key in ("epochs", "batch_size", "base_channels"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"train.{key}: must be ≥ 1, got {getattr(cfg, key)}")
     if not cfg.lr > 0:
         raise ConfigError(f"train.lr: must be > 0, got {cfg.lr}")
+    if cfg.early_stopping_patience < 0:
+        raise ConfigError(f"train.early_stopping_patience: must be ≥ 0, got {cfg.early_stopping_patience}")
+
+
+def _log_params(run, params: Params, cfg: TrainConfig, extra: dict[str, Any]) -> None:
+    given = flatten({"train": dataclasses.asdict(params.train), "mlflow": dataclasses.asdict(params.mlflow)})
+    eff = {f"effective.{k}": v for k, v in dataclasses.asdict(cfg).items() if getattr(params.train, k) != v}
+    run.log_params({**given, **eff, **extra})
+
+
+def _start_run(params: Params, tracking_uri: str, run_id: str | None, cfg: TrainConfig, tags: dict[str, str]):
+    from lungseg.tracking import ResilientRun
+
+    if run_id is not None:
+        try:
+            return ResilientRun.start(tracking_uri, params.mlflow.experiment, run_id=run_id), False
+        except TrainingError as exc:
+            print(f"lungseg: warning: cannot re-open MLflow run {run_id} ({exc}); starting a new run",
+                  file=sys.stderr)  # fmt: skip
+            tags = {**tags, "resumed_from_run": run_id}
+    run = ResilientRun.start(tracking_uri, params.mlflow.experiment, run_name=f"{cfg.model}-seed{cfg.seed}", tags=tags)
+    return run, True
 
 
 def train(params: Params, data_dir: str | Path, output_dir: str | Path, resume: bool = False) -> TrainResult:
-    """Train ``params.train.model`` on ``data_dir``; see the module docstring for the contract."""
-    from tqdm import tqdm
-
-    from lungseg.tracking import RunLogger, git_commit
+    """Train ``params.train.model`` on ``data_dir`` into ``output_dir`` (see the module docstring)."""
+    from lungseg.tracking import data_hash, git_commit, resolve_tracking_uri
 
     t0 = time.perf_counter()
     data_dir, output_dir = Path(data_dir), Path(output_dir)
@@ -224,33 +259,51 @@ def train(params: Params, data_dir: str | Path, output_dir: str | Path, resume: 
     _validate_config(cfg)
     meta = read_meta(data_dir)
     train_set, val_set = load_split(data_dir, "train"), load_split(data_dir, "val")
-    if cfg.preset == "paper" and meta.get("image_size") != PAPER_IMAGE_SIZE:
-        print(f"lungseg: warning: the paper preset trains at {PAPER_IMAGE_SIZE}², this data is "
-              f"{meta.get('image_size')}² (set preprocess.image_size)", file=sys.stderr)  # fmt: skip
+    size = int(train_set.images.shape[-1])
+    if cfg.preset == "paper" and size != PAPER_IMAGE_SIZE:
+        warnings.warn(f"the paper preset trains at {PAPER_IMAGE_SIZE}², this data ({data_dir}) is {size}² "
+                      "(the size is set by preprocessing: preprocess.image_size)", stacklevel=2)  # fmt: skip
     num_labels = int(meta["num_labels"])
     num_classes = 1 if num_labels == 2 else num_labels
     identity = model_identity(cfg, int(train_set.images.shape[1]), num_classes)
     device = _device(cfg)
     use_cuda = device.type == "cuda"
+    dhash, dhash_source = data_hash(data_dir)
 
     work = output_dir.parent / f"{output_dir.name}.partial"
     ckpt_path = work / CHECKPOINT
     seed_everything(cfg.seed)
     model = build_model(identity)
+    divisor = int(getattr(model, "size_divisor", 1))
+    if size % divisor:
+        raise ConfigError(f"{data_dir}: images are {size}² but {cfg.model} needs a multiple of {divisor} "
+                          "(set preprocess.image_size)")  # fmt: skip
     loss_name = default_loss_for(cfg.model) if cfg.loss == "auto" else cfg.loss
     loss_fn = create_loss(loss_name, num_classes=num_classes)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = _scheduler(cfg, optimizer)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)  # bf16 needs no loss scaling; state kept in the format
     start_epoch, best, best_epoch, stale, history, run_id = 0, -1.0, 0, 0, [], None
+    stopped_early = False
     if resume and ckpt_path.is_file():
         ckpt = load_checkpoint(ckpt_path, identity)
         model.load_state_dict(ckpt["model_state"])
         optimizer.load_state_dict(ckpt["optimizer_state"])
         if scheduler is not None and ckpt.get("scheduler_state"):
             scheduler.load_state_dict(ckpt["scheduler_state"])
+        if ckpt.get("scaler_state"):
+            scaler.load_state_dict(ckpt["scaler_state"])
         _set_rng_state(ckpt["rng"])
         start_epoch, best, best_epoch, stale = ckpt["epoch"], ckpt["best"], ckpt["best_epoch"], ckpt["stale"]
-        history, run_id = ckpt["history"], ckpt.get("mlflow_run_id")
+        history, run_id, stopped_early = ckpt["history"], ckpt.get("mlflow_run_id"), ckpt.get("stopped_early", False)
+        changed = sorted(k for k, v in ckpt.get("config", {}).items()
+                         if k not in ("epochs", "device", "num_workers") and dataclasses.asdict(cfg).get(k) != v)
+        if changed:
+            print(f"lungseg: warning: resuming with changed train settings {', '.join(changed)} "
+                  "(the result will differ from an uninterrupted run)", file=sys.stderr)  # fmt: skip
+        if ckpt.get("data_hash") != dhash:
+            print(f"lungseg: warning: the data in {data_dir} differs from the data the checkpoint was trained on",
+                  file=sys.stderr)  # fmt: skip
         print(f"lungseg: resuming {ckpt_path} after epoch {start_epoch}", file=sys.stderr)
     else:
         if resume:
@@ -262,110 +315,138 @@ def train(params: Params, data_dir: str | Path, output_dir: str | Path, resume: 
     if use_cuda and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
 
-    logger = RunLogger(params.mlflow, run_id=run_id, run_name=f"{cfg.model}-seed{cfg.seed}",
-                       tags={"lungseg.model": cfg.model, "lungseg.stage": "train"})  # fmt: skip
-    if run_id is None:
-        logger.log_params(flatten({"train": dataclasses.asdict(cfg)}) | {
-            "train.loss_resolved": loss_name, "data.dataset": meta.get("dataset"),
-            "data.image_size": meta.get("image_size"), "data.n_train": len(train_set.images),
-            "data.n_val": len(val_set.images), "device": str(device)})  # fmt: skip
-        logger.set_tags({"git_commit": git_commit(), "data_hash": data_hash(data_dir),
-                         "data_dir": str(data_dir), "split_level": meta.get("split_level", "")})  # fmt: skip
+    tracking_uri = resolve_tracking_uri(params)
+    tags = {"git_commit": git_commit(), "data_hash": dhash, "data_hash_source": dhash_source,
+            "data_dir": str(data_dir.resolve()), "dataset": str(meta.get("dataset")), "model": cfg.model,
+            "preset": cfg.preset, "lungseg.stage": "train"}  # fmt: skip
+    run, is_new = _start_run(params, tracking_uri, run_id, cfg, tags)
+    if is_new:
+        run.set_tags(tags)
+        _log_params(run, params, cfg, {
+            "train.loss_resolved": loss_name, "data.dataset": meta.get("dataset"), "data.image_size": size,
+            "data.n_train": len(train_set), "data.n_val": len(val_set), "data.hash_source": dhash_source,
+            "model.n_parameters": sum(p.numel() for p in model.parameters()), "device": str(device)})  # fmt: skip
+        for row in history:  # a new run for a resumed training: carry the earlier epochs over
+            run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
 
-    x_train = torch.from_numpy(np.ascontiguousarray(train_set.images))
-    y_train = torch.from_numpy(np.ascontiguousarray(train_set.masks)).long()
-    x_val = torch.from_numpy(np.ascontiguousarray(val_set.images))
-    y_val = torch.from_numpy(np.ascontiguousarray(val_set.masks)).long()
+    x_train = torch.from_numpy(train_set.images)
+    y_train = torch.from_numpy(train_set.masks).long()
+    x_val = torch.from_numpy(val_set.images)
+    y_val = torch.from_numpy(val_set.masks).long()
     n = len(x_train)
-    stopped_early = False
-    epoch = start_epoch
-    for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        gen = _epoch_generator(cfg.seed, epoch)
-        torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout randomness for this epoch
-        model.train()
-        order = torch.randperm(n, generator=gen)
-        losses = []
-        bar = tqdm(range(0, n, cfg.batch_size), desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
-                   disable=not sys.stderr.isatty())  # fmt: skip
-        for start in bar:
-            idx = order[start : start + cfg.batch_size]
-            xb, yb = x_train[idx], y_train[idx]
-            if cfg.augment:
-                xb, yb = augment(xb, yb, gen)
-            xb, yb = xb.to(device), yb.to(device)
-            if use_cuda and cfg.channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_cuda and cfg.amp):
-                logits = model(xb)
-            loss = loss_fn(logits.float(), yb)
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"loss became {loss.item()} at epoch {epoch}, batch {start // cfg.batch_size + 1} "
-                    f"(lr {optimizer.param_groups[0]['lr']:g}); the last good checkpoint is {ckpt_path}"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-        train_loss = float(np.mean(losses))
-        val_loss, val_dice = _validate(model, loss_fn, x_val, y_val, cfg, device)
-        lr = optimizer.param_groups[0]["lr"]
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(val_dice)
-        elif scheduler is not None:
-            scheduler.step()
-        improved = val_dice > best
-        if improved:
-            best, best_epoch, stale = val_dice, epoch, 0
-        else:
-            stale += 1
-        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_dice": val_dice, "lr": lr}
-        history.append(row)
-        print(f"epoch {epoch}/{cfg.epochs}  loss {train_loss:.4f}  val loss {val_loss:.4f}  "
-              f"val Dice {val_dice:.4f}{'  *' if improved else ''}", file=sys.stderr)  # fmt: skip
-        logger.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-        state = {
-            "model_identity": identity, "model_state": _cpu_state(model), "epoch": epoch,
-            "optimizer_state": optimizer.state_dict(),
-            "scheduler_state": scheduler.state_dict() if scheduler is not None else None,
-            "best": best, "best_epoch": best_epoch, "stale": stale, "history": history,
-            "rng": _rng_state(), "config": dataclasses.asdict(cfg), "mlflow_run_id": logger.run_id,
-            "num_classes": num_classes, "data_hash": data_hash(data_dir),
-        }  # fmt: skip
-        if improved:
-            _save({k: state[k] for k in ("model_identity", "model_state", "epoch", "best", "config",
-                                          "num_classes", "data_hash")}, work / BEST)  # fmt: skip
-        _save(state, ckpt_path)
-        if cfg.early_stopping_patience and stale >= cfg.early_stopping_patience:
-            stopped_early = True
-            print(f"lungseg: early stop: no better val Dice for {stale} epochs", file=sys.stderr)
-            break
+    try:
+        with deterministic():
+            for epoch in range(start_epoch + 1, cfg.epochs + 1):
+                if stopped_early:
+                    break
+                row = _train_epoch(model, loss_fn, optimizer, x_train, y_train, cfg, device, epoch, ckpt_path)
+                val_loss, val_dice = _validate(model, loss_fn, x_val, y_val, cfg, device)
+                row.update(val_loss=val_loss, val_dice=val_dice)
+                if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    scheduler.step(val_dice)
+                elif scheduler is not None:
+                    scheduler.step()
+                improved = val_dice > best
+                if improved:
+                    best, best_epoch, stale = val_dice, epoch, 0
+                else:
+                    stale += 1
+                history.append(row)
+                print(f"epoch {epoch}/{cfg.epochs}  loss {row['train_loss']:.4f}  val loss {val_loss:.4f}  "
+                      f"val Dice {val_dice:.4f}{'  *' if improved else ''}", file=sys.stderr, flush=True)  # fmt: skip
+                if cfg.early_stopping_patience and stale >= cfg.early_stopping_patience:
+                    stopped_early = True
+                    print(f"lungseg: early stop: no better val Dice for {stale} epoch(s)", file=sys.stderr)
+                state = {
+                    "format": CHECKPOINT_FORMAT, "model_identity": identity, "model_state": _cpu_state(model),
+                    "epoch": epoch, "optimizer_state": optimizer.state_dict(),
+                    "scheduler_state": scheduler.state_dict() if scheduler is not None else None,
+                    "scaler_state": scaler.state_dict(), "best": best, "best_epoch": best_epoch, "stale": stale,
+                    "stopped_early": stopped_early, "history": history, "rng": _rng_state(),
+                    "config": dataclasses.asdict(cfg), "params": params.to_dict(), "mlflow_run_id": run.run_id,
+                    "num_classes": num_classes, "data_hash": dhash, "image_size": size,
+                }  # fmt: skip
+                if improved:
+                    save_checkpoint({k: state[k] for k in ("format", "model_identity", "model_state", "epoch", "best",
+                                                           "config", "num_classes", "data_hash", "image_size")},
+                                    work / BEST)  # fmt: skip
+                save_checkpoint(state, ckpt_path)
+                _write_history(work / "history.csv", history)
+                run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+    except BaseException as exc:
+        run.end("FAILED" if isinstance(exc, (LungsegError, Exception)) else "KILLED")
+        run.close()
+        raise
 
     epochs_run = history[-1]["epoch"] if history else 0
+    if not (work / BEST).is_file():
+        raise TrainingError(f"{work}: no epoch was trained (train.epochs = {cfg.epochs}), nothing to save")
     _write_history(work / "history.csv", history)
     summary = {"best_val_dice": best, "best_epoch": best_epoch, "epochs_run": epochs_run,
-               "final_train_loss": history[-1]["train_loss"] if history else None,
-               "stopped_early": stopped_early}  # fmt: skip
+               "final_train_loss": history[-1]["train_loss"], "final_val_dice": history[-1]["val_dice"],
+               "stopped_early": stopped_early, "seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip
     atomic_write_json(work / "train_metrics.json", summary)
     curves = _plot_history(work / "learning_curves.png", history)
-    logger.log_metrics({"best_val_dice": best}, step=epochs_run)
-    logger.log_artifact(work / "history.csv")
-    logger.log_artifact(curves, "plots")
-    logger.log_artifact(work / BEST, "checkpoint")
+    run.log_metrics({"best_val_dice": best, "best_epoch": best_epoch}, step=epochs_run)
+    run.log_artifact(work / "history.csv")
+    run.log_artifact(work / "train_metrics.json")
+    run.log_artifact(curves, "plots")
+    run.log_artifact(work / BEST, "checkpoints")
+    run.log_artifact(ckpt_path, "checkpoints")
     best_model = build_model(identity)
-    best_model.load_state_dict(torch.load(work / BEST, map_location="cpu", weights_only=False)["model_state"])
+    best_model.load_state_dict(load_checkpoint(work / BEST, identity)["model_state"])
     best_model.eval()
-    size = int(x_val.shape[-1]) if len(x_val) else int(x_train.shape[-1])
-    example = np.ascontiguousarray(x_train[:2].numpy()) if n >= 2 else np.zeros((2, 1, size, size), np.float32)
-    model_uri = logger.log_model(best_model, example)
-    lost = logger.finish()
+    example = np.ascontiguousarray(train_set.images[:2]) if n >= 2 else np.zeros((2, 1, size, size), np.float32)
+    model_uri = run.log_torch_model(best_model, example)
+    run.end("FINISHED")
+    run.close()
     atomic_write_json(work / "mlflow_run.json", {
-        "run_id": logger.run_id, "experiment_id": logger.experiment_id, "tracking_uri": logger.tracking_uri,
-        "model_uri": model_uri, **lost})  # fmt: skip
+        "run_id": run.run_id, "experiment_id": run.experiment_id, "experiment": params.mlflow.experiment,
+        "tracking_uri": run.tracking_uri, "model_uri": model_uri, **run.summary()})  # fmt: skip
     _swap_into_place(work, output_dir)
-    return TrainResult(output_dir, epochs_run, best_epoch, best, stopped_early, logger.run_id,
-                       lost["lost_logging"], time.perf_counter() - t0)  # fmt: skip
+    return TrainResult(output_dir, epochs_run, best_epoch, best, stopped_early, run.run_id,
+                       run.summary()["lost_logging"], time.perf_counter() - t0, history)  # fmt: skip
+
+
+def _train_epoch(model, loss_fn, optimizer, x, y, cfg: TrainConfig, device, epoch: int, ckpt_path: Path) -> dict:
+    from tqdm import tqdm
+
+    use_cuda = device.type == "cuda"
+    gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
+    torch.manual_seed(_epoch_seed(cfg.seed, epoch))  # dropout randomness of this epoch
+    model.train()
+    n = len(x)
+    order = torch.randperm(n, generator=gen)
+    starts = list(range(0, n, cfg.batch_size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()  # a last batch of one image breaks BatchNorm statistics: dropped this epoch
+    losses, dices, t0 = [], [], time.perf_counter()
+    bar = tqdm(starts, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not sys.stderr.isatty())
+    for step, start in enumerate(bar, 1):
+        idx = order[start : start + cfg.batch_size]
+        xb, yb = x[idx], y[idx]
+        if cfg.augment:
+            xb, yb = augment(xb, yb, gen)
+        xb, yb = xb.to(device), yb.to(device)
+        if use_cuda and cfg.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_cuda and cfg.amp):
+            logits = model(xb)
+        loss = loss_fn(logits.float(), yb)
+        if not torch.isfinite(loss):
+            last = f"the last good checkpoint is {ckpt_path} (epoch {epoch - 1})" if ckpt_path.is_file() else \
+                "no checkpoint was written yet"  # fmt: skip
+            raise TrainingError(f"loss became {loss.item()} at epoch {epoch}, step {step} "
+                                f"(lr {optimizer.param_groups[0]['lr']:g}); {last}")  # fmt: skip
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        dices.append(dice_per_image_torch(logits.detach().float(), yb).mean().item())
+        bar.set_postfix(loss=f"{np.mean(losses):.4f}", dice=f"{np.mean(dices):.3f}")
+    bar.close()
+    return {"epoch": epoch, "train_loss": float(np.mean(losses)), "train_dice": float(np.mean(dices)),
+            "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
 
 
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -374,12 +455,14 @@ def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def _validate(model, loss_fn, x, y, cfg: TrainConfig, device) -> tuple[float, float]:
-    if len(x) == 0:
-        raise DataError(None, "the validation split is empty")
+    """(mean loss, Dice mean over images) on the validation split."""
     model.eval()
     losses, dices = [], []
-    for start in range(0, len(x), cfg.batch_size):
-        xb, yb = x[start : start + cfg.batch_size].to(device), y[start : start + cfg.batch_size].to(device)
+    bs = max(cfg.batch_size, 8)
+    for start in range(0, len(x), bs):
+        xb, yb = x[start : start + bs].to(device), y[start : start + bs].to(device)
+        if device.type == "cuda" and cfg.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.amp):
             logits = model(xb)
         logits = logits.float()
@@ -389,9 +472,9 @@ def _validate(model, loss_fn, x, y, cfg: TrainConfig, device) -> tuple[float, fl
 
 
 def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
-    fields = ["epoch", "train_loss", "val_loss", "val_dice", "lr"]
-    lines = [",".join(fields)] + [",".join(repr(float(r[f])) if f != "epoch" else str(r[f]) for f in fields)
-                                  for r in history]  # fmt: skip
+    lines = [",".join(HISTORY_FIELDS)]
+    for r in history:
+        lines.append(",".join(str(r[f]) if f == "epoch" else repr(float(r[f])) for f in HISTORY_FIELDS))
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
@@ -403,27 +486,37 @@ def _plot_history(path: Path, history: list[dict[str, Any]]) -> Path:
 
     epochs = [r["epoch"] for r in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
-    a.plot(epochs, [r["train_loss"] for r in history], label="train")
-    a.plot(epochs, [r["val_loss"] for r in history], label="val")
+    a.plot(epochs, [r["train_loss"] for r in history], marker=".", label="train")
+    a.plot(epochs, [r["val_loss"] for r in history], marker=".", label="val")
     a.set_xlabel("epoch"), a.set_ylabel("loss"), a.legend()
-    b.plot(epochs, [r["val_dice"] for r in history], color="tab:green")
-    b.set_xlabel("epoch"), b.set_ylabel("val Dice (mean over images)")
+    b.plot(epochs, [r["train_dice"] for r in history], marker=".", label="train (augmented batches)")
+    b.plot(epochs, [r["val_dice"] for r in history], marker=".", label="val")
+    b.set_xlabel("epoch"), b.set_ylabel("Dice (mean over images)"), b.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
     plt.close(fig)
+    os.replace(tmp, path)
     return path
 
 
 def _swap_into_place(work: Path, output_dir: Path) -> None:
+    """``work`` → ``output_dir`` by renames; a previous ``output_dir`` is removed only afterwards."""
     backup = None
     if output_dir.exists():
         backup = output_dir.parent / f".{output_dir.name}.old-{os.getpid()}"
+        if backup.exists():
+            shutil.rmtree(backup)
         os.replace(output_dir, backup)
-    os.replace(work, output_dir)
+    try:
+        os.replace(work, output_dir)
+    except BaseException:
+        if backup is not None:
+            os.replace(backup, output_dir)
+        raise
     if backup is not None:
         shutil.rmtree(backup, ignore_errors=True)
 
 
-
-
-__all__ = ["TrainResult", "train", "load_checkpoint", "build_model", "effective_config", "augment"]
+__all__ = ["TrainResult", "build_model", "effective_config", "load_checkpoint", "model_identity",
+           "save_checkpoint", "train"]  # fmt: skip
