@@ -1,0 +1,140 @@
+"""lungseg.tracking against REAL stores: a local sqlite store and an ``mlflow server`` process that the
+tests kill (``os.killpg`` on its process group) and restart on the same port and database.
+
+* the resilient run queues what fails while the server is down and delivers it when it returns;
+* a ``lungseg train`` subprocess whose tracking server dies after its first epoch finishes training,
+  records what was lost in ``mlflow_run.json`` (and warns), and what was logged before stays there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from lungseg.tracking import ResilientRun, TrackingWarning, absolute_sqlite, data_hash, git_commit
+from servers import MlflowServer  # tests/servers.py → scripts/servers.py (real server, own process group)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "training"))
+from train_helpers import cli_env, lungseg_cmd, processed_sample, write_params  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A real ``mlflow server`` (sqlite backend, local served artifacts) the tests may stop/restart."""
+    srv = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def _crash(srv: MlflowServer) -> None:
+    """SIGKILL the server's whole process group (no graceful shutdown: the server just vanishes)."""
+    os.killpg(srv.proc.pid, signal.SIGKILL)
+    srv.proc.wait(timeout=30)
+    srv.proc = None
+
+
+def _restart(srv: MlflowServer) -> None:
+    srv.stop()
+    srv.proc = None
+    srv.start()  # same port, same database and artifact folder
+
+
+def test_local_helpers(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert absolute_sqlite("sqlite:///mlflow.db") == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert absolute_sqlite("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    assert git_commit(tmp_path) == "unknown"  # not a git checkout
+    repo = Path(__file__).resolve().parents[1]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    assert git_commit(repo) == head
+
+    data = tmp_path / "data" / "processed"
+    data.mkdir(parents=True)
+    (data / "manifest.csv").write_text("index,id,split,image_sha256,mask_sha256\n0,a,train,i0,m0\n1,b,test,i1,m1\n")
+    h, source = data_hash(data)
+    assert source == "manifest"
+    assert h == hashlib.sha256(b"a\ttrain\ti0\tm0\nb\ttest\ti1\tm1\n").hexdigest()
+    # DVC's md5 of the folder wins when dvc.lock (above the cwd) lists it as a stage output
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(
+        {"schema": "2.0", "stages": {"preprocess": {"cmd": "x", "outs": [
+            {"path": "data/processed", "md5": "0123456789abcdef0123456789abcdef.dir", "nfiles": 1}]}}}))  # fmt: skip
+    assert data_hash(data) == ("0123456789abcdef0123456789abcdef.dir", "dvc.lock")
+
+
+@pytest.mark.integration
+def test_queued_calls_are_delivered_when_the_server_returns(server, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail fast while the server is down
+    run = ResilientRun.start(server.uri, "tracking-tests", run_name="flush")
+    assert run.log_metrics({"val_dice": 0.1}, step=1)
+    server.stop()
+    with pytest.warns(TrackingWarning, match="queued"):
+        assert not run.log_metrics({"val_dice": 0.2}, step=2)
+    assert not run.set_tags({"after": "outage"})  # queued behind the first failure, in order
+    assert len(run.pending) == 2 and run.summary()["lost_logging"] == 2
+    _restart(server)
+    assert run.flush(force=True)
+    run.end()
+    run.close()
+    assert run.summary() == {"lost_logging": 0, "lost_calls": [], "logging_failures": 1, "flushed_calls": 2}
+    client = MlflowClient(server.uri)
+    assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "val_dice")] == [(1, 0.1), (2, 0.2)]
+    got = client.get_run(run.run_id)
+    assert got.data.tags["after"] == "outage" and got.info.status == "FINISHED"
+
+
+@pytest.mark.integration
+def test_training_survives_the_tracking_server_dying(server, tmp_path_factory, tmp_path):
+    data = processed_sample(tmp_path_factory, 32)
+    params = write_params(tmp_path / "p.yaml", None, epochs=5)
+    env = cli_env(MLFLOW_TRACKING_URI=server.uri, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
+    out = tmp_path / "out"
+    proc = subprocess.Popen(lungseg_cmd("train", "--data", str(data), "--output", str(out), "--params", str(params)),
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    history = tmp_path / "out.partial" / "history.csv"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if history.is_file() and len(history.read_text().splitlines()) >= 2:  # epoch 1 done
+            _crash(server)
+            break
+        time.sleep(0.05)
+    assert server.proc is None, "training finished before the server could be stopped"
+    log = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, log  # training went on without its tracking server
+    info = json.loads((out / "mlflow_run.json").read_text())
+    assert info["lost_logging"] > 0 and info["model_uri"] is None
+    assert any(c.startswith("log_model(model)") for c in info["lost_calls"]), info["lost_calls"]
+    assert any(c.startswith("end_run(FINISHED)") for c in info["lost_calls"])
+    lost_steps = [c for c in info["lost_calls"] if c.startswith("log_metrics(step=")]
+    assert "TrackingWarning" in log and "could not be delivered" in log
+    assert json.loads((out / "train_metrics.json").read_text())["epochs_run"] == 5
+
+    _restart(server)  # what was logged before the outage is still there, and only that was
+    client = MlflowClient(server.uri)
+    steps = [m.step for m in client.get_metric_history(info["run_id"], "val_dice")]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) < 5
+    assert len(steps) + sum(1 for c in lost_steps if "best_val_dice" not in c) == 5
+    run = client.get_run(info["run_id"])
+    assert run.data.params["train.epochs"] == "5" and run.data.tags["data_hash_source"] == "manifest"
+    assert run.info.status == "RUNNING"  # its end could not be recorded: mlflow_run.json says so
+
+
+def test_unreachable_store_at_start_is_an_error(tmp_path, monkeypatch):
+    from lungseg.errors import TrainingError
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(TrainingError, match="MLflow tracking at http://127.0.0.1:9"):
+            ResilientRun.start("http://127.0.0.1:9", "nowhere")
