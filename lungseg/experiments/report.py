@@ -125,13 +125,25 @@ def _fmt_published(value: float | None, unit: str) -> str:
     return f"{value:g}"
 
 
+def per_seed(records: Sequence[dict[str, Any]], metric: Metric, suffix: str = "mean") -> str:
+    """``seed:value`` of each run, in seed order (shows what a large ± is made of)."""
+    parts = []
+    for r in sorted(records, key=lambda r: r.get("seed", 0)):
+        v = metric_value(r, f"{metric.name}_{suffix}")
+        parts.append(f"{r.get('seed')}: " + ("NaN" if v is None else f"{v * metric.scale:.{metric.digits}f}"))
+    return ", ".join(parts)
+
+
 def render_metric_table(spec: TableSpec, records: Sequence[dict[str, Any]], *, suffix: str = "mean",
-                        metrics: Sequence[Metric] | None = None, with_published: bool = True) -> str:
+                        metrics: Sequence[Metric] | None = None, with_published: bool = True,
+                        seed_metric: str | None = "dice") -> str:
     metrics = list(metrics or spec.metrics)
     agg = aggregate_rows(spec, records, suffix)
     pub = spec.published if with_published else None
     pub_metrics = [m for m in metrics if pub is not None and m.name in pub.units]
+    detail = next((m for m in metrics if m.name == seed_metric), None)
     head = ["model", "seeds"] + [f"ours: {m.header()}" for m in metrics]
+    head += [f"ours: {detail.label} per seed"] if detail is not None else []
     head += [f"paper†: {m.label} ({pub.units[m.name]})" for m in pub_metrics] if pub else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     used_pub = set()
@@ -140,8 +152,9 @@ def render_metric_table(spec: TableSpec, records: Sequence[dict[str, Any]], *, s
         if row.key in agg:
             seeds = ",".join(str(s) for s in sorted(r.get("seed") for r in recs))
             cells = [agg[row.key][m.name].format(m.scale, m.digits) for m in metrics]
+            cells += [per_seed(recs, detail, suffix)] if detail is not None else []
         else:
-            seeds, cells = "—", ["not run"] * len(metrics)
+            seeds, cells = "—", ["not run"] * (len(metrics) + (detail is not None))
         pcells = []
         if pub is not None:
             vals = pub.values.get(row.published_as or "", None)
@@ -154,7 +167,8 @@ def render_metric_table(spec: TableSpec, records: Sequence[dict[str, Any]], *, s
             if label in used_pub:
                 continue
             pcells = [_fmt_published(vals.get(m.name), pub.units[m.name]) for m in pub_metrics]
-            lines.append("| " + " | ".join([f"{label} (paper only)", "—"] + ["not run"] * len(metrics) + pcells) + " |")
+            ours = ["not run"] * (len(metrics) + (detail is not None))
+            lines.append("| " + " | ".join([f"{label} (paper only)", "—"] + ours + pcells) + " |")
     return "\n".join(lines)
 
 
@@ -183,8 +197,11 @@ def render_block(spec: TableSpec, profile: str, records: Sequence[dict[str, Any]
                     for r in records)
     overrides = _unique(json.dumps(r.get("overrides") or {}, sort_keys=True) for r in records)
     seeds = sorted(_unique(r.get("seed") for r in records))
-    devices = _unique(f"{(r.get('device') or {}).get('name')} ({(r.get('device') or {}).get('type')}, "
-                      f"torch {(r.get('device') or {}).get('torch')})" for r in records)
+    def _dev(d: dict[str, Any]) -> str:
+        threads = f", {d.get('cpu_threads')} torch thread(s) of {d.get('cpu_count')} cores" if d.get("type") == "cpu" else ""
+        return f"{d.get('name')} ({d.get('type')}{threads}, torch {d.get('torch')})"
+
+    devices = _unique(_dev(r.get("device") or {}) for r in records)
     commits = _unique(f"{(r.get('git') or {}).get('commit', '')[:10] if (r.get('git') or {}).get('commit') else 'unknown'}"
                       f"{' (lungseg/ dirty)' if (r.get('git') or {}).get('dirty') else ''}" for r in records)
     total = sum((r.get("wall_time_s") or {}).get("total") or 0.0 for r in records)
@@ -230,7 +247,10 @@ def render_block(spec: TableSpec, profile: str, records: Sequence[dict[str, Any]
             + ", ".join(f"`{k}` `{str(v)[:12]}…`" for k, v in ps.items()))
     out.append(f"- **Device**: {'; '.join(devices)}")
     out.append(f"- **Code**: git {', '.join(commits)}")
-    out.append(f"- **Time**: {len(records)} runs, {total / 60:.1f} min train+evaluate in total; mean per run: "
+    starts = sorted(r["started_at"] for r in records if r.get("started_at"))
+    ends = sorted(r["finished_at"] for r in records if r.get("finished_at"))
+    span = f" (runs started {starts[0]}, last finished {ends[-1]})" if starts and ends else ""
+    out.append(f"- **Time**: {len(records)} runs, {total / 60:.1f} min train+evaluate in total{span}; mean per run: "
                + ", ".join(f"{k} {v:.0f} s" for k, v in per_row_time.items()))
     mixed = mixed_settings(records)
     if mixed:

@@ -99,6 +99,8 @@ def test_rendered_table_keeps_paper_numbers_in_their_own_columns(tmp_path):
     assert cells[2] == "96.0 ± 1.0"  # ours: ACC in %, mean ± std of 0.95, 0.96, 0.97
     assert cells[4] == "70.0 ± 10.0"  # ours: Dice
     assert cells[-2:] == ["91.5", "80.3"]  # the paper's, as printed
+    assert "ours: Dice per seed" in header
+    assert cells[header.index("ours: Dice per seed")] == "0: 60.0, 1: 70.0, 2: 80.0"
     unet = next(l for l in lines if l.startswith("| U-Net |"))
     assert "not run" in unet and "—" in unet  # no record, and the paper's Table 1 has no U-Net row
     seg = next(l for l in lines if l.startswith("| SegNet |"))
