@@ -199,7 +199,7 @@ LGNET_TABLE2 = Published(
 INFNET_TABLE = Published(
     source="Inf-Net (Fan et al., IEEE TMI 2020), Table II, as quoted in `../shared/data/README.md`",
     where="Table II, binary infection, COVID-SemiSeg 48 test slices",
-    data="COVID-SemiSeg: 50 train / 48 test slices (the same protocol as ours); input 352², backbones ImageNet-pretrained",
+    data="COVID-SemiSeg: 50 train / 48 test slices (the same protocol as ours); Inf-Net's code trains at 352² with an ImageNet-pretrained backbone",
     values={
         "U-Net": {"dice": 0.439, "sen": 0.534, "spe": 0.858},
         "Attention-UNet": {"dice": 0.583, "sen": 0.637, "spe": 0.921},
@@ -323,9 +323,9 @@ _register(TableSpec(
     profiles={
         "cpu": Profile(image_size=64, base_channels=8, epochs=20, batch_size=4, lr=1e-3, model_overrides=CPU_ATTENTION,
                        extra_train=INFECTION_LOSS,
-                       note="64² instead of 352², base 8, 20 epochs, attention max_tokens 256, no pretrained backbone"),
+                       note="64² instead of Inf-Net's 352², base 8, 20 epochs, attention max_tokens 256, no pretrained backbone"),
         "gpu": Profile(image_size=352, base_channels=64, epochs=100, batch_size=4, lr=1e-3, extra_train=INFECTION_LOSS,
-                       note="Inf-Net's input size 352², U-Net widths (base 64), 100 epochs"),
+                       note="Inf-Net's training size 352², U-Net widths (base 64), 100 epochs (our choice)"),
     },
     published=INFNET_TABLE,
     notes=(
@@ -354,7 +354,7 @@ _register(TableSpec(
                        extra_train=LUNG_LOSS,
                        note="64² (the only resolution of the npy set), base 8, 8 epochs, attention max_tokens 256"),
         "gpu": Profile(image_size=64, base_channels=64, epochs=100, batch_size=8, lr=1e-3, extra_train=LUNG_LOSS,
-                       note="64² (the only resolution of the npy set), U-Net widths (base 64), 100 epochs"),
+                       note="64² (the only resolution of the npy set), U-Net widths (base 64), 100 epochs (our choice: the PR-Net paper states none)"),
     },
     published=PRNET_TABLE,
     notes=(
