@@ -124,7 +124,9 @@ def test_training_survives_the_tracking_server_dying(server, tmp_path_factory, t
     client = MlflowClient(server.uri)
     steps = [m.step for m in client.get_metric_history(info["run_id"], "val_dice")]
     assert steps == list(range(1, len(steps) + 1)) and len(steps) < 5
-    assert len(steps) + sum(1 for c in lost_steps if "best_val_dice" not in c) == 5
+    # every epoch's metrics either arrived or are listed as lost; a call cut off mid-request may have
+    # arrived *and* be listed (no confirmation came back), so lost_logging is an upper bound
+    assert len(steps) + sum(1 for c in lost_steps if "best_val_dice" not in c) >= 5
     run = client.get_run(info["run_id"])
     assert run.data.params["train.epochs"] == "5" and run.data.tags["data_hash_source"] == "manifest"
     assert run.info.status == "RUNNING"  # its end could not be recorded: mlflow_run.json says so
