@@ -7,6 +7,9 @@ PY := $(VENV)/bin/python
 export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# UTF-8 text I/O whatever the caller's locale (CI may run with a bare environment)
+export PYTHONUTF8 := 1
+export LANG := C.UTF-8
 
 .PHONY: install repro test bench clean-venv
 

@@ -185,7 +185,7 @@ def load_params(path: str | Path) -> Params:
     if not path.is_file():
         raise ConfigError(f"{path}: parameter file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     return params_from_dict(data, str(path))
