@@ -31,6 +31,20 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    try:
+        replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def replace_dir(src: str | Path, target: str | Path) -> None:
+    """Move the finished folder ``src`` to ``target`` by renames (same filesystem).
+
+    A previous ``target`` is renamed aside first and deleted only once ``src`` is in place; if the
+    second rename fails, the previous ``target`` is put back.
+    """
+    src, target = Path(src), Path(target)
     backup = None
     if target.exists():
         backup = target.parent / f".{target.name}.old-{os.getpid()}"
@@ -38,11 +52,10 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
             shutil.rmtree(backup)
         os.replace(target, backup)
     try:
-        os.replace(tmp, target)
+        os.replace(src, target)
     except BaseException:
         if backup is not None:
             os.replace(backup, target)
-        shutil.rmtree(tmp, ignore_errors=True)
         raise
     if backup is not None:
         shutil.rmtree(backup, ignore_errors=True)

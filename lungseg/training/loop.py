@@ -59,7 +59,7 @@ import torch
 from lungseg.config import Params, TrainConfig, flatten
 from lungseg.data.dataset import load_split, read_meta
 from lungseg.errors import CheckpointError, ConfigError, LungsegError, TrainingError
-from lungseg.io import atomic_write_json, atomic_write_text
+from lungseg.io import atomic_write_json, atomic_write_text, replace_dir
 from lungseg.losses import create_loss, default_loss_for
 from lungseg.metrics import dice_per_image_torch
 from lungseg.models import create_model, list_models
@@ -403,7 +403,7 @@ def train(params: Params, data_dir: str | Path, output_dir: str | Path, resume: 
     atomic_write_json(work / "mlflow_run.json", {
         "run_id": run.run_id, "experiment_id": run.experiment_id, "experiment": params.mlflow.experiment,
         "tracking_uri": run.tracking_uri, "model_uri": model_uri, **run.summary()})  # fmt: skip
-    _swap_into_place(work, output_dir)
+    replace_dir(work, output_dir)
     return TrainResult(output_dir, epochs_run, best_epoch, best, stopped_early, run.run_id,
                        run.summary()["lost_logging"], time.perf_counter() - t0, history)  # fmt: skip
 
@@ -498,24 +498,6 @@ def _plot_history(path: Path, history: list[dict[str, Any]]) -> Path:
     plt.close(fig)
     os.replace(tmp, path)
     return path
-
-
-def _swap_into_place(work: Path, output_dir: Path) -> None:
-    """``work`` → ``output_dir`` by renames; a previous ``output_dir`` is removed only afterwards."""
-    backup = None
-    if output_dir.exists():
-        backup = output_dir.parent / f".{output_dir.name}.old-{os.getpid()}"
-        if backup.exists():
-            shutil.rmtree(backup)
-        os.replace(output_dir, backup)
-    try:
-        os.replace(work, output_dir)
-    except BaseException:
-        if backup is not None:
-            os.replace(backup, output_dir)
-        raise
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
 
 
 __all__ = ["TrainResult", "build_model", "effective_config", "load_checkpoint", "model_identity",
