@@ -40,12 +40,13 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from lungseg.errors import ConfigError, DataError, LungsegError
+from lungseg.tracking import scoped_tracking_uri
 
 TAG = "lungseg."
 #: seconds after which a registry lock whose holder vanished is taken over
@@ -249,32 +250,8 @@ def registry_lock(client, name: str, timeout: float = LOCK_TIMEOUT_S) -> Iterato
                 client.delete_registered_model(lock)
 
 
-@contextlib.contextmanager
-def scoped_mlflow_uri(uri: str) -> Iterator[None]:
-    """Point MLflow's *global* tracking and registry URIs at ``uri`` inside the block only.
-
-    ``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI``; restoring with
-    ``set_tracking_uri(previous_resolved_value)`` would pin the global state (and the environment
-    of later subprocesses) to the old store, so the exact previous state is restored instead.
-    """
-    import mlflow
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    saved = tracking_utils._tracking_uri, registry_utils._registry_uri
-    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(saved[0])
-        registry_utils._registry_uri = saved[1]
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+#: the registry's name for :func:`lungseg.tracking.scoped_tracking_uri` (one implementation)
+scoped_mlflow_uri = scoped_tracking_uri
 
 
 def _create_version(tracking_uri: str, name: str, model_uri: str, tags: dict[str, str]):
