@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from lungseg.experiments.tables import (
-    DEFAULT_REPORT, DEFAULT_RESULTS_DIR, PROFILES, TABLES, Metric, TableSpec,
+    DEFAULT_REPORT, DEFAULT_RESULTS_DIR, TABLES, Metric, TableSpec, table_profiles,
 )
 from lungseg.io import atomic_write_text
 
@@ -231,7 +231,7 @@ def render_block(spec: TableSpec, profile: str, records: Sequence[dict[str, Any]
     if kw_lines:
         out.append(f"- **Model arguments**: {'; '.join(kw_lines)}")
     out.append(f"- **Profile `{profile}` as specified**: {prof.note}")
-    if profile == "cpu" and "gpu" in spec.profiles:
+    if profile != "gpu" and "gpu" in spec.profiles:
         g = spec.profiles["gpu"]
         out.append(f"- **Paper-size (`gpu`) profile for comparison**: image {g.image_size}², base {g.base_channels}, "
                    f"{g.epochs} epochs, batch {g.batch_size}, lr {g.lr:g}")
@@ -299,7 +299,7 @@ def render_blocks(results_dir: str | Path = DEFAULT_RESULTS_DIR,
     tables = TABLES if tables is None else tables
     out = {}
     for name, spec in tables.items():
-        for profile in PROFILES:
+        for profile in table_profiles(spec):
             recs = load_records(results_dir, name, profile)
             out[f"{name}/{profile}"] = render_block(spec, profile, recs)
     return out

@@ -92,6 +92,26 @@ def test_device_info_names_the_cpu():
     assert info["type"] == "cpu" and info["name"] and info["torch"]
 
 
+def test_cpu_long_profile_is_rejected_for_the_lung_field_table():
+    runner.effective_profile(SPEC, "cpu-long")  # the ablation has it
+    with pytest.raises(ConfigError, match=r"unknown profile 'cpu-long' for table prnet-kaggle \(valid: cpu, gpu\)"):
+        runner.effective_profile(TABLES["prnet-kaggle"], "cpu-long")
+
+
+def test_cli_table_all_means_every_table_with_the_profile(tmp_path, capsys):
+    from lungseg.cli.results import selected_tables
+
+    assert selected_tables(["all"], "cpu") == list(TABLES)
+    assert selected_tables(["all"], "cpu-long") == ["lgnet-table1", "lgnet-ablation", "infnet-protocol"]
+    assert selected_tables(["prnet-kaggle", "unet-x", "prnet-kaggle"], "cpu") == ["prnet-kaggle", "unet-x"]
+    # a named table without the profile: a clear error and exit 2, nothing written
+    rc = main(["results", "run", "--table", "prnet-kaggle", "--profile", "cpu-long", "--no-report",
+               "--results-dir", str(tmp_path / "res"), "--workdir", str(tmp_path / "work")])
+    assert rc == 2
+    assert "unknown profile 'cpu-long' for table prnet-kaggle" in capsys.readouterr().err
+    assert not (tmp_path / "res").exists()
+
+
 def test_git_commit_of_this_checkout():
     info = runner.git_commit()
     assert info["source"] in ("git", "LUNGSEG_GIT_COMMIT", "unavailable")

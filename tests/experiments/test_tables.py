@@ -8,7 +8,9 @@ import pytest
 
 from lungseg.data.readers import READERS
 from lungseg.errors import ConfigError
-from lungseg.experiments.tables import PROFILES, TABLES, Row, get_table, slug, validate_spec
+from lungseg.experiments.tables import (
+    PROFILES, REQUIRED_PROFILES, TABLES, Row, get_table, slug, table_profiles, validate_spec,
+)
 from lungseg.models import create_model, list_models
 
 EXPECTED = {"lgnet-table1", "lgnet-ablation", "infnet-protocol", "prnet-kaggle"}
@@ -25,7 +27,29 @@ def test_spec_is_valid(name):
     assert spec.dataset in READERS
     assert all(row.model in list_models() for row in spec.rows)
     assert len(spec.seeds) >= 3
-    assert set(spec.profiles) == set(PROFILES)
+    assert set(REQUIRED_PROFILES) <= set(spec.profiles) <= set(PROFILES)
+
+
+def test_cpu_long_profile_is_defined_for_the_infection_tables_only():
+    have = {name for name, spec in TABLES.items() if "cpu-long" in spec.profiles}
+    assert have == {"lgnet-table1", "lgnet-ablation", "infnet-protocol"}
+    for name in have:
+        cpu, long = TABLES[name].profiles["cpu"], TABLES[name].profiles["cpu-long"]
+        # a larger budget than cpu, the same everything else, so the two tables compare budgets only
+        assert (long.image_size, long.epochs) == (128, 30) and long.image_size > cpu.image_size
+        assert long.epochs > cpu.epochs
+        assert (long.base_channels, long.lr, long.extra_train, long.model_overrides) == (
+            cpu.base_channels, cpu.lr, cpu.extra_train, cpu.model_overrides)
+        assert table_profiles(TABLES[name]) == ["cpu", "cpu-long", "gpu"]
+    assert table_profiles(TABLES["prnet-kaggle"]) == ["cpu", "gpu"]
+
+
+def test_validate_spec_checks_the_profiles():
+    spec = TABLES["prnet-kaggle"]
+    missing = dataclasses.replace(spec, profiles={"cpu": spec.profiles["cpu"]})
+    assert f"{spec.name}: no 'gpu' profile" in validate_spec(missing)
+    unknown = dataclasses.replace(spec, profiles={**spec.profiles, "tpu": spec.profiles["gpu"]})
+    assert any("unknown profile 'tpu'" in p for p in validate_spec(unknown))
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
