@@ -171,3 +171,20 @@ def test_records_are_strict_json(tmp_path):
     rec = clean_json({"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": 2}})
     assert rec == {"a": None, "b": [1.0, None], "c": {"d": 2}}
     json.loads(json.dumps(rec), parse_constant=lambda c: pytest.fail(f"non-strict constant {c}"))
+
+
+def test_committed_report_is_what_the_committed_records_generate(tmp_path):
+    """docs/results.md holds no hand-edited number: regenerating it from docs/results/**.json changes nothing."""
+    import shutil
+
+    from lungseg.experiments.tables import DEFAULT_REPORT, DEFAULT_RESULTS_DIR
+
+    copy = tmp_path / "results.md"
+    shutil.copyfile(DEFAULT_REPORT, copy)
+    update_report(copy, DEFAULT_RESULTS_DIR)
+    assert copy.read_text() == DEFAULT_REPORT.read_text(), "run `lungseg results report` and commit the result"
+    # and every table × profile with records has its block in the committed page
+    text = DEFAULT_REPORT.read_text()
+    for key, body in rep.render_blocks(DEFAULT_RESULTS_DIR).items():
+        if not body.startswith("_No runs"):
+            assert f"<!-- BEGIN GENERATED: {key} -->" in text
