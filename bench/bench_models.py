@@ -12,12 +12,16 @@ measured in the same process with the same input, batch and width:
 - ``unetpp`` → ``BasicUNetPlusPlus`` (same features/act/norm as BasicUNet).
 
 CUDA: bf16 autocast + channels_last, ``cudnn.benchmark``. CPU: fp32. Results go to
-``bench/results/<device>.json``; ``bench/results/README.md`` is re-rendered from all JSON files.
+``bench/results/<device>[-<tag>].json`` (``--tag`` keeps a re-run beside the first instead of
+replacing it); ``bench/results/README.md`` is re-rendered from all JSON files, with each file's
+``note`` (``--note``: why a run was made, how to read it) under its heading. ``--render-only``
+re-renders the README without measuring.
 
 Usage::
 
     python bench/bench_models.py --device cpu  --sizes 128 --base 16 --batch 2 --iters 3
     python bench/bench_models.py --device cuda --sizes 256 512 --base 64 --batch 4 --iters 10
+    python bench/bench_models.py --render-only
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lungseg.models import create_model, list_models  # noqa: E402
+from lungseg.io import atomic_write_text  # noqa: E402
 
 PEER_OF = {"attention_unet": "AttentionUnet", "unetpp": "BasicUNetPlusPlus"}  # others: BasicUNet
 
@@ -166,8 +171,9 @@ def render_readme(results_dir: Path) -> None:
         d = json.loads(path.read_text())
         parts += [
             "",
-            f"## {d['device']}",
+            f"## {d['device']}" + (f" ({d['tag']})" if d.get("tag") else ""),
             "",
+            *([f"> {d['note']}", ""] if d.get("note") else []),
             f"- date: {d['date']}; torch {d['torch']}, monai {d['monai']}, python {d['python']}",
             f"- command: `{d['command']}`",
             f"- settings: batch {d['batch']}, base_channels {d['base']}, iters {d['iters']} (warmup {d['warmup']}), "
@@ -195,7 +201,7 @@ def render_readme(results_dir: Path) -> None:
                 f"| {o['infer_img_s']:.1f} | {ratio('infer_img_s')} | {f(o.get('train_peak_mem_gib'))} "
                 f"| {ratio('train_peak_mem_gib')} |"
             )
-    (results_dir / "README.md").write_text("\n".join(parts) + "\n")
+    atomic_write_text(results_dir / "README.md", "\n".join(parts) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,7 +214,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--models", nargs="+", default=None, help=f"subset of {list_models()}")
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--tag", default=None, help="suffix of the result file (keeps a re-run beside the first)")
+    ap.add_argument("--note", default=None, help="why this run was made / how to read it (shown in the README)")
+    ap.add_argument("--render-only", action="store_true", help="only re-render README.md from the JSON files")
     args = ap.parse_args(argv)
+    if args.render_only:
+        render_readme(args.results)
+        print(f"wrote {args.results / 'README.md'}")
+        return 0
+    if args.tag is not None and not re.fullmatch(r"[a-z0-9][a-z0-9-]*", args.tag):
+        ap.error(f"--tag {args.tag!r}: use lower-case letters, digits and '-'")
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -240,11 +255,14 @@ def main(argv: list[str] | None = None) -> int:
         "warmup": args.warmup,
         "amp": device.type == "cuda",
         "rows": rows,
+        **({"tag": args.tag} if args.tag else {}),
+        **({"note": args.note} if args.note else {}),
     }
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / f"{label}.json").write_text(json.dumps(result, indent=1) + "\n")
+    out = args.results / (f"{label}-{args.tag}.json" if args.tag else f"{label}.json")
+    atomic_write_text(out, json.dumps(result, indent=1) + "\n")
     render_readme(args.results)
-    print(f"wrote {args.results / (label + '.json')}")
+    print(f"wrote {out}")
     return 0
 
 
