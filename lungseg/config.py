@@ -79,12 +79,33 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class RegisterConfig:
-    model_name: str = "lungseg"
+    model_name: str = "lungseg-{model}"
+    """Registered-model name; ``{model}`` (the only placeholder) becomes the trained architecture
+    (``train.model`` as recorded by the training run), so a sweep over architectures registers each
+    under its own name and ``champion`` compares like with like."""
     metric: str = "dice_mean"
     """Key of the evaluation summary that decides promotion."""
     greater_is_better: bool = True
     champion_alias: str = "champion"
     challenger_alias: str = "challenger"
+
+    def __post_init__(self) -> None:
+        import string
+
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(self.model_name) if f is not None]
+        except ValueError as exc:
+            raise ConfigError(f"model_name {self.model_name!r}: {exc}") from exc
+        bad = [f for f in fields if f != "model"]
+        if bad:
+            raise ConfigError(f"model_name {self.model_name!r}: unknown placeholder(s) "
+                              f"{', '.join('{' + f + '}' for f in bad)} (allowed: {{model}})")
+        if not self.resolved_name("x").strip():
+            raise ConfigError("model_name is empty")
+
+    def resolved_name(self, model: str) -> str:
+        """The registered-model name for a run of architecture ``model``."""
+        return self.model_name.format(model=model)
 
 
 @dataclass(frozen=True)
@@ -169,7 +190,10 @@ def _build(cls: type, data: Any, where: str) -> Any:
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(names))})")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:  # a dataclass's own check (__post_init__): say which section
+        raise ConfigError(f"{where}: {exc}") from exc
 
 
 def params_from_dict(data: dict[str, Any], source: str = "params") -> Params:

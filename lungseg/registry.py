@@ -5,7 +5,8 @@
 1. reads the run (``model_dir/mlflow_run.json``: ``run_id, tracking_uri, model_uri``) and the
    evaluation (``evaluation_dir/metrics.json``: the promotion metric, the split, the evaluation-set
    fingerprint);
-2. registers ``model_uri`` as a new version of ``params.register.model_name`` and waits until it is
+2. registers ``model_uri`` as a new version of ``params.register.model_name`` (``{model}`` filled
+   with the run's architecture, e.g. ``lungseg-lgnet``) and waits until it is
    ``READY`` (a repeated run of the same run + evaluation set reuses its existing version);
 3. under a registry-wide lock, reads the current champion, decides, re-checks that the champion
    has not moved, and only then sets the alias (``champion`` or ``challenger``) — aliases, never
@@ -292,6 +293,25 @@ def _decide(cfg, candidate: float, fingerprint: str | None, run_id: str, champio
     return False, before, f"does not beat champion v{champion.version} on the same evaluation set"
 
 
+def _model_name(cfg, client, run_info: dict[str, Any], run_file: Path) -> str:
+    """``register.model_name`` with ``{model}`` filled from the training run's architecture
+    (``mlflow_run.json["model"]``, else the run's ``model`` tag)."""
+    if "{model}" not in cfg.model_name:
+        return cfg.model_name
+    arch = run_info.get("model")
+    if not arch:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            arch = client.get_run(run_info["run_id"]).data.tags.get("model")
+        except MlflowException as exc:
+            raise RegistryError(f"cannot read training run {run_info['run_id']}: {exc}") from exc
+    if not arch:
+        raise DataError(run_file, "no 'model' recorded (nor a 'model' tag on its MLflow run): cannot fill "
+                                  f"register.model_name {cfg.model_name!r}; set a fixed name or re-run `lungseg train`")
+    return cfg.resolved_name(arch)
+
+
 # --------------------------------------------------------------------------------------------- API
 def register(params, model_dir: str | Path, evaluation_dir: str | Path, output: str | Path) -> Decision:
     """Register the evaluated model, move ``champion`` only if it is better; write the decision."""
@@ -308,11 +328,12 @@ def register(params, model_dir: str | Path, evaluation_dir: str | Path, output: 
     candidate = _candidate_value(metrics, cfg.metric, metrics_path)
     fingerprint, fp_source = evaluation_fingerprint(metrics, evaluation_dir)
     tracking_uri = run_info.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow.tracking_uri
-    run_id, model_uri, name = run_info["run_id"], run_info["model_uri"], cfg.model_name
+    run_id, model_uri = run_info["run_id"], run_info["model_uri"]
 
     from mlflow.exceptions import MlflowException
 
     client = _client(tracking_uri)
+    name = _model_name(cfg, client, run_info, model_dir / "mlflow_run.json")
     try:
         _ensure_registered_model(client, name)
         mv = _existing_version(client, name, run_id, model_uri, fingerprint)

@@ -47,3 +47,16 @@ def test_missing_or_broken_file(tmp_path):
 
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": {}}) == {"a.b": 1, "a.c.d": 2, "e": {}}
+
+
+def test_register_model_name_template():
+    from lungseg.config import RegisterConfig
+
+    assert RegisterConfig().resolved_name("lgnet") == "lungseg-lgnet"
+    assert RegisterConfig(model_name="fixed").resolved_name("prnet") == "fixed"
+    with pytest.raises(ConfigError, match=r"params\.register: model_name 'x-\{arch\}': unknown placeholder\(s\) \{arch\}"):
+        params_from_dict({"register": {"model_name": "x-{arch}"}})
+    with pytest.raises(ConfigError, match=r"params\.register: model_name 'x-\{model'"):
+        params_from_dict({"register": {"model_name": "x-{model"}})
+    with pytest.raises(ConfigError, match="model_name is empty"):
+        params_from_dict({"register": {"model_name": " "}})

@@ -214,3 +214,34 @@ def test_runs_uri_is_registered_and_global_mlflow_state_is_untouched(tmp_path, t
     assert mv.status == "READY" and mv.run_id == run_info["run_id"]
     assert mlflow.get_tracking_uri() == before
     assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
+
+
+def test_model_name_template_is_filled_with_the_runs_architecture(tmp_path, tracking_uri, request):
+    prefix = "lsg-tpl-" + request.node.name[-8:]
+    params = params_from_dict({"register": {"model_name": prefix + "-{model}"}, "mlflow": {"tracking_uri": tracking_uri}})
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    # 1. the architecture recorded in mlflow_run.json (what `lungseg train` writes)
+    info = {**log_tiny_model(tracking_uri), "model": "prnet"}
+    model_dir, eval_dir, _ = _candidate(tmp_path, tracking_uri, "a", dice=0.5, run_info=info)
+    decision = register(params, model_dir, eval_dir, tmp_path / "a.json")
+    assert decision.model_name == f"{prefix}-prnet" and decision.decision == "champion"
+    assert _alias(client, f"{prefix}-prnet", "champion").version == decision.version
+
+    # 2. an older mlflow_run.json without "model": the run's `model` tag (set by training) decides
+    info = log_tiny_model(tracking_uri)
+    client.set_tag(info["run_id"], "model", "unet")
+    model_dir, eval_dir, _ = _candidate(tmp_path, tracking_uri, "b", dice=0.1, run_info=info)
+    decision = register(params, model_dir, eval_dir, tmp_path / "b.json")
+    # a worse U-Net does not compete with the PR-Net champion: it is champion of its own name
+    assert decision.model_name == f"{prefix}-unet" and decision.decision == "champion"
+
+    # 3. neither: a clear error naming the file, nothing registered, nothing written
+    info = log_tiny_model(tracking_uri)
+    model_dir, eval_dir, _ = _candidate(tmp_path, tracking_uri, "c", dice=0.9, run_info=info)
+    with pytest.raises(DataError, match=r"mlflow_run.json.*no 'model' recorded"):
+        register(params, model_dir, eval_dir, tmp_path / "c.json")
+    assert not (tmp_path / "c.json").exists()
+    names = {m.name for m in client.search_registered_models()}
+    assert {f"{prefix}-prnet", f"{prefix}-unet"} <= names
+    assert not any(n.startswith(prefix) and n not in (f"{prefix}-prnet", f"{prefix}-unet") for n in names)

@@ -402,7 +402,7 @@ def train(params: Params, data_dir: str | Path, output_dir: str | Path, resume: 
     run.close()
     atomic_write_json(work / "mlflow_run.json", {
         "run_id": run.run_id, "experiment_id": run.experiment_id, "experiment": params.mlflow.experiment,
-        "tracking_uri": run.tracking_uri, "model_uri": model_uri, **run.summary()})  # fmt: skip
+        "tracking_uri": run.tracking_uri, "model_uri": model_uri, "model": cfg.model, **run.summary()})  # fmt: skip
     replace_dir(work, output_dir)
     return TrainResult(output_dir, epochs_run, best_epoch, best, stopped_early, run.run_id,
                        run.summary()["lost_logging"], time.perf_counter() - t0, history)  # fmt: skip

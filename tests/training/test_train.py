@@ -52,6 +52,7 @@ def test_train_writes_contract_and_logs_everything_to_mlflow(tmp_path, tiny_data
 
     info = json.loads((out / "mlflow_run.json").read_text())
     assert info["lost_logging"] == 0 and info["run_id"] == result.run_id
+    assert info["model"] == client.get_run(result.run_id).data.tags["model"]  # fills register's {model}
     with scoped_tracking_uri(_uri(tmp_path)):
         model = mlflow.pytorch.load_model(info["model_uri"])
     batch = torch.from_numpy(np.load(tiny_data / "images.npy")[:3])
