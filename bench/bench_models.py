@@ -168,7 +168,7 @@ def render_readme(results_dir: Path) -> None:
         "BasicUNet at the same base width (a different FLOP budget: see the GFLOPs columns).",
     ]
     for path in sorted(results_dir.glob("*.json")):
-        d = json.loads(path.read_text())
+        d = json.loads(path.read_text(encoding="utf-8"))
         parts += [
             "",
             f"## {d['device']}" + (f" ({d['tag']})" if d.get("tag") else ""),

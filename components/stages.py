@@ -50,14 +50,14 @@ def train_op(data: Input[Dataset], train_params: str, mlflow_params: str, model:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code)
     out = Path(model.path)
-    summary = json.loads((out / "train_metrics.json").read_text())
+    summary = json.loads((out / "train_metrics.json").read_text(encoding="utf-8"))
     for key, value in summary.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             metrics.log_metric(key, float(value))  # KFP metrics cannot hold NaN (e.g. undefined HD)
     # the artifact must exist as a file too: KFP's local cache treats a missing one as a miss
     Path(metrics.path).parent.mkdir(parents=True, exist_ok=True)
-    Path(metrics.path).write_text(json.dumps(summary, indent=2, default=str))
-    run = json.loads((out / "mlflow_run.json").read_text())
+    Path(metrics.path).write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    run = json.loads((out / "mlflow_run.json").read_text(encoding="utf-8"))
     model.metadata.update({"model": params.train.model, "mlflow_run_id": run.get("run_id"),
                            "model_uri": run.get("model_uri")})  # fmt: skip
     print(result.describe())
@@ -82,13 +82,13 @@ def evaluate_op(model: Input[Model], data: Input[Dataset], evaluate_params: str,
     except LungsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code)
-    summary = json.loads((Path(report.path) / "metrics.json").read_text())
+    summary = json.loads((Path(report.path) / "metrics.json").read_text(encoding="utf-8"))
     for key, value in summary.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             metrics.log_metric(key, float(value))  # KFP metrics cannot hold NaN (e.g. undefined HD)
     # the artifact must exist as a file too: KFP's local cache treats a missing one as a miss
     Path(metrics.path).parent.mkdir(parents=True, exist_ok=True)
-    Path(metrics.path).write_text(json.dumps(summary, indent=2, default=str))
+    Path(metrics.path).write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
     print(result.describe())
 
 

@@ -103,7 +103,7 @@ def evaluation_fingerprint(metrics: dict[str, Any], evaluation_dir: Path) -> tup
     if per_image.is_file():
         import csv
 
-        with per_image.open(newline="") as fh:
+        with per_image.open(newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
             id_col = next((c for c in ("id", "image_id", "ids") if c in (reader.fieldnames or [])), None)
             ids = sorted(row[id_col] for row in reader) if id_col else []
@@ -118,7 +118,7 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(path, f"missing ({what})")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise DataError(path, f"not valid JSON: {exc}") from exc
     if not isinstance(data, dict):

@@ -84,7 +84,7 @@ def _dvc_lock_md5(data_dir: Path) -> str | None:
         if not lock.is_file():
             continue
         try:
-            data = yaml.safe_load(lock.read_text()) or {}
+            data = yaml.safe_load(lock.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError:
             return None
         for stage in (data.get("stages") or {}).values():

@@ -99,7 +99,7 @@ def _wait(predicate, timeout: float, proc: subprocess.Popen, what: str, log: Pat
 
 def _tail(log: Path, n: int = 15) -> str:
     try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-n:])
+        return "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-n:])
     except OSError:
         return "(no log)"
 
@@ -151,7 +151,7 @@ def _pid_alive(pid: int) -> bool:
         return True
     # a zombie child of ours counts as gone
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
         return stat.split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
@@ -226,7 +226,7 @@ class S3Server:
         data.mkdir(exist_ok=True)
         lock_holder = self.workdir / "weed.pid"
         if lock_holder.exists():
-            old = int(lock_holder.read_text().strip() or 0)
+            old = int(lock_holder.read_text(encoding="utf-8").strip() or 0)
             if old and _pid_alive(old):
                 raise ServerError(f"{data} is still used by weed pid {old}; stop it first")
         # the admin worker always dials admin.port + 10000, so keep that one free as well
@@ -241,7 +241,7 @@ class S3Server:
             raise ServerError(f"ports already in use on {HOST}: {', '.join(busy)}")
         config = self.workdir / "s3-identities.json"
         fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(
                 {
                     "identities": [
@@ -271,7 +271,7 @@ class S3Server:
                 cmd, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=env, start_new_session=True,
             )  # fmt: skip
-        lock_holder.write_text(str(self.proc.pid))
+        lock_holder.write_text(str(self.proc.pid), encoding="utf-8")
         try:
             _wait(lambda: port_is_listening(p["s3"]), self.startup_timeout, self.proc, "weed mini", self.log)
             self._verify_listener()
@@ -414,7 +414,7 @@ def _cmd_start(args: argparse.Namespace) -> int:
     root = Path(args.dir).resolve()
     state_file = root / "state.json"
     if state_file.exists():
-        state = json.loads(state_file.read_text())
+        state = json.loads(state_file.read_text(encoding="utf-8"))
         if any(_pid_alive(pid) for pid in state["pids"].values()):
             print(f"servers already running (see {state_file}); `stop` them first", file=sys.stderr)
             return 1
@@ -426,11 +426,11 @@ def _cmd_start(args: argparse.Namespace) -> int:
         raise
     env_file = root / "env.sh"
     fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write("\n".join(_env_lines(s3, mlf)) + "\n")
     state = {"pids": {"s3": s3.proc.pid, "mlflow": mlf.proc.pid}, "s3": s3.endpoint, "mlflow": mlf.uri,
              "bucket": s3.bucket}  # fmt: skip
-    state_file.write_text(json.dumps(state, indent=2))
+    state_file.write_text(json.dumps(state, indent=2), encoding="utf-8")
     # detach: the servers live in their own sessions; forget the Popen objects without killing them
     s3.proc = mlf.proc = None
     print(f"S3 (SeaweedFS) {state['s3']}  bucket {args.bucket}\nMLflow         {state['mlflow']}")
@@ -443,7 +443,7 @@ def _cmd_stop(args: argparse.Namespace) -> int:
     if not state_file.exists():
         print("no servers recorded", file=sys.stderr)
         return 0
-    state = json.loads(state_file.read_text())
+    state = json.loads(state_file.read_text(encoding="utf-8"))
     for name in ("mlflow", "s3"):  # MLflow first: it writes to S3
         _stop_group(None, pid=state["pids"][name])
         print(f"stopped {name}")
@@ -457,7 +457,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if not state_file.exists():
         print("not running")
         return 1
-    state = json.loads(state_file.read_text())
+    state = json.loads(state_file.read_text(encoding="utf-8"))
     ok = True
     for name, pid in state["pids"].items():
         alive = _pid_alive(pid)

@@ -54,7 +54,7 @@ def read_meta(data_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(path, "meta.json not found (is this a folder written by `lungseg preprocess`?)")
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise DataError(path, f"not valid JSON: {exc}") from exc
     if not isinstance(meta, dict):

@@ -200,7 +200,7 @@ def _read_jcs_list(path: Path, root: Path) -> list[str]:
     if not path.is_file():
         raise DataError(path, "JCS split list not found")
     out = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):  # splitlines handles \r\n
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):  # splitlines handles \r\n
         parts = line.split()
         if not parts:
             continue

@@ -153,7 +153,7 @@ def _log_to_training_run(model_dir: Path, output_dir: Path, summary: dict[str, A
     if not run_file.is_file():
         print(f"lungseg: warning: {run_file} not found: the evaluation is not logged to MLflow", file=sys.stderr)
         return {"run_id": None, "lost_logging": 0, "lost_calls": [], "reason": f"{run_file} not found"}
-    info = json.loads(run_file.read_text())
+    info = json.loads(run_file.read_text(encoding="utf-8"))
     if not info.get("run_id") or not info.get("tracking_uri"):
         raise DataError(run_file, "no run_id/tracking_uri (was the training run logged to MLflow?)")
     try:

@@ -77,7 +77,7 @@ def load_records(results_dir: str | Path = DEFAULT_RESULTS_DIR, table: str | Non
     pattern = f"{table or '*'}/{profile or '*'}/*.json"
     records = []
     for path in sorted(results_dir.glob(pattern)):
-        rec = json.loads(path.read_text())
+        rec = json.loads(path.read_text(encoding="utf-8"))
         rec["_path"] = str(path)
         records.append(rec)
     return records
@@ -310,7 +310,7 @@ def update_report(report: str | Path = DEFAULT_REPORT, results_dir: str | Path =
     """Rewrite the generated blocks of ``report`` from the records; append missing blocks at the end."""
     report = Path(report)
     blocks = render_blocks(results_dir, tables)
-    text = report.read_text() if report.is_file() else "# Reproduced comparison tables\n"
+    text = report.read_text(encoding="utf-8") if report.is_file() else "# Reproduced comparison tables\n"
     seen = set()
 
     def sub(m: re.Match) -> str:

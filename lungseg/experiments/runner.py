@@ -119,7 +119,7 @@ def device_info(device: str) -> dict[str, Any]:
     else:
         name = platform.processor() or platform.machine()
         try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
+            for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
                 if line.startswith("model name"):
                     name = line.split(":", 1)[1].strip()
                     break
@@ -198,7 +198,7 @@ def prepare_dataset(spec: TableSpec, prof: Profile, *, data_root: str | Path, wo
     out = Path(workdir) / "data" / f"{spec.dataset}-{prof.image_size}"
     source_file = out.parent / f"{out.name}.source.json"
     input_dir = spec.input_dir(data_root)
-    cached = json.loads(source_file.read_text()) if source_file.is_file() and (out / "meta.json").is_file() else None
+    cached = json.loads(source_file.read_text(encoding="utf-8")) if source_file.is_file() and (out / "meta.json").is_file() else None
     if cached is not None and (cached.get("dataset") != spec.dataset or cached.get("preprocess") != cfg_dict):
         cached = None
     raw = None
@@ -222,7 +222,7 @@ def prepare_dataset(spec: TableSpec, prof: Profile, *, data_root: str | Path, wo
                   "preprocess_seconds": round(time.perf_counter() - t0, 2)}
         atomic_write_json(source_file, cached)
 
-    meta = json.loads((out / "meta.json").read_text())
+    meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
     provenance = {
         "dataset": spec.dataset,
         "input_subdir": spec.input_subdir,
@@ -244,14 +244,14 @@ def prepare_dataset(spec: TableSpec, prof: Profile, *, data_root: str | Path, wo
 
 
 def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.is_file() else None
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def _read_per_image(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     out = []
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
             item: dict[str, Any] = {}
             for k, v in row.items():
@@ -268,7 +268,7 @@ def existing_record(path: Path, settings: dict[str, Any]) -> dict[str, Any] | No
     if not path.is_file():
         return None
     try:
-        rec = json.loads(path.read_text())
+        rec = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
         return None  # a broken record is re-run (records are written atomically, so this is rare)
     if rec.get("settings") != settings:
@@ -379,7 +379,7 @@ def run_table(spec: TableSpec, *, profile: str = "cpu", seeds: Sequence[int] | N
             tb = traceback.format_exc()
             log_path = workdir / "failures.log"
             log_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(log_path, "a") as fh:
+            with open(log_path, "a", encoding="utf-8") as fh:
                 fh.write(f"--- {datetime.now(timezone.utc).isoformat()} {spec.name}/{profile}/{row.key}-seed{seed}\n{tb}\n")
             outcomes.append(CellOutcome(spec.name, profile, row.key, seed, "failed", path,
                                         time.perf_counter() - t0, f"{type(exc).__name__}: {exc}"))

@@ -1,0 +1,58 @@
+"""Every text-mode file access in the project names its encoding (UTF-8), so results, reports and
+records read and write the same bytes under any locale (CI can run with a bare environment)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = sorted(p for d in ("lungseg", "components", "pipelines", "scripts", "bench") for p in (ROOT / d).rglob("*.py"))
+#: ``X.open(...)`` calls that are not text-file opens
+NOT_FILE_OPEN = {"os", "Image", "h5py", "tarfile", "zipfile", "gzip", "webbrowser"}
+
+
+def _mode(call: ast.Call, position: int) -> str | None:
+    for kw in call.keywords:
+        if kw.arg == "mode":
+            return kw.value.value if isinstance(kw.value, ast.Constant) else "?"
+    if len(call.args) > position and isinstance(call.args[position], ast.Constant):
+        return call.args[position].value
+    return "?" if len(call.args) > position else None
+
+
+def unspecified_encodings(source: str) -> list[int]:
+    """Line numbers of text-mode file accesses without ``encoding=``."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call) or any(kw.arg == "encoding" for kw in node.keywords):
+            continue
+        func = node.func
+        if isinstance(func, ast.Attribute) and func.attr in ("read_text", "write_text"):
+            lines.append(node.lineno)
+        elif isinstance(func, ast.Name) and func.id == "open":
+            if "b" not in (_mode(node, 1) or "r"):
+                lines.append(node.lineno)
+        elif isinstance(func, ast.Attribute) and func.attr == "open":
+            owner = func.value.id if isinstance(func.value, ast.Name) else None
+            if owner not in NOT_FILE_OPEN and "b" not in (_mode(node, 0) or "r"):
+                lines.append(node.lineno)
+        elif isinstance(func, ast.Attribute) and func.attr == "fdopen":
+            if "b" not in (_mode(node, 1) or "r"):
+                lines.append(node.lineno)
+    return lines
+
+
+def test_the_checker_finds_what_it_should():
+    bad = 'p.read_text()\nopen(f)\nopen(f, "w")\np.open(newline="")\nos.fdopen(fd, "w")\np.write_text(s)\n'
+    assert unspecified_encodings(bad) == [1, 2, 3, 4, 5, 6]
+    good = ('p.read_text(encoding="utf-8")\nopen(f, "rb")\nos.open(f, 1)\nImage.open(f)\n'
+            'p.open("ab")\nos.fdopen(fd, "w", encoding="utf-8")\n')
+    assert unspecified_encodings(good) == []
+
+
+def test_text_io_names_its_encoding():
+    assert len(SOURCES) > 40
+    offenders = {str(p.relative_to(ROOT)): lines for p in SOURCES
+                 if (lines := unspecified_encodings(p.read_text(encoding="utf-8")))}
+    assert not offenders, f"text file access without encoding= (file: lines): {offenders}"
