@@ -26,3 +26,23 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
     return SAMPLE / "medseg-covid100"
+
+
+@pytest.fixture(scope="session")
+def one_torch_thread():
+    """Torch on one thread (requested by the training/evaluation folders): the machine's two cores are
+    shared with other jobs, and two OpenMP threads fighting a busy core are tens of times slower."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """The bundled real MedSeg sample (22 slices) preprocessed at 32², once per session."""
+    from train_helpers import processed_sample
+
+    return processed_sample(tmp_path_factory, 32)

@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -25,8 +24,7 @@ from mlflow import MlflowClient
 from lungseg.tracking import ResilientRun, TrackingWarning, absolute_sqlite, data_hash, git_commit
 from servers import MlflowServer  # tests/servers.py → scripts/servers.py (real server, own process group)
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "training"))
-from train_helpers import cli_env, lungseg_cmd, processed_sample, write_params  # noqa: E402
+from train_helpers import cli_env, lungseg_cmd, processed_sample, write_params
 
 
 @pytest.fixture(scope="module")

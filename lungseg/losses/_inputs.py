@@ -5,6 +5,14 @@ from __future__ import annotations
 import torch
 
 
+def check_options(num_classes: int, include_background: bool) -> None:
+    """The constructor checks every loss shares (``ValueError`` naming the bad option)."""
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if num_classes == 1 and not include_background:
+        raise ValueError("include_background=False needs num_classes >= 2 (binary has one channel)")
+
+
 def check_logits_masks(logits: torch.Tensor, masks: torch.Tensor, num_classes: int, *, check_values: bool = True) -> None:
     """Raise ``ValueError`` naming the shapes/dtypes when ``logits``/``masks`` do not fit a loss.
 

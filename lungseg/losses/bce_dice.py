@@ -16,7 +16,7 @@ import torch
 from monai.losses import DiceCELoss
 from torch import nn
 
-from ._inputs import binary_target, check_logits_masks
+from ._inputs import binary_target, check_logits_masks, check_options
 
 
 class BCEDiceLoss(nn.Module):
@@ -35,10 +35,7 @@ class BCEDiceLoss(nn.Module):
         check_values: bool = True,
     ) -> None:
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        if num_classes == 1 and not include_background:
-            raise ValueError("include_background=False needs num_classes >= 2 (binary has one channel)")
+        check_options(num_classes, include_background)
         self.num_classes = num_classes
         self.check_values = check_values
         multi = num_classes >= 2

@@ -25,7 +25,7 @@ import torch
 from monai.losses import FocalLoss, TverskyLoss
 from torch import nn
 
-from ._inputs import binary_target, check_logits_masks, onehot_target
+from ._inputs import binary_target, check_logits_masks, check_options, onehot_target
 
 
 class DiceFocalLoss(nn.Module):
@@ -47,12 +47,9 @@ class DiceFocalLoss(nn.Module):
         check_values: bool = True,
     ) -> None:
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        check_options(num_classes, include_background)
         if not 0.0 <= gamma_weight <= 1.0:
             raise ValueError(f"gamma_weight must lie in [0, 1], got {gamma_weight}")
-        if num_classes == 1 and not include_background:
-            raise ValueError("include_background=False needs num_classes >= 2 (binary has one channel)")
         self.num_classes = num_classes
         self.gamma_weight = float(gamma_weight)
         self.check_values = check_values

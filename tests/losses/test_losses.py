@@ -209,3 +209,12 @@ def test_label_out_of_range():
         create_loss("bce_dice")(torch.zeros(1, 1, 2, 2), torch.tensor([[[0, 2], [1, 0]]]))
     with pytest.raises(ValueError, match=r"0\.\.2 .* found 0\.\.3"):
         create_loss("dice_focal", num_classes=3)(torch.zeros(1, 3, 2, 2), torch.tensor([[[0, 3], [1, 0]]]))
+
+
+@pytest.mark.parametrize("cls", [BCEDiceLoss, DiceFocalLoss])
+def test_bad_constructor_options_name_the_option(cls):
+    with pytest.raises(ValueError, match="num_classes must be >= 1, got 0"):
+        cls(num_classes=0)
+    with pytest.raises(ValueError, match="include_background=False needs num_classes >= 2"):
+        cls(num_classes=1, include_background=False)
+    cls(num_classes=3, include_background=False)  # valid for multi-class

@@ -1,27 +1,11 @@
-"""Fixtures of the training tests. Torch runs on one thread: the machine's two cores are shared
-with other jobs, and two OpenMP threads fighting a busy core are tens of times slower than one."""
+"""Training tests run torch on one thread (``one_torch_thread`` in tests/conftest.py); their
+data is the session's ``tiny_data``."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_helpers import processed_sample  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(prev)
-
-
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory) -> Path:
-    """The bundled real MedSeg sample (22 slices) preprocessed at 32²."""
-    return processed_sample(tmp_path_factory, 32)

@@ -1,5 +1,5 @@
-"""Helpers shared by the training and evaluation tests (a uniquely named module, so
-``tests/training`` and ``tests/evaluation`` can both import it without conftest name clashes)."""
+"""Helpers shared by the training, evaluation and tracking tests (``tests/`` is on ``sys.path``
+through ``tests/conftest.py``, so every test folder imports it as ``train_helpers``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample" / "medseg-covid100"
 
 TINY_TRAIN = {"model": "unet", "base_channels": 4, "epochs": 3, "batch_size": 4, "lr": 0.003,
