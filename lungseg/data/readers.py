@@ -468,6 +468,18 @@ def _axial_nifti(data: np.ndarray, affine: np.ndarray):
     return view, (float(zooms[1]), float(zooms[0]))
 
 
+def _require_same_geometry(path: Path, mask_path: Path, shape, mask_shape, checks) -> None:
+    """``DataError`` on ``path`` listing every way the mask's grid differs from the image's:
+    ``checks`` = ``(what, image value, mask value, atol, print the values?)``."""
+    problems = [] if tuple(shape) == tuple(mask_shape) else [f"shape {tuple(shape)} vs {tuple(mask_shape)}"]
+    for what, a, b, atol, show in checks:
+        if np.shape(a) != np.shape(b) or not np.allclose(a, b, atol=atol):
+            problems.append(f"{what} {tuple(np.round(np.asarray(a, float), 4).tolist())} vs "
+                            f"{tuple(np.round(np.asarray(b, float), 4).tolist())}" if show else f"{what} differs")
+    if problems:
+        raise DataError(path, f"geometry does not match mask {mask_path}: {'; '.join(problems)}")
+
+
 @register_reader("nifti", "images/ + masks/ folders of NIfTI volumes (geometry checked), axial slices, patient-level")
 def read_nifti(input_dir: Path, cfg) -> RawDataset:
     _require_dir(input_dir, "input")
@@ -479,15 +491,8 @@ def read_nifti(input_dir: Path, cfg) -> RawDataset:
         for stem, img_path, mask_path in pairs:
             data, affine, zooms = formats.read_nifti(img_path)
             mdata, maffine, mzooms = formats.read_nifti(mask_path)
-            problems = []
-            if data.shape != mdata.shape:
-                problems.append(f"shape {data.shape} vs {mdata.shape}")
-            if not np.allclose(zooms, mzooms, atol=1e-4):
-                problems.append(f"voxel size {tuple(np.round(zooms, 4))} vs {tuple(np.round(mzooms, 4))}")
-            if not np.allclose(affine, maffine, atol=1e-3):
-                problems.append("affine differs")
-            if problems:
-                raise DataError(img_path, f"geometry does not match mask {mask_path}: {'; '.join(problems)}")
+            _require_same_geometry(img_path, mask_path, data.shape, mdata.shape,
+                                   [("voxel size", zooms, mzooms, 1e-4, True), ("affine", affine, maffine, 1e-3, False)])
             vol, spacing = _axial_nifti(data, affine)
             mvol, _ = _axial_nifti(mdata, affine)
             for z in range(vol.shape[2]):
@@ -518,17 +523,9 @@ def read_dicom(input_dir: Path, cfg) -> RawDataset:
         for case, series, mask_path in plan:
             vol, spacing, origin, direction = formats.read_dicom_series(series)
             mvol, mspacing, morigin, mdirection = formats.read_sitk_volume(mask_path)
-            problems = []
-            if vol.shape != mvol.shape:
-                problems.append(f"shape {vol.shape} vs {mvol.shape}")
-            if not np.allclose(spacing, mspacing, atol=1e-3):
-                problems.append(f"spacing {spacing} vs {mspacing}")
-            if not np.allclose(origin, morigin, atol=1e-2):
-                problems.append(f"origin {origin} vs {morigin}")
-            if not np.allclose(direction, mdirection, atol=1e-4):
-                problems.append("direction differs")
-            if problems:
-                raise DataError(series, f"geometry does not match mask {mask_path}: {'; '.join(problems)}")
+            _require_same_geometry(series, mask_path, vol.shape, mvol.shape,
+                                   [("spacing", spacing, mspacing, 1e-3, True), ("origin", origin, morigin, 1e-2, True),
+                                    ("direction", direction, mdirection, 1e-4, False)])
             for z in range(vol.shape[0]):
                 yield RawSlice(
                     id=f"{case.name}-z{z:04d}", source=f"{_rel(series, input_dir)}#z={z}",

@@ -163,3 +163,20 @@ def test_unknown_dataset_lists_valid_names():
         readers.get_reader("medsegg")
     for name in ("medseg", "covid-semiseg", "kaggle-64", "kaggle-tiff", "msd-lung", "pairs", "nifti", "dicom"):
         assert name in str(err.value)
+
+
+def test_geometry_check_lists_every_difference(tmp_path):
+    from lungseg.data.readers import _require_same_geometry
+
+    img, mask = tmp_path / "ct.nii.gz", tmp_path / "mask.nii.gz"
+    _require_same_geometry(img, mask, (4, 5), (4, 5), [("spacing", (0.7, 0.8), (0.7, 0.8000001), 1e-3, True)])
+    with pytest.raises(DataError) as exc:
+        _require_same_geometry(img, mask, (4, 5, 6), (4, 5, 7), [
+            ("spacing", (0.7, 0.8), (0.7, 0.9), 1e-3, True),
+            ("direction", np.eye(3), -np.eye(3), 1e-4, False),
+            ("origin", (0.0, 0.0), (0.0, 0.0, 1.0), 1e-2, True),  # a different rank is a difference, not a crash
+        ])
+    msg = str(exc.value)
+    assert str(img) in msg and f"geometry does not match mask {mask}" in msg
+    assert "shape (4, 5, 6) vs (4, 5, 7)" in msg and "spacing (0.7, 0.8) vs (0.7, 0.9)" in msg
+    assert "direction differs" in msg and "origin (0.0, 0.0) vs (0.0, 0.0, 1.0)" in msg
