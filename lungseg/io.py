@@ -79,3 +79,20 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def atomic_write_json(path: str | Path, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json_object(path: str | Path, missing: str) -> dict[str, Any]:
+    """The JSON object in ``path``; :class:`~lungseg.errors.DataError` naming the file when it is
+    missing (``missing`` says what should have written it), not valid JSON, or not an object."""
+    from lungseg.errors import DataError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, missing)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(path, f"not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise DataError(path, f"expected a JSON object, found {type(data).__name__}")
+    return data

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import math
 import os
 import socket
@@ -115,15 +114,9 @@ def evaluation_fingerprint(metrics: dict[str, Any], evaluation_dir: Path) -> tup
 
 # ------------------------------------------------------------------------------------------ inputs
 def _read_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise DataError(path, f"missing ({what})")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(path, f"not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise DataError(path, "expected a JSON object")
-    return data
+    from lungseg.io import read_json_object
+
+    return read_json_object(path, f"missing ({what})")
 
 
 def _candidate_value(metrics: dict[str, Any], metric: str, path: Path) -> float:

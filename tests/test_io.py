@@ -39,3 +39,23 @@ def test_atomic_write_json(tmp_path):
     p = atomic_write_json(tmp_path / "a" / "m.json", {"b": 1, "a": 2})
     assert json.loads(p.read_text()) == {"a": 2, "b": 1}
     assert [x.name for x in p.parent.iterdir()] == ["m.json"]
+
+
+def test_read_json_object_names_the_file_and_the_problem(tmp_path):
+    from lungseg.errors import DataError
+    from lungseg.io import read_json_object
+
+    path = tmp_path / "meta.json"
+    with pytest.raises(DataError, match=r"meta\.json: written by preprocess"):
+        read_json_object(path, "written by preprocess")
+    path.write_text('{"a": 1,', encoding="utf-8")
+    with pytest.raises(DataError, match=r"meta\.json: not valid JSON"):
+        read_json_object(path, "x")
+    path.write_bytes(b'{"a": "\xff"}')
+    with pytest.raises(DataError, match=r"meta\.json: not valid JSON"):
+        read_json_object(path, "x")
+    path.write_text("[1, 2]", encoding="utf-8")
+    with pytest.raises(DataError, match=r"meta\.json: expected a JSON object, found list"):
+        read_json_object(path, "x")
+    path.write_text('{"name": "LG-Net ²"}', encoding="utf-8")
+    assert read_json_object(path, "x") == {"name": "LG-Net ²"}

@@ -9,7 +9,6 @@ requested split are copied into memory, so loading the test split of a large set
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,17 +48,10 @@ def _check_folder(data_dir: Path) -> None:
 
 def read_meta(data_dir: str | Path) -> dict[str, Any]:
     """The parsed ``meta.json`` of a processed dataset folder (``DataError`` if missing/invalid)."""
-    data_dir = Path(data_dir)
-    path = data_dir / "meta.json"
-    if not path.is_file():
-        raise DataError(path, "meta.json not found (is this a folder written by `lungseg preprocess`?)")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(path, f"not valid JSON: {exc}") from exc
-    if not isinstance(meta, dict):
-        raise DataError(path, "expected a JSON object")
-    return meta
+    from lungseg.io import read_json_object
+
+    return read_json_object(Path(data_dir) / "meta.json",
+                            "meta.json not found (is this a folder written by `lungseg preprocess`?)")
 
 
 def read_manifest(data_dir: str | Path):

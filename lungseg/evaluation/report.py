@@ -26,7 +26,6 @@ Multi-class models (num_classes > 1) get per-class Dice/IoU from
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -40,7 +39,7 @@ import torch
 from lungseg.config import Params
 from lungseg.data.dataset import load_split, manifest_fingerprint
 from lungseg.errors import CheckpointError, DataError, TrainingError
-from lungseg.io import atomic_dir, atomic_write_json
+from lungseg.io import atomic_dir, atomic_write_json, read_json_object
 from lungseg.metrics import aggregate, per_image_metrics, per_image_metrics_multiclass
 from lungseg.training.loop import BEST, CHECKPOINT, build_model, load_checkpoint
 
@@ -98,6 +97,7 @@ def evaluate(params: Params, model_dir: str | Path, data_dir: str | Path, output
         raise CheckpointError(f"{model_dir}: training output folder not found (run `lungseg train` first)")
     ckpt_path = model_dir / BEST if (model_dir / BEST).is_file() else model_dir / CHECKPOINT
     ckpt = load_checkpoint(ckpt_path)
+    run_info = _read_run_file(model_dir / "mlflow_run.json")  # a bad run file fails before any output
     split = load_split(data_dir, cfg.split)
     if len(split.images) == 0:
         raise DataError(data_dir, f"split {cfg.split!r} is empty")
@@ -136,26 +136,36 @@ def evaluate(params: Params, model_dir: str | Path, data_dir: str | Path, output
             summary["roc_auc_pooled"] = _curves(tmp, probs, masks)
             atomic_write_json(tmp / "metrics.json", summary)
 
-    logging = _log_to_training_run(model_dir, output_dir, summary, cfg.split, int(ckpt.get("epoch") or 0))
+    logging = _log_to_training_run(run_info, output_dir, summary, cfg.split, int(ckpt.get("epoch") or 0))
     atomic_write_json(output_dir / "mlflow_logging.json", logging)
     return EvalResult(output_dir, cfg.split, len(df), summary, time.perf_counter() - t0, logging)
 
 
-def _log_to_training_run(model_dir: Path, output_dir: Path, summary: dict[str, Any], split: str, step: int) -> dict:
-    """``eval_*`` metrics, tags and the report's files into the training run of ``mlflow_run.json``.
+def _read_run_file(run_file: Path) -> dict[str, Any] | None:
+    """The training run of ``mlflow_run.json`` (``None`` when the training was not logged: a warning);
+    ``DataError`` naming the file when it is unreadable or lacks ``run_id``/``tracking_uri``."""
+    if not run_file.is_file():
+        print(f"lungseg: warning: {run_file} not found: the evaluation is not logged to MLflow", file=sys.stderr)
+        return None
+    info = read_json_object(run_file, "not found")
+    if not info.get("run_id") or not info.get("tracking_uri"):
+        raise DataError(run_file, "no run_id/tracking_uri (was the training run logged to MLflow?)")
+    info["file"] = str(run_file)
+    return info
+
+
+def _log_to_training_run(info: dict[str, Any] | None, output_dir: Path, summary: dict[str, Any], split: str,
+                         step: int) -> dict:
+    """``eval_*`` metrics, tags and the report's files into the training run ``info`` (from
+    :func:`_read_run_file`).
 
     Returns what happened (``run_id``, ``lost_logging``, ``lost_calls``); a tracking server that is
     down costs the logging (recorded and warned), never the evaluation.
     """
     from lungseg.tracking import ResilientRun
 
-    run_file = model_dir / "mlflow_run.json"
-    if not run_file.is_file():
-        print(f"lungseg: warning: {run_file} not found: the evaluation is not logged to MLflow", file=sys.stderr)
-        return {"run_id": None, "lost_logging": 0, "lost_calls": [], "reason": f"{run_file} not found"}
-    info = json.loads(run_file.read_text(encoding="utf-8"))
-    if not info.get("run_id") or not info.get("tracking_uri"):
-        raise DataError(run_file, "no run_id/tracking_uri (was the training run logged to MLflow?)")
+    if info is None:
+        return {"run_id": None, "lost_logging": 0, "lost_calls": [], "reason": "mlflow_run.json not found"}
     try:
         run = ResilientRun.start(info["tracking_uri"], info.get("experiment") or "", run_id=info["run_id"])
     except TrainingError as exc:  # the store is unreachable: the report stands, the logging is lost

@@ -92,3 +92,14 @@ def test_falls_back_to_last_checkpoint(trained, tiny_data, tmp_path):
     m = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert m["checkpoint"] == "checkpoint.pt" and m["checkpoint_epoch"] == 2
     assert json.loads((tmp_path / "report" / "mlflow_logging.json").read_text())["run_id"] is None
+
+
+def test_corrupt_run_file_is_a_data_error_naming_it(trained, tiny_data, tmp_path):
+    root, params, _ = trained
+    model = tmp_path / "model"
+    shutil.copytree(root / "model", model)
+    (model / "mlflow_run.json").write_text('{"run_id": "abc", ', encoding="utf-8")
+    with pytest.raises(DataError, match=r"mlflow_run\.json: not valid JSON"):
+        evaluate(params, model, tiny_data, tmp_path / "report")
+    assert not (tmp_path / "report").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary folder left either
