@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -104,6 +105,17 @@ def git_commit(repo: Path = REPO_ROOT) -> dict[str, Any]:
         return {"commit": head, "dirty": bool(status.strip()), "source": "git"}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None, "source": "unavailable"}
+
+
+@functools.cache
+def code_at_start() -> dict[str, Any]:
+    """:func:`git_commit` taken once per process, when its first sweep starts, with the training code
+    imported at that moment: the code a long sweep runs. (Read per record, a commit made while the
+    sweep runs would be credited with runs of the older code.)"""
+    import lungseg.evaluation  # noqa: F401  - imported now, so later edits cannot reach this process
+    import lungseg.training  # noqa: F401
+
+    return {**git_commit(), "taken": "at process start"}
 
 
 def device_info(device: str) -> dict[str, Any]:
@@ -282,8 +294,9 @@ def existing_record(path: Path, settings: dict[str, Any]) -> dict[str, Any] | No
 def run_cell(spec: TableSpec, row: Row, seed: int, *, profile: str, prof: Profile, data_dir: Path,
              data_provenance: dict[str, Any], workdir: Path, results_dir: Path, device: str = "auto",
              overrides: dict[str, Any] | None = None, command: str | None = None,
-             keep_checkpoints: bool = False) -> dict[str, Any]:
-    """Train + evaluate one cell and write its record; returns the record."""
+             keep_checkpoints: bool = False, code: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train + evaluate one cell and write its record; returns the record. ``code`` is the git state
+    the record cites (default: :func:`code_at_start`)."""
     from lungseg.evaluation import evaluate
     from lungseg.training import train
 
@@ -325,7 +338,7 @@ def run_cell(spec: TableSpec, row: Row, seed: int, *, profile: str, prof: Profil
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": device_info(device),
-        "git": git_commit(),
+        "git": code if code is not None else code_at_start(),
         "data": data_provenance,
         "command": command,
         "host": platform.node(),
@@ -344,6 +357,7 @@ def run_table(spec: TableSpec, *, profile: str = "cpu", seeds: Sequence[int] | N
               command: str | None = None, keep_going: bool = True, keep_checkpoints: bool = False,
               log: Callable[[str], None] = print) -> list[CellOutcome]:
     """Run every missing cell of ``spec`` (rows × seeds); returns one outcome a cell."""
+    code = code_at_start()  # before anything else: the code this process runs
     prof = effective_profile(spec, profile, overrides)
     seeds = list(spec.seeds if seeds is None else seeds)
     if not seeds:
@@ -371,7 +385,7 @@ def run_table(spec: TableSpec, *, profile: str = "cpu", seeds: Sequence[int] | N
         try:
             run_cell(spec, row, seed, profile=profile, prof=prof, data_dir=data_dir, data_provenance=provenance,
                      workdir=workdir, results_dir=results_dir, device=device, overrides=overrides,
-                     command=command, keep_checkpoints=keep_checkpoints)
+                     command=command, keep_checkpoints=keep_checkpoints, code=code)
             outcomes.append(CellOutcome(spec.name, profile, row.key, seed, "done", path, time.perf_counter() - t0))
         except Exception as exc:  # noqa: BLE001 - one failed cell must not lose the others; logged in full
             if not keep_going:

@@ -112,6 +112,18 @@ def test_cli_table_all_means_every_table_with_the_profile(tmp_path, capsys):
     assert not (tmp_path / "res").exists()
 
 
+def test_records_cite_the_code_at_process_start_not_at_record_time(monkeypatch):
+    heads = iter(["a" * 40, "b" * 40])  # a commit lands while the sweep runs
+    monkeypatch.setattr(runner, "git_commit", lambda: {"commit": next(heads), "dirty": False, "source": "git"})
+    runner.code_at_start.cache_clear()
+    try:
+        first = runner.code_at_start()
+        assert first == {"commit": "a" * 40, "dirty": False, "source": "git", "taken": "at process start"}
+        assert runner.code_at_start() is first  # every later record of this process cites the same code
+    finally:
+        runner.code_at_start.cache_clear()
+
+
 def test_git_commit_of_this_checkout():
     info = runner.git_commit()
     assert info["source"] in ("git", "LUNGSEG_GIT_COMMIT", "unavailable")
