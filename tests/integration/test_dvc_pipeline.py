@@ -41,7 +41,9 @@ def test_repro_produces_every_stage_output(project):
     assert set(lock["stages"]["train"]["params"]["params.yaml"]) == {"train", "mlflow"}
     assert set(lock["stages"]["register"]["params"]["params.yaml"]) == {"register", "mlflow"}
     decision = json.loads((project / "reports/medseg-registration.json").read_text())
-    assert decision["decision"] == "champion" and decision["model_name"]
+    trained = yaml.safe_load((project / "params.yaml").read_text())["train"]["model"]
+    # register.model_name is "lungseg-{model}": filled with the architecture the train stage recorded
+    assert decision["decision"] == "champion" and decision["model_name"] == f"lungseg-{trained}"
     metrics = run([*DVC, "metrics", "show", "--json"], project)
     assert metrics.returncode == 0 and "metrics.json" in metrics.stdout
 
