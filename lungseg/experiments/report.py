@@ -289,19 +289,66 @@ _BLOCK = re.compile(r"<!-- BEGIN GENERATED: (?P<key>[\w.-]+/[\w.-]+) -->\n.*?<!-
                     re.DOTALL)
 
 
+def render_budget_block(spec: TableSpec, records_by_profile: dict[str, Sequence[dict[str, Any]]],
+                        metric: str = "dice") -> str:
+    """One row per model, one column per profile that has records: the metric (mean over test images,
+    mean ± std over seeds) and the row's rank within that profile. Shows whether a ranking found at one
+    budget holds at another; settings of each profile are those its records state."""
+    m = next(x for x in spec.metrics if x.name == metric)
+    profiles = [p for p, recs in records_by_profile.items() if recs]
+    if len(profiles) < 2:
+        return f"_Fewer than two profiles of `{spec.name}` have records: nothing to compare yet._"
+    cols, ranks = [], {}
+    for p in profiles:
+        agg = aggregate_rows(spec, records_by_profile[p])
+        means = {k: v[m.name].mean for k, v in agg.items() if v[m.name].n}
+        order = sorted(means, key=lambda k: -means[k] if m.higher_is_better else means[k])
+        ranks[p] = {k: i + 1 for i, k in enumerate(order)}
+        cols.append((p, agg))
+    head = ["model"] + [f"{p}: {m.header()} [rank]" for p in profiles]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in spec.rows:
+        cells = []
+        for p, agg in cols:
+            if row.key in agg:
+                cells.append(f"{agg[row.key][m.name].format(m.scale, m.digits)} [{ranks[p].get(row.key, '—')}]")
+            else:
+                cells.append("not run")
+        lines.append("| " + " | ".join([row.label] + cells) + " |")
+    notes = []
+    for p in profiles:
+        recs = records_by_profile[p]
+        settings = _unique(json.dumps({k: (r.get("settings") or {}).get(k) for k in
+                                       ("image_size", "base_channels", "epochs", "batch_size", "lr")}, sort_keys=True)
+                           for r in recs)
+        devices = _unique((r.get("device") or {}).get("type") for r in recs)
+        seeds = sorted(_unique(r.get("seed") for r in recs))
+        text = "; ".join(
+            f"image {d['image_size']}², base {d['base_channels']}, {d['epochs']} epochs, batch {d['batch_size']}, "
+            f"lr {d['lr']:g}" for d in map(json.loads, settings))
+        notes.append(f"- `{p}`: {text}; {len(recs)} runs, seeds {', '.join(map(str, seeds))}, "
+                     f"device {', '.join(str(d) for d in devices)}")
+    return ("Mean over the test images, then mean ± std over seeds; [rank] = place among the rows run "
+            "under that profile (1 = best), ordered by the unrounded means: rows whose means lie within one "
+            "standard deviation of each other are not ranked by the data.\n\n" + "\n".join(lines) + "\n\n" + "\n".join(notes))
+
+
 def _wrap(key: str, body: str) -> str:
     return f"<!-- BEGIN GENERATED: {key} -->\n{body}\n<!-- END GENERATED: {key} -->"
 
 
 def render_blocks(results_dir: str | Path = DEFAULT_RESULTS_DIR,
                   tables: dict[str, TableSpec] | None = None) -> dict[str, str]:
-    """``{"<table>/<profile>": markdown}`` for every table × profile (empty ones say how to run them)."""
+    """``{"<table>/<profile>": markdown}`` for every table × profile (empty ones say how to run them),
+    and ``{"<table>/budget": markdown}``: the profiles side by side (:func:`render_budget_block`)."""
     tables = TABLES if tables is None else tables
     out = {}
     for name, spec in tables.items():
+        by_profile = {}
         for profile in table_profiles(spec):
-            recs = load_records(results_dir, name, profile)
+            by_profile[profile] = recs = load_records(results_dir, name, profile)
             out[f"{name}/{profile}"] = render_block(spec, profile, recs)
+        out[f"{name}/budget"] = render_budget_block(spec, by_profile)
     return out
 
 
@@ -319,7 +366,7 @@ def update_report(report: str | Path = DEFAULT_REPORT, results_dir: str | Path =
         return _wrap(key, blocks[key]) if key in blocks else m.group(0)
 
     text = _BLOCK.sub(sub, text)
-    missing = [k for k in blocks if k not in seen and not blocks[k].startswith("_No runs")]
+    missing = [k for k in blocks if k not in seen and not blocks[k].startswith(("_No runs", "_Fewer than two"))]
     for key in missing:
         text = text.rstrip("\n") + f"\n\n### {key}\n\n" + _wrap(key, blocks[key]) + "\n"
     if not text.endswith("\n"):

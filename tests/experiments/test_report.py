@@ -188,3 +188,21 @@ def test_committed_report_is_what_the_committed_records_generate(tmp_path):
     for key, body in rep.render_blocks(DEFAULT_RESULTS_DIR).items():
         if not body.startswith("_No runs"):
             assert f"<!-- BEGIN GENERATED: {key} -->" in text
+
+
+def test_budget_block_puts_profiles_side_by_side_with_ranks():
+    cpu = [make_record("lgnet", s, d) for s, d in enumerate([0.60, 0.62, 0.64])]
+    cpu += [make_record("unet", s, d) for s, d in enumerate([0.70, 0.72, 0.74])]
+    long = [dict(make_record("lgnet", s, d, image_size=128, epochs=30), profile="cpu-long")
+            for s, d in enumerate([0.80, 0.82, 0.84])]
+    long += [dict(make_record("unet", s, d, image_size=128, epochs=30), profile="cpu-long")
+             for s, d in enumerate([0.75, 0.75, 0.75])]
+    block = rep.render_budget_block(SPEC, {"cpu": cpu, "cpu-long": long, "gpu": []})
+    lines = block.splitlines()
+    header = next(line for line in lines if line.startswith("| model |"))
+    assert header == "| model | cpu: Dice (%) ↑ [rank] | cpu-long: Dice (%) ↑ [rank] |"  # gpu has no records
+    assert "| LG-Net | 62.0 ± 2.0 [2] | 82.0 ± 2.0 [1] |" in lines  # the ranking flips with the budget
+    assert "| U-Net | 72.0 ± 2.0 [1] | 75.0 ± 0.0 [2] |" in lines
+    assert "| SegNet | not run | not run |" in lines
+    assert "- `cpu-long`: image 128², base 8, 30 epochs, batch 4, lr 0.001; 6 runs, seeds 0, 1, 2, device cpu" in lines
+    assert rep.render_budget_block(SPEC, {"cpu": cpu, "gpu": []}).startswith("_Fewer than two profiles")
