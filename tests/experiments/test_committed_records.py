@@ -1,0 +1,56 @@
+"""The committed result records (docs/results/**.json, the source of every number in docs/results.md)
+agree with themselves and with the table specs: each summary recomputes from its own per-image
+confusion counts, and each record's settings are what its table, profile and overrides say."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from lungseg.experiments import runner
+from lungseg.experiments.tables import DEFAULT_RESULTS_DIR, TABLES
+
+RECORDS = sorted(DEFAULT_RESULTS_DIR.glob("*/*/*.json"))
+
+
+def _load(path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_there_are_committed_records_for_every_table():
+    tables = {p.parts[-3] for p in RECORDS}
+    assert tables == set(TABLES)
+    for name in TABLES:  # the cpu profile is complete: every row × seed of every table
+        spec = TABLES[name]
+        have = {p.stem for p in RECORDS if p.parts[-3] == name and p.parts[-2] == "cpu"}
+        assert have == {f"{r.key}-seed{s}" for r in spec.rows for s in spec.seeds}
+
+
+@pytest.mark.parametrize("path", RECORDS, ids=lambda p: "/".join(p.parts[-3:]))
+def test_record_is_consistent(path):
+    rec = _load(path)
+    table, profile, cell = path.parts[-3], path.parts[-2], path.stem
+    assert (rec["table"], rec["profile"], f"{rec['row']}-seed{rec['seed']}") == (table, profile, cell)
+    spec = TABLES[table]
+    row = spec.row(rec["row"])
+    # the settings are the spec's profile (+ the recorded command-line overrides), not stale ones
+    prof = runner.effective_profile(spec, profile, rec["overrides"])
+    assert rec["settings"] == runner.settings_of(prof, row)
+    m, rows = rec["metrics"], rec["per_image"]
+    assert len(rows) == m["n_images"] == rec["data"]["counts"]["test"]
+    tp, fp, fn, tn = (np.array([r[k] for r in rows], dtype=float) for k in ("tp", "fp", "fn", "tn"))
+    assert np.all(tp + fp + fn + tn == rec["data"]["image_size"] ** 2)
+    # per image: Dice and ACC from the confusion counts (images with nothing to compare are undefined)
+    for r, a, b, c, d in zip(rows, tp, fp, fn, tn, strict=True):
+        if 2 * a + b + c > 0:
+            assert r["dice"] == pytest.approx(2 * a / (2 * a + b + c), abs=1e-9)
+        assert r["acc"] == pytest.approx((a + d) / (a + b + c + d), abs=1e-9)
+    # summaries: the mean over the images' defined values, the pooled value from the summed counts
+    dice = [r["dice"] for r in rows if r["dice"] is not None and math.isfinite(r["dice"])]
+    assert m["dice_mean"] == pytest.approx(float(np.mean(dice)), abs=1e-9)
+    assert m["dice_pooled"] == pytest.approx(2 * tp.sum() / (2 * tp.sum() + fp.sum() + fn.sum()), abs=1e-9)
+    assert m["acc_pooled"] == pytest.approx((tp.sum() + tn.sum()) / (tp + fp + fn + tn).sum(), abs=1e-9)
+    assert rec["git"]["commit"] and rec["device"]["type"] in ("cpu", "cuda")
