@@ -150,7 +150,6 @@ def _read_run_file(run_file: Path) -> dict[str, Any] | None:
     info = read_json_object(run_file, "not found")
     if not info.get("run_id") or not info.get("tracking_uri"):
         raise DataError(run_file, "no run_id/tracking_uri (was the training run logged to MLflow?)")
-    info["file"] = str(run_file)
     return info
 
 
