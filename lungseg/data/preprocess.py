@@ -152,7 +152,7 @@ def preprocess(dataset: str, input_dir: str | Path, output_dir: str | Path, cfg)
             "split_level": plan.level,
             "counts": plan.counts,
             "warnings": warnings,
-            "source_dir": str(input_dir.resolve()),
+            "source_dir": str(input_dir),  # as given: the output must not depend on where the checkout lives
             "lungseg_version": __version__,
             "preprocess": {"image_size": size, "hu_window": list(cfg.hu_window), "val_fraction": cfg.val_fraction,
                            "test_fraction": cfg.test_fraction, "seed": cfg.seed, "multiclass": cfg.multiclass},
@@ -167,7 +167,7 @@ def preprocess(dataset: str, input_dir: str | Path, output_dir: str | Path, cfg)
             df, image_arr, mask_arr, num_labels=raw.num_labels, expected_counts=plan.counts,
             patient_level=plan.level == "patient", report_path=report_path,
         )
-        atomic_write_json(tmp / "validation.json", summary)
+        atomic_write_json(tmp / "validation.json", validation.file_report(summary))
     if report_path.exists():  # a stale failure report from an earlier run no longer applies
         report_path.unlink()
     return PreprocessSummary(

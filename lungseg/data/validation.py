@@ -147,7 +147,7 @@ def validate(
         "checks": checks,
     }
     if not summary["success"]:
-        atomic_write_json(report_path, summary)
+        atomic_write_json(report_path, file_report(summary))
         failed = [c["expectation"] + (f"({c['kwargs'].get('column', '')})" if c["kwargs"].get("column") else "")
                   for c in checks if not c["success"]]
         ids = ", ".join(summary["failing_ids"][:10]) or "-"
@@ -155,3 +155,9 @@ def validate(
             f"{summary['n_failed']} data check(s) failed: {'; '.join(failed)}; failing ids: {ids}", report=report_path
         )
     return summary
+
+
+def file_report(summary: dict[str, Any]) -> dict[str, Any]:
+    """What goes into ``validation.json``: the summary without its timings, so that the same data
+    always gives the same bytes (DVC hashes the output folder; a timing would change it every run)."""
+    return {k: v for k, v in summary.items() if k != "seconds"}

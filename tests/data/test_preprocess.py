@@ -91,6 +91,24 @@ def test_sample_via_cli(tmp_path, sample_dir, params_file, capsys):
     )
 
 
+def test_same_data_gives_byte_identical_output_wherever_it_lives(tmp_path, sample_dir, params_file, monkeypatch):
+    """DVC hashes the output folder: two checkouts preprocessing the same data must write the same bytes."""
+    import hashlib
+
+    digests = []
+    for name in ("checkout-a", "checkout-b"):
+        root = tmp_path / name
+        _copy_sample(sample_dir, root / "data" / "sample")
+        monkeypatch.chdir(root)
+        assert main(["preprocess", "--dataset", "medseg", "--input", "data/sample", "--output", "processed",
+                     "--params", str(params_file)]) == 0
+        files = sorted((root / "processed").iterdir())
+        assert [f.name for f in files] == ["images.npy", "manifest.csv", "masks.npy", "meta.json", "validation.json"]
+        digests.append({f.name: hashlib.md5(f.read_bytes()).hexdigest() for f in files})
+    assert digests[0] == digests[1]
+    assert read_meta(tmp_path / "checkout-a" / "processed")["source_dir"] == "data/sample"
+
+
 # ---------------------------------------------------------------------------------------- bad input
 
 
