@@ -7,7 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 from mlflow import MlflowClient
 from pipeline_helpers import REPO, env, require_stages, tiny_params
