@@ -103,6 +103,13 @@ class RegisterConfig:
         if not self.resolved_name("x").strip():
             raise ConfigError("model_name is empty")
 
+    @property
+    def needs_model(self) -> bool:
+        """Whether the name depends on the trained architecture (holds ``{model}``)."""
+        import string
+
+        return any(f == "model" for _, f, _, _ in string.Formatter().parse(self.model_name))
+
     def resolved_name(self, model: str) -> str:
         """The registered-model name for a run of architecture ``model``."""
         return self.model_name.format(model=model)

@@ -289,7 +289,7 @@ def _decide(cfg, candidate: float, fingerprint: str | None, run_id: str, champio
 def _model_name(cfg, client, run_info: dict[str, Any], run_file: Path) -> str:
     """``register.model_name`` with ``{model}`` filled from the training run's architecture
     (``mlflow_run.json["model"]``, else the run's ``model`` tag)."""
-    if "{model}" not in cfg.model_name:
+    if not cfg.needs_model:
         return cfg.model_name
     arch = run_info.get("model")
     if not arch:

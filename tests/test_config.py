@@ -54,6 +54,8 @@ def test_register_model_name_template():
 
     assert RegisterConfig().resolved_name("lgnet") == "lungseg-lgnet"
     assert RegisterConfig(model_name="fixed").resolved_name("prnet") == "fixed"
+    assert RegisterConfig().needs_model and not RegisterConfig(model_name="fixed").needs_model
+    assert not RegisterConfig(model_name="x-{{model}}").needs_model  # an escaped brace is literal text
     with pytest.raises(ConfigError, match=r"params\.register: model_name 'x-\{arch\}': unknown placeholder\(s\) \{arch\}"):
         params_from_dict({"register": {"model_name": "x-{arch}"}})
     with pytest.raises(ConfigError, match=r"params\.register: model_name 'x-\{model'"):

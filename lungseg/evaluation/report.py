@@ -97,7 +97,8 @@ def evaluate(params: Params, model_dir: str | Path, data_dir: str | Path, output
         raise CheckpointError(f"{model_dir}: training output folder not found (run `lungseg train` first)")
     ckpt_path = model_dir / BEST if (model_dir / BEST).is_file() else model_dir / CHECKPOINT
     ckpt = load_checkpoint(ckpt_path)
-    run_info = _read_run_file(model_dir / "mlflow_run.json")  # a bad run file fails before any output
+    run_file = model_dir / "mlflow_run.json"
+    run_info = _read_run_file(run_file)  # a bad run file fails before any output
     split = load_split(data_dir, cfg.split)
     if len(split.images) == 0:
         raise DataError(data_dir, f"split {cfg.split!r} is empty")
@@ -136,7 +137,7 @@ def evaluate(params: Params, model_dir: str | Path, data_dir: str | Path, output
             summary["roc_auc_pooled"] = _curves(tmp, probs, masks)
             atomic_write_json(tmp / "metrics.json", summary)
 
-    logging = _log_to_training_run(run_info, output_dir, summary, cfg.split, int(ckpt.get("epoch") or 0))
+    logging = _log_to_training_run(run_info, run_file, output_dir, summary, cfg.split, int(ckpt.get("epoch") or 0))
     atomic_write_json(output_dir / "mlflow_logging.json", logging)
     return EvalResult(output_dir, cfg.split, len(df), summary, time.perf_counter() - t0, logging)
 
@@ -153,10 +154,10 @@ def _read_run_file(run_file: Path) -> dict[str, Any] | None:
     return info
 
 
-def _log_to_training_run(info: dict[str, Any] | None, output_dir: Path, summary: dict[str, Any], split: str,
-                         step: int) -> dict:
-    """``eval_*`` metrics, tags and the report's files into the training run ``info`` (from
-    :func:`_read_run_file`).
+def _log_to_training_run(info: dict[str, Any] | None, run_file: Path, output_dir: Path, summary: dict[str, Any],
+                         split: str, step: int) -> dict:
+    """``eval_*`` metrics, tags and the report's files into the training run ``info`` (read from
+    ``run_file`` by :func:`_read_run_file`; ``None``: not logged).
 
     Returns what happened (``run_id``, ``lost_logging``, ``lost_calls``); a tracking server that is
     down costs the logging (recorded and warned), never the evaluation.
@@ -164,7 +165,7 @@ def _log_to_training_run(info: dict[str, Any] | None, output_dir: Path, summary:
     from lungseg.tracking import ResilientRun
 
     if info is None:
-        return {"run_id": None, "lost_logging": 0, "lost_calls": [], "reason": "mlflow_run.json not found"}
+        return {"run_id": None, "lost_logging": 0, "lost_calls": [], "reason": f"{run_file} not found"}
     try:
         run = ResilientRun.start(info["tracking_uri"], info.get("experiment") or "", run_id=info["run_id"])
     except TrainingError as exc:  # the store is unreachable: the report stands, the logging is lost

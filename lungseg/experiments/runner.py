@@ -234,7 +234,9 @@ def prepare_dataset(spec: TableSpec, prof: Profile, *, data_root: str | Path, wo
                   "preprocess_seconds": round(time.perf_counter() - t0, 2)}
         atomic_write_json(source_file, cached)
 
-    meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
+    from lungseg.data.dataset import read_meta
+
+    meta = read_meta(out)
     provenance = {
         "dataset": spec.dataset,
         "input_subdir": spec.input_subdir,
@@ -294,9 +296,8 @@ def existing_record(path: Path, settings: dict[str, Any]) -> dict[str, Any] | No
 def run_cell(spec: TableSpec, row: Row, seed: int, *, profile: str, prof: Profile, data_dir: Path,
              data_provenance: dict[str, Any], workdir: Path, results_dir: Path, device: str = "auto",
              overrides: dict[str, Any] | None = None, command: str | None = None,
-             keep_checkpoints: bool = False, code: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train + evaluate one cell and write its record; returns the record. ``code`` is the git state
-    the record cites (default: :func:`code_at_start`)."""
+             keep_checkpoints: bool = False) -> dict[str, Any]:
+    """Train + evaluate one cell and write its record (citing :func:`code_at_start`); returns the record."""
     from lungseg.evaluation import evaluate
     from lungseg.training import train
 
@@ -338,7 +339,7 @@ def run_cell(spec: TableSpec, row: Row, seed: int, *, profile: str, prof: Profil
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": device_info(device),
-        "git": code if code is not None else code_at_start(),
+        "git": code_at_start(),
         "data": data_provenance,
         "command": command,
         "host": platform.node(),
@@ -357,7 +358,7 @@ def run_table(spec: TableSpec, *, profile: str = "cpu", seeds: Sequence[int] | N
               command: str | None = None, keep_going: bool = True, keep_checkpoints: bool = False,
               log: Callable[[str], None] = print) -> list[CellOutcome]:
     """Run every missing cell of ``spec`` (rows × seeds); returns one outcome a cell."""
-    code = code_at_start()  # before anything else: the code this process runs
+    code_at_start()  # before anything else: fixes the code this process runs (cached for its records)
     prof = effective_profile(spec, profile, overrides)
     seeds = list(spec.seeds if seeds is None else seeds)
     if not seeds:
@@ -385,7 +386,7 @@ def run_table(spec: TableSpec, *, profile: str = "cpu", seeds: Sequence[int] | N
         try:
             run_cell(spec, row, seed, profile=profile, prof=prof, data_dir=data_dir, data_provenance=provenance,
                      workdir=workdir, results_dir=results_dir, device=device, overrides=overrides,
-                     command=command, keep_checkpoints=keep_checkpoints, code=code)
+                     command=command, keep_checkpoints=keep_checkpoints)
             outcomes.append(CellOutcome(spec.name, profile, row.key, seed, "done", path, time.perf_counter() - t0))
         except Exception as exc:  # noqa: BLE001 - one failed cell must not lose the others; logged in full
             if not keep_going:
