@@ -13,7 +13,8 @@ Exact resume
     The checkpoint holds model, optimizer, scheduler and (bf16-unused, kept for the format) grad
     scaler states, the epoch, best Dice + epoch, the early-stopping counter, the RNG states (torch,
     CUDA, numpy, python), the effective config, the model identity (name + constructor kwargs), the
-    history and the MLflow run id. Besides, every epoch draws shuffling, augmentation and dropout
+    history, the MLflow run id and the data's preprocessing (``preprocess``: see
+    :func:`training_preprocessing`; ``best.pt`` carries it too). Besides, every epoch draws shuffling, augmentation and dropout
     randomness from generators seeded with ``(seed, epoch)``, so one epoch is a pure function of
     (weights, optimizer state, seed, epoch). On the CPU a run killed after epoch k and resumed ends
     with bitwise the same weights and history as an uninterrupted run (tested by SIGKILL).
@@ -103,6 +104,16 @@ def effective_config(cfg: TrainConfig) -> TrainConfig:
     if cfg.preset == "paper":
         return dataclasses.replace(cfg, **PAPER_PRESET)
     raise ConfigError(f"train.preset: unknown preset {cfg.preset!r} (allowed: default, paper)")
+
+
+def training_preprocessing(meta: dict[str, Any]) -> dict[str, Any]:
+    """What a model needs to know of the data it was trained on, from the processed set's ``meta.json``:
+    the preprocess settings (``image_size``, ``hu_window``, …) plus ``dataset``, ``num_labels`` and
+    ``label_names``. Stored as ``preprocess`` in ``checkpoint.pt``/``best.pt`` so evaluation and
+    inference apply (or check) the very same preprocessing."""
+    return {**dict(meta.get("preprocess") or {}), "image_size": int(meta["image_size"]),
+            "dataset": meta.get("dataset"), "num_labels": int(meta["num_labels"]),
+            "label_names": list(meta.get("label_names") or [])}  # fmt: skip
 
 
 def model_identity(cfg: TrainConfig, in_channels: int, num_classes: int) -> dict[str, Any]:
@@ -264,6 +275,7 @@ def train(params: Params, data_dir: str | Path, output_dir: str | Path, resume: 
         warnings.warn(f"the paper preset trains at {PAPER_IMAGE_SIZE}², this data ({data_dir}) is {size}² "
                       "(the size is set by preprocessing: preprocess.image_size)", stacklevel=2)  # fmt: skip
     num_labels = int(meta["num_labels"])
+    preprocessing = training_preprocessing(meta)
     num_classes = 1 if num_labels == 2 else num_labels
     identity = model_identity(cfg, int(train_set.images.shape[1]), num_classes)
     device = _device(cfg)
@@ -364,11 +376,12 @@ def train(params: Params, data_dir: str | Path, output_dir: str | Path, resume: 
                     "scaler_state": scaler.state_dict(), "best": best, "best_epoch": best_epoch, "stale": stale,
                     "stopped_early": stopped_early, "history": history, "rng": _rng_state(),
                     "config": dataclasses.asdict(cfg), "params": params.to_dict(), "mlflow_run_id": run.run_id,
-                    "num_classes": num_classes, "data_hash": dhash, "image_size": size,
+                    "num_classes": num_classes, "data_hash": dhash, "image_size": size, "preprocess": preprocessing,
                 }  # fmt: skip
                 if improved:
                     save_checkpoint({k: state[k] for k in ("format", "model_identity", "model_state", "epoch", "best",
-                                                           "config", "num_classes", "data_hash", "image_size")},
+                                                           "config", "num_classes", "data_hash", "image_size",
+                                                           "preprocess")},
                                     work / BEST)  # fmt: skip
                 save_checkpoint(state, ckpt_path)
                 _write_history(work / "history.csv", history)
@@ -501,4 +514,4 @@ def _plot_history(path: Path, history: list[dict[str, Any]]) -> Path:
 
 
 __all__ = ["TrainResult", "build_model", "effective_config", "load_checkpoint", "model_identity",
-           "save_checkpoint", "train"]  # fmt: skip
+           "save_checkpoint", "train", "training_preprocessing"]  # fmt: skip
