@@ -1,0 +1,270 @@
+"""Data versions and lineage: which data, code and parameters made a model.
+
+A *data version* names raw data by content, the way DVC does: the md5 of a folder as ``dvc add``
+computes it (``<md5>.dir``, :func:`folder_hash`). The same content has the same hash wherever it
+comes from — a ``dvc add``-ed folder in the workspace, a DVC-tracked path at a git revision
+resolved with DVC's API, a copy staged on S3 for a cluster run — so every stage can check what it
+got instead of trusting a folder name.
+
+* :func:`parse_data_spec` — ``"data/raw/medseg@v1"`` → ``("data/raw/medseg", "v1")`` (no ``@``: ``HEAD``).
+* :func:`resolve` — a DVC-tracked path at a git revision → :class:`DataVersion` (path, rev, the
+  commit it resolved to, DVC hash, size, file count) through :class:`dvc.api.DVCFileSystem`;
+  a path that is not DVC-tracked or a revision that does not exist is a :class:`DataError`.
+* :func:`fetch` — the version's files into a local folder (from the DVC cache or the remote),
+  re-hashed before the folder is renamed into place: nothing half-fetched is left behind.
+* :func:`stage` — an immutable, content-addressed copy for a pipeline run: ``<target>/<md5>/`` (a
+  local folder or ``s3://bucket/prefix``), reused when a complete copy is already there. The copy is
+  marked complete only after every file is in place, by ``<target>/<md5>.json`` beside it (beside,
+  not inside: the folder then hashes to the version's own hash).
+* :func:`check_remote` — can the version still be fetched from the DVC remote, and does it hash to
+  the same value? (fetches into a throw-away cache, so a local cache cannot mask a missing remote).
+* :func:`input_version` — what ``lungseg preprocess`` records of its input folder (``meta.json``
+  ``source``): the folder's hash, plus the path/rev/commit when a pipeline handed it a DVC version,
+  ``versioned: false`` for anything else (a plain ``s3://`` prefix, a folder of unknown origin).
+
+Why a staged copy rather than DVC inside the pipeline: the cluster's tasks then need only S3
+read access (no git checkout, no DVC credentials or remote config in the image), KFP's importer
+and cache see an immutable URI whose name *is* the hash, and re-runs on the same version reuse it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lungseg.errors import DataError
+
+#: ``<target>/<hash><STAGED_MARKER>`` is written last beside a staged copy: it means the copy is complete
+STAGED_MARKER = ".json"
+#: MLflow tag prefix of everything lineage records on runs and model versions
+TAG = "lungseg.data."
+
+
+@dataclass(frozen=True)
+class DataVersion:
+    """One version of a raw dataset. ``md5`` is DVC's folder hash (``….dir``)."""
+
+    md5: str
+    nfiles: int | None = None
+    size: int | None = None
+    path: str | None = None
+    """The DVC-tracked path inside its repository (``data/raw/medseg``); None when unknown."""
+    rev: str | None = None
+    """The git revision as given (``HEAD``, a tag, a branch, a sha)."""
+    commit: str | None = None
+    """The commit ``rev`` resolved to."""
+    repo: str | None = None
+    """Where the git/DVC repository is (a URL, or ``.`` for the project itself)."""
+    staged_uri: str | None = None
+    versioned: bool = True
+    """False for input whose origin is not a DVC version (a plain folder or ``s3://`` prefix)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """The content address used for staged copies: the hash without DVC's ``.dir`` suffix."""
+        return self.md5.removesuffix(".dir")
+
+    def spec(self) -> str:
+        return f"{self.path}@{self.rev}" if self.path else self.md5
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v not in (None, {})}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DataVersion:
+        names = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def tags(self) -> dict[str, str]:
+        """MLflow tags (``lungseg.data.md5`` …): what a run or a model version records of its data."""
+        return {TAG + k: str(v) for k, v in self.to_dict().items() if k != "extra"}
+
+
+# ------------------------------------------------------------------------------------- hashing
+def folder_hash(folder: str | Path) -> DataVersion:
+    """DVC's hash of a local folder (what ``dvc add`` would write), as an unversioned DataVersion."""
+    from dvc_data.hashfile.build import build
+    from dvc_data.hashfile.db import HashFileDB
+    from dvc_objects.fs.local import LocalFileSystem
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(folder, "input folder not found")
+    fs = LocalFileSystem()
+    with tempfile.TemporaryDirectory(prefix="lungseg-hash-") as odb_dir:
+        odb = HashFileDB(fs, odb_dir)
+        _, meta, obj = build(odb, str(folder), fs, "md5", ignore=None)
+    return DataVersion(md5=str(obj.hash_info.value), nfiles=meta.nfiles, size=meta.size, versioned=False)
+
+
+def input_version(input_dir: str | Path, declared: dict[str, Any] | None = None) -> DataVersion:
+    """What preprocessing records about its input: the folder's hash; with ``declared`` (the
+    version a pipeline resolved and staged), its path/rev/commit too — after checking the folder
+    really holds that version (a :class:`DataError` otherwise)."""
+    actual = folder_hash(input_dir)
+    if not declared:
+        return actual
+    want = DataVersion.from_dict(declared)
+    if want.md5 != actual.md5:
+        raise DataError(input_dir, f"holds data with DVC hash {actual.md5}, but the run was started for "
+                                   f"{want.spec()} = {want.md5}: the staged copy is not that version")
+    return DataVersion(**{**want.to_dict(), "nfiles": actual.nfiles, "size": actual.size})
+
+
+# ------------------------------------------------------------------------------------ resolving
+def parse_data_spec(spec: str) -> tuple[str, str]:
+    """``"path@rev"`` → ``(path, rev)``; without ``@`` the revision is ``HEAD``."""
+    path, sep, rev = spec.rpartition("@")
+    if not sep:
+        path, rev = spec, "HEAD"
+    path = path.strip().rstrip("/")
+    if not path or not rev.strip():
+        raise DataError(None, f"--data {spec!r}: expected PATH@REV (e.g. data/raw/medseg@HEAD)")
+    return path, rev.strip()
+
+
+def _filesystem(repo: str | Path, rev: str, *, remote: str | None = None, cache_dir: str | None = None):
+    from dvc.api import DVCFileSystem
+    from dvc.scm import RevError
+
+    config = {"cache": {"dir": cache_dir}} if cache_dir else None
+    try:
+        return DVCFileSystem(str(repo), rev=rev, remote=remote, config=config)
+    except RevError as exc:
+        raise DataError(repo, f"revision {rev!r} does not exist ({exc})") from exc
+    except Exception as exc:  # NotDvcRepoError, SCMError …: say which repository and why
+        raise DataError(repo, f"cannot open the DVC repository at revision {rev!r}: {type(exc).__name__}: {exc}") from exc
+
+
+def _commit(repo: str | Path, rev: str) -> str | None:
+    import subprocess
+
+    out = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=repo,
+                         capture_output=True, text=True, check=False)  # fmt: skip
+    return out.stdout.strip() or None
+
+
+def resolve(spec: str, repo: str | Path = ".") -> DataVersion:
+    """The DVC version of ``spec`` (``path@rev``) in the git/DVC repository ``repo``."""
+    path, rev = parse_data_spec(spec)
+    repo = Path(repo)
+    commit = _commit(repo, rev)
+    if commit is None:
+        raise DataError(repo, f"revision {rev!r} does not exist (git rev-parse found no commit)")
+    fs = _filesystem(repo, commit)
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        raise DataError(path, f"not found at revision {rev} ({commit[:12]})") from None
+    dvc_info = info.get("dvc_info") or {}
+    md5 = dvc_info.get("md5") or info.get("md5")
+    if not dvc_info or not md5:
+        raise DataError(path, f"is not tracked by DVC at revision {rev} (run `dvc add {path}`, commit the "
+                              f"{path}.dvc file and `dvc push`)")
+    if info.get("type") != "directory":
+        raise DataError(path, "is a single file: a dataset version must be a folder")
+    meta = getattr(dvc_info.get("entry"), "meta", None)
+    return DataVersion(md5=str(md5), nfiles=getattr(meta, "nfiles", None), size=info.get("size"), path=path,
+                       rev=rev, commit=commit, repo=".")  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------- fetching
+def fetch(version: DataVersion, dest: str | Path, repo: str | Path = ".", *, remote: str | None = None,
+          cache_dir: str | None = None) -> Path:
+    """The files of ``version`` into ``dest`` (replaced atomically), verified against its hash.
+
+    ``cache_dir`` = a throw-away DVC cache: everything then comes from the remote."""
+    from lungseg.io import replace_dir
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fs = _filesystem(repo, version.commit or version.rev or "HEAD", remote=remote, cache_dir=cache_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.fetch-", dir=dest.parent))
+    try:
+        try:
+            fs.get(version.path, str(tmp / "data"), recursive=True)
+        except Exception as exc:  # missing in cache and remote, remote unreachable …
+            raise DataError(version.path, f"cannot fetch {version.spec()} ({version.md5}) from the DVC cache or "
+                                          f"remote: {type(exc).__name__}: {exc}") from exc
+        got = folder_hash(tmp / "data")
+        if got.md5 != version.md5:
+            raise DataError(version.path, f"fetched data hashes to {got.md5}, not {version.md5}")
+        replace_dir(tmp / "data", dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def check_remote(version: DataVersion, repo: str | Path = ".", *, remote: str | None = None) -> DataVersion:
+    """Fetch ``version`` from the DVC remote alone (empty temporary cache) and re-hash it;
+    :class:`DataError` when it is missing there or hashes to another value."""
+    with tempfile.TemporaryDirectory(prefix="lungseg-check-") as tmp:
+        fetch(version, Path(tmp) / "data", repo, remote=remote, cache_dir=str(Path(tmp) / "cache"))
+        return folder_hash(Path(tmp) / "data")
+
+
+# -------------------------------------------------------------------------------------- staging
+def _s3_split(uri: str) -> tuple[str, str]:
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    if not bucket:
+        raise DataError(None, f"{uri!r}: expected s3://bucket/prefix")
+    return bucket, prefix.strip("/")
+
+
+def stage(version: DataVersion, target: str | Path, repo: str | Path = ".", *, remote: str | None = None) -> DataVersion:
+    """An immutable copy of ``version`` at ``<target>/<hash>/`` (local folder or ``s3://``); returns the
+    version with ``staged_uri`` set. A complete copy already there is reused, never rewritten."""
+    target = str(target).rstrip("/")
+    key = version.key
+    if target.startswith("s3://"):
+        return _stage_s3(version, target, key, repo, remote)
+    from lungseg.io import atomic_write_json
+
+    dest = Path(target) / key
+    marker = Path(target) / f"{key}{STAGED_MARKER}"
+    staged = DataVersion(**{**version.to_dict(), "staged_uri": str(dest)})
+    if marker.is_file() and dest.is_dir() and json.loads(marker.read_text(encoding="utf-8")).get("md5") == version.md5:
+        return staged
+    fetch(version, dest, repo, remote=remote)  # replaces an incomplete copy of an interrupted run as a whole
+    atomic_write_json(marker, staged.to_dict())
+    return staged
+
+
+def _stage_s3(version: DataVersion, target: str, key: str, repo, remote) -> DataVersion:
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, prefix = _s3_split(target)
+    base = f"{prefix}/{key}" if prefix else key
+    uri = f"s3://{bucket}/{base}"
+    staged = DataVersion(**{**version.to_dict(), "staged_uri": uri})
+    s3 = boto3.client("s3")
+    try:
+        body = s3.get_object(Bucket=bucket, Key=f"{base}{STAGED_MARKER}")["Body"].read()
+        if json.loads(body).get("md5") == version.md5:
+            return staged
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
+            raise DataError(None, f"{uri}: cannot read the staging area: {exc}") from exc
+    except BotoCoreError as exc:
+        raise DataError(None, f"{uri}: cannot reach S3: {exc}") from exc
+    with tempfile.TemporaryDirectory(prefix="lungseg-stage-") as tmp:
+        data = fetch(version, Path(tmp) / "copy", repo, remote=remote)
+        try:
+            for file in sorted(p for p in data.rglob("*") if p.is_file()):
+                s3.upload_file(str(file), bucket, f"{base}/{file.relative_to(data).as_posix()}")
+            s3.put_object(Bucket=bucket, Key=f"{base}{STAGED_MARKER}",  # last: the copy is complete
+                          Body=(json.dumps(staged.to_dict(), indent=2, sort_keys=True) + "\n").encode())
+        except (BotoCoreError, ClientError) as exc:
+            raise DataError(None, f"{uri}: staging failed part-way ({exc}); the copy is not marked complete "
+                                  "and will be replaced by the next run") from exc
+    return staged
+
+
+__all__ = ["STAGED_MARKER", "TAG", "DataVersion", "check_remote", "fetch", "folder_hash", "input_version",
+           "parse_data_spec", "resolve", "stage"]  # fmt: skip

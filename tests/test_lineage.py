@@ -1,0 +1,137 @@
+"""lungseg.lineage on a real git + DVC repository (real sample slices, a local DVC remote)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from lungseg import lineage as L
+from lungseg.errors import DataError
+
+GIT = ["git", "-c", "user.email=test@lungseg", "-c", "user.name=lungseg-test"]
+
+
+def sh(*cmd, cwd):
+    subprocess.run(list(cmd), cwd=cwd, check=True, capture_output=True, text=True)
+
+
+@pytest.fixture
+def dvc_repo(tmp_path, sample_dir):
+    """A git + DVC repo holding 4 real MedSeg slices under data/raw/medseg (dvc add-ed, committed),
+    with a local-folder DVC remote that has not been pushed to yet."""
+    repo = tmp_path / "repo"
+    (repo / "data" / "raw" / "medseg" / "tr_im").mkdir(parents=True)
+    for src in sorted((sample_dir / "tr_im").glob("*.png"))[:4]:
+        shutil.copy(src, repo / "data" / "raw" / "medseg" / "tr_im" / src.name)
+    sh("git", "init", "-q", cwd=repo)
+    sh("dvc", "init", "-q", cwd=repo)
+    sh("dvc", "remote", "add", "-d", "store", str(tmp_path / "remote"), cwd=repo)
+    sh("dvc", "add", "-q", "data/raw/medseg", cwd=repo)
+    sh(*GIT, "add", "-A", cwd=repo)
+    sh(*GIT, "commit", "-qm", "v1", cwd=repo)
+    sh(*GIT, "tag", "v1", cwd=repo)
+    return repo
+
+
+def dvc_file_md5(repo, path="data/raw/medseg"):
+    import yaml
+
+    return yaml.safe_load((repo / f"{path}.dvc").read_text(encoding="utf-8"))["outs"][0]["md5"]
+
+
+def test_parse_data_spec():
+    assert L.parse_data_spec("data/raw/medseg@v1") == ("data/raw/medseg", "v1")
+    assert L.parse_data_spec("data/raw/medseg/") == ("data/raw/medseg", "HEAD")
+    with pytest.raises(DataError, match="PATH@REV"):
+        L.parse_data_spec("@v1")
+
+
+def test_resolve_gives_dvcs_own_hash(dvc_repo):
+    v = L.resolve("data/raw/medseg@v1", dvc_repo)
+    assert v.md5 == dvc_file_md5(dvc_repo) and v.md5.endswith(".dir")
+    assert v.nfiles == 4 and v.path == "data/raw/medseg" and v.rev == "v1" and len(v.commit) == 40
+    assert v.versioned
+    # the workspace folder hashes to the same content address (what preprocess records)
+    assert L.folder_hash(dvc_repo / "data" / "raw" / "medseg").md5 == v.md5
+
+
+def test_resolve_bad_input(dvc_repo):
+    (dvc_repo / "notes").mkdir()
+    (dvc_repo / "notes" / "a.txt").write_text("git only\n", encoding="utf-8")
+    sh(*GIT, "add", "notes", cwd=dvc_repo)
+    sh(*GIT, "commit", "-qm", "notes", cwd=dvc_repo)
+    with pytest.raises(DataError, match="not tracked by DVC"):
+        L.resolve("notes@HEAD", dvc_repo)
+    with pytest.raises(DataError, match="revision 'no-such-rev' does not exist"):
+        L.resolve("data/raw/medseg@no-such-rev", dvc_repo)
+    with pytest.raises(DataError, match="not found at revision"):
+        L.resolve("data/raw/other@HEAD", dvc_repo)
+
+
+def test_a_changed_file_is_a_new_version_and_the_old_one_stays(dvc_repo, sample_dir):
+    old = L.resolve("data/raw/medseg@v1", dvc_repo)
+    victim = sorted((dvc_repo / "data" / "raw" / "medseg" / "tr_im").glob("*.png"))[0]
+    replacement = sorted((sample_dir / "tr_im").glob("*.png"))[5]
+    shutil.copy(replacement, victim)
+    sh("dvc", "add", "-q", "data/raw/medseg", cwd=dvc_repo)
+    sh(*GIT, "commit", "-qam", "v2", cwd=dvc_repo)
+    new = L.resolve("data/raw/medseg@HEAD", dvc_repo)
+    assert new.md5 != old.md5 and new.md5 == dvc_file_md5(dvc_repo)
+    assert L.resolve("data/raw/medseg@v1", dvc_repo).md5 == old.md5
+
+
+def test_check_remote_needs_the_pushed_data(dvc_repo, tmp_path):
+    v = L.resolve("data/raw/medseg@v1", dvc_repo)
+    with pytest.raises(DataError, match="cannot fetch"):  # only in the local cache: the remote lacks it
+        L.check_remote(v, dvc_repo)
+    sh("dvc", "push", "-q", cwd=dvc_repo)
+    assert L.check_remote(v, dvc_repo).md5 == v.md5
+    # a damaged object on the remote is found, whatever the local cache holds
+    obj = next(p for p in (tmp_path / "remote").rglob("*") if p.is_file() and not p.name.endswith(".dir"))
+    obj.chmod(0o644)
+    obj.write_bytes(b"not the image any more")
+    with pytest.raises(DataError):
+        L.check_remote(v, dvc_repo)
+
+
+def test_stage_local_is_content_addressed_complete_and_reused(dvc_repo, tmp_path):
+    v = L.resolve("data/raw/medseg@v1", dvc_repo)
+    target = tmp_path / "staged"
+    staged = L.stage(v, target, dvc_repo)
+    dest = target / v.key
+    assert staged.staged_uri == str(dest)
+    assert L.folder_hash(dest).md5 == v.md5  # the marker sits beside the copy, not in it
+    marker = json.loads((target / f"{v.key}.json").read_text(encoding="utf-8"))
+    assert marker["md5"] == v.md5 and marker["path"] == "data/raw/medseg"
+    stamp = {p: p.stat().st_mtime_ns for p in dest.rglob("*")}
+    assert L.stage(v, target, dvc_repo).staged_uri == str(dest)
+    assert {p: p.stat().st_mtime_ns for p in dest.rglob("*")} == stamp  # reused, not rewritten
+    # an interrupted copy (no marker) is replaced as a whole
+    (target / f"{v.key}.json").unlink()
+    (dest / "half-written.tmp").write_text("x", encoding="utf-8")
+    L.stage(v, target, dvc_repo)
+    assert not (dest / "half-written.tmp").exists() and L.folder_hash(dest).md5 == v.md5
+
+
+def test_input_version_checks_the_declared_version(dvc_repo, tmp_path):
+    v = L.resolve("data/raw/medseg@v1", dvc_repo)
+    folder = dvc_repo / "data" / "raw" / "medseg"
+    got = L.input_version(folder, v.to_dict())
+    assert got.md5 == v.md5 and got.rev == "v1" and got.versioned
+    plain = L.input_version(folder)
+    assert plain.md5 == v.md5 and not plain.versioned and plain.path is None
+    other = tmp_path / "other"
+    shutil.copytree(folder, other)
+    next(other.rglob("*.png")).write_bytes(b"changed")
+    with pytest.raises(DataError, match="not that version"):
+        L.input_version(other, v.to_dict())
+
+
+def test_tags_round_trip():
+    v = L.DataVersion(md5="abc.dir", nfiles=3, size=10, path="data/raw/x", rev="v1", commit="f" * 40, repo=".")
+    tags = v.tags()
+    assert tags["lungseg.data.md5"] == "abc.dir" and tags["lungseg.data.versioned"] == "True"
+    assert L.DataVersion.from_dict(v.to_dict()) == v
