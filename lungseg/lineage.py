@@ -105,15 +105,46 @@ def folder_hash(folder: str | Path) -> DataVersion:
 def input_version(input_dir: str | Path, declared: dict[str, Any] | None = None) -> DataVersion:
     """What preprocessing records about its input: the folder's hash; with ``declared`` (the
     version a pipeline resolved and staged), its path/rev/commit too — after checking the folder
-    really holds that version (a :class:`DataError` otherwise)."""
+    really holds that version (a :class:`DataError` otherwise). Without ``declared``, a folder that
+    is ``dvc add``-ed in a git checkout (``<folder>.dvc`` beside it, committed, and the folder
+    unchanged since) is recorded as that path at the checked-out commit; anything else is
+    ``versioned: false``."""
     actual = folder_hash(input_dir)
     if not declared:
-        return actual
+        return _workspace_version(Path(input_dir), actual) or actual
     want = DataVersion.from_dict(declared)
     if want.md5 != actual.md5:
         raise DataError(input_dir, f"holds data with DVC hash {actual.md5}, but the run was started for "
                                    f"{want.spec()} = {want.md5}: the staged copy is not that version")
     return DataVersion(**{**want.to_dict(), "nfiles": actual.nfiles, "size": actual.size})
+
+
+def _workspace_version(folder: Path, actual: DataVersion) -> DataVersion | None:
+    """``folder`` as a DVC version of the checked-out commit, when ``<folder>.dvc`` is committed,
+    unmodified, and records exactly the folder's content."""
+    import subprocess
+
+    import yaml
+
+    dvc_file = folder.parent / f"{folder.name}.dvc"
+    if not dvc_file.is_file():
+        return None
+    try:
+        outs = (yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}).get("outs") or []
+    except yaml.YAMLError as exc:
+        raise DataError(dvc_file, f"not a valid .dvc file: {exc}") from exc
+    if not outs or outs[0].get("md5") != actual.md5:
+        return None  # the folder changed since `dvc add`: its content is not that version
+    git = ["git", "-C", str(dvc_file.parent)]
+    top = subprocess.run([*git, "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=False)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
+    clean = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", dvc_file.name], check=False)
+    tracked = subprocess.run([*git, "ls-files", "--error-unmatch", dvc_file.name], capture_output=True, check=False)
+    if top.returncode or head.returncode or clean.returncode or tracked.returncode:
+        return None  # not in git, or the .dvc file is not committed as it is
+    path = folder.resolve().relative_to(Path(top.stdout.strip()).resolve()).as_posix()
+    return DataVersion(md5=actual.md5, nfiles=actual.nfiles, size=actual.size, path=path, rev="HEAD",
+                       commit=head.stdout.strip(), repo=".")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------ resolving

@@ -121,10 +121,10 @@ def test_input_version_checks_the_declared_version(dvc_repo, tmp_path):
     folder = dvc_repo / "data" / "raw" / "medseg"
     got = L.input_version(folder, v.to_dict())
     assert got.md5 == v.md5 and got.rev == "v1" and got.versioned
-    plain = L.input_version(folder)
-    assert plain.md5 == v.md5 and not plain.versioned and plain.path is None
     other = tmp_path / "other"
     shutil.copytree(folder, other)
+    plain = L.input_version(other)  # same content, but no DVC version says so
+    assert plain.md5 == v.md5 and not plain.versioned and plain.path is None
     next(other.rglob("*.png")).write_bytes(b"changed")
     with pytest.raises(DataError, match="not that version"):
         L.input_version(other, v.to_dict())
@@ -135,3 +135,12 @@ def test_tags_round_trip():
     tags = v.tags()
     assert tags["lungseg.data.md5"] == "abc.dir" and tags["lungseg.data.versioned"] == "True"
     assert L.DataVersion.from_dict(v.to_dict()) == v
+
+
+def test_input_version_of_a_committed_dvc_add(dvc_repo):
+    folder = dvc_repo / "data" / "raw" / "medseg"
+    got = L.input_version(folder)
+    assert got.versioned and got.path == "data/raw/medseg" and got.rev == "HEAD"
+    assert got.md5 == dvc_file_md5(dvc_repo) and got.commit == L.resolve("data/raw/medseg@v1", dvc_repo).commit
+    next(folder.rglob("*.png")).write_bytes(b"edited after dvc add")
+    assert not L.input_version(folder).versioned  # the workspace no longer holds the committed version

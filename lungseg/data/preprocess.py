@@ -69,8 +69,13 @@ def _check_config(cfg) -> None:
         raise ConfigError(f"preprocess.hu_window: expected [low, high] with high > low, got {list(cfg.hu_window)}")
 
 
-def preprocess(dataset: str, input_dir: str | Path, output_dir: str | Path, cfg) -> PreprocessSummary:
+def preprocess(dataset: str, input_dir: str | Path, output_dir: str | Path, cfg,
+               data_version: dict[str, Any] | None = None) -> PreprocessSummary:
     """Read ``input_dir`` with reader ``dataset`` and write the canonical folder ``output_dir``.
+
+    ``meta.json["source"]`` records the raw data's version (:func:`lungseg.lineage.input_version`:
+    its DVC content hash, and path/rev/commit when known). ``data_version`` is the version a pipeline
+    resolved and staged for this run: the input must hash to it (``DataError`` otherwise).
 
     Raises ``DataError`` (bad/missing input, unknown dataset), ``ConfigError`` (bad parameters) or
     ``ValidationFailed`` (Great Expectations checks; report at ``<output_dir>.validation-failed.json``).
@@ -87,6 +92,10 @@ def preprocess(dataset: str, input_dir: str | Path, output_dir: str | Path, cfg)
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not input_dir.is_dir():
         raise DataError(input_dir, "input folder not found")
+    from lungseg.lineage import input_version
+
+    source = input_version(input_dir, data_version).to_dict()
+    source.pop("staged_uri", None)  # where a copy was staged is the run's business, not the data's
     report_path = output_dir.parent / f"{output_dir.name}.validation-failed.json"
 
     with atomic_dir(output_dir) as tmp:
@@ -153,6 +162,7 @@ def preprocess(dataset: str, input_dir: str | Path, output_dir: str | Path, cfg)
             "counts": plan.counts,
             "warnings": warnings,
             "source_dir": str(input_dir),  # as given: the output must not depend on where the checkout lives
+            "source": source,
             "lungseg_version": __version__,
             "preprocess": {"image_size": size, "hu_window": list(cfg.hu_window), "val_fraction": cfg.val_fraction,
                            "test_fraction": cfg.test_fraction, "seed": cfg.seed, "multiclass": cfg.multiclass},

@@ -226,3 +226,21 @@ def test_cli_help_names_every_reader():
     help_text = next(a.help for a in parser._subparsers._group_actions[0].choices["preprocess"]._actions
                      if a.dest == "dataset")
     assert sorted(n.strip() for n in help_text.split(":")[1].split("(")[0].split(",")) == sorted(readers.READERS)
+
+
+def test_meta_records_the_raw_datas_version(tmp_path, sample_dir):
+    from lungseg.lineage import folder_hash
+
+    cfg = PreprocessConfig(image_size=32)
+    out = tmp_path / "out"
+    preprocess("medseg", sample_dir, out, cfg)
+    source = read_meta(out)["source"]
+    assert source["md5"] == folder_hash(sample_dir).md5 and source["nfiles"] > 0
+    assert source["versioned"] is False  # the bundled sample is git-tracked, not a DVC version
+    # a pipeline that declares another version for this folder is refused before anything is written
+    declared = {"md5": "0" * 32 + ".dir", "path": "data/raw/medseg", "rev": "v1", "commit": "f" * 40}
+    with pytest.raises(DataError, match="not that version"):
+        preprocess("medseg", sample_dir, tmp_path / "other", cfg, data_version=declared)
+    assert not (tmp_path / "other").exists()
+    ok = preprocess("medseg", sample_dir, tmp_path / "declared", cfg, data_version={**declared, "md5": source["md5"]})
+    assert read_meta(ok.output_dir)["source"]["rev"] == "v1" and read_meta(ok.output_dir)["source"]["versioned"]
