@@ -30,6 +30,7 @@ and cache see an immutable URI whose name *is* the hash, and re-runs on the same
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -297,5 +298,144 @@ def _stage_s3(version: DataVersion, target: str, key: str, repo, remote) -> Data
     return staged
 
 
-__all__ = ["STAGED_MARKER", "TAG", "DataVersion", "check_remote", "fetch", "folder_hash", "input_version",
-           "parse_data_spec", "resolve", "stage"]  # fmt: skip
+
+
+# ------------------------------------------------------------------------------- lineage records
+#: run/model-version tags (besides ``lungseg.data.*``) that a lineage record reads
+CODE_COMMIT_TAG = "git_commit"
+PROCESSED_HASH_TAG = "data_hash"
+IMAGE_TAG = "lungseg.image"
+KFP_RUN_TAG = "lungseg.kfp_run_id"
+#: environment variables through which a pipeline run hands its image and run id to the stages
+IMAGE_ENV = "LUNGSEG_IMAGE"
+KFP_RUN_ENV = "LUNGSEG_KFP_RUN_ID"
+
+
+def run_context_tags() -> dict[str, str]:
+    """Tags of where a stage runs: the container image and the KFP run id, when a pipeline set them."""
+    tags = {}
+    if os.environ.get(IMAGE_ENV):
+        tags[IMAGE_TAG] = os.environ[IMAGE_ENV]
+    if os.environ.get(KFP_RUN_ENV):
+        tags[KFP_RUN_TAG] = os.environ[KFP_RUN_ENV]
+    return tags
+
+
+def source_tags(meta: dict[str, Any]) -> dict[str, str]:
+    """``lungseg.data.*`` tags from a processed set's ``meta.json`` (its ``source`` record)."""
+    source = meta.get("source")
+    if not source:
+        return {TAG + "versioned": "unknown (processed before lineage was recorded)"}
+    return DataVersion.from_dict(source).tags()
+
+
+@dataclass
+class Lineage:
+    """Everything recorded about how a model (or one training run) was made."""
+
+    run_id: str
+    model_name: str | None = None
+    model_version: str | None = None
+    data: DataVersion | None = None
+    processed_data_hash: str | None = None
+    code_commit: str | None = None
+    image: str | None = None
+    kfp_run_id: str | None = None
+    params: dict[str, str] = field(default_factory=dict)
+    evaluation: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["data"] = self.data.to_dict() if self.data else None
+        return out
+
+    def describe(self) -> str:
+        d = self.data
+        what = f"{self.model_name} v{self.model_version} (run {self.run_id})" if self.model_name else f"run {self.run_id}"
+        lines = [what]
+        if d is None:
+            lines.append("  data:      not recorded")
+        else:
+            where = f"{d.path}@{d.rev} (commit {d.commit})" if d.path else "unversioned input"
+            lines.append(f"  data:      {where}, DVC hash {d.md5}" + (f", {d.nfiles} files" if d.nfiles else ""))
+            if d.staged_uri:
+                lines.append(f"  staged:    {d.staged_uri}")
+        lines += [
+            f"  processed: {self.processed_data_hash or 'not recorded'}",
+            f"  code:      commit {self.code_commit or 'not recorded'}",
+            f"  image:     {self.image or 'none (not a container run)'}",
+        ]
+        if self.kfp_run_id:
+            lines.append(f"  KFP run:   {self.kfp_run_id}")
+        if self.evaluation:
+            e = self.evaluation
+            lines.append(f"  promoted on: {e.get('metric')} = {e.get('metric_value')} ({e.get('decision')}: "
+                         f"{e.get('decision_reason')}), evaluation set {e.get('eval_fingerprint')}")
+        if self.params:
+            lines.append("  params:    " + ", ".join(f"{k}={v}" for k, v in sorted(self.params.items())))
+        return "\n".join(lines)
+
+
+def _parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """``models:/name@alias`` → (name, alias, None); ``models:/name/3`` → (name, None, "3")."""
+    rest = uri.removeprefix("models:/")
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        return name, alias, None
+    name, _, version = rest.rpartition("/")
+    if not name or not version.isdigit():
+        raise DataError(None, f"{uri!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION (or a run id)")
+    return name, None, version
+
+
+def describe(target: str, tracking_uri: str) -> Lineage:
+    """The lineage of ``target``: a registry URI (``models:/name@alias``, ``models:/name/3``) or a run id."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    name = version = None
+    version_tags: dict[str, str] = {}
+    try:
+        if target.startswith("models:/"):
+            name, alias, number = _parse_model_uri(target)
+            mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
+            version, run_id, version_tags = str(mv.version), mv.run_id, dict(mv.tags or {})
+        else:
+            run_id = target
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        raise DataError(None, f"{target}: not found in the MLflow store at {tracking_uri} ({exc.message})") from exc
+    tags = {**run.data.tags, **{k: v for k, v in version_tags.items() if k.startswith(TAG)}}
+    data_fields = {k[len(TAG):]: v for k, v in tags.items() if k.startswith(TAG)}
+    data = None
+    if data_fields.get("md5"):
+        for key in ("nfiles", "size"):
+            if data_fields.get(key, "").isdigit():
+                data_fields[key] = int(data_fields[key])
+        data_fields["versioned"] = data_fields.get("versioned") == "True"
+        data = DataVersion.from_dict(data_fields)
+    prefix = "lungseg."
+    evaluation = {k[len(prefix):]: v for k, v in version_tags.items()
+                  if k.startswith(prefix) and not k.startswith(TAG)}  # fmt: skip
+    return Lineage(run_id=run_id, model_name=name, model_version=version, data=data,
+                   processed_data_hash=tags.get(PROCESSED_HASH_TAG), code_commit=tags.get(CODE_COMMIT_TAG),
+                   image=tags.get(IMAGE_TAG), kfp_run_id=tags.get(KFP_RUN_TAG), params=dict(run.data.params),
+                   evaluation=evaluation)  # fmt: skip
+
+
+def check(lineage: Lineage, repo: str | Path = ".", *, remote: str | None = None) -> DataVersion:
+    """``lungseg lineage --check``: the data behind the recorded hash can still be fetched from the
+    DVC remote and hashes to the same value (:func:`check_remote`); a :class:`DataError` otherwise."""
+    d = lineage.data
+    if d is None:
+        raise DataError(None, f"run {lineage.run_id}: no data version recorded: nothing to check")
+    if not d.versioned or not d.path or not d.commit:
+        raise DataError(None, f"run {lineage.run_id}: its data ({d.md5}) was not a DVC version (a plain folder or "
+                              "s3:// prefix): it cannot be fetched back from a DVC remote")
+    return check_remote(d, repo, remote=remote)
+
+
+__all__ = ["STAGED_MARKER", "TAG", "DataVersion", "Lineage", "check", "check_remote", "describe", "fetch",
+           "folder_hash", "input_version", "parse_data_spec", "resolve", "run_context_tags", "source_tags",
+           "stage"]  # fmt: skip

@@ -144,3 +144,34 @@ def test_input_version_of_a_committed_dvc_add(dvc_repo):
     assert got.md5 == dvc_file_md5(dvc_repo) and got.commit == L.resolve("data/raw/medseg@v1", dvc_repo).commit
     next(folder.rglob("*.png")).write_bytes(b"edited after dvc add")
     assert not L.input_version(folder).versioned  # the workspace no longer holds the committed version
+
+
+def test_describe_reads_a_registered_versions_lineage(tmp_path, dvc_repo):
+    """The reading side on a real MLflow store: the tags training and the registry write."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    v = L.resolve("data/raw/medseg@v1", dvc_repo)
+    exp = client.create_experiment("lineage")
+    run = client.create_run(exp, tags={**v.tags(), "git_commit": "c" * 40, "data_hash": "processed-md5"})
+    client.log_param(run.info.run_id, "train.model", "lgnet")
+    client.set_terminated(run.info.run_id)
+    client.create_registered_model("lungseg-lgnet")
+    mv = client.create_model_version("lungseg-lgnet", f"runs:/{run.info.run_id}/model", run.info.run_id,
+                                     tags={"lungseg.metric": "dice_mean", "lungseg.metric_value": "0.61",
+                                           "lungseg.decision": "champion", **v.tags()})
+    client.set_registered_model_alias("lungseg-lgnet", "champion", mv.version)
+
+    lin = L.describe("models:/lungseg-lgnet@champion", uri)
+    assert lin.run_id == run.info.run_id and lin.model_version == str(mv.version)
+    assert lin.data == v and lin.code_commit == "c" * 40 and lin.processed_data_hash == "processed-md5"
+    assert lin.params == {"train.model": "lgnet"} and lin.evaluation["metric_value"] == "0.61"
+    assert "data/raw/medseg@v1" in lin.describe() and v.md5 in lin.describe()
+    assert L.describe(run.info.run_id, uri).data == v
+    with pytest.raises(DataError, match="not found"):
+        L.describe("models:/lungseg-lgnet@nope", uri)
+    with pytest.raises(DataError, match="cannot fetch"):  # never pushed: the remote cannot give it back
+        L.check(lin, dvc_repo)
+    sh("dvc", "push", "-q", cwd=dvc_repo)
+    assert L.check(lin, dvc_repo).md5 == v.md5
