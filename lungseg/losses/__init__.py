@@ -7,6 +7,11 @@ Binary segmentation = ``num_classes=1`` (one logit channel, sigmoid); ``num_clas
 | --- | --- | --- |
 | ``dice_focal`` | ``0.3·soft Tversky(α=β=0.5, = soft Dice) + 0.7·Focal(γ=2)`` (LG-Net Eq. 14–16) | :mod:`.dice_focal` |
 | ``bce_dice`` | ``(B)CE + soft Dice``, equal weights (PR-Net default; the paper names no loss) | :mod:`.bce_dice` |
+
+Deep supervision (not a named loss: it wraps one): :class:`DeepSupervisionLoss` (:mod:`.deep_supervision`)
+sums ``w_k · L(head_k, target_k)`` over a model's ``forward_heads`` with the model's
+``deep_supervision_weights`` / ``deep_supervision_targets`` (``"mask"`` heads: the wrapped loss;
+``"edge"`` heads: BCE against :func:`boundary_map` of the mask).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 from torch import nn
 
 from .bce_dice import BCEDiceLoss
+from .deep_supervision import DeepSupervisionLoss, boundary_map
 from .dice_focal import DiceFocalLoss
 
 _REGISTRY: dict[str, type[nn.Module]] = {
@@ -23,7 +29,10 @@ _REGISTRY: dict[str, type[nn.Module]] = {
 
 _MODEL_DEFAULTS = {"lgnet": "dice_focal", "prnet": "bce_dice"}
 
-__all__ = ["BCEDiceLoss", "DiceFocalLoss", "create_loss", "default_loss_for", "list_losses"]
+__all__ = [
+    "BCEDiceLoss", "DeepSupervisionLoss", "DiceFocalLoss", "boundary_map", "create_loss", "default_loss_for",
+    "list_losses",
+]
 
 
 def list_losses() -> list[str]:

@@ -24,6 +24,10 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "u2net_p": ("u2net", "U2NetP"),
     "lgnet": ("lgnet", "LGNet"),
     "prnet": ("prnet", "PRNet"),
+    "anamnet": ("anamnet", "AnamNet"),
+    "lightunet": ("lightunet", "LightUNet"),
+    "infnet": ("infnet", "InfNet"),
+    "awsnet": ("awsnet", "AWSNet"),
 }
 
 

@@ -195,9 +195,22 @@ class SegmentationModel(nn.Module):
 
     Subclasses set ``size_divisor`` (H and W must be multiples of it) and call
     :meth:`check_input` at the top of ``forward``.
+
+    Deep supervision (the training contract of models whose paper trains several outputs): such a
+    model has ``forward_heads(x) -> list[Tensor]`` (main output first, the one ``forward`` returns)
+    and sets ``deep_supervision_weights`` to one weight per head; training then minimises
+    ``Σ_k w_k · L(head_k, target_k)`` (:class:`lungseg.losses.DeepSupervisionLoss`) and computes its
+    metrics on the main output. ``deep_supervision_targets`` names each head's target: ``"mask"``
+    (the segmentation mask, the default for every head) or ``"edge"`` (the mask's boundary, for a
+    one-channel edge head such as Inf-Net's). ``None`` (the default) = train ``forward`` alone;
+    UNet++ and U²-Net-P keep that default although they have ``forward_heads``.
     """
 
     size_divisor: int = 16
+    #: one loss weight per ``forward_heads`` output, or ``None`` (train on ``forward`` only)
+    deep_supervision_weights: tuple[float, ...] | None = None
+    #: per head ``"mask"`` or ``"edge"``; ``None`` = every head is trained against the mask
+    deep_supervision_targets: tuple[str, ...] | None = None
 
     def __init__(self, in_channels: int, num_classes: int, base_channels: int):
         super().__init__()
@@ -244,6 +257,19 @@ def encode_decode(
     bottleneck. ``skip_blocks[i]`` (optional) transforms skip i; ``decoder[j]`` takes
     ``(deeper, skip)``, deepest first. Returns the finest decoder output.
     """
+    return encode_decode_levels(x, encoder, decoder, down=down, skip_blocks=skip_blocks)[-1]
+
+
+def encode_decode_levels(
+    x: torch.Tensor,
+    encoder: nn.ModuleList,
+    decoder: nn.ModuleList,
+    *,
+    down=F.max_pool2d,
+    skip_blocks: nn.ModuleList | None = None,
+) -> list[torch.Tensor]:
+    """:func:`encode_decode`, returning every decoder output, deepest first (the last is the finest):
+    what a deep-supervised model puts its side heads on (AWSnet)."""
     skips = []
     for i, stage in enumerate(encoder):
         x = stage(x if i == 0 else down(x, 2))  # (B, C_i, H/2^i, W/2^i)
@@ -251,6 +277,8 @@ def encode_decode(
     x = skips.pop()  # bottleneck (B, C_last, H/2^L, W/2^L)
     if skip_blocks is not None:
         skips = [blk(s) for blk, s in zip(skip_blocks, skips)]  # shapes unchanged
+    outs = []
     for stage in decoder:
         x = stage(x, skips.pop())  # (B, C_i, H/2^i, W/2^i), deepest level first
-    return x
+        outs.append(x)
+    return outs

@@ -6,6 +6,8 @@ computed. The counter counts 2 FLOPs per multiply-add of convolutions, matmuls a
 ``scaled_dot_product_attention``; element-wise ops, norms and pooling are not counted.
 Models are built with their defaults, so LG-Net and PR-Net use the default ``max_tokens``
 (4096 tokens, pooled attention above 64×64); exact attention at 512² would be far larger.
+The count is of ``forward`` (the prediction): the extra training outputs of deep-supervised models
+(Inf-Net's side and edge maps, AWSnet's side heads) are not in it.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ def markdown_table(sizes: Sequence[int] = (256, 512), base_channels: int = 64) -
         rows.append(f"| {name} | {div} | {st['params'] / 1e6:.3f} | {flops} |")
     note = (
         f"\nbase_channels={base_channels}, in_channels=1, num_classes=1, batch 1; FLOPs = 2·MACs of "
-        "conv/matmul/attention (torch.utils.flop_counter); LG-Net and PR-Net with default max_tokens=4096."
+        "conv/matmul/attention (torch.utils.flop_counter) of `forward` (training-only heads not counted); "
+        "LG-Net and PR-Net with default max_tokens=4096."
     )
     return "\n".join(rows) + "\n" + note
