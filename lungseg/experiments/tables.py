@@ -219,8 +219,9 @@ INFNET_TABLE = Published(
     caveats=(
         "Quoted from the data README ('as widely quoted'); the Inf-Net paper itself is not in this "
         "repository, so these figures were not re-checked against the original table.",
-        "Inf-Net / Semi-Inf-Net are not in lungseg's model zoo (no pretrained backbone can be "
-        "downloaded here): published rows only.",
+        "Inf-Net is in lungseg's zoo (`infnet`, trained from scratch: no pretrained backbone can be "
+        "downloaded here) but not run in this table; Semi-Inf-Net (pseudo-label semi-supervision) is not "
+        "implemented: published rows only.",
     ),
 )
 PRNET_TABLE = Published(
@@ -366,6 +367,10 @@ _register(TableSpec(
         Row("unetpp", "UNet++", "unetpp", published_as="UNet++"),
         Row("attention_unet", "Attention U-Net", "attention_unet", published_as="Attention_UNet"),
         Row("lgnet", "LG-Net", "lgnet"),
+        Row("anamnet", "AnamNet", "anamnet", published_as="AnamNet"),
+        Row("awsnet", "AWSnet", "awsnet", published_as="AwsNet"),
+        Row("lightunet", "LightUNet", "lightunet", published_as="LightUNet"),
+        Row("infnet", "Inf-Net (from scratch)", "infnet", published_as="Inf-Net"),
     ),
     metrics=(IOU, HD_PX, DICE, MAE, ACC, SPE),
     profiles={
@@ -379,6 +384,10 @@ _register(TableSpec(
     notes=(
         "Split: the source repository's 213 / 54 (train pool / test); val carved from the 213, "
         "slice-level (no patient ids). The paper used 211 / 26 / 27 of 264 images.",
+        "Inf-Net and AWSnet train on all their outputs (deep supervision: Inf-Net's five maps incl. the edge "
+        "map with equal weights; AWSnet's four fine maps with the authors' initial weights, not the "
+        "reinforcement-learning search, plus its coarse stage); metrics are on the main output. Inf-Net's "
+        "Res2Net backbone is trained from scratch (the paper: ImageNet-pretrained).",
     ),
 ))
 

@@ -108,10 +108,10 @@ def test_rendered_table_keeps_paper_numbers_in_their_own_columns(tmp_path):
 
 
 def test_paper_only_rows_are_listed_as_not_run():
-    spec = TABLES["prnet-kaggle"]
+    spec = TABLES["infnet-protocol"]
     table = rep.render_metric_table(spec, [])
-    assert "| AnamNet (paper only) | — | not run" in table
-    assert "5.07" in table  # PR-Net's HD as printed (mm), in a paper column
+    assert "| Semi-Inf-Net (paper only) | — | not run" in table
+    assert "0.739" in table  # Semi-Inf-Net's Dice as printed (a fraction), in a paper column
 
 
 def test_block_has_provenance(tmp_path):
