@@ -25,6 +25,9 @@ SUBCOMMANDS = {
     "register": "register",
     "models": "models",
     "results": "results",
+    "predict": "predict",
+    "export": "export",
+    "lineage": "lineage",
 }
 
 #: entry-point group through which other packages add subcommands (``pipelines`` adds ``pipeline``)

@@ -9,6 +9,7 @@ h5py for HDF5. The functions here return raw arrays in the file's own units; nor
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,12 @@ from lungseg.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first line of an exception's message (errors are printed as one line by the CLI)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def read_image_2d(path: str | Path) -> np.ndarray:
@@ -45,7 +52,7 @@ def read_image_2d(path: str | Path) -> np.ndarray:
     except DataError:
         raise
     except Exception as exc:  # PIL/tifffile raise many types for corrupt data
-        raise DataError(path, f"cannot decode image ({type(exc).__name__}: {exc})") from exc
+        raise DataError(path, f"cannot decode image ({type(exc).__name__}: {_one_line(exc)})") from exc
     arr = np.squeeze(arr)
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):  # RGB(A) TIFF
         arr = arr[..., :3].mean(axis=-1)
@@ -67,11 +74,42 @@ def read_nifti(path: str | Path):
         affine = np.asarray(img.affine, dtype=np.float64)
         zooms = np.asarray(img.header.get_zooms()[:3], dtype=np.float64)
     except Exception as exc:
-        raise DataError(path, f"cannot read NIfTI ({type(exc).__name__}: {exc})") from exc
+        raise DataError(path, f"cannot read NIfTI ({type(exc).__name__}: {_one_line(exc)})") from exc
     data = np.squeeze(data) if data.ndim > 3 else data
     if data.ndim != 3:
         raise DataError(path, f"expected a 3-D volume, got shape {data.shape}")
     return data, affine, zooms
+
+
+@dataclass(frozen=True)
+class DicomSeries:
+    """One DICOM series read by :func:`read_dicom_series_files` (slices sorted along the normal)."""
+
+    volume: np.ndarray
+    """``(Z, Y, X)`` float32 in HU (each slice's RescaleSlope / RescaleIntercept applied)."""
+    spacing: tuple[float, float, float]
+    """``(z, y, x)`` in mm: slice step along the normal, PixelSpacing row and column spacing."""
+    origin: tuple[float, float, float]
+    """ImagePositionPatient of the first slice (LPS, mm)."""
+    direction: tuple[float, ...]
+    """3×3 row-major, one column per voxel axis (x, y, z), SimpleITK's convention."""
+    files: tuple[Path, ...]
+    """The slice files in the order of ``volume``."""
+    skipped: tuple[Path, ...] = ()
+    """Files of the folder left out as not DICOM (``skip_other_files=True`` only)."""
+
+
+#: suffixes of DICOM files (a file without a suffix may be DICOM too: many archives name them so)
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+
+
+def looks_like_dicom(path: Path) -> bool:
+    """A DICOM suffix, no suffix at all, or the ``DICM`` magic at byte 128 (Part 10 files)."""
+    if path.suffix.lower() in DICOM_SUFFIXES or path.suffix == "":
+        return True
+    with open(path, "rb") as fh:
+        fh.seek(128)
+        return fh.read(4) == b"DICM"
 
 
 def read_dicom_series(folder: str | Path):
@@ -83,14 +121,25 @@ def read_dicom_series(folder: str | Path):
     SimpleITK's convention (spacing x, y, z reversed to z, y, x; direction row-major with one column
     per voxel axis) so it can be compared with a mask volume read by SimpleITK. (SimpleITK's GDCM
     reader was not used because it returned stored values without the rescale for series written
-    by SimpleITK itself.)
+    by SimpleITK itself.) :func:`read_dicom_series_files` returns the same plus the sorted files.
     """
+    s = read_dicom_series_files(folder)
+    return s.volume, s.spacing, s.origin, s.direction
+
+
+def read_dicom_series_files(folder: str | Path, *, skip_other_files: bool = False) -> DicomSeries:
+    """:func:`read_dicom_series` as a :class:`DicomSeries` that also names the slice files in order
+    (inference writes a DICOM SEG that references them). ``skip_other_files=True`` leaves out files
+    that do not look like DICOM (:func:`looks_like_dicom`: e.g. a README beside the slices) instead
+    of failing on them; a file that looks like DICOM and cannot be read is still an error."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(folder, "DICOM series folder not found")
     import pydicom
 
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    skipped = [p for p in files if not looks_like_dicom(p)] if skip_other_files else []
+    files = [p for p in files if p not in skipped]
     if not files:
         raise DataError(folder, "no DICOM files")
     slices = []
@@ -105,7 +154,7 @@ def read_dicom_series(folder: str | Path):
             pix = [float(v) for v in ds.PixelSpacing]  # (row spacing, column spacing)
             series = str(ds.SeriesInstanceUID)
         except Exception as exc:  # pydicom raises many types for non-DICOM / incomplete files
-            raise DataError(path, f"cannot read DICOM slice ({type(exc).__name__}: {exc})") from exc
+            raise DataError(path, f"cannot read DICOM slice ({type(exc).__name__}: {_one_line(exc)})") from exc
         slices.append((path, series, pixels * slope + intercept, iop, ipp, pix))
     uids = sorted({s[1] for s in slices})
     if len(uids) > 1:
@@ -123,7 +172,8 @@ def read_dicom_series(folder: str | Path):
     vol = np.stack([s[2] for s in slices]).astype(np.float32)
     row_sp, col_sp = slices[0][5]
     direction = np.stack([row_cos, col_cos, normal], axis=1).reshape(-1)
-    return vol, (dz, row_sp, col_sp), tuple(slices[0][4]), tuple(direction)
+    return DicomSeries(vol, (dz, row_sp, col_sp), tuple(slices[0][4]), tuple(direction),
+                       tuple(s[0] for s in slices), tuple(skipped))
 
 
 def read_sitk_volume(path: str | Path):
@@ -136,7 +186,7 @@ def read_sitk_volume(path: str | Path):
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise DataError(path, f"cannot read volume: {exc}") from exc
+        raise DataError(path, f"cannot read volume: {_one_line(exc)}") from exc
     vol = sitk.GetArrayFromImage(img)
     spacing = tuple(float(s) for s in img.GetSpacing())[::-1]
     return vol, spacing, tuple(img.GetOrigin()), tuple(img.GetDirection())

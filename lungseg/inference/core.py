@@ -1,0 +1,120 @@
+"""The model side of inference, shared by ``lungseg predict``, the MLflow model and the exports.
+
+Only torch, numpy and :mod:`lungseg.models` are imported here: the MLflow model
+(:mod:`lungseg.inference.pyfunc`) carries a copy of this module in its own code folder so that it
+loads where lungseg is not installed.
+
+Input of every function: slices already in the training intensity range, float32 in [0, 1]
+(:mod:`lungseg.inference.volumes` applies the intensity rule the model was trained with).
+
+Resizing
+    *To the model* (``image_size``²): exactly :func:`lungseg.data.transforms.resize_pair` for
+    images — bilinear, ``align_corners=False``, anti-aliased when either side is larger than the
+    model size, clamped to [0, 1] — but on a whole batch and on the model's device. The aspect
+    ratio is not kept (the training contract is square slices), so a 512×384 slice is seen
+    stretched, as it was in training. Sizes that are not a multiple of the model's ``size_divisor``
+    are therefore never a problem: the model only ever sees ``image_size``².
+    *Back to the input size*: the **probabilities** are resized (bilinear, anti-aliased when
+    shrinking) and only then thresholded (binary: ``p ≥ threshold``) or arg-maxed (multi-class).
+    Labels are never interpolated. Thresholding at the model size and copying labels back by
+    nearest neighbour was the alternative; it makes 8×8 blocks of a 64² model on a 512² scan,
+    while resizing the probabilities gives the smooth boundary the model's output implies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def build_network(identity: dict[str, Any], state: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """The network of ``identity`` (``{name, kwargs}``, as recorded by training) in eval mode,
+    with the weights ``state`` when given (``RuntimeError`` from torch when they do not fit)."""
+    from lungseg.models import create_model
+
+    net = create_model(identity["name"], **identity["kwargs"])
+    if state is not None:
+        net.load_state_dict(state)
+    return net.eval()
+
+
+def resize_to_model(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``(N, 1, H, W)`` float in [0, 1] → ``(N, 1, size, size)``, as preprocessing resizes images."""
+    h, w = x.shape[-2:]
+    if (h, w) == (size, size):
+        return x
+    downscale = h > size or w > size
+    out = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=downscale)
+    return out.clamp_(0.0, 1.0)
+
+
+def resize_back(probs: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """``(N, C, s, s)`` probabilities → ``(N, C, H, W)`` (bilinear; anti-aliased when shrinking)."""
+    h, w = int(hw[0]), int(hw[1])
+    if tuple(probs.shape[-2:]) == (h, w):
+        return probs
+    shrink = h < probs.shape[-2] or w < probs.shape[-1]
+    out = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False, antialias=shrink)
+    return out.clamp_(0.0, 1.0)
+
+
+def to_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Logits ``(N, C, H, W)`` → probabilities: sigmoid for one channel, softmax over C otherwise."""
+    logits = logits.float()
+    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+
+
+def to_labels(probs: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Probabilities ``(N, C, H, W)`` → uint8 labels ``(N, H, W)``: ``p ≥ threshold`` (one channel)
+    or the arg-max class (C > 1)."""
+    if probs.shape[1] == 1:
+        return (probs[:, 0] >= threshold).to(torch.uint8)
+    return probs.argmax(dim=1).to(torch.uint8)
+
+
+class ProbabilityNet(nn.Module):
+    """``net`` followed by sigmoid/softmax: what an export carries (input ``(N, 1, s, s)`` in [0, 1],
+    output probabilities ``(N, C, s, s)``), so a consumer needs no knowledge of logits."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.net(x)  # (N, C, s, s)
+        if logits.shape[1] == 1:
+            return torch.sigmoid(logits)
+        return torch.softmax(logits, dim=1)
+
+
+def predict_batch(net: nn.Module, images: torch.Tensor, size: int, *, amp: bool = False,
+                  channels_last: bool = False) -> torch.Tensor:
+    """Probabilities ``(N, C, H, W)`` of one batch ``(N, 1, H, W)`` in [0, 1] at its own size: resize to
+    the model, run it (bf16 autocast when ``amp``), resize the probabilities back. Call it inside
+    ``torch.inference_mode()``; ``images`` must be on the model's device."""
+    hw = tuple(images.shape[-2:])
+    x = resize_to_model(images.float(), size)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        logits = net(x)
+    return resize_back(to_probabilities(logits), hw)
+
+
+def predict_array(net: nn.Module, images: np.ndarray, size: int, *, batch_size: int = 8,
+                  device: torch.device | str = "cpu") -> np.ndarray:
+    """Probabilities ``(N, C, H, W)`` float32 for ``images`` ``(N, H, W)`` float32 in [0, 1] (one size):
+    the plain loop of the MLflow model and the export parity check (fp32)."""
+    device = torch.device(device)
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size], dtype=np.float32))
+            out.append(predict_batch(net, x[:, None].to(device), size).cpu().numpy())
+    if not out:
+        return np.zeros((0, 1, *images.shape[1:]), np.float32)
+    return np.concatenate(out)

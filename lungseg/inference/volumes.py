@@ -1,0 +1,363 @@
+"""Read a scan with its geometry, bring it to the model's intensity range, write masks back in place.
+
+Inputs (:func:`read_scan`)
+    * a NIfTI volume (``.nii``/``.nii.gz``, nibabel). Slices are cut exactly as the training reader
+      ``nifti`` cuts them (closest-canonical RAS, axial, radiological view: rows anterior →
+      posterior, columns patient's right → left), so the model sees what it saw in training. The
+      file must record a real-world geometry (qform or sform code > 0, positive voxel sizes); a file
+      without one (ANALYZE-style, pixdim meaningless) is an error unless ``spacing`` is given.
+    * a DICOM series folder (pydicom, :func:`lungseg.data.formats.read_dicom_series_files`: one
+      series, slices sorted along the normal, HU via RescaleSlope/Intercept), slices in their stored
+      row/column order as the training reader ``dicom`` uses them.
+    * a folder of PNG/JPG/TIFF slices (or one such file), natural-sorted by name, each at its own
+      size. These files record no spacing: volumes in mL need ``spacing``; without it the report
+      gives pixel counts and percentages only.
+
+Intensity (:func:`to_model_range`): the rule of the data the model was trained on, recorded in its
+``preprocess`` (``dataset``, ``hu_window``), applied per slice with the very functions of
+:mod:`lungseg.data.transforms` the training readers use:
+
+* NIfTI → :func:`~lungseg.data.transforms.to_unit_range` (HU window unless the slice is already in
+  [0, 1]); DICOM → :func:`~lungseg.data.transforms.hu_window`; PNG/TIFF →
+  :func:`~lungseg.data.transforms.to_unit_range` (uint8 / 255, uint16 / 65535, signed → HU window);
+* models trained on ``kaggle-64`` (whose images the source min-max scaled per image) get every
+  slice min-max scaled instead, whatever the input (a linear window before a min-max changes
+  nothing, so HU and 8-bit inputs agree).
+
+Where input and training data differ in kind (a model trained on 8-bit windowed PNGs — MedSeg,
+COVID-SemiSeg, window not published — given HU input, or the reverse) the scan carries a warning:
+the result is a domain shift, not an error.
+
+Outputs (:func:`write_masks`): NIfTI input → ``<name>.nii.gz`` with the source affine and header
+(labels uint8, same voxel grid and orientation as the input); DICOM input → ``<name>.nii.gz`` in the
+series' geometry (SimpleITK: spacing, origin, direction of the series; the training reader ``dicom``
+accepts it as that series' mask) and, on request, a DICOM SEG (highdicom) that references the source
+slices; PNG/TIFF input → ``<name>/<stem>.png`` per slice at the slice's size (uint8 labels 0..K-1,
+like MedSeg's masks).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lungseg.data import formats, transforms
+from lungseg.errors import DataError
+
+#: datasets whose images the source min-max scaled per image (see ``lungseg.data.readers``)
+PER_IMAGE_MINMAX = frozenset({"kaggle-64"})
+#: datasets whose images are 8-bit, windowed by the dataset's authors (the window is not published)
+EIGHT_BIT_WINDOWED = frozenset({"medseg", "covid-semiseg"})
+#: datasets read from Hounsfield units through ``hu_window``
+HU_DATASETS = frozenset({"kaggle-tiff", "nifti", "dicom"})
+
+
+#: type-1 attributes of the source images that a DICOM SEG copies or references
+SEG_SOURCE_REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
+                       "FrameOfReferenceUID", "Modality")
+#: type-2 (required, may be empty) attributes a DICOM SEG copies from its source images
+TYPE2_PATIENT_STUDY = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyID", "StudyDate",
+                       "StudyTime", "AccessionNumber", "ReferringPhysicianName")
+
+
+@dataclass
+class Scan:
+    """One input scan: its slices in the model's view (file units) and what writing back needs."""
+
+    path: Path
+    kind: str
+    """``"nifti"``, ``"dicom"`` or ``"slices"`` (PNG/JPG/TIFF files)."""
+    slices: list[np.ndarray]
+    """2-D arrays ``(rows, cols)`` in the file's units (HU for NIfTI/DICOM), in the training view."""
+    names: list[str]
+    """One per slice: the file stem (slices) or ``z0000``… (volumes)."""
+    spacing: tuple[float, float, float] | None
+    """``(slice, row, col)`` in mm in the training view, None when unknown."""
+    spacing_source: str
+    columns_towards_left: bool | None
+    """Whether the column index grows towards the patient's left (radiological view); None: unknown."""
+    geometry: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def stem(self) -> str:
+        return formats.strip_suffix(self.path) if self.kind != "dicom" else self.path.name
+
+    @property
+    def voxel_ml(self) -> float | None:
+        return None if self.spacing is None else float(np.prod(self.spacing)) / 1000.0
+
+
+def _natural_key(s: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+def _check_spacing(values, path: Path, what: str) -> tuple[float, ...]:
+    vals = tuple(float(v) for v in values)
+    if not all(np.isfinite(v) and v > 0 for v in vals):
+        raise DataError(path, f"{what} {vals} is not a positive voxel size in mm")
+    return vals
+
+
+def read_scan(path: str | Path, *, spacing: tuple[float, float, float] | None = None,
+              require_spacing: bool = True) -> Scan:
+    """The scan at ``path`` (see the module docstring). ``spacing`` = ``(row, col, slice)`` mm for inputs
+    that record none (PNG/TIFF slices, a NIfTI without geometry); an input that records its own
+    spacing refuses it (``DataError``) rather than silently choosing one of the two.
+    ``require_spacing=False`` reads a NIfTI without geometry anyway (spacing None: pixels only,
+    e.g. for the export's parity check)."""
+    path = Path(path)
+    given = None if spacing is None else _check_spacing(spacing, path, "--spacing")
+    if not path.exists():
+        raise DataError(path, "input not found (expected a NIfTI file, a DICOM series folder or PNG/TIFF slices)")
+    if path.is_file():
+        name = path.name.lower()
+        if name.endswith(formats.NIFTI_SUFFIXES):
+            return _read_nifti(path, given, require_spacing)
+        if name.endswith(formats.IMAGE_SUFFIXES):
+            return _read_slices(path, [path], given)
+        if name.endswith(formats.DICOM_SUFFIXES):
+            raise DataError(path, "a single DICOM file: give the folder of the series")
+        raise DataError(path, "unknown input type (expected .nii/.nii.gz, a DICOM series folder or PNG/TIFF slices)")
+    files = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
+    images = sorted((p for p in files if p.name.lower().endswith(formats.IMAGE_SUFFIXES)),
+                    key=lambda p: _natural_key(p.name))
+    if images:
+        return _read_slices(path, images, given)
+    if not files:
+        raise DataError(path, "empty folder (expected a DICOM series or PNG/TIFF slices)")
+    return _read_dicom(path, given)
+
+
+# ------------------------------------------------------------------------------------------ NIfTI
+def _ras_ornt(affine: np.ndarray):
+    from nibabel import orientations as ori
+
+    return ori.ornt_transform(ori.io_orientation(affine), ori.axcodes2ornt("RAS"))
+
+
+def _read_nifti(path: Path, given, require_spacing: bool = True) -> Scan:
+    import nibabel as nib
+    from nibabel import orientations as ori
+
+    data, affine, zooms = formats.read_nifti(path)  # 3-D check, one-line errors for corrupt files
+    header = nib.load(str(path)).header
+    has_geometry = int(header["qform_code"]) > 0 or int(header["sform_code"]) > 0
+    if has_geometry:
+        _check_spacing(zooms, path, "voxel size (pixdim)")
+        if given is not None:
+            raise DataError(path, f"the file records its voxel size {tuple(float(z) for z in zooms)} mm; "
+                                  "--spacing is only for inputs without one")
+    elif given is None and require_spacing:
+        raise DataError(path, "no voxel spacing: qform_code and sform_code are 0 (no real-world geometry, pixdim "
+                              "is not a size in mm); pass --spacing ROW COL SLICE in mm to state it")
+    to_ras = _ras_ornt(affine)
+    ras = ori.apply_orientation(data, to_ras)
+    ras_zooms = np.asarray(zooms, float)[to_ras[:, 0].astype(int).argsort()] if has_geometry else None
+    # RAS+ → radiological view, as lungseg.data.readers._axial_nifti: rows A→P, columns R→L
+    view = np.flip(np.transpose(ras, (1, 0, 2)), axis=(0, 1))
+    vol = np.moveaxis(view, 2, 0)  # (Z, rows, cols)
+    if has_geometry:
+        sp = (float(ras_zooms[2]), float(ras_zooms[1]), float(ras_zooms[0]))
+        source = "NIfTI header (voxel size)"
+    elif given is None:
+        sp, source = None, "unknown (the file has no geometry)"
+    else:
+        sp = (given[2], given[0], given[1])
+        source = "--spacing (the file has no geometry)"
+    return Scan(path=path, kind="nifti", slices=list(vol), names=[f"z{z:04d}" for z in range(vol.shape[0])],
+                spacing=sp, spacing_source=source, columns_towards_left=True,
+                geometry={"affine": affine, "header": header, "shape": data.shape, "to_ras": to_ras})
+
+
+def _nifti_mask(scan: Scan, labels: np.ndarray) -> np.ndarray:
+    """``(Z, rows, cols)`` labels in the training view → the source file's voxel layout."""
+    from nibabel import orientations as ori
+
+    view = np.moveaxis(labels, 0, 2)
+    ras = np.transpose(np.flip(view, axis=(0, 1)), (1, 0, 2))
+    back = ori.apply_orientation(ras, ori.ornt_transform(ori.axcodes2ornt("RAS"),
+                                                         ori.io_orientation(scan.geometry["affine"])))
+    return np.ascontiguousarray(back.reshape(scan.geometry["shape"]), dtype=np.uint8)
+
+
+# ------------------------------------------------------------------------------------------ DICOM
+def _read_dicom(path: Path, given) -> Scan:
+    if given is not None:
+        raise DataError(path, "a DICOM series records its spacing; --spacing is only for inputs without one")
+    series = formats.read_dicom_series_files(path, skip_other_files=True)
+    sp = _check_spacing(series.spacing, path, "spacing (slice step, PixelSpacing)")
+    if len(series.files) == 1:
+        sp = (_slice_thickness(series.files[0]), sp[1], sp[2])
+    direction = np.asarray(series.direction, float).reshape(3, 3)
+    col_axis = direction[:, 0]  # the direction in which the column index grows (LPS)
+    towards_left = bool(col_axis[0] > 0) if abs(col_axis[0]) >= max(abs(col_axis[1]), abs(col_axis[2])) else None
+    warnings = [] if towards_left is not None else [
+        "the series is not axial: the left/right split is not computed"]
+    if series.skipped:
+        warnings.append(f"not DICOM, left out: {', '.join(p.name for p in series.skipped)}")
+    return Scan(path=path, kind="dicom", slices=list(series.volume),
+                names=[f"z{z:04d}" for z in range(len(series.files))], spacing=sp,
+                spacing_source="DICOM (PixelSpacing, slice positions)" if len(series.files) > 1 else
+                "DICOM (PixelSpacing, SliceThickness of the single slice)",
+                columns_towards_left=towards_left, warnings=warnings,
+                geometry={"series": series})
+
+
+def _slice_thickness(file: Path) -> float:
+    import pydicom
+
+    ds = pydicom.dcmread(file, stop_before_pixels=True)
+    value = getattr(ds, "SliceThickness", None)
+    if value in (None, ""):
+        raise DataError(file, "a single slice without SliceThickness: its volume in mL is unknown")
+    return _check_spacing([value], file, "SliceThickness")[0]
+
+
+# ------------------------------------------------------------------------------------------ slices
+def _read_slices(path: Path, files: list[Path], given) -> Scan:
+    arrays = [formats.read_image_2d(f) for f in files]
+    sp = None if given is None else (given[2], given[0], given[1])
+    warnings = ["PNG/TIFF slices carry no orientation: left/right assumes the radiological view "
+                "(the patient's left on the image's right)"]
+    if given is None:
+        warnings.append("PNG/TIFF slices record no spacing: volumes are not computed (pass --spacing ROW COL SLICE)")
+    return Scan(path=path, kind="slices", slices=arrays, names=[formats.strip_suffix(f) for f in files],
+                spacing=sp, spacing_source="--spacing" if given is not None else "unknown",
+                columns_towards_left=True, warnings=warnings, geometry={"files": files})
+
+
+# ------------------------------------------------------------------------------------------ intensity
+def intensity_rule(preprocess: dict[str, Any]) -> str:
+    """``"minmax"`` (per-image min-max, ``kaggle-64``) or ``"window"`` (the readers' rules + ``hu_window``)."""
+    return "minmax" if preprocess.get("dataset") in PER_IMAGE_MINMAX else "window"
+
+
+def to_model_range(scan: Scan, preprocess: dict[str, Any]) -> tuple[list[np.ndarray], list[str]]:
+    """Slices as float32 in [0, 1] by the training rule of ``preprocess`` (module docstring), plus the
+    warnings about a difference between the input's kind and the training data's."""
+    window = tuple(float(v) for v in preprocess.get("hu_window") or (-1000.0, 400.0))
+    dataset = preprocess.get("dataset")
+    warnings = []
+    hu_input = scan.kind in ("nifti", "dicom") or (scan.kind == "slices" and any(
+        np.issubdtype(s.dtype, np.signedinteger) for s in scan.slices))
+    if dataset in EIGHT_BIT_WINDOWED and hu_input:
+        warnings.append(f"the model was trained on {dataset}: 8-bit slices windowed by the dataset's authors (window "
+                        f"not published); this HU input is windowed with the recorded hu_window {list(window)}")
+    if dataset in HU_DATASETS and scan.kind == "slices" and not hu_input:
+        warnings.append(f"the model was trained on {dataset} (HU through hu_window {list(window)}); this input is "
+                        "8/16-bit images, already windowed by whoever exported them")
+    if intensity_rule(preprocess) == "minmax":
+        return [_minmax(s) for s in scan.slices], warnings
+    out = []
+    for name, s in zip(scan.names, scan.slices):
+        source = f"{scan.path}#{name}" if scan.kind != "slices" else scan.geometry["files"][len(out)]
+        if scan.kind == "dicom":
+            out.append(transforms.hu_window(s, window))
+        else:
+            out.append(transforms.to_unit_range(np.ascontiguousarray(s), source=source, window=window))
+    return out, warnings
+
+
+def _minmax(s: np.ndarray) -> np.ndarray:
+    s = np.asarray(s, dtype=np.float32)
+    lo, hi = float(s.min()), float(s.max())
+    return np.zeros_like(s) if hi <= lo else (s - lo) / (hi - lo)
+
+
+# ------------------------------------------------------------------------------------------ writing
+def write_masks(scan: Scan, labels: list[np.ndarray], out_dir: Path, name: str) -> list[Path]:
+    """Write one model's labels (one 2-D uint8 array per slice, at the slice's size) in the input's
+    geometry into ``out_dir`` under ``name`` (see the module docstring); the written paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if scan.kind == "slices":
+        from PIL import Image
+
+        folder = out_dir / name
+        folder.mkdir(parents=True, exist_ok=True)
+        written = []
+        for stem, lab in zip(scan.names, labels):
+            target = folder / f"{stem}.png"
+            Image.fromarray(np.ascontiguousarray(lab, dtype=np.uint8)).save(target)
+            written.append(target)
+        return written
+    vol = np.stack(labels).astype(np.uint8)  # (Z, rows, cols)
+    target = out_dir / f"{name}.nii.gz"
+    if scan.kind == "nifti":
+        import nibabel as nib
+
+        header = scan.geometry["header"].copy()
+        header.set_data_dtype(np.uint8)
+        img = nib.Nifti1Image(_nifti_mask(scan, vol), scan.geometry["affine"], header=header)
+        img.header.set_slope_inter(1.0, 0.0)
+        nib.save(img, str(target))
+        return [target]
+    import SimpleITK as sitk
+
+    series = scan.geometry["series"]
+    img = sitk.GetImageFromArray(vol)
+    img.SetSpacing(tuple(float(v) for v in series.spacing[::-1]))
+    img.SetOrigin(tuple(float(v) for v in series.origin))
+    img.SetDirection(tuple(float(v) for v in series.direction))
+    sitk.WriteImage(img, str(target))
+    return [target]
+
+
+def check_dicom_seg_source(scan: Scan) -> None:
+    """``DataError`` naming what is missing when a DICOM SEG cannot reference this series (checked
+    before inference: a SEG copies these type-1 attributes from its source images)."""
+    if scan.kind != "dicom":
+        raise DataError(scan.path, "--dicom-seg needs a DICOM series as input")
+    import pydicom
+
+    ds = pydicom.dcmread(scan.geometry["series"].files[0], stop_before_pixels=True)
+    missing = [k for k in SEG_SOURCE_REQUIRED if not getattr(ds, k, None)]
+    if missing:
+        raise DataError(scan.path, f"cannot write a DICOM SEG: the series lacks {', '.join(missing)} (a SEG must "
+                                   "copy them from its source images); run without --dicom-seg")
+
+
+def write_dicom_seg(scan: Scan, labels: list[np.ndarray], target: Path, *, label_names: list[str],
+                    model_name: str, version: str) -> Path:
+    """A DICOM SEG (highdicom, BINARY, one segment per foreground label) referencing the source series."""
+    check_dicom_seg_source(scan)
+    import highdicom as hd
+    import pydicom
+    from pydicom.sr.codedict import codes
+
+    sources = [pydicom.dcmread(f) for f in scan.geometry["series"].files]
+    for ds in sources:  # type-2 patient/study attributes (may be empty) that anonymised series often drop
+        for keyword in TYPE2_PATIENT_STUDY:
+            if keyword not in ds:
+                setattr(ds, keyword, "")
+    segments = []
+    for number, label in enumerate(label_names[1:], start=1):
+        is_lung = label.lower() in ("lung", "lungs", "lung field")
+        segments.append(hd.seg.SegmentDescription(
+            segment_number=number, segment_label=label,
+            segmented_property_category=codes.SCT.Organ if is_lung else codes.SCT.MorphologicallyAbnormalStructure,
+            segmented_property_type=codes.SCT.Lung if is_lung else codes.SCT.Lesion,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=hd.AlgorithmIdentificationSequence(
+                name=f"lungseg {model_name}", version=version, family=codes.DCM.ArtificialIntelligence),
+        ))
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=sources, pixel_array=np.stack(labels).astype(np.uint8),
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=segments,
+            series_instance_uid=hd.UID(), series_number=900, sop_instance_uid=hd.UID(), instance_number=1,
+            manufacturer="lungseg", manufacturer_model_name=model_name, software_versions=version,
+            device_serial_number="none", omit_empty_frames=False,
+        )
+    except (AttributeError, ValueError, TypeError) as exc:  # the source series lacks what a SEG must copy
+        raise DataError(scan.path, f"cannot write a DICOM SEG for this series ({type(exc).__name__}: "
+                                   f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+    seg.save_as(target)
+    return target
+
+
+__all__ = ["Scan", "check_dicom_seg_source", "intensity_rule", "read_scan", "to_model_range", "write_dicom_seg", "write_masks"]

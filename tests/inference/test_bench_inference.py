@@ -1,0 +1,45 @@
+"""bench/bench_inference.py: a tiny real run measures every method on the same volume, and the
+committed INFERENCE.md is the rendering of the committed JSON results (no hand edits)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "bench" / "results"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_inference", ROOT / "bench" / "bench_inference.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_committed_rendering_is_the_rendering_of_the_committed_json(bench, tmp_path):
+    (tmp_path / "inference").mkdir()
+    for path in (RESULTS / "inference").glob("*.json"):
+        shutil.copyfile(path, tmp_path / "inference" / path.name)
+    bench.render(tmp_path)
+    assert (tmp_path / "INFERENCE.md").read_text(encoding="utf-8") == (RESULTS / "INFERENCE.md").read_text(
+        encoding="utf-8"), "run `python bench/bench_inference.py --render-only` and commit INFERENCE.md"
+
+
+def test_a_tiny_run_measures_every_method_on_real_slices(bench, tmp_path, capsys):
+    code = bench.main(["--device", "cpu", "--data", str(ROOT / "data" / "sample" / "medseg-covid100" / "tr_im"),
+                       "--slices", "3", "--size", "32", "--base", "4", "--batch", "2", "--repeats", "1",
+                       "--results", str(tmp_path), "--record", "--tag", "tiny", "--note", "a test run"])
+    assert code == 0
+    (path,) = (tmp_path / "inference").glob("*-tiny.json")
+    d = json.loads(path.read_text(encoding="utf-8"))
+    assert [r["method"] for r in d["rows"]] == ["lungseg", "monai-simple", "monai-sliding-window"]
+    for r in d["rows"]:
+        assert r["slices_per_s"] > 0 and r["label_agreement_with_lungseg"] == 1.0  # same model, same labels
+    assert "--note" not in d["command"] and d["note"] == "a test run"
+    assert "## " in (tmp_path / "INFERENCE.md").read_text(encoding="utf-8")
