@@ -158,7 +158,7 @@ def _read_nifti(path: Path, given, require_spacing: bool = True) -> Scan:
     to_ras = _ras_ornt(affine)
     ras = ori.apply_orientation(data, to_ras)
     ras_zooms = np.asarray(zooms, float)[to_ras[:, 0].astype(int).argsort()] if has_geometry else None
-    # RAS+ → radiological view, as lungseg.data.readers._axial_nifti: rows A→P, columns R→L
+    # RAS+ → radiological view, as lungseg.data.readers.axial_nifti: rows A→P, columns R→L
     view = np.flip(np.transpose(ras, (1, 0, 2)), axis=(0, 1))
     vol = np.moveaxis(view, 2, 0)  # (Z, rows, cols)
     if has_geometry:

@@ -37,3 +37,18 @@ def test_config_error_is_one_line_and_nonzero(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "train.epochs: expected an integer" in err
+
+
+def test_python_dash_m_lungseg_is_the_cli(tmp_path):
+    """`python -m lungseg` runs the same command line as the `lungseg` script: same subcommands, and a
+    user error is one `error:` line with exit status 2 (not a traceback)."""
+    out = subprocess.run([sys.executable, "-m", "lungseg", "--help"], capture_output=True, text=True, check=True)
+    for name in ("preprocess", "train", "evaluate", "register", "models", "results", "pipeline"):
+        assert name in out.stdout
+    assert out.stdout == subprocess.run([sys.executable, "-m", "lungseg.cli", "--help"], capture_output=True,
+                                        text=True, check=True).stdout
+    bad = subprocess.run([sys.executable, "-m", "lungseg", "preprocess", "--dataset", "medsegg", "--input",
+                          str(tmp_path), "--output", str(tmp_path / "out")], capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("error: ") and bad.stderr.count("\n") == 1 and "unknown dataset 'medsegg'" in bad.stderr
+    assert not (tmp_path / "out").exists()

@@ -7,7 +7,6 @@ from lungseg.data import readers
 from lungseg.errors import DataError
 
 
-
 def _read(name, path, cfg):
     raw = readers.get_reader(name).func(path, cfg)
     return raw, list(raw.slices)
@@ -166,7 +165,7 @@ def test_unknown_dataset_lists_valid_names():
 
 
 def test_geometry_check_lists_every_difference(tmp_path):
-    from lungseg.data.readers import _require_same_geometry
+    from lungseg.data.readers import require_same_geometry as _require_same_geometry
 
     img, mask = tmp_path / "ct.nii.gz", tmp_path / "mask.nii.gz"
     _require_same_geometry(img, mask, (4, 5), (4, 5), [("spacing", (0.7, 0.8), (0.7, 0.8000001), 1e-3, True)])
@@ -180,3 +179,60 @@ def test_geometry_check_lists_every_difference(tmp_path):
     assert str(img) in msg and f"geometry does not match mask {mask}" in msg
     assert "shape (4, 5, 6) vs (4, 5, 7)" in msg and "spacing (0.7, 0.8) vs (0.7, 0.9)" in msg
     assert "direction differs" in msg and "origin (0.0, 0.0) vs (0.0, 0.0, 1.0)" in msg
+
+
+# ---------------------------------------------------------------------------------------- pairing
+
+
+def _touch(folder, *names):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(b"")
+
+
+def test_match_pairs_by_key_with_prefixes_suffixes_and_natural_order(tmp_path):
+    _touch(tmp_path / "im", "tr_im_10.png", "tr_im_2.png", "notes.txt", "other.png")
+    _touch(tmp_path / "gt", "tr_mask_2.png", "tr_mask_10.PNG")
+    pairs = readers.match_pairs(tmp_path / "im", tmp_path / "gt", (".png",), image_prefix="tr_im_",
+                                mask_prefix="tr_mask_")
+    assert [(k, i.name, m.name) for k, i, m in pairs] == [("2", "tr_im_2.png", "tr_mask_2.png"),
+                                                          ("10", "tr_im_10.png", "tr_mask_10.PNG")]
+    # images and masks in one folder, told apart by their prefixes (the flat Kaggle TIFF layout)
+    _touch(tmp_path / "flat", "image_ID_1.tif", "mask_ID_1.tif", "image_ID_0.tiff", "mask_ID_0.tif")
+    pairs = readers.match_pairs(tmp_path / "flat", tmp_path / "flat", (".tif", ".tiff"), image_prefix="image_",
+                                mask_prefix="mask_")
+    assert [k for k, _, _ in pairs] == ["ID_0", "ID_1"]
+    _touch(tmp_path / "nii", "a.nii.gz")
+    _touch(tmp_path / "niim", "a.nii")
+    assert [k for k, _, _ in readers.match_pairs(tmp_path / "nii", tmp_path / "niim", (".nii.gz", ".nii"))] == ["a"]
+
+
+@pytest.mark.parametrize("images,masks,culprit,problem", [
+    (["a.png", "b.png"], ["a.png"], "im/b.png", "image has no mask (expected {root}/gt/b.*)"),
+    (["a.png"], ["a.png", "c.png"], "gt/c.png", "mask has no image (expected {root}/im/c.*)"),
+    ([], ["a.png"], "im", "no image files"),
+])
+def test_match_pairs_names_the_unpaired_file(tmp_path, images, masks, culprit, problem):
+    _touch(tmp_path / "im", *images)
+    _touch(tmp_path / "gt", *masks)
+    with pytest.raises(DataError) as err:
+        readers.match_pairs(tmp_path / "im", tmp_path / "gt", (".png",))
+    assert str(err.value).startswith(f"{tmp_path / culprit}: ")
+    assert problem.format(root=tmp_path) in str(err.value)
+
+
+def test_medseg_and_flat_kaggle_use_the_shared_pairing(tmp_path, sample_dir, shared_data, cfg):
+    """The MedSeg (tr_im_ ↔ tr_mask_) and flat Kaggle (image_ ↔ mask_) layouts pair through
+    match_pairs: a stray mask is now found too, naming the file."""
+    import shutil
+
+    raw = tmp_path / "medseg"
+    shutil.copytree(sample_dir, raw)
+    (raw / "tr_mask_new" / "tr_mask_0999.png").write_bytes((raw / "tr_mask_new" / "tr_mask_0003.png").read_bytes())
+    with pytest.raises(DataError, match=r"tr_mask_0999.png: mask has no image \(expected .*tr_im/tr_im_0999"):
+        _read("medseg", raw, cfg)
+    flat = tmp_path / "kaggle"
+    shutil.copytree(shared_data / "kaggle-lungs" / "fullres-sample", flat)
+    (flat / "image_ID_0000_Z_0142.tif").rename(flat / "image_ID_0001_Z_0001.tif")
+    with pytest.raises(DataError, match=r"image_ID_0001_Z_0001.tif: image has no mask \(expected .*mask_ID_0001_Z_0001"):
+        _read("kaggle-tiff", flat, cfg)
