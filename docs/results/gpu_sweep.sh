@@ -5,10 +5,10 @@
 # .results-work/data caches: medseg-256, covid-semiseg-256, kaggle-64-64 + *.source.json) and .whl/
 # (mlflow-skinny 3.17.2 with its dependencies, monai 1.6.1, tqdm; python 3.12 wheels).
 # Made here (repo root, venv active; both paths listed in .git/info/exclude, passed as `carry`):
-#   python -c "from lungseg.experiments import runner as r, tables as t
+#   python -c "from lungseg.experiments import runner as r, specs as t
 #   for n, s in (('lgnet-table1', 256), ('infnet-protocol', 256), ('prnet-kaggle', 64)):
 #       sp = t.TABLES[n]; r.prepare_dataset(sp, r.effective_profile(sp, 'gpu', {'image_size': s}),
-#                                           data_root=t.DEFAULT_DATA_ROOT, workdir='.results-work')"
+#                                           data_root='../shared/data', workdir='.results-work')"
 #   tar -C .results-work -cf - data/medseg-256 data/medseg-256.source.json data/covid-semiseg-256 \
 #     data/covid-semiseg-256.source.json data/kaggle-64-64 data/kaggle-64-64.source.json | xz -9 > .gpu-carry/data.tar.xz
 #   pip download mlflow-skinny==3.17.2 --python-version 3.12 --platform manylinux2014_x86_64 --only-binary=:all: -d .whl

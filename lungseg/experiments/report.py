@@ -1,15 +1,20 @@
-"""Aggregate run records into mean ± std tables and regenerate the blocks of ``docs/results.md``.
+"""Aggregate run records into mean ± std tables and regenerate the blocks of a results page.
 
-Everything here reads only the JSON records under ``docs/results/<table>/<profile>/`` (written by
-:mod:`lungseg.experiments.runner`) and the table specs; nothing is typed in by hand, so the tables
-in the doc can always be rebuilt with ``lungseg results report``.
+Everything here reads only the run records (:class:`~lungseg.experiments.records.RunRecord`, one
+JSON file a run under ``<results>/<table>/<profile>/``, written by :mod:`lungseg.experiments.runner`)
+and the table specs; nothing is typed in by hand, so the tables in the page can always be rebuilt
+with ``lungseg results report``. The results folder and the page are arguments.
 
 Aggregation over seeds: for each metric the mean and the sample standard deviation (``ddof=1``)
 of the per-run values. A run whose value is missing/NaN (e.g. HD when every test image had an empty
 prediction or mask) is left out of that metric's mean and counted: the cell then shows
 ``[k NaN]``. One finite value gives ``mean (n=1)``; none gives ``n/a``.
 
-``docs/results.md`` holds hand-written prose around generated blocks delimited by
+The per-run value is the mean over the test images (``<metric>_mean``) or, for the pooled tables and
+the ``pooled`` columns of :attr:`TableSpec.pooled_beside`, the dataset-level value from the summed
+confusion counts (``<metric>_pooled``): both are in every record.
+
+The page holds hand-written prose around generated blocks delimited by
 ``<!-- BEGIN GENERATED: <table>/<profile> -->`` … ``<!-- END GENERATED: <table>/<profile> -->``;
 :func:`update_report` replaces the inside of every block (and appends blocks for table/profile
 pairs with records but no block yet).
@@ -21,17 +26,22 @@ import json
 import math
 import re
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lungseg.experiments.tables import (
-    DEFAULT_REPORT, DEFAULT_RESULTS_DIR, TABLES, Metric, TableSpec, table_profiles,
-)
+from lungseg.experiments.records import RunRecord, as_records, load_records
+from lungseg.experiments.specs import TABLES
+from lungseg.experiments.tables import POOLABLE, Metric, TableSpec, table_profiles
 from lungseg.io import atomic_write_text
 
-POOLABLE = ("dice", "iou", "miou", "acc", "sen", "spe")
+__all__ = [
+    "POOLABLE", "Column", "Summary", "aggregate_rows", "load_records", "mixed_settings", "per_seed", "render_block",
+    "render_blocks", "render_budget_block", "render_metric_table", "update_report",
+]
+
+Records = Sequence[RunRecord | Mapping[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -67,109 +77,29 @@ class Summary:
         return text
 
 
-# ------------------------------------------------------------------------------------ records
+@dataclass(frozen=True)
+class Column:
+    """One ``ours`` column of a metric table: a metric, aggregated per image (``mean``) or ``pooled``."""
+
+    metric: Metric
+    suffix: str = "mean"
+
+    @property
+    def key(self) -> str:
+        return f"{self.metric.name}_{self.suffix}"
+
+    def header(self, *, label_pooled: bool) -> str:
+        pooled = "pooled " if label_pooled and self.suffix == "pooled" else ""
+        return f"ours: {pooled}{self.metric.header()}"
+
+    def summary(self, records: Sequence[RunRecord]) -> Summary:
+        return Summary.of(r.metric(self.key) for r in records)
+
+    def format(self, records: Sequence[RunRecord]) -> str:
+        return self.summary(records).format(self.metric.scale, self.metric.digits)
 
 
-def load_records(results_dir: str | Path = DEFAULT_RESULTS_DIR, table: str | None = None,
-                 profile: str | None = None) -> list[dict[str, Any]]:
-    """Every ``*.json`` record under ``results_dir`` (optionally one table/profile), sorted by path."""
-    results_dir = Path(results_dir)
-    pattern = f"{table or '*'}/{profile or '*'}/*.json"
-    records = []
-    for path in sorted(results_dir.glob(pattern)):
-        rec = json.loads(path.read_text(encoding="utf-8"))
-        rec["_path"] = str(path)
-        records.append(rec)
-    return records
-
-
-def metric_value(record: dict[str, Any], key: str) -> float | None:
-    v = (record.get("metrics") or {}).get(key)
-    if v is None:
-        return None
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
-def aggregate_rows(spec: TableSpec, records: Sequence[dict[str, Any]], suffix: str = "mean"
-                   ) -> dict[str, dict[str, Summary]]:
-    """``{row_key: {metric_name: Summary}}`` over the records of each row (keys ``<metric>_<suffix>``)."""
-    out: dict[str, dict[str, Summary]] = {}
-    for row in spec.rows:
-        recs = [r for r in records if r.get("row") == row.key]
-        if not recs:
-            continue
-        out[row.key] = {m.name: Summary.of(metric_value(r, f"{m.name}_{suffix}") for r in recs) for m in spec.metrics}
-    return out
-
-
-def mixed_settings(records: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
-    """Rows whose records disagree on settings (the runner prevents this; a hand-copied file could not)."""
-    by_row: dict[str, list[Any]] = {}
-    for r in records:
-        by_row.setdefault(r.get("row"), [])
-        if r.get("settings") not in by_row[r.get("row")]:
-            by_row[r.get("row")].append(r.get("settings"))
-    return {k: v for k, v in by_row.items() if len(v) > 1}
-
-
-# ------------------------------------------------------------------------------------ rendering
-
-
-def _fmt_published(value: float | None, unit: str) -> str:
-    if value is None:
-        return "—"
-    return f"{value:g}"
-
-
-def per_seed(records: Sequence[dict[str, Any]], metric: Metric, suffix: str = "mean") -> str:
-    """``seed:value`` of each run, in seed order (shows what a large ± is made of)."""
-    parts = []
-    for r in sorted(records, key=lambda r: r.get("seed", 0)):
-        v = metric_value(r, f"{metric.name}_{suffix}")
-        parts.append(f"{r.get('seed')}: " + ("NaN" if v is None else f"{v * metric.scale:.{metric.digits}f}"))
-    return ", ".join(parts)
-
-
-def render_metric_table(spec: TableSpec, records: Sequence[dict[str, Any]], *, suffix: str = "mean",
-                        metrics: Sequence[Metric] | None = None, with_published: bool = True,
-                        seed_metric: str | None = "dice") -> str:
-    metrics = list(metrics or spec.metrics)
-    agg = aggregate_rows(spec, records, suffix)
-    pub = spec.published if with_published else None
-    pub_metrics = [m for m in metrics if pub is not None and m.name in pub.units]
-    detail = next((m for m in metrics if m.name == seed_metric), None)
-    head = ["model", "seeds"] + [f"ours: {m.header()}" for m in metrics]
-    head += [f"ours: {detail.label} per seed"] if detail is not None else []
-    head += [f"paper†: {m.label} ({pub.units[m.name]})" for m in pub_metrics] if pub else []
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    used_pub = set()
-    for row in spec.rows:
-        recs = [r for r in records if r.get("row") == row.key]
-        if row.key in agg:
-            seeds = ",".join(str(s) for s in sorted(r.get("seed") for r in recs))
-            cells = [agg[row.key][m.name].format(m.scale, m.digits) for m in metrics]
-            cells += [per_seed(recs, detail, suffix)] if detail is not None else []
-        else:
-            seeds, cells = "—", ["not run"] * (len(metrics) + (detail is not None))
-        pcells = []
-        if pub is not None:
-            vals = pub.values.get(row.published_as or "", None)
-            if vals is not None:
-                used_pub.add(row.published_as)
-            pcells = [_fmt_published((vals or {}).get(m.name), pub.units[m.name]) for m in pub_metrics]
-        lines.append("| " + " | ".join([row.label, seeds] + cells + pcells) + " |")
-    if pub is not None:
-        for label, vals in pub.values.items():
-            if label in used_pub:
-                continue
-            pcells = [_fmt_published(vals.get(m.name), pub.units[m.name]) for m in pub_metrics]
-            ours = ["not run"] * (len(metrics) + (detail is not None))
-            lines.append("| " + " | ".join([f"{label} (paper only)", "—"] + ours + pcells) + " |")
-    return "\n".join(lines)
+# ------------------------------------------------------------------------------------ aggregation
 
 
 def _unique(values: Iterable[Any]) -> list[Any]:
@@ -180,165 +110,259 @@ def _unique(values: Iterable[Any]) -> list[Any]:
     return out
 
 
-def render_block(spec: TableSpec, profile: str, records: Sequence[dict[str, Any]]) -> str:
-    """The generated Markdown of one table/profile: provenance, settings, the tables, the paper's caveats."""
-    if not records:
-        prof = spec.profiles[profile]
-        return (f"_No runs recorded yet for `{spec.name}` / `{profile}`._ Run:\n\n"
-                f"```\nlungseg results run --table {spec.name} --profile {profile}\n```\n\n"
-                f"Profile settings: image {prof.image_size}², base {prof.base_channels}, {prof.epochs} epochs, "
-                f"batch {prof.batch_size}, lr {prof.lr:g} ({prof.note}).")
-    prof = spec.profiles[profile]
-    out = []
-    commands = _unique(r.get("command") for r in records if r.get("command"))
-    out.append("**Command(s)** (records in `docs/results/" + f"{spec.name}/{profile}/`):\n")
-    out.append("```\n" + "\n".join(commands or ["(not recorded)"]) + "\n```")
-    s_all = _unique({k: v for k, v in (r.get("settings") or {}).items() if k not in ("model", "model_kwargs")}
-                    for r in records)
-    overrides = _unique(json.dumps(r.get("overrides") or {}, sort_keys=True) for r in records)
-    seeds = sorted(_unique(r.get("seed") for r in records))
-    def _dev(d: dict[str, Any]) -> str:
-        threads = f", {d.get('cpu_threads')} torch thread(s) of {d.get('cpu_count')} cores" if d.get("type") == "cpu" else ""
-        return f"{d.get('name')} ({d.get('type')}{threads}, torch {d.get('torch')})"
+def _of_row(records: Sequence[RunRecord], key: str) -> list[RunRecord]:
+    return [r for r in records if r.row == key]
 
-    devices = _unique(_dev(r.get("device") or {}) for r in records)
-    commits = _unique(f"{(r.get('git') or {}).get('commit', '')[:10] if (r.get('git') or {}).get('commit') else 'unknown'}"
-                      f"{' (lungseg/ dirty)' if (r.get('git') or {}).get('dirty') else ''}" for r in records)
-    total = sum((r.get("wall_time_s") or {}).get("total") or 0.0 for r in records)
-    per_row_time = {}
+
+def aggregate_rows(spec: TableSpec, records: Records, suffix: str = "mean") -> dict[str, dict[str, Summary]]:
+    """``{row_key: {metric_name: Summary}}`` over the records of each row (keys ``<metric>_<suffix>``)."""
+    records = as_records(records)
+    out: dict[str, dict[str, Summary]] = {}
     for row in spec.rows:
-        ts = [(r.get("wall_time_s") or {}).get("total") for r in records if r.get("row") == row.key]
-        ts = [t for t in ts if t is not None]
-        if ts:
-            per_row_time[row.label] = statistics.fmean(ts)
-    data = _unique(json.dumps({k: (r.get("data") or {}).get(k) for k in
-                               ("dataset", "input_subdir", "raw_sha256", "raw_n_files", "processed_sha256", "counts",
-                                "image_size", "split_level")}, sort_keys=True) for r in records)
-    out.append("")
-    settings_lines = []
-    for s in s_all:
-        settings_lines.append(
-            f"image {s.get('image_size')}², base width {s.get('base_channels')}, {s.get('epochs')} epochs, "
-            f"batch {s.get('batch_size')}, lr {s.get('lr'):g}" + (f", {s.get('extra_train')}" if s.get('extra_train') else ""))
-    out.append(f"- **Settings used**: {'; '.join(settings_lines)}" + (
+        recs = _of_row(records, row.key)
+        if recs:
+            out[row.key] = {m.name: Column(m, suffix).summary(recs) for m in spec.metrics}
+    return out
+
+
+def mixed_settings(records: Records) -> dict[str, list[Any]]:
+    """Rows whose records disagree on settings (the runner prevents this; a hand-copied file could not)."""
+    by_row: dict[str | None, list[Any]] = {}
+    for r in as_records(records):
+        seen = by_row.setdefault(r.row, [])
+        if r.settings not in seen:
+            seen.append(r.settings)
+    return {k: v for k, v in by_row.items() if len(v) > 1}
+
+
+# ------------------------------------------------------------------------------------ metric tables
+
+
+def per_seed(records: Records, metric: Metric, suffix: str = "mean") -> str:
+    """``seed:value`` of each run, in seed order (shows what a large ± is made of)."""
+    parts = []
+    for r in sorted(as_records(records), key=lambda r: r.seed or 0):
+        v = r.metric(f"{metric.name}_{suffix}")
+        parts.append(f"{r.seed}: " + ("NaN" if v is None else f"{v * metric.scale:.{metric.digits}f}"))
+    return ", ".join(parts)
+
+
+def _columns(metrics: Sequence[Metric], suffix: str, pooled_beside: Sequence[str]) -> list[Column]:
+    cols = []
+    for m in metrics:
+        cols.append(Column(m, suffix))
+        if suffix == "mean" and m.name in pooled_beside:
+            cols.append(Column(m, "pooled"))
+    return cols
+
+
+def render_metric_table(spec: TableSpec, records: Records, *, suffix: str = "mean",
+                        metrics: Sequence[Metric] | None = None, with_published: bool = True,
+                        seed_metric: str | None = "dice", pooled_beside: Sequence[str] | None = None) -> str:
+    """One row per table row (and per paper-only row): ``ours`` columns, the per-seed values of
+    ``seed_metric``, then the paper's columns. ``pooled_beside`` (default: the spec's) adds a pooled
+    column after the per-image column of those metrics."""
+    records = as_records(records)
+    metrics = list(metrics or spec.metrics)
+    cols = _columns(metrics, suffix, spec.pooled_beside if pooled_beside is None else pooled_beside)
+    pub = spec.published if with_published else None
+    pub_metrics = [m for m in metrics if pub is not None and m.name in pub.units]
+    detail = next((m for m in metrics if m.name == seed_metric), None)
+    label_pooled = len({c.suffix for c in cols}) > 1
+    head = ["model", "seeds"] + [c.header(label_pooled=label_pooled) for c in cols]
+    head += [f"ours: {detail.label} per seed"] if detail is not None else []
+    head += [f"paper†: {m.label} ({pub.units[m.name]})" for m in pub_metrics] if pub else []
+    n_ours = len(cols) + (detail is not None)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    used_pub = set()
+    for row in spec.rows:
+        recs = _of_row(records, row.key)
+        if recs:
+            seeds = ",".join(str(s) for s in sorted(r.seed for r in recs))
+            cells = [c.format(recs) for c in cols]
+            cells += [per_seed(recs, detail, suffix)] if detail is not None else []
+        else:
+            seeds, cells = "—", ["not run"] * n_ours
+        pcells = []
+        if pub is not None:
+            vals = pub.values.get(row.published_as or "", None)
+            if vals is not None:
+                used_pub.add(row.published_as)
+            pcells = [_fmt_published((vals or {}).get(m.name)) for m in pub_metrics]
+        lines.append("| " + " | ".join([row.label, seeds] + cells + pcells) + " |")
+    if pub is not None:
+        for label, vals in pub.values.items():
+            if label not in used_pub:
+                pcells = [_fmt_published(vals.get(m.name)) for m in pub_metrics]
+                lines.append("| " + " | ".join([f"{label} (paper only)", "—"] + ["not run"] * n_ours + pcells) + " |")
+    return "\n".join(lines)
+
+
+def _fmt_published(value: float | None) -> str:
+    return "—" if value is None else f"{value:g}"
+
+
+# ------------------------------------------------------------------------------------ one block
+
+
+def _render_empty(spec: TableSpec, profile: str) -> str:
+    prof = spec.profiles[profile]
+    return (f"_No runs recorded yet for `{spec.name}` / `{profile}`._ Run:\n\n"
+            f"```\nlungseg results run --table {spec.name} --profile {profile}\n```\n\n"
+            f"Profile settings: {prof.describe()} ({prof.note}).")
+
+
+def _render_provenance(spec: TableSpec, profile: str, records: Sequence[RunRecord]) -> list[str]:
+    """Command(s), settings, model arguments, profile, seeds, data, device, code and time of the runs."""
+    prof = spec.profiles[profile]
+    commands = _unique(r.command for r in records if r.command)
+    out = ["**Command(s)** (records in `docs/results/" + f"{spec.name}/{profile}/`):\n",
+           "```\n" + "\n".join(commands or ["(not recorded)"]) + "\n```", ""]
+    settings = _unique(r.settings.without_model() for r in records)
+    overrides = _unique(json.dumps(r.overrides or {}, sort_keys=True) for r in records)
+    out.append(f"- **Settings used**: {'; '.join(s.describe() for s in settings)}" + (
         "" if overrides == ["{}"] else f" (command-line overrides of the profile: {', '.join(overrides)})"))
     kw_lines = []
     for row in spec.rows:
-        kws = _unique(json.dumps((r.get("settings") or {}).get("model_kwargs") or {}, sort_keys=True)
-                      for r in records if r.get("row") == row.key)
+        kws = _unique(json.dumps(r.settings.model_kwargs or {}, sort_keys=True) for r in _of_row(records, row.key))
         if kws and kws != ["{}"]:
             kw_lines.append(f"{row.label} `{row.model}` {' / '.join(kws)}")
     if kw_lines:
         out.append(f"- **Model arguments**: {'; '.join(kw_lines)}")
     out.append(f"- **Profile `{profile}` as specified**: {prof.note}")
     if profile != "gpu" and "gpu" in spec.profiles:
-        g = spec.profiles["gpu"]
-        out.append(f"- **Paper-size (`gpu`) profile for comparison**: image {g.image_size}², base {g.base_channels}, "
-                   f"{g.epochs} epochs, batch {g.batch_size}, lr {g.lr:g}")
+        out.append(f"- **Paper-size (`gpu`) profile for comparison**: {spec.profiles['gpu'].describe()}")
+    seeds = sorted(_unique(r.seed for r in records))
     out.append(f"- **Seeds**: {', '.join(str(s) for s in seeds)} (the seed changes initialisation, augmentation and "
                "batch order; the data split is fixed)")
-    for d in data:
-        dd = json.loads(d)
-        ps = dd.get("processed_sha256") or {}
-        out.append(
-            f"- **Data**: reader `{dd.get('dataset')}` on `<data-root>/{dd.get('input_subdir')}` "
-            f"(raw sha256 `{str(dd.get('raw_sha256'))[:16]}…` over {dd.get('raw_n_files')} files); split "
-            f"{dd.get('counts')} ({dd.get('split_level')}-level) at {dd.get('image_size')}²; processed "
-            + ", ".join(f"`{k}` `{str(v)[:12]}…`" for k, v in ps.items()))
-    out.append(f"- **Device**: {'; '.join(devices)}")
-    out.append(f"- **Code**: git {', '.join(commits)}")
-    starts = sorted(r["started_at"] for r in records if r.get("started_at"))
-    ends = sorted(r["finished_at"] for r in records if r.get("finished_at"))
-    span = f" (runs started {starts[0]}, last finished {ends[-1]})" if starts and ends else ""
-    out.append(f"- **Time**: {len(records)} runs, {total / 60:.1f} min train+evaluate in total{span}; mean per run: "
-               + ", ".join(f"{k} {v:.0f} s" for k, v in per_row_time.items()))
+    data = {}
+    for r in records:
+        data.setdefault(r.data.identity(), r.data)
+    out += [f"- **Data**: {d.describe()}" for d in data.values()]
+    out.append(f"- **Device**: {'; '.join(_unique(r.device.describe() for r in records))}")
+    out.append(f"- **Code**: git {', '.join(_unique(r.git.short() for r in records))}")
+    out.append(_render_time(spec, records))
     mixed = mixed_settings(records)
     if mixed:
         out.append(f"- **WARNING**: rows with records of different settings: {sorted(mixed)} — their ± mixes settings")
-    out.append("")
-    out.append("Mean over the test images, then mean ± sample std over seeds:\n")
-    out.append(render_metric_table(spec, records, suffix="mean"))
+    return out
+
+
+def _render_time(spec: TableSpec, records: Sequence[RunRecord]) -> str:
+    total = sum(r.wall_time_s.total or 0.0 for r in records)
+    per_row = {}
+    for row in spec.rows:
+        times = [r.wall_time_s.total for r in _of_row(records, row.key) if r.wall_time_s.total is not None]
+        if times:
+            per_row[row.label] = statistics.fmean(times)
+    starts = sorted(r.started_at for r in records if r.started_at)
+    ends = sorted(r.finished_at for r in records if r.finished_at)
+    span = f" (runs started {starts[0]}, last finished {ends[-1]})" if starts and ends else ""
+    return (f"- **Time**: {len(records)} runs, {total / 60:.1f} min train+evaluate in total{span}; mean per run: "
+            + ", ".join(f"{k} {v:.0f} s" for k, v in per_row.items()))
+
+
+def _render_tables(spec: TableSpec, records: Sequence[RunRecord]) -> list[str]:
+    """The main table (per-image means, plus the pooled columns of ``spec.pooled_beside``) and the
+    pooled table of every poolable metric."""
+    if spec.pooled_beside:
+        pooled = ", ".join(m.label for m in spec.metrics if m.name in spec.pooled_beside)
+        intro = (f"Mean over the test images (`pooled` {pooled}: over all test pixels, from summed confusion "
+                 f"counts), then mean ± sample std over seeds; the paper's {pooled} are compared with our "
+                 "pooled columns (see † below):\n")
+    else:
+        intro = "Mean over the test images, then mean ± sample std over seeds:\n"
+    out = ["", intro, render_metric_table(spec, records, suffix="mean")]
     pool = [m for m in spec.metrics if m.name in POOLABLE
-            and any(metric_value(r, f"{m.name}_pooled") is not None for r in records)]
+            and any(r.metric(f"{m.name}_pooled") is not None for r in records)]
     if pool:
-        out.append("")
-        out.append("Pooled over all test pixels (from summed confusion counts), mean ± std over seeds:\n")
-        out.append(render_metric_table(spec, records, suffix="pooled", metrics=pool, with_published=False))
-    hd_undef = [(r.get("metrics") or {}).get("hd_undefined") for r in records]
-    hd_undef = [h for h in hd_undef if h is not None]
+        out += ["", "Pooled over all test pixels (from summed confusion counts), mean ± std over seeds:\n",
+                render_metric_table(spec, records, suffix="pooled", metrics=pool, with_published=False)]
+    return out
+
+
+def _render_notes(spec: TableSpec, records: Sequence[RunRecord]) -> list[str]:
+    """Undefined-HD count, the paper's source and caveats, the table's notes, the data warnings."""
+    out = []
+    hd_undef = [h for h in (r.metrics.get("hd_undefined") for r in records) if h is not None]
     if hd_undef and any(hd_undef):
-        out.append("")
-        out.append(f"HD/HD95 undefined (exactly one of prediction/mask empty) on {int(sum(hd_undef))} test images "
-                   f"summed over the {len(records)} runs; those images are left out of the HD means.")
+        out += ["", f"HD/HD95 undefined (exactly one of prediction/mask empty) on {int(sum(hd_undef))} test images "
+                    f"summed over the {len(records)} runs; those images are left out of the HD means."]
     if spec.published is not None:
         p = spec.published
-        out.append("")
-        out.append(f"† Paper columns: quoted as printed in {p.source}, {p.where}. Paper data: {p.data}. "
-                   "They are not produced by this code and not from our data.")
-        for c in p.caveats:
-            out.append(f"- {c}")
-    for n in spec.notes:
-        out.append(f"- {n}")
-    warnings = _unique(w for r in records for w in ((r.get("data") or {}).get("warnings") or []))
-    for w in warnings:
-        out.append(f"- data warning (from `meta.json`): {w}")
-    return "\n".join(out)
+        out += ["", f"† Paper columns: quoted as printed in {p.source}, {p.where}. Paper data: {p.data}. "
+                    "They are not produced by this code and not from our data."]
+        out += [f"- {c}" for c in p.caveats]
+    out += [f"- {n}" for n in spec.notes]
+    warnings = _unique(w for r in records for w in (r.data.warnings or []))
+    out += [f"- data warning (from `meta.json`): {w}" for w in warnings]
+    return out
 
 
-_BLOCK = re.compile(r"<!-- BEGIN GENERATED: (?P<key>[\w.-]+/[\w.-]+) -->\n.*?<!-- END GENERATED: (?P=key) -->",
-                    re.DOTALL)
+def render_block(spec: TableSpec, profile: str, records: Records) -> str:
+    """The generated Markdown of one table/profile: provenance, settings, the tables, the paper's caveats."""
+    records = as_records(records)
+    if not records:
+        return _render_empty(spec, profile)
+    return "\n".join(_render_provenance(spec, profile, records) + _render_tables(spec, records)
+                     + _render_notes(spec, records))
 
 
-def render_budget_block(spec: TableSpec, records_by_profile: dict[str, Sequence[dict[str, Any]]],
-                        metric: str = "dice") -> str:
+# ------------------------------------------------------------------------------------ budget block
+
+
+def render_budget_block(spec: TableSpec, records_by_profile: Mapping[str, Records], metric: str = "dice") -> str:
     """One row per model, one column per profile that has records: the metric (mean over test images,
     mean ± std over seeds) and the row's rank within that profile. Shows whether a ranking found at one
     budget holds at another; settings of each profile are those its records state."""
     m = next(x for x in spec.metrics if x.name == metric)
-    profiles = [p for p, recs in records_by_profile.items() if recs]
-    if len(profiles) < 2:
+    by_profile = {p: as_records(recs) for p, recs in records_by_profile.items() if recs}
+    if len(by_profile) < 2:
         return f"_Fewer than two profiles of `{spec.name}` have records: nothing to compare yet._"
     cols, ranks = [], {}
-    for p in profiles:
-        agg = aggregate_rows(spec, records_by_profile[p])
+    for p, recs in by_profile.items():
+        agg = aggregate_rows(spec, recs)
         means = {k: v[m.name].mean for k, v in agg.items() if v[m.name].n}
         order = sorted(means, key=lambda k: -means[k] if m.higher_is_better else means[k])
         ranks[p] = {k: i + 1 for i, k in enumerate(order)}
         cols.append((p, agg))
-    head = ["model"] + [f"{p}: {m.header()} [rank]" for p in profiles]
+    head = ["model"] + [f"{p}: {m.header()} [rank]" for p in by_profile]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in spec.rows:
-        cells = []
-        for p, agg in cols:
-            if row.key in agg:
-                cells.append(f"{agg[row.key][m.name].format(m.scale, m.digits)} [{ranks[p].get(row.key, '—')}]")
-            else:
-                cells.append("not run")
+        cells = [f"{agg[row.key][m.name].format(m.scale, m.digits)} [{ranks[p].get(row.key, '—')}]"
+                 if row.key in agg else "not run" for p, agg in cols]
         lines.append("| " + " | ".join([row.label] + cells) + " |")
     notes = []
-    for p in profiles:
-        recs = records_by_profile[p]
-        settings = _unique(json.dumps({k: (r.get("settings") or {}).get(k) for k in
-                                       ("image_size", "base_channels", "epochs", "batch_size", "lr")}, sort_keys=True)
-                           for r in recs)
-        devices = _unique((r.get("device") or {}).get("type") for r in recs)
-        seeds = sorted(_unique(r.get("seed") for r in recs))
-        text = "; ".join(
-            f"image {d['image_size']}², base {d['base_channels']}, {d['epochs']} epochs, batch {d['batch_size']}, "
-            f"lr {d['lr']:g}" for d in map(json.loads, settings))
-        notes.append(f"- `{p}`: {text}; {len(recs)} runs, seeds {', '.join(map(str, seeds))}, "
+    for p, recs in by_profile.items():
+        settings = _unique(_budget_settings(r) for r in recs)
+        devices = _unique(r.device.type for r in recs)
+        seeds = sorted(_unique(r.seed for r in recs))
+        notes.append(f"- `{p}`: {'; '.join(settings)}; {len(recs)} runs, seeds {', '.join(map(str, seeds))}, "
                      f"device {', '.join(str(d) for d in devices)}")
     return ("Mean over the test images, then mean ± std over seeds; [rank] = place among the rows run "
             "under that profile (1 = best), ordered by the unrounded means: rows whose means lie within one "
             "standard deviation of each other are not ranked by the data.\n\n" + "\n".join(lines) + "\n\n" + "\n".join(notes))
 
 
+def _budget_settings(r: RunRecord) -> str:
+    s = r.settings
+    preset = f", preset {s.preset}" if s.preset else ""
+    return (f"image {s.image_size}², base {s.base_channels}, {s.epochs} epochs, batch {s.batch_size}, "
+            f"lr {s.lr:g}{preset}")
+
+
+# ------------------------------------------------------------------------------------ the page
+
+
 def _wrap(key: str, body: str) -> str:
     return f"<!-- BEGIN GENERATED: {key} -->\n{body}\n<!-- END GENERATED: {key} -->"
 
 
-def render_blocks(results_dir: str | Path = DEFAULT_RESULTS_DIR,
-                  tables: dict[str, TableSpec] | None = None) -> dict[str, str]:
+_BLOCK = re.compile(r"<!-- BEGIN GENERATED: (?P<key>[\w.-]+/[\w.-]+) -->\n.*?<!-- END GENERATED: (?P=key) -->",
+                    re.DOTALL)
+
+
+def render_blocks(results_dir: str | Path, tables: Mapping[str, TableSpec] | None = None) -> dict[str, str]:
     """``{"<table>/<profile>": markdown}`` for every table × profile (empty ones say how to run them),
     and ``{"<table>/budget": markdown}``: the profiles side by side (:func:`render_budget_block`)."""
     tables = TABLES if tables is None else tables
@@ -352,8 +376,7 @@ def render_blocks(results_dir: str | Path = DEFAULT_RESULTS_DIR,
     return out
 
 
-def update_report(report: str | Path = DEFAULT_REPORT, results_dir: str | Path = DEFAULT_RESULTS_DIR,
-                  tables: dict[str, TableSpec] | None = None) -> Path:
+def update_report(report: str | Path, results_dir: str | Path, tables: Mapping[str, TableSpec] | None = None) -> Path:
     """Rewrite the generated blocks of ``report`` from the records; append missing blocks at the end."""
     report = Path(report)
     blocks = render_blocks(results_dir, tables)

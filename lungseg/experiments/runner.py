@@ -5,13 +5,8 @@ For every (row, seed) the runner builds :class:`lungseg.config.Params` with
 calls :func:`lungseg.training.train` and :func:`lungseg.evaluation.evaluate` — the same code as
 ``lungseg train`` / ``lungseg evaluate``, so every run is tracked in MLflow like any training run
 (``MLFLOW_TRACKING_URI`` or the default local store, experiment ``lungseg-results``) — and writes
-one JSON record atomically to ``<results>/<table>/<profile>/<row>-seed<k>.json``:
-
-``metrics`` (the evaluation's ``metrics.json``: ``<m>_mean`` over test images and ``<m>_pooled``),
-``per_image`` (the rows of ``per_image.csv``), ``settings`` (effective profile + model),
-``overrides`` (what differs from the spec's profile), ``seed``, wall times, device name, torch
-version, git commit, data checksums (processed arrays + manifest, and a digest of the raw input
-folder), the MLflow run id and the command.
+one :class:`~lungseg.experiments.records.RunRecord` atomically to
+``<results>/<table>/<profile>/<row>-seed<k>.json`` (the fields are described there).
 
 A cell whose record exists with the same settings is skipped, so an interrupted sweep resumes
 where it stopped; a record with *different* settings is an error unless ``force`` (never mix two
@@ -19,6 +14,9 @@ settings in one mean ± std). Preprocessed datasets are cached under ``<workdir>
 re-used while the reader, preprocess settings and raw-data digest agree; when the raw folder is
 absent (e.g. on a remote GPU machine that only got the cache) a cache with matching reader and
 settings is used and its recorded digest is reported.
+
+Every path (data root, work folder, results folder) is an argument: the library knows nothing of a
+repository layout (the command line picks the defaults, :mod:`lungseg.cli.results`).
 """
 
 from __future__ import annotations
@@ -36,22 +34,29 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from lungseg.errors import ConfigError, DataError
-from lungseg.experiments.tables import (
-    DEFAULT_DATA_ROOT, DEFAULT_RESULTS_DIR, PROFILES, REPO_ROOT, Profile, Row, TableSpec,
+from lungseg.experiments.records import (
+    RECORD_VERSION, DataProvenance, Device, GitInfo, RunRecord, Settings, WallTime, record_path,
 )
+from lungseg.experiments.tables import PROFILES, Profile, Row, TableSpec
 from lungseg.io import atomic_write_json
 
-RECORD_VERSION = 1
 MLFLOW_EXPERIMENT = "lungseg-results"
 #: fields of :class:`Profile` that may be overridden from the command line
 OVERRIDABLE = ("image_size", "base_channels", "epochs", "batch_size", "lr")
+
+__all__ = [
+    "MLFLOW_EXPERIMENT", "OVERRIDABLE", "RECORD_VERSION", "CellOutcome", "CellRequest", "PreparedData", "RunOptions",
+    "build_params", "clean_json", "code_at_start", "device_info", "effective_profile", "existing_record",
+    "folder_digest", "git_commit", "prepare_dataset", "record_path", "run_cell", "run_table", "settings_of",
+    "sha256_file",
+]
 
 
 @dataclass
@@ -70,6 +75,52 @@ class CellOutcome:
         extra = f" ({self.seconds:.1f} s)" if self.status == "done" else ""
         err = f": {self.error}" if self.error else ""
         return f"{self.table}/{self.profile}/{self.row}-seed{self.seed}: {self.status}{extra}{err}"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How the cells of one ``lungseg results run`` call are run and recorded (the same for every cell)."""
+
+    workdir: Path
+    """Preprocessed-data cache (``data/``) and training outputs (``runs/``)."""
+    results_dir: Path
+    """Where the records go: ``<results_dir>/<table>/<profile>/<row>-seed<k>.json``."""
+    device: str = "auto"
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    """Command-line overrides of the profile (only the non-None ones are kept and recorded)."""
+    command: str | None = None
+    """The command line that reproduces the run (stored in each record)."""
+    keep_checkpoints: bool = False
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """A preprocessed dataset of a table at one image size, and its provenance (stored in each record)."""
+
+    data_dir: Path
+    provenance: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CellRequest:
+    """One cell to run: which table/profile/row/seed, on which data, with which options."""
+
+    spec: TableSpec
+    profile: str
+    prof: Profile
+    """The effective profile (the spec's, with the command-line overrides applied)."""
+    row: Row
+    seed: int
+    data: PreparedData
+    options: RunOptions
+
+    @property
+    def record_path(self) -> Path:
+        return record_path(self.options.results_dir, self.spec.name, self.profile, self.row.key, self.seed)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.options.workdir) / "runs" / self.spec.name / self.profile / f"{self.row.key}-seed{self.seed}"
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -92,15 +143,16 @@ def folder_digest(folder: str | Path) -> dict[str, Any]:
     return {"sha256": hashlib.sha256("".join(lines).encode()).hexdigest(), "n_files": len(lines)}
 
 
-def git_commit(repo: Path = REPO_ROOT) -> dict[str, Any]:
-    """HEAD and whether ``lungseg/`` has uncommitted changes; ``LUNGSEG_GIT_COMMIT`` overrides (copies without .git)."""
+def git_commit(repo: str | Path | None = None) -> dict[str, Any]:
+    """HEAD of the git checkout ``repo`` (default: the working directory) and whether its ``lungseg/``
+    has uncommitted changes; ``LUNGSEG_GIT_COMMIT`` overrides (copies without .git, an installed image)."""
     env = os.environ.get("LUNGSEG_GIT_COMMIT")
     if env:
         return {"commit": env, "dirty": None, "source": "LUNGSEG_GIT_COMMIT"}
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
                               check=True, timeout=20).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--", "lungseg"], cwd=repo,
+        status = subprocess.run(["git", "status", "--porcelain", "--", ":(top)lungseg"], cwd=repo,
                                 capture_output=True, text=True, check=True, timeout=20).stdout
         return {"commit": head, "dirty": bool(status.strip()), "source": "git"}
     except (OSError, subprocess.SubprocessError):
@@ -159,7 +211,7 @@ def clean_json(value: Any) -> Any:
     return value
 
 
-def effective_profile(spec: TableSpec, profile: str, overrides: dict[str, Any] | None = None) -> Profile:
+def effective_profile(spec: TableSpec, profile: str, overrides: Mapping[str, Any] | None = None) -> Profile:
     if profile not in PROFILES or profile not in spec.profiles:
         raise ConfigError(f"unknown profile {profile!r} for table {spec.name} (valid: {', '.join(spec.profiles)})")
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
@@ -170,12 +222,13 @@ def effective_profile(spec: TableSpec, profile: str, overrides: dict[str, Any] |
 
 
 def settings_of(prof: Profile, row: Row) -> dict[str, Any]:
-    """What must agree between two records of one cell for them to be averaged together."""
-    return clean_json({
-        "image_size": prof.image_size, "base_channels": prof.base_channels, "epochs": prof.epochs,
-        "batch_size": prof.batch_size, "lr": prof.lr, "extra_train": dict(prof.extra_train),
-        "model": row.model, "model_kwargs": prof.model_kwargs(row),
-    })
+    """What must agree between two records of one cell for them to be averaged together (the
+    ``settings`` of a :class:`RunRecord`; ``preset`` only when not the default)."""
+    return clean_json(Settings(
+        image_size=prof.image_size, base_channels=prof.base_channels, epochs=prof.epochs,
+        batch_size=prof.batch_size, lr=prof.lr, extra_train=dict(prof.extra_train), model=row.model,
+        model_kwargs=prof.model_kwargs(row), preset=None if prof.preset == "default" else prof.preset,
+    ).to_dict())
 
 
 def build_params(spec: TableSpec, row: Row, prof: Profile, seed: int, *, device: str = "auto"):
@@ -192,15 +245,11 @@ def build_params(spec: TableSpec, row: Row, prof: Profile, seed: int, *, device:
     }, source=f"results:{spec.name}/{row.key}")
 
 
-def record_path(results_dir: str | Path, table: str, profile: str, row: str, seed: int) -> Path:
-    return Path(results_dir) / table / profile / f"{row}-seed{seed}.json"
-
-
 # ------------------------------------------------------------------------------------ data
 
 
 def prepare_dataset(spec: TableSpec, prof: Profile, *, data_root: str | Path, workdir: str | Path,
-                    log: Callable[[str], None] = print) -> tuple[Path, dict[str, Any]]:
+                    log: Callable[[str], None] = print) -> PreparedData:
     """The processed folder for ``spec.dataset`` at ``prof.image_size`` (cached) and its provenance."""
     from lungseg.config import PreprocessConfig
 
@@ -237,21 +286,21 @@ def prepare_dataset(spec: TableSpec, prof: Profile, *, data_root: str | Path, wo
     from lungseg.data.dataset import read_meta
 
     meta = read_meta(out)
-    provenance = {
-        "dataset": spec.dataset,
-        "input_subdir": spec.input_subdir,
-        "raw_sha256": cached["raw"]["sha256"],
-        "raw_n_files": cached["raw"]["n_files"],
-        "processed_sha256": {name: sha256_file(out / name) for name in ("images.npy", "masks.npy", "manifest.csv")},
-        "counts": meta.get("counts"),
-        "image_size": meta.get("image_size"),
-        "split_protocol": meta.get("split_protocol"),
-        "split_level": meta.get("split_level"),
-        "warnings": meta.get("warnings", []),
-        "preprocess": cfg_dict,
-        "preprocess_seconds": cached.get("preprocess_seconds"),
-    }
-    return out, provenance
+    provenance = DataProvenance(
+        dataset=spec.dataset,
+        input_subdir=spec.input_subdir,
+        raw_sha256=cached["raw"]["sha256"],
+        raw_n_files=cached["raw"]["n_files"],
+        processed_sha256={name: sha256_file(out / name) for name in ("images.npy", "masks.npy", "manifest.csv")},
+        counts=meta.get("counts"),
+        image_size=meta.get("image_size"),
+        split_protocol=meta.get("split_protocol"),
+        split_level=meta.get("split_level"),
+        warnings=meta.get("warnings", []),
+        preprocess=cfg_dict,
+        preprocess_seconds=cached.get("preprocess_seconds"),
+    )
+    return PreparedData(out, provenance.to_dict())
 
 
 # ------------------------------------------------------------------------------------ cells
@@ -293,70 +342,67 @@ def existing_record(path: Path, settings: dict[str, Any]) -> dict[str, Any] | No
     return rec
 
 
-def run_cell(spec: TableSpec, row: Row, seed: int, *, profile: str, prof: Profile, data_dir: Path,
-             data_provenance: dict[str, Any], workdir: Path, results_dir: Path, device: str = "auto",
-             overrides: dict[str, Any] | None = None, command: str | None = None,
-             keep_checkpoints: bool = False) -> dict[str, Any]:
-    """Train + evaluate one cell and write its record (citing :func:`code_at_start`); returns the record."""
+def run_cell(request: CellRequest) -> RunRecord:
+    """Train + evaluate one cell from scratch and write its record (citing :func:`code_at_start`)."""
     from lungseg.evaluation import evaluate
     from lungseg.training import train
 
-    params = build_params(spec, row, prof, seed, device=device)
-    run_dir = Path(workdir) / "runs" / spec.name / profile / f"{row.key}-seed{seed}"
+    spec, row, prof, opts = request.spec, request.row, request.prof, request.options
+    params = build_params(spec, row, prof, request.seed, device=opts.device)
+    run_dir = request.run_dir
     train_dir, eval_dir = run_dir / "train", run_dir / "eval"
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a cell never resumes half-way: it is re-run from scratch
     run_dir.mkdir(parents=True)
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
-    train(params, data_dir=data_dir, output_dir=train_dir)
+    train(params, data_dir=request.data.data_dir, output_dir=train_dir)
     t_train = time.perf_counter() - t0
     t1 = time.perf_counter()
-    evaluate(params, model_dir=train_dir, data_dir=data_dir, output_dir=eval_dir)
+    evaluate(params, model_dir=train_dir, data_dir=request.data.data_dir, output_dir=eval_dir)
     t_eval = time.perf_counter() - t1
 
     metrics = _read_json(eval_dir / "metrics.json")
     if not isinstance(metrics, dict):
         raise DataError(eval_dir / "metrics.json", "evaluation wrote no metrics")
-    mlflow_run = _read_json(train_dir / "mlflow_run.json")
-    record = clean_json({
+    record = RunRecord.from_dict(clean_json({
         "record_version": RECORD_VERSION,
         "table": spec.name,
-        "profile": profile,
+        "profile": request.profile,
         "row": row.key,
         "label": row.label,
         "model": row.model,
         "model_kwargs": prof.model_kwargs(row),
-        "seed": seed,
+        "seed": request.seed,
         "settings": settings_of(prof, row),
-        "overrides": {k: v for k, v in (overrides or {}).items() if v is not None},
+        "overrides": {k: v for k, v in opts.overrides.items() if v is not None},
         "params": params.to_dict(),
         "metrics": metrics,
         "per_image": _read_per_image(eval_dir / "per_image.csv"),
         "train_metrics": _read_json(train_dir / "train_metrics.json"),
-        "mlflow": mlflow_run,
-        "wall_time_s": {"train": round(t_train, 2), "evaluate": round(t_eval, 2), "total": round(t_train + t_eval, 2)},
+        "mlflow": _read_json(train_dir / "mlflow_run.json"),
+        "wall_time_s": WallTime(train=round(t_train, 2), evaluate=round(t_eval, 2),
+                                total=round(t_train + t_eval, 2)).to_dict(),
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": device_info(device),
-        "git": code_at_start(),
-        "data": data_provenance,
-        "command": command,
+        "device": Device.from_dict(device_info(opts.device)).to_dict(),
+        "git": GitInfo.from_dict(code_at_start()).to_dict(),
+        "data": request.data.provenance,
+        "command": opts.command,
         "host": platform.node(),
-    })
-    atomic_write_json(record_path(results_dir, spec.name, profile, row.key, seed), record)
-    if not keep_checkpoints:
+    }))
+    atomic_write_json(request.record_path, record.to_dict())
+    if not opts.keep_checkpoints:
         for pt in train_dir.glob("*.pt"):
             pt.unlink()
-    return record
+    return dataclasses.replace(record, path=request.record_path)
 
 
 def run_table(spec: TableSpec, *, profile: str = "cpu", seeds: Sequence[int] | None = None,
-              rows: Sequence[str] | None = None, data_root: str | Path = DEFAULT_DATA_ROOT,
-              workdir: str | Path = ".results-work", results_dir: str | Path = DEFAULT_RESULTS_DIR,
-              force: bool = False, overrides: dict[str, Any] | None = None, device: str = "auto",
-              command: str | None = None, keep_going: bool = True, keep_checkpoints: bool = False,
-              log: Callable[[str], None] = print) -> list[CellOutcome]:
+              rows: Sequence[str] | None = None, data_root: str | Path, workdir: str | Path,
+              results_dir: str | Path, force: bool = False, overrides: Mapping[str, Any] | None = None,
+              device: str = "auto", command: str | None = None, keep_going: bool = True,
+              keep_checkpoints: bool = False, log: Callable[[str], None] = print) -> list[CellOutcome]:
     """Run every missing cell of ``spec`` (rows × seeds); returns one outcome a cell."""
     code_at_start()  # before anything else: fixes the code this process runs (cached for its records)
     prof = effective_profile(spec, profile, overrides)
@@ -364,14 +410,16 @@ def run_table(spec: TableSpec, *, profile: str = "cpu", seeds: Sequence[int] | N
     if not seeds:
         raise ConfigError("no seeds given")
     chosen = [spec.row(k) for k in rows] if rows else list(spec.rows)
-    workdir, results_dir = Path(workdir), Path(results_dir)
+    options = RunOptions(workdir=Path(workdir), results_dir=Path(results_dir), device=device,
+                         overrides={k: v for k, v in (overrides or {}).items() if v is not None},
+                         command=command, keep_checkpoints=keep_checkpoints)
 
     todo: list[tuple[Row, int, Path]] = []
     outcomes: list[CellOutcome] = []
     for row in chosen:
         settings = settings_of(prof, row)
         for seed in seeds:
-            path = record_path(results_dir, spec.name, profile, row.key, seed)
+            path = record_path(options.results_dir, spec.name, profile, row.key, seed)
             if not force and existing_record(path, settings) is not None:
                 outcomes.append(CellOutcome(spec.name, profile, row.key, seed, "skipped", path))
                 log(outcomes[-1].describe())
@@ -380,19 +428,17 @@ def run_table(spec: TableSpec, *, profile: str = "cpu", seeds: Sequence[int] | N
     if not todo:
         return outcomes
 
-    data_dir, provenance = prepare_dataset(spec, prof, data_root=data_root, workdir=workdir, log=log)
+    data = prepare_dataset(spec, prof, data_root=data_root, workdir=options.workdir, log=log)
     for row, seed, path in todo:
         t0 = time.perf_counter()
         try:
-            run_cell(spec, row, seed, profile=profile, prof=prof, data_dir=data_dir, data_provenance=provenance,
-                     workdir=workdir, results_dir=results_dir, device=device, overrides=overrides,
-                     command=command, keep_checkpoints=keep_checkpoints)
+            run_cell(CellRequest(spec=spec, profile=profile, prof=prof, row=row, seed=seed, data=data, options=options))
             outcomes.append(CellOutcome(spec.name, profile, row.key, seed, "done", path, time.perf_counter() - t0))
         except Exception as exc:  # noqa: BLE001 - one failed cell must not lose the others; logged in full
             if not keep_going:
                 raise
             tb = traceback.format_exc()
-            log_path = workdir / "failures.log"
+            log_path = options.workdir / "failures.log"
             log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(log_path, "a", encoding="utf-8") as fh:
                 fh.write(f"--- {datetime.now(timezone.utc).isoformat()} {spec.name}/{profile}/{row.key}-seed{seed}\n{tb}\n")

@@ -1,19 +1,23 @@
 """The committed result records (docs/results/**.json, the source of every number in docs/results.md)
 agree with themselves and with the table specs: each summary recomputes from its own per-image
-confusion counts, and each record's settings are what its table, profile and overrides say."""
+confusion counts, each record's settings are what its table, profile and overrides say, and the typed
+record (RunRecord) reads every file exactly (what it writes back is the file)."""
 
 from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from lungseg.experiments import runner
-from lungseg.experiments.tables import DEFAULT_RESULTS_DIR, TABLES
+from lungseg.experiments.records import RunRecord
+from lungseg.experiments.specs import TABLES
 
-RECORDS = sorted(DEFAULT_RESULTS_DIR.glob("*/*/*.json"))
+RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
+RECORDS = sorted(RESULTS.glob("*/*/*.json"))
 
 
 def _load(path):
@@ -31,18 +35,21 @@ def test_there_are_committed_records_for_every_table():
 
 @pytest.mark.parametrize("path", RECORDS, ids=lambda p: "/".join(p.parts[-3:]))
 def test_record_is_consistent(path):
-    rec = _load(path)
+    raw = _load(path)
+    rec = RunRecord.read(path)
+    assert rec.to_dict() == raw  # the typed record is the file format: nothing lost, nothing added
+    assert rec.path == path and not rec.extra and not rec.settings.extra and not rec.data.extra
     table, profile, cell = path.parts[-3], path.parts[-2], path.stem
-    assert (rec["table"], rec["profile"], f"{rec['row']}-seed{rec['seed']}") == (table, profile, cell)
+    assert (rec.table, rec.profile, rec.cell) == (table, profile, cell)
     spec = TABLES[table]
-    row = spec.row(rec["row"])
+    row = spec.row(rec.row)
     # the settings are the spec's profile (+ the recorded command-line overrides), not stale ones
-    prof = runner.effective_profile(spec, profile, rec["overrides"])
-    assert rec["settings"] == runner.settings_of(prof, row)
-    m, rows = rec["metrics"], rec["per_image"]
-    assert len(rows) == m["n_images"] == rec["data"]["counts"]["test"]
+    prof = runner.effective_profile(spec, profile, rec.overrides)
+    assert raw["settings"] == runner.settings_of(prof, row)
+    m, rows = rec.metrics, rec.per_image
+    assert len(rows) == m["n_images"] == rec.data.counts["test"]
     tp, fp, fn, tn = (np.array([r[k] for r in rows], dtype=float) for k in ("tp", "fp", "fn", "tn"))
-    assert np.all(tp + fp + fn + tn == rec["data"]["image_size"] ** 2)
+    assert np.all(tp + fp + fn + tn == rec.data.image_size ** 2)
     # per image: Dice and ACC from the confusion counts (images with nothing to compare are undefined)
     for r, a, b, c, d in zip(rows, tp, fp, fn, tn, strict=True):
         if 2 * a + b + c > 0:
@@ -51,6 +58,11 @@ def test_record_is_consistent(path):
     # summaries: the mean over the images' defined values, the pooled value from the summed counts
     dice = [r["dice"] for r in rows if r["dice"] is not None and math.isfinite(r["dice"])]
     assert m["dice_mean"] == pytest.approx(float(np.mean(dice)), abs=1e-9)
-    assert m["dice_pooled"] == pytest.approx(2 * tp.sum() / (2 * tp.sum() + fp.sum() + fn.sum()), abs=1e-9)
-    assert m["acc_pooled"] == pytest.approx((tp.sum() + tn.sum()) / (tp + fp + fn + tn).sum(), abs=1e-9)
-    assert rec["git"]["commit"] and rec["device"]["type"] in ("cpu", "cuda")
+    assert rec.metric("dice_pooled") == pytest.approx(2 * tp.sum() / (2 * tp.sum() + fp.sum() + fn.sum()), abs=1e-9)
+    assert rec.metric("acc_pooled") == pytest.approx((tp.sum() + tn.sum()) / (tp + fp + fn + tn).sum(), abs=1e-9)
+    # the dataset-level mIoU the LG-Net tables compare with the paper (Eq. 18: mean of the foreground
+    # and background IoU of one confusion matrix over the test set) is derivable from the record alone
+    iou_fg = tp.sum() / (tp.sum() + fp.sum() + fn.sum())
+    iou_bg = tn.sum() / (tn.sum() + fp.sum() + fn.sum())
+    assert rec.metric("miou_pooled") == pytest.approx((iou_fg + iou_bg) / 2, abs=1e-9)
+    assert rec.git.commit and rec.device.type in ("cpu", "cuda")

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from lungseg.experiments import report, runner
-from lungseg.experiments.tables import TABLES
+from lungseg.experiments.specs import TABLES
 
 SPEC = TABLES["prnet-kaggle"]
 
@@ -54,6 +54,9 @@ def test_tiny_cell_records_real_metrics_and_resumes(tmp_path, shared_data, track
     assert [o.status for o in again] == ["skipped"]
     assert path.stat().st_mtime_ns == mtime
 
-    block = report.render_block(SPEC, "cpu", report.load_records(results, "prnet-kaggle", "cpu"))
+    (typed,) = report.load_records(results, "prnet-kaggle", "cpu")
+    assert typed.to_dict() == rec and typed.settings.model == "unet" and typed.metric("dice_mean") == m["dice_mean"]
+    assert "preset" not in rec["settings"] and rec["params"]["train"]["preset"] == "default"
+    block = report.render_block(SPEC, "cpu", [typed])
     assert f"{100 * m['dice_mean']:.1f} (n=1)" in block
     assert "pytest tiny cell" in block

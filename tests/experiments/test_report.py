@@ -5,15 +5,19 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from pathlib import Path
 
 import pytest
 
 from lungseg.experiments import report as rep
+from lungseg.experiments.records import RunRecord
 from lungseg.experiments.report import Summary, aggregate_rows, load_records, render_block, update_report
-from lungseg.experiments.tables import TABLES
+from lungseg.experiments.specs import TABLES
 from lungseg.io import atomic_write_json
 
 SPEC = TABLES["lgnet-table1"]
+REPO = Path(__file__).resolve().parents[2]
+RESULTS, REPORT = REPO / "docs" / "results", REPO / "docs" / "results.md"
 SETTINGS = {"image_size": 64, "base_channels": 8, "epochs": 2, "batch_size": 4, "lr": 0.001, "extra_train": {}}
 
 
@@ -25,7 +29,8 @@ def make_record(row: str, seed: int, dice: float | None, acc: float = 0.9, hd95:
         "settings": {**SETTINGS, **settings, "model": model, "model_kwargs": {}},
         "overrides": {},
         "metrics": {"dice_mean": dice, "iou_mean": None if dice is None else dice / (2 - dice), "miou_mean": 0.7,
-                    "acc_mean": acc, "hd95_mean": hd95, "dice_pooled": 0.5, "acc_pooled": acc, "hd_undefined": 1},
+                    "acc_mean": acc, "hd95_mean": hd95, "dice_pooled": 0.5, "acc_pooled": acc, "miou_pooled": 0.75,
+                    "hd_undefined": 1},
         "wall_time_s": {"train": 10.0, "evaluate": 1.0, "total": 11.0},
         "device": {"name": "Test CPU", "type": "cpu", "torch": "x"},
         "git": {"commit": "0123456789abcdef", "dirty": False},
@@ -91,20 +96,69 @@ def test_rendered_table_keeps_paper_numbers_in_their_own_columns(tmp_path):
     table = rep.render_metric_table(SPEC, recs)
     lines = table.splitlines()
     header = [c.strip() for c in lines[0].strip("|").split("|")]
-    assert header[:3] == ["model", "seeds", "ours: ACC (%) ↑"]
+    # LG-Net's tables show the pooled ACC and mIoU beside the per-image means (the paper's are pooled)
+    assert header[:7] == ["model", "seeds", "ours: ACC (%) ↑", "ours: pooled ACC (%) ↑", "ours: mIoU (%) ↑",
+                          "ours: pooled mIoU (%) ↑", "ours: Dice (%) ↑"]
     assert "paper†: ACC (%)" in header and "paper†: mIoU (%)" in header
     lg = next(l for l in lines if l.startswith("| LG-Net |"))
     cells = [c.strip() for c in lg.strip("|").split("|")]
     assert cells[1] == "0,1,2"
     assert cells[2] == "96.0 ± 1.0"  # ours: ACC in %, mean ± std of 0.95, 0.96, 0.97
-    assert cells[4] == "70.0 ± 10.0"  # ours: Dice
+    assert cells[3] == "96.0 ± 1.0"  # pooled ACC (the records' acc_pooled)
+    assert (cells[4], cells[5]) == ("70.0 ± 0.0", "75.0 ± 0.0")  # mIoU per image vs pooled
+    assert cells[6] == "70.0 ± 10.0"  # ours: Dice
     assert cells[-2:] == ["91.5", "80.3"]  # the paper's, as printed
     assert "ours: Dice per seed" in header
     assert cells[header.index("ours: Dice per seed")] == "0: 60.0, 1: 70.0, 2: 80.0"
     unet = next(l for l in lines if l.startswith("| U-Net |"))
     assert "not run" in unet and "—" in unet  # no record, and the paper's Table 1 has no U-Net row
+    assert len(unet.strip("|").split("|")) == len(header)  # a row without records keeps every column
     seg = next(l for l in lines if l.startswith("| SegNet |"))
     assert seg.rstrip(" |").endswith("78.8 | 68.8")
+    # a table without pooled_beside (and the pooled table itself) has no extra columns
+    plain = rep.render_metric_table(SPEC, recs, pooled_beside=())
+    assert "pooled" not in plain.splitlines()[0]
+    pooled = rep.render_metric_table(SPEC, recs, suffix="pooled", with_published=False)
+    assert [c.strip() for c in pooled.splitlines()[0].strip("|").split("|")][2] == "ours: ACC (%) ↑"
+
+
+def test_block_says_which_aggregation_the_paper_is_compared_with(tmp_path):
+    for seed, d in enumerate([0.6, 0.7, 0.8]):
+        write(tmp_path, make_record("lgnet", seed, d))
+    block = render_block(SPEC, "cpu", load_records(tmp_path, SPEC.name, "cpu"))
+    assert "the paper's ACC, mIoU are compared with our pooled columns" in block
+    assert "dataset-level (pooled)" in block  # the caveat under the paper's columns says why
+    other = render_block(TABLES["prnet-kaggle"], "cpu", [])
+    assert "pooled" not in other
+
+
+def test_records_are_typed(tmp_path):
+    path = write(tmp_path, make_record("lgnet", 0, 0.6))
+    (rec,) = load_records(tmp_path)
+    assert isinstance(rec, RunRecord) and rec.path == path
+    assert (rec.table, rec.profile, rec.row, rec.seed, rec.cell) == ("lgnet-table1", "cpu", "lgnet", 0, "lgnet-seed0")
+    assert rec.settings.image_size == 64 and rec.settings.model == "lgnet" and rec.settings.preset is None
+    assert rec.metric("dice_mean") == 0.6 and rec.metric("hd95_pooled") is None  # missing → None
+    assert RunRecord.from_dict({"metrics": {"x": float("nan"), "y": "n/a", "z": True}}).metric("x") is None
+    assert rec.device.describe() == "Test CPU (cpu, None torch thread(s) of None cores, torch x)"
+    assert rec.git.short() == "0123456789"
+    assert rec.data.describe().startswith("reader `medseg` on `<data-root>/medseg-covid100` (raw sha256 `abab")
+    # unknown keys survive a read/write (a record of another runner version round-trips)
+    committed = json.loads(next(RESULTS.glob("lgnet-table1/cpu/*.json")).read_text(encoding="utf-8"))
+    future = {**committed, "new_field": [1, 2], "settings": {**committed["settings"], "new": 1}}
+    again = RunRecord.from_dict(future)
+    assert again.extra == {"new_field": [1, 2]} and again.settings.extra == {"new": 1}
+    assert again.to_dict() == future
+
+
+def test_unreadable_record_names_the_file(tmp_path):
+    from lungseg.errors import DataError
+
+    bad = tmp_path / SPEC.name / "cpu" / "lgnet-seed0.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("[1, 2]", encoding="utf-8")
+    with pytest.raises(DataError, match="lgnet-seed0.json.*JSON object"):
+        load_records(tmp_path)
 
 
 def test_paper_only_rows_are_listed_as_not_run():
@@ -177,15 +231,14 @@ def test_committed_report_is_what_the_committed_records_generate(tmp_path):
     """docs/results.md holds no hand-edited number: regenerating it from docs/results/**.json changes nothing."""
     import shutil
 
-    from lungseg.experiments.tables import DEFAULT_REPORT, DEFAULT_RESULTS_DIR
-
     copy = tmp_path / "results.md"
-    shutil.copyfile(DEFAULT_REPORT, copy)
-    update_report(copy, DEFAULT_RESULTS_DIR)
-    assert copy.read_text() == DEFAULT_REPORT.read_text(), "run `lungseg results report` and commit the result"
+    shutil.copyfile(REPORT, copy)
+    update_report(copy, RESULTS)
+    assert copy.read_text(encoding="utf-8") == REPORT.read_text(encoding="utf-8"), \
+        "run `lungseg results report` and commit the result"
     # and every table × profile with records has its block in the committed page
-    text = DEFAULT_REPORT.read_text()
-    for key, body in rep.render_blocks(DEFAULT_RESULTS_DIR).items():
+    text = REPORT.read_text(encoding="utf-8")
+    for key, body in rep.render_blocks(RESULTS).items():
         if not body.startswith("_No runs"):
             assert f"<!-- BEGIN GENERATED: {key} -->" in text
 
@@ -206,3 +259,16 @@ def test_budget_block_puts_profiles_side_by_side_with_ranks():
     assert "| SegNet | not run | not run |" in lines
     assert "- `cpu-long`: image 128², base 8, 30 epochs, batch 4, lr 0.001; 6 runs, seeds 0, 1, 2, device cpu" in lines
     assert rep.render_budget_block(SPEC, {"cpu": cpu, "gpu": []}).startswith("_Fewer than two profiles")
+
+
+def test_paper_preset_is_shown_in_the_block_and_the_budget_note():
+    empty = render_block(SPEC, "gpu", [])
+    assert "lungseg results run --table lgnet-table1 --profile gpu" in empty
+    assert "image 512², base 64, 120 epochs, batch 4, lr 0.01, preset paper" in empty
+    paper = [dict(make_record("lgnet", s, 0.5, preset="paper"), profile="cpu-paper") for s in (0, 1)]
+    block = render_block(SPEC, "cpu-paper", paper)
+    assert "- **Settings used**: image 64², base width 8, 2 epochs, batch 4, lr 0.001, preset paper" in block
+    assert "- **Paper-size (`gpu`) profile for comparison**: image 512², base 64, 120 epochs, batch 4, lr 0.01, " \
+           "preset paper" in block
+    budget = rep.render_budget_block(SPEC, {"cpu": [make_record("lgnet", 0, 0.6)], "cpu-paper": paper})
+    assert "- `cpu-paper`: image 64², base 8, 2 epochs, batch 4, lr 0.001, preset paper; 2 runs" in budget

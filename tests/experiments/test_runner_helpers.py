@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from lungseg.cli import main
 from lungseg.errors import ConfigError
 from lungseg.experiments import runner
-from lungseg.experiments.tables import TABLES
+from lungseg.experiments.specs import TABLES
 from lungseg.io import atomic_write_json
 
 SPEC = TABLES["lgnet-ablation"]
@@ -22,6 +24,7 @@ def test_build_params_puts_profile_row_and_seed_into_params():
     assert params.train.model_kwargs == {"use_mrc": False, "use_lg_attention": True, "use_ff": False, "max_tokens": 256}
     gpu = runner.build_params(SPEC, row, runner.effective_profile(SPEC, "gpu"), seed=0)
     assert "max_tokens" not in gpu.train.model_kwargs  # paper-size profile keeps the model default
+    assert gpu.train.preset == "paper" and params.train.preset == "default"
     assert params.train.seed == 2 and params.train.device == "cpu"
     assert params.train.epochs == 3  # the override
     assert params.train.base_channels == SPEC.profiles["cpu"].base_channels
@@ -142,3 +145,92 @@ def test_cli_list(capsys):
 def test_cli_unknown_profile_override_is_rejected(capsys):
     with pytest.raises(SystemExit):
         main(["results", "run", "--table", "lgnet-table1", "--profile", "tpu"])
+
+
+def test_settings_record_the_preset_only_when_it_is_not_the_default():
+    row = SPEC.row("all")
+    cpu = runner.settings_of(runner.effective_profile(SPEC, "cpu"), row)
+    assert "preset" not in cpu  # as in every record written before profiles had presets
+    gpu = runner.settings_of(runner.effective_profile(SPEC, "gpu", {"epochs": 3}), row)
+    assert gpu["preset"] == "paper" and gpu["epochs"] == 3 and gpu["image_size"] == 512
+    assert gpu != runner.settings_of(runner.effective_profile(SPEC, "gpu"), row)
+
+
+def test_every_cell_of_every_table_builds_its_params():
+    """Each (table, profile, row) gives valid Params: what `lungseg results run` would train."""
+    import dataclasses
+
+    from lungseg.config import TrainConfig
+
+    if "allow_non_paper_size" not in {f.name for f in dataclasses.fields(TrainConfig)}:
+        pytest.skip("train.allow_non_paper_size (the paper preset's size override) is not in lungseg.config yet")
+    for spec in TABLES.values():
+        for pname in spec.profiles:
+            prof = runner.effective_profile(spec, pname)
+            for row in spec.rows:
+                params = runner.build_params(spec, row, prof, seed=0, device="cpu")
+                assert params.train.preset == prof.preset and params.preprocess.image_size == prof.image_size
+
+
+def test_cell_request_names_its_record_and_run_folder(tmp_path):
+    options = runner.RunOptions(workdir=tmp_path / "w", results_dir=tmp_path / "r")
+    data = runner.PreparedData(tmp_path / "d", {})
+    req = runner.CellRequest(spec=SPEC, profile="cpu", prof=runner.effective_profile(SPEC, "cpu"),
+                             row=SPEC.row("mrc"), seed=2, data=data, options=options)
+    assert req.record_path == tmp_path / "r" / "lgnet-ablation" / "cpu" / "mrc-seed2.json"
+    assert req.run_dir == tmp_path / "w" / "runs" / "lgnet-ablation" / "cpu" / "mrc-seed2"
+
+
+def test_cli_path_defaults_come_from_the_working_directory_or_the_environment(tmp_path, monkeypatch):
+    from lungseg.cli.results import default_path
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("LUNGSEG_SHARED_DATA", "LUNGSEG_RESULTS_DIR", "LUNGSEG_RESULTS_REPORT"):
+        monkeypatch.delenv(name, raising=False)
+    assert default_path("results_dir").resolve() == tmp_path / "docs" / "results"
+    assert default_path("report").resolve() == tmp_path / "docs" / "results.md"
+    assert default_path("data_root").resolve() == tmp_path.parent / "shared" / "data"
+    env = {"LUNGSEG_RESULTS_DIR": "/x/records", "LUNGSEG_RESULTS_REPORT": "/x/page.md", "LUNGSEG_SHARED_DATA": "/d"}
+    assert [default_path(k, env) for k in ("results_dir", "report", "data_root")] == [
+        Path("/x/records"), Path("/x/page.md"), Path("/d")]
+
+
+def test_cli_report_from_another_folder(tmp_path, monkeypatch, capsys):
+    """The installed package knows no repository: run elsewhere, `results report` says where it looked
+    (one line, exit 2, nothing written); with explicit paths it works from any folder."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LUNGSEG_RESULTS_DIR", raising=False)
+    monkeypatch.delenv("LUNGSEG_RESULTS_REPORT", raising=False)
+    assert main(["results", "report"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: docs/results: results folder not found")
+    assert not (tmp_path / "docs").exists()
+
+    results = tmp_path / "records"
+    prof = runner.effective_profile(SPEC, "cpu")
+    atomic_write_json(runner.record_path(results, SPEC.name, "cpu", "all", 0), {
+        "table": SPEC.name, "profile": "cpu", "row": "all", "seed": 0,
+        "settings": runner.settings_of(prof, SPEC.row("all")), "metrics": {"dice_mean": 0.5, "acc_pooled": 0.9},
+    })
+    page = tmp_path / "page.md"
+    assert main(["results", "report", "--results-dir", str(results), "--output", str(page)]) == 0
+    text = page.read_text(encoding="utf-8")
+    assert "<!-- BEGIN GENERATED: lgnet-ablation/cpu -->" in text and "50.0 (n=1)" in text
+
+
+def test_experiments_never_locate_the_repository_from_the_package():
+    """No module of lungseg.experiments (nor the results command) derives a path from its own file:
+    in a non-editable install that path is site-packages, not a checkout."""
+    import lungseg.cli.results
+    import lungseg.experiments
+
+    sources = sorted(Path(lungseg.experiments.__file__).parent.glob("*.py")) + [Path(lungseg.cli.results.__file__)]
+    for path in sources:
+        assert "__file__" not in path.read_text(encoding="utf-8"), path
+
+
+def test_cli_list_shows_the_presets(capsys):
+    assert main(["results", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "profile gpu: image 512², base 64, 120 epochs, batch 4, lr 0.01, preset paper" in out
+    assert "profile cpu-paper: image 64², base 64, 2 epochs, batch 4, lr 0.01, preset paper" in out

@@ -8,9 +8,8 @@ import pytest
 
 from lungseg.data.readers import READERS
 from lungseg.errors import ConfigError
-from lungseg.experiments.tables import (
-    PROFILES, REQUIRED_PROFILES, TABLES, Row, get_table, slug, table_profiles, validate_spec,
-)
+from lungseg.experiments.specs import TABLES, get_table
+from lungseg.experiments.tables import PROFILES, REQUIRED_PROFILES, Row, slug, table_profiles, validate_spec
 from lungseg.models import create_model, list_models
 
 EXPECTED = {"lgnet-table1", "lgnet-ablation", "infnet-protocol", "prnet-kaggle"}
@@ -40,8 +39,44 @@ def test_cpu_long_profile_is_defined_for_the_infection_tables_only():
         assert long.epochs > cpu.epochs
         assert (long.base_channels, long.lr, long.extra_train, long.model_overrides) == (
             cpu.base_channels, cpu.lr, cpu.extra_train, cpu.model_overrides)
-        assert table_profiles(TABLES[name]) == ["cpu", "cpu-long", "gpu"]
+        assert [p for p in table_profiles(TABLES[name]) if p != "cpu-paper"] == ["cpu", "cpu-long", "gpu"]
     assert table_profiles(TABLES["prnet-kaggle"]) == ["cpu", "gpu"]
+
+
+def test_gpu_profiles_of_the_infection_tables_run_the_paper_preset():
+    for name in ("lgnet-table1", "lgnet-ablation", "infnet-protocol"):
+        gpu = TABLES[name].profiles["gpu"]
+        assert gpu.preset == "paper"
+        assert gpu.train_overrides()["preset"] == "paper"
+        # the profile's own values are the LG-Net paper's recipe (Adam lr 0.01, batch 4, 120 epochs, base 64)
+        assert (gpu.lr, gpu.batch_size, gpu.epochs, gpu.base_channels) == (0.01, 4, 120, 64)
+        assert not gpu.model_overrides  # no attention pooling: the paper preset decides the attention
+    assert TABLES["lgnet-table1"].profiles["gpu"].image_size == 512
+    # Inf-Net's protocol trains at 352²: not the paper's size, so the profile allows it explicitly
+    infnet = TABLES["infnet-protocol"].profiles["gpu"]
+    assert infnet.image_size == 352 and infnet.extra_train["allow_non_paper_size"] is True
+    # the PR-Net paper states no training setting: its table keeps the default preset
+    assert TABLES["prnet-kaggle"].profiles["gpu"].preset == "default"
+    assert "preset" not in TABLES["prnet-kaggle"].profiles["gpu"].train_overrides()
+
+
+def test_cpu_paper_profile_is_the_paper_recipe_at_a_cpu_size():
+    have = {name for name, spec in TABLES.items() if "cpu-paper" in spec.profiles}
+    assert have == {"lgnet-table1"}
+    spec = TABLES["lgnet-table1"]
+    prof, gpu = spec.profiles["cpu-paper"], spec.profiles["gpu"]
+    assert prof.preset == "paper" and prof.extra_train["allow_non_paper_size"] is True
+    assert prof.image_size <= 128 and prof.epochs <= 5
+    assert (prof.lr, prof.batch_size, prof.base_channels, prof.model_overrides) == (
+        gpu.lr, gpu.batch_size, gpu.base_channels, gpu.model_overrides)
+    assert table_profiles(spec) == ["cpu", "cpu-long", "cpu-paper", "gpu"]
+
+
+def test_lgnet_tables_show_pooled_acc_and_miou_beside_the_means():
+    for name in ("lgnet-table1", "lgnet-ablation"):
+        assert TABLES[name].pooled_beside == ("acc", "miou")
+        assert set(TABLES[name].published.units) == {"acc", "miou"}
+    assert TABLES["prnet-kaggle"].pooled_beside == () == TABLES["infnet-protocol"].pooled_beside
 
 
 def test_validate_spec_checks_the_profiles():
@@ -50,6 +85,13 @@ def test_validate_spec_checks_the_profiles():
     assert f"{spec.name}: no 'gpu' profile" in validate_spec(missing)
     unknown = dataclasses.replace(spec, profiles={**spec.profiles, "tpu": spec.profiles["gpu"]})
     assert any("unknown profile 'tpu'" in p for p in validate_spec(unknown))
+    preset = dataclasses.replace(spec, profiles={**spec.profiles, "gpu": dataclasses.replace(spec.profiles["gpu"],
+                                                                                           preset="papr")})
+    assert f"{spec.name}/gpu: unknown preset 'papr' (known: default, paper)" in validate_spec(preset)
+    pooled = dataclasses.replace(spec, pooled_beside=("hd", "miou"))
+    problems = validate_spec(pooled)
+    assert any("pooled_beside 'hd'" in p for p in problems)  # HD has no pooled value
+    assert any("pooled_beside 'miou'" in p for p in problems)  # not a metric of this table
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
