@@ -1,9 +1,15 @@
 # The two commands of the README:
 #   make repro   install (once) and run the whole pipeline with `dvc repro` on the bundled sample
 #   make test    install (once) and run the test suite (what .ci/run calls)
+# The component image (docs/pipeline.md, "The image"; needs a Docker daemon):
+#   make image        the CPU flavour (torch's CPU wheel): tests, laptops, CPU nodes
+#   make image-cuda   the CUDA flavour (torch from PyPI, the CUDA build): GPU nodes
+# Both build on BASE_IMAGE (default python:3.11-slim) and bootstrap a base from Debian packages
+# (mmdebstrap) when it cannot be pulled. `make docker-start` / `docker-stop`: a private dockerd in .docker/.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
+BASE_IMAGE ?= python:3.11-slim
 export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
@@ -11,15 +17,16 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONUTF8 := 1
 export LANG := C.UTF-8
 
-.PHONY: install repro test bench clean-venv
+.PHONY: install repro test bench image image-cuda docker-start docker-stop clean-venv
 
 install: $(VENV)/.installed
 
 # torch first and alone: an unpinned torch pulled in by another package would be a multi-GB CUDA build.
-$(VENV)/.installed: requirements.txt pyproject.toml
+# requirements.txt is the runtime (what the image installs), requirements-dev.txt the test/dev tools.
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
@@ -31,3 +38,17 @@ test: install
 
 bench: install
 	source $(VENV)/bin/activate && python bench/bench_models.py
+
+# scripts/image.py uses the standard library only: no virtualenv needed to build the image
+image:
+	python3 scripts/image.py build --flavour cpu --base $(BASE_IMAGE)
+
+# TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 for a CUDA 12.6 torch (PyPI's 2.13.0 is built for CUDA 13)
+image-cuda:
+	python3 scripts/image.py build --flavour cuda --base $(BASE_IMAGE) $(if $(TORCH_INDEX_URL),--torch-index-url $(TORCH_INDEX_URL))
+
+docker-start:
+	python3 scripts/image.py daemon start
+
+docker-stop:
+	python3 scripts/image.py daemon stop

@@ -2,27 +2,34 @@
 ``params.yaml`` section as a JSON-string parameter (JSON, not a KFP ``dict``: KFP carries dicts
 as protobuf Structs, which turn every integer into a float that the typed config rightly rejects) (so KFP caching, like DVC, re-runs a stage only
 when its section or its inputs change), one library call, and a one-line ``error: ...`` + exit 2
-for user errors (the same contract as the CLI)."""
+for user errors (the same contract as the CLI).
+
+The components are made for :data:`components.image.IMAGE`; :func:`for_image` makes the same four
+for another image (``lungseg pipeline compile --image``, ``run-local --runner docker``)."""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
+from kfp.dsl.python_component import PythonComponent
 
 from components.image import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def preprocess_op(dataset: str, raw: Input[Dataset], preprocess_params: str, processed: Output[Dataset]):
-    """Raw CT data → the canonical processed folder (``lungseg.data.preprocess.preprocess``)."""
+    """Raw CT data → the canonical processed folder (``lungseg.data.preprocess.preprocess``).
+    An ``s3://`` input that the runner did not download is read with boto3 (``components.inputs``)."""
     import json
     import sys
 
+    from components.inputs import local_folder
     from lungseg.config import params_from_dict
     from lungseg.data.preprocess import preprocess
     from lungseg.errors import LungsegError
 
     try:
         params = params_from_dict({"preprocess": json.loads(preprocess_params)}, "pipeline parameters")
-        summary = preprocess(dataset, raw.path, processed.path, params.preprocess)
+        with local_folder(raw.uri, raw.path) as raw_dir:
+            summary = preprocess(dataset, raw_dir, processed.path, params.preprocess)
     except LungsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code)
@@ -113,3 +120,14 @@ def register_op(model: Input[Model], report: Input[dsl.Artifact], register_param
     decision.metadata.update({"version": result.version, "decision": result.decision, "alias": result.alias})
     print(result.describe())
     return result.decision
+
+
+STAGES = {"preprocess_op": preprocess_op, "train_op": train_op, "evaluate_op": evaluate_op, "register_op": register_op}
+
+
+def for_image(image: str) -> dict[str, PythonComponent]:
+    """The four components (same names, same code) running in ``image`` instead of :data:`IMAGE`."""
+    if image == IMAGE:
+        return dict(STAGES)
+    return {name: dsl.component(comp.python_func, base_image=image, install_kfp_package=False)
+            for name, comp in STAGES.items()}  # fmt: skip

@@ -13,39 +13,67 @@ from pathlib import Path
 from lungseg.cli._common import add_params_argument, load
 
 
+def _add_image_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--image", default=None,
+                   help="run every component in this image, e.g. registry.example/lungseg@sha256:… (pinned)")
+    g.add_argument("--image-record", type=Path, default=None,
+                   help="pin to the registry digest of a pushed build (.image/<flavour>.json of scripts/image.py)")
+
+
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("pipeline", help="Kubeflow pipeline: compile | submit | run-local")
     act = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     c = act.add_parser("compile", help="write the pipeline YAML")
     c.add_argument("--output", type=Path, default=Path("pipelines/lungseg_pipeline.yaml"))
+    _add_image_arguments(c)
     s = act.add_parser("submit", help="submit to a Kubeflow Pipelines endpoint with kfp.Client")
     s.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kubeflow.example/pipeline")
     s.add_argument("--experiment", default="lungseg")
     s.add_argument("--dataset", default="medseg")
     s.add_argument("--input-uri", required=True, help="where the raw data is for the cluster (s3://...)")
+    _add_image_arguments(s)
     add_params_argument(s)
-    r = act.add_parser("run-local", help="run the same pipeline here with kfp.local.SubprocessRunner")
+    r = act.add_parser("run-local", help="run the same pipeline here: subprocesses or the component image",
+                       description="A trial run: by default it tracks and registers into its own MLflow store "
+                                   "WORKDIR/mlflow.db, not MLFLOW_TRACKING_URI or mlflow.tracking_uri, so it never "
+                                   "moves the production champion; --tracking-uri registers elsewhere.")  # fmt: skip
     r.add_argument("--dataset", default="medseg")
-    r.add_argument("--input", type=Path, required=True, help="raw dataset folder")
+    r.add_argument("--input", required=True,
+                   help="raw dataset: a folder, or s3://bucket/prefix (read with AWS_* and AWS_ENDPOINT_URL_S3)")
     r.add_argument("--workdir", type=Path, default=Path(".kfp-local"), help="KFP local pipeline root")
+    r.add_argument("--runner", choices=("subprocess", "docker"), default="subprocess",
+                   help="subprocess: components in this Python environment; docker: in the component image")
+    r.add_argument("--image", default=None,
+                   help="docker runner: the image (default ghcr.io/lungseg/lungseg:<version>-cpu, built by make image)")
+    r.add_argument("--tracking-uri", default=None,
+                   help="register into this MLflow store (default: the trial store WORKDIR/mlflow.db)")
     add_params_argument(r)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+    import sys
+
     from pipelines import ops as pipeline_ops
 
     if args.action == "compile":
-        path = pipeline_ops.compile_pipeline(args.output)
-        print(f"wrote {path}")
+        image = pipeline_ops.resolve_image(args.image, args.image_record)
+        path = pipeline_ops.compile_pipeline(args.output, image=image)
+        print(f"wrote {path}" + (f" (image {image})" if image else ""))
         return 0
     params = load(args)
     if args.action == "submit":
-        run_id = pipeline_ops.submit(
-            params, host=args.host, experiment=args.experiment, dataset=args.dataset, input_uri=args.input_uri
-        )
+        image = pipeline_ops.resolve_image(args.image, args.image_record)
+        run_id = pipeline_ops.submit(params, host=args.host, experiment=args.experiment, dataset=args.dataset,
+                                     input_uri=args.input_uri, image=image)  # fmt: skip
         print(f"submitted run {run_id}")
         return 0
-    outputs = pipeline_ops.run_local(params, dataset=args.dataset, input_dir=args.input, workdir=args.workdir)
+    if args.tracking_uri is None and os.environ.get("MLFLOW_TRACKING_URI"):
+        print("note: run-local registers into its own trial store, not MLFLOW_TRACKING_URI "
+              f"({os.environ['MLFLOW_TRACKING_URI']}); pass --tracking-uri to register there", file=sys.stderr)  # fmt: skip
+    outputs = pipeline_ops.run_local(params, dataset=args.dataset, input_dir=args.input, workdir=args.workdir,
+                                     runner=args.runner, image=args.image, tracking_uri=args.tracking_uri)  # fmt: skip
     print(outputs)
     return 0

@@ -14,7 +14,9 @@ import yaml
 
 from lungseg.config import load_params
 from pipelines import ops
-from pipelines.lungseg_pipeline import GPU_NODE_LABEL, MLFLOW_SECRET, S3_SECRET
+from pipelines.lungseg_pipeline import (
+    GPU_NODE_LABEL, MLFLOW_SECRET, S3_READ_ENV, S3_SECRET, TRAIN_RETRIES, TRAIN_RETRY_BACKOFF, TRAIN_TIMEOUT_S,
+)  # fmt: skip
 
 REPO = Path(__file__).resolve().parents[2]
 COMMITTED = REPO / "pipelines" / "lungseg_pipeline.yaml"
@@ -29,11 +31,11 @@ def _load(path: Path) -> dict:
     return doc
 
 
-def _compile_in_subprocess(out: Path, image: str | None = None) -> dict:
+def _compile_in_subprocess(out: Path, image: str | None = None, *extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "LUNGSEG_IMAGE"}
     if image:
         env["LUNGSEG_IMAGE"] = image
-    subprocess.run([sys.executable, "-m", "lungseg.cli", "pipeline", "compile", "--output", str(out)],
+    subprocess.run([sys.executable, "-m", "lungseg.cli", "pipeline", "compile", "--output", str(out), *extra],
                    cwd=REPO, env=env, check=True, capture_output=True)  # fmt: skip
     return _load(out)
 
@@ -102,22 +104,107 @@ def test_train_asks_for_a_gpu_node(spec):
         assert "accelerator" not in _executors(spec["doc"])[other]["container"].get("resources", {})
 
 
+def test_gpu_step_is_retried_and_bounded_in_time(spec):
+    """A preempted or failed GPU pod is retried with backoff; a hung one is stopped (activeDeadlineSeconds)."""
+    tasks = spec["doc"]["root"]["dag"]["tasks"]
+    retry = tasks["train-op"]["retryPolicy"]
+    assert retry["maxRetryCount"] == TRAIN_RETRIES >= 1
+    assert (retry["backoffDuration"], retry["backoffFactor"], retry["backoffMaxDuration"]) == TRAIN_RETRY_BACKOFF
+    assert int(_k8s(spec["doc"])["exec-train-op"]["activeDeadlineSeconds"]) == TRAIN_TIMEOUT_S
+    for other in ("preprocess-op", "evaluate-op", "register-op"):
+        assert "retryPolicy" not in tasks[other]  # register has registry side effects: never blindly re-run
+        assert "activeDeadlineSeconds" not in _k8s(spec["doc"]).get(f"exec-{other}", {})
+
+
+def _secret_env(k8s: dict, executor: str) -> dict[str, tuple[str, str]]:
+    """env var → (secret name, secret key) of one executor."""
+    return {e["envVar"]: (s["secretName"], e["secretKey"]) for s in k8s[executor]["secretAsEnv"] for e in s["keyToEnv"]}
+
+
 def test_credentials_come_from_kubernetes_secrets_only(spec):
     k8s = _k8s(spec["doc"])
     for name in ("exec-train-op", "exec-evaluate-op", "exec-register-op"):
-        envs = {e["envVar"]: s["secretName"] for s in k8s[name]["secretAsEnv"] for e in s["keyToEnv"]}
-        assert envs["MLFLOW_TRACKING_URI"] == MLFLOW_SECRET
-        assert envs["AWS_ACCESS_KEY_ID"] == envs["AWS_SECRET_ACCESS_KEY"] == S3_SECRET
-    assert "exec-preprocess-op" not in k8s  # no credentials where none are needed
+        envs = _secret_env(k8s, name)
+        assert envs["MLFLOW_TRACKING_URI"][0] == MLFLOW_SECRET
+        assert envs["AWS_ACCESS_KEY_ID"][0] == envs["AWS_SECRET_ACCESS_KEY"][0] == S3_SECRET
+    # preprocess reads an s3:// input with boto3: S3 credentials and endpoint only, no MLflow ones
+    pre = _secret_env(k8s, "exec-preprocess-op")
+    assert pre == {env: (S3_SECRET, key) for key, env in S3_READ_ENV.items()}
+    assert pre["AWS_ENDPOINT_URL_S3"] == (S3_SECRET, "endpoint_url")  # the variable boto3 reads for S3
     for ex in _executors(spec["doc"]).values():
         env = ex.get("container", {}).get("env", [])
-        assert not [e for e in env if "KEY" in e["name"] or "PASSWORD" in e["name"]], env
+        assert not [e for e in env if "KEY" in e["name"] or "PASSWORD" in e["name"] or "AWS" in e["name"]], env
+
+
+def _images(doc) -> set[str]:
+    return {ex["container"]["image"] for k, ex in _executors(doc).items() if k != "exec-importer"}
 
 
 def test_image_name_is_configurable_at_compile_time(tmp_path):
     doc = _compile_in_subprocess(tmp_path / "p.yaml", image="registry.example:5000/lungseg:dev")
-    images = {ex["container"]["image"] for k, ex in _executors(doc).items() if k != "exec-importer"}
-    assert images == {"registry.example:5000/lungseg:dev"}
+    assert _images(doc) == {"registry.example:5000/lungseg:dev"}
+
+
+DIGEST_REF = "registry.example:5000/lungseg@sha256:" + "5e" * 32
+
+
+def test_compile_pins_every_component_to_an_image_digest(tmp_path, spec):
+    doc = _compile_in_subprocess(tmp_path / "pinned.yaml", None, "--image", DIGEST_REF)
+    assert _images(doc) == {DIGEST_REF}
+    # only the image differs from the default compile (and the environment naming it)
+    for executor in _executors(doc).values():
+        if "container" in executor:
+            executor["container"]["image"] = DEFAULT_IMAGE
+            executor["container"]["env"] = [{"name": "LUNGSEG_IMAGE", "value": DEFAULT_IMAGE}]
+    assert doc == spec["doc"]
+
+
+def test_compile_pins_the_digest_of_a_pushed_build(tmp_path):
+    record = tmp_path / "cuda.json"
+    record.write_text(json.dumps({"tag": DEFAULT_IMAGE, "repo_digest": DIGEST_REF}), encoding="utf-8")
+    doc = _compile_in_subprocess(tmp_path / "p.yaml", None, "--image-record", str(record))
+    assert _images(doc) == {DIGEST_REF}
+
+
+def test_compile_refuses_an_unpushed_build_or_a_bad_reference(tmp_path, capsys):
+    from lungseg.cli import main
+
+    record = tmp_path / "cpu.json"
+    record.write_text(json.dumps({"tag": DEFAULT_IMAGE + "-cpu", "repo_digest": None}), encoding="utf-8")
+    out = tmp_path / "p.yaml"
+    assert main(["pipeline", "compile", "--output", str(out), "--image-record", str(record)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "has no registry digest: push it first" in err and err.count("\n") == 1
+    assert main(["pipeline", "compile", "--output", str(out), "--image", "Not An Image"]) == 2
+    assert "not an image reference" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_every_task_is_told_the_image_it_runs_in(spec, tmp_path):
+    """The stages record it with their MLflow runs (lineage); a pinned compile names the digest."""
+    for name, ex in _executors(spec["doc"]).items():
+        if name != "exec-importer":
+            assert ex["container"]["env"] == [{"name": "LUNGSEG_IMAGE", "value": DEFAULT_IMAGE}]
+    doc = _compile_in_subprocess(tmp_path / "pinned.yaml", None, "--image", DIGEST_REF)
+    envs = [ex["container"]["env"] for k, ex in _executors(doc).items() if k != "exec-importer"]
+    assert envs == [[{"name": "LUNGSEG_IMAGE", "value": DIGEST_REF}]] * 4
+    # a run of the components outside any image (run-local's subprocess runner) claims none
+    from pipelines.lungseg_pipeline import make_pipeline
+
+    from google.protobuf.json_format import MessageToDict
+
+    local = MessageToDict(make_pipeline(record_image=False).pipeline_spec)["deploymentSpec"]["executors"]
+    assert not [e for e in local.values() if e.get("container", {}).get("env")]
+
+
+def test_another_image_leaves_the_default_pipeline_alone():
+    from pipelines.lungseg_pipeline import lungseg_pipeline, make_pipeline
+
+    other = make_pipeline(DIGEST_REF)
+    images = lambda p: {e["container"]["image"] for e in p.pipeline_spec.deployment_spec["executors"].values()
+                        if "container" in e}  # fmt: skip
+    assert images(other) == {DIGEST_REF}
+    assert images(lungseg_pipeline) == {DEFAULT_IMAGE}
 
 
 def test_submit_arguments_carry_the_params_file(tmp_path):
