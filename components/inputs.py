@@ -25,16 +25,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lungseg.errors import DataError
+from lungseg.lineage import split_s3
 
 
-def split_s3(uri: str) -> tuple[str, str]:
-    """``s3://bucket/some/prefix/`` → ``("bucket", "some/prefix")``."""
-    if not uri.startswith("s3://"):
-        raise DataError(None, f"{uri}: not an s3:// URI")
-    bucket, _, prefix = uri[len("s3://"):].partition("/")
-    if not bucket:
-        raise DataError(None, f"{uri}: expected s3://bucket/prefix")
-    return bucket, prefix.strip("/")
 
 
 def download_prefix(uri: str, dest: str | Path) -> int:

@@ -15,24 +15,25 @@ from components.image import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def preprocess_op(dataset: str, raw: Input[Dataset], preprocess_params: str, processed: Output[Dataset]):
+def preprocess_op(dataset: str, raw: Input[Dataset], preprocess_params: str, processed: Output[Dataset],
+                  data_version: str = ""):  # fmt: skip
     """Raw CT data → the canonical processed folder (``lungseg.data.preprocess.preprocess``).
-    An ``s3://`` input that the runner did not download is read with boto3 (``components.inputs``)."""
+    An ``s3://`` input that the runner did not download is read with boto3 (``components.inputs``).
+    ``data_version``: the DVC version (JSON of ``lungseg.lineage.DataVersion``) the run was started
+    for — the input must hash to it — or empty for an unversioned input."""
     import json
-    import sys
 
     from components.inputs import local_folder
-    from lungseg.config import params_from_dict
+    from components.runtime import run_stage, stage_params
     from lungseg.data.preprocess import preprocess
-    from lungseg.errors import LungsegError
 
-    try:
-        params = params_from_dict({"preprocess": json.loads(preprocess_params)}, "pipeline parameters")
+    def call():
+        params = stage_params(preprocess=preprocess_params)
         with local_folder(raw.uri, raw.path) as raw_dir:
-            summary = preprocess(dataset, raw_dir, processed.path, params.preprocess)
-    except LungsegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(exc.exit_code)
+            return preprocess(dataset, raw_dir, processed.path, params.preprocess,
+                              data_version=json.loads(data_version) if data_version else None)  # fmt: skip
+
+    summary = run_stage(call)
     processed.metadata["dataset"] = dataset
     print(summary.describe())
 
@@ -42,28 +43,15 @@ def train_op(data: Input[Dataset], train_params: str, mlflow_params: str, model:
              metrics: Output[Metrics]):  # fmt: skip
     """Train on the processed set (``lungseg.training.train``), tracked in MLflow."""
     import json
-    import math
-    import sys
     from pathlib import Path
 
-    from lungseg.config import params_from_dict
-    from lungseg.errors import LungsegError
+    from components.runtime import publish_metrics, run_stage, stage_params
     from lungseg.training import train
 
-    try:
-        params = params_from_dict({"train": json.loads(train_params), "mlflow": json.loads(mlflow_params)}, "pipeline parameters")
-        result = train(params, data_dir=data.path, output_dir=model.path)
-    except LungsegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(exc.exit_code)
+    params = run_stage(lambda: stage_params(train=train_params, mlflow=mlflow_params))
+    result = run_stage(lambda: train(params, data_dir=data.path, output_dir=model.path))
     out = Path(model.path)
-    summary = json.loads((out / "train_metrics.json").read_text(encoding="utf-8"))
-    for key, value in summary.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            metrics.log_metric(key, float(value))  # KFP metrics cannot hold NaN (e.g. undefined HD)
-    # the artifact must exist as a file too: KFP's local cache treats a missing one as a miss
-    Path(metrics.path).parent.mkdir(parents=True, exist_ok=True)
-    Path(metrics.path).write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    publish_metrics(metrics, out / "train_metrics.json")
     run = json.loads((out / "mlflow_run.json").read_text(encoding="utf-8"))
     model.metadata.update({"model": params.train.model, "mlflow_run_id": run.get("run_id"),
                            "model_uri": run.get("model_uri")})  # fmt: skip
@@ -74,49 +62,33 @@ def train_op(data: Input[Dataset], train_params: str, mlflow_params: str, model:
 def evaluate_op(model: Input[Model], data: Input[Dataset], evaluate_params: str, mlflow_params: str,
                 report: Output[dsl.Artifact], metrics: Output[Metrics]):  # fmt: skip
     """Per-image metrics, summary and figures (``lungseg.evaluation.evaluate``)."""
-    import json
-    import math
-    import sys
     from pathlib import Path
 
-    from lungseg.config import params_from_dict
-    from lungseg.errors import LungsegError
+    from components.runtime import publish_metrics, run_stage, stage_params
     from lungseg.evaluation import evaluate
 
-    try:
-        params = params_from_dict({"evaluate": json.loads(evaluate_params), "mlflow": json.loads(mlflow_params)}, "pipeline parameters")
-        result = evaluate(params, model_dir=model.path, data_dir=data.path, output_dir=report.path)
-    except LungsegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(exc.exit_code)
-    summary = json.loads((Path(report.path) / "metrics.json").read_text(encoding="utf-8"))
-    for key, value in summary.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            metrics.log_metric(key, float(value))  # KFP metrics cannot hold NaN (e.g. undefined HD)
-    # the artifact must exist as a file too: KFP's local cache treats a missing one as a miss
-    Path(metrics.path).parent.mkdir(parents=True, exist_ok=True)
-    Path(metrics.path).write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    params = run_stage(lambda: stage_params(evaluate=evaluate_params, mlflow=mlflow_params))
+    result = run_stage(lambda: evaluate(params, model_dir=model.path, data_dir=data.path, output_dir=report.path))
+    publish_metrics(metrics, Path(report.path) / "metrics.json")
     print(result.describe())
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def register_op(model: Input[Model], report: Input[dsl.Artifact], register_params: str, mlflow_params: str,
-                decision: Output[dsl.Artifact]) -> str:  # fmt: skip
+                decision: Output[dsl.Artifact], kfp_run_id: str = "") -> str:  # fmt: skip
     """Register the version; ``champion`` moves only if it is better (``lungseg.registry.register``).
-    Returns the decision (``champion`` or ``challenger``)."""
-    import json
-    import sys
+    Returns the decision (``champion`` or ``challenger``). ``kfp_run_id`` (the pipeline run's id;
+    this task is never cached) is recorded on the version (``lungseg.lineage.KFP_RUN_ENV``)."""
+    import os
 
-    from lungseg.config import params_from_dict
-    from lungseg.errors import LungsegError
+    from components.runtime import run_stage, stage_params
+    from lungseg.lineage import KFP_RUN_ENV
     from lungseg.registry import register
 
-    try:
-        params = params_from_dict({"register": json.loads(register_params), "mlflow": json.loads(mlflow_params)}, "pipeline parameters")
-        result = register(params, model_dir=model.path, evaluation_dir=report.path, output=decision.path)
-    except LungsegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(exc.exit_code)
+    if kfp_run_id:
+        os.environ[KFP_RUN_ENV] = kfp_run_id
+    params = run_stage(lambda: stage_params(register=register_params, mlflow=mlflow_params))
+    result = run_stage(lambda: register(params, model_dir=model.path, evaluation_dir=report.path, output=decision.path))
     decision.metadata.update({"version": result.version, "decision": result.decision, "alias": result.alias})
     print(result.describe())
     return result.decision

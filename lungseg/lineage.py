@@ -241,10 +241,13 @@ def check_remote(version: DataVersion, repo: str | Path = ".", *, remote: str | 
 
 
 # -------------------------------------------------------------------------------------- staging
-def _s3_split(uri: str) -> tuple[str, str]:
-    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+def split_s3(uri: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix/`` → ``("bucket", "some/prefix")``."""
+    if not uri.startswith("s3://"):
+        raise DataError(None, f"{uri}: not an s3:// URI")
+    bucket, _, prefix = uri[len("s3://"):].partition("/")
     if not bucket:
-        raise DataError(None, f"{uri!r}: expected s3://bucket/prefix")
+        raise DataError(None, f"{uri}: expected s3://bucket/prefix")
     return bucket, prefix.strip("/")
 
 
@@ -271,7 +274,7 @@ def _stage_s3(version: DataVersion, target: str, key: str, repo, remote) -> Data
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
-    bucket, prefix = _s3_split(target)
+    bucket, prefix = split_s3(target)
     base = f"{prefix}/{key}" if prefix else key
     uri = f"s3://{bucket}/{base}"
     staged = DataVersion(**{**version.to_dict(), "staged_uri": uri})
@@ -438,4 +441,4 @@ def check(lineage: Lineage, repo: str | Path = ".", *, remote: str | None = None
 
 __all__ = ["STAGED_MARKER", "TAG", "DataVersion", "Lineage", "check", "check_remote", "describe", "fetch",
            "folder_hash", "input_version", "parse_data_spec", "resolve", "run_context_tags", "source_tags",
-           "stage"]  # fmt: skip
+           "split_s3", "stage"]  # fmt: skip

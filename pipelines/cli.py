@@ -21,6 +21,12 @@ def _add_image_arguments(p: argparse.ArgumentParser) -> None:
                    help="pin to the registry digest of a pushed build (.image/<flavour>.json of scripts/image.py)")
 
 
+def _add_data_source_arguments(p: argparse.ArgumentParser, stage_default: str) -> None:
+    p.add_argument("--repo", type=Path, default=Path("."), help="the git/DVC repository of --data (default: here)")
+    p.add_argument("--stage-uri", default=None,
+                   help=f"where --data is staged, as <stage-uri>/<DVC hash>/ (default {stage_default})")
+
+
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("pipeline", help="Kubeflow pipeline: compile | submit | run-local")
     act = p.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -31,7 +37,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     s.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://kubeflow.example/pipeline")
     s.add_argument("--experiment", default="lungseg")
     s.add_argument("--dataset", default="medseg")
-    s.add_argument("--input-uri", required=True, help="where the raw data is for the cluster (s3://...)")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", metavar="PATH@REV",
+                     help="a DVC-tracked dataset at a git revision (e.g. data/raw/medseg@v1): staged on S3 by its hash "
+                          "and recorded with every run")
+    src.add_argument("--input-uri", help="raw data already on S3 (s3://...): recorded as unversioned")
+    _add_data_source_arguments(s, "s3://lungseg/staged")
     _add_image_arguments(s)
     add_params_argument(s)
     r = act.add_parser("run-local", help="run the same pipeline here: subprocesses or the component image",
@@ -39,8 +50,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                    "WORKDIR/mlflow.db, not MLFLOW_TRACKING_URI or mlflow.tracking_uri, so it never "
                                    "moves the production champion; --tracking-uri registers elsewhere.")  # fmt: skip
     r.add_argument("--dataset", default="medseg")
-    r.add_argument("--input", required=True,
-                   help="raw dataset: a folder, or s3://bucket/prefix (read with AWS_* and AWS_ENDPOINT_URL_S3)")
+    src = r.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", metavar="PATH@REV",
+                     help="a DVC-tracked dataset at a git revision (e.g. data/raw/medseg@HEAD): staged by its hash "
+                          "and recorded with every run")
+    src.add_argument("--input", help="raw dataset: a folder, or s3://bucket/prefix (read with AWS_* and "
+                                     "AWS_ENDPOINT_URL_S3); recorded as unversioned")
+    _add_data_source_arguments(r, "WORKDIR/data")
     r.add_argument("--workdir", type=Path, default=Path(".kfp-local"), help="KFP local pipeline root")
     r.add_argument("--runner", choices=("subprocess", "docker"), default="subprocess",
                    help="subprocess: components in this Python environment; docker: in the component image")
@@ -67,13 +83,15 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "submit":
         image = pipeline_ops.resolve_image(args.image, args.image_record)
         run_id = pipeline_ops.submit(params, host=args.host, experiment=args.experiment, dataset=args.dataset,
-                                     input_uri=args.input_uri, image=image)  # fmt: skip
+                                     input_uri=args.input_uri, image=image, data=args.data, repo=args.repo,
+                                     stage_uri=args.stage_uri or pipeline_ops.DEFAULT_STAGE_URI)  # fmt: skip
         print(f"submitted run {run_id}")
         return 0
     if args.tracking_uri is None and os.environ.get("MLFLOW_TRACKING_URI"):
         print("note: run-local registers into its own trial store, not MLFLOW_TRACKING_URI "
               f"({os.environ['MLFLOW_TRACKING_URI']}); pass --tracking-uri to register there", file=sys.stderr)  # fmt: skip
     outputs = pipeline_ops.run_local(params, dataset=args.dataset, input_dir=args.input, workdir=args.workdir,
-                                     runner=args.runner, image=args.image, tracking_uri=args.tracking_uri)  # fmt: skip
+                                     runner=args.runner, image=args.image, tracking_uri=args.tracking_uri,
+                                     data=args.data, repo=args.repo, stage_uri=args.stage_uri)  # fmt: skip
     print(outputs)
     return 0

@@ -1,7 +1,10 @@
 """preprocess → train (GPU) → evaluate → register, as a KFP v2 pipeline.
 
 Pipeline parameters: ``input_uri`` (the raw dataset: ``s3://…`` in a cluster, a local folder for
-``run-local``), ``dataset`` (reader name) and one JSON string per ``params.yaml`` section (``train_params`` …). Defaults are
+``run-local``), ``dataset`` (reader name), ``data_version`` (the DVC version ``input_uri`` is a staged
+copy of, as JSON of :class:`lungseg.lineage.DataVersion`; empty = an unversioned input) and one JSON
+string per ``params.yaml`` section (``train_params`` …). The register task records the KFP run id
+(it is never cached; putting the run id into a cached task would defeat the cache). Defaults are
 the typed defaults of :mod:`lungseg.config` (code, not ``params.yaml``, so the committed YAML only
 changes with the code); ``submit``/``run-local`` always pass the sections of the params file.
 
@@ -92,11 +95,12 @@ def make_pipeline(image: str = IMAGE, *, record_image: bool = True):
         evaluate_params: str = DEFAULTS["evaluate"],
         register_params: str = DEFAULTS["register"],
         mlflow_params: str = DEFAULTS["mlflow"],
+        data_version: str = "",
     ) -> str:
         raw = dsl.importer(artifact_uri=input_uri, artifact_class=Dataset, reimport=False)
         raw.set_display_name("raw data")
 
-        pre = preprocess_op(dataset=dataset, raw=raw.output, preprocess_params=preprocess_params)
+        pre = preprocess_op(dataset=dataset, raw=raw.output, preprocess_params=preprocess_params, data_version=data_version)
         pre.set_display_name("preprocess").set_cpu_request("2").set_memory_request("4G")
         kubernetes.use_secret_as_env(pre, secret_name=S3_SECRET, secret_key_to_env=S3_READ_ENV)
 
@@ -117,7 +121,7 @@ def make_pipeline(image: str = IMAGE, *, record_image: bool = True):
         _with_credentials(ev)
 
         reg = register_op(model=train.outputs["model"], report=ev.outputs["report"], register_params=register_params,
-                          mlflow_params=mlflow_params)  # fmt: skip
+                          mlflow_params=mlflow_params, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)  # fmt: skip
         reg.set_display_name("register")
         reg.set_caching_options(False)  # a registry side effect: never replayed from the cache
         _with_credentials(reg)

@@ -5,6 +5,9 @@
   by digest (``--image name@sha256:…`` or ``--image-record`` of a pushed build).
 * :func:`submit` sends the pipeline with the params file's sections as arguments to a KFP endpoint
   through ``kfp.Client``.
+* Input: a DVC version (``--data path@rev``: resolved with DVC's API and staged as an immutable,
+  content-addressed copy — :func:`stage_data`, :mod:`lungseg.lineage` — whose version every stage
+  records) or a plain folder / ``s3://`` prefix (recorded as unversioned).
 * :func:`run_local` runs the *same* pipeline here, with KFP's local cache on (a re-run after a
   failure resumes at the failed task), either as subprocesses of this Python environment
   (``kfp.local.SubprocessRunner``) or in the component image (``kfp.local.DockerRunner``).
@@ -27,6 +30,8 @@ from lungseg.errors import ConfigError, LungsegError
 
 SECTIONS = ("preprocess", "train", "evaluate", "register", "mlflow")
 RUNNERS = ("subprocess", "docker")
+#: where ``submit --data`` stages a DVC version for the cluster (``<prefix>/<DVC hash>/``)
+DEFAULT_STAGE_URI = "s3://lungseg/staged"
 #: the trial run's own MLflow store and artifact folder, inside the work folder
 TRIAL_STORE = "mlflow.db"
 TRIAL_ARTIFACTS = "mlartifacts"
@@ -43,10 +48,12 @@ class PipelineFailed(LungsegError):
     """A pipeline task failed (the message names it); earlier task outputs are kept and cached."""
 
 
-def pipeline_arguments(params, *, dataset: str, input_uri: str) -> dict[str, Any]:
-    """The pipeline's arguments: the input, the reader and one JSON string per params section."""
+def pipeline_arguments(params, *, dataset: str, input_uri: str, data_version=None) -> dict[str, Any]:
+    """The pipeline's arguments: the input, the reader, the input's data version (JSON; empty when
+    unversioned) and one JSON string per params section."""
     sections = params.to_dict()
-    args: dict[str, Any] = {"input_uri": input_uri, "dataset": dataset}
+    args: dict[str, Any] = {"input_uri": input_uri, "dataset": dataset,
+                            "data_version": json.dumps(data_version.to_dict(), sort_keys=True) if data_version else ""}
     args.update({f"{name}_params": json.dumps(sections[name], sort_keys=True) for name in SECTIONS})
     return args
 
@@ -79,15 +86,36 @@ def compile_pipeline(output: str | Path, *, pipeline_parameters: dict[str, Any] 
     return output
 
 
-def submit(params, *, host: str, experiment: str, dataset: str, input_uri: str, image: str | None = None) -> str:
-    """Submit one run to the KFP API at ``host``; returns the run id."""
+def stage_data(data: str, target: str | Path, repo: str | Path = "."):
+    """``path@rev`` of the DVC/git repository ``repo`` → its version staged at ``target``
+    (:func:`lungseg.lineage.stage`: content-addressed, reused when already there)."""
+    from lungseg import lineage
+
+    version = lineage.resolve(data, repo)
+    staged = lineage.stage(version, target, repo)
+    print(f"data {version.spec()} = {version.md5} → {staged.staged_uri}")
+    return staged
+
+
+def submit(params, *, host: str, experiment: str, dataset: str, input_uri: str | None = None,
+           image: str | None = None, data: str | None = None, repo: str | Path = ".",
+           stage_uri: str = DEFAULT_STAGE_URI) -> str:  # fmt: skip
+    """Submit one run to the KFP API at ``host``; returns the run id. The input is either a DVC
+    version ``data`` (``path@rev``, staged under ``stage_uri`` first) or a plain ``input_uri``
+    (recorded as unversioned)."""
     import kfp
 
     from pipelines.lungseg_pipeline import PIPELINE_NAME
 
-    if not input_uri.startswith(("s3://", "gs://", "minio://", "https://")):
+    version = None
+    if data is not None:
+        if not stage_uri.startswith("s3://"):
+            raise ConfigError(f"--stage-uri {stage_uri!r}: the cluster reads staged data from S3 (s3://bucket/prefix)")
+        version = stage_data(data, stage_uri, repo)
+        input_uri = version.staged_uri
+    if not input_uri or not input_uri.startswith(("s3://", "gs://", "minio://", "https://")):
         raise LungsegError(f"--input-uri {input_uri!r}: the cluster cannot read a local path; upload it (s3://…)")
-    arguments = pipeline_arguments(params, dataset=dataset, input_uri=input_uri)
+    arguments = pipeline_arguments(params, dataset=dataset, input_uri=input_uri, data_version=version)
     try:
         client = kfp.Client(host=host)
         run = client.create_run_from_pipeline_func(
@@ -161,12 +189,15 @@ def prepare_store(uri: str, experiment: str) -> list[str]:
     return local_dirs
 
 
-def run_local(params, *, dataset: str, input_dir: str | Path, workdir: str | Path, runner: str = "subprocess",
-              image: str | None = None, tracking_uri: str | None = None) -> dict[str, Any]:  # fmt: skip
+def run_local(params, *, dataset: str, input_dir: str | Path | None = None, workdir: str | Path,
+              runner: str = "subprocess", image: str | None = None, tracking_uri: str | None = None,
+              data: str | None = None, repo: str | Path = ".", stage_uri: str | None = None) -> dict[str, Any]:  # fmt: skip
     """Run the pipeline in ``workdir`` with the ``subprocess`` or ``docker`` runner.
 
-    ``input_dir``: a local folder or an ``s3://`` prefix (read by the preprocess component with
-    boto3 from ``AWS_*``/``AWS_ENDPOINT_URL_S3``). Task outputs go under ``workdir/outputs``; the
+    The input: ``data`` = a DVC version ``path@rev`` of ``repo``, staged first under ``stage_uri``
+    (default ``WORKDIR/data``; an ``s3://`` prefix stages it there, as for a cluster) and recorded
+    with every run; or ``input_dir`` = a local folder or an ``s3://`` prefix (read by the preprocess
+    component with boto3 from ``AWS_*``/``AWS_ENDPOINT_URL_S3``), recorded as unversioned. Task outputs go under ``workdir/outputs``; the
     local cache (``workdir/cache``) makes a re-run skip every task whose inputs and parameters are
     unchanged. MLflow: ``tracking_uri`` if given (a relative sqlite path is relative to the current
     folder), else the trial store :func:`trial_tracking_uri`.
@@ -179,6 +210,12 @@ def run_local(params, *, dataset: str, input_dir: str | Path, workdir: str | Pat
 
     if runner not in RUNNERS:
         raise ConfigError(f"--runner {runner!r}: expected one of {', '.join(RUNNERS)}")
+    if (data is None) == (input_dir is None):
+        raise ConfigError("give the input as --data PATH@REV (a DVC version) or --input FOLDER|s3://…, not both")
+    version = None
+    if data is not None:
+        version = stage_data(data, stage_uri or Path(workdir).resolve() / "data", repo)
+        input_dir = version.staged_uri
     input_uri = str(input_dir)
     if not input_uri.startswith("s3://"):
         path = Path(input_dir).resolve()
@@ -215,7 +252,7 @@ def run_local(params, *, dataset: str, input_dir: str | Path, workdir: str | Pat
         from pipelines.lungseg_pipeline import make_pipeline
 
         pipeline = make_pipeline(record_image=False)
-    arguments = pipeline_arguments(params, dataset=dataset, input_uri=input_uri)
+    arguments = pipeline_arguments(params, dataset=dataset, input_uri=input_uri, data_version=version)
     before = set((workdir / "outputs").glob("*")) if (workdir / "outputs").is_dir() else set()
     handler = _show_cache_hits()
     try:
@@ -229,7 +266,8 @@ def run_local(params, *, dataset: str, input_dir: str | Path, workdir: str | Pat
         logging.getLogger().removeHandler(handler)
     new = sorted(set((workdir / "outputs").glob("*")) - before)
     return {"decision": task.output, "run_dir": str(new[-1]) if new else None, "tracking_uri": uri,
-            "trial_store": trial, "runner": runner, "image": image if runner == "docker" else None}  # fmt: skip
+            "trial_store": trial, "runner": runner, "image": image if runner == "docker" else None,
+            "data_version": version.to_dict() if version else None}  # fmt: skip
 
 
 def _check_docker(image: str) -> None:

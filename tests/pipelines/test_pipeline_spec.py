@@ -71,7 +71,11 @@ def test_stages_are_chained_through_artifacts(spec):
     assert train_in == {"outputArtifactKey": "processed", "producerTask": "preprocess-op"}
     # each stage receives only its own params section (+ mlflow), like the DVC stages
     assert set(tasks["train-op"]["inputs"]["parameters"]) == {"train_params", "mlflow_params"}
-    assert set(tasks["preprocess-op"]["inputs"]["parameters"]) == {"dataset", "preprocess_params"}
+    assert set(tasks["preprocess-op"]["inputs"]["parameters"]) == {"dataset", "preprocess_params", "data_version"}
+    # the KFP run id goes to the register task alone: it is never cached, the others would never hit
+    reg_params = tasks["register-op"]["inputs"]["parameters"]
+    assert reg_params["kfp_run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+    assert not any("kfp_run_id" in tasks[t]["inputs"]["parameters"] for t in ("preprocess-op", "train-op", "evaluate-op"))
     # the registry has side effects: never replayed from the cache; the rest is cached
     assert not tasks["register-op"]["cachingOptions"].get("enableCache", False)
     assert tasks["train-op"]["cachingOptions"]["enableCache"] is True
