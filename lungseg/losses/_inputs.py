@@ -53,3 +53,13 @@ def onehot_target(masks: torch.Tensor, num_classes: int, like: torch.Tensor) -> 
     """``(B, H, W)`` labels → float one-hot ``(B, C, H, W)`` in the dtype/device of ``like``."""
     oh = torch.nn.functional.one_hot(masks.to(device=like.device, dtype=torch.long), num_classes)
     return oh.permute(0, 3, 1, 2).to(like.dtype)
+
+
+def binary_as_two_classes(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Binary logits ``(B, 1, H, W)`` and float {0,1} target ``(B, 1, H, W)`` as two classes
+    (background, foreground): probabilities ``[σ(−x), σ(x)]`` and target ``[1 − t, t]``, both ``(B, 2, H, W)``.
+
+    ``σ(−x)`` rather than ``1 − σ(x)`` keeps the background probability accurate where σ(x) ≈ 1.
+    """
+    probs = torch.cat([torch.sigmoid(-logits), torch.sigmoid(logits)], dim=1)
+    return probs, torch.cat([1.0 - target, target], dim=1)

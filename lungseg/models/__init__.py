@@ -62,4 +62,26 @@ def create_model(
     )
 
 
-__all__ = ["create_model", "list_models", "model_class"]
+def complete_options(name: str, options: dict, *, recorded: bool = False) -> dict:
+    """``options`` with every *versioned* option of model ``name`` explicit.
+
+    A model class may declare ``versioned_options = {option: value_before_it_existed}`` for an
+    option whose default changes the architecture and that was added after checkpoints had been
+    written (LG-Net's ``mrc_levels``: those checkpoints have MRC on all 5 levels). New identities
+    (``recorded=False``) write the option's current default, so an identity without it can only
+    come from before the option: ``recorded=True`` (an identity read from a checkpoint) fills the
+    old value, and such a checkpoint keeps loading.
+    """
+    import inspect
+
+    cls = model_class(name)
+    versioned = getattr(cls, "versioned_options", {})
+    out = dict(options)
+    params = inspect.signature(cls).parameters
+    for key, old in versioned.items():
+        if key not in out:
+            out[key] = old if recorded else params[key].default
+    return out
+
+
+__all__ = ["complete_options", "create_model", "list_models", "model_class"]

@@ -3,8 +3,14 @@ U-Net network", Intelligent Computer and Applications 13(7), 2023; ``seeds/000_a
 read as fixed by ``/work/shared/design/architecture.md`` §LG-Net.
 
 Structure (widths ``base·(1,2,4,8,16)``, four 2×2 max-pools, ``size_divisor = 16``):
-- Encoder stage = double CBR 3×3 → MRC (``use_mrc``). The bottleneck (level 5) is a stage too
-  ("at the tail of every down-sampling level").
+- Encoder stage = double CBR 3×3 → MRC (``use_mrc``) on the first ``mrc_levels`` levels
+  (default 4). The paper puts MRC "at the tail of each down-sampling level" (各级下采样尾部) and
+  keeps U-Net's four down-samplings; architecture.md reads this as "double CBR → MRC, then 2×2
+  max-pool", i.e. the 4 levels followed by a max-pool, so the bottleneck (level 5) is a plain
+  double CBR by default. ``mrc_levels=5`` adds MRC to the bottleneck too (the reading used before
+  this option existed; at base 64 the bottleneck's MRC alone holds 59.8 M of the 129.2 M
+  parameters; with 4 levels LG-Net has 69.4 M, tested). Every new checkpoint records
+  ``mrc_levels``; one recorded before the option loads with 5 (``versioned_options``).
 - MRC(c): three residual units in series, ``u_k = CBR3×3(u_{k-1}) + BN(Conv3×3(u_{k-1}))``;
   ``concat(u1,u2,u3)`` → CBR 1×1 → c.
 - Each of the 4 skips goes through LG-Attention (``use_lg_attention``), see
@@ -21,9 +27,19 @@ Choices where paper and architecture.md are silent:
   draws no norm there; RSE's 1×1 follows). The reduction width is C (half of the concat).
 - θ has a bias. PCM ε = 1e-6, PWA ε = 1e-6.
 - ``max_tokens`` default 4096 (= 64×64), applied to every PCM call (global and each quadrant);
-  see :mod:`lungseg.models.attention` for the rule and the justification. ``chunk_rows=1024``:
-  PCM rows are computed (and, when training, checkpointed) in blocks of 1024 rows, so at most a
-  1024×N affinity block is alive at once; ``None`` = one block.
+  see :mod:`lungseg.models.attention` for the rule and the justification; ``None`` = exact.
+  At 512², ``max_tokens=65536`` (256²) keeps the three deepest skips (256², 128², 64²) and all
+  quadrants exact and pools only the first skip's global map to 256².
+- ``pcm_impl`` (default ``"auto"``) picks the PCM kernel, the same function in every case
+  (:func:`lungseg.models.attention.resolve_pcm_impl`): ``"blocked"`` (CPU and any device: one
+  autograd op over blocks of ``pcm_block_rows`` rows, never N×N, backward recomputes each block;
+  exact against the reference in forward and gradients, tested), ``"flex"`` (CUDA:
+  FlexAttention with a ``log(ReLU(s))`` score and an exact lse correction; its forward tested
+  against the reference on CPU, the correction's gradients with a dense stand-in for the kernel;
+  the CUDA kernel itself not run in this repository's tests), ``"reference"`` (the original
+  autograd ops, rows in checkpointed chunks of ``chunk_rows=1024``; ``None`` = one chunk).
+  ``"auto"`` = flex on CUDA, blocked elsewhere. The choice changes speed and memory, not the
+  parameters, so a checkpoint loads under any of them.
 - With ``use_mrc = use_lg_attention = use_ff = False`` the network is exactly
   ``UNet(up="bilinear")`` (same modules, same parameter count; tested).
 
@@ -96,6 +112,9 @@ class LGNet(SegmentationModel):
     """LG-Net; the three switches re-run the paper's ablation (Table 2) through one class."""
 
     size_divisor = 16
+    #: identities recorded before ``mrc_levels`` existed were built with MRC on all 5 levels
+    #: (:func:`lungseg.models.complete_options`)
+    versioned_options = {"mrc_levels": 5}
 
     def __init__(
         self,
@@ -104,22 +123,32 @@ class LGNet(SegmentationModel):
         base_channels: int = 64,
         *,
         use_mrc: bool = True,
+        mrc_levels: int = 4,
         use_lg_attention: bool = True,
         use_ff: bool = True,
         max_tokens: int | None = DEFAULT_MAX_TOKENS,
+        pcm_impl: str = "auto",
         chunk_rows: int | None = 1024,
+        pcm_block_rows: int | None = None,
         rse_dropout: float = 0.1,
     ):
         super().__init__(in_channels, num_classes, base_channels)
+        if isinstance(mrc_levels, bool) or not isinstance(mrc_levels, int) or not 1 <= mrc_levels <= 5:
+            raise ValueError(
+                f"mrc_levels must be an integer in 1..5 (4: the levels followed by a max-pool, 5: also the "
+                f"bottleneck), got {mrc_levels!r}"
+            )
         self.use_mrc, self.use_lg_attention, self.use_ff = use_mrc, use_lg_attention, use_ff
+        self.mrc_levels = mrc_levels
         w = widths(base_channels)
         self.encoder = nn.ModuleList()
         for i in range(5):
             conv = DoubleConv(in_channels if i == 0 else w[i - 1], w[i])
-            self.encoder.append(nn.Sequential(conv, MultiLevelResidualConv(w[i])) if use_mrc else conv)
+            mrc = use_mrc and i < mrc_levels
+            self.encoder.append(nn.Sequential(conv, MultiLevelResidualConv(w[i])) if mrc else conv)
+        attn = dict(max_tokens=max_tokens, pcm_impl=pcm_impl, chunk_rows=chunk_rows, block_rows=pcm_block_rows)
         self.attention = nn.ModuleList(
-            [LGAttention(w[i], max_tokens=max_tokens, chunk_rows=chunk_rows) if use_lg_attention else nn.Identity()
-             for i in range(4)]
+            [LGAttention(w[i], **attn) if use_lg_attention else nn.Identity() for i in range(4)]
         )
         self.decoder = nn.ModuleList(
             [

@@ -16,6 +16,14 @@ Choices and deviations:
 - DSA uses the standard key-softmax (``scaled_dot_product_attention``), not Eq. 1's query-index
   normalisation (architecture.md §PR-Net 4). ``heads=None`` → the most heads ≤ 8 with head dim ≥ 8
   (1 head when C < 16). q/k/v convs have a bias (no norm follows); no output projection.
+- ``dsa_scaled`` (default True): DSA logits are ``q·k/√d`` (d = head dim), the transformer
+  scaling DSA always used here; Eq. 1 has no ``1/√d`` (``dsa_scaled=False``, the paper preset's
+  choice). The default keeps the scaling: the logits' standard deviation grows as √d (d = 8 to 64
+  at base 64), so unscaled logits at d = 64 are 8× wider and push the softmax towards one-hot rows
+  with small gradients, the reason Vaswani et al. introduced the factor; it also keeps the results
+  recorded so far comparable.
+- DSA calls ``scaled_dot_product_attention`` with contiguous per-head q/k/v, which lets PyTorch
+  pick its fused kernel on CPU too (flash); strided inputs fell back to the unfused math kernel.
 - ``max_tokens`` default 4096 (64×64), see :mod:`lungseg.models.attention`.
 - InstanceNorm with ``affine=True`` (learnable scale/shift; PyTorch's default has none).
 - Loss: not in the paper; ``lungseg.losses`` provides the documented default (BCE + soft Dice).
@@ -56,16 +64,18 @@ class PRNet(SegmentationModel):
         use_pam: bool = True,
         heads: int | None = None,
         max_tokens: int | None = DEFAULT_MAX_TOKENS,
+        dsa_scaled: bool = True,
     ):
         super().__init__(in_channels, num_classes, base_channels)
         self.use_pam = use_pam
         w = widths(base_channels)
         self.encoder = encoder_levels(in_channels, w, INResidualBlock)
+        pam = dict(heads=heads, max_tokens=max_tokens, dsa_scaled=dsa_scaled)
         self.skip_enhance = nn.ModuleList(
             [
                 nn.Sequential(
                     DoubleConv(w[i], w[i]),
-                    *([ProgressiveAttention(w[i], heads=heads, max_tokens=max_tokens)] if use_pam else []),
+                    *([ProgressiveAttention(w[i], **pam)] if use_pam else []),
                 )
                 for i in range(4)
             ]

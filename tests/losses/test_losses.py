@@ -218,3 +218,79 @@ def test_bad_constructor_options_name_the_option(cls):
     with pytest.raises(ValueError, match="include_background=False needs num_classes >= 2"):
         cls(num_classes=1, include_background=False)
     cls(num_classes=3, include_background=False)  # valid for multi-class
+
+
+# ---------- Eq. 14 as written: background class and class sum ----------
+def _asymmetric_binary_case():
+    """One 1×3 image: p = sigmoid(logit) = [.8, .4, .1], mask [1, 0, 0] (background and foreground
+    ratios differ, unlike ``_binary_case``)."""
+    p = torch.tensor([0.8, 0.4, 0.1], dtype=torch.float64)
+    return (p / (1 - p)).log().reshape(1, 1, 1, 3), torch.tensor([[[1, 0, 0]]])
+
+
+# foreground: TP .8, FP .4 + .1 = .5, FN .2                → r1 = (.8 + S)/(.8 + .25 + .1 + S)
+# background: 1 − p = [.2, .6, .9], g = [0, 1, 1]: TP 1.5, FP .2, FN .4 + .1 = .5 → r0 = (1.5 + S)/(1.5 + .1 + .25 + S)
+# focal: p_t = [.8, .6, .9] → mean of (1 − p_t)²·(−ln p_t)
+R1 = (0.8 + S) / (1.15 + S)
+R0 = (1.5 + S) / (1.85 + S)
+FOCAL_ASYM = (0.04 * -math.log(0.8) + 0.16 * -math.log(0.6) + 0.01 * -math.log(0.9)) / 3
+
+
+def test_binary_background_and_class_sum_hand_computed():
+    logits, masks = _asymmetric_binary_case()
+    cases = [
+        ({}, 1 - R1),  # default: foreground only
+        ({"binary_background": True}, (2 - R0 - R1) / 2),  # mean over the two classes
+        ({"binary_background": True, "class_reduction": "sum"}, 2 - R0 - R1),  # Eq. 14 as written
+        ({"class_reduction": "sum"}, 1 - R1),  # one scored class: sum = mean
+    ]
+    for kw, tversky in cases:
+        loss = create_loss("dice_focal", **kw)
+        parts = loss.components(logits, masks)
+        assert parts["tversky"].item() == pytest.approx(tversky, abs=1e-12), kw
+        assert parts["focal"].item() == pytest.approx(FOCAL_ASYM, abs=F32), kw  # already Eq. 15's class sum
+        assert loss(logits, masks).item() == pytest.approx(0.3 * tversky + 0.7 * FOCAL_ASYM, abs=F32), kw
+    # the paper's binary loss: 0.3·(2 − r0 − r1) + 0.7·focal ≈ 0.3·0.493537 + 0.7·0.030570
+    paper = create_loss("dice_focal", binary_background=True, class_reduction="sum")(logits, masks).item()
+    assert paper == pytest.approx(0.3 * (2 - R0 - R1) + 0.7 * FOCAL_ASYM, abs=F32)
+    assert paper == pytest.approx(0.16946, abs=1e-5)
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_binary_background_against_monai_and_the_two_class_softmax(batch):
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(3, 1, 8, 8, generator=g, dtype=torch.float64)
+    masks = (torch.rand(3, 8, 8, generator=g) > 0.7).long()
+    t = masks[:, None].double()
+    p = torch.sigmoid(logits)
+    monai = TverskyLoss(include_background=True, alpha=0.5, beta=0.5, batch=batch)(
+        torch.cat([1 - p, p], 1), torch.cat([1 - t, t], 1)
+    )
+    ours = create_loss("dice_focal", binary_background=True, batch=batch)
+    assert ours.components(logits, masks)["tversky"].item() == pytest.approx(monai.item(), abs=1e-12)
+    # softmax over the two logits (0, x) is (1 − σ(x), σ(x)): the binary two-class loss is the
+    # multi-class loss of that pair, term by term, once both add over their classes (Eq. 14–15)
+    pair = torch.cat([torch.zeros_like(logits), logits], 1)
+    binary = create_loss("dice_focal", binary_background=True, class_reduction="sum", batch=batch)
+    two = create_loss("dice_focal", num_classes=2, class_reduction="sum", batch=batch)
+    b, m = binary.components(logits, masks), two.components(pair, masks)
+    assert b["tversky"].item() == pytest.approx(m["tversky"].item(), abs=1e-10)
+    assert b["focal"].item() == pytest.approx(m["focal"].item(), abs=F32)
+
+
+def test_class_sum_multiclass_hand_computed():
+    logits, masks = _multiclass_case()
+    t = [(0.5 + S) / (0.85 + S), (0.6 + S) / (0.925 + S), S / (0.225 + S)]  # see the mean test above
+    focal_mean = (0.25 * math.log(2) + 0.16 * -math.log(0.6)) / 6
+    parts = create_loss("dice_focal", num_classes=3, class_reduction="sum").components(logits, masks)
+    assert parts["tversky"].item() == pytest.approx(sum(1 - x for x in t), abs=1e-12)  # 3 − Σ ratio (Eq. 14)
+    assert parts["focal"].item() == pytest.approx(3 * focal_mean, abs=F32)  # (1/N) Σ_c Σ_n (Eq. 15), N = 2 px
+    no_bg = create_loss("dice_focal", num_classes=3, class_reduction="sum", include_background=False)
+    assert no_bg.components(logits, masks)["tversky"].item() == pytest.approx(sum(1 - x for x in t[1:]), abs=1e-12)
+
+
+def test_eq14_options_are_checked():
+    with pytest.raises(ValueError, match="binary_background=True needs num_classes=1"):
+        DiceFocalLoss(num_classes=3, binary_background=True)
+    with pytest.raises(ValueError, match="class_reduction must be one of mean, sum, got 'max'"):
+        DiceFocalLoss(class_reduction="max")
