@@ -11,16 +11,22 @@ measured in the same process with the same input, batch and width:
 - ``attention_unet`` → ``AttentionUnet`` (channels ``base·(1..16)``, strides 2),
 - ``unetpp`` → ``BasicUNetPlusPlus`` (same features/act/norm as BasicUNet).
 
-CUDA: bf16 autocast + channels_last, ``cudnn.benchmark``. CPU: fp32. Results go to
-``bench/results/<device>[-<tag>].json`` (``--tag`` keeps a re-run beside the first instead of
-replacing it); ``bench/results/README.md`` is re-rendered from all JSON files, with each file's
-``note`` (``--note``: why a run was made, how to read it) under its heading. ``--render-only``
-re-renders the README without measuring.
+CUDA: bf16 autocast + channels_last, ``cudnn.benchmark``. CPU: fp32, with the torch thread count
+**pinned** (``--threads``, default 1: on a machine shared with other jobs, threads that compete for
+busy cores run tens of times slower) and the load average printed before and after the run (and
+recorded): numbers taken on a busy machine are not comparable, and the output says so.
+
+Without ``--record`` nothing is written: the results are printed (as the README section they
+would become). ``--record`` writes ``bench/results/<device>[-<tag>].json`` (``--tag`` keeps a
+re-run beside the first instead of replacing it) and re-renders ``bench/results/README.md`` from
+all JSON files, with each file's ``note`` (``--note``: why a run was made, how to read it) under
+its heading. ``--render-only`` re-renders the README without measuring.
 
 Usage::
 
-    python bench/bench_models.py --device cpu  --sizes 128 --base 16 --batch 2 --iters 3
-    python bench/bench_models.py --device cuda --sizes 256 512 --base 64 --batch 4 --iters 10
+    python bench/bench_models.py --device cpu --threads 2 --sizes 128 --base 16 --batch 2 --iters 3   # prints only
+    python bench/bench_models.py --device cpu --threads 2 --sizes 128 --base 16 --batch 2 --iters 3 --record
+    python bench/bench_models.py --device cuda --sizes 256 512 --base 64 --batch 4 --iters 10 --record
     python bench/bench_models.py --render-only
 """
 
@@ -30,6 +36,7 @@ import argparse
 import datetime as dt
 import gc
 import json
+import os
 import platform
 import re
 import sys
@@ -156,6 +163,64 @@ def device_label(device: torch.device) -> tuple[str, str]:
     return name, re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
+def load_note(load: dict | None) -> str:
+    """The load average seen before/after a run, as a README line."""
+    if not load:
+        return "not recorded (run made before the load was recorded)"
+    before, after = load.get("before"), load.get("after")
+    busy = " — **the machine was busy: numbers not comparable**" if load.get("busy") else ""
+    return (f"{before[0]:.2f} before, {after[0]:.2f} after (1-min load average, {load.get('cpu_count')} cores)"
+            f"{busy}")  # fmt: skip
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def is_busy(load1: float, threads: int) -> bool:
+    """More runnable work than the cores left free for this benchmark's threads."""
+    return load1 > max((os.cpu_count() or 1) - threads, 0) + 0.5
+
+
+def render_section(d: dict) -> list[str]:
+    """One result file as its README section."""
+    parts = [
+        "",
+        f"## {d['device']}" + (f" ({d['tag']})" if d.get("tag") else ""),
+        "",
+        *([f"> {d['note']}", ""] if d.get("note") else []),
+        f"- date: {d['date']}; torch {d['torch']}, monai {d['monai']}, python {d['python']}",
+        f"- command: `{d['command']}`",
+        f"- settings: batch {d['batch']}, base_channels {d['base']}, iters {d['iters']} (warmup {d['warmup']}), "
+        f"{'bf16 autocast + channels_last' if d['amp'] else 'fp32'}"
+        + (f", torch threads {d['threads']} (pinned)" if d.get("threads") else ""),
+        *([f"- load: {load_note(d.get('load'))}"] if "load" in d else []),
+        "",
+        "| model | size | peer | params (M) | GFLOPs/img | peer GFLOPs/img | train img/s | ratio | "
+        "infer img/s | ratio | train peak GiB | ratio |",
+        "|" + " --- |" * 12,
+    ]
+    for r in d["rows"]:
+        o, p = r["ours"], r["peer"]
+        if "error" in o:
+            parts.append(f"| {r['model']} | {r['size']} | {r['peer_name']} | {o['error']} |" + " |" * 8)
+            continue
+
+        def f(v, fmt="{:.2f}"):
+            return "n/a" if v is None else fmt.format(v)
+
+        def ratio(k):
+            return f(o[k] / p[k]) if p.get(k) and o.get(k) is not None else "n/a"
+
+        parts.append(
+            f"| {r['model']} | {r['size']} | {r['peer_name']} | {o['params'] / 1e6:.2f} | {f(o['gflops_per_img'])} "
+            f"| {f(p.get('gflops_per_img'))} | {o['train_img_s']:.1f} | {ratio('train_img_s')} "
+            f"| {o['infer_img_s']:.1f} | {ratio('infer_img_s')} | {f(o.get('train_peak_mem_gib'))} "
+            f"| {ratio('train_peak_mem_gib')} |"
+        )
+    return parts
+
+
 def render_readme(results_dir: Path) -> None:
     parts = [
         "# Model benchmark results",
@@ -168,39 +233,7 @@ def render_readme(results_dir: Path) -> None:
         "BasicUNet at the same base width (a different FLOP budget: see the GFLOPs columns).",
     ]
     for path in sorted(results_dir.glob("*.json")):
-        d = json.loads(path.read_text(encoding="utf-8"))
-        parts += [
-            "",
-            f"## {d['device']}" + (f" ({d['tag']})" if d.get("tag") else ""),
-            "",
-            *([f"> {d['note']}", ""] if d.get("note") else []),
-            f"- date: {d['date']}; torch {d['torch']}, monai {d['monai']}, python {d['python']}",
-            f"- command: `{d['command']}`",
-            f"- settings: batch {d['batch']}, base_channels {d['base']}, iters {d['iters']} (warmup {d['warmup']}), "
-            f"{'bf16 autocast + channels_last' if d['amp'] else 'fp32'}",
-            "",
-            "| model | size | peer | params (M) | GFLOPs/img | peer GFLOPs/img | train img/s | ratio | "
-            "infer img/s | ratio | train peak GiB | ratio |",
-            "|" + " --- |" * 12,
-        ]
-        for r in d["rows"]:
-            o, p = r["ours"], r["peer"]
-            if "error" in o:
-                parts.append(f"| {r['model']} | {r['size']} | {r['peer_name']} | {o['error']} |" + " |" * 8)
-                continue
-
-            def f(v, fmt="{:.2f}"):
-                return "n/a" if v is None else fmt.format(v)
-
-            def ratio(k):
-                return f(o[k] / p[k]) if p.get(k) and o.get(k) is not None else "n/a"
-
-            parts.append(
-                f"| {r['model']} | {r['size']} | {r['peer_name']} | {o['params'] / 1e6:.2f} | {f(o['gflops_per_img'])} "
-                f"| {f(p.get('gflops_per_img'))} | {o['train_img_s']:.1f} | {ratio('train_img_s')} "
-                f"| {o['infer_img_s']:.1f} | {ratio('infer_img_s')} | {f(o.get('train_peak_mem_gib'))} "
-                f"| {ratio('train_peak_mem_gib')} |"
-            )
+        parts += render_section(json.loads(path.read_text(encoding="utf-8")))
     atomic_write_text(results_dir / "README.md", "\n".join(parts) + "\n")
 
 
@@ -213,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--models", nargs="+", default=None, help=f"subset of {list_models()}")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads on the CPU, pinned for the whole run and recorded (default 1)")
+    ap.add_argument("--record", action="store_true",
+                    help="write the result into --results and re-render its README (default: only print)")
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--tag", default=None, help="suffix of the result file (keeps a re-run beside the first)")
     ap.add_argument("--note", default=None, help="why this run was made / how to read it (shown in the README)")
@@ -224,7 +261,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.tag is not None and not re.fullmatch(r"[a-z0-9][a-z0-9-]*", args.tag):
         ap.error(f"--tag {args.tag!r}: use lower-case letters, digits and '-'")
+    if args.threads < 1:
+        ap.error(f"--threads {args.threads}: must be ≥ 1")
     device = torch.device(args.device)
+    torch.set_num_threads(args.threads)  # pinned: the default (every core) is what a busy machine punishes most
+    load_before = loadavg()
+    print(f"torch threads {torch.get_num_threads()} (pinned); load average {load_before} on {os.cpu_count()} cores",
+          flush=True)  # fmt: skip
+    if device.type == "cpu" and is_busy(load_before[0], args.threads):
+        print(f"warning: the machine is busy (1-min load {load_before[0]} with {os.cpu_count()} cores): CPU numbers "
+              "taken now are not comparable with a quiet run", flush=True)  # fmt: skip
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     import monai
@@ -242,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(
                 {"model": model_name, "size": size, "peer_name": peer_name, "ours": ours, "peer": peer_cache[peer_name, size]}
             )
+    load_after = loadavg()
+    busy = device.type == "cpu" and (is_busy(load_before[0], args.threads) or is_busy(load_after[0], args.threads))
     result = {
         "device": name,
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -254,10 +302,17 @@ def main(argv: list[str] | None = None) -> int:
         "iters": args.iters,
         "warmup": args.warmup,
         "amp": device.type == "cuda",
+        "threads": torch.get_num_threads(),
+        "load": {"before": load_before, "after": load_after, "cpu_count": os.cpu_count(), "busy": busy},
         "rows": rows,
         **({"tag": args.tag} if args.tag else {}),
         **({"note": args.note} if args.note else {}),
     }
+    print(f"load average after: {load_after}" + ("  (busy: numbers not comparable)" if busy else ""))
+    if not args.record:
+        print("\n".join(render_section(result)))
+        print("\nnot recorded (pass --record to write it into the committed results)")
+        return 0
     args.results.mkdir(parents=True, exist_ok=True)
     out = args.results / (f"{label}-{args.tag}.json" if args.tag else f"{label}.json")
     atomic_write_text(out, json.dumps(result, indent=1) + "\n")

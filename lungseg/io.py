@@ -1,12 +1,15 @@
 """Atomic outputs: write into a temporary sibling, rename into place only on success.
 
 A step that fails part-way leaves the previous output (if any) untouched and no half-written
-folder or file behind.
+folder or file behind. An output folder never replaces a *file* of the same name (nor an output
+file a folder): that is a :class:`~lungseg.errors.DataError` naming the path, raised before any
+work (:func:`check_output_dir`, :func:`check_output_file`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -24,6 +27,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     removed afterwards. On any exception the temporary folder is deleted and ``target`` is kept.
     """
     target = Path(target)
+    check_output_dir(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
@@ -45,6 +49,7 @@ def replace_dir(src: str | Path, target: str | Path) -> None:
     second rename fails, the previous ``target`` is put back.
     """
     src, target = Path(src), Path(target)
+    check_output_dir(target)
     backup = None
     if target.exists():
         backup = target.parent / f".{target.name}.old-{os.getpid()}"
@@ -61,9 +66,44 @@ def replace_dir(src: str | Path, target: str | Path) -> None:
         shutil.rmtree(backup, ignore_errors=True)
 
 
+def check_output_dir(path: str | Path) -> Path:
+    """``path`` as an output *folder*: absent, or a folder (then it is replaced as a whole).
+    A file there is a :class:`~lungseg.errors.DataError` (it would be silently replaced)."""
+    from lungseg.errors import DataError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise DataError(path, "exists and is not a folder: the output is a folder; "
+                              "name another path or move the file away")  # fmt: skip
+    if path.parent.exists() and not path.parent.is_dir():
+        raise DataError(path.parent, "is a file, not a folder: cannot write an output inside it")
+    return path
+
+
+def check_output_file(path: str | Path) -> Path:
+    """``path`` as an output *file*: absent or a file. A folder there is a :class:`~lungseg.errors.DataError`."""
+    from lungseg.errors import DataError
+
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(path, "is a folder: the output is a file; name a file path (e.g. …/registration.json)")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise DataError(path.parent, "is a file, not a folder: cannot write an output inside it")
+    return path
+
+
+def sha256_file(path: str | Path) -> str:
+    """``sha256:<hex>`` of a file's bytes (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
+    path = check_output_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:

@@ -409,7 +409,9 @@ def describe(target: str, tracking_uri: str) -> Lineage:
         run = client.get_run(run_id)
     except MlflowException as exc:
         raise DataError(None, f"{target}: not found in the MLflow store at {tracking_uri} ({exc.message})") from exc
-    tags = {**run.data.tags, **{k: v for k, v in version_tags.items() if k.startswith(TAG)}}
+    # the version's copy wins: it is what the registry promoted, and the register step adds the KFP run
+    copied = (CODE_COMMIT_TAG, PROCESSED_HASH_TAG, IMAGE_TAG, KFP_RUN_TAG)
+    tags = {**run.data.tags, **{k: v for k, v in version_tags.items() if k.startswith(TAG) or k in copied}}
     data_fields = {k[len(TAG):]: v for k, v in tags.items() if k.startswith(TAG)}
     data = None
     if data_fields.get("md5"):
@@ -420,7 +422,7 @@ def describe(target: str, tracking_uri: str) -> Lineage:
         data = DataVersion.from_dict(data_fields)
     prefix = "lungseg."
     evaluation = {k[len(prefix):]: v for k, v in version_tags.items()
-                  if k.startswith(prefix) and not k.startswith(TAG)}  # fmt: skip
+                  if k.startswith(prefix) and not k.startswith(TAG) and k not in copied}  # fmt: skip
     return Lineage(run_id=run_id, model_name=name, model_version=version, data=data,
                    processed_data_hash=tags.get(PROCESSED_HASH_TAG), code_commit=tags.get(CODE_COMMIT_TAG),
                    image=tags.get(IMAGE_TAG), kfp_run_id=tags.get(KFP_RUN_TAG), params=dict(run.data.params),

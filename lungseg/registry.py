@@ -4,7 +4,10 @@
 
 1. reads the run (``model_dir/mlflow_run.json``: ``run_id, tracking_uri, model_uri``) and the
    evaluation (``evaluation_dir/metrics.json``: the promotion metric, the split, the evaluation-set
-   fingerprint);
+   fingerprint) and checks that the evaluation **belongs to this model** (:func:`check_binding`):
+   its ``run_id`` is the run's, its checkpoint is ``best.pt`` (the weights logged as ``model_uri``)
+   and its ``model_sha256`` is the sha256 of ``model_dir/best.pt`` (and of the ``best.pt`` training
+   recorded, ``best_sha256``). Otherwise: :class:`~lungseg.errors.DataError`, nothing registered;
 2. registers ``model_uri`` as a new version of ``params.register.model_name`` (``{model}`` filled
    with the run's architecture, e.g. ``lungseg-lgnet``) and waits until it is
    ``READY`` (a repeated run of the same run + evaluation set reuses its existing version);
@@ -16,6 +19,9 @@
 
 Policy (also in docs/pipeline.md, "Registry policy"):
 
+* below the floor ``register.min_metric`` (a worse score than it; ``null`` = no floor) → never
+  promoted, whatever the champion (even when there is none): registered as challenger, ``reason``
+  says so;
 * no champion (or its alias dangles) → the candidate becomes champion;
 * champion evaluated on the **same** evaluation set (same fingerprint, same metric) → the candidate
   becomes champion only if it is strictly better (``greater_is_better``); a tie keeps the champion;
@@ -113,6 +119,34 @@ def evaluation_fingerprint(metrics: dict[str, Any], evaluation_dir: Path) -> tup
 
 
 # ------------------------------------------------------------------------------------------ inputs
+def check_binding(run_info: dict[str, Any], metrics: dict[str, Any], model_dir: Path, metrics_path: Path) -> None:
+    """:class:`DataError` unless the evaluation ``metrics`` (``metrics_path``) was computed on the
+    weights that registering ``model_dir`` registers (see the module docstring)."""
+    from lungseg.io import sha256_file
+
+    evaluated_run, evaluated_sha = metrics.get("run_id"), metrics.get("model_sha256")
+    if not evaluated_run or not evaluated_sha:
+        raise DataError(metrics_path, "does not say which model it evaluated (no run_id/model_sha256: written by an "
+                                      f"older lungseg evaluate): run `lungseg evaluate --model {model_dir}` again")  # fmt: skip
+    if evaluated_run != run_info["run_id"]:
+        raise DataError(metrics_path, f"is the evaluation of training run {evaluated_run}, but {model_dir} is run "
+                                      f"{run_info['run_id']}: register a model with its own evaluation")  # fmt: skip
+    if metrics.get("checkpoint") != "best.pt":
+        raise DataError(metrics_path, f"evaluated {metrics.get('checkpoint')} ({metrics.get('checkpoint_fallback') or 'not best.pt'}), "
+                                      "but the registered model is best.pt's weights: restore best.pt and evaluate again")  # fmt: skip
+    best = model_dir / "best.pt"
+    if not best.is_file():
+        raise DataError(best, "not found: cannot check that the evaluation belongs to this model")
+    actual = sha256_file(best)
+    if actual != evaluated_sha:
+        raise DataError(metrics_path, f"was computed on other weights than {best} ({evaluated_sha[:19]}… vs "
+                                      f"{actual[:19]}…): evaluate this model and register it with that report")  # fmt: skip
+    recorded = run_info.get("best_sha256")
+    if recorded and recorded != actual:
+        raise DataError(best, f"is not the best.pt that training logged as {run_info.get('model_uri')} "
+                              f"({actual[:19]}… vs {recorded[:19]}… in mlflow_run.json): train or restore it again")  # fmt: skip
+
+
 def _read_json(path: Path, what: str) -> dict[str, Any]:
     from lungseg.io import read_json_object
 
@@ -258,8 +292,26 @@ def _create_version(tracking_uri: str, name: str, model_uri: str, tags: dict[str
     with scoped_mlflow_uri(tracking_uri):
         return mlflow.register_model(model_uri, name, tags=tags, await_registration_for=300)
 
+
+def below_floor(cfg, candidate: float) -> bool:
+    """Whether ``candidate`` is worse than ``register.min_metric`` (never promoted then)."""
+    floor = cfg.floor
+    if floor is None:
+        return False
+    return candidate < floor if cfg.greater_is_better else candidate > floor
+
+
 def _decide(cfg, candidate: float, fingerprint: str | None, run_id: str, champion) -> tuple[bool, float | None, str]:
     """(promote?, champion's number or None, reason)."""
+    if below_floor(cfg, candidate):
+        before = None
+        if champion is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                before = float((champion.tags or {})[TAG + "metric_value"])
+        return False, before, (
+            f"{cfg.metric} {candidate:.4f} is {'below' if cfg.greater_is_better else 'above'} register.min_metric "
+            f"{cfg.floor}: registered, not promoted"
+        )
     if champion is None:
         return True, None, "no champion yet"
     tags = champion.tags or {}
@@ -305,23 +357,62 @@ def _model_name(cfg, client, run_info: dict[str, Any], run_file: Path) -> str:
     return cfg.resolved_name(arch)
 
 
+def _evaluation_run_id(evaluation_dir: Path) -> str | None:
+    """The MLflow run of the evaluation (``mlflow_logging.json``, written by ``lungseg evaluate``), if any."""
+    import json
+
+    path = evaluation_dir / "mlflow_logging.json"
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict) and data.get("run_id"):
+            return str(data["run_id"])
+    return None
+
+
 # --------------------------------------------------------------------------------------------- API
+def _lineage_tags(client, run_id: str) -> dict[str, str]:
+    """What the version carries of its training run's lineage (``lungseg lineage`` reads it back): the
+    raw data version (``lungseg.data.*``), code commit, processed-data hash and image of the training
+    run, plus the image/KFP run this register step runs in (:func:`lungseg.lineage.run_context_tags`).
+    A version then answers "which data, code and run made you" even when its run is deleted."""
+    from mlflow.exceptions import MlflowException
+
+    from lungseg import lineage
+
+    keep = (lineage.CODE_COMMIT_TAG, lineage.PROCESSED_HASH_TAG, lineage.IMAGE_TAG, lineage.KFP_RUN_TAG)
+    try:
+        run_tags = client.get_run(run_id).data.tags
+    except MlflowException as exc:
+        raise LungsegError(f"training run {run_id}: cannot be read from the tracking store ({exc.message})") from exc
+    tags = {k: v for k, v in run_tags.items() if k.startswith(lineage.TAG) or k in keep}
+    tags.update(lineage.run_context_tags())
+    return tags
+
+
 def register(params, model_dir: str | Path, evaluation_dir: str | Path, output: str | Path) -> Decision:
     """Register the evaluated model, move ``champion`` only if it is better; write the decision."""
-    from lungseg.io import atomic_write_json
+    from lungseg.io import atomic_write_json, check_output_file
+    from lungseg.tracking import portable_uri, resolve_recorded_uri, resolve_tracking_uri
 
     cfg = params.register
     model_dir, evaluation_dir, output = Path(model_dir), Path(evaluation_dir), Path(output)
-    run_info = _read_json(model_dir / "mlflow_run.json", "written by `lungseg train`")
+    check_output_file(output)  # before anything is registered
+    run_file = model_dir / "mlflow_run.json"
+    run_info = _read_json(run_file, "written by `lungseg train`")
     for key in ("run_id", "model_uri"):
         if not run_info.get(key):
-            raise DataError(model_dir / "mlflow_run.json", f"no {key!r}: the training run was not logged to MLflow")
+            raise DataError(run_file, f"no {key!r}: the training run was not logged to MLflow")
     metrics_path = evaluation_dir / "metrics.json"
     metrics = _read_json(metrics_path, "written by `lungseg evaluate`")
+    check_binding(run_info, metrics, model_dir, metrics_path)
     candidate = _candidate_value(metrics, cfg.metric, metrics_path)
     fingerprint, fp_source = evaluation_fingerprint(metrics, evaluation_dir)
-    tracking_uri = run_info.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow.tracking_uri
+    if run_info.get("tracking_uri"):
+        tracking_uri = resolve_recorded_uri(str(run_info["tracking_uri"]), run_file)
+    else:
+        tracking_uri = resolve_tracking_uri(params)
     run_id, model_uri = run_info["run_id"], run_info["model_uri"]
+    eval_run = _evaluation_run_id(evaluation_dir)
 
     from mlflow.exceptions import MlflowException
 
@@ -340,6 +431,9 @@ def register(params, model_dir: str | Path, evaluation_dir: str | Path, output: 
                 TAG + "eval_split": str(metrics.get("split")),
                 TAG + "eval_n_images": str(metrics.get("n_images")),
                 TAG + "model_uri": model_uri,
+                TAG + "model_sha256": str(metrics.get("model_sha256")),
+                TAG + "eval_run_id": eval_run or "none",
+                **_lineage_tags(client, run_id),
             }
             mv = _create_version(tracking_uri, name, model_uri, base_tags)
         mv = _wait_ready(client, name, mv.version)  # an alias is set only on a READY version
@@ -375,7 +469,7 @@ def register(params, model_dir: str | Path, evaluation_dir: str | Path, output: 
             champion_before=before, champion_before_version=champion_version,
             decision="champion" if promote else "challenger", alias=alias, reason=reason,
             fingerprint=fingerprint, fingerprint_source=fp_source, split=metrics.get("split"),
-            run_id=run_id, model_uri=model_uri, tracking_uri=tracking_uri, reused_version=reused,
+            run_id=run_id, model_uri=model_uri, tracking_uri=portable_uri(tracking_uri, output), reused_version=reused,
         )  # fmt: skip
         for key, value in {
             TAG + "decision": decision.decision,
@@ -383,6 +477,7 @@ def register(params, model_dir: str | Path, evaluation_dir: str | Path, output: 
             TAG + "candidate_value": repr(candidate),
             TAG + "champion_before_value": "none" if before is None else repr(before),
             TAG + "champion_before_version": champion_version or "none",
+            TAG + "below_min_metric": str(below_floor(cfg, candidate)).lower(),
             TAG + "decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }.items():
             client.set_model_version_tag(name, version, key, value)

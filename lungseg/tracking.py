@@ -1,8 +1,16 @@
 """MLflow tracking for training and evaluation, resilient to a tracking server that goes away.
 
 * :func:`resolve_tracking_uri` — ``MLFLOW_TRACKING_URI`` if set, else ``params.mlflow.tracking_uri``
-  (default ``sqlite:///mlflow.db``). A relative sqlite path is made absolute, so the URI recorded in
-  ``mlflow_run.json`` works from any working directory.
+  (default ``sqlite:///mlflow.db``). A relative sqlite path is relative to the **repository root**
+  (:func:`repo_root`: the folder holding ``.dvc``/``.git`` above the working directory), not to the
+  working directory: a DVC experiment run from the queue works in a temporary copy
+  ``<repo>/.dvc/tmp/exps/…`` that DVC deletes afterwards, and its runs must land in ``<repo>/mlflow.db``.
+* :func:`portable_uri` / :func:`portable_path` / :func:`resolve_recorded_uri` — what is written into
+  ``mlflow_run.json``, tags and decision files names repository-local things *relative to the
+  repository* (``sqlite:///mlflow.db``, ``data/processed/medseg``), and is resolved against the
+  repository of the file that recorded it: a clone or copy of the repository uses its own store,
+  never the original's.
+* :func:`mark_stale_run` — a run left ``RUNNING`` by a killed process is set to ``KILLED``.
 * :func:`git_commit` — ``git rev-parse HEAD`` of the working directory, ``"unknown"`` outside git.
 * :func:`data_hash` — ``(hash, source)`` of a processed dataset folder: DVC's md5 of that folder
   from the nearest ``dvc.lock`` (source ``"dvc.lock"``) when one lists it as a stage output, else a
@@ -48,18 +56,106 @@ class TrackingWarning(UserWarning):
     """A logging call to MLflow failed; it was queued (and is lost if it never goes through)."""
 
 
+SQLITE = "sqlite:///"
+
+
+def repo_root(start: str | Path | None = None) -> Path | None:
+    """The repository ``start`` (default: the working directory) lies in, or None outside one.
+
+    That is the nearest folder at or above ``start`` holding ``.dvc`` or ``.git`` — except inside a
+    DVC experiment's temporary workspace (``<repo>/.dvc/tmp/exps/…``, a full copy of the project
+    that ``dvc exp run --queue``/``--run-all`` and ``--temp`` run in, deleted afterwards), where it is
+    the repository the experiment was queued from.
+    """
+    start = Path(start or Path.cwd()).resolve()
+    parts = start.parts
+    for i in range(len(parts) - 1):
+        if parts[i] == ".dvc" and parts[i + 1] == "tmp" and i > 0:
+            return repo_root(Path(*parts[:i]))
+    for folder in (start, *start.parents):
+        if (folder / ".dvc").is_dir() or (folder / ".git").exists():
+            return folder
+    return None
+
+
 def resolve_tracking_uri(params) -> str:
-    """``MLFLOW_TRACKING_URI`` (environment) wins over ``params.mlflow.tracking_uri``."""
+    """``MLFLOW_TRACKING_URI`` (environment) wins over ``params.mlflow.tracking_uri``; a relative
+    sqlite path is made absolute against the repository root (the working directory outside one)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow.tracking_uri
-    return absolute_sqlite(uri)
+    return absolute_sqlite(uri, repo_root() or Path.cwd())
 
 
-def absolute_sqlite(uri: str) -> str:
-    """``sqlite:///rel.db`` → ``sqlite:////abs/cwd/rel.db`` (other URIs unchanged)."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/") and ":memory:" not in uri:
-        return prefix + str((Path.cwd() / uri[len(prefix):]).resolve())
+def _is_relative_sqlite(uri: str) -> bool:
+    return uri.startswith(SQLITE) and not uri.startswith(SQLITE + "/") and ":memory:" not in uri
+
+
+def absolute_sqlite(uri: str, base: str | Path | None = None) -> str:
+    """``sqlite:///rel.db`` → ``sqlite:////<base>/rel.db`` (``base`` default: the working directory;
+    other URIs unchanged)."""
+    if _is_relative_sqlite(uri):
+        return SQLITE + str((Path(base or Path.cwd()) / uri[len(SQLITE):]).resolve())
     return uri
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of an absolute ``sqlite:////…`` URI, else None."""
+    if uri.startswith(SQLITE + "/") and ":memory:" not in uri:
+        return Path(uri[len(SQLITE):].split("?", 1)[0])
+    return None
+
+
+def portable_uri(uri: str, anchor: str | Path) -> str:
+    """``uri`` as it should be recorded in a file at ``anchor``: an sqlite store inside the
+    repository of ``anchor`` becomes relative to that repository (``sqlite:///mlflow.db``);
+    anything else (a server, a store elsewhere) stays as it is."""
+    db, root = sqlite_path(uri), repo_root(anchor)
+    if db is None or root is None:
+        return uri
+    try:
+        return SQLITE + db.resolve().relative_to(root).as_posix()
+    except ValueError:  # outside the repository: keep it absolute
+        return uri
+
+
+def portable_path(path: str | Path) -> str:
+    """``path`` relative to the repository root when it lies inside the repository, else absolute."""
+    path = Path(path).resolve()
+    root = repo_root()
+    if root is not None:
+        with contextlib.suppress(ValueError):
+            return path.relative_to(root).as_posix()
+    return str(path)
+
+
+def resolve_recorded_uri(uri: str, recorded_in: str | Path) -> str:
+    """A tracking URI read from the file ``recorded_in``: a relative sqlite URI is relative to the
+    repository that file lies in (:func:`portable_uri` wrote it so), else to the working directory's."""
+    if not _is_relative_sqlite(uri):
+        return uri
+    return absolute_sqlite(uri, repo_root(Path(recorded_in).parent) or repo_root() or Path.cwd())
+
+
+def mark_stale_run(tracking_uri: str, run_id: str, status: str = "KILLED") -> str:
+    """Set a run that a killed process left ``RUNNING`` to ``status``; returns what was done, for the
+    message (``"marked KILLED"``, ``"was FINISHED"``, or why it could not be reached) — never raises:
+    the stale run is reported, not a reason to refuse the new one."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    saved = {k: os.environ.get(k) for k in HTTP_DEFAULTS}
+    for k, v in HTTP_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+    try:
+        client = MlflowClient(tracking_uri)
+        current = client.get_run(run_id).info.status
+        if current != "RUNNING":
+            return f"was already {current}"
+        client.set_terminated(run_id, status=status)
+        return f"marked {status}"
+    except (MlflowException, OSError) as exc:
+        return f"could not be marked {status} ({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})"
+    finally:
+        _restore_env(saved)
 
 
 def git_commit(cwd: str | Path | None = None) -> str:
@@ -143,6 +239,31 @@ def scoped_tracking_uri(uri: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
+def _experiment_id(client, tracking_uri: str, name: str) -> str:
+    """The id of experiment ``name``, created if needed. In a local sqlite store its artifacts go to
+    ``mlruns/`` beside the database (MLflow's default is ``./mlruns`` of the *working directory*,
+    which for a queued DVC experiment is a temporary copy deleted afterwards). A store whose
+    experiment keeps its artifacts outside the store's repository (the database was copied from
+    another checkout) is warned about: its artifacts go to the original's folder."""
+    exp = client.get_experiment_by_name(name)
+    db = sqlite_path(tracking_uri)
+    if exp is None:
+        location = str(db.parent / "mlruns") if db is not None else None
+        return client.create_experiment(name, artifact_location=location)
+    root = repo_root(db.parent) if db is not None else None
+    where = exp.artifact_location or ""
+    local = where[len("file://"):] if where.startswith("file://") else where if where.startswith("/") else None
+    if root is not None and local is not None:
+        try:
+            Path(local).resolve().relative_to(root)
+        except ValueError:
+            print(f"lungseg: warning: experiment {name!r} of {db} keeps its artifacts in {where}, outside this "
+                  f"repository ({root}): was the database copied from another checkout? Use a new "
+                  "params.mlflow.experiment (or move mlflow.db away) to keep this copy's artifacts here",
+                  file=sys.stderr)  # fmt: skip
+    return exp.experiment_id
+
+
 @dataclass
 class _Pending:
     what: str
@@ -172,8 +293,9 @@ class ResilientRun:
     # ------------------------------------------------------------------ creation
     @classmethod
     def start(cls, tracking_uri: str, experiment: str, *, run_id: str | None = None,
-              run_name: str | None = None, tags: dict[str, str] | None = None) -> ResilientRun:
-        """Start a new run in ``experiment`` or re-open ``run_id`` (resume / evaluation).
+              run_name: str | None = None, tags: dict[str, str] | None = None,
+              experiment_id: str | None = None) -> ResilientRun:
+        """Start a new run in ``experiment`` (or in ``experiment_id``) or re-open ``run_id`` (resume).
 
         Raises :class:`TrainingError` when the store cannot be reached: nothing has run yet.
         """
@@ -191,8 +313,7 @@ class ResilientRun:
                     client.update_run(run_id, status="RUNNING")
                 exp_id = run.info.experiment_id
             else:
-                exp = client.get_experiment_by_name(experiment)
-                exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+                exp_id = experiment_id or _experiment_id(client, tracking_uri, experiment)
                 run = client.create_run(exp_id, run_name=run_name, tags=tags or {})
                 run_id = run.info.run_id
         except (MlflowException, OSError) as exc:  # unreachable store / bad URI / unknown run
@@ -299,7 +420,13 @@ class ResilientRun:
                          lambda: self.client.log_artifacts(self.run_id, str(folder), artifact_path))
 
     def log_torch_model(self, model, input_example, *, name: str = "model") -> str | None:
-        """``mlflow.pytorch.log_model`` (pickle, signature from ``input_example``); the model URI or None."""
+        """``mlflow.pytorch.log_model`` (pickle, signature from ``input_example``); the model URI or None.
+
+        The logged model is created in **this run's experiment** first (``create_logged_model``) and
+        then filled: ``log_model(run_id=…)`` alone puts it in the *active* experiment — MLflow's
+        ``Default`` one, whose artifacts live in the ``mlruns/`` of the working directory the store
+        was created from (a queued DVC experiment's temporary copy: the registered model's files
+        vanished with it)."""
         import mlflow
         import numpy as np
         import torch
@@ -311,10 +438,11 @@ class ResilientRun:
             with torch.no_grad():
                 out = model(torch.as_tensor(input_example)).numpy()
             signature = infer_signature(np.asarray(input_example), out)
+            logged = self.client.create_logged_model(self.experiment_id, name=name, source_run_id=self.run_id)
             with scoped_tracking_uri(self.tracking_uri):
                 info = mlflow.pytorch.log_model(
                     model, name=name, serialization_format="pickle", signature=signature,
-                    input_example=np.asarray(input_example), run_id=self.run_id,
+                    input_example=np.asarray(input_example), run_id=self.run_id, model_id=logged.model_id,
                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"],
                 )
             result["uri"] = info.model_uri

@@ -1,7 +1,9 @@
 """Build real registration inputs: an MLflow run holding a tiny torch model + an evaluation folder.
 
-Until ``lungseg train``/``evaluate`` write them, the tests create what they would: a real run with
-``mlflow.pytorch.log_model`` and the ``mlflow_run.json`` / ``metrics.json`` of docs/CONTRACTS.md.
+The tests create what ``lungseg train``/``evaluate`` would, in seconds: a real run with
+``mlflow.pytorch.log_model``, its weights saved as ``best.pt``, and the ``mlflow_run.json`` /
+``metrics.json`` of docs/CONTRACTS.md — including the binding of the evaluation to the model
+(``run_id``, ``model_sha256`` = sha256 of ``best.pt``) that ``lungseg register`` checks.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ def log_tiny_model(tracking_uri: str, experiment: str = "registry-tests", model_
                 module, name="model", serialization_format="pickle", pip_requirements=["torch"]
             )
     return {
+        "state_dict": module.state_dict(),
         "run_id": run.info.run_id,
         "tracking_uri": tracking_uri,
         "experiment_id": exp.experiment_id,
@@ -35,13 +38,20 @@ def log_tiny_model(tracking_uri: str, experiment: str = "registry-tests", model_
 
 
 def write_candidate(root: Path, run_info: dict, *, dice: float, fingerprint: str | None, split="test") -> tuple[Path, Path]:
-    """``root/model/mlflow_run.json`` and ``root/eval/metrics.json``; returns (model_dir, eval_dir)."""
+    """``root/model/{mlflow_run.json, best.pt}`` and ``root/eval/metrics.json`` (bound to that model);
+    returns (model_dir, eval_dir)."""
+    from lungseg.io import sha256_file
+
     model_dir, eval_dir = root / "model", root / "eval"
     model_dir.mkdir(parents=True, exist_ok=True)
     eval_dir.mkdir(parents=True, exist_ok=True)
-    (model_dir / "mlflow_run.json").write_text(json.dumps(run_info))
-    metrics = {"dice_mean": dice, "iou_mean": dice * 0.8, "split": split, "n_images": 4, "checkpoint": "best.pt"}
+    info = {k: v for k, v in run_info.items() if k != "state_dict"}
+    torch.save({"model_state": run_info.get("state_dict"), "run_id": info["run_id"]}, model_dir / "best.pt")
+    info["best_sha256"] = sha256_file(model_dir / "best.pt")
+    (model_dir / "mlflow_run.json").write_text(json.dumps(info), encoding="utf-8")
+    metrics = {"dice_mean": dice, "iou_mean": dice * 0.8, "split": split, "n_images": 4, "checkpoint": "best.pt",
+               "run_id": info["run_id"], "model_sha256": info["best_sha256"]}
     if fingerprint is not None:
         metrics["data_fingerprint"] = fingerprint
-    (eval_dir / "metrics.json").write_text(json.dumps(metrics))
+    (eval_dir / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
     return model_dir, eval_dir

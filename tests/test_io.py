@@ -59,3 +59,49 @@ def test_read_json_object_names_the_file_and_the_problem(tmp_path):
         read_json_object(path, "x")
     path.write_text('{"name": "LG-Net ²"}', encoding="utf-8")
     assert read_json_object(path, "x") == {"name": "LG-Net ²"}
+
+
+def test_an_output_folder_never_replaces_a_file(tmp_path):
+    """`--output` naming an existing file was silently replaced by a folder (leaving `.afile.old-*`)."""
+    from lungseg.errors import DataError
+    from lungseg.io import check_output_dir, replace_dir
+
+    afile = tmp_path / "afile"
+    afile.write_text("keep me", encoding="utf-8")
+    with pytest.raises(DataError, match=r"afile: exists and is not a folder"):
+        with atomic_dir(afile) as tmp:
+            (tmp / "x.txt").write_text("x", encoding="utf-8")
+    src = tmp_path / "src"
+    src.mkdir()
+    with pytest.raises(DataError, match=r"afile: exists and is not a folder"):
+        replace_dir(src, afile)
+    assert afile.read_text(encoding="utf-8") == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "src"]  # no temporary or backup left
+    with pytest.raises(DataError, match=r"afile: is a file, not a folder"):
+        check_output_dir(afile / "inside")
+    assert check_output_dir(tmp_path / "new") == tmp_path / "new"
+
+
+def test_an_output_file_never_replaces_a_folder(tmp_path):
+    from lungseg.errors import DataError
+    from lungseg.io import atomic_write_text
+
+    folder = tmp_path / "reg.json"
+    folder.mkdir()
+    (folder / "inner").write_text("keep", encoding="utf-8")
+    with pytest.raises(DataError, match=r"reg\.json: is a folder: the output is a file"):
+        atomic_write_json(folder, {"a": 1})
+    with pytest.raises(DataError, match=r"reg\.json: is a folder"):
+        atomic_write_text(folder, "x")
+    assert (folder / "inner").read_text(encoding="utf-8") == "keep"
+    assert [p.name for p in tmp_path.iterdir()] == ["reg.json"]
+
+
+def test_sha256_file(tmp_path):
+    import hashlib
+
+    from lungseg.io import sha256_file
+
+    path = tmp_path / "w.bin"
+    path.write_bytes(b"\x00\x01" * 700_000)  # more than one read block
+    assert sha256_file(path) == "sha256:" + hashlib.sha256(b"\x00\x01" * 700_000).hexdigest()

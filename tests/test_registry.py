@@ -245,3 +245,82 @@ def test_model_name_template_is_filled_with_the_runs_architecture(tmp_path, trac
     names = {m.name for m in client.search_registered_models()}
     assert {f"{prefix}-prnet", f"{prefix}-unet"} <= names
     assert not any(n.startswith(prefix) and n not in (f"{prefix}-prnet", f"{prefix}-unet") for n in names)
+
+
+# ------------------------------------------------------------------ the evaluation must belong to the model
+def _versions(client, name):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return []
+
+
+def test_evaluation_of_another_model_is_refused_and_nothing_is_registered(tmp_path, tracking_uri, params, capsys):
+    """`register --model A --evaluation <B's report>` promoted A on B's Dice; now: error, exit 2, nothing."""
+    name = params.register.model_name
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    model_a, _, _ = _candidate(tmp_path, tracking_uri, "a", dice=0.30)
+    _, eval_b, _ = _candidate(tmp_path, tracking_uri, "b", dice=0.90)
+    with pytest.raises(DataError, match=r"eval/metrics\.json: is the evaluation of training run \w+, but .* is run"):
+        register(params, model_a, eval_b, tmp_path / "x.json")
+    # same run, other weights (best.pt replaced after the evaluation)
+    model_c, eval_c, _ = _candidate(tmp_path, tracking_uri, "c", dice=0.5)
+    (model_c / "best.pt").write_bytes(b"other weights")
+    with pytest.raises(DataError, match=r"metrics\.json: was computed on other weights than .*best\.pt"):
+        register(params, model_c, eval_c, tmp_path / "x.json")
+    # a report that does not say which model it evaluated (older lungseg evaluate)
+    model_d, eval_d, _ = _candidate(tmp_path, tracking_uri, "d", dice=0.5)
+    m = json.loads((eval_d / "metrics.json").read_text())
+    del m["model_sha256"], m["run_id"]
+    (eval_d / "metrics.json").write_text(json.dumps(m), encoding="utf-8")
+    with pytest.raises(DataError, match=r"does not say which model it evaluated"):
+        register(params, model_d, eval_d, tmp_path / "x.json")
+    # the last epoch's checkpoint evaluated (best.pt was broken): not the registered weights
+    model_e, eval_e, _ = _candidate(tmp_path, tracking_uri, "e", dice=0.5)
+    m = json.loads((eval_e / "metrics.json").read_text())
+    m.update(checkpoint="checkpoint.pt", checkpoint_fallback="best.pt: not a readable checkpoint")
+    (eval_e / "metrics.json").write_text(json.dumps(m), encoding="utf-8")
+    with pytest.raises(DataError, match=r"evaluated checkpoint\.pt \(best\.pt: not a readable checkpoint\)"):
+        register(params, model_e, eval_e, tmp_path / "x.json")
+
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(json.dumps({k: params.to_dict()[k] for k in ("register", "mlflow")}), encoding="utf-8")
+    capsys.readouterr()
+    code = main(["register", "--model", str(model_a), "--evaluation", str(eval_b), "--output", str(tmp_path / "x.json"),
+                 "--params", str(params_file)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert _versions(client, name) == [] and not (tmp_path / "x.json").exists()
+
+
+def test_below_min_metric_is_registered_but_never_promoted(tmp_path, tracking_uri, params):
+    """A first registration became champion whatever its score (even Dice 0)."""
+    name = params.register.model_name
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    assert params.register.floor == 0.1  # the documented default (auto, greater is better)
+    zero = register(params, *_candidate(tmp_path, tracking_uri, "zero", dice=0.0)[:2], tmp_path / "zero.json")
+    assert zero.decision == "challenger" and zero.champion_before is None
+    assert "below register.min_metric 0.1" in zero.reason
+    assert json.loads((tmp_path / "zero.json").read_text())["reason"] == zero.reason
+    tags = client.get_model_version(name, zero.version).tags
+    assert tags["lungseg.below_min_metric"] == "true" and tags["lungseg.decision"] == "challenger"
+    assert "champion" not in client.get_registered_model(name).aliases
+    ok = register(params, *_candidate(tmp_path, tracking_uri, "ok", dice=0.35)[:2], tmp_path / "ok.json")
+    assert ok.decision == "champion"
+    # a better score below a raised floor does not dethrone the champion either
+    strict = params_from_dict({**{k: params.to_dict()[k] for k in ("mlflow",)},
+                               "register": {"model_name": name, "min_metric": 0.9}})  # fmt: skip
+    high = register(strict, *_candidate(tmp_path, tracking_uri, "high", dice=0.8)[:2], tmp_path / "high.json")
+    assert high.decision == "challenger" and high.champion_before == pytest.approx(0.35)
+    assert _alias(client, name, "champion").version == ok.version
+
+
+def test_register_output_naming_a_folder_is_refused_before_registering(tmp_path, tracking_uri, params):
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    model_dir, eval_dir, _ = _candidate(tmp_path, tracking_uri, "a", dice=0.5)
+    (tmp_path / "out.json").mkdir()
+    with pytest.raises(DataError, match=r"out\.json: is a folder"):
+        register(params, model_dir, eval_dir, tmp_path / "out.json")
+    assert _versions(client, params.register.model_name) == []

@@ -138,3 +138,77 @@ def test_unreachable_store_at_start_is_an_error(tmp_path, monkeypatch):
         warnings.simplefilter("ignore")
         with pytest.raises(TrainingError, match="MLflow tracking at http://127.0.0.1:9"):
             ResilientRun.start("http://127.0.0.1:9", "nowhere")
+
+
+def test_repo_root_and_repository_relative_uris(tmp_path, monkeypatch):
+    """The default store is the repository's, also from a queued DVC experiment's temporary copy
+    (`<repo>/.dvc/tmp/exps/…`, deleted by DVC afterwards), and is recorded relative to the repository."""
+    from types import SimpleNamespace
+
+    from lungseg.tracking import portable_path, portable_uri, repo_root, resolve_recorded_uri, resolve_tracking_uri
+
+    repo = tmp_path / "repo"
+    (repo / ".dvc").mkdir(parents=True)
+    (repo / "models" / "medseg").mkdir(parents=True)
+    exp = repo / ".dvc" / "tmp" / "exps" / "tmpabc123"
+    (exp / ".dvc").mkdir(parents=True)
+    (exp / "models" / "medseg").mkdir(parents=True)
+    assert repo_root(repo / "models" / "medseg") == repo
+    assert repo_root(exp / "models" / "medseg") == repo  # the repository the experiment was queued from
+    assert repo_root(tmp_path) is None
+
+    params = SimpleNamespace(mlflow=SimpleNamespace(tracking_uri="sqlite:///mlflow.db"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(exp)
+    assert resolve_tracking_uri(params) == f"sqlite:///{repo.resolve()}/mlflow.db"
+    monkeypatch.chdir(repo / "models")
+    assert resolve_tracking_uri(params) == f"sqlite:///{repo.resolve()}/mlflow.db"  # not models/mlflow.db
+    monkeypatch.chdir(tmp_path)
+    assert resolve_tracking_uri(params) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"  # outside a repository
+
+    absolute = f"sqlite:///{repo.resolve()}/mlflow.db"
+    assert portable_uri(absolute, repo / "models" / "medseg") == "sqlite:///mlflow.db"
+    assert portable_uri(absolute, tmp_path / "elsewhere") == absolute  # the file is not in that repository
+    assert portable_uri("http://127.0.0.1:5000", repo) == "http://127.0.0.1:5000"
+    # read back: relative to the repository of the file that recorded it (a copy uses its own store)
+    copy = tmp_path / "copy"
+    (copy / ".git").mkdir(parents=True)
+    assert resolve_recorded_uri("sqlite:///mlflow.db", copy / "models" / "medseg" / "mlflow_run.json") == (
+        f"sqlite:///{copy.resolve()}/mlflow.db")
+    assert resolve_recorded_uri(absolute, copy / "mlflow_run.json") == absolute
+    monkeypatch.chdir(repo)
+    assert portable_path(repo / "data" / "processed") == "data/processed"
+    assert portable_path(tmp_path / "x") == str((tmp_path / "x").resolve())
+
+
+def test_experiment_artifacts_live_beside_a_local_store_and_stale_runs_are_marked(tmp_path, monkeypatch):
+    """Artifacts of a new experiment in a local sqlite store go to mlruns/ beside the database (MLflow's
+    default is the working directory's, a temporary folder for a queued DVC experiment); a run a
+    killed process left RUNNING is marked KILLED."""
+    from lungseg.tracking import mark_stale_run
+
+    store = tmp_path / "repo"
+    store.mkdir()
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    run = ResilientRun.start(uri, "artifacts-here", run_name="a")
+    client = MlflowClient(uri)
+    location = client.get_experiment(run.experiment_id).artifact_location
+    assert location.removeprefix("file://").startswith(str(store / "mlruns")), location
+    # the logged model too (MLflow put it in the Default experiment, under the working directory)
+    import numpy as np
+    import torch
+
+    model_uri = run.log_torch_model(torch.nn.Conv2d(1, 1, 3, padding=1), np.zeros((2, 1, 8, 8), np.float32))
+    logged = client.get_logged_model(model_uri.removeprefix("models:/"))
+    assert logged.experiment_id == run.experiment_id
+    assert logged.artifact_location.removeprefix("file://").startswith(str(store / "mlruns")), logged.artifact_location
+    assert not (elsewhere / "mlruns").exists()
+    assert client.get_run(run.run_id).info.status == "RUNNING"
+    run.close()  # the process "dies" without ending the run
+    assert mark_stale_run(uri, run.run_id) == "marked KILLED"
+    assert client.get_run(run.run_id).info.status == "KILLED"
+    assert mark_stale_run(uri, run.run_id) == "was already KILLED"
+    assert mark_stale_run(uri, "0" * 32).startswith("could not be marked KILLED")

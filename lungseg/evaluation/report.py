@@ -4,11 +4,16 @@ Outputs (written to a temporary folder, renamed into ``output_dir`` at the end):
 
 * ``per_image.csv`` — one row per image: manifest id and every metric of
   :func:`lungseg.metrics.per_image_metrics` (Dice, IoU, mIoU, ACC, SEN, SPE, MAE, AUC, HD, HD95).
-* ``metrics.json`` — DVC metrics: :func:`lungseg.metrics.aggregate` (``*_mean`` over images and
+* ``metrics.json`` — the full summary: :func:`lungseg.metrics.aggregate` (``*_mean`` over images and
   ``*_pooled`` from summed confusion counts) plus ``split, n_images, checkpoint, threshold,
   data_fingerprint`` (the evaluation set, see :func:`lungseg.data.dataset.manifest_fingerprint`),
-  ``split_level`` and the data warnings. NaN (an undefined mean, e.g. HD when every image has an
-  empty side) is written as ``null`` so the file stays strict JSON.
+  ``split_level``, the data warnings, the **model it belongs to** (``run_id`` of the training run,
+  ``model_sha256`` of the evaluated checkpoint file: ``lungseg register`` refuses an evaluation
+  whose model is not the one being registered) and the preprocessing check (below). NaN (an
+  undefined mean, e.g. HD when every image has an empty side) is written as ``null`` so the file
+  stays strict JSON.
+* ``headline.json`` — the DVC metrics file: the few headline numbers (:data:`HEADLINE`), so
+  ``dvc metrics show`` / ``dvc exp show`` stay readable; everything else is in ``metrics.json``.
 * ``overlays.png`` — image, ground truth and prediction for the best and worst ``n_overlays``
   images by Dice.
 * ``roc.csv`` (fpr, tpr, threshold), ``pr.csv`` (recall, precision, threshold), ``curves.csv``
@@ -16,9 +21,31 @@ Outputs (written to a temporary folder, renamed into ``output_dir`` at the end):
   over every pixel of the split (DVC plots), drawn in ``curves.png``; ``roc_auc_pooled`` in metrics.json.
 * ``mlflow_logging.json`` — the training run it was logged to and what logging was lost (if any).
 
-Everything is logged to the training run of ``<model_dir>/mlflow_run.json`` (``eval_*`` metrics,
-tags, artifacts under ``evaluation/<split>/``) through :class:`lungseg.tracking.ResilientRun`:
-a tracking server that is down costs the logging (recorded, warned), never the report.
+Preprocessing check
+    The data must be preprocessed as the model's training data was (``preprocess`` recorded in the
+    checkpoint by training: ``image_size``, ``hu_window``, ``multiclass``, ``num_labels``,
+    ``label_names``): a 64² model run on a 128² set silently scores something else. A difference is
+    a :class:`~lungseg.errors.DataError` naming both values, unless ``allow_preprocessing_mismatch``
+    (``lungseg evaluate --allow-preprocessing-mismatch``); then it is evaluated and the differences
+    are recorded in ``metrics.json`` (``preprocessing_mismatch``). A checkpoint written before
+    training recorded its preprocessing is checked on ``image_size`` only, and ``metrics.json``
+    (``preprocessing_unchecked``) and a warning say what could not be checked.
+
+Which checkpoint
+    ``best.pt`` (the weights ``lungseg train`` logged as the MLflow model). When it is missing, or
+    unreadable while ``checkpoint.pt`` is intact, the last epoch's ``checkpoint.pt`` is evaluated
+    instead with a warning naming the problem and the fallback (``checkpoint_fallback`` in
+    ``metrics.json``); such a report cannot be registered (it is not the registered weights).
+
+MLflow
+    Each evaluation is its own MLflow run, nested under the training run of
+    ``<model_dir>/mlflow_run.json`` (tag ``mlflow.parentRunId``; the UI shows it under the training
+    run), with the summary's numbers as metrics, tags ``lungseg.stage=evaluate``, ``eval_split``,
+    ``eval_data_fingerprint``, ``model_sha256``, ``checkpoint``, and the report's files as
+    artifacts. The training run itself is never written to, so a second evaluation (another set,
+    another threshold) never overwrites the first. Logging goes through
+    :class:`lungseg.tracking.ResilientRun`: a tracking server that is down costs the logging
+    (recorded in ``mlflow_logging.json``, warned), never the report.
 HD/HD95 are in mm when the processed set records a pixel spacing, else in pixels.
 Multi-class models (num_classes > 1) get per-class Dice/IoU from
 :func:`lungseg.metrics.per_image_metrics_multiclass`.
@@ -39,9 +66,16 @@ import torch
 from lungseg.config import Params
 from lungseg.data.dataset import load_split, manifest_fingerprint
 from lungseg.errors import CheckpointError, DataError, TrainingError
-from lungseg.io import atomic_dir, atomic_write_json, read_json_object
+from lungseg.io import atomic_dir, atomic_write_json, check_output_dir, read_json_object, sha256_file
 from lungseg.metrics import aggregate, per_image_metrics, per_image_metrics_multiclass
 from lungseg.training.loop import BEST, CHECKPOINT, build_model, load_checkpoint
+
+
+#: the keys of ``headline.json`` (those present: binary or multi-class), in this order
+HEADLINE = ("n_images", "dice_mean", "dice_pooled", "iou_mean", "sen_mean", "spe_mean", "hd95_mean", "roc_auc_pooled",
+            "dice_mean_fg_mean", "iou_mean_fg_mean")  # fmt: skip
+#: preprocessing settings a model's data and the evaluated data must share
+CHECKED_PREPROCESSING = ("image_size", "hu_window", "multiclass", "num_labels", "label_names")
 
 
 @dataclass
@@ -59,7 +93,7 @@ class EvalResult:
         vals = "  ".join(f"{k} {self.summary[k]:.4f}" for k in keys if self.summary[k] is not None)
         s = f"evaluated {self.n_images} {self.split} image(s) in {self.seconds:.1f} s → {self.output_dir}\n  {vals}"
         if self.logging and self.logging.get("run_id"):
-            s += f"\n  logged to MLflow run {self.logging['run_id']}"
+            s += f"\n  logged to MLflow run {self.logging['run_id']} (under training run {self.logging.get('parent_run_id')})"
             if self.logging.get("lost_logging"):
                 s += f" ({self.logging['lost_logging']} logging call(s) lost)"
         return s
@@ -88,25 +122,92 @@ def _finite_or_none(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: conv(v) for k, v in summary.items()}
 
 
-def evaluate(params: Params, model_dir: str | Path, data_dir: str | Path, output_dir: str | Path) -> EvalResult:
+def _choose_checkpoint(model_dir: Path) -> tuple[Path, dict[str, Any], str | None]:
+    """(path, checkpoint, fallback reason): ``best.pt``, else — missing, or unreadable while
+    ``checkpoint.pt`` is intact — ``checkpoint.pt`` with the reason (also printed as a warning)."""
+    best, last = model_dir / BEST, model_dir / CHECKPOINT
+    if best.is_file():
+        try:
+            return best, load_checkpoint(best), None
+        except CheckpointError as exc:
+            if not last.is_file():
+                raise
+            try:
+                ckpt = load_checkpoint(last)
+            except CheckpointError:
+                raise exc from None
+            reason = f"{exc}"
+    elif last.is_file():
+        ckpt, reason = load_checkpoint(last), f"{best}: not found"
+    else:
+        raise CheckpointError(f"{model_dir}: neither {BEST} nor {CHECKPOINT} found (run `lungseg train` first)")
+    print(f"lungseg: warning: {reason}; evaluating {last} instead (the last epoch, {ckpt.get('epoch')}, not the best "
+          f"one; this report cannot be registered: restore {BEST}, e.g. `dvc checkout`, and evaluate again)",
+          file=sys.stderr)  # fmt: skip
+    return last, ckpt, reason
+
+
+def check_preprocessing(ckpt: dict[str, Any], meta: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(mismatches, unchecked) between the preprocessing a checkpoint was trained with and the
+    processed set's ``meta.json`` (see the module docstring); each entry says key and both values."""
+    trained = dict(ckpt.get("preprocess") or {})
+    if not trained and ckpt.get("image_size") is not None:  # written before training recorded it
+        trained = {"image_size": ckpt["image_size"]}
+    data = {**dict(meta.get("preprocess") or {}), "image_size": meta.get("image_size"),
+            "num_labels": meta.get("num_labels"), "label_names": meta.get("label_names")}  # fmt: skip
+    mismatch, unchecked = [], []
+    for key in CHECKED_PREPROCESSING:
+        a, b = _norm(trained.get(key)), _norm(data.get(key))
+        if a is None or b is None:
+            unchecked.append(key)
+        elif a != b:
+            mismatch.append(f"{key}: data {b}, model {a}")
+    return mismatch, unchecked
+
+
+def _norm(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_norm(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def evaluate(params: Params, model_dir: str | Path, data_dir: str | Path, output_dir: str | Path, *,
+             allow_preprocessing_mismatch: bool = False) -> EvalResult:
     """Evaluate the model trained into ``model_dir`` on ``params.evaluate.split`` of ``data_dir``."""
     t0 = time.perf_counter()
     cfg = params.evaluate
     model_dir, data_dir, output_dir = Path(model_dir), Path(data_dir), Path(output_dir)
+    check_output_dir(output_dir)
     if not model_dir.is_dir():
         raise CheckpointError(f"{model_dir}: training output folder not found (run `lungseg train` first)")
-    ckpt_path = model_dir / BEST if (model_dir / BEST).is_file() else model_dir / CHECKPOINT
-    ckpt = load_checkpoint(ckpt_path)
+    ckpt_path, ckpt, fallback = _choose_checkpoint(model_dir)
     run_file = model_dir / "mlflow_run.json"
     run_info = _read_run_file(run_file)  # a bad run file fails before any output
     split = load_split(data_dir, cfg.split)
     if len(split.images) == 0:
         raise DataError(data_dir, f"split {cfg.split!r} is empty")
+    mismatch, unchecked = check_preprocessing(ckpt, split.meta)
+    if mismatch and not allow_preprocessing_mismatch:
+        raise DataError(data_dir, f"preprocessed differently from the data {ckpt_path} was trained on "
+                                  f"({'; '.join(mismatch)}): preprocess the data with the model's settings, or pass "
+                                  "--allow-preprocessing-mismatch to evaluate anyway (recorded in metrics.json)")  # fmt: skip
+    if mismatch:
+        print(f"lungseg: warning: evaluating on differently preprocessed data ({'; '.join(mismatch)}), as asked",
+              file=sys.stderr)  # fmt: skip
+    if unchecked:
+        print(f"lungseg: warning: {ckpt_path} does not record the training data's {', '.join(unchecked)}: "
+              "not checked against this data (re-train to record them)", file=sys.stderr)  # fmt: skip
     model = build_model(ckpt["model_identity"])
     try:
         model.load_state_dict(ckpt["model_state"])
     except RuntimeError as exc:
         raise CheckpointError(f"{ckpt_path}: weights do not fit {ckpt['model_identity']['name']}: {exc}") from exc
+    divisor = int(getattr(model, "size_divisor", 1))
+    if split.images.shape[-1] % divisor or split.images.shape[-2] % divisor:
+        raise DataError(data_dir, f"images are {split.images.shape[-2]}x{split.images.shape[-1]} but "
+                                  f"{ckpt['model_identity']['name']} needs multiples of {divisor}")  # fmt: skip
     num_labels = int(split.meta["num_labels"])
     if (ckpt["model_identity"]["kwargs"]["num_classes"] == 1) != (num_labels == 2):
         raise CheckpointError(f"{ckpt_path}: model has {ckpt['model_identity']['kwargs']['num_classes']} output "
@@ -124,66 +225,95 @@ def evaluate(params: Params, model_dir: str | Path, data_dir: str | Path, output
     summary.update({
         "split": cfg.split, "n_images": len(df), "threshold": cfg.threshold, "checkpoint": ckpt_path.name,
         "checkpoint_epoch": ckpt.get("epoch"), "model": ckpt["model_identity"]["name"],
+        "run_id": (run_info or {}).get("run_id") or ckpt.get("mlflow_run_id"),
+        "model_sha256": sha256_file(ckpt_path),
         "data_fingerprint": manifest_fingerprint(split.manifest.to_dict("records")),
         "split_level": split.meta.get("split_level"), "data_warnings": split.meta.get("warnings", []),
         "hd_unit": "mm" if spacing else "pixel",
+        "preprocessing_mismatch": mismatch, "preprocessing_unchecked": unchecked,
+        **({"checkpoint_fallback": fallback} if fallback else {}),
     })  # fmt: skip
 
     with atomic_dir(output_dir) as tmp:
         df.to_csv(tmp / "per_image.csv", index=False)
-        atomic_write_json(tmp / "metrics.json", summary)
         _overlays(tmp / "overlays.png", split.images, masks, probs, df, cfg.n_overlays, cfg.threshold)
         if probs.ndim == 3:
             summary["roc_auc_pooled"] = _curves(tmp, probs, masks)
-            atomic_write_json(tmp / "metrics.json", summary)
+        atomic_write_json(tmp / "metrics.json", summary)
+        atomic_write_json(tmp / "headline.json", {k: summary[k] for k in HEADLINE if k in summary})
 
-    logging = _log_to_training_run(run_info, run_file, output_dir, summary, cfg.split, int(ckpt.get("epoch") or 0))
+    logging = _log_evaluation_run(run_info, run_file, output_dir, summary, cfg.split)
     atomic_write_json(output_dir / "mlflow_logging.json", logging)
     return EvalResult(output_dir, cfg.split, len(df), summary, time.perf_counter() - t0, logging)
 
 
 def _read_run_file(run_file: Path) -> dict[str, Any] | None:
     """The training run of ``mlflow_run.json`` (``None`` when the training was not logged: a warning);
-    ``DataError`` naming the file when it is unreadable or lacks ``run_id``/``tracking_uri``."""
+    ``DataError`` naming the file when it is unreadable or lacks ``run_id``/``tracking_uri``.
+    A repository-relative ``tracking_uri`` is resolved against the repository of ``run_file``."""
+    from lungseg.tracking import resolve_recorded_uri
+
     if not run_file.is_file():
         print(f"lungseg: warning: {run_file} not found: the evaluation is not logged to MLflow", file=sys.stderr)
         return None
     info = read_json_object(run_file, "not found")
     if not info.get("run_id") or not info.get("tracking_uri"):
         raise DataError(run_file, "no run_id/tracking_uri (was the training run logged to MLflow?)")
-    return info
+    return {**info, "tracking_uri": resolve_recorded_uri(str(info["tracking_uri"]), run_file)}
 
 
-def _log_to_training_run(info: dict[str, Any] | None, run_file: Path, output_dir: Path, summary: dict[str, Any],
-                         split: str, step: int) -> dict:
-    """``eval_*`` metrics, tags and the report's files into the training run ``info`` (read from
-    ``run_file`` by :func:`_read_run_file`; ``None``: not logged).
+def _log_evaluation_run(info: dict[str, Any] | None, run_file: Path, output_dir: Path, summary: dict[str, Any],
+                        split: str) -> dict:
+    """A new MLflow run for this evaluation, nested under the training run ``info`` (read from
+    ``run_file`` by :func:`_read_run_file`; ``None``: not logged): metrics, tags, the report's files.
 
-    Returns what happened (``run_id``, ``lost_logging``, ``lost_calls``); a tracking server that is
-    down costs the logging (recorded and warned), never the evaluation.
+    Returns what happened (``run_id`` of the evaluation run, ``parent_run_id``, ``lost_logging``,
+    ``lost_calls``); a tracking server that is down costs the logging (recorded and warned), never
+    the evaluation.
     """
     from lungseg.tracking import ResilientRun
 
     if info is None:
-        return {"run_id": None, "lost_logging": 0, "lost_calls": [], "reason": f"{run_file} not found"}
+        return {"run_id": None, "parent_run_id": None, "lost_logging": 0, "lost_calls": [],
+                "reason": f"{run_file} not found"}  # fmt: skip
+    fingerprint = str(summary.get("data_fingerprint"))
+    tags = {"mlflow.parentRunId": info["run_id"], "lungseg.stage": "evaluate", "eval_split": split,
+            "eval_data_fingerprint": fingerprint, "model_sha256": str(summary.get("model_sha256")),
+            "checkpoint": str(summary.get("checkpoint")), "model": str(summary.get("model"))}  # fmt: skip
     try:
-        run = ResilientRun.start(info["tracking_uri"], info.get("experiment") or "", run_id=info["run_id"])
+        run = ResilientRun.start(info["tracking_uri"], info.get("experiment") or "", run_id=None,
+                                    experiment_id=_experiment_of(info), run_name=f"evaluate-{split}-{fingerprint[7:15]}",
+                                    tags=tags)  # fmt: skip
     except TrainingError as exc:  # the store is unreachable: the report stands, the logging is lost
         print(f"lungseg: warning: evaluation not logged to MLflow: {exc}", file=sys.stderr)
-        return {"run_id": info["run_id"], "lost_logging": 1, "lost_calls": [f"all evaluation logging: {exc}"]}
-    was_running = True
+        return {"run_id": None, "parent_run_id": info["run_id"], "lost_logging": 1,
+                "lost_calls": [f"all evaluation logging: {exc}"]}  # fmt: skip
+    ok = False
     try:
-        run.log_metrics({f"eval_{k}": v for k, v in summary.items()
-                         if isinstance(v, (int, float)) and not isinstance(v, bool)}, step=step)  # fmt: skip
-        run.set_tags({"eval_split": split, "eval_data_fingerprint": str(summary.get("data_fingerprint"))})
-        for name in ("per_image.csv", "metrics.json", "overlays.png", "roc.csv", "pr.csv", "curves.csv", "curves.png"):
+        run.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+                        step=0)  # fmt: skip
+        for name in ("per_image.csv", "metrics.json", "headline.json", "overlays.png", "roc.csv", "pr.csv",
+                     "curves.csv", "curves.png"):  # fmt: skip
             if (output_dir / name).is_file():
-                run.log_artifact(output_dir / name, f"evaluation/{split}")
-        was_running = False
+                run.log_artifact(output_dir / name)
+        ok = True
     finally:
-        run.end("FINISHED" if not was_running else "FAILED")  # re-opening set RUNNING: restore the end state
+        run.end("FINISHED" if ok else "FAILED")
         run.close()
-    return {"run_id": run.run_id, **run.summary()}
+    return {"run_id": run.run_id, "parent_run_id": info["run_id"], **run.summary()}
+
+
+def _experiment_of(info: dict[str, Any]) -> str | None:
+    """The experiment id of the training run (from ``mlflow_run.json``; looked up by MLflow if absent)."""
+    if info.get("experiment_id"):
+        return str(info["experiment_id"])
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        return str(MlflowClient(info["tracking_uri"]).get_run(info["run_id"]).info.experiment_id)
+    except (MlflowException, OSError):
+        return None
 
 
 

@@ -7,7 +7,14 @@ Where things go
     the learning curves and ``mlflow_run.json`` are added and the folder is renamed to ``<output>``:
     a previous ``<output>`` stays intact until then, and a failed or killed run never leaves a
     half-written ``<output>``. ``resume=True`` (``lungseg train --resume``) continues a killed run
-    from ``<output>.partial/checkpoint.pt``; the same MLflow run goes on.
+    from ``<output>.partial/checkpoint.pt``; the same MLflow run goes on. With no ``.partial`` but
+    a finished ``<output>``, ``resume`` continues that finished run up to the (raised)
+    ``train.epochs`` — same MLflow run, its folder copied to ``.partial`` first so ``<output>`` stays
+    intact until the end — or refuses with a one-line error when there is nothing left to train.
+    Without ``resume``, a ``.partial`` left by a killed run is discarded *with a message* naming what
+    is lost (epochs, MLflow run), and that run, still ``RUNNING`` in MLflow, is marked ``KILLED``.
+    ``mlflow_run.json`` is written into ``.partial`` as soon as the run starts, so even a run killed
+    in its first epoch can be found and marked.
 
 Exact resume
     The checkpoint holds model, optimizer, scheduler and (bf16-unused, kept for the format) grad
@@ -24,7 +31,10 @@ Exact resume
 Presets (``train.preset``)
     ``default``: the values of ``params.yaml`` as given; the library defaults are AdamW-style Adam
     (``weight_decay`` 1e-5), lr 1e-3, batch 4, cosine schedule, early stopping after 10 epochs
-    without a better validation Dice, augmentation on. ``paper`` (LG-Net §3): Adam, lr 0.01, batch 4,
+    without a better validation Dice, augmentation on. ``min_epochs`` (default 0) is a warm-up: before
+    that epoch the validation Dice neither selects ``best.pt`` nor counts towards early stopping — on
+    a tiny validation set (the bundled sample has 2 slices) an early, lucky value would otherwise be
+    kept as the best model and end the run. ``paper`` (LG-Net §3): Adam, lr 0.01, batch 4,
     120 epochs, constant lr, no early stopping, no weight decay. The image size is not a training
     parameter: it comes from preprocessing (``preprocess.image_size``); the paper preset warns when
     the data is not 512².
@@ -32,6 +42,12 @@ Presets (``train.preset``)
 Device
     ``device: auto`` uses CUDA when available. bf16 autocast (``amp``) and channels_last apply on
     CUDA only; on the CPU they are ignored (the run's params record both).
+
+Recorded paths
+    ``mlflow_run.json`` and the ``data_dir`` tag name repository-local things relative to the
+    repository (``sqlite:///mlflow.db``, ``data/processed/medseg``; see
+    :func:`lungseg.tracking.portable_uri`), so a clone or a copy of the repository never writes
+    into the original's store.
 
 Failures
     A non-finite loss raises :class:`~lungseg.errors.TrainingError` naming the epoch and batch; the
@@ -57,13 +73,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from lungseg.config import Params, TrainConfig, flatten
+from lungseg.config import Params, TrainConfig, check_train, flatten, model_options
 from lungseg.data.dataset import load_split, read_meta
 from lungseg.errors import CheckpointError, ConfigError, LungsegError, TrainingError
-from lungseg.io import atomic_write_json, atomic_write_text, replace_dir
+from lungseg.io import atomic_write_json, atomic_write_text, check_output_dir, replace_dir, sha256_file
 from lungseg.losses import create_loss, default_loss_for
 from lungseg.metrics import dice_per_image_torch
-from lungseg.models import create_model, list_models
+from lungseg.models import complete_options, create_model
 from lungseg.training.augment import augment
 
 PAPER_PRESET = {"lr": 0.01, "batch_size": 4, "epochs": 120, "scheduler": "none", "early_stopping_patience": 0,
@@ -117,13 +133,17 @@ def training_preprocessing(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def model_identity(cfg: TrainConfig, in_channels: int, num_classes: int) -> dict[str, Any]:
-    """What a checkpoint must match: model name + every constructor argument."""
+    """What a checkpoint must match: model name + every constructor argument (the options of
+    ``cfg.model`` from ``train.model_kwargs``, see :func:`lungseg.config.model_options`)."""
+    options, _ = model_options(cfg)
+    options = complete_options(cfg.model, options)
     return {"name": cfg.model, "kwargs": {"in_channels": in_channels, "num_classes": num_classes,
-                                           "base_channels": cfg.base_channels, **cfg.model_kwargs}}  # fmt: skip
+                                           "base_channels": cfg.base_channels, **options}}  # fmt: skip
 
 
 def build_model(identity: dict[str, Any]) -> torch.nn.Module:
-    return create_model(identity["name"], **identity["kwargs"])
+    """The network of a recorded identity (versioned options filled as they were when recorded)."""
+    return create_model(identity["name"], **complete_options(identity["name"], identity["kwargs"], recorded=True))
 
 
 def _fmt_identity(identity: dict[str, Any]) -> str:
@@ -146,7 +166,11 @@ def load_checkpoint(path: str | Path, expected: dict[str, Any] | None = None) ->
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
     if not isinstance(ckpt, dict) or "model_identity" not in ckpt or "model_state" not in ckpt:
         raise CheckpointError(f"{path}: not a lungseg checkpoint (no model identity/state)")
-    if expected is not None and ckpt["model_identity"] != expected:
+    stored = ckpt["model_identity"]
+    with contextlib.suppress(ValueError, KeyError, TypeError):  # an unknown model name fails the comparison below
+        stored = {**stored, "kwargs": complete_options(stored["name"], stored["kwargs"], recorded=True)}
+    ckpt["model_identity"] = stored
+    if expected is not None and stored != expected:
         raise CheckpointError(
             f"{path}: checkpoint is for {_fmt_identity(ckpt['model_identity'])}, "
             f"but the configuration asks for {_fmt_identity(expected)}"
@@ -229,15 +253,72 @@ def _scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer):
 
 
 def _validate_config(cfg: TrainConfig) -> None:
-    if cfg.model not in list_models():
-        raise ConfigError(f"train.model: unknown model {cfg.model!r} (valid: {', '.join(list_models())})")
-    for key in ("epochs", "batch_size", "base_channels"):
-        if getattr(cfg, key) < 1:
-            raise ConfigError(f"train.{key}: must be ≥ 1, got {getattr(cfg, key)}")
-    if not cfg.lr > 0:
-        raise ConfigError(f"train.lr: must be > 0, got {cfg.lr}")
-    if cfg.early_stopping_patience < 0:
-        raise ConfigError(f"train.early_stopping_patience: must be ≥ 0, got {cfg.early_stopping_patience}")
+    """The load-time checks of :mod:`lungseg.config` again, for configs built in code (a preset, or
+    ``dataclasses.replace``); warns about model options that do not apply to ``cfg.model``."""
+    check_train(cfg, "train")
+    _, ignored = model_options(cfg)
+    if ignored:
+        print(f"lungseg: warning: train.model_kwargs {', '.join(ignored)}: not an option of {cfg.model}, ignored "
+              f"(write options per model: model_kwargs: {{<model>: {{...}}}})", file=sys.stderr)  # fmt: skip
+
+
+def _build_for_training(identity: dict[str, Any]) -> torch.nn.Module:
+    """:func:`build_model`, with a value the model rejects reported as a config error (not a traceback)."""
+    try:
+        return build_model(identity)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"train.model_kwargs: {_fmt_identity(identity)} cannot be built: {exc}") from exc
+
+
+def _discard_partial(work: Path, tracking_uri: str) -> None:
+    """Say what a ``.partial`` left by a killed run holds before it is deleted, and mark its MLflow
+    run (still ``RUNNING``: the process died before it could end it) ``KILLED``."""
+    import json
+
+    epoch, run_id = None, None
+    with contextlib.suppress(CheckpointError):
+        ckpt = load_checkpoint(work / CHECKPOINT)
+        epoch, run_id = ckpt.get("epoch"), ckpt.get("mlflow_run_id")
+    run_file = work / "mlflow_run.json"
+    if run_file.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            info = json.loads(run_file.read_text(encoding="utf-8"))
+            if isinstance(info, dict) and info.get("run_id"):
+                run_id = info["run_id"]
+    marked = ""
+    if run_id:
+        from lungseg.tracking import mark_stale_run
+
+        marked = mark_stale_run(tracking_uri, run_id)
+    what = f"{epoch} finished epoch(s)" if epoch else "no finished epoch"
+    print(f"lungseg: discarding {work}, left by an earlier run that did not finish ({what}"
+          f"{f'; MLflow run {run_id} {marked}' if run_id else ''}); use --resume to continue such a run instead",
+          file=sys.stderr)  # fmt: skip
+    shutil.rmtree(work)
+
+
+def _continue_finished(output_dir: Path, work: Path, cfg: TrainConfig, identity: dict[str, Any]) -> None:
+    """``--resume`` with no ``.partial`` but a finished ``output_dir``: copy it to ``work`` to go on
+    training it, or refuse (``ConfigError``/``CheckpointError`` for another architecture; nothing
+    touched) when nothing is left to train."""
+    ckpt = load_checkpoint(output_dir / CHECKPOINT, identity)
+    done, stale = int(ckpt["epoch"]), int(ckpt.get("stale", 0))
+    if ckpt.get("stopped_early") and not _early_stop_lifted(cfg, stale):
+        raise ConfigError(f"{output_dir}: this run stopped early after epoch {done} (no better validation Dice for "
+                          f"{stale} epoch(s), train.early_stopping_patience = {cfg.early_stopping_patience}); "
+                          "nothing to continue: raise the patience (or set 0) to train it on")  # fmt: skip
+    if done >= cfg.epochs:
+        raise ConfigError(f"{output_dir}: this run has already trained {done} epoch(s) (train.epochs = {cfg.epochs}); "
+                          "nothing to resume: raise train.epochs to continue it, or train without --resume "
+                          "to start over")  # fmt: skip
+    shutil.copytree(output_dir, work)
+    print(f"lungseg: continuing the finished run in {output_dir} from epoch {done} to {cfg.epochs} "
+          f"({output_dir} is replaced when it ends)", file=sys.stderr)  # fmt: skip
+
+
+def _early_stop_lifted(cfg: TrainConfig, stale: int) -> bool:
+    """Whether a run that stopped early may go on under ``cfg`` (patience off, or raised above ``stale``)."""
+    return cfg.early_stopping_patience == 0 or stale < cfg.early_stopping_patience
 
 
 def _log_params(run, params: Params, cfg: TrainConfig, extra: dict[str, Any]) -> None:
@@ -262,10 +343,11 @@ def _start_run(params: Params, tracking_uri: str, run_id: str | None, cfg: Train
 
 def train(params: Params, data_dir: str | Path, output_dir: str | Path, resume: bool = False) -> TrainResult:
     """Train ``params.train.model`` on ``data_dir`` into ``output_dir`` (see the module docstring)."""
-    from lungseg.tracking import data_hash, git_commit, resolve_tracking_uri
+    from lungseg.tracking import data_hash, git_commit, portable_path, resolve_tracking_uri
 
     t0 = time.perf_counter()
     data_dir, output_dir = Path(data_dir), Path(output_dir)
+    check_output_dir(output_dir)  # before any work: a file there would only be found at the end
     cfg = effective_config(params.train)
     _validate_config(cfg)
     meta = read_meta(data_dir)
@@ -284,8 +366,9 @@ def train(params: Params, data_dir: str | Path, output_dir: str | Path, resume: 
 
     work = output_dir.parent / f"{output_dir.name}.partial"
     ckpt_path = work / CHECKPOINT
+    tracking_uri = resolve_tracking_uri(params)
     seed_everything(cfg.seed)
-    model = build_model(identity)
+    model = _build_for_training(identity)
     divisor = int(getattr(model, "size_divisor", 1))
     if size % divisor:
         raise ConfigError(f"{data_dir}: images are {size}² but {cfg.model} needs a multiple of {divisor} "
@@ -296,7 +379,12 @@ def train(params: Params, data_dir: str | Path, output_dir: str | Path, resume: 
     scheduler = _scheduler(cfg, optimizer)
     scaler = torch.amp.GradScaler("cuda", enabled=False)  # bf16 needs no loss scaling; state kept in the format
     start_epoch, best, best_epoch, stale, history, run_id = 0, -1.0, 0, 0, [], None
-    stopped_early = False
+    stopped_early = continued = False
+    if resume and not ckpt_path.is_file() and (output_dir / CHECKPOINT).is_file():
+        if work.exists():
+            _discard_partial(work, tracking_uri)
+        _continue_finished(output_dir, work, cfg, identity)
+        continued = True
     if resume and ckpt_path.is_file():
         ckpt = load_checkpoint(ckpt_path, identity)
         model.load_state_dict(ckpt["model_state"])
@@ -316,22 +404,36 @@ def train(params: Params, data_dir: str | Path, output_dir: str | Path, resume: 
         if ckpt.get("data_hash") != dhash:
             print(f"lungseg: warning: the data in {data_dir} differs from the data the checkpoint was trained on",
                   file=sys.stderr)  # fmt: skip
+        planned = (ckpt.get("config") or {}).get("epochs")
+        if cfg.scheduler == "cosine" and planned is not None and planned != cfg.epochs:
+            print(f"lungseg: warning: the cosine schedule was planned for {planned} epochs and is kept: past epoch "
+                  f"{planned} its learning rate rises again, so {cfg.epochs} epochs this way differ from a run "
+                  f"planned for {cfg.epochs}", file=sys.stderr)  # fmt: skip
+        if stopped_early and _early_stop_lifted(cfg, stale):
+            stopped_early = False  # the patience was raised (or switched off): go on
         print(f"lungseg: resuming {ckpt_path} after epoch {start_epoch}", file=sys.stderr)
     else:
         if resume:
-            print(f"lungseg: nothing to resume in {work}; starting fresh", file=sys.stderr)
+            print(f"lungseg: nothing to resume in {work} (nor a finished run in {output_dir}); starting fresh",
+                  file=sys.stderr)  # fmt: skip
         if work.exists():
-            shutil.rmtree(work)
+            _discard_partial(work, tracking_uri)
         work.mkdir(parents=True)
     model.to(device)
     if use_cuda and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
 
-    tracking_uri = resolve_tracking_uri(params)
     tags = {"git_commit": git_commit(), "data_hash": dhash, "data_hash_source": dhash_source,
-            "data_dir": str(data_dir.resolve()), "dataset": str(meta.get("dataset")), "model": cfg.model,
+            "data_dir": portable_path(data_dir), "dataset": str(meta.get("dataset")), "model": cfg.model,
             "preset": cfg.preset, "lungseg.stage": "train"}  # fmt: skip
+    from lungseg.lineage import run_context_tags, source_tags
+
+    tags.update(source_tags(meta))  # the raw data version the processed set came from (#16)
+    tags.update(run_context_tags())  # the image and KFP run this stage ran in, when a pipeline set them
     run, is_new = _start_run(params, tracking_uri, run_id, cfg, tags)
+    if continued:
+        run.set_tags({"lungseg.continued_to_epochs": str(cfg.epochs)})
+    _write_run_file(work, run, params, cfg, None, output_dir, final=False)  # findable even if killed in epoch 1
     if is_new:
         run.set_tags(tags)
         _log_params(run, params, cfg, {
@@ -358,10 +460,11 @@ def train(params: Params, data_dir: str | Path, output_dir: str | Path, resume: 
                     scheduler.step(val_dice)
                 elif scheduler is not None:
                     scheduler.step()
-                improved = val_dice > best
+                warm = epoch >= cfg.min_epochs  # before min_epochs: no best.pt, no early-stopping count
+                improved = warm and val_dice > best
                 if improved:
                     best, best_epoch, stale = val_dice, epoch, 0
-                else:
+                elif warm:
                     stale += 1
                 history.append(row)
                 print(f"epoch {epoch}/{cfg.epochs}  loss {row['train_loss']:.4f}  val loss {val_loss:.4f}  "
@@ -413,12 +516,28 @@ def train(params: Params, data_dir: str | Path, output_dir: str | Path, resume: 
     model_uri = run.log_torch_model(best_model, example)
     run.end("FINISHED")
     run.close()
-    atomic_write_json(work / "mlflow_run.json", {
-        "run_id": run.run_id, "experiment_id": run.experiment_id, "experiment": params.mlflow.experiment,
-        "tracking_uri": run.tracking_uri, "model_uri": model_uri, "model": cfg.model, **run.summary()})  # fmt: skip
+    _write_run_file(work, run, params, cfg, model_uri, output_dir, final=True)
     replace_dir(work, output_dir)
     return TrainResult(output_dir, epochs_run, best_epoch, best, stopped_early, run.run_id,
                        run.summary()["lost_logging"], time.perf_counter() - t0, history)  # fmt: skip
+
+
+def _write_run_file(work: Path, run, params: Params, cfg: TrainConfig, model_uri: str | None, output_dir: Path,
+                    *, final: bool) -> None:
+    """``mlflow_run.json``: the run (its store as a repository-relative URI where it is local to the
+    repository the output lives in, :func:`lungseg.tracking.portable_uri`), the logged model and, at
+    the end (``final``), the sha256 of ``best.pt`` — the weights behind ``model_uri``, which
+    registration checks the evaluation against. Before the end it says ``status: running``."""
+    from lungseg.tracking import portable_uri
+
+    info = {"run_id": run.run_id, "experiment_id": run.experiment_id, "experiment": params.mlflow.experiment,
+            "tracking_uri": portable_uri(run.tracking_uri, output_dir), "model_uri": model_uri, "model": cfg.model,
+            **run.summary()}  # fmt: skip
+    if final:
+        info["best_sha256"] = sha256_file(work / BEST)
+    else:
+        info["status"] = "running"
+    atomic_write_json(work / "mlflow_run.json", info)
 
 
 def _train_epoch(model, loss_fn, optimizer, x, y, cfg: TrainConfig, device, epoch: int, ckpt_path: Path) -> dict:

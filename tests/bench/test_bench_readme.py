@@ -46,3 +46,39 @@ def test_bad_tag_is_refused_before_measuring(bench, tmp_path, capsys):
     assert exc.value.code == 2
     assert "--tag 'Bad Tag'" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+TINY = ["--device", "cpu", "--models", "unet", "--sizes", "32", "--base", "2", "--batch", "2", "--iters", "1",
+        "--warmup", "0", "--threads", "1"]  # fmt: skip
+
+
+def test_a_plain_run_writes_nothing_and_prints_threads_and_load(bench, tmp_path, capsys):
+    """`python bench/bench_models.py` without flags overwrote the committed results; now it only prints."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert bench.main([*TINY, "--results", str(tmp_path)]) == 0
+        assert torch.get_num_threads() == 1  # pinned for the run
+    finally:
+        torch.set_num_threads(before)
+    out = capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
+    assert "torch threads 1 (pinned); load average [" in out and "load average after: [" in out
+    assert "| unet | 32 | BasicUNet |" in out and "not recorded (pass --record" in out
+
+
+def test_record_writes_the_json_with_threads_and_load_and_renders_them(bench, tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert bench.main([*TINY, "--results", str(tmp_path), "--record", "--tag", "t"]) == 0
+    finally:
+        torch.set_num_threads(before)
+    (result,) = tmp_path.glob("*-t.json")
+    d = json.loads(result.read_text(encoding="utf-8"))
+    assert d["threads"] == 1 and "1 threads" in d["device"]
+    assert set(d["load"]) == {"before", "after", "cpu_count", "busy"} and len(d["load"]["before"]) == 3
+    readme = (tmp_path / "README.md").read_text(encoding="utf-8")
+    assert ", torch threads 1 (pinned)" in readme and "- load: " in readme

@@ -1,5 +1,6 @@
 """Evaluation of a model trained on the real sample: report files, self-consistency of the numbers,
-logging into the training run (local sqlite store), atomic output and clear errors."""
+an MLflow run per evaluation nested under the training run (local sqlite store), the binding of the
+report to the evaluated weights, the preprocessing check, atomic output and clear errors."""
 
 from __future__ import annotations
 
@@ -34,8 +35,9 @@ def test_report_files_numbers_and_mlflow(trained, tiny_data):
     root, params, uri = trained
     result = evaluate(params, root / "model", tiny_data, root / "report")
     out = root / "report"
-    assert {p.name for p in out.iterdir()} == {"per_image.csv", "metrics.json", "overlays.png", "roc.csv", "pr.csv",
-                                              "curves.csv", "curves.png", "mlflow_logging.json"}  # fmt: skip
+    assert {p.name for p in out.iterdir()} == {"per_image.csv", "metrics.json", "headline.json", "overlays.png",
+                                              "roc.csv", "pr.csv", "curves.csv", "curves.png",
+                                              "mlflow_logging.json"}  # fmt: skip
     test = load_split(tiny_data, "test")
     per_image = pd.read_csv(out / "per_image.csv", dtype={"id": str})
     assert per_image["id"].tolist() == test.manifest["id"].tolist()
@@ -57,15 +59,32 @@ def test_report_files_numbers_and_mlflow(trained, tiny_data):
     assert roc.iloc[0][["fpr", "tpr"]].tolist() == [1.0, 1.0]
     assert 0.0 <= m["roc_auc_pooled"] <= 1.0
 
+    # the report names the model it belongs to: the training run and the sha256 of the evaluated weights
+    from lungseg.io import sha256_file
+
     info = json.loads((root / "model" / "mlflow_run.json").read_text())
+    assert m["run_id"] == info["run_id"]
+    assert m["model_sha256"] == sha256_file(root / "model" / "best.pt") == info["best_sha256"]
+    assert m["preprocessing_mismatch"] == [] and m["preprocessing_unchecked"] == []
+    # headline.json (the DVC metrics file) holds the few headline numbers, equal to metrics.json's
+    headline = json.loads((out / "headline.json").read_text())
+    assert set(headline) == {"n_images", "dice_mean", "dice_pooled", "iou_mean", "sen_mean", "spe_mean", "hd95_mean",
+                             "roc_auc_pooled"}  # fmt: skip
+    assert all(headline[k] == m[k] for k in headline)
+
+    # its own MLflow run, nested under the training run; the training run is not written to
     client = MlflowClient(uri)
-    run = client.get_run(info["run_id"])
-    assert run.data.metrics["eval_dice_mean"] == pytest.approx(m["dice_mean"])
-    assert run.data.tags["eval_split"] == "test" and run.info.status == "FINISHED"
-    logged = {a.path for a in client.list_artifacts(info["run_id"], "evaluation/test")}
-    assert {f"evaluation/test/{n}" for n in ("per_image.csv", "metrics.json", "overlays.png", "roc.csv",
-                                             "curves.csv")} <= logged  # fmt: skip
-    assert json.loads((out / "mlflow_logging.json").read_text())["lost_logging"] == 0
+    logging = json.loads((out / "mlflow_logging.json").read_text())
+    assert logging["lost_logging"] == 0 and logging["parent_run_id"] == info["run_id"]
+    ev = client.get_run(logging["run_id"])
+    assert ev.info.run_id != info["run_id"] and ev.info.status == "FINISHED"
+    assert ev.data.tags["mlflow.parentRunId"] == info["run_id"] and ev.data.tags["lungseg.stage"] == "evaluate"
+    assert ev.data.tags["eval_split"] == "test" and ev.data.tags["model_sha256"] == m["model_sha256"]
+    assert ev.data.metrics["dice_mean"] == pytest.approx(m["dice_mean"])
+    assert {"per_image.csv", "metrics.json", "overlays.png", "roc.csv", "curves.csv"} <= {
+        a.path for a in client.list_artifacts(ev.info.run_id)}
+    train_run = client.get_run(info["run_id"])
+    assert not [k for k in train_run.data.metrics if k.startswith("eval")] and train_run.info.status == "FINISHED"
 
 
 def test_failed_evaluation_keeps_previous_report(trained, tiny_data):
@@ -91,6 +110,7 @@ def test_falls_back_to_last_checkpoint(trained, tiny_data, tmp_path):
     evaluate(params, model, tiny_data, tmp_path / "report")
     m = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert m["checkpoint"] == "checkpoint.pt" and m["checkpoint_epoch"] == 2
+    assert "best.pt: not found" in m["checkpoint_fallback"]
     assert json.loads((tmp_path / "report" / "mlflow_logging.json").read_text())["run_id"] is None
 
 
@@ -103,3 +123,93 @@ def test_corrupt_run_file_is_a_data_error_naming_it(trained, tiny_data, tmp_path
         evaluate(params, model, tiny_data, tmp_path / "report")
     assert not (tmp_path / "report").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary folder left either
+
+
+def test_a_second_evaluation_never_overwrites_the_first(trained, tiny_data, tmp_path):
+    """Two evaluations (another threshold) are two MLflow runs under the training run, each with its
+    own numbers; the training run's metrics are untouched (they held two values at one step)."""
+    root, params, uri = trained
+    evaluate(params, root / "model", tiny_data, tmp_path / "a")
+    other = dataclasses.replace(params, evaluate=dataclasses.replace(params.evaluate, threshold=0.2))
+    evaluate(other, root / "model", tiny_data, tmp_path / "b")
+    client = MlflowClient(uri)
+    runs = [json.loads((tmp_path / x / "mlflow_logging.json").read_text())["run_id"] for x in ("a", "b")]
+    assert len(set(runs)) == 2
+    for x, run_id in zip(("a", "b"), runs):
+        m = json.loads((tmp_path / x / "metrics.json").read_text())
+        got = client.get_run(run_id).data.metrics
+        assert got["dice_mean"] == pytest.approx(m["dice_mean"]) and got["threshold"] == m["threshold"]
+        assert [h.value for h in client.get_metric_history(run_id, "dice_mean")] == [pytest.approx(m["dice_mean"])]
+    info = json.loads((root / "model" / "mlflow_run.json").read_text())
+    children = client.search_runs([client.get_run(info["run_id"]).info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{info['run_id']}'")  # fmt: skip
+    assert set(runs) <= {r.info.run_id for r in children}
+
+
+def test_data_preprocessed_differently_is_refused_unless_allowed(trained, tiny_data, tmp_path_factory, tmp_path):
+    """A 32² model on a 64² set ran silently (another score); now a DataError naming both values,
+    or, when asked, an evaluation that records the difference."""
+    from train_helpers import processed_sample
+
+    root, params, _ = trained
+    bigger = processed_sample(tmp_path_factory, 64)
+    with pytest.raises(DataError, match=r"medseg64: preprocessed differently .*image_size: data 64, model 32"):
+        evaluate(params, root / "model", bigger, tmp_path / "r64")
+    assert not (tmp_path / "r64").exists()
+    evaluate(params, root / "model", bigger, tmp_path / "r64", allow_preprocessing_mismatch=True)
+    m = json.loads((tmp_path / "r64" / "metrics.json").read_text())
+    assert m["preprocessing_mismatch"] == ["image_size: data 64, model 32"] and m["n_images"] == 6
+
+    window = tmp_path / "window"  # same pixels size, another HU window recorded
+    shutil.copytree(tiny_data, window)
+    meta = json.loads((window / "meta.json").read_text())
+    meta["preprocess"]["hu_window"] = [-1200.0, 600.0]
+    (window / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(DataError, match=r"hu_window: data \[-1200, 600\], model \[-1000, 400\]"):
+        evaluate(params, root / "model", window, tmp_path / "rw")
+
+
+def test_an_old_checkpoint_is_checked_on_what_it_records(trained, tiny_data, tmp_path, capsys):
+    """best.pt written before training recorded its preprocessing: image_size is still checked, the
+    rest is said to be unchecked."""
+    import torch
+
+    root, params, _ = trained
+    model = tmp_path / "model"
+    shutil.copytree(root / "model", model)
+    for name in ("best.pt", "checkpoint.pt"):
+        ckpt = torch.load(model / name, weights_only=False)
+        del ckpt["preprocess"]
+        torch.save(ckpt, model / name)
+    evaluate(params, model, tiny_data, tmp_path / "report")
+    m = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert m["preprocessing_unchecked"] == ["hu_window", "multiclass", "num_labels", "label_names"]
+    assert "does not record the training data's hu_window, multiclass, num_labels, label_names" in capsys.readouterr().err
+
+
+def test_truncated_best_is_named_and_the_intact_last_checkpoint_is_used(trained, tiny_data, tmp_path, capsys):
+    root, params, _ = trained
+    model = tmp_path / "model"
+    shutil.copytree(root / "model", model)
+    data = (model / "best.pt").read_bytes()
+    (model / "best.pt").write_bytes(data[: len(data) // 2])
+    evaluate(params, model, tiny_data, tmp_path / "report")
+    err = capsys.readouterr().err
+    assert "best.pt: not a readable checkpoint" in err and f"evaluating {model / 'checkpoint.pt'} instead" in err
+    m = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert m["checkpoint"] == "checkpoint.pt" and "best.pt: not a readable checkpoint" in m["checkpoint_fallback"]
+    from lungseg.io import sha256_file
+
+    assert m["model_sha256"] == sha256_file(model / "checkpoint.pt")
+    (model / "checkpoint.pt").write_bytes(b"")  # both broken: the error names best.pt
+    with pytest.raises(CheckpointError, match=r"best\.pt: not a readable checkpoint"):
+        evaluate(params, model, tiny_data, tmp_path / "report2")
+
+
+def test_output_naming_a_file_is_refused_before_evaluating(trained, tiny_data, tmp_path):
+    root, params, _ = trained
+    afile = tmp_path / "afile"
+    afile.write_text("keep", encoding="utf-8")
+    with pytest.raises(DataError, match="afile: exists and is not a folder"):
+        evaluate(params, root / "model", tiny_data, afile)
+    assert afile.read_text(encoding="utf-8") == "keep" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

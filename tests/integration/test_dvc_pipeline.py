@@ -1,17 +1,23 @@
 """`dvc repro` of the whole pipeline in a copy of the project (tiny params), the DVC cache and
-resume after a failure, an experiment sweep, and the outputs pushed to / pulled from S3."""
+resume after a failure, the README's sweep over every model, queued experiments, plots and metrics
+as DVC shows them, repository-relative tracking, and the outputs pushed to / pulled from S3."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from mlflow import MlflowClient
 from pipeline_helpers import copy_project, env, require_stages, run
+
+from lungseg.models import list_models
 
 DVC = [sys.executable, "-m", "dvc"]
 
@@ -45,8 +51,44 @@ def test_repro_produces_every_stage_output(project):
     # register.model_name is "lungseg-{model}": filled with the architecture the train stage recorded
     assert decision["decision"] == "champion" and decision["model_name"] == f"lungseg-{trained}"
     metrics = run([*DVC, "metrics", "show", "--json"], project)
-    assert metrics.returncode == 0 and "metrics.json" in metrics.stdout
+    assert metrics.returncode == 0 and "headline.json" in metrics.stdout
+    # what the run recorded names the repository's store relative to the repository
+    info = json.loads((project / "models/medseg/mlflow_run.json").read_text())
+    assert info["tracking_uri"] == "sqlite:///mlflow.db" and decision["tracking_uri"] == "sqlite:///mlflow.db"
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    assert MlflowClient(uri).get_run(info["run_id"]).data.tags["data_dir"] == "data/processed/medseg"
+    # right after `dvc repro`, dvc.lock matches the code and params (what tests/test_dvc_lock.py asks)
+    from test_dvc_lock import _changes
 
+    status = run([*DVC, "status", "--json"], project)
+    assert status.returncode == 0 and _changes(json.loads(status.stdout or "{}"), set()) == [], status.stdout
+
+
+def test_metrics_show_is_the_headline_and_plots_have_axes(project):
+    """`dvc metrics show` printed 80+ columns and `dvc plots show` drew fpr/threshold/seconds against
+    the row number."""
+    metrics = json.loads(run([*DVC, "metrics", "show", "--json"], project).stdout)
+    files = next(iter(metrics.values()))["data"]
+    assert set(files) == {"models/medseg/train_metrics.json", "reports/medseg/headline.json"}
+    headline = files["reports/medseg/headline.json"]["data"]
+    assert len(headline) <= 10 and {"dice_mean", "dice_pooled", "n_images"} <= set(headline)
+    assert sum(len(f["data"]) for f in files.values()) <= 20
+
+    shown = run([*DVC, "plots", "show", "--json"], project)
+    assert shown.returncode == 0, shown.stderr
+    axes = {}  # plot name → "image" or its vega-lite spec as text
+    for name, entries in json.loads(shown.stdout)["data"].items():
+        for entry in entries:
+            axes[name] = "image" if entry["type"] == "image" else json.dumps(entry["content"])
+    assert {"models/medseg/learning_curves.png", "reports/medseg/curves.png", "reports/medseg/overlays.png"} <= {
+        n for n, a in axes.items() if a == "image"}
+    expected = {"learning curves (loss)": ("epoch", "val_loss"), "learning curves (Dice)": ("epoch", "val_dice"),
+                "ROC (pooled over the test pixels)": ("fpr", "tpr"), "precision-recall (pooled)": ("recall", "precision"),
+                "threshold sweep (pooled)": ("threshold", "dice")}  # fmt: skip
+    for name, (x, y) in expected.items():
+        assert name in axes, sorted(axes)
+        assert f'"field": "{x}"' in axes[name] and f'"{y}"' in axes[name], (name, axes[name][:2000])
+        assert '"field": "step"' not in axes[name], name  # not against the row number
 
 def test_second_repro_is_fully_cached(project):
     again = run([*DVC, "repro"], project)
@@ -89,6 +131,81 @@ def test_experiment_sweep_over_the_model(project):
     show = run([*DVC, "exp", "show", "--json"], project)
     assert show.returncode == 0
     assert "prnet-tiny" in show.stdout and '"model": "prnet"' in show.stdout.replace("'", '"')
+
+
+@pytest.fixture(scope="module")
+def exp_project(tmp_path_factory):
+    """A second copy for experiments (they change the workspace's params.yaml and outputs)."""
+    require_stages()
+    repo = copy_project(tmp_path_factory.mktemp("dvc-exp") / "project")
+    result = run([*DVC, "repro"], repo)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return repo
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", list_models())
+def test_readme_sweep_runs_for_every_model(exp_project, model):
+    """`dvc exp run -S train.model=<m>` (the README's sweep) with the committed params.yaml's model
+    options: it crashed with a TypeError traceback for 5 of 7 models (LG-Net's max_tokens)."""
+    res = run([*DVC, "exp", "run", "-S", f"train.model={model}", "--name", f"sweep-{model}"], exp_project)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "Traceback" not in res.stderr
+    decision = json.loads((exp_project / "reports/medseg-registration.json").read_text())
+    assert decision["model_name"] == f"lungseg-{model}"
+
+
+def _runs(db: Path) -> set[str]:
+    with sqlite3.connect(db) as con:
+        return {r[0] for r in con.execute("select run_uuid from runs")}
+
+
+def test_queued_experiments_keep_their_runs_and_registrations(exp_project):
+    """`dvc exp run --queue` + `--run-all` (docs/pipeline.md) logged to a temporary mlflow.db that
+    DVC deletes with the experiment's workspace: the runs and registrations vanished."""
+    db = exp_project / "mlflow.db"
+    before = _runs(db)
+    for lr in ("0.01", "0.002"):
+        queued = run([*DVC, "exp", "run", "--queue", "-S", f"train.lr={lr}", "--name", f"queued-lr{lr}"], exp_project)
+        assert queued.returncode == 0, queued.stderr
+    ran = run([*DVC, "exp", "run", "--run-all"], exp_project, timeout=3600)
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    show = run([*DVC, "exp", "show", "--json"], exp_project).stdout
+    assert "queued-lr0.01" in show and "queued-lr0.002" in show
+    uri = f"sqlite:///{db}"
+    client = MlflowClient(uri)
+    new = _runs(db) - before
+    trained = [client.get_run(r) for r in new if client.get_run(r).data.tags.get("lungseg.stage") == "train"]
+    assert sorted(r.data.params["train.lr"] for r in trained) == ["0.002", "0.01"], [r.data.params for r in trained]
+    for r in trained:  # the model's artifacts are in the repository's store, not in the deleted workspace
+        assert ".dvc/tmp" not in client.get_experiment(r.info.experiment_id).artifact_location
+        assert r.info.status == "FINISHED"
+    model = yaml.safe_load((exp_project / "params.yaml").read_text())["train"]["model"]
+    versions = MlflowClient(tracking_uri=uri, registry_uri=uri).search_model_versions(f"name = 'lungseg-{model}'")
+    assert {r.info.run_id for r in trained} <= {v.run_id for v in versions}
+    assert not list((exp_project / ".dvc" / "tmp").rglob("mlflow.db"))
+    # the registered models' files outlived the experiments' temporary workspaces
+    import mlflow
+
+    from lungseg.tracking import scoped_tracking_uri
+
+    for v in versions:
+        if v.run_id in {r.info.run_id for r in trained}:
+            with scoped_tracking_uri(uri):
+                assert mlflow.pytorch.load_model(f"models:/lungseg-{model}/{v.version}") is not None
+
+
+def test_a_copied_repository_writes_into_its_own_store(project, tmp_path):
+    """mlflow_run.json held the absolute path of the original's mlflow.db: a copy of the repository
+    logged its evaluation into the original's store."""
+    copy = tmp_path / "copy"
+    shutil.copytree(project, copy, symlinks=True)
+    original = _md5(project / "mlflow.db")
+    res = run([*DVC, "repro", "--force", "--single-item", "evaluate"], copy)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert _md5(project / "mlflow.db") == original  # the original's store is not written to
+    logged = json.loads((copy / "reports/medseg/mlflow_logging.json").read_text())
+    assert logged["run_id"] in _runs(copy / "mlflow.db") and _md5(copy / "mlflow.db") != original
 
 
 def test_pipeline_outputs_push_to_and_pull_from_s3(project, s3_env, tmp_path):

@@ -88,6 +88,10 @@ def test_killed_run_resumes_exactly(tmp_path, tiny_data):
     stopped_at = load_checkpoint(ckpt)["epoch"]
     assert 1 <= stopped_at < 4
     assert not killed.exists()  # nothing half-written where the output goes
+    import json
+
+    partial_run = json.loads((tmp_path / "killed.partial" / "mlflow_run.json").read_text())
+    assert partial_run["status"] == "running" and partial_run["run_id"] == load_checkpoint(ckpt)["mlflow_run_id"]
 
     resumed = _run_cli(params, tiny_data, killed, "--resume")
     log = resumed.communicate(timeout=300)[0]
@@ -166,3 +170,82 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, tiny_data):
                            "--output", str(tmp_path / "o"), "--params", str(params)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "nowhere" in proc.stderr
+
+
+def test_resume_continues_a_finished_run(tmp_path, tiny_data):
+    """`--resume` of a finished run with more epochs restarted from epoch 1 in a new MLflow run; now it
+    goes on from the last epoch in the same run (or refuses when there is nothing left to train)."""
+    import json
+
+    out = tmp_path / "out"
+    first = train(load_params(write_params(tmp_path / "p.yaml", _uri(tmp_path), epochs=2)), tiny_data, out)
+    before = load_checkpoint(out / "checkpoint.pt")
+    more = load_params(write_params(tmp_path / "q.yaml", _uri(tmp_path), epochs=3))
+    result = train(more, tiny_data, out, resume=True)
+    after = load_checkpoint(out / "checkpoint.pt")
+    assert result.run_id == first.run_id and after["epoch"] == 3 and len(after["history"]) == 3
+    assert after["history"][:2] == before["history"]  # epochs 1-2 kept as they were
+    client = mlflow.MlflowClient(_uri(tmp_path))
+    assert [m.step for m in client.get_metric_history(first.run_id, "val_dice")] == [1, 2, 3]
+    run = client.get_run(first.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["lungseg.continued_to_epochs"] == "3"
+    info = json.loads((out / "mlflow_run.json").read_text())
+    assert info["run_id"] == first.run_id and "status" not in info
+    assert not (tmp_path / "out.partial").exists()
+
+    snapshot = (out / "checkpoint.pt").read_bytes()
+    with pytest.raises(ConfigError, match=r"out: this run has already trained 3 epoch\(s\) \(train.epochs = 3\)"):
+        train(more, tiny_data, out, resume=True)
+    assert (out / "checkpoint.pt").read_bytes() == snapshot and not (tmp_path / "out.partial").exists()
+    proc = subprocess.run(lungseg_cmd("train", "--data", str(tiny_data), "--output", str(out), "--params",
+                                      str(tmp_path / "q.yaml"), "--resume"), env=cli_env(), capture_output=True,
+                          text=True)  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_killed_runs_partial_is_reported_and_its_run_marked_killed(tmp_path, tiny_data, capsys):
+    """What SIGKILL leaves (a .partial with a checkpoint, an MLflow run still RUNNING) was silently
+    deleted by the next run without --resume; now it is named and the stale run is marked KILLED."""
+    out = tmp_path / "out"
+    params = load_params(write_params(tmp_path / "p.yaml", _uri(tmp_path), epochs=1))
+    old = train(params, tiny_data, out)
+    shutil.copytree(out, tmp_path / "out.partial")  # the state of a run killed after its epoch 1
+    client = mlflow.MlflowClient(_uri(tmp_path))
+    client.update_run(old.run_id, status="RUNNING")
+    capsys.readouterr()
+    new = train(params, tiny_data, out)
+    err = capsys.readouterr().err
+    assert f"discarding {tmp_path / 'out.partial'}, left by an earlier run that did not finish (1 finished epoch(s); " \
+           f"MLflow run {old.run_id} marked KILLED)" in err
+    assert client.get_run(old.run_id).info.status == "KILLED"
+    assert client.get_run(new.run_id).info.status == "FINISHED" and new.run_id != old.run_id
+
+
+def test_output_naming_a_file_is_refused_before_training(tmp_path, tiny_data):
+    afile = tmp_path / "afile"
+    afile.write_text("keep", encoding="utf-8")
+    params = load_params(write_params(tmp_path / "p.yaml", _uri(tmp_path), epochs=1))
+    with pytest.raises(DataError, match="afile: exists and is not a folder"):
+        train(params, tiny_data, afile)
+    assert afile.read_text(encoding="utf-8") == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "p.yaml"]  # no run, no store, no .partial
+
+
+def test_model_options_of_another_model_are_ignored_with_a_warning(tmp_path, tiny_data, capsys):
+    """A flat `model_kwargs: {max_tokens: 256}` (LG-Net's option) on a U-Net: trained, option ignored
+    and said so (it was a TypeError traceback)."""
+    params = load_params(write_params(tmp_path / "p.yaml", _uri(tmp_path), epochs=1, model_kwargs={"max_tokens": 256}))
+    train(params, tiny_data, tmp_path / "out")
+    assert "train.model_kwargs max_tokens: not an option of unet, ignored" in capsys.readouterr().err
+    assert "max_tokens" not in load_checkpoint(tmp_path / "out" / "best.pt")["model_identity"]["kwargs"]
+
+
+def test_min_epochs_is_a_warm_up_for_best_and_early_stopping(tmp_path, tiny_data):
+    """Before min_epochs the validation Dice neither selects best.pt nor counts towards early stopping
+    (a lucky epoch-2 value on the sample's 2 validation slices was kept as the model)."""
+    params = load_params(write_params(tmp_path / "p.yaml", _uri(tmp_path), epochs=3, early_stopping_patience=1,
+                                      min_epochs=3))  # fmt: skip
+    result = train(params, tiny_data, tmp_path / "out")
+    assert result.epochs_run == 3 and result.best_epoch == 3 and not result.stopped_early
+    assert load_checkpoint(tmp_path / "out" / "best.pt")["epoch"] == 3
