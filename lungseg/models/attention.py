@@ -359,6 +359,10 @@ def pcm(
     grid = token_grid(*size, max_tokens)
     t, v = _pool(theta, grid), _pool(value, grid)
     impl = resolve_pcm_impl(impl, theta.device)
+    if impl != "reference" and torch.jit.is_tracing():
+        # a tracer (TorchScript, ONNX export) records plain tensor ops, not a Python autograd.Function
+        # or a compiled kernel: export the reference ops, the same function
+        impl = "reference"
     if impl == "reference":
         y = pixel_correlation(t, v, eps=eps, chunk_rows=chunk_rows)
     elif impl == "blocked":

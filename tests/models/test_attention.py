@@ -239,3 +239,19 @@ def test_dsa_inputs_are_eligible_for_the_fused_cpu_kernel():
         got.sum().backward()
     torch.testing.assert_close(got, _dsa_by_hand(m, x, (16 // 2) ** -0.5), rtol=0, atol=1e-5)
     assert torch.isfinite(x.grad).all()
+
+
+def test_blocked_pcm_traces_as_the_reference_ops():
+    """``torch.jit.trace`` (TorchScript and the ONNX exporter) cannot record the blocked kernel's
+    autograd.Function; under a tracer PCM runs the reference ops (same function), so LG-Net exports."""
+    from lungseg.models import create_model
+
+    torch.manual_seed(0)
+    net = create_model("lgnet", base_channels=4, pcm_impl="blocked", max_tokens=64).eval()
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        traced = torch.jit.trace(net, x, check_trace=False)
+        ref = net(x)
+        assert torch.allclose(traced(x), ref, atol=1e-6)
+        y = torch.rand(3, 1, 32, 32)
+        assert torch.allclose(traced(y), net(y), atol=1e-6)  # another batch size: no constant baked in
