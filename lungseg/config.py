@@ -52,7 +52,7 @@ class PreprocessConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How a model is trained. ``preset: paper`` overrides with the paper's setup (see training)."""
+    """How a model is trained. ``preset: paper`` fills in the paper's setup (see training.presets)."""
 
     model: str = "lgnet"
     base_channels: int = 8
@@ -62,7 +62,13 @@ class TrainConfig:
     loss: str = "auto"
     """``auto`` = the model's paper loss (LG-Net: dice_focal, PR-Net: bce_dice, others: bce_dice)."""
     preset: str = "default"
-    """``default`` or ``paper`` (LG-Net paper: Adam lr 0.01, batch 4, 512², 120 epochs)."""
+    """``default`` (the values here as written) or ``paper``: the paper's value for every key left at
+    its library default, a changed key honoured and recorded as a deviation
+    (:mod:`lungseg.training.presets`: Adam lr 0.01, batch 4, 120 epochs, base 64, Eq. 14–15 loss, …)."""
+    allow_non_paper_size: bool = False
+    """``preset: paper`` refuses data that is not 512² (the paper's size, fixed by
+    ``preprocess.image_size``) unless this is true; the size is then recorded as a deviation.
+    No effect under ``preset: default``."""
     epochs: int = 30
     batch_size: int = 4
     lr: float = 1e-3
@@ -84,6 +90,9 @@ class TrainConfig:
     num_workers: int = 0
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
+    progress_every_s: float = 30.0
+    """When stderr is not a terminal (KFP and DVC logs, ``nohup``): a progress line inside an epoch
+    (step, loss, Dice, images/s, ETA) at most every this many seconds. On a terminal a progress bar."""
 
 
 @dataclass(frozen=True)
@@ -314,6 +323,8 @@ def check_train(cfg: TrainConfig, where: str) -> None:
     _need(cfg.min_epochs <= cfg.epochs, f"{where}.min_epochs",
           f"{cfg.min_epochs} is more than train.epochs ({cfg.epochs}): no epoch could be kept as best.pt")  # fmt: skip
     _need(0 <= cfg.seed < 2**32, f"{where}.seed", f"must lie in [0, 2^32), got {cfg.seed}")
+    _need(_finite(cfg.progress_every_s) and cfg.progress_every_s > 0, f"{where}.progress_every_s",
+          f"must be > 0 (seconds), got {cfg.progress_every_s}")  # fmt: skip
     _one_of(cfg.preset, PRESETS, f"{where}.preset", "preset")
     _one_of(cfg.scheduler, SCHEDULERS, f"{where}.scheduler", "schedule")
     _one_of(cfg.device, DEVICES, f"{where}.device", "device")

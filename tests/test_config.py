@@ -79,6 +79,8 @@ def test_register_model_name_template():
     ("train", "loss", "l1", r"train\.loss: unknown loss 'l1'"),
     ("train", "min_epochs", -1, r"train\.min_epochs: must be ≥ 0"),
     ("train", "seed", -3, r"train\.seed: must lie in \[0, 2\^32\)"),
+    ("train", "progress_every_s", 0, r"train\.progress_every_s: must be > 0 \(seconds\)"),
+    ("train", "allow_non_paper_size", "yes", r"train\.allow_non_paper_size: expected true/false"),
     ("preprocess", "hu_window", [400, -1000], r"preprocess\.hu_window: must be \[low, high\] with low < high"),
     ("preprocess", "val_fraction", 1.0, r"preprocess\.val_fraction: must lie in \[0, 1\)"),
     ("preprocess", "image_size", 4, r"preprocess\.image_size: must be ≥ 8"),

@@ -61,7 +61,7 @@ _MEDSEG_CPU_LONG = Profile(image_size=128, base_channels=8, epochs=30, batch_siz
                            note=_CPU_LONG_NOTE.format(paper="512²", epochs="120", extra=""))
 #: The LG-Net paper's recipe. With ``preset: paper`` the training code sets every hyper-parameter the
 #: paper states (and refuses what contradicts it); the values here are that recipe, for the record.
-_PAPER_RECIPE = "Adam lr 0.01, batch 4, 120 epochs, base 64, exact attention"
+_PAPER_RECIPE = "Adam lr 0.01, batch 4, 120 epochs, base 64, attention exact up to 64×64 tokens (max_tokens 4096)"
 _MEDSEG_GPU = Profile(image_size=512, base_channels=64, epochs=120, batch_size=4, lr=1e-2, preset="paper",
                       extra_train=INFECTION_LOSS,
                       note=f"the LG-Net paper's recipe at its size, 512² — `train.preset: paper`: {_PAPER_RECIPE}")
@@ -72,7 +72,7 @@ _MEDSEG_CPU_PAPER = Profile(image_size=64, base_channels=64, epochs=2, batch_siz
                             extra_train={**INFECTION_LOSS, **NON_PAPER_SIZE},
                             note="the paper recipe at 64² instead of 512² and 2 epochs instead of 120, so that it "
                                  "runs on 2 CPU cores: a check that the recipe runs end to end, not a result — "
-                                 "`train.preset: paper`: Adam lr 0.01, batch 4, base 64, exact attention")
+                                 "`train.preset: paper`: Adam lr 0.01, batch 4, base 64, attention exact up to 64×64 tokens")
 
 # ------------------------------------------------------------------------------------ tables
 

@@ -2,7 +2,7 @@
 
 Models (:func:`load_model`)
     * a training output folder (``best.pt``, else ``checkpoint.pt``, via
-      :func:`lungseg.training.loop.load_checkpoint`) or one of those files;
+      :func:`lungseg.training.checkpoint.load_checkpoint`) or one of those files;
     * an MLflow model URI — ``models:/<name>@<alias>``, ``models:/<name>/<version>``,
       ``models:/m-<id>``, ``runs:/<run>/<path>`` — resolved in the tracking store given (the CLI
       passes ``MLFLOW_TRACKING_URI`` or ``params.mlflow.tracking_uri``). A portable lungseg model
@@ -120,7 +120,7 @@ def _network(identity: dict[str, Any], state: dict[str, Any], where: str) -> tor
 
 
 def _from_checkpoint(path: Path, threshold: float) -> LoadedModel:
-    from lungseg.training.loop import BEST, CHECKPOINT, load_checkpoint
+    from lungseg.training.checkpoint import BEST, CHECKPOINT, load_checkpoint
 
     if path.is_dir():
         ckpt_path = path / BEST if (path / BEST).is_file() else path / CHECKPOINT
@@ -189,7 +189,7 @@ def _from_mlflow(uri: str, tracking_uri: str | None, threshold: float) -> Loaded
         if not model.run_id:
             raise CheckpointError(f"{uri}: not a lungseg model (no lungseg metadata, no training run to read "
                                   "checkpoints/best.pt from)")
-        from lungseg.training.loop import load_checkpoint
+        from lungseg.training.checkpoint import load_checkpoint
 
         try:
             ckpt_file = mlflow.artifacts.download_artifacts(run_id=model.run_id, artifact_path="checkpoints/best.pt",

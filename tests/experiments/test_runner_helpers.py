@@ -158,18 +158,33 @@ def test_settings_record_the_preset_only_when_it_is_not_the_default():
 
 def test_every_cell_of_every_table_builds_its_params():
     """Each (table, profile, row) gives valid Params: what `lungseg results run` would train."""
-    import dataclasses
-
-    from lungseg.config import TrainConfig
-
-    if "allow_non_paper_size" not in {f.name for f in dataclasses.fields(TrainConfig)}:
-        pytest.skip("train.allow_non_paper_size (the paper preset's size override) is not in lungseg.config yet")
     for spec in TABLES.values():
         for pname in spec.profiles:
             prof = runner.effective_profile(spec, pname)
             for row in spec.rows:
                 params = runner.build_params(spec, row, prof, seed=0, device="cpu")
                 assert params.train.preset == prof.preset and params.preprocess.image_size == prof.image_size
+
+
+def test_paper_profiles_deviate_from_the_paper_only_where_their_note_says():
+    """The paper preset applied to every cell of a ``preset: paper`` profile: the gpu profiles of the
+    LG-Net tables are the recipe exactly, Inf-Net's differs in its image size only, cpu-paper in its
+    size and epochs (what their notes say)."""
+    from lungseg.training.presets import check_paper_size, resolve_preset
+
+    expected = {("lgnet-table1", "gpu"): set(), ("lgnet-ablation", "gpu"): set(),
+                ("infnet-protocol", "gpu"): {"image_size"}, ("lgnet-table1", "cpu-paper"): {"epochs", "image_size"}}
+    seen = set()
+    for spec in TABLES.values():
+        for pname, prof in spec.profiles.items():
+            if prof.preset != "paper":
+                continue
+            seen.add((spec.name, pname))
+            for row in spec.rows:
+                params = runner.build_params(spec, row, prof, seed=0, device="cpu")
+                result = check_paper_size(resolve_preset(params.train), prof.image_size, "data")
+                assert set(result.deviations) == expected[(spec.name, pname)], (spec.name, pname, row.key)
+    assert seen == set(expected)
 
 
 def test_cell_request_names_its_record_and_run_folder(tmp_path):

@@ -73,23 +73,17 @@ def lung_model(tmp_path_factory, shared_data, store) -> Path:
 
 @pytest.fixture(scope="session")
 def champion(infection_model, store) -> str:
-    """The infection model logged with :func:`lungseg.inference.pyfunc.log_model` to its training run,
-    registered and aliased ``champion``; its URI."""
+    """The portable model training logged for the infection model (``model_uri`` of its
+    ``mlflow_run.json``: :func:`lungseg.inference.pyfunc.log_model`), registered and aliased
+    ``champion``; its URI."""
     import json
 
     import mlflow
 
-    from lungseg.inference.pyfunc import log_model
     from lungseg.tracking import scoped_tracking_uri
-    from lungseg.training import build_model, load_checkpoint
 
-    ckpt = load_checkpoint(infection_model / "best.pt")
-    net = build_model(ckpt["model_identity"])
-    net.load_state_dict(ckpt["model_state"])
-    run_id = json.loads((infection_model / "mlflow_run.json").read_text(encoding="utf-8"))["run_id"]
+    model_uri = json.loads((infection_model / "mlflow_run.json").read_text(encoding="utf-8"))["model_uri"]
     with scoped_tracking_uri(store):
-        model_uri = log_model(net.eval(), identity=ckpt["model_identity"], preprocess=ckpt["preprocess"],
-                              threshold=0.5, run_id=run_id, name="portable")
         version = mlflow.register_model(model_uri, CHAMPION)
         mlflow.MlflowClient().set_registered_model_alias(CHAMPION, "champion", version.version)
     return f"models:/{CHAMPION}@champion"

@@ -51,6 +51,7 @@ def test_bad_pcm_impl_names_the_valid_values():
         create_model("lgnet", base_channels=4, pcm_impl="triton")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("max_tokens", [None, 64])  # exact, and pooled at the first skip (32² → 8²)
 def test_pcm_impls_give_the_same_network(max_tokens):
     """Same weights, same dropout draws: the blocked kernel (with the quadrants stacked along the
@@ -84,7 +85,7 @@ def test_checkpoints_from_before_mrc_levels_keep_loading(tmp_path):
     """An identity recorded before the option (no ``mrc_levels``) was a 5-level MRC network; new
     identities always record the option, so the two readings never collide."""
     from lungseg.models import complete_options
-    from lungseg.training.loop import build_model, load_checkpoint
+    from lungseg.training.checkpoint import build_model, load_checkpoint
 
     assert complete_options("lgnet", {}) == {"mrc_levels": 4}
     assert complete_options("lgnet", {}, recorded=True) == {"mrc_levels": 5}

@@ -54,15 +54,25 @@ def test_train_writes_contract_and_logs_everything_to_mlflow(tmp_path, tiny_data
     assert info["lost_logging"] == 0 and info["run_id"] == result.run_id
     assert info["model"] == client.get_run(result.run_id).data.tags["model"]  # fills register's {model}
     with scoped_tracking_uri(_uri(tmp_path)):
-        model = mlflow.pytorch.load_model(info["model_uri"])
-    batch = torch.from_numpy(np.load(tiny_data / "images.npy")[:3])
-    best = build_model(load_checkpoint(out / "best.pt")["model_identity"])
-    best.load_state_dict(load_checkpoint(out / "best.pt")["model_state"])
+        model = mlflow.pyfunc.load_model(info["model_uri"])  # the portable model (lungseg.inference.pyfunc)
+        example = model.metadata.load_input_example(mlflow.artifacts.download_artifacts(info["model_uri"]))
+    meta = model.metadata.metadata["lungseg"]
+    best_ckpt = load_checkpoint(out / "best.pt")
+    assert meta["identity"] == best_ckpt["model_identity"] and meta["preprocess"] == best_ckpt["preprocess"]
+    assert meta["preprocess"]["image_size"] == 32 and meta["threshold"] == 0.5
+    images = np.load(tiny_data / "images.npy")
+    from lungseg.inference.pyfunc import synthetic_slices
+
+    np.testing.assert_array_equal(example, synthetic_slices())  # the input example is synthetic, never a patient
+    batch = images[:3, 0]  # (3, 32, 32) slices in [0, 1]
+    best = build_model(best_ckpt["model_identity"])
+    best.load_state_dict(best_ckpt["model_state"])
     best.eval()
     with torch.no_grad():
-        pred = model(batch)  # a batch of 3 (the logged example had 2: the batch size is not frozen)
-        assert pred.shape == (3, 1, 32, 32)
-        assert torch.equal(pred, best(batch))  # the logged model is the best.pt weights
+        expected = torch.sigmoid(best(torch.from_numpy(batch)[:, None]))[:, 0].numpy()
+    probs = model.predict(batch)  # a batch of 3 (the example had 2: the batch size is not frozen)
+    assert probs.shape == (3, 32, 32)
+    np.testing.assert_allclose(probs, expected, atol=1e-6)  # the logged model is the best.pt weights
 
 
 def _run_cli(params: Path, data: Path, out: Path, *extra: str, env=None) -> subprocess.Popen:

@@ -1,0 +1,221 @@
+"""Checkpoints: what ``checkpoint.pt`` and ``best.pt`` hold, the model identity they are checked
+against, and their atomic I/O. Evaluation and inference read checkpoints through this module.
+
+``checkpoint.pt`` (every epoch) is :meth:`TrainState.checkpoint`: the run's constants
+(:class:`RunInfo`: model identity, effective config, all params, number of classes, data hash, image
+size, preprocessing, the paper preset's deviations) plus the state of the epoch — model, optimizer
+and scheduler states, epoch, best Dice + epoch, early-stopping counter, ``stopped_early``, history,
+RNG states (python, numpy, torch, CUDA), MLflow run id. ``best.pt`` (when the validation Dice improves)
+is :meth:`TrainState.best_checkpoint`: the weights, ``epoch``, ``best`` and the run's constants.
+
+Formats: 2 (this one). Format 1 (before the split of the training loop) also stored ``scaler_state``,
+the state of a disabled ``GradScaler`` kept only for the file format (bf16 needs no loss scaling);
+it is ignored when such a checkpoint is loaded, and format-1 checkpoints resume exactly as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lungseg.config import TrainConfig, model_options
+from lungseg.errors import CheckpointError
+from lungseg.models import complete_options, create_model
+
+CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
+CHECKPOINT_FORMAT = 2
+#: what ``best.pt`` keeps of a full checkpoint
+BEST_KEYS = ("format", "model_identity", "model_state", "epoch", "best", "config", "num_classes", "data_hash",
+             "image_size", "preprocess", "preset_deviations")  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------ identity
+def model_identity(cfg: TrainConfig, in_channels: int, num_classes: int) -> dict[str, Any]:
+    """What a checkpoint must match: model name + every constructor argument (the options of
+    ``cfg.model`` from ``train.model_kwargs``, see :func:`lungseg.config.model_options`)."""
+    options, _ = model_options(cfg)
+    options = complete_options(cfg.model, options)
+    return {"name": cfg.model, "kwargs": {"in_channels": in_channels, "num_classes": num_classes,
+                                           "base_channels": cfg.base_channels, **options}}  # fmt: skip
+
+
+def build_model(identity: dict[str, Any]) -> torch.nn.Module:
+    """The network of a recorded identity (versioned options filled as they were when recorded)."""
+    return create_model(identity["name"], **complete_options(identity["name"], identity["kwargs"], recorded=True))
+
+
+def fmt_identity(identity: dict[str, Any]) -> str:
+    """``unet(base_channels=4, in_channels=1, num_classes=1)``."""
+    kw = ", ".join(f"{k}={v}" for k, v in sorted(identity.get("kwargs", {}).items()))
+    return f"{identity.get('name')}({kw})"
+
+
+def training_preprocessing(meta: dict[str, Any]) -> dict[str, Any]:
+    """What a model needs to know of the data it was trained on, from the processed set's ``meta.json``:
+    the preprocess settings (``image_size``, ``hu_window``, …) plus ``dataset``, ``num_labels`` and
+    ``label_names``. Stored as ``preprocess`` in ``checkpoint.pt``/``best.pt`` so evaluation and
+    inference apply (or check) the very same preprocessing."""
+    return {**dict(meta.get("preprocess") or {}), "image_size": int(meta["image_size"]),
+            "dataset": meta.get("dataset"), "num_labels": int(meta["num_labels"]),
+            "label_names": list(meta.get("label_names") or [])}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------ I/O
+def load_checkpoint(path: str | Path, expected: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Load a lungseg checkpoint; ``CheckpointError`` if missing, corrupt, or of another architecture.
+
+    Checkpoints hold python RNG states and plain config values besides tensors, so they are read
+    with ``weights_only=False``: load only checkpoints you (or your pipeline) wrote.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt/foreign file
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(ckpt, dict) or "model_identity" not in ckpt or "model_state" not in ckpt:
+        raise CheckpointError(f"{path}: not a lungseg checkpoint (no model identity/state)")
+    stored = ckpt["model_identity"]
+    with contextlib.suppress(ValueError, KeyError, TypeError):  # an unknown model name fails the comparison below
+        stored = {**stored, "kwargs": complete_options(stored["name"], stored["kwargs"], recorded=True)}
+    ckpt["model_identity"] = stored
+    if expected is not None and stored != expected:
+        raise CheckpointError(
+            f"{path}: checkpoint is for {fmt_identity(ckpt['model_identity'])}, "
+            f"but the configuration asks for {fmt_identity(expected)}"
+        )
+    return ckpt
+
+
+def save_checkpoint(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace`` (atomic)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+# ------------------------------------------------------------------------------------ RNG
+def rng_state() -> dict[str, Any]:
+    """The python, numpy, torch and CUDA RNG states (restored on resume)."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}  # fmt: skip
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of ``model``'s state dict (what the files store)."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+
+
+# ------------------------------------------------------------------------------------ state
+@dataclass(frozen=True)
+class RunInfo:
+    """What every checkpoint of one run records and that does not change from epoch to epoch."""
+
+    model_identity: dict[str, Any]
+    config: dict[str, Any]
+    """The effective ``train`` settings (preset applied)."""
+    params: dict[str, Any]
+    num_classes: int
+    data_hash: str
+    image_size: int
+    preprocess: dict[str, Any]
+    preset_deviations: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"format": CHECKPOINT_FORMAT, **dataclasses.asdict(self)}
+
+
+@dataclass
+class TrainState:
+    """The state a run carries from epoch to epoch, and the two files it produces.
+
+    ``epoch`` is the last finished epoch (0 before the first); ``best``/``best_epoch`` the best
+    validation Dice so far (-1/0 before any); ``stale`` the epochs since it last improved (early
+    stopping); ``run_id`` the MLflow run the epochs are logged to.
+    """
+
+    info: RunInfo
+    epoch: int = 0
+    best: float = -1.0
+    best_epoch: int = 0
+    stale: int = 0
+    stopped_early: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+    run_id: str | None = None
+
+    @classmethod
+    def resumed(cls, info: RunInfo, ckpt: dict[str, Any]) -> TrainState:
+        """The state stored in ``ckpt`` (format 1 or 2) under this run's ``info``."""
+        return cls(info, epoch=int(ckpt["epoch"]), best=float(ckpt["best"]), best_epoch=int(ckpt["best_epoch"]),
+                   stale=int(ckpt["stale"]), stopped_early=bool(ckpt.get("stopped_early", False)),
+                   history=list(ckpt["history"]), run_id=ckpt.get("mlflow_run_id"))  # fmt: skip
+
+    def end_epoch(self, row: dict[str, Any], *, min_epochs: int, patience: int) -> bool:
+        """Record the finished epoch ``row`` (with ``val_dice``); whether it is the new best. Before
+        ``min_epochs`` an epoch neither becomes the best nor counts towards early stopping."""
+        epoch, val_dice = int(row["epoch"]), float(row["val_dice"])
+        warm = epoch >= min_epochs
+        improved = warm and val_dice > self.best
+        if improved:
+            self.best, self.best_epoch, self.stale = val_dice, epoch, 0
+        elif warm:
+            self.stale += 1
+        self.epoch = epoch
+        self.history.append(row)
+        if patience and self.stale >= patience:
+            self.stopped_early = True
+        return improved
+
+    def checkpoint(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler) -> dict[str, Any]:
+        """The content of ``checkpoint.pt`` after :attr:`epoch` (RNG states taken now)."""
+        return {
+            **self.info.as_dict(), "model_state": cpu_state(model), "epoch": self.epoch,
+            "optimizer_state": optimizer.state_dict(),
+            "scheduler_state": scheduler.state_dict() if scheduler is not None else None,
+            "best": self.best, "best_epoch": self.best_epoch, "stale": self.stale, "stopped_early": self.stopped_early,
+            "history": self.history, "rng": rng_state(), "mlflow_run_id": self.run_id,
+        }  # fmt: skip
+
+    @staticmethod
+    def best_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
+        """The content of ``best.pt`` from a full checkpoint of the improving epoch."""
+        return {k: checkpoint[k] for k in BEST_KEYS}
+
+    def save(self, folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, *,
+             improved: bool) -> None:
+        """Write ``best.pt`` (when ``improved``) and then ``checkpoint.pt`` into ``folder``, atomically."""
+        ckpt = self.checkpoint(model, optimizer, scheduler)
+        if improved:
+            save_checkpoint(self.best_checkpoint(ckpt), folder / BEST)
+        save_checkpoint(ckpt, folder / CHECKPOINT)
+
+
+__all__ = ["BEST", "BEST_KEYS", "CHECKPOINT", "CHECKPOINT_FORMAT", "RunInfo", "TrainState", "build_model",
+           "cpu_state", "fmt_identity", "load_checkpoint", "model_identity", "rng_state", "save_checkpoint",
+           "set_rng_state", "training_preprocessing"]  # fmt: skip

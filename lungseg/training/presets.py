@@ -1,0 +1,167 @@
+"""Training presets: ``default`` (``params.yaml`` as written) and ``paper`` (the papers' recipe).
+
+``paper`` sets every hyper-parameter the papers state (``/work/shared/seeds``; the design note
+``architecture.md`` fixes the ambiguous ones). One recipe serves every model:
+
+- **Training** (LG-Net §3, 实验设置: "Adam 优化器 …批尺寸设置为 4, 图片尺寸设置为 512×512, 初始学习率为
+  0.01, 执行 120 次迭代"): Adam, lr 0.01, batch 4, 120 epochs, 512² images. The paper names no
+  schedule, weight decay or early stopping, so none: constant lr, ``weight_decay`` 0, all 120 epochs
+  (``early_stopping_patience`` 0). It says nothing of augmentation: ``train.augment`` is left as set.
+- **Width**: base 64, the classic U-Net widths both papers build on (design note, "Common frame").
+- **Loss** (LG-Net Eq. 14–16): ``dice_focal`` = 0.3·Dice + 0.7·Focal, α = β = 0.5, focusing 2, with
+  the sum over **all** classes as written (``binary_background=True, class_reduction="sum"`` of
+  :class:`lungseg.losses.DiceFocalLoss`; multi-class: ``class_reduction="sum"``).
+- **Model options**: LG-Net ``mrc_levels`` 4 (design note: MRC on the four levels followed by a
+  max-pool) and attention on at most 4096 tokens, exact below (the paper's PCM is exact; at 512² the
+  first skip has 262 144 tokens, which no device holds as an N×N affinity — the design note's
+  ``max_tokens`` rule; a user value ``≥ 4096`` or ``null`` (exact) is as close to the paper and is no
+  deviation); PR-Net ``dsa_scaled: false`` (Eq. 1 has no 1/√d) and the same attention rule.
+
+Which models: the PR-Net paper states its data split but no training setting (optimiser, lr, batch,
+epochs, loss, resolution), and the baselines appear in the papers' comparison tables without recipes
+of their own. A baseline in a paper's comparison trains with that paper's recipe; the only stated
+recipe is LG-Net's, so ``paper`` trains **every** model with it (PR-Net adds its own Eq. 1).
+
+The rule (:func:`resolve_preset`): the preset supplies the paper's value for every key the user left
+at its **library default** (the default of :class:`lungseg.config.TrainConfig`, or of the model's
+constructor for a model option); a key the user set to another value is **honoured and recorded**
+as a deviation — the MLflow tag and param ``preset_deviations``, the checkpoint's
+``preset_deviations`` and a ``lungseg: paper preset: …`` line on stderr — never silently replaced.
+The data's image size is not a training setting (``preprocess.image_size`` fixes it): a paper-preset
+run on data of another size than 512² is refused (:func:`check_paper_size`, a ``ConfigError``)
+unless ``train.allow_non_paper_size: true``, and then recorded as a deviation too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from lungseg.config import TrainConfig, model_options
+from lungseg.errors import ConfigError
+
+PAPER_IMAGE_SIZE = 512
+"""LG-Net §3: 图片尺寸设置为 512×512."""
+
+#: ``train`` key → the paper's value (LG-Net §3 unless said; see the module docstring)
+PAPER_TRAIN: dict[str, Any] = {
+    "lr": 0.01,  # 初始学习率为 0.01
+    "batch_size": 4,  # 批尺寸设置为 4
+    "epochs": 120,  # 执行 120 次迭代
+    "scheduler": "none",  # only an initial lr is stated: constant
+    "weight_decay": 0.0,  # Adam, no weight decay stated
+    "early_stopping_patience": 0,  # none stated: all 120 epochs
+    "base_channels": 64,  # the classic U-Net widths (design note, common frame)
+    "loss": "dice_focal",  # Eq. 14–16
+}
+#: attention token budget of the paper preset: exact up to 64×64 tokens (the design note's default)
+PAPER_MAX_TOKENS = 4096
+#: model → option → the paper's value
+PAPER_MODEL_OPTIONS: dict[str, dict[str, Any]] = {
+    "lgnet": {"mrc_levels": 4, "max_tokens": PAPER_MAX_TOKENS},
+    "prnet": {"dsa_scaled": False, "max_tokens": PAPER_MAX_TOKENS},
+}
+
+
+def paper_loss_options(num_classes: int) -> dict[str, Any]:
+    """``DiceFocalLoss`` options that make it Eq. 14–15 as written: the sum over all classes, the
+    background included (binary: ``binary_background``)."""
+    return {"binary_background": True, "class_reduction": "sum"} if num_classes == 1 else {"class_reduction": "sum"}
+
+
+def _as_paper(key: str, value: Any, paper: Any) -> bool:
+    """Whether a user's ``value`` for ``key`` is the paper's (no deviation)."""
+    if key == "max_tokens":  # exact (None) or at least the paper preset's budget
+        return value is None or value >= paper
+    return value == paper
+
+
+@dataclass(frozen=True)
+class PresetResult:
+    """A preset applied to the user's ``train`` section."""
+
+    config: TrainConfig
+    """The effective settings (the model options of ``config.model`` under its own key)."""
+    deviations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """``key → {"value": used, "paper": the paper's}`` for every paper setting the user changed."""
+    filled: dict[str, Any] = field(default_factory=dict)
+    """``key → paper value`` the preset put in place of a library default."""
+
+    def describe_deviations(self) -> str:
+        """``epochs=2 (paper 120); image_size=64 (paper 512)`` or ``none``."""
+        if not self.deviations:
+            return "none"
+        return "; ".join(f"{k}={_show(d['value'])} (paper {_show(d['paper'])}{d.get('note', '')})"
+                         for k, d in self.deviations.items())  # fmt: skip
+
+    def with_deviation(self, key: str, value: Any, paper: Any, note: str = "") -> PresetResult:
+        entry = {"value": value, "paper": paper, **({"note": f", {note}"} if note else {})}
+        return dataclasses.replace(self, deviations={**self.deviations, key: entry})
+
+
+def _show(v: Any) -> str:
+    return "null" if v is None else json.dumps(v) if isinstance(v, (dict, list)) else str(v)
+
+
+def resolve_preset(cfg: TrainConfig) -> PresetResult:
+    """``cfg`` with its preset applied, and what the preset filled in or found changed (see the
+    module docstring for the rule). ``default`` returns ``cfg`` as it is."""
+    if cfg.preset == "default":
+        return PresetResult(cfg)
+    if cfg.preset != "paper":
+        raise ConfigError(f"train.preset: unknown preset {cfg.preset!r} (allowed: default, paper)")
+    library = TrainConfig()
+    changes: dict[str, Any] = {}
+    filled: dict[str, Any] = {}
+    deviations: dict[str, dict[str, Any]] = {}
+    for key, paper in PAPER_TRAIN.items():
+        value = getattr(cfg, key)
+        if value == getattr(library, key):
+            if value != paper:
+                changes[key] = filled[key] = paper
+        elif not _as_paper(key, value, paper):
+            deviations[key] = {"value": value, "paper": paper}
+    options, _ = model_options(cfg)
+    options = dict(options)
+    paper_options = PAPER_MODEL_OPTIONS.get(cfg.model, {})
+    if paper_options:
+        from lungseg.models import model_class
+
+        defaults = {n: p.default for n, p in inspect.signature(model_class(cfg.model)).parameters.items()}
+        for key, paper in paper_options.items():
+            name = f"model_kwargs.{cfg.model}.{key}"
+            if key not in options or options[key] == defaults.get(key):
+                if defaults.get(key) != paper:  # a paper value the constructor does not default to
+                    options[key] = filled[name] = paper
+                else:
+                    options.pop(key, None)  # the default is the paper's: leave the identity as it was
+            elif not _as_paper(key, options[key], paper):
+                deviations[name] = {"value": options[key], "paper": paper}
+    kwargs = dict(cfg.model_kwargs or {})
+    from lungseg.models import list_models
+
+    per_model = {k: v for k, v in kwargs.items() if k in list_models()}
+    if options or per_model:
+        changes["model_kwargs"] = {**per_model, cfg.model: options}
+    return PresetResult(dataclasses.replace(cfg, **changes), deviations, filled)
+
+
+def check_paper_size(result: PresetResult, size: int, data_dir: Any) -> PresetResult:
+    """Refuse (``ConfigError``) a ``paper`` run on ``size``² data unless ``allow_non_paper_size``;
+    with it, the size is recorded as a deviation. ``default`` runs pass unchanged."""
+    cfg = result.config
+    if cfg.preset != "paper" or size == PAPER_IMAGE_SIZE:
+        return result
+    if not cfg.allow_non_paper_size:
+        raise ConfigError(f"{data_dir}: the paper preset trains at {PAPER_IMAGE_SIZE}² (LG-Net §3), this data is "
+                          f"{size}² (preprocess.image_size); preprocess at {PAPER_IMAGE_SIZE}, or set "
+                          f"train.allow_non_paper_size: true to run the recipe at {size}² (recorded as a "
+                          "deviation)")  # fmt: skip
+    return result.with_deviation("image_size", size, PAPER_IMAGE_SIZE, "allowed by train.allow_non_paper_size")
+
+
+__all__ = ["PAPER_IMAGE_SIZE", "PAPER_MAX_TOKENS", "PAPER_MODEL_OPTIONS", "PAPER_TRAIN", "PresetResult",
+           "check_paper_size", "paper_loss_options", "resolve_preset"]  # fmt: skip

@@ -1,0 +1,85 @@
+"""The checkpoint files (lungseg.training.checkpoint): TrainState produces checkpoint.pt and best.pt,
+format-1 files (with a disabled GradScaler's state) still load and resume exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from train_helpers import write_params
+from lungseg.config import TrainConfig, load_params
+from lungseg.training import load_checkpoint, train
+from lungseg.training import loop
+from lungseg.training.checkpoint import BEST_KEYS, CHECKPOINT_FORMAT, RunInfo, TrainState, model_identity
+
+
+def _info() -> RunInfo:
+    cfg = TrainConfig(model="unet", base_channels=4)
+    return RunInfo(model_identity=model_identity(cfg, 1, 1), config={"epochs": 3}, params={}, num_classes=1,
+                   data_hash="h", image_size=32, preprocess={"image_size": 32})  # fmt: skip
+
+
+def _row(epoch: int, val_dice: float) -> dict:
+    return {"epoch": epoch, "train_loss": 1.0, "train_dice": 0.5, "val_loss": 1.0, "val_dice": val_dice, "lr": 0.1,
+            "seconds": 0.1}  # fmt: skip
+
+
+def test_train_state_selects_the_best_epoch_and_stops_early():
+    state = TrainState(_info())
+    assert not state.end_epoch(_row(1, 0.9), min_epochs=2, patience=2)  # warm-up: neither best nor stale
+    assert (state.best, state.stale, state.epoch) == (-1.0, 0, 1)
+    assert state.end_epoch(_row(2, 0.5), min_epochs=2, patience=2)
+    assert not state.end_epoch(_row(3, 0.4), min_epochs=2, patience=2) and not state.stopped_early
+    assert not state.end_epoch(_row(4, 0.5), min_epochs=2, patience=2)  # not better than 0.5: stale 2
+    assert state.stopped_early and (state.best, state.best_epoch, state.stale) == (0.5, 2, 2)
+    assert [r["epoch"] for r in state.history] == [1, 2, 3, 4]
+
+
+def test_train_state_writes_both_files(tmp_path):
+    net = torch.nn.Conv2d(1, 1, 3)
+    optimizer = torch.optim.Adam(net.parameters())
+    state = TrainState(_info(), run_id="r1")
+    improved = state.end_epoch(_row(1, 0.3), min_epochs=0, patience=0)
+    state.save(tmp_path, net, optimizer, None, improved=improved)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    best = torch.load(tmp_path / "best.pt", weights_only=False)
+    assert ckpt["format"] == CHECKPOINT_FORMAT == 2 and "scaler_state" not in ckpt  # no GradScaler for the format
+    assert ckpt["epoch"] == 1 and ckpt["best"] == 0.3 and ckpt["mlflow_run_id"] == "r1" and ckpt["stale"] == 0
+    assert set(best) == set(BEST_KEYS) and torch.equal(best["model_state"]["weight"], net.weight.detach())
+    assert ckpt["scheduler_state"] is None and set(ckpt["rng"]) == {"python", "numpy", "torch", "cuda"}
+    before = (tmp_path / "best.pt").read_bytes()
+    state.end_epoch(_row(2, 0.1), min_epochs=0, patience=0)
+    state.save(tmp_path, net, optimizer, None, improved=False)
+    assert (tmp_path / "best.pt").read_bytes() == before and load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 2
+
+
+@pytest.mark.slow
+def test_a_format_1_checkpoint_resumes_exactly(tmp_path, tiny_data, monkeypatch):
+    """A checkpoint in the format written before TrainState (format 1: with the state of a disabled
+    GradScaler, without preset_deviations) continues to the same weights as an uninterrupted run;
+    history.csv is written once per epoch."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    one = load_params(write_params(tmp_path / "p1.yaml", uri, epochs=1, scheduler="none"))
+    two = load_params(write_params(tmp_path / "p2.yaml", uri, epochs=2, scheduler="none"))
+    train(one, tiny_data, tmp_path / "old")
+    for name in ("checkpoint.pt", "best.pt"):  # rewrite both files in format 1
+        ckpt = torch.load(tmp_path / "old" / name, weights_only=False)
+        ckpt.pop("preset_deviations")
+        ckpt["format"] = 1
+        if name == "checkpoint.pt":
+            ckpt["scaler_state"] = torch.amp.GradScaler("cuda", enabled=False).state_dict()
+        torch.save(ckpt, tmp_path / "old" / name)
+    assert "scaler_state" in torch.load(tmp_path / "old" / "checkpoint.pt", weights_only=False)
+
+    writes = []
+    real = loop._write_history
+    monkeypatch.setattr(loop, "_write_history", lambda path, history: (writes.append(len(history)), real(path, history)))
+    train(two, tiny_data, tmp_path / "old", resume=True)  # continue the finished (format-1) run to epoch 2
+    assert writes == [2]  # one history write per epoch, none extra at the end
+    train(two, tiny_data, tmp_path / "straight")
+    a = load_checkpoint(tmp_path / "old" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+    assert a["epoch"] == b["epoch"] == 2 and a["format"] == 2
+    for key in b["model_state"]:
+        assert torch.equal(a["model_state"][key], b["model_state"][key]), key
+    assert [r["val_dice"] for r in a["history"]] == [r["val_dice"] for r in b["history"]]

@@ -1,0 +1,155 @@
+"""``train.preset: paper`` is the papers' recipe: every stated hyper-parameter, deviations recorded,
+data of another size refused unless ``train.allow_non_paper_size``."""
+
+from __future__ import annotations
+
+import subprocess
+
+import mlflow
+import pytest
+
+from train_helpers import cli_env, lungseg_cmd, processed_sample, write_params
+from lungseg.config import TrainConfig, load_params
+from lungseg.errors import ConfigError
+from lungseg.losses import DiceFocalLoss
+from lungseg.models import model_class
+from lungseg.training import load_checkpoint, model_identity, train
+from lungseg.training.presets import check_paper_size, paper_loss_options, resolve_preset
+
+#: (train key, the paper's value, where the paper states it) — written from the papers, not from the code
+PAPER_TRAIN = [
+    ("lr", 0.01, "LG-Net §3 实验设置: 初始学习率为 0.01"),
+    ("batch_size", 4, "LG-Net §3: 批尺寸设置为 4"),
+    ("epochs", 120, "LG-Net §3: 执行 120 次迭代"),
+    ("scheduler", "none", "LG-Net §3 states an initial lr only: no schedule"),
+    ("weight_decay", 0.0, "LG-Net §3: Adam, no weight decay stated"),
+    ("early_stopping_patience", 0, "LG-Net §3: 120 epochs, no early stopping stated"),
+    ("base_channels", 64, "classic U-Net widths 64…1024 (architecture.md, common frame)"),
+    ("loss", "dice_focal", "LG-Net Eq. 14–16: 0.3·Dice + 0.7·Focal"),
+]
+#: (model, option, the paper's value, where stated)
+PAPER_MODEL = [
+    ("lgnet", "mrc_levels", 4, "LG-Net §2.2 + architecture.md 1: MRC on the 4 levels followed by a max-pool"),
+    ("lgnet", "max_tokens", 4096, "LG-Net §2.3 PCM exact; architecture.md 3: ≥ 64·64 tokens exact"),
+    ("prnet", "dsa_scaled", False, "PR-Net Eq. 1: softmax(QKᵀ) without 1/√d"),
+    ("prnet", "max_tokens", 4096, "architecture.md PR-Net 4: same max_tokens rule as LG-Attention"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "where"), PAPER_TRAIN, ids=[k for k, _, _ in PAPER_TRAIN])
+def test_the_paper_preset_sets_every_stated_training_value(key, value, where):
+    for model in ("lgnet", "prnet", "unet", "infnet"):  # one recipe for every model (presets docstring)
+        result = resolve_preset(TrainConfig(model=model, preset="paper"))
+        assert getattr(result.config, key) == value, (model, where)
+        assert not result.deviations
+
+
+@pytest.mark.parametrize(("model", "option", "value", "where"), PAPER_MODEL, ids=[f"{m}-{o}" for m, o, _, _ in PAPER_MODEL])
+def test_the_paper_preset_builds_the_papers_model(model, option, value, where):
+    cfg = resolve_preset(TrainConfig(model=model, preset="paper")).config
+    identity = model_identity(cfg, 1, 1)
+    assert identity["kwargs"]["base_channels"] == 64
+    import inspect
+
+    used = identity["kwargs"].get(option, inspect.signature(model_class(model)).parameters[option].default)
+    assert used == value, where  # what the constructor receives (the 129 M-parameter net is not built)
+
+
+def test_the_paper_loss_is_eq_14_15_as_written():
+    """LG-Net Eq. 14: Dice summed over all classes, background included (binary: 2 classes); Eq. 15:
+    focal summed over classes; Eq. 16: γ = 0.3; α = β = 0.5; focusing 2."""
+    import torch
+
+    loss = DiceFocalLoss(num_classes=1, **paper_loss_options(1))
+    assert loss.binary_background and loss.class_reduction == "sum" and loss.gamma_weight == 0.3
+    assert paper_loss_options(3) == {"class_reduction": "sum"}
+    # the Dice term scores background and foreground: a perfect foreground with a wrong background
+    # pixel count is still penalised through the background ratio
+    logits = torch.full((1, 1, 4, 4), 8.0)
+    masks = torch.ones(1, 4, 4, dtype=torch.long)
+    masks[0, 0, 0] = 0
+    mean_form = DiceFocalLoss(num_classes=1)(logits, masks)
+    assert loss(logits, masks) > mean_form
+
+
+def test_a_changed_setting_is_honoured_and_recorded_never_replaced():
+    cfg = TrainConfig(model="prnet", preset="paper", epochs=2, lr=0.002, base_channels=4,
+                      model_kwargs={"lgnet": {"max_tokens": 256}, "prnet": {"max_tokens": 256}})  # fmt: skip
+    result = resolve_preset(cfg)
+    assert (result.config.epochs, result.config.lr, result.config.base_channels) == (2, 0.002, 4)  # honoured
+    assert result.config.model_kwargs["prnet"] == {"max_tokens": 256, "dsa_scaled": False}
+    assert result.config.model_kwargs["lgnet"] == {"max_tokens": 256}  # another model's entry kept
+    assert result.deviations == {
+        "epochs": {"value": 2, "paper": 120}, "lr": {"value": 0.002, "paper": 0.01},
+        "base_channels": {"value": 4, "paper": 64},
+        "model_kwargs.prnet.max_tokens": {"value": 256, "paper": 4096}}  # fmt: skip
+    assert result.describe_deviations() == ("lr=0.002 (paper 0.01); epochs=2 (paper 120); base_channels=4 (paper 64); "
+                                            "model_kwargs.prnet.max_tokens=256 (paper 4096)")  # fmt: skip
+    # exact attention, or more tokens than the preset's budget, is as close to the paper: no deviation
+    for tokens in (None, 16384):
+        exact = resolve_preset(TrainConfig(model="lgnet", preset="paper", model_kwargs={"lgnet": {"max_tokens": tokens}}))
+        assert not exact.deviations and exact.config.model_kwargs["lgnet"]["max_tokens"] == tokens
+    five = resolve_preset(TrainConfig(model="lgnet", preset="paper", model_kwargs={"mrc_levels": 5}))
+    assert five.deviations == {"model_kwargs.lgnet.mrc_levels": {"value": 5, "paper": 4}}
+    assert resolve_preset(TrainConfig(preset="default", epochs=2)).config == TrainConfig(epochs=2)  # untouched
+
+
+def test_data_of_another_size_is_refused_unless_allowed(tmp_path):
+    result = resolve_preset(TrainConfig(preset="paper"))
+    with pytest.raises(ConfigError, match=r"data: the paper preset trains at 512² .* this data is 64² .*"
+                                          r"train.allow_non_paper_size: true"):
+        check_paper_size(result, 64, tmp_path / "data")
+    assert check_paper_size(result, 512, tmp_path) is result
+    allowed = check_paper_size(resolve_preset(TrainConfig(preset="paper", allow_non_paper_size=True)), 64, tmp_path)
+    assert allowed.deviations == {"image_size": {"value": 64, "paper": 512,
+                                                 "note": ", allowed by train.allow_non_paper_size"}}
+    assert check_paper_size(resolve_preset(TrainConfig()), 64, tmp_path).deviations == {}  # default preset: no check
+
+
+def test_training_refuses_the_paper_preset_on_small_data(tmp_path, tiny_data):
+    params = write_params(tmp_path / "p.yaml", f"sqlite:///{tmp_path / 'mlflow.db'}", preset="paper", epochs=1)
+    with pytest.raises(ConfigError, match=r"this data is 32²"):
+        train(load_params(params), tiny_data, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.yaml"]  # refused before any run, store or output
+
+
+@pytest.mark.slow
+def test_the_cli_refuses_the_paper_preset_on_small_data_in_one_line(tmp_path, tiny_data):
+    params = write_params(tmp_path / "p.yaml", f"sqlite:///{tmp_path / 'mlflow.db'}", preset="paper", epochs=1)
+    proc = subprocess.run(lungseg_cmd("train", "--data", str(tiny_data), "--output", str(tmp_path / "out"),
+                                      "--params", str(params)), env=cli_env(), capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {tiny_data}: the paper preset trains at 512²") and "allow_non_paper_size" in last
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+@pytest.mark.slow
+def test_cpu_paper_runs_the_recipe_end_to_end_and_records_its_deviations(tmp_path_factory, tmp_path, capsys):
+    """The ``cpu-paper`` check: the paper preset on the bundled sample at 64² with the size override,
+    one epoch, a tiny width — both recorded as deviations, everything else the paper's."""
+    data = processed_sample(tmp_path_factory, 64)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    train_cfg = {"model": "lgnet", "preset": "paper", "allow_non_paper_size": True, "epochs": 1, "base_channels": 4}
+    path = tmp_path / "p.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump({"train": {**train_cfg, "device": "cpu"}, "mlflow": {"tracking_uri": uri}}),
+                    encoding="utf-8")  # fmt: skip
+    result = train(load_params(path), data, tmp_path / "out")
+    err = capsys.readouterr().err
+    expected = ("epochs=1 (paper 120); base_channels=4 (paper 64); "
+                "image_size=64 (paper 512, allowed by train.allow_non_paper_size)")
+    assert f"lungseg: paper preset: set lr 0.01, scheduler none, weight_decay 0.0, early_stopping_patience 0, " \
+           f"loss dice_focal (the paper's values for settings left at their defaults); honouring settings that " \
+           f"differ from the paper: {expected}" in err
+    run = mlflow.MlflowClient(uri).get_run(result.run_id)
+    assert run.data.tags["preset_deviations"] == expected and run.data.params["preset_deviations"] == expected
+    assert run.data.params["effective.lr"] == "0.01" and run.data.params["effective.scheduler"] == "none"
+    assert run.data.params["train.loss_resolved"] == "dice_focal"
+    assert run.data.params["train.loss_options"] == '{"binary_background": true, "class_reduction": "sum"}'
+    ckpt = load_checkpoint(tmp_path / "out" / "checkpoint.pt")
+    assert ckpt["config"]["lr"] == 0.01 and ckpt["config"]["batch_size"] == 4 and ckpt["config"]["weight_decay"] == 0
+    assert ckpt["optimizer_state"]["param_groups"][0]["lr"] == 0.01 and ckpt["scheduler_state"] is None
+    assert set(ckpt["preset_deviations"]) == {"epochs", "base_channels", "image_size"}
+    assert ckpt["model_identity"]["kwargs"]["base_channels"] == 4 and ckpt["model_identity"]["kwargs"]["mrc_levels"] == 4

@@ -1,0 +1,62 @@
+"""Progress inside an epoch when stderr is not a terminal (KFP/DVC logs, nohup): lines with the step,
+images/s and ETA; loss values read back from the device in batches, non-finite ones named by step."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+import torch
+
+from train_helpers import cli_env, lungseg_cmd, write_params
+from lungseg.errors import TrainingError
+from lungseg.training.loop import _clock, _read_back
+
+LINE = re.compile(r"^epoch (\d+)/2  step (\d+)/(\d+)  loss \d+\.\d{4}  dice \d\.\d{3}  (\d+\.\d) img/s  ETA (\d+:\d\d)$")
+
+
+@pytest.mark.slow
+def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path, tiny_data):
+    params = write_params(tmp_path / "p.yaml", f"sqlite:///{tmp_path / 'mlflow.db'}", epochs=2,
+                          progress_every_s=1e-6)  # fmt: skip
+    proc = subprocess.run(lungseg_cmd("train", "--data", str(tiny_data), "--output", str(tmp_path / "out"),
+                                      "--params", str(params)), env=cli_env(), capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = [m for m in map(LINE.match, proc.stderr.splitlines()) if m]
+    # 14 training slices, batch 4: steps of 4, 4, 4, 2 images; a line after every step but the last
+    # (the epoch's own line follows it), in both epochs
+    assert [(int(m[1]), int(m[2]), int(m[3])) for m in lines] == [(e, s, 4) for e in (1, 2) for s in (1, 2, 3)]
+    assert all(float(m[4]) > 0 for m in lines)
+    assert "\r" not in proc.stderr  # no progress bar drawn into a log
+
+
+def test_no_progress_line_before_the_interval(tmp_path, tiny_data, capsys):
+    """The default interval (30 s) is longer than this epoch: only the epoch line (stderr is not a
+    terminal under pytest either)."""
+    from lungseg.config import load_params
+    from lungseg.training import train
+
+    train(load_params(write_params(tmp_path / "p.yaml", f"sqlite:///{tmp_path / 'mlflow.db'}", epochs=1)), tiny_data,
+          tmp_path / "out")  # fmt: skip
+    err = capsys.readouterr().err
+    assert "epoch 1/1  loss" in err and " step " not in err
+
+
+def test_values_read_back_together_name_the_first_non_finite_step(tmp_path):
+    """On CUDA the losses of several steps are read back at once (no per-step host sync): a NaN among
+    them is still reported at the step where it occurred."""
+    pending = [(torch.tensor(v), torch.tensor(0.5)) for v in (0.7, 0.6, float("nan"), 0.4)]
+    losses, dices = [0.9], [0.1]
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    with pytest.raises(TrainingError, match=r"loss became nan at epoch 3, step 7 \(lr 0.01\); no checkpoint"):
+        _read_back(pending, losses, dices, epoch=3, step=8, optimizer=optimizer, ckpt_path=tmp_path / "none.pt")
+    ok = [(torch.tensor(v), torch.tensor(d)) for v, d in ((0.7, 0.25), (0.6, 0.5))]
+    losses, dices = [], []
+    _read_back(ok, losses, dices, epoch=1, step=2, optimizer=optimizer, ckpt_path=tmp_path / "none.pt")
+    assert losses == [torch.tensor(0.7).item(), torch.tensor(0.6).item()] and dices == [0.25, 0.5] and ok == []
+
+
+def test_clock():
+    assert [_clock(s) for s in (0, 75.4, 3725)] == ["0:00", "1:15", "1:02:05"]
