@@ -1,6 +1,9 @@
 # The two commands of the README:
 #   make repro   install (once) and run the whole pipeline with `dvc repro` on the bundled sample
-#   make test    install (once) and run the test suite (what .ci/run calls)
+#   make test    install (once), lint, and run the whole test suite (what .ci/run calls)
+# For the edit loop:
+#   make test-fast   the tests not marked slow or integration (under a minute on 2 cores)
+#   make lint        ruff check + ruff format --check (configuration in pyproject.toml)
 # The component image (docs/pipeline.md, "The image"; needs a Docker daemon):
 #   make image        the CPU flavour (torch's CPU wheel): tests, laptops, CPU nodes
 #   make image-cuda   the CUDA flavour (torch from PyPI, the CUDA build): GPU nodes
@@ -17,7 +20,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONUTF8 := 1
 export LANG := C.UTF-8
 
-.PHONY: install repro test bench image image-cuda docker-start docker-stop clean-venv
+.PHONY: install repro lint test test-fast bench image image-cuda docker-start docker-stop clean-venv
 
 install: $(VENV)/.installed
 
@@ -33,8 +36,15 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 repro: install
 	source $(VENV)/bin/activate && dvc repro
 
-test: install
+lint: install
+	source $(VENV)/bin/activate && ruff check . && ruff format --check .
+
+# pytest exits 5 when it selects no test: make fails on it, in both targets
+test: install lint
 	source $(VENV)/bin/activate && python -m pytest
+
+test-fast: install
+	source $(VENV)/bin/activate && python -m pytest -m "not slow and not integration"
 
 bench: install
 	source $(VENV)/bin/activate && python bench/bench_models.py

@@ -127,8 +127,11 @@ def peak_train_memory(impl: str, n_side: int, c: int, cv: int, batch: int, devic
         t = time.perf_counter()
         _train(fn, theta, value, grad)
         torch.cuda.synchronize()
-        return {"peak_mib": (torch.cuda.max_memory_allocated() - base) / MIB, "bound": "exact",
-                "once_s": time.perf_counter() - t}  # fmt: skip
+        return {
+            "peak_mib": (torch.cuda.max_memory_allocated() - base) / MIB,
+            "bound": "exact",
+            "once_s": time.perf_counter() - t,
+        }
     small = _pcm_inputs(4, c, cv, 1, dev, dty)
     _train(fn, *small)  # library initialisation (MKL/OpenMP buffers) outside the measurement
     del small
@@ -148,8 +151,20 @@ def peak_train_memory(impl: str, n_side: int, c: int, cv: int, batch: int, devic
 def peak_in_child(impl, n_side, c, cv, batch, device, dtype, threads) -> dict:
     if torch.device(device).type == "cuda":
         return peak_train_memory(impl, n_side, c, cv, batch, device, dtype)  # CUDA counters are per call
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_peak", impl, str(n_side), str(c), str(cv),
-           str(batch), device, dtype, "--threads", str(threads)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--_peak",
+        impl,
+        str(n_side),
+        str(c),
+        str(cv),
+        str(batch),
+        device,
+        dtype,
+        "--threads",
+        str(threads),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", check=False)
     if out.returncode != 0:
         return {"peak_mib": None, "bound": f"child failed: {out.stderr.strip().splitlines()[-1:]}"}
@@ -191,8 +206,10 @@ def kernel_rows(args, device, dtype) -> list[dict]:
             theta, value, grad = _pcm_inputs(side, c, cv, args.kernel_batch, device, dtype)
             # one train call per implementation: the difference to the reference, and the warm-up
             outs = {impl: _train(_pcm_call(impl), theta, value, grad) for impl in impls}
-            err = {impl: max((a.float() - b.float()).abs().max().item() for a, b in zip(o, outs["reference"]))
-                   for impl, o in outs.items()}  # fmt: skip
+            err = {
+                impl: max((a.float() - b.float()).abs().max().item() for a, b in zip(o, outs["reference"]))
+                for impl, o in outs.items()
+            }
             del outs
             fwd, train = {}, {}
             for impl in impls:
@@ -208,15 +225,25 @@ def kernel_rows(args, device, dtype) -> list[dict]:
             t_train = _best_times(train, args.reps, device, warmup=False)
             flops = 2 * args.kernel_batch * n_tokens**2 * (c + cv)  # forward matmul FLOPs
             for impl in impls:
-                mem = peak_in_child(impl, side, c, cv, args.kernel_batch, str(device), str(dtype).split(".")[-1],
-                                    args.threads)  # fmt: skip
+                mem = peak_in_child(
+                    impl, side, c, cv, args.kernel_batch, str(device), str(dtype).split(".")[-1], args.threads
+                )
                 mem.pop("once_s", None)
-                row = {"tokens": n_tokens, "c": c, "C": cv, "batch": args.kernel_batch, "impl": impl,
-                       "fwd_s": t_fwd[impl], "train_s": t_train[impl],
-                       "train_gflop_s": 3 * flops / t_train[impl] / 1e9, "max_abs_diff": err[impl], **mem}  # fmt: skip
+                row = {
+                    "tokens": n_tokens,
+                    "c": c,
+                    "C": cv,
+                    "batch": args.kernel_batch,
+                    "impl": impl,
+                    "fwd_s": t_fwd[impl],
+                    "train_s": t_train[impl],
+                    "train_gflop_s": 3 * flops / t_train[impl] / 1e9,
+                    "max_abs_diff": err[impl],
+                    **mem,
+                }
                 rows.append(row)
                 print(f"kernel N={n_tokens} c={c} C={cv}: {row}", flush=True)
-            del theta, value, grad
+            theta = value = grad = None  # free them (not `del`: the closures above name them)
             gc.collect()
     return rows
 
@@ -226,8 +253,9 @@ def dsa_rows(args, device, dtype) -> list[dict]:
     rows = []
     for n_tokens, heads, d in ((4096, 2, 8), (4096, 4, 8)):
         g = torch.Generator(device="cpu").manual_seed(0)
-        base = [torch.randn(args.kernel_batch, heads * d, n_tokens, generator=g, dtype=dtype).to(device)
-                for _ in range(3)]  # fmt: skip
+        base = [
+            torch.randn(args.kernel_batch, heads * d, n_tokens, generator=g, dtype=dtype).to(device) for _ in range(3)
+        ]
 
         def make(contiguous: bool):
             def run():
@@ -243,8 +271,17 @@ def dsa_rows(args, device, dtype) -> list[dict]:
         best = _best_times({"strided": make(False), "contiguous": make(True)}, args.reps, device)
         flops = 4 * args.kernel_batch * heads * n_tokens**2 * d
         for layout, t in best.items():
-            rows.append({"tokens": n_tokens, "heads": heads, "head_dim": d, "batch": args.kernel_batch,
-                         "layout": layout, "train_s": t, "train_gflop_s": 3 * flops / t / 1e9})  # fmt: skip
+            rows.append(
+                {
+                    "tokens": n_tokens,
+                    "heads": heads,
+                    "head_dim": d,
+                    "batch": args.kernel_batch,
+                    "layout": layout,
+                    "train_s": t,
+                    "train_gflop_s": 3 * flops / t / 1e9,
+                }
+            )
             print(f"dsa {rows[-1]}", flush=True)
     return rows
 
@@ -308,9 +345,16 @@ def model_rows(args, device) -> list[dict]:
     unet = 3 * flops["unet"] * args.batch / best["unet"] if "unet" in best else None
     for key in args.models:
         rate = 3 * flops[key] * args.batch / best[key]
-        rows.append({"model": key, "gflops_per_img": flops[key] / 1e9, "step_s": best[key],
-                     "img_s": args.batch / best[key], "train_gflop_s": rate / 1e9,
-                     "ratio_vs_unet": None if unet is None else rate / unet})  # fmt: skip
+        rows.append(
+            {
+                "model": key,
+                "gflops_per_img": flops[key] / 1e9,
+                "step_s": best[key],
+                "img_s": args.batch / best[key],
+                "train_gflop_s": rate / 1e9,
+                "ratio_vs_unet": None if unet is None else rate / unet,
+            }
+        )
         print(f"model {rows[-1]}", flush=True)
     return rows
 
@@ -331,9 +375,20 @@ def exact512_rows(args, device, dtype) -> list[dict]:
         for impl in impls:
             # one train call, timed and measured in a fresh process (minutes on a CPU at level 1)
             mem = peak_in_child(impl, side, c, cv, 1, str(device), str(dtype).split(".")[-1], args.threads)
-            rows.append({"level": level, "side": side, "tokens": n, "c": c, "C": cv, "impl": impl,
-                         "train_s": mem.pop("once_s", None), "fwd_gflops": 2 * n * n * (c + cv) / 1e9,
-                         "dense_nxn_mib": n * n * 4 / MIB, **mem})  # fmt: skip
+            rows.append(
+                {
+                    "level": level,
+                    "side": side,
+                    "tokens": n,
+                    "c": c,
+                    "C": cv,
+                    "impl": impl,
+                    "train_s": mem.pop("once_s", None),
+                    "fwd_gflops": 2 * n * n * (c + cv) / 1e9,
+                    "dense_nxn_mib": n * n * 4 / MIB,
+                    **mem,
+                }
+            )
             print(f"exact512 {rows[-1]}", flush=True)
     return rows
 
@@ -370,42 +425,69 @@ def render(results_dir: Path) -> None:
         if d.get("note"):
             parts += [f"> {d['note']}", ""]
         parts += [
-            f"- date: {d['date']}; torch {d['torch']}, python {d['python']}, threads {d['threads']}, dtype {d['dtype']}",
+            f"- date: {d['date']}; torch {d['torch']}, python "
+            f"{d['python']}, threads {d['threads']}, dtype {d['dtype']}",
             f"- command: `{d['command']}`",
         ]
         if d.get("kernel"):
-            parts += ["", "### PCM kernel (one call, no pooling)", "",
-                      "| tokens N | c | C | batch | impl | forward s | train s | train GFLOP/s | peak MiB | "
-                      "max abs diff vs reference |", "|" + " --- |" * 10]  # fmt: skip
+            parts += [
+                "",
+                "### PCM kernel (one call, no pooling)",
+                "",
+                "| tokens N | c | C | batch | impl | forward s | train s | train GFLOP/s | peak MiB | "
+                "max abs diff vs reference |",
+                "|" + " --- |" * 10,
+            ]
             for r in d["kernel"]:
                 peak = _f(r.get("peak_mib"), "{:.0f}") + ("" if r.get("bound") == "exact" else f" ({r.get('bound')})")
-                parts.append(f"| {r['tokens']} | {r['c']} | {r['C']} | {r['batch']} | {r['impl']} | {r['fwd_s']:.3f} "
-                             f"| {r['train_s']:.3f} | {r['train_gflop_s']:.1f} | {peak} | {r['max_abs_diff']:.1e} |")
+                parts.append(
+                    f"| {r['tokens']} | {r['c']} | {r['C']} | {r['batch']} | {r['impl']} | {r['fwd_s']:.3f} "
+                    f"| {r['train_s']:.3f} | {r['train_gflop_s']:.1f} | {peak} | {r['max_abs_diff']:.1e} |"
+                )
         if d.get("dsa"):
-            parts += ["", "### PR-Net DSA attention (SDPA, forward + backward)", "",
-                      "| tokens N | heads | head dim | batch | q/k/v layout | train s | train GFLOP/s |",
-                      "|" + " --- |" * 7]  # fmt: skip
+            parts += [
+                "",
+                "### PR-Net DSA attention (SDPA, forward + backward)",
+                "",
+                "| tokens N | heads | head dim | batch | q/k/v layout | train s | train GFLOP/s |",
+                "|" + " --- |" * 7,
+            ]
             for r in d["dsa"]:
-                parts.append(f"| {r['tokens']} | {r['heads']} | {r['head_dim']} | {r['batch']} | {r['layout']} "
-                             f"| {r['train_s']:.3f} | {r['train_gflop_s']:.1f} |")
+                parts.append(
+                    f"| {r['tokens']} | {r['heads']} | {r['head_dim']} | {r['batch']} | {r['layout']} "
+                    f"| {r['train_s']:.3f} | {r['train_gflop_s']:.1f} |"
+                )
         if d.get("models"):
             s = d["model_settings"]
-            parts += ["", f"### Models: train step at {s['size']}², base {s['base']}, batch {s['batch']} "
-                          f"(min of {s['iters']} steps)", "",
-                      "| model | GFLOPs/img (textbook) | step s | images/s | train GFLOP/s | ratio vs U-Net |",
-                      "|" + " --- |" * 6]  # fmt: skip
+            parts += [
+                "",
+                f"### Models: train step at {s['size']}², base {s['base']}, batch {s['batch']} "
+                f"(min of {s['iters']} steps)",
+                "",
+                "| model | GFLOPs/img (textbook) | step s | images/s | train GFLOP/s | ratio vs U-Net |",
+                "|" + " --- |" * 6,
+            ]
             for r in d["models"]:
-                parts.append(f"| {r['model']} | {r['gflops_per_img']:.2f} | {r['step_s']:.3f} | {r['img_s']:.2f} "
-                             f"| {r['train_gflop_s']:.1f} | {_f(r['ratio_vs_unet'])} |")
+                parts.append(
+                    f"| {r['model']} | {r['gflops_per_img']:.2f} | {r['step_s']:.3f} | {r['img_s']:.2f} "
+                    f"| {r['train_gflop_s']:.1f} | {_f(r['ratio_vs_unet'])} |"
+                )
         if d.get("exact512"):
-            parts += ["", "### Exact (unpooled) global PCM of LG-Net's deepest three skips at 512², base 64, batch 1",
-                      "", "One train call (forward + backward) each, timed once in a fresh process.",
-                      "", "| level | map | tokens N | c | C | impl | forward GFLOPs | train s | peak MiB | "
-                      "dense N×N fp32 MiB |", "|" + " --- |" * 10]  # fmt: skip
+            parts += [
+                "",
+                "### Exact (unpooled) global PCM of LG-Net's deepest three skips at 512², base 64, batch 1",
+                "",
+                "One train call (forward + backward) each, timed once in a fresh process.",
+                "",
+                "| level | map | tokens N | c | C | impl | forward GFLOPs | train s | peak MiB | dense N×N fp32 MiB |",
+                "|" + " --- |" * 10,
+            ]
             for r in d["exact512"]:
                 peak = _f(r.get("peak_mib"), "{:.0f}") + ("" if r.get("bound") == "exact" else f" ({r.get('bound')})")
-                parts.append(f"| {r['level']} | {r['side']}² | {r['tokens']} | {r['c']} | {r['C']} | {r['impl']} "
-                             f"| {r['fwd_gflops']:.0f} | {_f(r['train_s'], '{:.1f}')} | {peak} | {r['dense_nxn_mib']:.0f} |")
+                parts.append(
+                    f"| {r['level']} | {r['side']}² | {r['tokens']} | {r['c']} | {r['C']} | {r['impl']} "
+                    f"| {r['fwd_gflops']:.0f} | {_f(r['train_s'], '{:.1f}')} | {peak} | {r['dense_nxn_mib']:.0f} |"
+                )
     atomic_write_text(results_dir / "ATTENTION.md", "\n".join(parts) + "\n")
 
 
@@ -459,14 +541,19 @@ def main(argv: list[str] | None = None) -> int:
     name, label = device_label(device, threads)
     record = {
         "device": name,
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "threads": threads,
         "dtype": str(dtype).split(".")[-1],
         "command": "python bench/bench_attention.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "model_settings": {"size": args.size, "base": args.base, "batch": args.batch, "iters": args.iters,
-                           "amp": "bf16 autocast + channels_last" if device.type == "cuda" else "fp32"},
+        "model_settings": {
+            "size": args.size,
+            "base": args.base,
+            "batch": args.batch,
+            "iters": args.iters,
+            "amp": "bf16 autocast + channels_last" if device.type == "cuda" else "fp32",
+        },
         **result,
         **({"note": args.note} if args.note else {}),
     }

@@ -83,7 +83,7 @@ def run_monai(inferer, net, volume: np.ndarray, batch: int, device: torch.device
     out = []
     with torch.inference_mode():
         for i in range(0, len(volume), batch):
-            x = torch.from_numpy(volume[i:i + batch])[:, None].to(device)
+            x = torch.from_numpy(volume[i : i + batch])[:, None].to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = inferer(x, net)
             out.append((torch.sigmoid(logits.float())[:, 0] >= 0.5).to(torch.uint8).cpu().numpy())
@@ -126,8 +126,13 @@ def measure(args) -> dict:
         "lungseg": lambda: run_lungseg(engine, volume),
         "monai-simple": lambda: run_monai(SimpleInferer(), engine.net, volume, args.batch, device, amp),
         "monai-sliding-window": lambda: run_monai(
-            SlidingWindowInferer(roi_size=(args.size, args.size), sw_batch_size=args.batch), engine.net, volume,
-            args.batch, device, amp),
+            SlidingWindowInferer(roi_size=(args.size, args.size), sw_batch_size=args.batch),
+            engine.net,
+            volume,
+            args.batch,
+            device,
+            amp,
+        ),
     }
     warm = volume[: max(args.batch, 2)]
     run_lungseg(engine, warm)  # warm-up (CUDA: cudnn autotuning, allocator)
@@ -141,25 +146,43 @@ def measure(args) -> dict:
     rows = []
     for name in methods:
         seconds = statistics.median(times[name])
-        rows.append({"method": name, "seconds": seconds, "slices_per_s": len(volume) / seconds,
-                     "all_seconds": times[name]})
-        print(f"{name:22s} {seconds:8.3f} s  {len(volume) / seconds:8.1f} slices/s  (runs: "
-              f"{', '.join(f'{t:.2f}' for t in times[name])})", flush=True)
+        rows.append(
+            {"method": name, "seconds": seconds, "slices_per_s": len(volume) / seconds, "all_seconds": times[name]}
+        )
+        print(
+            f"{name:22s} {seconds:8.3f} s  {len(volume) / seconds:8.1f} slices/s  (runs: "
+            f"{', '.join(f'{t:.2f}' for t in times[name])})",
+            flush=True,
+        )
     ours = rows[0]["slices_per_s"]
     for r in rows:
         r["ratio_lungseg_over_this"] = ours / r["slices_per_s"]
         r["label_agreement_with_lungseg"] = float((labels[r["method"]] == labels["lungseg"]).mean())
     name, slug = device_name(device)
     return {
-        "device": name, "slug": slug, "date": dt.date.today().isoformat(), "torch": torch.__version__,
-        "monai": __import__("monai").__version__, "python": platform.python_version(),
+        "device": name,
+        "slug": slug,
+        "date": dt.date.today().isoformat(),
+        "torch": torch.__version__,
+        "monai": __import__("monai").__version__,
+        "python": platform.python_version(),
         "command": "python bench/bench_inference.py " + shlex.join(_without_note(sys.argv[1:])),
-        "threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "settings": {"model": args.model, "base": args.base, "size": args.size, "slices": args.slices,
-                     "batch": args.batch, "repeats": args.repeats, "amp_channels_last": bool(amp),
-                     "data": str(args.data)},
-        "rows": rows, "tag": args.tag, "note": args.note,
-    }  # fmt: skip
+        "threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "settings": {
+            "model": args.model,
+            "base": args.base,
+            "size": args.size,
+            "slices": args.slices,
+            "batch": args.batch,
+            "repeats": args.repeats,
+            "amp_channels_last": bool(amp),
+            "data": str(args.data),
+        },
+        "rows": rows,
+        "tag": args.tag,
+        "note": args.note,
+    }
 
 
 def _without_note(argv: list[str]) -> list[str]:
@@ -196,14 +219,17 @@ def render(results_dir: Path) -> Path:
             f"torch threads {d['threads']} (OMP_NUM_THREADS={d['omp_num_threads']})",
             f"- command: `{d['command']}`",
             f"- settings: {s['model']} base {s['base']}, {s['slices']} slices of {s['size']}², batch {s['batch']}, "
-            f"median of {s['repeats']} interleaved rounds, {'bf16 autocast + channels_last' if s['amp_channels_last'] else 'fp32'}",
+            f"median of {s['repeats']} interleaved rounds, "
+            f"{'bf16 autocast + channels_last' if s['amp_channels_last'] else 'fp32'}",
             "",
             "| method | volume s | slices/s | lungseg / this | labels equal to lungseg's |",
             "| --- | --- | --- | --- | --- |",
         ]
         for r in d["rows"]:
-            parts.append(f"| {r['method']} | {r['seconds']:.3f} | {r['slices_per_s']:.1f} | "
-                         f"{r['ratio_lungseg_over_this']:.2f} | {100 * r['label_agreement_with_lungseg']:.3f} % |")
+            parts.append(
+                f"| {r['method']} | {r['seconds']:.3f} | {r['slices_per_s']:.1f} | "
+                f"{r['ratio_lungseg_over_this']:.2f} | {100 * r['label_agreement_with_lungseg']:.3f} % |"
+            )
     target = results_dir / "INFERENCE.md"
     atomic_write_text(target, "\n".join(parts) + "\n")
     return target

@@ -50,8 +50,8 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lungseg.models import create_model, list_models  # noqa: E402
 from lungseg.io import atomic_write_text  # noqa: E402
+from lungseg.models import create_model, list_models  # noqa: E402
 
 PEER_OF = {"attention_unet": "AttentionUnet", "unetpp": "BasicUNetPlusPlus"}  # others: BasicUNet
 
@@ -122,7 +122,7 @@ def measure(model: torch.nn.Module, size: int, batch: int, iters: int, warmup: i
     if cuda:
         out["train_peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
     opt.zero_grad(set_to_none=True)
-    del opt
+    opt = None  # free it (not `del`: train_step names it)
     model.eval()
     with torch.inference_mode():
         for _ in range(warmup):
@@ -169,8 +169,7 @@ def load_note(load: dict | None) -> str:
         return "not recorded (run made before the load was recorded)"
     before, after = load.get("before"), load.get("after")
     busy = " — **the machine was busy: numbers not comparable**" if load.get("busy") else ""
-    return (f"{before[0]:.2f} before, {after[0]:.2f} after (1-min load average, {load.get('cpu_count')} cores)"
-            f"{busy}")  # fmt: skip
+    return f"{before[0]:.2f} before, {after[0]:.2f} after (1-min load average, {load.get('cpu_count')} cores){busy}"
 
 
 def loadavg() -> list[float]:
@@ -180,6 +179,10 @@ def loadavg() -> list[float]:
 def is_busy(load1: float, threads: int) -> bool:
     """More runnable work than the cores left free for this benchmark's threads."""
     return load1 > max((os.cpu_count() or 1) - threads, 0) + 0.5
+
+
+#: result files of the other benchmarks that share bench/results/ (each renders its own page)
+OTHER_BENCHES = ("attention-", "epoch-", "ddp-")
 
 
 def render_section(d: dict) -> list[str]:
@@ -233,6 +236,8 @@ def render_readme(results_dir: Path) -> None:
         "BasicUNet at the same base width (a different FLOP budget: see the GFLOPs columns).",
     ]
     for path in sorted(results_dir.glob("*.json")):
+        if path.name.startswith(OTHER_BENCHES):  # their own pages (ATTENTION.md, …)
+            continue
         parts += render_section(json.loads(path.read_text(encoding="utf-8")))
     atomic_write_text(results_dir / "README.md", "\n".join(parts) + "\n")
 
@@ -246,10 +251,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--models", nargs="+", default=None, help=f"subset of {list_models()}")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads on the CPU, pinned for the whole run and recorded (default 1)")
-    ap.add_argument("--record", action="store_true",
-                    help="write the result into --results and re-render its README (default: only print)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads on the CPU, pinned for the whole run and recorded (default 1)",
+    )
+    ap.add_argument(
+        "--record",
+        action="store_true",
+        help="write the result into --results and re-render its README (default: only print)",
+    )
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--tag", default=None, help="suffix of the result file (keeps a re-run beside the first)")
     ap.add_argument("--note", default=None, help="why this run was made / how to read it (shown in the README)")
@@ -266,11 +278,16 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)  # pinned: the default (every core) is what a busy machine punishes most
     load_before = loadavg()
-    print(f"torch threads {torch.get_num_threads()} (pinned); load average {load_before} on {os.cpu_count()} cores",
-          flush=True)  # fmt: skip
+    print(
+        f"torch threads {torch.get_num_threads()} (pinned); load average {load_before} on {os.cpu_count()} cores",
+        flush=True,
+    )
     if device.type == "cpu" and is_busy(load_before[0], args.threads):
-        print(f"warning: the machine is busy (1-min load {load_before[0]} with {os.cpu_count()} cores): CPU numbers "
-              "taken now are not comparable with a quiet run", flush=True)  # fmt: skip
+        print(
+            f"warning: the machine is busy (1-min load {load_before[0]} with {os.cpu_count()} cores): CPU numbers "
+            "taken now are not comparable with a quiet run",
+            flush=True,
+        )
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     import monai
@@ -286,13 +303,19 @@ def main(argv: list[str] | None = None) -> int:
             ours = run_one(lambda: create_model(model_name, base_channels=args.base), size, args, device)
             print(f"{size} {model_name}: {ours}", flush=True)
             rows.append(
-                {"model": model_name, "size": size, "peer_name": peer_name, "ours": ours, "peer": peer_cache[peer_name, size]}
+                {
+                    "model": model_name,
+                    "size": size,
+                    "peer_name": peer_name,
+                    "ours": ours,
+                    "peer": peer_cache[peer_name, size],
+                }
             )
     load_after = loadavg()
     busy = device.type == "cpu" and (is_busy(load_before[0], args.threads) or is_busy(load_after[0], args.threads))
     result = {
         "device": name,
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "torch": torch.__version__,
         "monai": monai.__version__,
         "python": platform.python_version(),

@@ -9,7 +9,6 @@ work (:func:`check_output_dir`, :func:`check_output_file`).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -17,6 +16,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from lungseg.provenance import file_sha256
 
 
 @contextlib.contextmanager
@@ -73,8 +74,9 @@ def check_output_dir(path: str | Path) -> Path:
 
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise DataError(path, "exists and is not a folder: the output is a folder; "
-                              "name another path or move the file away")  # fmt: skip
+        raise DataError(
+            path, "exists and is not a folder: the output is a folder; name another path or move the file away"
+        )
     if path.parent.exists() and not path.parent.is_dir():
         raise DataError(path.parent, "is a file, not a folder: cannot write an output inside it")
     return path
@@ -93,12 +95,9 @@ def check_output_file(path: str | Path) -> Path:
 
 
 def sha256_file(path: str | Path) -> str:
-    """``sha256:<hex>`` of a file's bytes (read in 1 MiB blocks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return "sha256:" + h.hexdigest()
+    """``sha256:<hex>`` of a file's bytes (:func:`lungseg.provenance.file_sha256`, prefixed): how
+    ``mlflow_run.json`` and ``metrics.json`` name a checkpoint's weights."""
+    return "sha256:" + file_sha256(path)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

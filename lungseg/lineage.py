@@ -30,7 +30,6 @@ and cache see an immutable URI whose name *is* the hash, and re-runs on the same
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -38,6 +37,17 @@ from pathlib import Path
 from typing import Any
 
 from lungseg.errors import DataError
+from lungseg.provenance import (
+    CODE_COMMIT_TAG,
+    IMAGE_ENV,
+    IMAGE_TAG,
+    KFP_RUN_ENV,
+    KFP_RUN_TAG,
+    PROCESSED_HASH_TAG,
+    dvc_folder_hash,
+    git_rev,
+    run_context_tags,
+)
 
 #: ``<target>/<hash><STAGED_MARKER>`` is written last beside a staged copy: it means the copy is complete
 STAGED_MARKER = ".json"
@@ -88,19 +98,10 @@ class DataVersion:
 
 # ------------------------------------------------------------------------------------- hashing
 def folder_hash(folder: str | Path) -> DataVersion:
-    """DVC's hash of a local folder (what ``dvc add`` would write), as an unversioned DataVersion."""
-    from dvc_data.hashfile.build import build
-    from dvc_data.hashfile.db import HashFileDB
-    from dvc_objects.fs.local import LocalFileSystem
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(folder, "input folder not found")
-    fs = LocalFileSystem()
-    with tempfile.TemporaryDirectory(prefix="lungseg-hash-") as odb_dir:
-        odb = HashFileDB(fs, odb_dir)
-        _, meta, obj = build(odb, str(folder), fs, "md5", ignore=None)
-    return DataVersion(md5=str(obj.hash_info.value), nfiles=meta.nfiles, size=meta.size, versioned=False)
+    """DVC's hash of a local folder (what ``dvc add`` would write, :func:`lungseg.provenance.dvc_folder_hash`),
+    as an unversioned DataVersion."""
+    h = dvc_folder_hash(folder)
+    return DataVersion(md5=h.md5, nfiles=h.nfiles, size=h.size, versioned=False)
 
 
 def input_version(input_dir: str | Path, declared: dict[str, Any] | None = None) -> DataVersion:
@@ -115,8 +116,11 @@ def input_version(input_dir: str | Path, declared: dict[str, Any] | None = None)
         return _workspace_version(Path(input_dir), actual) or actual
     want = DataVersion.from_dict(declared)
     if want.md5 != actual.md5:
-        raise DataError(input_dir, f"holds data with DVC hash {actual.md5}, but the run was started for "
-                                   f"{want.spec()} = {want.md5}: the staged copy is not that version")
+        raise DataError(
+            input_dir,
+            f"holds data with DVC hash {actual.md5}, but the run was started for "
+            f"{want.spec()} = {want.md5}: the staged copy is not that version",
+        )
     return DataVersion(**{**want.to_dict(), "nfiles": actual.nfiles, "size": actual.size})
 
 
@@ -138,14 +142,15 @@ def _workspace_version(folder: Path, actual: DataVersion) -> DataVersion | None:
         return None  # the folder changed since `dvc add`: its content is not that version
     git = ["git", "-C", str(dvc_file.parent)]
     top = subprocess.run([*git, "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=False)
-    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
+    head = git_rev(dvc_file.parent)
     clean = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", dvc_file.name], check=False)
     tracked = subprocess.run([*git, "ls-files", "--error-unmatch", dvc_file.name], capture_output=True, check=False)
-    if top.returncode or head.returncode or clean.returncode or tracked.returncode:
+    if top.returncode or head is None or clean.returncode or tracked.returncode:
         return None  # not in git, or the .dvc file is not committed as it is
     path = folder.resolve().relative_to(Path(top.stdout.strip()).resolve()).as_posix()
-    return DataVersion(md5=actual.md5, nfiles=actual.nfiles, size=actual.size, path=path, rev="HEAD",
-                       commit=head.stdout.strip(), repo=".")  # fmt: skip
+    return DataVersion(
+        md5=actual.md5, nfiles=actual.nfiles, size=actual.size, path=path, rev="HEAD", commit=head, repo="."
+    )
 
 
 # ------------------------------------------------------------------------------------ resolving
@@ -170,22 +175,16 @@ def _filesystem(repo: str | Path, rev: str, *, remote: str | None = None, cache_
     except RevError as exc:
         raise DataError(repo, f"revision {rev!r} does not exist ({exc})") from exc
     except Exception as exc:  # NotDvcRepoError, SCMError …: say which repository and why
-        raise DataError(repo, f"cannot open the DVC repository at revision {rev!r}: {type(exc).__name__}: {exc}") from exc
-
-
-def _commit(repo: str | Path, rev: str) -> str | None:
-    import subprocess
-
-    out = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=repo,
-                         capture_output=True, text=True, check=False)  # fmt: skip
-    return out.stdout.strip() or None
+        raise DataError(
+            repo, f"cannot open the DVC repository at revision {rev!r}: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def resolve(spec: str, repo: str | Path = ".") -> DataVersion:
     """The DVC version of ``spec`` (``path@rev``) in the git/DVC repository ``repo``."""
     path, rev = parse_data_spec(spec)
     repo = Path(repo)
-    commit = _commit(repo, rev)
+    commit = git_rev(repo, rev)
     if commit is None:
         raise DataError(repo, f"revision {rev!r} does not exist (git rev-parse found no commit)")
     fs = _filesystem(repo, commit)
@@ -196,18 +195,34 @@ def resolve(spec: str, repo: str | Path = ".") -> DataVersion:
     dvc_info = info.get("dvc_info") or {}
     md5 = dvc_info.get("md5") or info.get("md5")
     if not dvc_info or not md5:
-        raise DataError(path, f"is not tracked by DVC at revision {rev} (run `dvc add {path}`, commit the "
-                              f"{path}.dvc file and `dvc push`)")
+        raise DataError(
+            path,
+            f"is not tracked by DVC at revision {rev} (run `dvc add {path}`, commit the "
+            f"{path}.dvc file and `dvc push`)",
+        )
     if info.get("type") != "directory":
         raise DataError(path, "is a single file: a dataset version must be a folder")
     meta = getattr(dvc_info.get("entry"), "meta", None)
-    return DataVersion(md5=str(md5), nfiles=getattr(meta, "nfiles", None), size=info.get("size"), path=path,
-                       rev=rev, commit=commit, repo=".")  # fmt: skip
+    return DataVersion(
+        md5=str(md5),
+        nfiles=getattr(meta, "nfiles", None),
+        size=info.get("size"),
+        path=path,
+        rev=rev,
+        commit=commit,
+        repo=".",
+    )
 
 
 # ------------------------------------------------------------------------------------- fetching
-def fetch(version: DataVersion, dest: str | Path, repo: str | Path = ".", *, remote: str | None = None,
-          cache_dir: str | None = None) -> Path:
+def fetch(
+    version: DataVersion,
+    dest: str | Path,
+    repo: str | Path = ".",
+    *,
+    remote: str | None = None,
+    cache_dir: str | None = None,
+) -> Path:
     """The files of ``version`` into ``dest`` (replaced atomically), verified against its hash.
 
     ``cache_dir`` = a throw-away DVC cache: everything then comes from the remote."""
@@ -221,8 +236,11 @@ def fetch(version: DataVersion, dest: str | Path, repo: str | Path = ".", *, rem
         try:
             fs.get(version.path, str(tmp / "data"), recursive=True)
         except Exception as exc:  # missing in cache and remote, remote unreachable …
-            raise DataError(version.path, f"cannot fetch {version.spec()} ({version.md5}) from the DVC cache or "
-                                          f"remote: {type(exc).__name__}: {exc}") from exc
+            raise DataError(
+                version.path,
+                f"cannot fetch {version.spec()} ({version.md5}) from the DVC cache or "
+                f"remote: {type(exc).__name__}: {exc}",
+            ) from exc
         got = folder_hash(tmp / "data")
         if got.md5 != version.md5:
             raise DataError(version.path, f"fetched data hashes to {got.md5}, not {version.md5}")
@@ -245,13 +263,15 @@ def split_s3(uri: str) -> tuple[str, str]:
     """``s3://bucket/some/prefix/`` → ``("bucket", "some/prefix")``."""
     if not uri.startswith("s3://"):
         raise DataError(None, f"{uri}: not an s3:// URI")
-    bucket, _, prefix = uri[len("s3://"):].partition("/")
+    bucket, _, prefix = uri[len("s3://") :].partition("/")
     if not bucket:
         raise DataError(None, f"{uri}: expected s3://bucket/prefix")
     return bucket, prefix.strip("/")
 
 
-def stage(version: DataVersion, target: str | Path, repo: str | Path = ".", *, remote: str | None = None) -> DataVersion:
+def stage(
+    version: DataVersion, target: str | Path, repo: str | Path = ".", *, remote: str | None = None
+) -> DataVersion:
     """An immutable copy of ``version`` at ``<target>/<hash>/`` (local folder or ``s3://``); returns the
     version with ``staged_uri`` set. A complete copy already there is reused, never rewritten."""
     target = str(target).rstrip("/")
@@ -293,35 +313,24 @@ def _stage_s3(version: DataVersion, target: str, key: str, repo, remote) -> Data
         try:
             for file in sorted(p for p in data.rglob("*") if p.is_file()):
                 s3.upload_file(str(file), bucket, f"{base}/{file.relative_to(data).as_posix()}")
-            s3.put_object(Bucket=bucket, Key=f"{base}{STAGED_MARKER}",  # last: the copy is complete
-                          Body=(json.dumps(staged.to_dict(), indent=2, sort_keys=True) + "\n").encode())
+            s3.put_object(
+                Bucket=bucket,
+                Key=f"{base}{STAGED_MARKER}",  # last: the copy is complete
+                Body=(json.dumps(staged.to_dict(), indent=2, sort_keys=True) + "\n").encode(),
+            )
         except (BotoCoreError, ClientError) as exc:
-            raise DataError(None, f"{uri}: staging failed part-way ({exc}); the copy is not marked complete "
-                                  "and will be replaced by the next run") from exc
+            raise DataError(
+                None,
+                f"{uri}: staging failed part-way ({exc}); the copy is not marked complete "
+                "and will be replaced by the next run",
+            ) from exc
     return staged
 
 
-
-
 # ------------------------------------------------------------------------------- lineage records
-#: run/model-version tags (besides ``lungseg.data.*``) that a lineage record reads
-CODE_COMMIT_TAG = "git_commit"
-PROCESSED_HASH_TAG = "data_hash"
-IMAGE_TAG = "lungseg.image"
-KFP_RUN_TAG = "lungseg.kfp_run_id"
-#: environment variables through which a pipeline run hands its image and run id to the stages
-IMAGE_ENV = "LUNGSEG_IMAGE"
-KFP_RUN_ENV = "LUNGSEG_KFP_RUN_ID"
-
-
-def run_context_tags() -> dict[str, str]:
-    """Tags of where a stage runs: the container image and the KFP run id, when a pipeline set them."""
-    tags = {}
-    if os.environ.get(IMAGE_ENV):
-        tags[IMAGE_TAG] = os.environ[IMAGE_ENV]
-    if os.environ.get(KFP_RUN_ENV):
-        tags[KFP_RUN_TAG] = os.environ[KFP_RUN_ENV]
-    return tags
+# The run/model-version tags (besides ``lungseg.data.*``) that a lineage record reads, the environment
+# variables a pipeline hands its image and run id through, and run_context_tags are defined with the
+# rest of a run's identity in lungseg.provenance (imported above, importable from here).
 
 
 def source_tags(meta: dict[str, Any]) -> dict[str, str]:
@@ -354,7 +363,9 @@ class Lineage:
 
     def describe(self) -> str:
         d = self.data
-        what = f"{self.model_name} v{self.model_version} (run {self.run_id})" if self.model_name else f"run {self.run_id}"
+        what = (
+            f"{self.model_name} v{self.model_version} (run {self.run_id})" if self.model_name else f"run {self.run_id}"
+        )
         lines = [what]
         if d is None:
             lines.append("  data:      not recorded")
@@ -372,8 +383,10 @@ class Lineage:
             lines.append(f"  KFP run:   {self.kfp_run_id}")
         if self.evaluation:
             e = self.evaluation
-            lines.append(f"  promoted on: {e.get('metric')} = {e.get('metric_value')} ({e.get('decision')}: "
-                         f"{e.get('decision_reason')}), evaluation set {e.get('eval_fingerprint')}")
+            lines.append(
+                f"  promoted on: {e.get('metric')} = {e.get('metric_value')} ({e.get('decision')}: "
+                f"{e.get('decision_reason')}), evaluation set {e.get('eval_fingerprint')}"
+            )
         if self.params:
             lines.append("  params:    " + ", ".join(f"{k}={v}" for k, v in sorted(self.params.items())))
         return "\n".join(lines)
@@ -412,7 +425,7 @@ def describe(target: str, tracking_uri: str) -> Lineage:
     # the version's copy wins: it is what the registry promoted, and the register step adds the KFP run
     copied = (CODE_COMMIT_TAG, PROCESSED_HASH_TAG, IMAGE_TAG, KFP_RUN_TAG)
     tags = {**run.data.tags, **{k: v for k, v in version_tags.items() if k.startswith(TAG) or k in copied}}
-    data_fields = {k[len(TAG):]: v for k, v in tags.items() if k.startswith(TAG)}
+    data_fields = {k[len(TAG) :]: v for k, v in tags.items() if k.startswith(TAG)}
     data = None
     if data_fields.get("md5"):
         for key in ("nfiles", "size"):
@@ -421,12 +434,23 @@ def describe(target: str, tracking_uri: str) -> Lineage:
         data_fields["versioned"] = data_fields.get("versioned") == "True"
         data = DataVersion.from_dict(data_fields)
     prefix = "lungseg."
-    evaluation = {k[len(prefix):]: v for k, v in version_tags.items()
-                  if k.startswith(prefix) and not k.startswith(TAG) and k not in copied}  # fmt: skip
-    return Lineage(run_id=run_id, model_name=name, model_version=version, data=data,
-                   processed_data_hash=tags.get(PROCESSED_HASH_TAG), code_commit=tags.get(CODE_COMMIT_TAG),
-                   image=tags.get(IMAGE_TAG), kfp_run_id=tags.get(KFP_RUN_TAG), params=dict(run.data.params),
-                   evaluation=evaluation)  # fmt: skip
+    evaluation = {
+        k[len(prefix) :]: v
+        for k, v in version_tags.items()
+        if k.startswith(prefix) and not k.startswith(TAG) and k not in copied
+    }
+    return Lineage(
+        run_id=run_id,
+        model_name=name,
+        model_version=version,
+        data=data,
+        processed_data_hash=tags.get(PROCESSED_HASH_TAG),
+        code_commit=tags.get(CODE_COMMIT_TAG),
+        image=tags.get(IMAGE_TAG),
+        kfp_run_id=tags.get(KFP_RUN_TAG),
+        params=dict(run.data.params),
+        evaluation=evaluation,
+    )
 
 
 def check(lineage: Lineage, repo: str | Path = ".", *, remote: str | None = None) -> DataVersion:
@@ -436,11 +460,35 @@ def check(lineage: Lineage, repo: str | Path = ".", *, remote: str | None = None
     if d is None:
         raise DataError(None, f"run {lineage.run_id}: no data version recorded: nothing to check")
     if not d.versioned or not d.path or not d.commit:
-        raise DataError(None, f"run {lineage.run_id}: its data ({d.md5}) was not a DVC version (a plain folder or "
-                              "s3:// prefix): it cannot be fetched back from a DVC remote")
+        raise DataError(
+            None,
+            f"run {lineage.run_id}: its data ({d.md5}) was not a DVC version (a plain folder or "
+            "s3:// prefix): it cannot be fetched back from a DVC remote",
+        )
     return check_remote(d, repo, remote=remote)
 
 
-__all__ = ["STAGED_MARKER", "TAG", "DataVersion", "Lineage", "check", "check_remote", "describe", "fetch",
-           "folder_hash", "input_version", "parse_data_spec", "resolve", "run_context_tags", "source_tags",
-           "split_s3", "stage"]  # fmt: skip
+__all__ = [
+    "CODE_COMMIT_TAG",
+    "IMAGE_ENV",
+    "IMAGE_TAG",
+    "KFP_RUN_ENV",
+    "KFP_RUN_TAG",
+    "PROCESSED_HASH_TAG",
+    "STAGED_MARKER",
+    "TAG",
+    "DataVersion",
+    "Lineage",
+    "check",
+    "check_remote",
+    "describe",
+    "fetch",
+    "folder_hash",
+    "input_version",
+    "parse_data_spec",
+    "resolve",
+    "run_context_tags",
+    "source_tags",
+    "split_s3",
+    "stage",
+]

@@ -33,14 +33,13 @@ Policy (also in docs/pipeline.md, "Registry policy"):
 
 The evaluation-set fingerprint is ``metrics.json["data_fingerprint"]`` when the evaluation wrote one
 (sha256 of the split's manifest ``id,image_sha256,mask_sha256`` rows, see
-:func:`manifest_fingerprint`); otherwise it is derived from ``per_image.csv`` (split + sorted image
+:func:`lungseg.provenance.manifest_fingerprint`); otherwise it is derived from ``per_image.csv`` (split + sorted image
 ids) and marked as weaker (``fingerprint_source``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import os
 import socket
@@ -52,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from lungseg.errors import ConfigError, DataError, LungsegError
+from lungseg.provenance import evaluation_fingerprint
 from lungseg.tracking import scoped_tracking_uri
 
 TAG = "lungseg."
@@ -95,29 +95,6 @@ class Decision:
         )
 
 
-# ------------------------------------------------------------------------------------ fingerprint
-from lungseg.data.dataset import manifest_fingerprint  # noqa: E402  (shared with evaluation)
-
-
-def evaluation_fingerprint(metrics: dict[str, Any], evaluation_dir: Path) -> tuple[str | None, str]:
-    """(fingerprint, source) of the set that ``metrics.json`` was computed on."""
-    for key in ("data_fingerprint", "eval_fingerprint", "dataset_fingerprint"):
-        if metrics.get(key):
-            return str(metrics[key]), f"metrics.json:{key}"
-    per_image = evaluation_dir / "per_image.csv"
-    if per_image.is_file():
-        import csv
-
-        with per_image.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            id_col = next((c for c in ("id", "image_id", "ids") if c in (reader.fieldnames or [])), None)
-            ids = sorted(row[id_col] for row in reader) if id_col else []
-        if ids:
-            text = f"split={metrics.get('split')}\n" + "\n".join(ids)
-            return "ids-sha256:" + hashlib.sha256(text.encode()).hexdigest(), "per_image.csv:ids"
-    return None, "none"
-
-
 # ------------------------------------------------------------------------------------------ inputs
 def check_binding(run_info: dict[str, Any], metrics: dict[str, Any], model_dir: Path, metrics_path: Path) -> None:
     """:class:`DataError` unless the evaluation ``metrics`` (``metrics_path``) was computed on the
@@ -126,25 +103,40 @@ def check_binding(run_info: dict[str, Any], metrics: dict[str, Any], model_dir: 
 
     evaluated_run, evaluated_sha = metrics.get("run_id"), metrics.get("model_sha256")
     if not evaluated_run or not evaluated_sha:
-        raise DataError(metrics_path, "does not say which model it evaluated (no run_id/model_sha256: written by an "
-                                      f"older lungseg evaluate): run `lungseg evaluate --model {model_dir}` again")  # fmt: skip
+        raise DataError(
+            metrics_path,
+            "does not say which model it evaluated (no run_id/model_sha256: written by an "
+            f"older lungseg evaluate): run `lungseg evaluate --model {model_dir}` again",
+        )
     if evaluated_run != run_info["run_id"]:
-        raise DataError(metrics_path, f"is the evaluation of training run {evaluated_run}, but {model_dir} is run "
-                                      f"{run_info['run_id']}: register a model with its own evaluation")  # fmt: skip
+        raise DataError(
+            metrics_path,
+            f"is the evaluation of training run {evaluated_run}, but {model_dir} is run "
+            f"{run_info['run_id']}: register a model with its own evaluation",
+        )
     if metrics.get("checkpoint") != "best.pt":
-        raise DataError(metrics_path, f"evaluated {metrics.get('checkpoint')} ({metrics.get('checkpoint_fallback') or 'not best.pt'}), "
-                                      "but the registered model is best.pt's weights: restore best.pt and evaluate again")  # fmt: skip
+        raise DataError(
+            metrics_path,
+            f"evaluated {metrics.get('checkpoint')} ({metrics.get('checkpoint_fallback') or 'not best.pt'}), "
+            "but the registered model is best.pt's weights: restore best.pt and evaluate again",
+        )
     best = model_dir / "best.pt"
     if not best.is_file():
         raise DataError(best, "not found: cannot check that the evaluation belongs to this model")
     actual = sha256_file(best)
     if actual != evaluated_sha:
-        raise DataError(metrics_path, f"was computed on other weights than {best} ({evaluated_sha[:19]}… vs "
-                                      f"{actual[:19]}…): evaluate this model and register it with that report")  # fmt: skip
+        raise DataError(
+            metrics_path,
+            f"was computed on other weights than {best} ({evaluated_sha[:19]}… vs "
+            f"{actual[:19]}…): evaluate this model and register it with that report",
+        )
     recorded = run_info.get("best_sha256")
     if recorded and recorded != actual:
-        raise DataError(best, f"is not the best.pt that training logged as {run_info.get('model_uri')} "
-                              f"({actual[:19]}… vs {recorded[:19]}… in mlflow_run.json): train or restore it again")  # fmt: skip
+        raise DataError(
+            best,
+            f"is not the best.pt that training logged as {run_info.get('model_uri')} "
+            f"({actual[:19]}… vs {recorded[:19]}… in mlflow_run.json): train or restore it again",
+        )
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -308,9 +300,13 @@ def _decide(cfg, candidate: float, fingerprint: str | None, run_id: str, champio
         if champion is not None:
             with contextlib.suppress(KeyError, ValueError):
                 before = float((champion.tags or {})[TAG + "metric_value"])
-        return False, before, (
-            f"{cfg.metric} {candidate:.4f} is {'below' if cfg.greater_is_better else 'above'} register.min_metric "
-            f"{cfg.floor}: registered, not promoted"
+        return (
+            False,
+            before,
+            (
+                f"{cfg.metric} {candidate:.4f} is {'below' if cfg.greater_is_better else 'above'} register.min_metric "
+                f"{cfg.floor}: registered, not promoted"
+            ),
         )
     if champion is None:
         return True, None, "no champion yet"
@@ -322,15 +318,23 @@ def _decide(cfg, candidate: float, fingerprint: str | None, run_id: str, champio
     if champion.run_id and champion.run_id == run_id:
         return True, before, f"same run as champion v{champion.version} (re-evaluated): the alias follows it"
     if tags.get(TAG + "metric") != cfg.metric or before is None:
-        return False, before, (
-            f"champion v{champion.version} has no recorded {cfg.metric}: not compared; "
-            "re-evaluate and register the champion's run on this set to compare"
+        return (
+            False,
+            before,
+            (
+                f"champion v{champion.version} has no recorded {cfg.metric}: not compared; "
+                "re-evaluate and register the champion's run on this set to compare"
+            ),
         )
     if fingerprint is None or tags.get(TAG + "eval_fingerprint") != fingerprint:
-        return False, before, (
-            f"champion v{champion.version} was evaluated on a different evaluation set "
-            f"({tags.get(TAG + 'eval_fingerprint', 'unknown')} vs {fingerprint or 'unknown'}): not compared; "
-            "re-evaluate and register the champion's run on this set to compare"
+        return (
+            False,
+            before,
+            (
+                f"champion v{champion.version} was evaluated on a different evaluation set "
+                f"({tags.get(TAG + 'eval_fingerprint', 'unknown')} vs {fingerprint or 'unknown'}): not compared; "
+                "re-evaluate and register the champion's run on this set to compare"
+            ),
         )
     better = candidate > before if cfg.greater_is_better else candidate < before
     if better:
@@ -352,8 +356,11 @@ def _model_name(cfg, client, run_info: dict[str, Any], run_file: Path) -> str:
         except MlflowException as exc:
             raise RegistryError(f"cannot read training run {run_info['run_id']}: {exc}") from exc
     if not arch:
-        raise DataError(run_file, "no 'model' recorded (nor a 'model' tag on its MLflow run): cannot fill "
-                                  f"register.model_name {cfg.model_name!r}; set a fixed name or re-run `lungseg train`")
+        raise DataError(
+            run_file,
+            "no 'model' recorded (nor a 'model' tag on its MLflow run): cannot fill "
+            f"register.model_name {cfg.model_name!r}; set a fixed name or re-run `lungseg train`",
+        )
     return cfg.resolved_name(arch)
 
 
@@ -465,12 +472,23 @@ def register(params, model_dir: str | Path, evaluation_dir: str | Path, output: 
                 raise RegistryError(f"{name}: the champion kept moving during registration; run again")
 
         decision = Decision(
-            model_name=name, version=version, metric=cfg.metric, candidate=candidate,
-            champion_before=before, champion_before_version=champion_version,
-            decision="champion" if promote else "challenger", alias=alias, reason=reason,
-            fingerprint=fingerprint, fingerprint_source=fp_source, split=metrics.get("split"),
-            run_id=run_id, model_uri=model_uri, tracking_uri=portable_uri(tracking_uri, output), reused_version=reused,
-        )  # fmt: skip
+            model_name=name,
+            version=version,
+            metric=cfg.metric,
+            candidate=candidate,
+            champion_before=before,
+            champion_before_version=champion_version,
+            decision="champion" if promote else "challenger",
+            alias=alias,
+            reason=reason,
+            fingerprint=fingerprint,
+            fingerprint_source=fp_source,
+            split=metrics.get("split"),
+            run_id=run_id,
+            model_uri=model_uri,
+            tracking_uri=portable_uri(tracking_uri, output),
+            reused_version=reused,
+        )
         for key, value in {
             TAG + "decision": decision.decision,
             TAG + "decision_reason": reason,

@@ -11,17 +11,26 @@
   repository of the file that recorded it: a clone or copy of the repository uses its own store,
   never the original's.
 * :func:`mark_stale_run` — a run left ``RUNNING`` by a killed process is set to ``KILLED``.
-* :func:`git_commit` — ``git rev-parse HEAD`` of the working directory, ``"unknown"`` outside git.
-* :func:`data_hash` — ``(hash, source)`` of a processed dataset folder: DVC's md5 of that folder
-  from the nearest ``dvc.lock`` (source ``"dvc.lock"``) when one lists it as a stage output, else a
-  sha256 over the manifest's ``id, split, image_sha256, mask_sha256`` columns (source ``"manifest"``).
 * :class:`ResilientRun` — every logging call goes through :meth:`ResilientRun.call`. A call that
   fails (server down, network error, artifact store error) does **not** stop training: it is
   queued, a warning is printed, and the queue is retried (in order) on later calls once
-  ``retry_interval_s`` has passed. :meth:`ResilientRun.close` makes a last flush attempt; what is
-  still queued then is *lost* and reported (``lost_logging`` count + ``lost_calls`` descriptions in
-  ``mlflow_run.json``). Only the start of a run is strict: when the store cannot be reached before
-  training begins, :class:`~lungseg.errors.TrainingError` is raised (nothing has been done yet).
+  ``retry_interval_s`` has passed. Use it as a context manager::
+
+      with ResilientRun.start(uri, experiment, run_name=...) as run:
+          run.log_metrics(...)
+      run.summary()  # what was lost, for mlflow_run.json
+
+  Leaving the block ends the run — ``FINISHED`` on a normal exit, ``FAILED`` on an exception,
+  ``KILLED`` on ``KeyboardInterrupt``/``SystemExit`` (a SIGTERM turned into an exception) — unless
+  :meth:`~ResilientRun.end` was called inside it, and then closes it once: :meth:`ResilientRun.close`
+  makes a last flush attempt; what is still queued then is *lost* and reported (``lost_logging``
+  count + ``lost_calls`` descriptions in ``mlflow_run.json``). The explicit :meth:`~ResilientRun.end`
+  and :meth:`~ResilientRun.close` remain for code that cannot wrap its run in one block. Only the
+  start of a run is strict: when the store cannot be reached before training begins,
+  :class:`~lungseg.errors.TrainingError` is raised (nothing has been done yet).
+
+The code commit and the processed data's hash that runs are tagged with come from
+:mod:`lungseg.provenance` (``git_commit`` and ``data_hash`` are still importable from here).
 
 While a run is open, MLflow's HTTP retry policy is shortened (``MLFLOW_HTTP_REQUEST_MAX_RETRIES=2``,
 ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR=1``, ``MLFLOW_HTTP_REQUEST_TIMEOUT=30``) unless the user set
@@ -32,9 +41,7 @@ the server is down. The previous environment is restored by :meth:`ResilientRun.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import subprocess
 import sys
 import time
 import warnings
@@ -44,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from lungseg.errors import TrainingError
+from lungseg.provenance import data_hash, git_commit  # noqa: F401  (re-exported: callers import them from here)
 
 HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
@@ -93,14 +101,14 @@ def absolute_sqlite(uri: str, base: str | Path | None = None) -> str:
     """``sqlite:///rel.db`` → ``sqlite:////<base>/rel.db`` (``base`` default: the working directory;
     other URIs unchanged)."""
     if _is_relative_sqlite(uri):
-        return SQLITE + str((Path(base or Path.cwd()) / uri[len(SQLITE):]).resolve())
+        return SQLITE + str((Path(base or Path.cwd()) / uri[len(SQLITE) :]).resolve())
     return uri
 
 
 def sqlite_path(uri: str) -> Path | None:
     """The database file of an absolute ``sqlite:////…`` URI, else None."""
     if uri.startswith(SQLITE + "/") and ":memory:" not in uri:
-        return Path(uri[len(SQLITE):].split("?", 1)[0])
+        return Path(uri[len(SQLITE) :].split("?", 1)[0])
     return None
 
 
@@ -142,9 +150,7 @@ def mark_stale_run(tracking_uri: str, run_id: str, status: str = "KILLED") -> st
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    saved = {k: os.environ.get(k) for k in HTTP_DEFAULTS}
-    for k, v in HTTP_DEFAULTS.items():
-        os.environ.setdefault(k, v)
+    saved = _shorten_http_retries()
     try:
         client = MlflowClient(tracking_uri)
         current = client.get_run(run_id).info.status
@@ -153,67 +159,9 @@ def mark_stale_run(tracking_uri: str, run_id: str, status: str = "KILLED") -> st
         client.set_terminated(run_id, status=status)
         return f"marked {status}"
     except (MlflowException, OSError) as exc:
-        return f"could not be marked {status} ({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})"
+        return f"could not be marked {status} ({describe_error(exc)})"
     finally:
         _restore_env(saved)
-
-
-def git_commit(cwd: str | Path | None = None) -> str:
-    """The commit checked out in ``cwd`` (default: the working directory), ``"unknown"`` outside git."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    sha = out.stdout.strip()
-    return sha if out.returncode == 0 and len(sha) == 40 else "unknown"
-
-
-def _dvc_lock_md5(data_dir: Path) -> str | None:
-    """md5 of ``data_dir`` recorded as a stage output in the nearest ``dvc.lock`` above the cwd."""
-    import yaml
-
-    target = data_dir.resolve()
-    for folder in (Path.cwd(), *Path.cwd().parents):
-        lock = folder / "dvc.lock"
-        if not lock.is_file():
-            continue
-        try:
-            data = yaml.safe_load(lock.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError:
-            return None
-        for stage in (data.get("stages") or {}).values():
-            for out in stage.get("outs") or []:
-                if isinstance(out, dict) and out.get("md5") and (folder / str(out.get("path"))).resolve() == target:
-                    return str(out["md5"])
-        return None
-    return None
-
-
-def data_hash(data_dir: str | Path) -> tuple[str, str]:
-    """``(hash, source)`` identifying a processed dataset folder (see the module docstring)."""
-    import pandas as pd
-
-    data_dir = Path(data_dir)
-    md5 = _dvc_lock_md5(data_dir)
-    if md5:
-        return md5, "dvc.lock"
-    manifest = pd.read_csv(data_dir / "manifest.csv", dtype=str)
-    cols = [c for c in ("id", "split", "image_sha256", "mask_sha256") if c in manifest.columns]
-    h = hashlib.sha256()
-    for row in manifest[cols].itertuples(index=False):
-        h.update(("\t".join(map(str, row)) + "\n").encode())
-    return h.hexdigest(), "manifest"
-
-
-def split_fingerprint(manifest) -> str:
-    """sha256 over the ``id, image_sha256, mask_sha256`` of the rows of one split (row order kept)."""
-    cols = [c for c in ("id", "image_sha256", "mask_sha256") if c in manifest.columns]
-    h = hashlib.sha256()
-    for row in manifest[cols].astype(str).itertuples(index=False):
-        h.update(("\t".join(row) + "\n").encode())
-    return "sha256:" + h.hexdigest()
 
 
 @contextlib.contextmanager
@@ -252,16 +200,25 @@ def _experiment_id(client, tracking_uri: str, name: str) -> str:
         return client.create_experiment(name, artifact_location=location)
     root = repo_root(db.parent) if db is not None else None
     where = exp.artifact_location or ""
-    local = where[len("file://"):] if where.startswith("file://") else where if where.startswith("/") else None
+    local = where[len("file://") :] if where.startswith("file://") else where if where.startswith("/") else None
     if root is not None and local is not None:
         try:
             Path(local).resolve().relative_to(root)
         except ValueError:
-            print(f"lungseg: warning: experiment {name!r} of {db} keeps its artifacts in {where}, outside this "
-                  f"repository ({root}): was the database copied from another checkout? Use a new "
-                  "params.mlflow.experiment (or move mlflow.db away) to keep this copy's artifacts here",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"lungseg: warning: experiment {name!r} of {db} keeps its artifacts in {where}, outside this "
+                f"repository ({root}): was the database copied from another checkout? Use a new "
+                "params.mlflow.experiment (or move mlflow.db away) to keep this copy's artifacts here",
+                file=sys.stderr,
+            )
     return exp.experiment_id
+
+
+def describe_error(exc: BaseException, limit: int = 300) -> str:
+    """``"<ExceptionType>: <first line of the message>"`` cut to ``limit`` characters: how a failed
+    logging call is warned about and listed in ``lost_calls`` (MLflow's messages run to pages)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:limit]
 
 
 @dataclass
@@ -275,7 +232,9 @@ class _Pending:
 class ResilientRun:
     """One MLflow run whose logging calls never crash the caller (see the module docstring).
 
-    Create with :meth:`start` (new run or re-open ``run_id``). ``lost`` holds what was dropped.
+    Create with :meth:`start` (new run or re-open ``run_id``), preferably as ``with … as run:`` (the
+    block ends and closes it). ``lost`` holds what was dropped. All calls share one
+    :class:`~mlflow.tracking.MlflowClient` (:attr:`client`).
     """
 
     tracking_uri: str
@@ -289,12 +248,21 @@ class ResilientRun:
     _next_try: float = 0.0
     _saved_env: dict[str, str | None] = field(default_factory=dict)
     _closed: bool = False
+    _ended: bool = False
+    _client: Any = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ creation
     @classmethod
-    def start(cls, tracking_uri: str, experiment: str, *, run_id: str | None = None,
-              run_name: str | None = None, tags: dict[str, str] | None = None,
-              experiment_id: str | None = None) -> ResilientRun:
+    def start(
+        cls,
+        tracking_uri: str,
+        experiment: str,
+        *,
+        run_id: str | None = None,
+        run_name: str | None = None,
+        tags: dict[str, str] | None = None,
+        experiment_id: str | None = None,
+    ) -> ResilientRun:
         """Start a new run in ``experiment`` (or in ``experiment_id``) or re-open ``run_id`` (resume).
 
         Raises :class:`TrainingError` when the store cannot be reached: nothing has run yet.
@@ -302,9 +270,7 @@ class ResilientRun:
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
-        saved = {k: os.environ.get(k) for k in HTTP_DEFAULTS}
-        for k, v in HTTP_DEFAULTS.items():
-            os.environ.setdefault(k, v)
+        saved = _shorten_http_retries()
         try:
             client = MlflowClient(tracking_uri)
             if run_id is not None:
@@ -318,17 +284,38 @@ class ResilientRun:
                 run_id = run.info.run_id
         except (MlflowException, OSError) as exc:  # unreachable store / bad URI / unknown run
             _restore_env(saved)
-            raise TrainingError(f"MLflow tracking at {tracking_uri}: {exc}".splitlines()[0]) from exc
+            raise TrainingError(f"MLflow tracking at {tracking_uri}: {describe_error(exc)}") from exc
         except BaseException:
             _restore_env(saved)
             raise
-        return cls(tracking_uri=tracking_uri, run_id=run_id, experiment_id=str(exp_id), _saved_env=saved)
+        return cls(
+            tracking_uri=tracking_uri, run_id=run_id, experiment_id=str(exp_id), _saved_env=saved, _client=client
+        )
 
     @property
     def client(self):
-        from mlflow.tracking import MlflowClient
+        """The run's one MLflow client (made on first use when the run was not created by :meth:`start`)."""
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
 
-        return MlflowClient(self.tracking_uri)
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    # ------------------------------------------------------------------ context manager
+    def __enter__(self) -> ResilientRun:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """End the run (unless :meth:`end` was called in the block) and close it; never swallows ``exc``."""
+        if not self._ended and not self._closed:
+            if exc_type is None:
+                status = "FINISHED"
+            elif issubclass(exc_type, Exception):
+                status = "FAILED"
+            else:  # KeyboardInterrupt, SystemExit (a SIGTERM handler's), GeneratorExit
+                status = "KILLED"
+            self.end(status)
+        self.close()
 
     # ------------------------------------------------------------------ the resilient call
     def call(self, what: str, fn: Callable[[], Any]) -> bool:
@@ -351,12 +338,13 @@ class ResilientRun:
 
     def _failed(self, what: str, fn: Callable[[], Any], exc: BaseException) -> None:
         self.failures += 1
-        msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+        msg = describe_error(exc)
         self.pending.append(_Pending(what, fn, msg))
         self._next_try = time.monotonic() + self.retry_interval_s
         warnings.warn(
             f"MLflow logging failed ({what}): {msg}; queued ({len(self.pending)} pending), training goes on",
-            TrackingWarning, stacklevel=3,
+            TrackingWarning,
+            stacklevel=3,
         )
 
     def flush(self, *, force: bool = False) -> bool:
@@ -371,7 +359,7 @@ class ResilientRun:
                 item.fn()
             except Exception as exc:  # noqa: BLE001 - stays queued; counted below
                 self.failures += 1
-                item.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+                item.error = describe_error(exc)
                 self._next_try = time.monotonic() + self.retry_interval_s
                 return False
             self.pending.pop(0)
@@ -387,7 +375,7 @@ class ResilientRun:
 
         def fn():
             for i in range(0, len(items), 100):
-                self.client.log_batch(self.run_id, params=items[i:i + 100], synchronous=True)
+                self.client.log_batch(self.run_id, params=items[i : i + 100], synchronous=True)
 
         return self.call(f"log_params({len(items)} params)", fn)
 
@@ -398,61 +386,35 @@ class ResilientRun:
         items = [Metric(str(k), float(v), ts, step or 0) for k, v in metrics.items() if _finite(v)]
         if not items:
             return True
-        return self.call(f"log_metrics(step={step}: {', '.join(m.key for m in items)})",
-                         lambda: self.client.log_batch(self.run_id, metrics=items, synchronous=True))
+        return self.call(
+            f"log_metrics(step={step}: {', '.join(m.key for m in items)})",
+            lambda: self.client.log_batch(self.run_id, metrics=items, synchronous=True),
+        )
 
     def set_tags(self, tags: dict[str, str]) -> bool:
         from mlflow.entities import RunTag
 
         items = [RunTag(str(k), str(v)) for k, v in tags.items()]
-        return self.call(f"set_tags({', '.join(tags)})",
-                         lambda: self.client.log_batch(self.run_id, tags=items, synchronous=True))
+        return self.call(
+            f"set_tags({', '.join(tags)})", lambda: self.client.log_batch(self.run_id, tags=items, synchronous=True)
+        )
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> bool:
-        """Log a file. The file is copied aside first when it may change before a retry."""
+        """Log the file ``path`` (under ``artifact_path`` in the run's artifacts).
+
+        No copy is made: a call that is queued uploads the file *as it is when the retry goes
+        through* — keep it in place and unchanged until :meth:`close` (a file missing by then is
+        listed as lost)."""
         path = Path(path)
-        return self.call(f"log_artifact({path.name} → {artifact_path or '.'})",
-                         lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
-
-    def log_artifacts(self, folder: str | Path, artifact_path: str | None = None) -> bool:
-        folder = Path(folder)
-        return self.call(f"log_artifacts({folder.name}/ → {artifact_path or '.'})",
-                         lambda: self.client.log_artifacts(self.run_id, str(folder), artifact_path))
-
-    def log_torch_model(self, model, input_example, *, name: str = "model") -> str | None:
-        """``mlflow.pytorch.log_model`` (pickle, signature from ``input_example``); the model URI or None.
-
-        The logged model is created in **this run's experiment** first (``create_logged_model``) and
-        then filled: ``log_model(run_id=…)`` alone puts it in the *active* experiment — MLflow's
-        ``Default`` one, whose artifacts live in the ``mlruns/`` of the working directory the store
-        was created from (a queued DVC experiment's temporary copy: the registered model's files
-        vanished with it)."""
-        import mlflow
-        import numpy as np
-        import torch
-        from mlflow.models import infer_signature
-
-        result: dict[str, str] = {}
-
-        def fn():
-            with torch.no_grad():
-                out = model(torch.as_tensor(input_example)).numpy()
-            signature = infer_signature(np.asarray(input_example), out)
-            logged = self.client.create_logged_model(self.experiment_id, name=name, source_run_id=self.run_id)
-            with scoped_tracking_uri(self.tracking_uri):
-                info = mlflow.pytorch.log_model(
-                    model, name=name, serialization_format="pickle", signature=signature,
-                    input_example=np.asarray(input_example), run_id=self.run_id, model_id=logged.model_id,
-                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"],
-                )
-            result["uri"] = info.model_uri
-
-        ok = self.call(f"log_model({name})", fn)
-        return result.get("uri") if ok else None
+        return self.call(
+            f"log_artifact({path.name} → {artifact_path or '.'})",
+            lambda: self.client.log_artifact(self.run_id, str(path), artifact_path),
+        )
 
     def end(self, status: str = "FINISHED") -> bool:
-        return self.call(f"end_run({status})",
-                         lambda: self.client.set_terminated(self.run_id, status=status))
+        """Set the run's final ``status`` (queued like any call when the store is down)."""
+        self._ended = True
+        return self.call(f"end_run({status})", lambda: self.client.set_terminated(self.run_id, status=status))
 
     # ------------------------------------------------------------------ closing
     def close(self) -> None:
@@ -466,20 +428,30 @@ class ResilientRun:
             warnings.warn(
                 f"MLflow: {len(self.pending)} logging call(s) could not be delivered to {self.tracking_uri} "
                 f"(run {self.run_id}); they are listed under lost_calls in mlflow_run.json",
-                TrackingWarning, stacklevel=2,
+                TrackingWarning,
+                stacklevel=2,
             )
         self.pending = []
         self._closed = True
         _restore_env(self._saved_env)
 
     def summary(self) -> dict[str, Any]:
-        """Fields for ``mlflow_run.json``: ``lost_logging`` (count), ``lost_calls``, ``logging_failures``, ``flushed_calls``."""
+        """Fields for ``mlflow_run.json``: ``lost_logging`` (count), ``lost_calls``, ``logging_failures``,
+        ``flushed_calls``."""
         return {
             "lost_logging": len(self.lost) + len(self.pending),
             "lost_calls": [*self.lost, *(f"{p.what}: {p.error}" for p in self.pending)],
             "logging_failures": self.failures,
             "flushed_calls": self.flushed,
         }
+
+
+def _shorten_http_retries() -> dict[str, str | None]:
+    """Set :data:`HTTP_DEFAULTS` where the user did not; returns the previous values for :func:`_restore_env`."""
+    saved = {k: os.environ.get(k) for k in HTTP_DEFAULTS}
+    for k, v in HTTP_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+    return saved
 
 
 def _restore_env(saved: dict[str, str | None]) -> None:

@@ -71,8 +71,15 @@ FLAVOURS = {
     "cuda": ("", "https://pypi.org/simple", None),
 }
 #: what the Dockerfile copies from the build context (tests/components checks this list against it)
-CONTEXT_INPUTS = ("requirements.txt", "pyproject.toml", "README.md", "lungseg", "components", "pipelines",
-                  ".image/context")  # fmt: skip
+CONTEXT_INPUTS = (
+    "requirements.txt",
+    "pyproject.toml",
+    "README.md",
+    "lungseg",
+    "components",
+    "pipelines",
+    ".image/context",
+)
 LABEL = "org.lungseg.context"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
@@ -94,13 +101,19 @@ def default_tag(flavour: str) -> str:
     return f"{REPOSITORY}:{package_version()}{FLAVOURS[flavour][0]}"
 
 
-def docker(*args: str, check: bool = True, capture: bool = True, timeout: float | None = None,
-           env: dict[str, str] | None = None) -> subprocess.CompletedProcess:  # fmt: skip
+def docker(
+    *args: str,
+    check: bool = True,
+    capture: bool = True,
+    timeout: float | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
     exe = shutil.which("docker")
     if exe is None:
         raise ImageError("`docker` (the client) is not installed (Debian: apt-get install docker.io)")
-    proc = subprocess.run([exe, *args], capture_output=capture, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})  # fmt: skip
+    proc = subprocess.run(
+        [exe, *args], capture_output=capture, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
     if check and proc.returncode != 0:
         detail = (proc.stderr or proc.stdout or "").strip().splitlines()[-5:] if capture else []
         raise ImageError(f"docker {' '.join(args[:3])} … failed (exit {proc.returncode}): " + " | ".join(detail))
@@ -184,12 +197,25 @@ class Daemon:
         for sub in ("data", "exec"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self.sock.unlink(missing_ok=True)
-        cmd = [dockerd, "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "exec"),
-               "--host", self.host, "--pidfile", str(self.root / "dockerd.own.pid"),
-               "--bridge", "none", "--iptables=false", "--ip-masq=false"]  # fmt: skip
+        cmd = [
+            dockerd,
+            "--data-root",
+            str(self.root / "data"),
+            "--exec-root",
+            str(self.root / "exec"),
+            "--host",
+            self.host,
+            "--pidfile",
+            str(self.root / "dockerd.own.pid"),
+            "--bridge",
+            "none",
+            "--iptables=false",
+            "--ip-masq=false",
+        ]
         with open(self.log, "ab") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)  # fmt: skip
+            proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         self.pidfile.write_text(str(proc.pid), encoding="utf-8")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -261,8 +287,10 @@ def ensure_base(base: str = DEFAULT_BASE, *, pull_timeout: float = 180) -> str:
         reason = (pulled.stderr or "").strip().splitlines()[-1:] or ["(no message)"]
     except subprocess.TimeoutExpired:
         reason = [f"no answer within {pull_timeout:.0f}s"]
-    print(f"base image {base} cannot be pulled ({reason[0]}); using the Debian bootstrap {BOOTSTRAP_BASE}",
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"base image {base} cannot be pulled ({reason[0]}); using the Debian bootstrap {BOOTSTRAP_BASE}",
+        file=sys.stderr,
+    )
     return bootstrap_base()
 
 
@@ -272,21 +300,33 @@ def bootstrap_base(name: str = BOOTSTRAP_BASE, suite: str = BOOTSTRAP_SUITE) -> 
         return name
     mmdebstrap = shutil.which("mmdebstrap")
     if mmdebstrap is None:
-        raise ImageError("the base image cannot be pulled and `mmdebstrap` is not installed to make one "
-                         "(Debian: apt-get install mmdebstrap)")  # fmt: skip
+        raise ImageError(
+            "the base image cannot be pulled and `mmdebstrap` is not installed to make one "
+            "(Debian: apt-get install mmdebstrap)"
+        )
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="lungseg-base-") as tmp:
         tar = Path(tmp) / "rootfs.tar"
-        proc = subprocess.run([mmdebstrap, "--variant=minbase", "--include=" + ",".join(BOOTSTRAP_PACKAGES),
-                               "--quiet", suite, str(tar)], capture_output=True, text=True)  # fmt: skip
+        proc = subprocess.run(
+            [mmdebstrap, "--variant=minbase", "--include=" + ",".join(BOOTSTRAP_PACKAGES), "--quiet", suite, str(tar)],
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0:
             raise ImageError(f"mmdebstrap {suite} failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
-        docker("import",
-               "--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-               "--change", "ENV LANG=C.UTF-8",
-               "--change", 'CMD ["/bin/bash"]',
-               "--message", f"mmdebstrap --variant=minbase --include={','.join(BOOTSTRAP_PACKAGES)} {suite}",
-               str(tar), name)  # fmt: skip
+        docker(
+            "import",
+            "--change",
+            "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "--change",
+            "ENV LANG=C.UTF-8",
+            "--change",
+            'CMD ["/bin/bash"]',
+            "--message",
+            f"mmdebstrap --variant=minbase --include={','.join(BOOTSTRAP_PACKAGES)} {suite}",
+            str(tar),
+            name,
+        )
     print(f"bootstrapped {name} from Debian {suite} packages in {time.monotonic() - t0:.0f} s", file=sys.stderr)
     return name
 
@@ -325,8 +365,21 @@ def _stage_wheel(requirement: str, dest: Path) -> None:
         if wheel.name.startswith(f"torch-{version}-"):
             shutil.copy2(wheel, dest / wheel.name)
             return
-    base = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.11",
-            "--platform", "manylinux_2_28_x86_64", "--dest", str(dest), requirement]  # fmt: skip
+    base = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version",
+        "3.11",
+        "--platform",
+        "manylinux_2_28_x86_64",
+        "--dest",
+        str(dest),
+        requirement,
+    ]
     attempts = [base, base + ["--index-url", FLAVOURS["cpu"][1]]]
     errors = []
     for cmd in attempts:
@@ -347,8 +400,9 @@ def context_hash(flavour: str, base_id: str, build_args: dict[str, str]) -> str:
     for item in CONTEXT_INPUTS:
         path = REPO / item
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts
-                            and p.suffix != ".pyc")  # fmt: skip
+            files += sorted(
+                p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+            )
         elif path.is_file():
             files.append(path)
     for path in files:
@@ -364,29 +418,51 @@ def record_path(flavour: str) -> Path:
     return STAGE / f"{flavour}.json"
 
 
-def build(flavour: str = "cpu", *, tag: str | None = None, base: str = DEFAULT_BASE, force: bool = False,
-          torch_index_url: str | None = None) -> dict:  # fmt: skip
+def build(
+    flavour: str = "cpu",
+    *,
+    tag: str | None = None,
+    base: str = DEFAULT_BASE,
+    force: bool = False,
+    torch_index_url: str | None = None,
+) -> dict:
     """Build (or reuse) the image of ``flavour``; returns and writes its build record.
     ``torch_index_url``: where torch comes from when no wheel is staged (the ``cuda`` flavour;
     e.g. ``https://download.pytorch.org/whl/cu126`` for a CUDA 12.6 build instead of PyPI's)."""
     if flavour not in FLAVOURS:
         raise ImageError(f"unknown flavour {flavour!r} (expected one of {', '.join(FLAVOURS)})")
     if not daemon_reachable():
-        raise ImageError("no Docker daemon answers (DOCKER_HOST=%s); start one: python scripts/image.py daemon "
-                         "start && source .docker/env.sh" % os.environ.get("DOCKER_HOST", "default"))  # fmt: skip
+        raise ImageError(
+            f"no Docker daemon answers (DOCKER_HOST={os.environ.get('DOCKER_HOST', 'default')}); start one: "
+            "python scripts/image.py daemon start && source .docker/env.sh"
+        )
     tag = tag or default_tag(flavour)
     t0 = time.monotonic()
     base_ref = ensure_base(base)
     base_id = image_inspect(base_ref)["Id"]
     stage_context(flavour)
-    build_args = {"BASE_IMAGE": base_ref, "TORCH_VERSION": TORCH_VERSION,
-                  "TORCH_INDEX_URL": torch_index_url or FLAVOURS[flavour][1]}  # fmt: skip
+    build_args = {
+        "BASE_IMAGE": base_ref,
+        "TORCH_VERSION": TORCH_VERSION,
+        "TORCH_INDEX_URL": torch_index_url or FLAVOURS[flavour][1],
+    }
     digest = context_hash(flavour, base_id, build_args)
     existing = image_inspect(tag)
     reused = bool(existing and (existing["Config"].get("Labels") or {}).get(LABEL) == digest and not force)
     if not reused:
-        cmd = ["build", "--network", "host", "--file", str(REPO / "Dockerfile"), "--tag", tag,
-               "--label", f"{LABEL}={digest}", "--label", f"org.lungseg.flavour={flavour}"]  # fmt: skip
+        cmd = [
+            "build",
+            "--network",
+            "host",
+            "--file",
+            str(REPO / "Dockerfile"),
+            "--tag",
+            tag,
+            "--label",
+            f"{LABEL}={digest}",
+            "--label",
+            f"org.lungseg.flavour={flavour}",
+        ]
         for key, value in build_args.items():
             cmd += ["--build-arg", f"{key}={value}"]
         proc = docker(*cmd, str(REPO), check=False, capture=False, env={"DOCKER_BUILDKIT": "0"})
@@ -462,17 +538,26 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("daemon", help="a private dockerd: start | stop | status")
     d.add_argument("action", choices=("start", "stop", "status"))
-    d.add_argument("--dir", default=os.environ.get("LUNGSEG_DOCKER_DIR", str(REPO / ".docker")),
-                   help="data root, exec root, socket and log (default .docker/ or $LUNGSEG_DOCKER_DIR)")
+    d.add_argument(
+        "--dir",
+        default=os.environ.get("LUNGSEG_DOCKER_DIR", str(REPO / ".docker")),
+        help="data root, exec root, socket and log (default .docker/ or $LUNGSEG_DOCKER_DIR)",
+    )
     b = sub.add_parser("build", help="build (or reuse) the image; writes .image/<flavour>.json")
     b.add_argument("--flavour", choices=tuple(FLAVOURS), default="cpu")
     b.add_argument("--tag", default=None, help="image tag (default ghcr.io/lungseg/lungseg:<version>[-cpu])")
-    b.add_argument("--base", default=os.environ.get("BASE_IMAGE", DEFAULT_BASE),
-                   help=f"base image (default {DEFAULT_BASE}; bootstrapped from Debian when it cannot be pulled)")
+    b.add_argument(
+        "--base",
+        default=os.environ.get("BASE_IMAGE", DEFAULT_BASE),
+        help=f"base image (default {DEFAULT_BASE}; bootstrapped from Debian when it cannot be pulled)",
+    )
     b.add_argument("--force", action="store_true", help="build even when an image of the same inputs exists")
-    b.add_argument("--torch-index-url", default=os.environ.get("TORCH_INDEX_URL") or None,
-                   help="cuda: the index torch comes from (default PyPI, whose Linux torch 2.13.0 is built "
-                        "for CUDA 13; https://download.pytorch.org/whl/cu126 for CUDA 12.6)")
+    b.add_argument(
+        "--torch-index-url",
+        default=os.environ.get("TORCH_INDEX_URL") or None,
+        help="cuda: the index torch comes from (default PyPI, whose Linux torch 2.13.0 is built "
+        "for CUDA 13; https://download.pytorch.org/whl/cu126 for CUDA 12.6)",
+    )
     s = sub.add_parser("base", help="make sure the base image exists (pull, else bootstrap); print it")
     s.add_argument("--base", default=os.environ.get("BASE_IMAGE", DEFAULT_BASE))
     p = sub.add_parser("push", help="push the built image and record its registry digest")
@@ -484,15 +569,27 @@ def main(argv: list[str] | None = None) -> int:
             daemon = Daemon(args.dir)
             if args.action == "start":
                 daemon.start()
-                print(f"dockerd pid {daemon.pid()}: export DOCKER_HOST={daemon.host}   (or: source {daemon.root}/env.sh)")
+                print(
+                    f"dockerd pid {daemon.pid()}: export DOCKER_HOST={daemon.host}   (or: source {daemon.root}/env.sh)"
+                )
             elif args.action == "stop":
                 print("stopped dockerd" if daemon.stop() else "no dockerd of ours is running")
             else:
                 print(f"running: DOCKER_HOST={daemon.host}" if daemon.running() else "not running")
                 return 0 if daemon.running() else 1
         elif args.cmd == "build":
-            print(json.dumps(build(args.flavour, tag=args.tag, base=args.base, force=args.force,
-                                   torch_index_url=args.torch_index_url), indent=2))  # fmt: skip
+            print(
+                json.dumps(
+                    build(
+                        args.flavour,
+                        tag=args.tag,
+                        base=args.base,
+                        force=args.force,
+                        torch_index_url=args.torch_index_url,
+                    ),
+                    indent=2,
+                )
+            )
         elif args.cmd == "base":
             print(ensure_base(args.base))
         elif args.cmd == "push":

@@ -256,21 +256,39 @@ class S3Server:
             )
         p = self.ports
         cmd = [
-            _find_executable("weed"), "mini", f"-dir={data}", f"-ip={HOST}", f"-ip.bind={HOST}",
-            f"-master.port={p['master']}", f"-master.port.grpc={p['master_grpc']}",
-            f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume_grpc']}",
-            f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer_grpc']}",
-            f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3_grpc']}",
-            f"-admin.port={p['admin']}", f"-admin.port.grpc={p['admin_grpc']}",
-            "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-            "-master.volumeSizeLimitMB=64", f"-s3.config={config}",
-        ]  # fmt: skip
+            _find_executable("weed"),
+            "mini",
+            f"-dir={data}",
+            f"-ip={HOST}",
+            f"-ip.bind={HOST}",
+            f"-master.port={p['master']}",
+            f"-master.port.grpc={p['master_grpc']}",
+            f"-volume.port={p['volume']}",
+            f"-volume.port.grpc={p['volume_grpc']}",
+            f"-filer.port={p['filer']}",
+            f"-filer.port.grpc={p['filer_grpc']}",
+            f"-s3.port={p['s3']}",
+            f"-s3.port.grpc={p['s3_grpc']}",
+            f"-admin.port={p['admin']}",
+            f"-admin.port.grpc={p['admin_grpc']}",
+            "-admin.ui=false",
+            "-webdav=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-master.volumeSizeLimitMB=64",
+            f"-s3.config={config}",
+        ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                cmd, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, start_new_session=True,
-            )  # fmt: skip
+                cmd,
+                cwd=self.workdir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
         lock_holder.write_text(str(self.proc.pid), encoding="utf-8")
         try:
             _wait(lambda: port_is_listening(p["s3"]), self.startup_timeout, self.proc, "weed mini", self.log)
@@ -369,16 +387,29 @@ class MlflowServer:
         else:
             artifacts = ["--artifacts-destination", str(self.workdir / "artifacts")]
         cmd = [
-            _find_executable("mlflow"), "server",
-            "--backend-store-uri", f"sqlite:///{(self.workdir / 'mlflow.db').resolve()}",
-            *artifacts, "--serve-artifacts",
-            "--host", HOST, "--port", str(self.port), "--workers", "1",
-        ]  # fmt: skip
+            _find_executable("mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{(self.workdir / 'mlflow.db').resolve()}",
+            *artifacts,
+            "--serve-artifacts",
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                cmd, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, start_new_session=True,
-            )  # fmt: skip
+                cmd,
+                cwd=self.workdir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
         try:
             _wait(self._healthy, self.startup_timeout, self.proc, "mlflow server", self.log)
         except BaseException:
@@ -428,8 +459,12 @@ def _cmd_start(args: argparse.Namespace) -> int:
     fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write("\n".join(_env_lines(s3, mlf)) + "\n")
-    state = {"pids": {"s3": s3.proc.pid, "mlflow": mlf.proc.pid}, "s3": s3.endpoint, "mlflow": mlf.uri,
-             "bucket": s3.bucket}  # fmt: skip
+    state = {
+        "pids": {"s3": s3.proc.pid, "mlflow": mlf.proc.pid},
+        "s3": s3.endpoint,
+        "mlflow": mlf.uri,
+        "bucket": s3.bucket,
+    }
     state_file.write_text(json.dumps(state, indent=2), encoding="utf-8")
     # detach: the servers live in their own sessions; forget the Popen objects without killing them
     s3.proc = mlf.proc = None

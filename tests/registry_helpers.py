@@ -37,7 +37,9 @@ def log_tiny_model(tracking_uri: str, experiment: str = "registry-tests", model_
     }
 
 
-def write_candidate(root: Path, run_info: dict, *, dice: float, fingerprint: str | None, split="test") -> tuple[Path, Path]:
+def write_candidate(
+    root: Path, run_info: dict, *, dice: float, fingerprint: str | None, split="test"
+) -> tuple[Path, Path]:
     """``root/model/{mlflow_run.json, best.pt}`` and ``root/eval/metrics.json`` (bound to that model);
     returns (model_dir, eval_dir)."""
     from lungseg.io import sha256_file
@@ -49,8 +51,15 @@ def write_candidate(root: Path, run_info: dict, *, dice: float, fingerprint: str
     torch.save({"model_state": run_info.get("state_dict"), "run_id": info["run_id"]}, model_dir / "best.pt")
     info["best_sha256"] = sha256_file(model_dir / "best.pt")
     (model_dir / "mlflow_run.json").write_text(json.dumps(info), encoding="utf-8")
-    metrics = {"dice_mean": dice, "iou_mean": dice * 0.8, "split": split, "n_images": 4, "checkpoint": "best.pt",
-               "run_id": info["run_id"], "model_sha256": info["best_sha256"]}
+    metrics = {
+        "dice_mean": dice,
+        "iou_mean": dice * 0.8,
+        "split": split,
+        "n_images": 4,
+        "checkpoint": "best.pt",
+        "run_id": info["run_id"],
+        "model_sha256": info["best_sha256"],
+    }
     if fingerprint is not None:
         metrics["data_fingerprint"] = fingerprint
     (eval_dir / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")

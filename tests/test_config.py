@@ -56,7 +56,9 @@ def test_register_model_name_template():
     assert RegisterConfig(model_name="fixed").resolved_name("prnet") == "fixed"
     assert RegisterConfig().needs_model and not RegisterConfig(model_name="fixed").needs_model
     assert not RegisterConfig(model_name="x-{{model}}").needs_model  # an escaped brace is literal text
-    with pytest.raises(ConfigError, match=r"params\.register: model_name 'x-\{arch\}': unknown placeholder\(s\) \{arch\}"):
+    with pytest.raises(
+        ConfigError, match=r"params\.register: model_name 'x-\{arch\}': unknown placeholder\(s\) \{arch\}"
+    ):
         params_from_dict({"register": {"model_name": "x-{arch}"}})
     with pytest.raises(ConfigError, match=r"params\.register: model_name 'x-\{model'"):
         params_from_dict({"register": {"model_name": "x-{model"}})
@@ -65,29 +67,32 @@ def test_register_model_name_template():
 
 
 # ------------------------------------------------------------------ every value checked at load time
-@pytest.mark.parametrize(("section", "key", "value", "message"), [
-    ("evaluate", "threshold", 1.5, r"evaluate\.threshold: must lie in \[0, 1\]"),
-    ("evaluate", "split", "holdout", r"evaluate\.split: unknown split 'holdout'"),
-    ("evaluate", "n_overlays", 0, r"evaluate\.n_overlays: must be ≥ 1"),
-    ("train", "model", "resnet", r"train\.model: unknown model 'resnet'"),
-    ("train", "epochs", 0, r"train\.epochs: must be ≥ 1"),
-    ("train", "lr", -0.1, r"train\.lr: must be > 0"),
-    ("train", "weight_decay", -1.0, r"train\.weight_decay: must be ≥ 0"),
-    ("train", "scheduler", "step", r"train\.scheduler: unknown schedule 'step'"),
-    ("train", "preset", "fast", r"train\.preset: unknown preset 'fast'"),
-    ("train", "device", "tpu", r"train\.device: unknown device 'tpu'"),
-    ("train", "loss", "l1", r"train\.loss: unknown loss 'l1'"),
-    ("train", "min_epochs", -1, r"train\.min_epochs: must be ≥ 0"),
-    ("train", "seed", -3, r"train\.seed: must lie in \[0, 2\^32\)"),
-    ("train", "progress_every_s", 0, r"train\.progress_every_s: must be > 0 \(seconds\)"),
-    ("train", "allow_non_paper_size", "yes", r"train\.allow_non_paper_size: expected true/false"),
-    ("preprocess", "hu_window", [400, -1000], r"preprocess\.hu_window: must be \[low, high\] with low < high"),
-    ("preprocess", "val_fraction", 1.0, r"preprocess\.val_fraction: must lie in \[0, 1\)"),
-    ("preprocess", "image_size", 4, r"preprocess\.image_size: must be ≥ 8"),
-    ("register", "champion_alias", "latest", r"register\.champion_alias: 'latest' is not a usable MLflow alias"),
-    ("register", "min_metric", "low", r"register\.min_metric: must be a number, auto or null"),
-    ("mlflow", "experiment", " ", r"mlflow\.experiment: is empty"),
-])
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("evaluate", "threshold", 1.5, r"evaluate\.threshold: must lie in \[0, 1\]"),
+        ("evaluate", "split", "holdout", r"evaluate\.split: unknown split 'holdout'"),
+        ("evaluate", "n_overlays", 0, r"evaluate\.n_overlays: must be ≥ 1"),
+        ("train", "model", "resnet", r"train\.model: unknown model 'resnet'"),
+        ("train", "epochs", 0, r"train\.epochs: must be ≥ 1"),
+        ("train", "lr", -0.1, r"train\.lr: must be > 0"),
+        ("train", "weight_decay", -1.0, r"train\.weight_decay: must be ≥ 0"),
+        ("train", "scheduler", "step", r"train\.scheduler: unknown schedule 'step'"),
+        ("train", "preset", "fast", r"train\.preset: unknown preset 'fast'"),
+        ("train", "device", "tpu", r"train\.device: unknown device 'tpu'"),
+        ("train", "loss", "l1", r"train\.loss: unknown loss 'l1'"),
+        ("train", "min_epochs", -1, r"train\.min_epochs: must be ≥ 0"),
+        ("train", "seed", -3, r"train\.seed: must lie in \[0, 2\^32\)"),
+        ("train", "progress_every_s", 0, r"train\.progress_every_s: must be > 0 \(seconds\)"),
+        ("train", "allow_non_paper_size", "yes", r"train\.allow_non_paper_size: expected true/false"),
+        ("preprocess", "hu_window", [400, -1000], r"preprocess\.hu_window: must be \[low, high\] with low < high"),
+        ("preprocess", "val_fraction", 1.0, r"preprocess\.val_fraction: must lie in \[0, 1\)"),
+        ("preprocess", "image_size", 4, r"preprocess\.image_size: must be ≥ 8"),
+        ("register", "champion_alias", "latest", r"register\.champion_alias: 'latest' is not a usable MLflow alias"),
+        ("register", "min_metric", "low", r"register\.min_metric: must be a number, auto or null"),
+        ("mlflow", "experiment", " ", r"mlflow\.experiment: is empty"),
+    ],
+)
 def test_every_value_is_checked_at_load_time(tmp_path, section, key, value, message):
     """A bad value is a ConfigError naming the file and the key when the file is read — before any
     stage runs (it was a raw ValueError at the evaluate step for threshold 1.5)."""
@@ -123,7 +128,9 @@ def test_model_options_are_per_model_and_checked_against_the_constructor():
     assert model_options(unet) == ({}, [])  # no entry for unet: its defaults
     with pytest.raises(ConfigError, match=r"train\.model_kwargs\.unet: unet takes no option\(s\) max_tokens"):
         params_from_dict({"train": {"model_kwargs": {"unet": {"max_tokens": 256}}}})
-    with pytest.raises(ConfigError, match=r"train\.model_kwargs: mixes per-model entries \(lgnet\) with option\(s\) use_pam"):
+    with pytest.raises(
+        ConfigError, match=r"train\.model_kwargs: mixes per-model entries \(lgnet\) with option\(s\) use_pam"
+    ):
         params_from_dict({"train": {"model_kwargs": {"lgnet": {}, "use_pam": False}}})
 
 
@@ -136,6 +143,7 @@ def test_flat_model_options_apply_to_the_trained_model_or_are_ignored_when_anoth
         params_from_dict({"train": {"model": "lgnet", "model_kwargs": {"max_token": 256}}})
 
 
+@pytest.mark.slow
 def test_the_readme_sweep_loads_and_builds_every_registered_model():
     """`dvc exp run -S train.model=<m>` with the committed params.yaml, for every model of the zoo: the
     file loads and the model builds with the options it gets (5 of 7 crashed on max_tokens before)."""
@@ -162,11 +170,14 @@ def test_register_min_metric_auto_is_a_floor_for_greater_is_better_only():
     assert params_from_dict({"register": {"min_metric": None}}).register.floor is None
 
 
-@pytest.mark.parametrize(("command", "section", "value"), [
-    ("train", "train", {"model": "unet", "model_kwargs": {"unet": {"max_tokens": 256}}}),
-    ("evaluate", "evaluate", {"threshold": 1.5}),
-    ("register", "register", {"min_metric": "high"}),
-])
+@pytest.mark.parametrize(
+    ("command", "section", "value"),
+    [
+        ("train", "train", {"model": "unet", "model_kwargs": {"unet": {"max_tokens": 256}}}),
+        ("evaluate", "evaluate", {"threshold": 1.5}),
+        ("register", "register", {"min_metric": "high"}),
+    ],
+)
 def test_cli_answers_a_bad_value_with_one_line(tmp_path, capsys, command, section, value):
     import yaml
 
@@ -176,8 +187,11 @@ def test_cli_answers_a_bad_value_with_one_line(tmp_path, capsys, command, sectio
     params[section].update(value)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params), encoding="utf-8")
-    args = {"train": ["--data", "d", "--output", "o"], "evaluate": ["--model", "m", "--data", "d", "--output", "o"],
-            "register": ["--model", "m", "--evaluation", "e", "--output", "o.json"]}[command]
+    args = {
+        "train": ["--data", "d", "--output", "o"],
+        "evaluate": ["--model", "m", "--data", "d", "--output", "o"],
+        "register": ["--model", "m", "--evaluation", "e", "--output", "o.json"],
+    }[command]
     assert main([command, *args, "--params", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {path}.{section}.") and len(err.strip().splitlines()) == 1, err

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,11 +36,17 @@ def _changes(status: dict, produced: set[str]) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 def test_dvc_lock_matches_the_code_and_params(tmp_path):
     """Copies what git would commit (tracked + untracked-not-ignored files of the working tree) into a
     fresh folder, as a clone would have it, and asks `dvc status` there."""
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True,
-                            check=True).stdout.decode().split("\0")  # fmt: skip
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     clone = tmp_path / "clone"
     for rel in filter(None, listed):
         src = REPO / rel
@@ -48,13 +55,25 @@ def test_dvc_lock_matches_the_code_and_params(tmp_path):
             shutil.copy2(src, clone / rel)
     subprocess.run(["git", "init", "-q"], cwd=clone, check=True)
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=clone, env=env, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", "status", "--json"],
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     status = json.loads(proc.stdout or "{}")
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
-    produced = {str(next(iter(o)) if isinstance(o, dict) else o) for s in stages.values()
-                for key in ("outs", "metrics", "plots") for o in s.get(key) or []}  # fmt: skip
+    produced = {
+        str(next(iter(o)) if isinstance(o, dict) else o)
+        for s in stages.values()
+        for key in ("outs", "metrics", "plots")
+        for o in s.get(key) or []
+    }
     changed = _changes(status, produced)
-    assert not changed, ("dvc.lock does not match the code and params.yaml — run `make repro` (dvc repro) and "
-                         "commit dvc.lock:\n  " + "\n  ".join(changed))  # fmt: skip
+    assert not changed, (
+        "dvc.lock does not match the code and params.yaml — run `make repro` (dvc repro) and "
+        "commit dvc.lock:\n  " + "\n  ".join(changed)
+    )

@@ -49,6 +49,7 @@ def test_parse_data_spec():
         L.parse_data_spec("@v1")
 
 
+@pytest.mark.slow
 def test_resolve_gives_dvcs_own_hash(dvc_repo):
     v = L.resolve("data/raw/medseg@v1", dvc_repo)
     assert v.md5 == dvc_file_md5(dvc_repo) and v.md5.endswith(".dir")
@@ -58,6 +59,7 @@ def test_resolve_gives_dvcs_own_hash(dvc_repo):
     assert L.folder_hash(dvc_repo / "data" / "raw" / "medseg").md5 == v.md5
 
 
+@pytest.mark.slow
 def test_resolve_bad_input(dvc_repo):
     (dvc_repo / "notes").mkdir()
     (dvc_repo / "notes" / "a.txt").write_text("git only\n", encoding="utf-8")
@@ -71,6 +73,7 @@ def test_resolve_bad_input(dvc_repo):
         L.resolve("data/raw/other@HEAD", dvc_repo)
 
 
+@pytest.mark.slow
 def test_a_changed_file_is_a_new_version_and_the_old_one_stays(dvc_repo, sample_dir):
     old = L.resolve("data/raw/medseg@v1", dvc_repo)
     victim = sorted((dvc_repo / "data" / "raw" / "medseg" / "tr_im").glob("*.png"))[0]
@@ -83,6 +86,7 @@ def test_a_changed_file_is_a_new_version_and_the_old_one_stays(dvc_repo, sample_
     assert L.resolve("data/raw/medseg@v1", dvc_repo).md5 == old.md5
 
 
+@pytest.mark.slow
 def test_check_remote_needs_the_pushed_data(dvc_repo, tmp_path):
     v = L.resolve("data/raw/medseg@v1", dvc_repo)
     with pytest.raises(DataError, match="cannot fetch"):  # only in the local cache: the remote lacks it
@@ -97,6 +101,7 @@ def test_check_remote_needs_the_pushed_data(dvc_repo, tmp_path):
         L.check_remote(v, dvc_repo)
 
 
+@pytest.mark.slow
 def test_stage_local_is_content_addressed_complete_and_reused(dvc_repo, tmp_path):
     v = L.resolve("data/raw/medseg@v1", dvc_repo)
     target = tmp_path / "staged"
@@ -116,6 +121,7 @@ def test_stage_local_is_content_addressed_complete_and_reused(dvc_repo, tmp_path
     assert not (dest / "half-written.tmp").exists() and L.folder_hash(dest).md5 == v.md5
 
 
+@pytest.mark.slow
 def test_input_version_checks_the_declared_version(dvc_repo, tmp_path):
     v = L.resolve("data/raw/medseg@v1", dvc_repo)
     folder = dvc_repo / "data" / "raw" / "medseg"
@@ -137,6 +143,7 @@ def test_tags_round_trip():
     assert L.DataVersion.from_dict(v.to_dict()) == v
 
 
+@pytest.mark.slow
 def test_input_version_of_a_committed_dvc_add(dvc_repo):
     folder = dvc_repo / "data" / "raw" / "medseg"
     got = L.input_version(folder)
@@ -146,6 +153,7 @@ def test_input_version_of_a_committed_dvc_add(dvc_repo):
     assert not L.input_version(folder).versioned  # the workspace no longer holds the committed version
 
 
+@pytest.mark.slow
 def test_describe_reads_a_registered_versions_lineage(tmp_path, dvc_repo):
     """The reading side on a real MLflow store: the tags training and the registry write."""
     from mlflow import MlflowClient
@@ -158,9 +166,17 @@ def test_describe_reads_a_registered_versions_lineage(tmp_path, dvc_repo):
     client.log_param(run.info.run_id, "train.model", "lgnet")
     client.set_terminated(run.info.run_id)
     client.create_registered_model("lungseg-lgnet")
-    mv = client.create_model_version("lungseg-lgnet", f"runs:/{run.info.run_id}/model", run.info.run_id,
-                                     tags={"lungseg.metric": "dice_mean", "lungseg.metric_value": "0.61",
-                                           "lungseg.decision": "champion", **v.tags()})
+    mv = client.create_model_version(
+        "lungseg-lgnet",
+        f"runs:/{run.info.run_id}/model",
+        run.info.run_id,
+        tags={
+            "lungseg.metric": "dice_mean",
+            "lungseg.metric_value": "0.61",
+            "lungseg.decision": "champion",
+            **v.tags(),
+        },
+    )
     client.set_registered_model_alias("lungseg-lgnet", "champion", mv.version)
 
     lin = L.describe("models:/lungseg-lgnet@champion", uri)

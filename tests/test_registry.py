@@ -7,12 +7,12 @@ import json
 
 import pytest
 from mlflow import MlflowClient
-from registry_helpers import log_tiny_model, write_candidate
 
 from lungseg.cli import main
 from lungseg.config import params_from_dict
 from lungseg.errors import ConfigError, DataError
-from lungseg.registry import manifest_fingerprint, register
+from lungseg.registry import register
+from registry_helpers import log_tiny_model, write_candidate
 
 SET_A = "sha256:" + "a" * 64
 SET_B = "sha256:" + "b" * 64
@@ -48,6 +48,7 @@ def _alias(client, name, alias):
     return _Alias(client.get_model_version_by_alias(name, alias))
 
 
+@pytest.mark.slow
 def test_first_model_becomes_champion_and_decision_is_recorded(tmp_path, tracking_uri, params):
     model_dir, eval_dir, run_info = _candidate(tmp_path, tracking_uri, "c1", dice=0.61)
     out = tmp_path / "reports" / "registration.json"
@@ -72,6 +73,7 @@ def test_first_model_becomes_champion_and_decision_is_recorded(tmp_path, trackin
     assert decision.describe().startswith(f"{params.register.model_name} v{decision.version}: champion")
 
 
+@pytest.mark.slow
 def test_better_moves_champion_worse_and_tie_become_challenger(tmp_path, tracking_uri, params):
     name = params.register.model_name
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -95,11 +97,14 @@ def test_better_moves_champion_worse_and_tie_become_challenger(tmp_path, trackin
     assert _alias(client, name, "champion").version == better.version
 
 
+@pytest.mark.slow
 def test_lower_is_better_metric(tmp_path, tracking_uri, request):
-    params = params_from_dict({
-        "register": {"model_name": "lsg-" + request.node.name, "metric": "hd95_mean", "greater_is_better": False},
-        "mlflow": {"tracking_uri": tracking_uri},
-    })  # fmt: skip
+    params = params_from_dict(
+        {
+            "register": {"model_name": "lsg-" + request.node.name, "metric": "hd95_mean", "greater_is_better": False},
+            "mlflow": {"tracking_uri": tracking_uri},
+        }
+    )
 
     def cand(tag, hd95):
         model_dir, eval_dir, _ = _candidate(tmp_path, tracking_uri, tag, dice=0.5)
@@ -113,40 +118,48 @@ def test_lower_is_better_metric(tmp_path, tracking_uri, request):
     assert register(params, *cand("c", 9.5), tmp_path / "c.json").decision == "champion"
 
 
+@pytest.mark.slow
 def test_different_evaluation_set_is_not_compared_until_champion_is_reevaluated(tmp_path, tracking_uri, params):
     name = params.register.model_name
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     champ_run = log_tiny_model(tracking_uri)
-    champ = register(params, *write_candidate(tmp_path / "champ", champ_run, dice=0.40, fingerprint=SET_A),
-                     tmp_path / "champ.json")  # fmt: skip
+    champ = register(
+        params, *write_candidate(tmp_path / "champ", champ_run, dice=0.40, fingerprint=SET_A), tmp_path / "champ.json"
+    )
     assert champ.decision == "champion"
 
     # a much higher number on ANOTHER set must not dethrone the champion blindly
-    other = register(params, *_candidate(tmp_path, tracking_uri, "other", dice=0.95, fingerprint=SET_B)[:2],
-                     tmp_path / "other.json")  # fmt: skip
+    other = register(
+        params, *_candidate(tmp_path, tracking_uri, "other", dice=0.95, fingerprint=SET_B)[:2], tmp_path / "other.json"
+    )
     assert other.decision == "challenger"
     assert "different evaluation set" in other.reason
     assert _alias(client, name, "champion").version == champ.version
 
     # the champion's own run re-evaluated on set B: the alias follows it onto the new set
-    moved = register(params, *write_candidate(tmp_path / "champB", champ_run, dice=0.45, fingerprint=SET_B),
-                     tmp_path / "champB.json")  # fmt: skip
+    moved = register(
+        params, *write_candidate(tmp_path / "champB", champ_run, dice=0.45, fingerprint=SET_B), tmp_path / "champB.json"
+    )
     assert moved.decision == "champion" and moved.version != champ.version
     assert _alias(client, name, "champion").version == moved.version
 
     # now candidates on set B are compared with the champion's set-B number (0.45)
-    again = register(params, *_candidate(tmp_path, tracking_uri, "again", dice=0.50, fingerprint=SET_B)[:2],
-                     tmp_path / "again.json")  # fmt: skip
+    again = register(
+        params, *_candidate(tmp_path, tracking_uri, "again", dice=0.50, fingerprint=SET_B)[:2], tmp_path / "again.json"
+    )
     assert again.decision == "champion" and again.champion_before == pytest.approx(0.45)
 
 
+@pytest.mark.slow
 def test_missing_fingerprint_never_compares(tmp_path, tracking_uri, params):
     register(params, *_candidate(tmp_path, tracking_uri, "a", dice=0.3)[:2], tmp_path / "a.json")
-    unknown = register(params, *_candidate(tmp_path, tracking_uri, "b", dice=0.9, fingerprint=None)[:2],
-                       tmp_path / "b.json")  # fmt: skip
+    unknown = register(
+        params, *_candidate(tmp_path, tracking_uri, "b", dice=0.9, fingerprint=None)[:2], tmp_path / "b.json"
+    )
     assert unknown.decision == "challenger" and unknown.fingerprint_source == "none"
 
 
+@pytest.mark.slow
 def test_repeated_run_reuses_its_version(tmp_path, tracking_uri, params):
     name = params.register.model_name
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -160,6 +173,7 @@ def test_repeated_run_reuses_its_version(tmp_path, tracking_uri, params):
     assert not [m for m in client.search_registered_models() if m.name == f"{name}.lock"], "lock not released"
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_user_errors(tmp_path, tracking_uri, params):
     with pytest.raises(DataError, match="mlflow_run.json"):
         register(params, tmp_path / "nope", tmp_path / "nope", tmp_path / "o.json")
@@ -170,33 +184,46 @@ def test_bad_inputs_are_user_errors(tmp_path, tracking_uri, params):
     assert not (tmp_path / "o.json").exists()
 
 
+@pytest.mark.slow
 def test_cli_register(tmp_path, tracking_uri, params, capsys):
     model_dir, eval_dir, _ = _candidate(tmp_path, tracking_uri, "a", dice=0.42)
     params_file = tmp_path / "params.yaml"
     sections = params.to_dict()
     params_file.write_text(json.dumps({k: sections[k] for k in ("register", "mlflow")}))  # JSON is YAML
     out = tmp_path / "reg.json"
-    code = main(["register", "--model", str(model_dir), "--evaluation", str(eval_dir), "--output", str(out),
-                 "--params", str(params_file)])  # fmt: skip
+    code = main(
+        [
+            "register",
+            "--model",
+            str(model_dir),
+            "--evaluation",
+            str(eval_dir),
+            "--output",
+            str(out),
+            "--params",
+            str(params_file),
+        ]
+    )
     assert code == 0
     assert "champion" in capsys.readouterr().out
     assert json.loads(out.read_text())["decision"] == "champion"
-    code = main(["register", "--model", str(tmp_path / "missing"), "--evaluation", str(eval_dir),
-                 "--output", str(out), "--params", str(params_file)])  # fmt: skip
+    code = main(
+        [
+            "register",
+            "--model",
+            str(tmp_path / "missing"),
+            "--evaluation",
+            str(eval_dir),
+            "--output",
+            str(out),
+            "--params",
+            str(params_file),
+        ]
+    )
     assert code == 2 and capsys.readouterr().err.startswith("error: ")
 
 
-def test_manifest_fingerprint_is_order_free_and_content_sensitive():
-    rows = [{"id": f"s{i}", "image_sha256": f"i{i}", "mask_sha256": f"m{i}"} for i in range(4)]
-    assert manifest_fingerprint(rows) == manifest_fingerprint(list(reversed(rows)))
-    changed = [dict(r) for r in rows]
-    changed[2]["mask_sha256"] = "other"
-    assert manifest_fingerprint(changed) != manifest_fingerprint(rows)
-    assert manifest_fingerprint(rows[:3]) != manifest_fingerprint(rows)
-    with pytest.raises(DataError):
-        manifest_fingerprint([])
-
-
+@pytest.mark.slow
 def test_runs_uri_is_registered_and_global_mlflow_state_is_untouched(tmp_path, tracking_uri, params, monkeypatch):
     import os
 
@@ -207,8 +234,9 @@ def test_runs_uri_is_registered_and_global_mlflow_state_is_untouched(tmp_path, t
     before = mlflow.get_tracking_uri()
     run_info = log_tiny_model(tracking_uri, model_uri_style="runs")
     assert run_info["model_uri"].startswith("runs:/")
-    decision = register(params, *write_candidate(tmp_path / "r", run_info, dice=0.3, fingerprint=SET_A),
-                        tmp_path / "r.json")  # fmt: skip
+    decision = register(
+        params, *write_candidate(tmp_path / "r", run_info, dice=0.3, fingerprint=SET_A), tmp_path / "r.json"
+    )
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     mv = client.get_model_version(params.register.model_name, decision.version)
     assert mv.status == "READY" and mv.run_id == run_info["run_id"]
@@ -216,9 +244,12 @@ def test_runs_uri_is_registered_and_global_mlflow_state_is_untouched(tmp_path, t
     assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
 
 
+@pytest.mark.slow
 def test_model_name_template_is_filled_with_the_runs_architecture(tmp_path, tracking_uri, request):
     prefix = "lsg-tpl-" + request.node.name[-8:]
-    params = params_from_dict({"register": {"model_name": prefix + "-{model}"}, "mlflow": {"tracking_uri": tracking_uri}})
+    params = params_from_dict(
+        {"register": {"model_name": prefix + "-{model}"}, "mlflow": {"tracking_uri": tracking_uri}}
+    )
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
     # 1. the architecture recorded in mlflow_run.json (what `lungseg train` writes)
@@ -257,6 +288,7 @@ def _versions(client, name):
         return []
 
 
+@pytest.mark.slow
 def test_evaluation_of_another_model_is_refused_and_nothing_is_registered(tmp_path, tracking_uri, params, capsys):
     """`register --model A --evaluation <B's report>` promoted A on B's Dice; now: error, exit 2, nothing."""
     name = params.register.model_name
@@ -288,13 +320,25 @@ def test_evaluation_of_another_model_is_refused_and_nothing_is_registered(tmp_pa
     params_file = tmp_path / "params.yaml"
     params_file.write_text(json.dumps({k: params.to_dict()[k] for k in ("register", "mlflow")}), encoding="utf-8")
     capsys.readouterr()
-    code = main(["register", "--model", str(model_a), "--evaluation", str(eval_b), "--output", str(tmp_path / "x.json"),
-                 "--params", str(params_file)])  # fmt: skip
+    code = main(
+        [
+            "register",
+            "--model",
+            str(model_a),
+            "--evaluation",
+            str(eval_b),
+            "--output",
+            str(tmp_path / "x.json"),
+            "--params",
+            str(params_file),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
     assert _versions(client, name) == [] and not (tmp_path / "x.json").exists()
 
 
+@pytest.mark.slow
 def test_below_min_metric_is_registered_but_never_promoted(tmp_path, tracking_uri, params):
     """A first registration became champion whatever its score (even Dice 0)."""
     name = params.register.model_name
@@ -310,13 +354,15 @@ def test_below_min_metric_is_registered_but_never_promoted(tmp_path, tracking_ur
     ok = register(params, *_candidate(tmp_path, tracking_uri, "ok", dice=0.35)[:2], tmp_path / "ok.json")
     assert ok.decision == "champion"
     # a better score below a raised floor does not dethrone the champion either
-    strict = params_from_dict({**{k: params.to_dict()[k] for k in ("mlflow",)},
-                               "register": {"model_name": name, "min_metric": 0.9}})  # fmt: skip
+    strict = params_from_dict(
+        {**{k: params.to_dict()[k] for k in ("mlflow",)}, "register": {"model_name": name, "min_metric": 0.9}}
+    )
     high = register(strict, *_candidate(tmp_path, tracking_uri, "high", dice=0.8)[:2], tmp_path / "high.json")
     assert high.decision == "challenger" and high.champion_before == pytest.approx(0.35)
     assert _alias(client, name, "champion").version == ok.version
 
 
+@pytest.mark.slow
 def test_register_output_naming_a_folder_is_refused_before_registering(tmp_path, tracking_uri, params):
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     model_dir, eval_dir, _ = _candidate(tmp_path, tracking_uri, "a", dice=0.5)

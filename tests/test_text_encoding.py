@@ -7,7 +7,9 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = sorted(p for d in ("lungseg", "components", "pipelines", "scripts", "bench") for p in (ROOT / d).rglob("*.py"))
+SOURCES = sorted(
+    p for d in ("lungseg", "components", "pipelines", "scripts", "bench") for p in (ROOT / d).rglob("*.py")
+)
 #: ``X.open(...)`` calls that are not text-file opens
 NOT_FILE_OPEN = {"os", "Image", "h5py", "tarfile", "zipfile", "gzip", "webbrowser"}
 
@@ -46,13 +48,18 @@ def unspecified_encodings(source: str) -> list[int]:
 def test_the_checker_finds_what_it_should():
     bad = 'p.read_text()\nopen(f)\nopen(f, "w")\np.open(newline="")\nos.fdopen(fd, "w")\np.write_text(s)\n'
     assert unspecified_encodings(bad) == [1, 2, 3, 4, 5, 6]
-    good = ('p.read_text(encoding="utf-8")\nopen(f, "rb")\nos.open(f, 1)\nImage.open(f)\n'
-            'p.open("ab")\nos.fdopen(fd, "w", encoding="utf-8")\n')
+    good = (
+        'p.read_text(encoding="utf-8")\nopen(f, "rb")\nos.open(f, 1)\nImage.open(f)\n'
+        'p.open("ab")\nos.fdopen(fd, "w", encoding="utf-8")\n'
+    )
     assert unspecified_encodings(good) == []
 
 
 def test_text_io_names_its_encoding():
     assert len(SOURCES) > 40
-    offenders = {str(p.relative_to(ROOT)): lines for p in SOURCES
-                 if (lines := unspecified_encodings(p.read_text(encoding="utf-8")))}
+    offenders = {
+        str(p.relative_to(ROOT)): lines
+        for p in SOURCES
+        if (lines := unspecified_encodings(p.read_text(encoding="utf-8")))
+    }
     assert not offenders, f"text file access without encoding= (file: lines): {offenders}"

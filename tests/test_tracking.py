@@ -2,28 +2,26 @@
 tests kill (``os.killpg`` on its process group) and restart on the same port and database.
 
 * the resilient run queues what fails while the server is down and delivers it when it returns;
+* as a context manager it ends the run FINISHED / FAILED / KILLED and delivers what is queued once;
 * a ``lungseg train`` subprocess whose tracking server dies after its first epoch finishes training,
   records what was lost in ``mlflow_run.json`` (and warns), and what was logged before stays there.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import time
 import warnings
-from pathlib import Path
 
 import pytest
-import yaml
 from mlflow import MlflowClient
 
-from lungseg.tracking import ResilientRun, TrackingWarning, absolute_sqlite, data_hash, git_commit
+from lungseg.tracking import ResilientRun, TrackingWarning, absolute_sqlite
 from servers import MlflowServer  # tests/servers.py → scripts/servers.py (real server, own process group)
-
 from train_helpers import cli_env, lungseg_cmd, processed_sample, write_params
 
 
@@ -53,22 +51,7 @@ def test_local_helpers(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert absolute_sqlite("sqlite:///mlflow.db") == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
     assert absolute_sqlite("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
-    assert git_commit(tmp_path) == "unknown"  # not a git checkout
-    repo = Path(__file__).resolve().parents[1]
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
-    assert git_commit(repo) == head
-
-    data = tmp_path / "data" / "processed"
-    data.mkdir(parents=True)
-    (data / "manifest.csv").write_text("index,id,split,image_sha256,mask_sha256\n0,a,train,i0,m0\n1,b,test,i1,m1\n")
-    h, source = data_hash(data)
-    assert source == "manifest"
-    assert h == hashlib.sha256(b"a\ttrain\ti0\tm0\nb\ttest\ti1\tm1\n").hexdigest()
-    # DVC's md5 of the folder wins when dvc.lock (above the cwd) lists it as a stage output
-    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(
-        {"schema": "2.0", "stages": {"preprocess": {"cmd": "x", "outs": [
-            {"path": "data/processed", "md5": "0123456789abcdef0123456789abcdef.dir", "nfiles": 1}]}}}))  # fmt: skip
-    assert data_hash(data) == ("0123456789abcdef0123456789abcdef.dir", "dvc.lock")
+    assert absolute_sqlite("sqlite:////abs/mlflow.db") == "sqlite:////abs/mlflow.db"
 
 
 @pytest.mark.integration
@@ -98,8 +81,13 @@ def test_training_survives_the_tracking_server_dying(server, tmp_path_factory, t
     params = write_params(tmp_path / "p.yaml", None, epochs=5)
     env = cli_env(MLFLOW_TRACKING_URI=server.uri, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
     out = tmp_path / "out"
-    proc = subprocess.Popen(lungseg_cmd("train", "--data", str(data), "--output", str(out), "--params", str(params)),
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        lungseg_cmd("train", "--data", str(data), "--output", str(out), "--params", str(params)),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     history = tmp_path / "out.partial" / "history.csv"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
@@ -174,13 +162,15 @@ def test_repo_root_and_repository_relative_uris(tmp_path, monkeypatch):
     copy = tmp_path / "copy"
     (copy / ".git").mkdir(parents=True)
     assert resolve_recorded_uri("sqlite:///mlflow.db", copy / "models" / "medseg" / "mlflow_run.json") == (
-        f"sqlite:///{copy.resolve()}/mlflow.db")
+        f"sqlite:///{copy.resolve()}/mlflow.db"
+    )
     assert resolve_recorded_uri(absolute, copy / "mlflow_run.json") == absolute
     monkeypatch.chdir(repo)
     assert portable_path(repo / "data" / "processed") == "data/processed"
     assert portable_path(tmp_path / "x") == str((tmp_path / "x").resolve())
 
 
+@pytest.mark.slow
 def test_experiment_artifacts_live_beside_a_local_store_and_stale_runs_are_marked(tmp_path, monkeypatch):
     """Artifacts of a new experiment in a local sqlite store go to mlruns/ beside the database (MLflow's
     default is the working directory's, a temporary folder for a queued DVC experiment); a run a
@@ -197,14 +187,9 @@ def test_experiment_artifacts_live_beside_a_local_store_and_stale_runs_are_marke
     client = MlflowClient(uri)
     location = client.get_experiment(run.experiment_id).artifact_location
     assert location.removeprefix("file://").startswith(str(store / "mlruns")), location
-    # the logged model too (MLflow put it in the Default experiment, under the working directory)
-    import numpy as np
-    import torch
-
-    model_uri = run.log_torch_model(torch.nn.Conv2d(1, 1, 3, padding=1), np.zeros((2, 1, 8, 8), np.float32))
-    logged = client.get_logged_model(model_uri.removeprefix("models:/"))
-    assert logged.experiment_id == run.experiment_id
-    assert logged.artifact_location.removeprefix("file://").startswith(str(store / "mlruns")), logged.artifact_location
+    (elsewhere / "notes.txt").write_text("x", encoding="utf-8")
+    assert run.log_artifact(elsewhere / "notes.txt", "docs")
+    assert [p.read_text(encoding="utf-8") for p in (store / "mlruns").rglob("docs/notes.txt")] == ["x"]
     assert not (elsewhere / "mlruns").exists()
     assert client.get_run(run.run_id).info.status == "RUNNING"
     run.close()  # the process "dies" without ending the run
@@ -212,3 +197,69 @@ def test_experiment_artifacts_live_beside_a_local_store_and_stale_runs_are_marke
     assert client.get_run(run.run_id).info.status == "KILLED"
     assert mark_stale_run(uri, run.run_id) == "was already KILLED"
     assert mark_stale_run(uri, "0" * 32).startswith("could not be marked KILLED")
+
+
+@pytest.fixture(scope="module")
+def sqlite_uri(tmp_path_factory):
+    """One local store for the context-manager tests (creating an MLflow database takes seconds)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('cm-store') / 'mlflow.db'}"
+
+
+@pytest.mark.parametrize(
+    ("raised", "status"),
+    [(None, "FINISHED"), (ValueError, "FAILED"), (KeyboardInterrupt, "KILLED"), (SystemExit, "KILLED")],
+)
+@pytest.mark.slow
+def test_context_manager_ends_the_run_by_how_the_block_ends(sqlite_uri, raised, status):
+    """A normal exit ends the run FINISHED, an exception FAILED, an interrupt (Ctrl-C, or SIGTERM turned
+    into SystemExit) KILLED; the exception goes on, and the run is closed (no more logging)."""
+    with pytest.raises(raised) if raised else contextlib.nullcontext():
+        with ResilientRun.start(sqlite_uri, "cm", run_name=status) as run:
+            assert run.log_metrics({"loss": 0.5}, step=1)
+            if raised:
+                raise raised()
+    got = MlflowClient(sqlite_uri).get_run(run.run_id)
+    assert got.info.status == status and got.data.metrics["loss"] == 0.5
+    with pytest.raises(RuntimeError, match="closed"):
+        run.log_metrics({"loss": 0.1})
+
+
+@pytest.mark.slow
+def test_context_manager_keeps_an_explicit_end(sqlite_uri):
+    """``end()`` called inside the block decides the status; leaving the block only closes."""
+    with ResilientRun.start(sqlite_uri, "cm", run_name="explicit") as run:
+        run.end("KILLED")
+    assert MlflowClient(sqlite_uri).get_run(run.run_id).info.status == "KILLED"
+
+
+@pytest.mark.slow
+def test_context_manager_delivers_queued_calls_once(sqlite_uri, tmp_path):
+    """A call that failed in the block (the artifact was not there yet) is retried once when the block
+    closes, delivered, and counted once; closing again delivers nothing twice."""
+    late = tmp_path / "late.txt"
+    with ResilientRun.start(sqlite_uri, "cm", run_name="queued") as run:
+        with pytest.warns(TrackingWarning, match="queued"):
+            assert not run.log_artifact(late)
+        assert not run.log_metrics({"after": 1.0}, step=1)  # queued behind it, in order (retry interval)
+        late.write_text("now here", encoding="utf-8")
+    assert run.summary() == {"lost_logging": 0, "lost_calls": [], "logging_failures": 1, "flushed_calls": 3}
+    run.close()
+    run.__exit__(None, None, None)
+    assert run.flushed == 3  # log_artifact, log_metrics, end_run(FINISHED): each once
+    client = MlflowClient(sqlite_uri)
+    got = client.get_run(run.run_id)
+    assert got.info.status == "FINISHED" and got.data.metrics["after"] == 1.0
+    assert [a.path for a in client.list_artifacts(run.run_id)] == ["late.txt"]
+
+
+@pytest.mark.slow
+def test_context_manager_reports_what_could_not_be_delivered(sqlite_uri, tmp_path):
+    with pytest.warns(TrackingWarning, match="could not be delivered"):
+        with ResilientRun.start(sqlite_uri, "cm", run_name="lost") as run:
+            with pytest.warns(TrackingWarning, match="queued"):
+                run.log_artifact(tmp_path / "never.txt")
+    summary = run.summary()
+    assert summary["lost_logging"] == 2 and summary["logging_failures"] == 2
+    assert summary["lost_calls"][0].startswith("log_artifact(never.txt → .): ")
+    assert summary["lost_calls"][1].startswith("end_run(FINISHED): queued behind earlier failures")
+    assert MlflowClient(sqlite_uri).get_run(run.run_id).info.status == "RUNNING"  # its end was lost too

@@ -12,8 +12,16 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample" / "medseg-covid100"
 
-TINY_TRAIN = {"model": "unet", "base_channels": 4, "epochs": 3, "batch_size": 4, "lr": 0.003,
-              "augment": True, "early_stopping_patience": 0, "device": "cpu"}  # fmt: skip
+TINY_TRAIN = {
+    "model": "unet",
+    "base_channels": 4,
+    "epochs": 3,
+    "batch_size": 4,
+    "lr": 0.003,
+    "augment": True,
+    "early_stopping_patience": 0,
+    "device": "cpu",
+}
 
 
 def processed_sample(tmp_path_factory, size: int = 32) -> Path:

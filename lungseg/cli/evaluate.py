@@ -13,9 +13,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, required=True, help="training output folder (from lungseg train)")
     p.add_argument("--data", type=Path, required=True, help="preprocessed dataset folder")
     p.add_argument("--output", type=Path, required=True, help="folder for the report (replaced atomically)")
-    p.add_argument("--allow-preprocessing-mismatch", action="store_true",
-                   help="evaluate even when the data was preprocessed differently from the model's training data "
-                        "(image size, HU window, labels); the differences are recorded in metrics.json")
+    p.add_argument(
+        "--allow-preprocessing-mismatch",
+        action="store_true",
+        help="evaluate even when the data was preprocessed differently from the model's training data "
+        "(image size, HU window, labels); the differences are recorded in metrics.json",
+    )
     add_params_argument(p)
     return p
 
@@ -23,7 +26,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     params = load(args)  # config errors surface before heavy imports
     from lungseg.evaluation import evaluate
-    result = evaluate(params, model_dir=args.model, data_dir=args.data, output_dir=args.output,
-                      allow_preprocessing_mismatch=args.allow_preprocessing_mismatch)
+
+    result = evaluate(
+        params,
+        model_dir=args.model,
+        data_dir=args.data,
+        output_dir=args.output,
+        allow_preprocessing_mismatch=args.allow_preprocessing_mismatch,
+    )
     print(result.describe())
     return 0

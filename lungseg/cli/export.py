@@ -10,15 +10,21 @@ from lungseg.cli._common import add_params_argument
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
-        "export", help="export a model to ONNX or TorchScript with a parity check on real slices",
+        "export",
+        help="export a model to ONNX or TorchScript with a parity check on real slices",
         description="Export a trained model (a `lungseg train` folder or an MLflow URI such as "
-                    "models:/lungseg-lgnet@champion) with its sigmoid/softmax, run the export on real slices "
-                    "(onnxruntime for ONNX) and compare with PyTorch. See docs/inference.md.")  # fmt: skip
+        "models:/lungseg-lgnet@champion) with its sigmoid/softmax, run the export on real slices "
+        "(onnxruntime for ONNX) and compare with PyTorch. See docs/inference.md.",
+    )
     p.add_argument("--model", required=True, help="training output folder, checkpoint file or MLflow model URI")
     p.add_argument("--format", required=True, choices=("onnx", "torchscript"))
     p.add_argument("--output", type=Path, required=True, help="output folder (replaced atomically)")
-    p.add_argument("--check-input", type=Path, required=True,
-                   help="real slices for the parity check: a NIfTI file, a DICOM series or PNG/TIFF slices")
+    p.add_argument(
+        "--check-input",
+        type=Path,
+        required=True,
+        help="real slices for the parity check: a NIfTI file, a DICOM series or PNG/TIFF slices",
+    )
     p.add_argument("--max-check-slices", type=int, default=16, help="use at most this many slices (default 16)")
     p.add_argument("--tolerance", type=float, default=1e-3, help="largest accepted |Δ probability| (default 1e-3)")
     add_params_argument(p)
@@ -41,8 +47,13 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, tracking_uri=resolve_tracking_uri(params), threshold=params.evaluate.threshold)
     scan = volumes.read_scan(args.check_input, require_spacing=False)  # pixels are enough here
     slices, _ = volumes.to_model_range(scan, model.preprocess)
-    result = export_model(model, args.format, args.output, slices[: args.max_check_slices], tolerance=args.tolerance,
-                          check_input=str(args.check_input))  # fmt: skip
+    result = export_model(
+        model,
+        args.format,
+        args.output,
+        slices[: args.max_check_slices],
+        tolerance=args.tolerance,
+        check_input=str(args.check_input),
+    )
     print(result.describe())
     return 0
-

@@ -11,8 +11,9 @@ from lungseg.cli._common import add_params_argument, load
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("lineage", help="data version, code, params and image behind a model or run")
     p.add_argument("target", help="registry URI (models:/lungseg-lgnet@champion, models:/NAME/VERSION) or a run id")
-    p.add_argument("--check", action="store_true",
-                   help="fetch the recorded data version from the DVC remote and verify its hash")
+    p.add_argument(
+        "--check", action="store_true", help="fetch the recorded data version from the DVC remote and verify its hash"
+    )
     p.add_argument("--repo", type=Path, default=Path("."), help="the git/DVC repository the data version lives in")
     p.add_argument("--remote", default=None, help="DVC remote for --check (default: the repository's default)")
     p.add_argument("--json", action="store_true", help="print the record as JSON")

@@ -10,20 +10,34 @@ from lungseg.cli._common import add_params_argument
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
-        "predict", help="masks + infection-burden report for a CT scan (NIfTI, DICOM series, PNG/TIFF slices)",
+        "predict",
+        help="masks + infection-burden report for a CT scan (NIfTI, DICOM series, PNG/TIFF slices)",
         description="Predict masks for one scan with a trained model (a `lungseg train` folder or an MLflow URI "
-                    "such as models:/lungseg-lgnet@champion) and write them in the input's geometry, with a "
-                    "burden report (report.json, summary.txt, overlay.png). The preprocessing (image size, HU "
-                    "window) is the one recorded with the model. See docs/inference.md.")  # fmt: skip
-    p.add_argument("--input", type=Path, required=True,
-                   help="a NIfTI file, a DICOM series folder, or a folder of PNG/TIFF slices (or one slice)")
+        "such as models:/lungseg-lgnet@champion) and write them in the input's geometry, with a "
+        "burden report (report.json, summary.txt, overlay.png). The preprocessing (image size, HU "
+        "window) is the one recorded with the model. See docs/inference.md.",
+    )
+    p.add_argument(
+        "--input",
+        type=Path,
+        required=True,
+        help="a NIfTI file, a DICOM series folder, or a folder of PNG/TIFF slices (or one slice)",
+    )
     p.add_argument("--output", type=Path, required=True, help="output folder (replaced atomically)")
-    p.add_argument("--model", help="training output folder, checkpoint file or MLflow model URI; its role (lung "
-                                   "field or infection) follows from its label names")  # fmt: skip
+    p.add_argument(
+        "--model",
+        help="training output folder, checkpoint file or MLflow model URI; its role (lung "
+        "field or infection) follows from its label names",
+    )
     p.add_argument("--lung-model", help="lung-field model (folder or MLflow URI) for the cascade")
     p.add_argument("--infection-model", help="infection model (folder or MLflow URI) for the cascade")
-    p.add_argument("--spacing", type=float, nargs=3, metavar=("ROW", "COL", "SLICE"),
-                   help="voxel size in mm for inputs that record none (PNG/TIFF slices, a NIfTI without geometry)")
+    p.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        metavar=("ROW", "COL", "SLICE"),
+        help="voxel size in mm for inputs that record none (PNG/TIFF slices, a NIfTI without geometry)",
+    )
     p.add_argument("--dicom-seg", action="store_true", help="also write a DICOM SEG (DICOM input only)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     p.add_argument("--batch-size", type=int, default=None, help="slices per batch (default 16 on CUDA, 4 on CPU)")
@@ -67,7 +81,14 @@ def run(args: argparse.Namespace) -> int:
                 raise ConfigError(f"--{role}-model {spec}: its labels are {model.label_names}, a {model.role} model")
             models[role] = model
     spacing = tuple(args.spacing) if args.spacing else None
-    result = predict_scan(args.input, args.output, models, device=args.device, batch_size=args.batch_size,
-                          dicom_seg=args.dicom_seg, spacing=spacing)
+    result = predict_scan(
+        args.input,
+        args.output,
+        models,
+        device=args.device,
+        batch_size=args.batch_size,
+        dicom_seg=args.dicom_seg,
+        spacing=spacing,
+    )
     print(result.describe())
     return 0

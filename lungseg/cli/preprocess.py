@@ -10,8 +10,11 @@ from lungseg.cli._common import add_params_argument, load
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("preprocess", help="turn a raw dataset into a validated training set")
-    p.add_argument("--dataset", required=True, help="reader: medseg, covid-semiseg, kaggle-64, kaggle-tiff, msd-lung, pairs, nifti, dicom "
-                   "(docs/data.md)")
+    p.add_argument(
+        "--dataset",
+        required=True,
+        help="reader: medseg, covid-semiseg, kaggle-64, kaggle-tiff, msd-lung, pairs, nifti, dicom (docs/data.md)",
+    )
     p.add_argument("--input", type=Path, required=True, help="folder of the raw dataset")
     p.add_argument("--output", type=Path, required=True, help="folder to write (replaced atomically)")
     add_params_argument(p)
@@ -21,6 +24,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     params = load(args)  # config errors surface before heavy imports
     from lungseg.data.preprocess import preprocess
+
     summary = preprocess(args.dataset, args.input, args.output, params.preprocess)
     print(summary.describe())
     return 0

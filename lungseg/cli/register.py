@@ -20,6 +20,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     params = load(args)  # config errors surface before heavy imports
     from lungseg.registry import register
+
     decision = register(params, model_dir=args.model, evaluation_dir=args.evaluation, output=args.output)
     print(decision.describe())
     return 0

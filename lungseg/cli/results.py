@@ -56,33 +56,65 @@ def add_parser(sub) -> argparse.ArgumentParser:
     rsub = p.add_subparsers(dest="results_command", metavar="ACTION", required=True)
 
     r = rsub.add_parser("run", help="train + evaluate the missing cells of a table (resumable)")
-    r.add_argument("--table", required=True, action="append", choices=[*TABLES, "all"],
-                   help="table to run (repeatable; 'all' = every table that has the profile)")
-    r.add_argument("--profile", choices=PROFILES, default="cpu",
-                   help="cpu = shrunk, cpu-long = 128² / 30 epochs (infection tables), cpu-paper = the paper "
-                        "recipe at a CPU size (lgnet-table1), gpu = the papers' recipe and sizes (default: cpu)")
+    r.add_argument(
+        "--table",
+        required=True,
+        action="append",
+        choices=[*TABLES, "all"],
+        help="table to run (repeatable; 'all' = every table that has the profile)",
+    )
+    r.add_argument(
+        "--profile",
+        choices=PROFILES,
+        default="cpu",
+        help="cpu = shrunk, cpu-long = 128² / 30 epochs (infection tables), cpu-paper = the paper "
+        "recipe at a CPU size (lgnet-table1), gpu = the papers' recipe and sizes (default: cpu)",
+    )
     r.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: the table's, 0 1 2)")
     r.add_argument("--rows", nargs="+", default=None, help="only these row keys (see `lungseg results list`)")
-    r.add_argument("--data-root", type=Path, default=default_path("data_root"),
-                   help=_path_help("data_root", "folder holding the raw datasets"))
-    r.add_argument("--workdir", type=Path, default=Path(".results-work"),
-                   help="preprocessed-data cache and training outputs (default: .results-work)")
-    r.add_argument("--results-dir", type=Path, default=default_path("results_dir"),
-                   help=_path_help("results_dir", "where run records go"))
+    r.add_argument(
+        "--data-root",
+        type=Path,
+        default=default_path("data_root"),
+        help=_path_help("data_root", "folder holding the raw datasets"),
+    )
+    r.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path(".results-work"),
+        help="preprocessed-data cache and training outputs (default: .results-work)",
+    )
+    r.add_argument(
+        "--results-dir",
+        type=Path,
+        default=default_path("results_dir"),
+        help=_path_help("results_dir", "where run records go"),
+    )
     r.add_argument("--force", action="store_true", help="re-run cells that already have a record")
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     for name, tp in (("image-size", int), ("base-channels", int), ("epochs", int), ("batch-size", int), ("lr", float)):
         r.add_argument(f"--{name}", type=tp, default=None, help=f"override the profile's {name} (recorded in each run)")
     r.add_argument("--keep-checkpoints", action="store_true", help="keep *.pt files in the workdir")
     r.add_argument("--no-report", action="store_true", help="do not regenerate the results page afterwards")
-    r.add_argument("--report", type=Path, default=default_path("report"),
-                   help=_path_help("report", "results page to regenerate"))
+    r.add_argument(
+        "--report", type=Path, default=default_path("report"), help=_path_help("report", "results page to regenerate")
+    )
 
     rep = rsub.add_parser("report", help="regenerate the tables of docs/results.md from the JSON records")
-    rep.add_argument("--results-dir", type=Path, default=default_path("results_dir"),
-                     help=_path_help("results_dir", "where the run records are"))
-    rep.add_argument("--output", "--report", dest="output", type=Path, default=default_path("report"),
-                     help=_path_help("report", "results page to regenerate"))
+    rep.add_argument(
+        "--results-dir",
+        type=Path,
+        default=default_path("results_dir"),
+        help=_path_help("results_dir", "where the run records are"),
+    )
+    rep.add_argument(
+        "--output",
+        "--report",
+        dest="output",
+        type=Path,
+        default=default_path("report"),
+        help=_path_help("report", "results page to regenerate"),
+    )
     rep.add_argument("--print", action="store_true", help="print the generated blocks instead of writing")
 
     rsub.add_parser("list", help="the tables, their rows and profiles")
@@ -122,8 +154,11 @@ def _require_results_dir(path: Path) -> Path:
     from lungseg.errors import DataError
 
     if not path.is_dir():
-        raise DataError(path, "results folder not found: run from the repository root, or pass --results-dir "
-                              "(or set LUNGSEG_RESULTS_DIR)")
+        raise DataError(
+            path,
+            "results folder not found: run from the repository root, or pass --results-dir "
+            "(or set LUNGSEG_RESULTS_DIR)",
+        )
     return path
 
 
@@ -134,9 +169,11 @@ def _list() -> int:
         print(f"{name}: {spec.title}")
         print(f"  dataset {spec.dataset} (<data-root>/{spec.input_subdir}), seeds {list(spec.seeds)}")
         for pname, prof in spec.profiles.items():
-            print(f"  profile {pname}: {prof.describe()}"
-                  + (f", train {prof.extra_train}" if prof.extra_train else "")
-                  + (f", model kwargs {prof.model_overrides}" if prof.model_overrides else ""))
+            print(
+                f"  profile {pname}: {prof.describe()}"
+                + (f", train {prof.extra_train}" if prof.extra_train else "")
+                + (f", model kwargs {prof.model_overrides}" if prof.model_overrides else "")
+            )
         for row in spec.rows:
             print(f"  row {row.key}: {row.label} = {row.model} {row.model_kwargs or ''}")
     return 0
@@ -161,19 +198,35 @@ def run(args: argparse.Namespace) -> int:
     from lungseg.experiments.runner import run_table
 
     names = selected_tables(args.table, args.profile)
-    overrides = {"image_size": args.image_size, "base_channels": args.base_channels, "epochs": args.epochs,
-                 "batch_size": args.batch_size, "lr": args.lr}
+    overrides = {
+        "image_size": args.image_size,
+        "base_channels": args.base_channels,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+    }
     failed = 0
     for name in names:
         outcomes = run_table(
-            get_table(name), profile=args.profile, seeds=args.seeds, rows=args.rows, data_root=args.data_root,
-            workdir=args.workdir, results_dir=args.results_dir, force=args.force, overrides=overrides,
-            device=args.device, command=_command(args, name), keep_checkpoints=args.keep_checkpoints,
+            get_table(name),
+            profile=args.profile,
+            seeds=args.seeds,
+            rows=args.rows,
+            data_root=args.data_root,
+            workdir=args.workdir,
+            results_dir=args.results_dir,
+            force=args.force,
+            overrides=overrides,
+            device=args.device,
+            command=_command(args, name),
+            keep_checkpoints=args.keep_checkpoints,
         )
         failed += sum(o.status == "failed" for o in outcomes)
         done = sum(o.status == "done" for o in outcomes)
-        print(f"{name}: {done} run, {sum(o.status == 'skipped' for o in outcomes)} skipped, "
-              f"{sum(o.status == 'failed' for o in outcomes)} failed")
+        print(
+            f"{name}: {done} run, {sum(o.status == 'skipped' for o in outcomes)} skipped, "
+            f"{sum(o.status == 'failed' for o in outcomes)} failed"
+        )
     if not args.no_report and Path(args.results_dir).is_dir():
         print(f"wrote {rep.update_report(args.report, args.results_dir)}")
     if failed:

@@ -20,6 +20,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     params = load(args)  # config errors surface before heavy imports
     from lungseg.training import train
+
     result = train(params, data_dir=args.data, output_dir=args.output, resume=args.resume)
     print(result.describe())
     return 0

@@ -8,8 +8,6 @@ requested split are copied into memory, so loading the test split of a large set
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,8 +48,9 @@ def read_meta(data_dir: str | Path) -> dict[str, Any]:
     """The parsed ``meta.json`` of a processed dataset folder (``DataError`` if missing/invalid)."""
     from lungseg.io import read_json_object
 
-    return read_json_object(Path(data_dir) / "meta.json",
-                            "meta.json not found (is this a folder written by `lungseg preprocess`?)")
+    return read_json_object(
+        Path(data_dir) / "meta.json", "meta.json not found (is this a folder written by `lungseg preprocess`?)"
+    )
 
 
 def read_manifest(data_dir: str | Path):
@@ -102,15 +101,3 @@ def load_split(data_dir: str | Path, split: str) -> SplitArrays:
         manifest=rows.reset_index(drop=True),
         meta=meta,
     )
-
-
-def manifest_fingerprint(rows: Iterable[dict[str, Any]]) -> str:
-    """sha256 of an evaluation set: its rows' ``id,image_sha256,mask_sha256``, sorted by id.
-
-    Same processed pixels and labels ⇒ same fingerprint, whatever the folder or the row order;
-    a different ``image_size`` or a different split gives a different one.
-    """
-    lines = sorted(f"{r['id']},{r['image_sha256']},{r['mask_sha256']}" for r in rows)
-    if not lines:
-        raise DataError(None, "cannot fingerprint an empty evaluation set")
-    return "sha256:" + hashlib.sha256("\n".join(lines).encode()).hexdigest()

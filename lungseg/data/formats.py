@@ -172,8 +172,9 @@ def read_dicom_series_files(folder: str | Path, *, skip_other_files: bool = Fals
     vol = np.stack([s[2] for s in slices]).astype(np.float32)
     row_sp, col_sp = slices[0][5]
     direction = np.stack([row_cos, col_cos, normal], axis=1).reshape(-1)
-    return DicomSeries(vol, (dz, row_sp, col_sp), tuple(slices[0][4]), tuple(direction),
-                       tuple(s[0] for s in slices), tuple(skipped))
+    return DicomSeries(
+        vol, (dz, row_sp, col_sp), tuple(slices[0][4]), tuple(direction), tuple(s[0] for s in slices), tuple(skipped)
+    )
 
 
 def read_sitk_volume(path: str | Path):

@@ -63,14 +63,17 @@ def _sha256(arr: np.ndarray) -> str:
 
 def _check_config(cfg) -> None:
     if cfg.image_size < 16 or cfg.image_size % 16:
-        raise ConfigError(f"preprocess.image_size: must be a positive multiple of 16 (the models' size divisor), got {cfg.image_size}")
+        raise ConfigError(
+            f"preprocess.image_size: must be a positive multiple of 16 (the models' size divisor), got {cfg.image_size}"
+        )
     low, high = cfg.hu_window
     if not high > low:
         raise ConfigError(f"preprocess.hu_window: expected [low, high] with high > low, got {list(cfg.hu_window)}")
 
 
-def preprocess(dataset: str, input_dir: str | Path, output_dir: str | Path, cfg,
-               data_version: dict[str, Any] | None = None) -> PreprocessSummary:
+def preprocess(
+    dataset: str, input_dir: str | Path, output_dir: str | Path, cfg, data_version: dict[str, Any] | None = None
+) -> PreprocessSummary:
     """Read ``input_dir`` with reader ``dataset`` and write the canonical folder ``output_dir``.
 
     ``meta.json["source"]`` records the raw data's version (:func:`lungseg.lineage.input_version`:
@@ -107,15 +110,24 @@ def preprocess(dataset: str, input_dir: str | Path, output_dir: str | Path, cfg,
             spacing = None
             if s.spacing is not None:
                 spacing = (s.spacing[0] * s.image.shape[0] / size, s.spacing[1] * s.image.shape[1] / size)
-            rows.append({
-                "id": s.id, "source": s.source, "patient_id": s.patient_id, "hint": s.split,
-                "orig_height": s.image.shape[0], "orig_width": s.image.shape[1], "height": size, "width": size,
-                "foreground_fraction": float(np.count_nonzero(mask)) / mask.size,
-                "image_sha256": _sha256(image), "mask_sha256": _sha256(mask),
-                "spacing_row_mm": None if spacing is None else round(spacing[0], 6),
-                "spacing_col_mm": None if spacing is None else round(spacing[1], 6),
-                **s.extra,
-            })
+            rows.append(
+                {
+                    "id": s.id,
+                    "source": s.source,
+                    "patient_id": s.patient_id,
+                    "hint": s.split,
+                    "orig_height": s.image.shape[0],
+                    "orig_width": s.image.shape[1],
+                    "height": size,
+                    "width": size,
+                    "foreground_fraction": float(np.count_nonzero(mask)) / mask.size,
+                    "image_sha256": _sha256(image),
+                    "mask_sha256": _sha256(mask),
+                    "spacing_row_mm": None if spacing is None else round(spacing[0], 6),
+                    "spacing_col_mm": None if spacing is None else round(spacing[1], 6),
+                    **s.extra,
+                }
+            )
             images.append(image)
             masks.append(mask)
         if not rows:
@@ -125,8 +137,13 @@ def preprocess(dataset: str, input_dir: str | Path, output_dir: str | Path, cfg,
         if len(dup):
             raise DataError(input_dir, f"duplicate slice id(s): {', '.join(dup.astype(str).unique()[:5])}")
         plan = splits.assign_splits(
-            df["hint"].tolist(), df["patient_id"].tolist(), df["id"].tolist(),
-            val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed, where=input_dir,
+            df["hint"].tolist(),
+            df["patient_id"].tolist(),
+            df["id"].tolist(),
+            val_fraction=cfg.val_fraction,
+            test_fraction=cfg.test_fraction,
+            seed=cfg.seed,
+            where=input_dir,
         )
         df.insert(0, "index", np.arange(len(df)))
         df.insert(4, "split", plan.splits)
@@ -149,8 +166,10 @@ def preprocess(dataset: str, input_dir: str | Path, output_dir: str | Path, cfg,
             if len(sp) == 1 and not sp.isna().any(axis=None):
                 spacing_mm = [float(sp.iloc[0, 0]), float(sp.iloc[0, 1])]
             else:
-                warnings.append("pixel spacing differs between slices (or is missing for some): "
-                                "see manifest columns spacing_row_mm / spacing_col_mm")
+                warnings.append(
+                    "pixel spacing differs between slices (or is missing for some): "
+                    "see manifest columns spacing_row_mm / spacing_col_mm"
+                )
         meta: dict[str, Any] = {
             "dataset": dataset,
             "num_labels": raw.num_labels,
@@ -164,8 +183,14 @@ def preprocess(dataset: str, input_dir: str | Path, output_dir: str | Path, cfg,
             "source_dir": str(input_dir),  # as given: the output must not depend on where the checkout lives
             "source": source,
             "lungseg_version": __version__,
-            "preprocess": {"image_size": size, "hu_window": list(cfg.hu_window), "val_fraction": cfg.val_fraction,
-                           "test_fraction": cfg.test_fraction, "seed": cfg.seed, "multiclass": cfg.multiclass},
+            "preprocess": {
+                "image_size": size,
+                "hu_window": list(cfg.hu_window),
+                "val_fraction": cfg.val_fraction,
+                "test_fraction": cfg.test_fraction,
+                "seed": cfg.seed,
+                "multiclass": cfg.multiclass,
+            },
             "foreground_fraction": float(df["foreground_fraction"].mean()),
         }
         np.save(tmp / "images.npy", image_arr)
@@ -174,14 +199,25 @@ def preprocess(dataset: str, input_dir: str | Path, output_dir: str | Path, cfg,
         atomic_write_json(tmp / "meta.json", meta)
 
         summary = validation.validate(
-            df, image_arr, mask_arr, num_labels=raw.num_labels, expected_counts=plan.counts,
-            patient_level=plan.level == "patient", report_path=report_path,
+            df,
+            image_arr,
+            mask_arr,
+            num_labels=raw.num_labels,
+            expected_counts=plan.counts,
+            patient_level=plan.level == "patient",
+            report_path=report_path,
         )
         atomic_write_json(tmp / "validation.json", validation.file_report(summary))
     if report_path.exists():  # a stale failure report from an earlier run no longer applies
         report_path.unlink()
     return PreprocessSummary(
-        dataset=dataset, output_dir=output_dir, counts=plan.counts, num_labels=raw.num_labels, image_size=size,
-        foreground_fraction=meta["foreground_fraction"], warnings=warnings,
-        seconds=time.perf_counter() - t0, validation_seconds=summary["seconds"]["total"],
+        dataset=dataset,
+        output_dir=output_dir,
+        counts=plan.counts,
+        num_labels=raw.num_labels,
+        image_size=size,
+        foreground_fraction=meta["foreground_fraction"],
+        warnings=warnings,
+        seconds=time.perf_counter() - t0,
+        validation_seconds=summary["seconds"]["total"],
     )

@@ -74,9 +74,11 @@ def assign_splits(
     patient_level = all(p not in (None, "") for p in patient_ids)
     units = list(patient_ids) if patient_level else list(slice_ids)
     what = "patients" if patient_level else "slices"
-    warnings = [] if patient_level else [
-        "slice-level split: no patient ids, so slices of one patient may fall in more than one split"
-    ]
+    warnings = (
+        []
+        if patient_level
+        else ["slice-level split: no patient ids, so slices of one patient may fall in more than one split"]
+    )
     rng = np.random.default_rng(seed)
     split_of_unit: dict[str, str] = {}
     if published:
@@ -84,7 +86,9 @@ def assign_splits(
         pool_units = sorted({u for u, h in zip(units, hints) if h == "pool"})
         both = set(test_units) & set(pool_units)
         if both:
-            raise DataError(where, f"patient(s) {', '.join(sorted(both)[:5])} are in both the published train and test sets")
+            raise DataError(
+                where, f"patient(s) {', '.join(sorted(both)[:5])} are in both the published train and test sets"
+            )
         if not test_units:
             raise DataError(where, "the published test set is empty")
         rest = pool_units

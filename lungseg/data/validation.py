@@ -27,8 +27,18 @@ from lungseg.errors import ValidationFailed
 from lungseg.io import atomic_write_json
 
 MANIFEST_COLUMNS = [
-    "index", "id", "source", "patient_id", "split", "orig_height", "orig_width", "height", "width",
-    "foreground_fraction", "image_sha256", "mask_sha256",
+    "index",
+    "id",
+    "source",
+    "patient_id",
+    "split",
+    "orig_height",
+    "orig_width",
+    "height",
+    "width",
+    "foreground_fraction",
+    "image_sha256",
+    "mask_sha256",
 ]
 
 
@@ -38,17 +48,19 @@ def pixel_stats(images: np.ndarray, masks: np.ndarray):
 
     flat = images.reshape(len(images), -1)
     mflat = masks.reshape(len(masks), -1)
-    return pd.DataFrame({
-        "img_min": np.nanmin(flat, axis=1) if flat.size else [],
-        "img_max": np.nanmax(flat, axis=1) if flat.size else [],
-        "img_nan": np.isnan(flat).sum(axis=1),
-        "mask_min": mflat.min(axis=1) if mflat.size else [],
-        "mask_max": mflat.max(axis=1) if mflat.size else [],
-        "img_h": [images.shape[-2]] * len(images),
-        "img_w": [images.shape[-1]] * len(images),
-        "mask_h": [masks.shape[-2]] * len(masks),
-        "mask_w": [masks.shape[-1]] * len(masks),
-    })
+    return pd.DataFrame(
+        {
+            "img_min": np.nanmin(flat, axis=1) if flat.size else [],
+            "img_max": np.nanmax(flat, axis=1) if flat.size else [],
+            "img_nan": np.isnan(flat).sum(axis=1),
+            "mask_min": mflat.min(axis=1) if mflat.size else [],
+            "mask_max": mflat.max(axis=1) if mflat.size else [],
+            "img_h": [images.shape[-2]] * len(images),
+            "img_w": [images.shape[-1]] * len(images),
+            "mask_h": [masks.shape[-2]] * len(masks),
+            "mask_w": [masks.shape[-1]] * len(masks),
+        }
+    )
 
 
 def build_batch(manifest, images: np.ndarray, masks: np.ndarray, expected_counts: dict[str, int]):
@@ -113,8 +125,16 @@ def validate(
     source = context.data_sources.add_pandas("lungseg")
     asset = source.add_dataframe_asset("processed")
     batch_def = asset.add_batch_definition_whole_dataframe("all")
-    suite = context.suites.add(_suite(gx, gxe, n_arrays=len(images), num_labels=num_labels,
-                                      patient_level=patient_level, columns=list(batch.columns)))
+    suite = context.suites.add(
+        _suite(
+            gx,
+            gxe,
+            n_arrays=len(images),
+            num_labels=num_labels,
+            patient_level=patient_level,
+            columns=list(batch.columns),
+        )
+    )
     vdef = context.validation_definitions.add(gx.ValidationDefinition(name="processed", data=batch_def, suite=suite))
     result = vdef.run(
         batch_parameters={"dataframe": batch},
@@ -129,14 +149,16 @@ def validate(
         res = r.get("result") or {}
         ids = sorted({str(u.get("id")) for u in res.get("unexpected_index_list") or [] if isinstance(u, dict)})
         failing_ids.update(ids if not r["success"] else [])
-        checks.append({
-            "expectation": cfg["type"],
-            "kwargs": {k: v for k, v in cfg["kwargs"].items() if k != "batch_id"},
-            "success": bool(r["success"]),
-            "observed_value": res.get("observed_value"),
-            "unexpected_count": res.get("unexpected_count"),
-            "failing_ids": ids[:50],
-        })
+        checks.append(
+            {
+                "expectation": cfg["type"],
+                "kwargs": {k: v for k, v in cfg["kwargs"].items() if k != "batch_id"},
+                "success": bool(r["success"]),
+                "observed_value": res.get("observed_value"),
+                "unexpected_count": res.get("unexpected_count"),
+                "failing_ids": ids[:50],
+            }
+        )
     summary = {
         "success": bool(raw["success"]),
         "n_expectations": len(checks),
@@ -148,8 +170,11 @@ def validate(
     }
     if not summary["success"]:
         atomic_write_json(report_path, file_report(summary))
-        failed = [c["expectation"] + (f"({c['kwargs'].get('column', '')})" if c["kwargs"].get("column") else "")
-                  for c in checks if not c["success"]]
+        failed = [
+            c["expectation"] + (f"({c['kwargs'].get('column', '')})" if c["kwargs"].get("column") else "")
+            for c in checks
+            if not c["success"]
+        ]
         ids = ", ".join(summary["failing_ids"][:10]) or "-"
         raise ValidationFailed(
             f"{summary['n_failed']} data check(s) failed: {'; '.join(failed)}; failing ids: {ids}", report=report_path

@@ -6,7 +6,7 @@ Outputs (written to a temporary folder, renamed into ``output_dir`` at the end):
   :func:`lungseg.metrics.per_image_metrics` (Dice, IoU, mIoU, ACC, SEN, SPE, MAE, AUC, HD, HD95).
 * ``metrics.json`` — the full summary: :func:`lungseg.metrics.aggregate` (``*_mean`` over images and
   ``*_pooled`` from summed confusion counts) plus ``split, n_images, checkpoint, threshold,
-  data_fingerprint`` (the evaluation set, see :func:`lungseg.data.dataset.manifest_fingerprint`),
+  data_fingerprint`` (the evaluation set, see :func:`lungseg.provenance.manifest_fingerprint`),
   ``split_level``, the data warnings, the **model it belongs to** (``run_id`` of the training run,
   ``model_sha256`` of the evaluated checkpoint file: ``lungseg register`` refuses an evaluation
   whose model is not the one being registered) and the preprocessing check (below). NaN (an
@@ -64,16 +64,26 @@ import numpy as np
 import torch
 
 from lungseg.config import Params
-from lungseg.data.dataset import load_split, manifest_fingerprint
+from lungseg.data.dataset import load_split
 from lungseg.errors import CheckpointError, DataError, TrainingError
 from lungseg.io import atomic_dir, atomic_write_json, check_output_dir, read_json_object, sha256_file
 from lungseg.metrics import aggregate, per_image_metrics, per_image_metrics_multiclass
+from lungseg.provenance import manifest_fingerprint
 from lungseg.training.loop import BEST, CHECKPOINT, build_model, load_checkpoint
 
-
 #: the keys of ``headline.json`` (those present: binary or multi-class), in this order
-HEADLINE = ("n_images", "dice_mean", "dice_pooled", "iou_mean", "sen_mean", "spe_mean", "hd95_mean", "roc_auc_pooled",
-            "dice_mean_fg_mean", "iou_mean_fg_mean")  # fmt: skip
+HEADLINE = (
+    "n_images",
+    "dice_mean",
+    "dice_pooled",
+    "iou_mean",
+    "sen_mean",
+    "spe_mean",
+    "hd95_mean",
+    "roc_auc_pooled",
+    "dice_mean_fg_mean",
+    "iou_mean_fg_mean",
+)
 #: preprocessing settings a model's data and the evaluated data must share
 CHECKED_PREPROCESSING = ("image_size", "hu_window", "multiclass", "num_labels", "label_names")
 
@@ -88,12 +98,26 @@ class EvalResult:
     logging: dict[str, Any] | None = None
 
     def describe(self) -> str:
-        keys = [k for k in ("dice_mean", "dice_pooled", "iou_mean", "miou_mean", "acc_mean", "sen_mean",
-                            "spe_mean", "hd95_mean", "dice_mean_fg_mean") if k in self.summary]  # fmt: skip
+        keys = [
+            k
+            for k in (
+                "dice_mean",
+                "dice_pooled",
+                "iou_mean",
+                "miou_mean",
+                "acc_mean",
+                "sen_mean",
+                "spe_mean",
+                "hd95_mean",
+                "dice_mean_fg_mean",
+            )
+            if k in self.summary
+        ]
         vals = "  ".join(f"{k} {self.summary[k]:.4f}" for k in keys if self.summary[k] is not None)
         s = f"evaluated {self.n_images} {self.split} image(s) in {self.seconds:.1f} s → {self.output_dir}\n  {vals}"
         if self.logging and self.logging.get("run_id"):
-            s += f"\n  logged to MLflow run {self.logging['run_id']} (under training run {self.logging.get('parent_run_id')})"
+            parent = self.logging.get("parent_run_id")
+            s += f"\n  logged to MLflow run {self.logging['run_id']} (under training run {parent})"
             if self.logging.get("lost_logging"):
                 s += f" ({self.logging['lost_logging']} logging call(s) lost)"
         return s
@@ -141,9 +165,11 @@ def _choose_checkpoint(model_dir: Path) -> tuple[Path, dict[str, Any], str | Non
         ckpt, reason = load_checkpoint(last), f"{best}: not found"
     else:
         raise CheckpointError(f"{model_dir}: neither {BEST} nor {CHECKPOINT} found (run `lungseg train` first)")
-    print(f"lungseg: warning: {reason}; evaluating {last} instead (the last epoch, {ckpt.get('epoch')}, not the best "
-          f"one; this report cannot be registered: restore {BEST}, e.g. `dvc checkout`, and evaluate again)",
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"lungseg: warning: {reason}; evaluating {last} instead (the last epoch, {ckpt.get('epoch')}, not the best "
+        f"one; this report cannot be registered: restore {BEST}, e.g. `dvc checkout`, and evaluate again)",
+        file=sys.stderr,
+    )
     return last, ckpt, reason
 
 
@@ -153,8 +179,12 @@ def check_preprocessing(ckpt: dict[str, Any], meta: dict[str, Any]) -> tuple[lis
     trained = dict(ckpt.get("preprocess") or {})
     if not trained and ckpt.get("image_size") is not None:  # written before training recorded it
         trained = {"image_size": ckpt["image_size"]}
-    data = {**dict(meta.get("preprocess") or {}), "image_size": meta.get("image_size"),
-            "num_labels": meta.get("num_labels"), "label_names": meta.get("label_names")}  # fmt: skip
+    data = {
+        **dict(meta.get("preprocess") or {}),
+        "image_size": meta.get("image_size"),
+        "num_labels": meta.get("num_labels"),
+        "label_names": meta.get("label_names"),
+    }
     mismatch, unchecked = [], []
     for key in CHECKED_PREPROCESSING:
         a, b = _norm(trained.get(key)), _norm(data.get(key))
@@ -173,8 +203,14 @@ def _norm(value: Any) -> Any:
     return value
 
 
-def evaluate(params: Params, model_dir: str | Path, data_dir: str | Path, output_dir: str | Path, *,
-             allow_preprocessing_mismatch: bool = False) -> EvalResult:
+def evaluate(
+    params: Params,
+    model_dir: str | Path,
+    data_dir: str | Path,
+    output_dir: str | Path,
+    *,
+    allow_preprocessing_mismatch: bool = False,
+) -> EvalResult:
     """Evaluate the model trained into ``model_dir`` on ``params.evaluate.split`` of ``data_dir``."""
     t0 = time.perf_counter()
     cfg = params.evaluate
@@ -190,15 +226,23 @@ def evaluate(params: Params, model_dir: str | Path, data_dir: str | Path, output
         raise DataError(data_dir, f"split {cfg.split!r} is empty")
     mismatch, unchecked = check_preprocessing(ckpt, split.meta)
     if mismatch and not allow_preprocessing_mismatch:
-        raise DataError(data_dir, f"preprocessed differently from the data {ckpt_path} was trained on "
-                                  f"({'; '.join(mismatch)}): preprocess the data with the model's settings, or pass "
-                                  "--allow-preprocessing-mismatch to evaluate anyway (recorded in metrics.json)")  # fmt: skip
+        raise DataError(
+            data_dir,
+            f"preprocessed differently from the data {ckpt_path} was trained on "
+            f"({'; '.join(mismatch)}): preprocess the data with the model's settings, or pass "
+            "--allow-preprocessing-mismatch to evaluate anyway (recorded in metrics.json)",
+        )
     if mismatch:
-        print(f"lungseg: warning: evaluating on differently preprocessed data ({'; '.join(mismatch)}), as asked",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"lungseg: warning: evaluating on differently preprocessed data ({'; '.join(mismatch)}), as asked",
+            file=sys.stderr,
+        )
     if unchecked:
-        print(f"lungseg: warning: {ckpt_path} does not record the training data's {', '.join(unchecked)}: "
-              "not checked against this data (re-train to record them)", file=sys.stderr)  # fmt: skip
+        print(
+            f"lungseg: warning: {ckpt_path} does not record the training data's {', '.join(unchecked)}: "
+            "not checked against this data (re-train to record them)",
+            file=sys.stderr,
+        )
     model = build_model(ckpt["model_identity"])
     try:
         model.load_state_dict(ckpt["model_state"])
@@ -206,12 +250,17 @@ def evaluate(params: Params, model_dir: str | Path, data_dir: str | Path, output
         raise CheckpointError(f"{ckpt_path}: weights do not fit {ckpt['model_identity']['name']}: {exc}") from exc
     divisor = int(getattr(model, "size_divisor", 1))
     if split.images.shape[-1] % divisor or split.images.shape[-2] % divisor:
-        raise DataError(data_dir, f"images are {split.images.shape[-2]}x{split.images.shape[-1]} but "
-                                  f"{ckpt['model_identity']['name']} needs multiples of {divisor}")  # fmt: skip
+        raise DataError(
+            data_dir,
+            f"images are {split.images.shape[-2]}x{split.images.shape[-1]} but "
+            f"{ckpt['model_identity']['name']} needs multiples of {divisor}",
+        )
     num_labels = int(split.meta["num_labels"])
     if (ckpt["model_identity"]["kwargs"]["num_classes"] == 1) != (num_labels == 2):
-        raise CheckpointError(f"{ckpt_path}: model has {ckpt['model_identity']['kwargs']['num_classes']} output "
-                              f"channel(s) but {data_dir} has {num_labels} labels")  # fmt: skip
+        raise CheckpointError(
+            f"{ckpt_path}: model has {ckpt['model_identity']['kwargs']['num_classes']} output "
+            f"channel(s) but {data_dir} has {num_labels} labels"
+        )
 
     probs = predict(model, split.images)
     masks = np.asarray(split.masks)
@@ -222,17 +271,25 @@ def evaluate(params: Params, model_dir: str | Path, data_dir: str | Path, output
     else:
         df = per_image_metrics_multiclass(probs, masks, ids=ids)
     summary = _finite_or_none(aggregate(df))
-    summary.update({
-        "split": cfg.split, "n_images": len(df), "threshold": cfg.threshold, "checkpoint": ckpt_path.name,
-        "checkpoint_epoch": ckpt.get("epoch"), "model": ckpt["model_identity"]["name"],
-        "run_id": (run_info or {}).get("run_id") or ckpt.get("mlflow_run_id"),
-        "model_sha256": sha256_file(ckpt_path),
-        "data_fingerprint": manifest_fingerprint(split.manifest.to_dict("records")),
-        "split_level": split.meta.get("split_level"), "data_warnings": split.meta.get("warnings", []),
-        "hd_unit": "mm" if spacing else "pixel",
-        "preprocessing_mismatch": mismatch, "preprocessing_unchecked": unchecked,
-        **({"checkpoint_fallback": fallback} if fallback else {}),
-    })  # fmt: skip
+    summary.update(
+        {
+            "split": cfg.split,
+            "n_images": len(df),
+            "threshold": cfg.threshold,
+            "checkpoint": ckpt_path.name,
+            "checkpoint_epoch": ckpt.get("epoch"),
+            "model": ckpt["model_identity"]["name"],
+            "run_id": (run_info or {}).get("run_id") or ckpt.get("mlflow_run_id"),
+            "model_sha256": sha256_file(ckpt_path),
+            "data_fingerprint": manifest_fingerprint(split.manifest.to_dict("records")),
+            "split_level": split.meta.get("split_level"),
+            "data_warnings": split.meta.get("warnings", []),
+            "hd_unit": "mm" if spacing else "pixel",
+            "preprocessing_mismatch": mismatch,
+            "preprocessing_unchecked": unchecked,
+            **({"checkpoint_fallback": fallback} if fallback else {}),
+        }
+    )
 
     with atomic_dir(output_dir) as tmp:
         df.to_csv(tmp / "per_image.csv", index=False)
@@ -262,8 +319,9 @@ def _read_run_file(run_file: Path) -> dict[str, Any] | None:
     return {**info, "tracking_uri": resolve_recorded_uri(str(info["tracking_uri"]), run_file)}
 
 
-def _log_evaluation_run(info: dict[str, Any] | None, run_file: Path, output_dir: Path, summary: dict[str, Any],
-                        split: str) -> dict:
+def _log_evaluation_run(
+    info: dict[str, Any] | None, run_file: Path, output_dir: Path, summary: dict[str, Any], split: str
+) -> dict:
     """A new MLflow run for this evaluation, nested under the training run ``info`` (read from
     ``run_file`` by :func:`_read_run_file`; ``None``: not logged): metrics, tags, the report's files.
 
@@ -274,32 +332,56 @@ def _log_evaluation_run(info: dict[str, Any] | None, run_file: Path, output_dir:
     from lungseg.tracking import ResilientRun
 
     if info is None:
-        return {"run_id": None, "parent_run_id": None, "lost_logging": 0, "lost_calls": [],
-                "reason": f"{run_file} not found"}  # fmt: skip
+        return {
+            "run_id": None,
+            "parent_run_id": None,
+            "lost_logging": 0,
+            "lost_calls": [],
+            "reason": f"{run_file} not found",
+        }
     fingerprint = str(summary.get("data_fingerprint"))
-    tags = {"mlflow.parentRunId": info["run_id"], "lungseg.stage": "evaluate", "eval_split": split,
-            "eval_data_fingerprint": fingerprint, "model_sha256": str(summary.get("model_sha256")),
-            "checkpoint": str(summary.get("checkpoint")), "model": str(summary.get("model"))}  # fmt: skip
+    tags = {
+        "mlflow.parentRunId": info["run_id"],
+        "lungseg.stage": "evaluate",
+        "eval_split": split,
+        "eval_data_fingerprint": fingerprint,
+        "model_sha256": str(summary.get("model_sha256")),
+        "checkpoint": str(summary.get("checkpoint")),
+        "model": str(summary.get("model")),
+    }
     try:
-        run = ResilientRun.start(info["tracking_uri"], info.get("experiment") or "", run_id=None,
-                                    experiment_id=_experiment_of(info), run_name=f"evaluate-{split}-{fingerprint[7:15]}",
-                                    tags=tags)  # fmt: skip
+        run = ResilientRun.start(
+            info["tracking_uri"],
+            info.get("experiment") or "",
+            run_id=None,
+            experiment_id=_experiment_of(info),
+            run_name=f"evaluate-{split}-{fingerprint[7:15]}",
+            tags=tags,
+        )
     except TrainingError as exc:  # the store is unreachable: the report stands, the logging is lost
         print(f"lungseg: warning: evaluation not logged to MLflow: {exc}", file=sys.stderr)
-        return {"run_id": None, "parent_run_id": info["run_id"], "lost_logging": 1,
-                "lost_calls": [f"all evaluation logging: {exc}"]}  # fmt: skip
-    ok = False
-    try:
-        run.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
-                        step=0)  # fmt: skip
-        for name in ("per_image.csv", "metrics.json", "headline.json", "overlays.png", "roc.csv", "pr.csv",
-                     "curves.csv", "curves.png"):  # fmt: skip
+        return {
+            "run_id": None,
+            "parent_run_id": info["run_id"],
+            "lost_logging": 1,
+            "lost_calls": [f"all evaluation logging: {exc}"],
+        }
+    with run:  # FINISHED, or FAILED/KILLED when interrupted; closed (last flush) either way
+        run.log_metrics(
+            {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}, step=0
+        )
+        for name in (
+            "per_image.csv",
+            "metrics.json",
+            "headline.json",
+            "overlays.png",
+            "roc.csv",
+            "pr.csv",
+            "curves.csv",
+            "curves.png",
+        ):
             if (output_dir / name).is_file():
                 run.log_artifact(output_dir / name)
-        ok = True
-    finally:
-        run.end("FINISHED" if ok else "FAILED")
-        run.close()
     return {"run_id": run.run_id, "parent_run_id": info["run_id"], **run.summary()}
 
 
@@ -314,8 +396,6 @@ def _experiment_of(info: dict[str, Any]) -> str | None:
         return str(MlflowClient(info["tracking_uri"]).get_run(info["run_id"]).info.experiment_id)
     except (MlflowException, OSError):
         return None
-
-
 
 
 def _overlays(path: Path, images, masks, probs, df, n: int, threshold: float) -> None:
@@ -336,8 +416,7 @@ def _overlays(path: Path, images, masks, probs, df, n: int, threshold: float) ->
             ax.imshow(images[i, 0], cmap="gray", vmin=0, vmax=1)
             if overlay is not None:
                 ax.imshow(np.ma.masked_equal(np.asarray(overlay, dtype=float), 0), cmap="autumn", alpha=0.5)
-            ax.set_title(f"{title}" if col else f"{kind}: {df['id'].iloc[i]} (Dice {score.iloc[i]:.3f})",
-                         fontsize=8)  # fmt: skip
+            ax.set_title(f"{title}" if col else f"{kind}: {df['id'].iloc[i]} (Dice {score.iloc[i]:.3f})", fontsize=8)
             ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -357,12 +436,16 @@ def pooled_curves(probs: np.ndarray, masks: np.ndarray) -> dict[str, np.ndarray]
     fn, tn = len(fg) - tp, len(bg) - fp
     with np.errstate(invalid="ignore", divide="ignore"):
         return {
-            "threshold": THRESHOLDS, "tp": tp, "fp": fp, "tn": tn, "fn": fn,
+            "threshold": THRESHOLDS,
+            "tp": tp,
+            "fp": fp,
+            "tn": tn,
+            "fn": fn,
             "tpr": np.where(tp + fn > 0, tp / np.maximum(tp + fn, 1), np.nan),
             "fpr": np.where(fp + tn > 0, fp / np.maximum(fp + tn, 1), np.nan),
             "precision": np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 1.0),
             "dice": np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 1.0),
-        }  # fmt: skip
+        }
 
 
 def _curves(out: Path, probs: np.ndarray, masks: np.ndarray) -> float | None:
@@ -379,9 +462,17 @@ def _curves(out: Path, probs: np.ndarray, masks: np.ndarray) -> float | None:
     c = pooled_curves(probs, masks)
     pd.DataFrame({"fpr": c["fpr"], "tpr": c["tpr"], "threshold": c["threshold"]}).to_csv(out / "roc.csv", index=False)
     pd.DataFrame({"recall": c["tpr"], "precision": c["precision"], "threshold": c["threshold"]}).to_csv(
-        out / "pr.csv", index=False)  # fmt: skip
-    pd.DataFrame({"threshold": c["threshold"], "dice": c["dice"], "precision": c["precision"], "recall": c["tpr"],
-                  "fpr": c["fpr"]}).to_csv(out / "curves.csv", index=False)  # fmt: skip
+        out / "pr.csv", index=False
+    )
+    pd.DataFrame(
+        {
+            "threshold": c["threshold"],
+            "dice": c["dice"],
+            "precision": c["precision"],
+            "recall": c["tpr"],
+            "fpr": c["fpr"],
+        }
+    ).to_csv(out / "curves.csv", index=False)
     y = masks.reshape(-1) != 0
     auc = float(roc_auc_score(y, probs.reshape(-1))) if 0 < y.sum() < y.size else None
     fig, (a, b, d) = plt.subplots(1, 3, figsize=(11, 3.2))
@@ -389,7 +480,12 @@ def _curves(out: Path, probs: np.ndarray, masks: np.ndarray) -> float | None:
     a.set_xlabel("FPR"), a.set_ylabel("TPR"), a.set_title(f"ROC (pooled, AUC {auc:.3f})" if auc else "ROC (pooled)")
     b.plot(c["tpr"], c["precision"], marker="."), b.set_xlabel("recall"), b.set_ylabel("precision")
     b.set_title("PR (pooled)")
-    d.plot(c["threshold"], c["dice"]), d.set_xlabel("threshold"), d.set_ylabel("pooled Dice"), d.set_title("Dice vs threshold")
+    (
+        d.plot(c["threshold"], c["dice"]),
+        d.set_xlabel("threshold"),
+        d.set_ylabel("pooled Dice"),
+        d.set_title("Dice vs threshold"),
+    )
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=90)
     plt.close(fig)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from lungseg.experiments.tables import Published
 
-LGNET_PAPER = "LG-Net (Chinese, improved U-Net for lung CT infection segmentation), `../shared/seeds/000_a63c139867e588ca.txt`"
+LGNET_PAPER = (
+    "LG-Net (Chinese, improved U-Net for lung CT infection segmentation), `../shared/seeds/000_a63c139867e588ca.txt`"
+)
 LGNET_DATA = (
     "6 804 slices: MedSeg 'COVID-19 CT segmentation dataset' (100 slices, 20 patients) + "
     "'COVID-19 CT Segmentation dataset nr. 2' (Radiopaedia); split not stated; 512², Adam lr 0.01, "
@@ -63,7 +65,10 @@ LGNET_TABLE2 = Published(
 INFNET_TABLE = Published(
     source="Inf-Net (Fan et al., IEEE TMI 2020), Table II, as quoted in `../shared/data/README.md`",
     where="Table II, binary infection, COVID-SemiSeg 48 test slices",
-    data="COVID-SemiSeg: 50 train / 48 test slices (the same protocol as ours); Inf-Net's code trains at 352² with an ImageNet-pretrained backbone",
+    data=(
+        "COVID-SemiSeg: 50 train / 48 test slices (the same protocol as ours); "
+        "Inf-Net's code trains at 352² with an ImageNet-pretrained backbone"
+    ),
     values={
         "U-Net": {"dice": 0.439, "sen": 0.534, "spe": 0.858},
         "Attention-UNet": {"dice": 0.583, "sen": 0.637, "spe": 0.921},

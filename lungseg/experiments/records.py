@@ -108,8 +108,10 @@ class Settings(_Part):
     def describe(self) -> str:
         """``image 64², base width 8, 20 epochs, batch 4, lr 0.001[, preset paper][, {extra}]``."""
         lr = f"{self.lr:g}" if isinstance(self.lr, (int, float)) else str(self.lr)
-        text = (f"image {self.image_size}², base width {self.base_channels}, {self.epochs} epochs, "
-                f"batch {self.batch_size}, lr {lr}")
+        text = (
+            f"image {self.image_size}², base width {self.base_channels}, {self.epochs} epochs, "
+            f"batch {self.batch_size}, lr {lr}"
+        )
         if self.preset:
             text += f", preset {self.preset}"
         if self.extra_train:
@@ -170,16 +172,25 @@ class DataProvenance(_Part):
 
     def identity(self) -> tuple:
         """What says two records ran on the same data (reader, folder, checksums, split, size)."""
-        return (self.dataset, self.input_subdir, self.raw_sha256, self.raw_n_files,
-                json.dumps(self.processed_sha256, sort_keys=True), json.dumps(self.counts, sort_keys=True),
-                self.image_size, self.split_level)
+        return (
+            self.dataset,
+            self.input_subdir,
+            self.raw_sha256,
+            self.raw_n_files,
+            json.dumps(self.processed_sha256, sort_keys=True),
+            json.dumps(self.counts, sort_keys=True),
+            self.image_size,
+            self.split_level,
+        )
 
     def describe(self) -> str:
         processed = ", ".join(f"`{k}` `{str(v)[:12]}…`" for k, v in sorted(self.processed_sha256.items()))
         counts = dict(sorted(self.counts.items())) if isinstance(self.counts, dict) else self.counts
-        return (f"reader `{self.dataset}` on `<data-root>/{self.input_subdir}` (raw sha256 "
-                f"`{str(self.raw_sha256)[:16]}…` over {self.raw_n_files} files); split {counts} "
-                f"({self.split_level}-level) at {self.image_size}²; processed {processed}")
+        return (
+            f"reader `{self.dataset}` on `<data-root>/{self.input_subdir}` (raw sha256 "
+            f"`{str(self.raw_sha256)[:16]}…` over {self.raw_n_files} files); split {counts} "
+            f"({self.split_level}-level) at {self.image_size}²; processed {processed}"
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -193,8 +204,7 @@ class WallTime(_Part):
 class RunRecord(_Part):
     """One finished cell: table/profile/row/seed, its settings, metrics and provenance."""
 
-    NESTED = {"settings": Settings, "device": Device, "git": GitInfo, "data": DataProvenance,
-              "wall_time_s": WallTime}
+    NESTED = {"settings": Settings, "device": Device, "git": GitInfo, "data": DataProvenance, "wall_time_s": WallTime}
     LOCAL = frozenset({"path"})
 
     record_version: int = RECORD_VERSION

@@ -37,8 +37,18 @@ from lungseg.experiments.tables import POOLABLE, Metric, TableSpec, table_profil
 from lungseg.io import atomic_write_text
 
 __all__ = [
-    "POOLABLE", "Column", "Summary", "aggregate_rows", "load_records", "mixed_settings", "per_seed", "render_block",
-    "render_blocks", "render_budget_block", "render_metric_table", "update_report",
+    "POOLABLE",
+    "Column",
+    "Summary",
+    "aggregate_rows",
+    "load_records",
+    "mixed_settings",
+    "per_seed",
+    "render_block",
+    "render_blocks",
+    "render_budget_block",
+    "render_metric_table",
+    "update_report",
 ]
 
 Records = Sequence[RunRecord | Mapping[str, Any]]
@@ -156,9 +166,16 @@ def _columns(metrics: Sequence[Metric], suffix: str, pooled_beside: Sequence[str
     return cols
 
 
-def render_metric_table(spec: TableSpec, records: Records, *, suffix: str = "mean",
-                        metrics: Sequence[Metric] | None = None, with_published: bool = True,
-                        seed_metric: str | None = "dice", pooled_beside: Sequence[str] | None = None) -> str:
+def render_metric_table(
+    spec: TableSpec,
+    records: Records,
+    *,
+    suffix: str = "mean",
+    metrics: Sequence[Metric] | None = None,
+    with_published: bool = True,
+    seed_metric: str | None = "dice",
+    pooled_beside: Sequence[str] | None = None,
+) -> str:
     """One row per table row (and per paper-only row): ``ours`` columns, the per-seed values of
     ``seed_metric``, then the paper's columns. ``pooled_beside`` (default: the spec's) adds a pooled
     column after the per-image column of those metrics."""
@@ -207,21 +224,28 @@ def _fmt_published(value: float | None) -> str:
 
 def _render_empty(spec: TableSpec, profile: str) -> str:
     prof = spec.profiles[profile]
-    return (f"_No runs recorded yet for `{spec.name}` / `{profile}`._ Run:\n\n"
-            f"```\nlungseg results run --table {spec.name} --profile {profile}\n```\n\n"
-            f"Profile settings: {prof.describe()} ({prof.note}).")
+    return (
+        f"_No runs recorded yet for `{spec.name}` / `{profile}`._ Run:\n\n"
+        f"```\nlungseg results run --table {spec.name} --profile {profile}\n```\n\n"
+        f"Profile settings: {prof.describe()} ({prof.note})."
+    )
 
 
 def _render_provenance(spec: TableSpec, profile: str, records: Sequence[RunRecord]) -> list[str]:
     """Command(s), settings, model arguments, profile, seeds, data, device, code and time of the runs."""
     prof = spec.profiles[profile]
     commands = _unique(r.command for r in records if r.command)
-    out = ["**Command(s)** (records in `docs/results/" + f"{spec.name}/{profile}/`):\n",
-           "```\n" + "\n".join(commands or ["(not recorded)"]) + "\n```", ""]
+    out = [
+        "**Command(s)** (records in `docs/results/" + f"{spec.name}/{profile}/`):\n",
+        "```\n" + "\n".join(commands or ["(not recorded)"]) + "\n```",
+        "",
+    ]
     settings = _unique(r.settings.without_model() for r in records)
     overrides = _unique(json.dumps(r.overrides or {}, sort_keys=True) for r in records)
-    out.append(f"- **Settings used**: {'; '.join(s.describe() for s in settings)}" + (
-        "" if overrides == ["{}"] else f" (command-line overrides of the profile: {', '.join(overrides)})"))
+    out.append(
+        f"- **Settings used**: {'; '.join(s.describe() for s in settings)}"
+        + ("" if overrides == ["{}"] else f" (command-line overrides of the profile: {', '.join(overrides)})")
+    )
     kw_lines = []
     for row in spec.rows:
         kws = _unique(json.dumps(r.settings.model_kwargs or {}, sort_keys=True) for r in _of_row(records, row.key))
@@ -233,8 +257,10 @@ def _render_provenance(spec: TableSpec, profile: str, records: Sequence[RunRecor
     if profile != "gpu" and "gpu" in spec.profiles:
         out.append(f"- **Paper-size (`gpu`) profile for comparison**: {spec.profiles['gpu'].describe()}")
     seeds = sorted(_unique(r.seed for r in records))
-    out.append(f"- **Seeds**: {', '.join(str(s) for s in seeds)} (the seed changes initialisation, augmentation and "
-               "batch order; the data split is fixed)")
+    out.append(
+        f"- **Seeds**: {', '.join(str(s) for s in seeds)} (the seed changes initialisation, augmentation and "
+        "batch order; the data split is fixed)"
+    )
     data = {}
     for r in records:
         data.setdefault(r.data.identity(), r.data)
@@ -258,8 +284,10 @@ def _render_time(spec: TableSpec, records: Sequence[RunRecord]) -> str:
     starts = sorted(r.started_at for r in records if r.started_at)
     ends = sorted(r.finished_at for r in records if r.finished_at)
     span = f" (runs started {starts[0]}, last finished {ends[-1]})" if starts and ends else ""
-    return (f"- **Time**: {len(records)} runs, {total / 60:.1f} min train+evaluate in total{span}; mean per run: "
-            + ", ".join(f"{k} {v:.0f} s" for k, v in per_row.items()))
+    return (
+        f"- **Time**: {len(records)} runs, {total / 60:.1f} min train+evaluate in total{span}; mean per run: "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in per_row.items())
+    )
 
 
 def _render_tables(spec: TableSpec, records: Sequence[RunRecord]) -> list[str]:
@@ -267,17 +295,23 @@ def _render_tables(spec: TableSpec, records: Sequence[RunRecord]) -> list[str]:
     pooled table of every poolable metric."""
     if spec.pooled_beside:
         pooled = ", ".join(m.label for m in spec.metrics if m.name in spec.pooled_beside)
-        intro = (f"Mean over the test images (`pooled` {pooled}: over all test pixels, from summed confusion "
-                 f"counts), then mean ± sample std over seeds; the paper's {pooled} are compared with our "
-                 "pooled columns (see † below):\n")
+        intro = (
+            f"Mean over the test images (`pooled` {pooled}: over all test pixels, from summed confusion "
+            f"counts), then mean ± sample std over seeds; the paper's {pooled} are compared with our "
+            "pooled columns (see † below):\n"
+        )
     else:
         intro = "Mean over the test images, then mean ± sample std over seeds:\n"
     out = ["", intro, render_metric_table(spec, records, suffix="mean")]
-    pool = [m for m in spec.metrics if m.name in POOLABLE
-            and any(r.metric(f"{m.name}_pooled") is not None for r in records)]
+    pool = [
+        m for m in spec.metrics if m.name in POOLABLE and any(r.metric(f"{m.name}_pooled") is not None for r in records)
+    ]
     if pool:
-        out += ["", "Pooled over all test pixels (from summed confusion counts), mean ± std over seeds:\n",
-                render_metric_table(spec, records, suffix="pooled", metrics=pool, with_published=False)]
+        out += [
+            "",
+            "Pooled over all test pixels (from summed confusion counts), mean ± std over seeds:\n",
+            render_metric_table(spec, records, suffix="pooled", metrics=pool, with_published=False),
+        ]
     return out
 
 
@@ -286,12 +320,18 @@ def _render_notes(spec: TableSpec, records: Sequence[RunRecord]) -> list[str]:
     out = []
     hd_undef = [h for h in (r.metrics.get("hd_undefined") for r in records) if h is not None]
     if hd_undef and any(hd_undef):
-        out += ["", f"HD/HD95 undefined (exactly one of prediction/mask empty) on {int(sum(hd_undef))} test images "
-                    f"summed over the {len(records)} runs; those images are left out of the HD means."]
+        out += [
+            "",
+            f"HD/HD95 undefined (exactly one of prediction/mask empty) on {int(sum(hd_undef))} test images "
+            f"summed over the {len(records)} runs; those images are left out of the HD means.",
+        ]
     if spec.published is not None:
         p = spec.published
-        out += ["", f"† Paper columns: quoted as printed in {p.source}, {p.where}. Paper data: {p.data}. "
-                    "They are not produced by this code and not from our data."]
+        out += [
+            "",
+            f"† Paper columns: quoted as printed in {p.source}, {p.where}. Paper data: {p.data}. "
+            "They are not produced by this code and not from our data.",
+        ]
         out += [f"- {c}" for c in p.caveats]
     out += [f"- {n}" for n in spec.notes]
     warnings = _unique(w for r in records for w in (r.data.warnings or []))
@@ -304,8 +344,9 @@ def render_block(spec: TableSpec, profile: str, records: Records) -> str:
     records = as_records(records)
     if not records:
         return _render_empty(spec, profile)
-    return "\n".join(_render_provenance(spec, profile, records) + _render_tables(spec, records)
-                     + _render_notes(spec, records))
+    return "\n".join(
+        _render_provenance(spec, profile, records) + _render_tables(spec, records) + _render_notes(spec, records)
+    )
 
 
 # ------------------------------------------------------------------------------------ budget block
@@ -329,26 +370,38 @@ def render_budget_block(spec: TableSpec, records_by_profile: Mapping[str, Record
     head = ["model"] + [f"{p}: {m.header()} [rank]" for p in by_profile]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in spec.rows:
-        cells = [f"{agg[row.key][m.name].format(m.scale, m.digits)} [{ranks[p].get(row.key, '—')}]"
-                 if row.key in agg else "not run" for p, agg in cols]
+        cells = [
+            f"{agg[row.key][m.name].format(m.scale, m.digits)} [{ranks[p].get(row.key, '—')}]"
+            if row.key in agg
+            else "not run"
+            for p, agg in cols
+        ]
         lines.append("| " + " | ".join([row.label] + cells) + " |")
     notes = []
     for p, recs in by_profile.items():
         settings = _unique(_budget_settings(r) for r in recs)
         devices = _unique(r.device.type for r in recs)
         seeds = sorted(_unique(r.seed for r in recs))
-        notes.append(f"- `{p}`: {'; '.join(settings)}; {len(recs)} runs, seeds {', '.join(map(str, seeds))}, "
-                     f"device {', '.join(str(d) for d in devices)}")
-    return ("Mean over the test images, then mean ± std over seeds; [rank] = place among the rows run "
-            "under that profile (1 = best), ordered by the unrounded means: rows whose means lie within one "
-            "standard deviation of each other are not ranked by the data.\n\n" + "\n".join(lines) + "\n\n" + "\n".join(notes))
+        notes.append(
+            f"- `{p}`: {'; '.join(settings)}; {len(recs)} runs, seeds {', '.join(map(str, seeds))}, "
+            f"device {', '.join(str(d) for d in devices)}"
+        )
+    return (
+        "Mean over the test images, then mean ± std over seeds; [rank] = place among the rows run "
+        "under that profile (1 = best), ordered by the unrounded means: rows whose means lie within one "
+        "standard deviation of each other are not ranked by the data.\n\n"
+        + "\n".join(lines)
+        + "\n\n"
+        + "\n".join(notes)
+    )
 
 
 def _budget_settings(r: RunRecord) -> str:
     s = r.settings
     preset = f", preset {s.preset}" if s.preset else ""
-    return (f"image {s.image_size}², base {s.base_channels}, {s.epochs} epochs, batch {s.batch_size}, "
-            f"lr {s.lr:g}{preset}")
+    return (
+        f"image {s.image_size}², base {s.base_channels}, {s.epochs} epochs, batch {s.batch_size}, lr {s.lr:g}{preset}"
+    )
 
 
 # ------------------------------------------------------------------------------------ the page
@@ -358,8 +411,9 @@ def _wrap(key: str, body: str) -> str:
     return f"<!-- BEGIN GENERATED: {key} -->\n{body}\n<!-- END GENERATED: {key} -->"
 
 
-_BLOCK = re.compile(r"<!-- BEGIN GENERATED: (?P<key>[\w.-]+/[\w.-]+) -->\n.*?<!-- END GENERATED: (?P=key) -->",
-                    re.DOTALL)
+_BLOCK = re.compile(
+    r"<!-- BEGIN GENERATED: (?P<key>[\w.-]+/[\w.-]+) -->\n.*?<!-- END GENERATED: (?P=key) -->", re.DOTALL
+)
 
 
 def render_blocks(results_dir: str | Path, tables: Mapping[str, TableSpec] | None = None) -> dict[str, str]:

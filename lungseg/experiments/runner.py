@@ -24,37 +24,62 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
-import hashlib
 import json
 import math
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from lungseg.errors import ConfigError, DataError
 from lungseg.experiments.records import (
-    RECORD_VERSION, DataProvenance, Device, GitInfo, RunRecord, Settings, WallTime, record_path,
+    RECORD_VERSION,
+    DataProvenance,
+    Device,
+    GitInfo,
+    RunRecord,
+    Settings,
+    WallTime,
+    record_path,
 )
 from lungseg.experiments.tables import PROFILES, Profile, Row, TableSpec
 from lungseg.io import atomic_write_json
+from lungseg.provenance import code_version as git_commit  # the code's commit and dirtiness (one definition)
+from lungseg.provenance import file_sha256 as sha256_file
+from lungseg.provenance import folder_digest
 
 MLFLOW_EXPERIMENT = "lungseg-results"
 #: fields of :class:`Profile` that may be overridden from the command line
 OVERRIDABLE = ("image_size", "base_channels", "epochs", "batch_size", "lr")
 
 __all__ = [
-    "MLFLOW_EXPERIMENT", "OVERRIDABLE", "RECORD_VERSION", "CellOutcome", "CellRequest", "PreparedData", "RunOptions",
-    "build_params", "clean_json", "code_at_start", "device_info", "effective_profile", "existing_record",
-    "folder_digest", "git_commit", "prepare_dataset", "record_path", "run_cell", "run_table", "settings_of",
+    "MLFLOW_EXPERIMENT",
+    "OVERRIDABLE",
+    "RECORD_VERSION",
+    "CellOutcome",
+    "CellRequest",
+    "PreparedData",
+    "RunOptions",
+    "build_params",
+    "clean_json",
+    "code_at_start",
+    "device_info",
+    "effective_profile",
+    "existing_record",
+    "folder_digest",
+    "git_commit",
+    "prepare_dataset",
+    "record_path",
+    "run_cell",
+    "run_table",
+    "settings_of",
     "sha256_file",
 ]
 
@@ -126,39 +151,6 @@ class CellRequest:
 # ------------------------------------------------------------------------------------ helpers
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def folder_digest(folder: str | Path) -> dict[str, Any]:
-    """sha256 over ``relative/path<TAB>sha256(file)`` lines of every file under ``folder``, sorted."""
-    folder = Path(folder)
-    lines = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        lines.append(f"{path.relative_to(folder).as_posix()}\t{sha256_file(path)}\n")
-    return {"sha256": hashlib.sha256("".join(lines).encode()).hexdigest(), "n_files": len(lines)}
-
-
-def git_commit(repo: str | Path | None = None) -> dict[str, Any]:
-    """HEAD of the git checkout ``repo`` (default: the working directory) and whether its ``lungseg/``
-    has uncommitted changes; ``LUNGSEG_GIT_COMMIT`` overrides (copies without .git, an installed image)."""
-    env = os.environ.get("LUNGSEG_GIT_COMMIT")
-    if env:
-        return {"commit": env, "dirty": None, "source": "LUNGSEG_GIT_COMMIT"}
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
-                              check=True, timeout=20).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--", ":(top)lungseg"], cwd=repo,
-                                capture_output=True, text=True, check=True, timeout=20).stdout
-        return {"commit": head, "dirty": bool(status.strip()), "source": "git"}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None, "source": "unavailable"}
-
-
 @functools.cache
 def code_at_start() -> dict[str, Any]:
     """:func:`git_commit` taken once per process, when its first sweep starts, with the training code
@@ -175,8 +167,12 @@ def device_info(device: str) -> dict[str, Any]:
     import torch
 
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    info: dict[str, Any] = {"type": "cuda" if use_cuda else "cpu", "torch": torch.__version__,
-                            "python": platform.python_version(), "platform": platform.platform()}
+    info: dict[str, Any] = {
+        "type": "cuda" if use_cuda else "cpu",
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
     if use_cuda:
         info["name"] = torch.cuda.get_device_name(0)
         info["cuda"] = torch.version.cuda
@@ -224,32 +220,49 @@ def effective_profile(spec: TableSpec, profile: str, overrides: Mapping[str, Any
 def settings_of(prof: Profile, row: Row) -> dict[str, Any]:
     """What must agree between two records of one cell for them to be averaged together (the
     ``settings`` of a :class:`RunRecord`; ``preset`` only when not the default)."""
-    return clean_json(Settings(
-        image_size=prof.image_size, base_channels=prof.base_channels, epochs=prof.epochs,
-        batch_size=prof.batch_size, lr=prof.lr, extra_train=dict(prof.extra_train), model=row.model,
-        model_kwargs=prof.model_kwargs(row), preset=None if prof.preset == "default" else prof.preset,
-    ).to_dict())
+    return clean_json(
+        Settings(
+            image_size=prof.image_size,
+            base_channels=prof.base_channels,
+            epochs=prof.epochs,
+            batch_size=prof.batch_size,
+            lr=prof.lr,
+            extra_train=dict(prof.extra_train),
+            model=row.model,
+            model_kwargs=prof.model_kwargs(row),
+            preset=None if prof.preset == "default" else prof.preset,
+        ).to_dict()
+    )
 
 
 def build_params(spec: TableSpec, row: Row, prof: Profile, seed: int, *, device: str = "auto"):
     """:class:`lungseg.config.Params` of one cell: library defaults + profile + row + seed."""
     from lungseg.config import params_from_dict
 
-    train = {"model": row.model, "model_kwargs": prof.model_kwargs(row), "seed": seed, "device": device,
-             **prof.train_overrides()}
-    return params_from_dict({
-        "preprocess": {"image_size": prof.image_size, "seed": 0},
-        "train": train,
-        "evaluate": {"split": "test", "n_overlays": 2},
-        "mlflow": {"experiment": MLFLOW_EXPERIMENT},
-    }, source=f"results:{spec.name}/{row.key}")
+    train = {
+        "model": row.model,
+        "model_kwargs": prof.model_kwargs(row),
+        "seed": seed,
+        "device": device,
+        **prof.train_overrides(),
+    }
+    return params_from_dict(
+        {
+            "preprocess": {"image_size": prof.image_size, "seed": 0},
+            "train": train,
+            "evaluate": {"split": "test", "n_overlays": 2},
+            "mlflow": {"experiment": MLFLOW_EXPERIMENT},
+        },
+        source=f"results:{spec.name}/{row.key}",
+    )
 
 
 # ------------------------------------------------------------------------------------ data
 
 
-def prepare_dataset(spec: TableSpec, prof: Profile, *, data_root: str | Path, workdir: str | Path,
-                    log: Callable[[str], None] = print) -> PreparedData:
+def prepare_dataset(
+    spec: TableSpec, prof: Profile, *, data_root: str | Path, workdir: str | Path, log: Callable[[str], None] = print
+) -> PreparedData:
     """The processed folder for ``spec.dataset`` at ``prof.image_size`` (cached) and its provenance."""
     from lungseg.config import PreprocessConfig
 
@@ -259,7 +272,11 @@ def prepare_dataset(spec: TableSpec, prof: Profile, *, data_root: str | Path, wo
     out = Path(workdir) / "data" / f"{spec.dataset}-{prof.image_size}"
     source_file = out.parent / f"{out.name}.source.json"
     input_dir = spec.input_dir(data_root)
-    cached = json.loads(source_file.read_text(encoding="utf-8")) if source_file.is_file() and (out / "meta.json").is_file() else None
+    cached = (
+        json.loads(source_file.read_text(encoding="utf-8"))
+        if source_file.is_file() and (out / "meta.json").is_file()
+        else None
+    )
     if cached is not None and (cached.get("dataset") != spec.dataset or cached.get("preprocess") != cfg_dict):
         cached = None
     raw = None
@@ -279,8 +296,13 @@ def prepare_dataset(spec: TableSpec, prof: Profile, *, data_root: str | Path, wo
         t0 = time.perf_counter()
         summary = preprocess(spec.dataset, input_dir, out, cfg)
         log(summary.describe())
-        cached = {"dataset": spec.dataset, "input_subdir": spec.input_subdir, "preprocess": cfg_dict, "raw": raw,
-                  "preprocess_seconds": round(time.perf_counter() - t0, 2)}
+        cached = {
+            "dataset": spec.dataset,
+            "input_subdir": spec.input_subdir,
+            "preprocess": cfg_dict,
+            "raw": raw,
+            "preprocess_seconds": round(time.perf_counter() - t0, 2),
+        }
         atomic_write_json(source_file, cached)
 
     from lungseg.data.dataset import read_meta
@@ -354,7 +376,7 @@ def run_cell(request: CellRequest) -> RunRecord:
     if run_dir.exists():
         shutil.rmtree(run_dir)  # a cell never resumes half-way: it is re-run from scratch
     run_dir.mkdir(parents=True)
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     t0 = time.perf_counter()
     train(params, data_dir=request.data.data_dir, output_dir=train_dir)
     t_train = time.perf_counter() - t0
@@ -365,32 +387,37 @@ def run_cell(request: CellRequest) -> RunRecord:
     metrics = _read_json(eval_dir / "metrics.json")
     if not isinstance(metrics, dict):
         raise DataError(eval_dir / "metrics.json", "evaluation wrote no metrics")
-    record = RunRecord.from_dict(clean_json({
-        "record_version": RECORD_VERSION,
-        "table": spec.name,
-        "profile": request.profile,
-        "row": row.key,
-        "label": row.label,
-        "model": row.model,
-        "model_kwargs": prof.model_kwargs(row),
-        "seed": request.seed,
-        "settings": settings_of(prof, row),
-        "overrides": {k: v for k, v in opts.overrides.items() if v is not None},
-        "params": params.to_dict(),
-        "metrics": metrics,
-        "per_image": _read_per_image(eval_dir / "per_image.csv"),
-        "train_metrics": _read_json(train_dir / "train_metrics.json"),
-        "mlflow": _read_json(train_dir / "mlflow_run.json"),
-        "wall_time_s": WallTime(train=round(t_train, 2), evaluate=round(t_eval, 2),
-                                total=round(t_train + t_eval, 2)).to_dict(),
-        "started_at": started.isoformat(timespec="seconds"),
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": Device.from_dict(device_info(opts.device)).to_dict(),
-        "git": GitInfo.from_dict(code_at_start()).to_dict(),
-        "data": request.data.provenance,
-        "command": opts.command,
-        "host": platform.node(),
-    }))
+    record = RunRecord.from_dict(
+        clean_json(
+            {
+                "record_version": RECORD_VERSION,
+                "table": spec.name,
+                "profile": request.profile,
+                "row": row.key,
+                "label": row.label,
+                "model": row.model,
+                "model_kwargs": prof.model_kwargs(row),
+                "seed": request.seed,
+                "settings": settings_of(prof, row),
+                "overrides": {k: v for k, v in opts.overrides.items() if v is not None},
+                "params": params.to_dict(),
+                "metrics": metrics,
+                "per_image": _read_per_image(eval_dir / "per_image.csv"),
+                "train_metrics": _read_json(train_dir / "train_metrics.json"),
+                "mlflow": _read_json(train_dir / "mlflow_run.json"),
+                "wall_time_s": WallTime(
+                    train=round(t_train, 2), evaluate=round(t_eval, 2), total=round(t_train + t_eval, 2)
+                ).to_dict(),
+                "started_at": started.isoformat(timespec="seconds"),
+                "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "device": Device.from_dict(device_info(opts.device)).to_dict(),
+                "git": GitInfo.from_dict(code_at_start()).to_dict(),
+                "data": request.data.provenance,
+                "command": opts.command,
+                "host": platform.node(),
+            }
+        )
+    )
     atomic_write_json(request.record_path, record.to_dict())
     if not opts.keep_checkpoints:
         for pt in train_dir.glob("*.pt"):
@@ -398,11 +425,23 @@ def run_cell(request: CellRequest) -> RunRecord:
     return dataclasses.replace(record, path=request.record_path)
 
 
-def run_table(spec: TableSpec, *, profile: str = "cpu", seeds: Sequence[int] | None = None,
-              rows: Sequence[str] | None = None, data_root: str | Path, workdir: str | Path,
-              results_dir: str | Path, force: bool = False, overrides: Mapping[str, Any] | None = None,
-              device: str = "auto", command: str | None = None, keep_going: bool = True,
-              keep_checkpoints: bool = False, log: Callable[[str], None] = print) -> list[CellOutcome]:
+def run_table(
+    spec: TableSpec,
+    *,
+    profile: str = "cpu",
+    seeds: Sequence[int] | None = None,
+    rows: Sequence[str] | None = None,
+    data_root: str | Path,
+    workdir: str | Path,
+    results_dir: str | Path,
+    force: bool = False,
+    overrides: Mapping[str, Any] | None = None,
+    device: str = "auto",
+    command: str | None = None,
+    keep_going: bool = True,
+    keep_checkpoints: bool = False,
+    log: Callable[[str], None] = print,
+) -> list[CellOutcome]:
     """Run every missing cell of ``spec`` (rows × seeds); returns one outcome a cell."""
     code_at_start()  # before anything else: fixes the code this process runs (cached for its records)
     prof = effective_profile(spec, profile, overrides)
@@ -410,9 +449,14 @@ def run_table(spec: TableSpec, *, profile: str = "cpu", seeds: Sequence[int] | N
     if not seeds:
         raise ConfigError("no seeds given")
     chosen = [spec.row(k) for k in rows] if rows else list(spec.rows)
-    options = RunOptions(workdir=Path(workdir), results_dir=Path(results_dir), device=device,
-                         overrides={k: v for k, v in (overrides or {}).items() if v is not None},
-                         command=command, keep_checkpoints=keep_checkpoints)
+    options = RunOptions(
+        workdir=Path(workdir),
+        results_dir=Path(results_dir),
+        device=device,
+        overrides={k: v for k, v in (overrides or {}).items() if v is not None},
+        command=command,
+        keep_checkpoints=keep_checkpoints,
+    )
 
     todo: list[tuple[Row, int, Path]] = []
     outcomes: list[CellOutcome] = []
@@ -441,9 +485,19 @@ def run_table(spec: TableSpec, *, profile: str = "cpu", seeds: Sequence[int] | N
             log_path = options.workdir / "failures.log"
             log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(log_path, "a", encoding="utf-8") as fh:
-                fh.write(f"--- {datetime.now(timezone.utc).isoformat()} {spec.name}/{profile}/{row.key}-seed{seed}\n{tb}\n")
-            outcomes.append(CellOutcome(spec.name, profile, row.key, seed, "failed", path,
-                                        time.perf_counter() - t0, f"{type(exc).__name__}: {exc}"))
+                fh.write(f"--- {datetime.now(UTC).isoformat()} {spec.name}/{profile}/{row.key}-seed{seed}\n{tb}\n")
+            outcomes.append(
+                CellOutcome(
+                    spec.name,
+                    profile,
+                    row.key,
+                    seed,
+                    "failed",
+                    path,
+                    time.perf_counter() - t0,
+                    f"{type(exc).__name__}: {exc}",
+                )
+            )
         log(outcomes[-1].describe())
         sys.stdout.flush()
     return outcomes

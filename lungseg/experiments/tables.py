@@ -101,15 +101,21 @@ class Profile:
         a default-preset run's params are what they were before profiles had presets)."""
         preset = {} if self.preset == "default" else {"preset": self.preset}
         return {
-            "base_channels": self.base_channels, "epochs": self.epochs, "batch_size": self.batch_size,
-            "lr": self.lr, **preset, **self.extra_train,
+            "base_channels": self.base_channels,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            **preset,
+            **self.extra_train,
         }
 
     def describe(self) -> str:
         """One line: size, width, epochs, batch, lr (and the preset when it is not the default)."""
         preset = "" if self.preset == "default" else f", preset {self.preset}"
-        return (f"image {self.image_size}², base {self.base_channels}, {self.epochs} epochs, "
-                f"batch {self.batch_size}, lr {self.lr:g}{preset}")
+        return (
+            f"image {self.image_size}², base {self.base_channels}, {self.epochs} epochs, "
+            f"batch {self.batch_size}, lr {self.lr:g}{preset}"
+        )
 
 
 @dataclass(frozen=True)
@@ -209,8 +215,10 @@ def validate_spec(spec: TableSpec) -> list[str]:
             if r.model in models:
                 div = getattr(model_class(r.model), "size_divisor", 16)
                 if prof.image_size % div:
-                    problems.append(f"{spec.name}/{pname}: image_size {prof.image_size} not a multiple of "
-                                    f"{r.model}'s size_divisor {div}")
+                    problems.append(
+                        f"{spec.name}/{pname}: image_size {prof.image_size} not a multiple of "
+                        f"{r.model}'s size_divisor {div}"
+                    )
     names = {m.name for m in spec.metrics}
     for name in spec.pooled_beside:
         if name not in names or name not in POOLABLE:

@@ -42,7 +42,9 @@ def side_convention(columns_towards_left: bool | None) -> str:
     if columns_towards_left is None:
         return "unknown orientation: no left/right split"
     if columns_towards_left:
-        return "radiological: the patient's left is on the image's right (column index grows towards the patient's left)"
+        return (
+            "radiological: the patient's left is on the image's right (column index grows towards the patient's left)"
+        )
     return "neurological: the patient's left is on the image's left (column index grows towards the patient's right)"
 
 
@@ -76,9 +78,15 @@ def split_sides(lung: np.ndarray, columns_towards_left: bool) -> tuple[np.ndarra
     return (on_image_right, on_image_left) if columns_towards_left else (on_image_left, on_image_right)
 
 
-def compute(infection: list[np.ndarray] | None, lung: list[np.ndarray] | None, *, voxel_ml: float | None,
-            columns_towards_left: bool | None, infection_labels: list[str] | None = None,
-            names: list[str] | None = None) -> dict[str, Any]:
+def compute(
+    infection: list[np.ndarray] | None,
+    lung: list[np.ndarray] | None,
+    *,
+    voxel_ml: float | None,
+    columns_towards_left: bool | None,
+    infection_labels: list[str] | None = None,
+    names: list[str] | None = None,
+) -> dict[str, Any]:
     """``{"volumes": …, "percent_of_lung_affected": …, "slices": [...]}`` of one scan from its masks
     (one 2-D uint8 label array per slice, each at the input's size); see the module docstring."""
     if infection is None and lung is None:
@@ -129,20 +137,28 @@ def compute(infection: list[np.ndarray] | None, lung: list[np.ndarray] | None, *
         inf_out = _amount(tot["inf"], voxel_ml)
         inf_out["label_names"] = labels
         if len(labels) > 1:
-            inf_out["by_label"] = {name: {**_amount(v[0], voxel_ml),
-                                          **({"in_lung": _amount(v[1], voxel_ml)} if lung is not None else {})}
-                                   for name, v in by_label.items()}  # fmt: skip
+            inf_out["by_label"] = {
+                name: {**_amount(v[0], voxel_ml), **({"in_lung": _amount(v[1], voxel_ml)} if lung is not None else {})}
+                for name, v in by_label.items()
+            }
         if lung is not None:
             inf_out["in_lung"] = _amount(tot["in_lung"], voxel_ml)
             inf_out["outside_lung"] = _amount(tot["outside"], voxel_ml)
             if split:
-                inf_out["left"] = {**_amount(tot["inf_left"], voxel_ml),
-                                   "percent_of_lung": _percent(tot["inf_left"], tot["left"])}
-                inf_out["right"] = {**_amount(tot["inf_right"], voxel_ml),
-                                    "percent_of_lung": _percent(tot["inf_right"], tot["right"])}
+                inf_out["left"] = {
+                    **_amount(tot["inf_left"], voxel_ml),
+                    "percent_of_lung": _percent(tot["inf_left"], tot["left"]),
+                }
+                inf_out["right"] = {
+                    **_amount(tot["inf_right"], voxel_ml),
+                    "percent_of_lung": _percent(tot["inf_right"], tot["right"]),
+                }
     percent = _percent(tot["in_lung"], tot["lung"]) if lung is not None and infection is not None else None
-    return {"volumes": {"lung": lung_out, "infection": inf_out}, "percent_of_lung_affected": percent,
-            "slices": per_slice}
+    return {
+        "volumes": {"lung": lung_out, "infection": inf_out},
+        "percent_of_lung_affected": percent,
+        "slices": per_slice,
+    }
 
 
 def _fmt(amount: dict[str, Any] | None) -> str:
@@ -168,7 +184,9 @@ def summary_line(name: str, report: dict[str, Any]) -> str:
     if inf is not None and lung is not None:
         s = f"infection in the lung {_fmt(inf['in_lung'])} = {_fmt_pct(report['percent_of_lung_affected'])} of the lung"
         if "left" in inf:
-            s += f" (left {_fmt_pct(inf['left']['percent_of_lung'])}, right {_fmt_pct(inf['right']['percent_of_lung'])})"
+            s += (
+                f" (left {_fmt_pct(inf['left']['percent_of_lung'])}, right {_fmt_pct(inf['right']['percent_of_lung'])})"
+            )
         parts.append(s)
         parts.append(f"infection outside the lung mask {_fmt(inf['outside_lung'])}")
     elif inf is not None:
@@ -176,8 +194,16 @@ def summary_line(name: str, report: dict[str, Any]) -> str:
     return f"{name}: " + "; ".join(parts)
 
 
-def overlay_figure(path: Path, images: list[np.ndarray], infection: list[np.ndarray] | None,
-                   lung: list[np.ndarray] | None, names: list[str], *, title: str = "", max_panels: int = 6) -> Path:
+def overlay_figure(
+    path: Path,
+    images: list[np.ndarray],
+    infection: list[np.ndarray] | None,
+    lung: list[np.ndarray] | None,
+    names: list[str],
+    *,
+    title: str = "",
+    max_panels: int = 6,
+) -> Path:
     """The slices with the most infection (else lung), up to ``max_panels`` in slice order: the image the
     model saw, the lung contour (cyan) and the infection (red)."""
     import matplotlib
@@ -195,8 +221,9 @@ def overlay_figure(path: Path, images: list[np.ndarray], infection: list[np.ndar
         if lung is not None and lung[i].any():
             ax.contour(lung[i] > 0, levels=[0.5], colors="cyan", linewidths=0.8)
         if infection is not None and infection[i].any():
-            ax.imshow(np.ma.masked_where(infection[i] == 0, infection[i]), cmap="autumn", alpha=0.5,
-                      interpolation="nearest")
+            ax.imshow(
+                np.ma.masked_where(infection[i] == 0, infection[i]), cmap="autumn", alpha=0.5, interpolation="nearest"
+            )
         ax.set_title(f"{names[i]}", fontsize=8)
         ax.axis("off")
     if title:

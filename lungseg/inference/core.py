@@ -91,8 +91,9 @@ class ProbabilityNet(nn.Module):
         return torch.softmax(logits, dim=1)
 
 
-def predict_batch(net: nn.Module, images: torch.Tensor, size: int, *, amp: bool = False,
-                  channels_last: bool = False) -> torch.Tensor:
+def predict_batch(
+    net: nn.Module, images: torch.Tensor, size: int, *, amp: bool = False, channels_last: bool = False
+) -> torch.Tensor:
     """Probabilities ``(N, C, H, W)`` of one batch ``(N, 1, H, W)`` in [0, 1] at its own size: resize to
     the model, run it (bf16 autocast when ``amp``), resize the probabilities back. Call it inside
     ``torch.inference_mode()``; ``images`` must be on the model's device."""
@@ -105,15 +106,16 @@ def predict_batch(net: nn.Module, images: torch.Tensor, size: int, *, amp: bool 
     return resize_back(to_probabilities(logits), hw)
 
 
-def predict_array(net: nn.Module, images: np.ndarray, size: int, *, batch_size: int = 8,
-                  device: torch.device | str = "cpu") -> np.ndarray:
+def predict_array(
+    net: nn.Module, images: np.ndarray, size: int, *, batch_size: int = 8, device: torch.device | str = "cpu"
+) -> np.ndarray:
     """Probabilities ``(N, C, H, W)`` float32 for ``images`` ``(N, H, W)`` float32 in [0, 1] (one size):
     the plain loop of the MLflow model and the export parity check (fp32)."""
     device = torch.device(device)
     out = []
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size], dtype=np.float32))
+            x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size], dtype=np.float32))
             out.append(predict_batch(net, x[:, None].to(device), size).cpu().numpy())
     if not out:
         return np.zeros((0, 1, *images.shape[1:]), np.float32)

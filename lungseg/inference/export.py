@@ -66,9 +66,11 @@ class ExportResult:
 
     def describe(self) -> str:
         p = self.parity
-        return (f"exported {self.format} ({self.exporter}, batch {self.batch}) → {self.output_dir / self.file} "
-                f"in {self.seconds:.1f} s\n  parity vs PyTorch on {p['n_slices']} real slice(s): max |Δp| "
-                f"{p['max_abs_diff']:.2e}, Dice of masks {p['dice']:.6f} (tolerance {p['tolerance']:g})")
+        return (
+            f"exported {self.format} ({self.exporter}, batch {self.batch}) → {self.output_dir / self.file} "
+            f"in {self.seconds:.1f} s\n  parity vs PyTorch on {p['n_slices']} real slice(s): max |Δp| "
+            f"{p['max_abs_diff']:.2e}, Dice of masks {p['dice']:.6f} (tolerance {p['tolerance']:g})"
+        )
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -82,25 +84,28 @@ def check_batch(slices: list[np.ndarray], size: int) -> np.ndarray:
     """Float32 ``(N, 1, size, size)``: each [0, 1] slice resized to the model as preprocessing does."""
     if not slices:
         raise ConfigError("the parity check needs at least one slice")
-    out = [core.resize_to_model(torch.from_numpy(np.ascontiguousarray(s, dtype=np.float32))[None, None], size)
-           for s in slices]  # fmt: skip
+    out = [
+        core.resize_to_model(torch.from_numpy(np.ascontiguousarray(s, dtype=np.float32))[None, None], size)
+        for s in slices
+    ]
     return torch.cat(out).numpy()
 
 
 def _run_torch(net: torch.nn.Module, x: np.ndarray) -> np.ndarray:
     with torch.inference_mode():
-        return np.concatenate([net(torch.from_numpy(x[i:i + CHECK_BATCH])).numpy()
-                               for i in range(0, len(x), CHECK_BATCH)])  # fmt: skip
+        return np.concatenate(
+            [net(torch.from_numpy(x[i : i + CHECK_BATCH])).numpy() for i in range(0, len(x), CHECK_BATCH)]
+        )
 
 
 def _run_chunks(fn, x: np.ndarray, batch: str | int) -> np.ndarray:
     step = CHECK_BATCH if batch == "dynamic" else int(batch)
     outs = []
     for i in range(0, len(x), step):
-        chunk = x[i:i + step]
+        chunk = x[i : i + step]
         if len(chunk) < step and batch != "dynamic":  # a fixed batch: pad the last chunk
             pad = np.zeros((step - len(chunk), *chunk.shape[1:]), chunk.dtype)
-            outs.append(fn(np.concatenate([chunk, pad]))[:len(chunk)])
+            outs.append(fn(np.concatenate([chunk, pad]))[: len(chunk)])
         else:
             outs.append(fn(chunk))
     return np.concatenate(outs)
@@ -122,8 +127,12 @@ def _quiet():
     import tempfile
 
     buf = io.StringIO()
-    with tempfile.TemporaryFile() as sink, warnings.catch_warnings(), contextlib.redirect_stdout(buf), \
-            contextlib.redirect_stderr(buf):
+    with (
+        tempfile.TemporaryFile() as sink,
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(buf),
+        contextlib.redirect_stderr(buf),
+    ):
         warnings.simplefilter("ignore")
         for stream in (sys.__stdout__, sys.__stderr__):
             if stream is not None:
@@ -175,13 +184,25 @@ def _parity(ref: np.ndarray, got: np.ndarray, threshold: float, tolerance: float
     diff = float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64)))) if ref.size else 0.0
     lab_ref = core.to_labels(torch.from_numpy(ref), threshold).numpy()
     lab_got = core.to_labels(torch.from_numpy(got.astype(np.float32)), threshold).numpy()
-    return {"n_slices": int(len(ref)), "max_abs_diff": diff, "dice": dice(lab_ref, lab_got),
-            "differing_pixels": int((lab_ref != lab_got).sum()), "tolerance": float(tolerance),
-            "passed": bool(np.isfinite(diff) and diff <= tolerance)}  # fmt: skip
+    return {
+        "n_slices": int(len(ref)),
+        "max_abs_diff": diff,
+        "dice": dice(lab_ref, lab_got),
+        "differing_pixels": int((lab_ref != lab_got).sum()),
+        "tolerance": float(tolerance),
+        "passed": bool(np.isfinite(diff) and diff <= tolerance),
+    }
 
 
-def export_model(model, fmt: str, output_dir: str | Path, check_slices: list[np.ndarray], *,
-                 tolerance: float = 1e-3, check_input: str = "") -> ExportResult:
+def export_model(
+    model,
+    fmt: str,
+    output_dir: str | Path,
+    check_slices: list[np.ndarray],
+    *,
+    tolerance: float = 1e-3,
+    check_input: str = "",
+) -> ExportResult:
     """Export ``model`` (a :class:`lungseg.inference.predict.LoadedModel`) as ``fmt`` into ``output_dir``
     after checking it against PyTorch on ``check_slices`` (float32 [0, 1], any size); see the module
     docstring. :class:`ExportError` when no way of exporting passes."""
@@ -200,8 +221,12 @@ def export_model(model, fmt: str, output_dir: str | Path, check_slices: list[np.
     name = model.identity["name"]
     file = "model.onnx" if fmt == "onnx" else "model.pt"
     if fmt == "onnx":
-        attempts = [("torch.onnx (TorchScript-based)", False, "dynamic"), ("torch.onnx (TorchScript-based)", False, 1),
-                    ("torch.onnx (dynamo)", True, "dynamic"), ("torch.onnx (dynamo)", True, 1)]  # fmt: skip
+        attempts = [
+            ("torch.onnx (TorchScript-based)", False, "dynamic"),
+            ("torch.onnx (TorchScript-based)", False, 1),
+            ("torch.onnx (dynamo)", True, "dynamic"),
+            ("torch.onnx (dynamo)", True, 1),
+        ]
     else:
         attempts = [("torch.jit.trace", None, "dynamic")]
     failed: list[str] = []
@@ -223,8 +248,9 @@ def export_model(model, fmt: str, output_dir: str | Path, check_slices: list[np.
                 path.unlink(missing_ok=True)
                 continue
             if not parity["passed"]:
-                failed.append(f"{exporter}, batch {batch}: parity failed (max |Δp| {parity['max_abs_diff']:.3g} > "
-                              f"{tolerance:g})")
+                failed.append(
+                    f"{exporter}, batch {batch}: parity failed (max |Δp| {parity['max_abs_diff']:.3g} > {tolerance:g})"
+                )
                 path.unlink(missing_ok=True)
                 continue
             chosen = (exporter, batch, parity)
@@ -253,15 +279,33 @@ def _export_info(model, fmt, file, exporter, batch, parity, failed, size, check_
     n = "N" if batch == "dynamic" else int(batch)
     classes = int(model.identity["kwargs"].get("num_classes", 1))
     return {
-        "format": fmt, "file": file, "exporter": exporter, "batch": batch, "opset": opset,
-        "input": {"name": INPUT_NAME, "shape": [n, 1, size, size], "dtype": "float32",
-                  "range": "[0, 1]: the training intensity range (see preprocess); resize slices to image_size first"},
-        "output": {"name": OUTPUT_NAME, "shape": [n, classes, size, size], "dtype": "float32",
-                   "meaning": "sigmoid probability of the foreground" if classes == 1 else "softmax over labels"},
-        "model": model.identity["name"], "identity": model.identity, "preprocess": model.preprocess,
-        "threshold": model.threshold, "label_names": model.label_names, "source": model.source,
-        "parity": {**parity, "check_input": check_input}, "failed_attempts": failed, "versions": versions,
-    }  # fmt: skip
+        "format": fmt,
+        "file": file,
+        "exporter": exporter,
+        "batch": batch,
+        "opset": opset,
+        "input": {
+            "name": INPUT_NAME,
+            "shape": [n, 1, size, size],
+            "dtype": "float32",
+            "range": "[0, 1]: the training intensity range (see preprocess); resize slices to image_size first",
+        },
+        "output": {
+            "name": OUTPUT_NAME,
+            "shape": [n, classes, size, size],
+            "dtype": "float32",
+            "meaning": "sigmoid probability of the foreground" if classes == 1 else "softmax over labels",
+        },
+        "model": model.identity["name"],
+        "identity": model.identity,
+        "preprocess": model.preprocess,
+        "threshold": model.threshold,
+        "label_names": model.label_names,
+        "source": model.source,
+        "parity": {**parity, "check_input": check_input},
+        "failed_attempts": failed,
+        "versions": versions,
+    }
 
 
 __all__ = ["ExportError", "ExportResult", "FORMATS", "check_batch", "dice", "export_model"]

@@ -86,9 +86,16 @@ class LoadedModel:
         return "lung" if len(fg) == 1 and fg[0] in LUNG_LABELS else "infection"
 
     def describe(self) -> dict[str, Any]:
-        return {"source": self.source, "resolved_from": self.resolved_from, "name": self.identity["name"],
-                "identity": self.identity, "preprocess": self.preprocess, "threshold": self.threshold,
-                "label_names": self.label_names, "role": self.role}  # fmt: skip
+        return {
+            "source": self.source,
+            "resolved_from": self.resolved_from,
+            "name": self.identity["name"],
+            "identity": self.identity,
+            "preprocess": self.preprocess,
+            "threshold": self.threshold,
+            "label_names": self.label_names,
+            "role": self.role,
+        }
 
 
 def is_mlflow_uri(spec: str | Path) -> bool:
@@ -106,8 +113,10 @@ def load_model(spec: str | Path, *, tracking_uri: str | None = None, threshold: 
 def _require_preprocess(ckpt: dict[str, Any], where: str) -> dict[str, Any]:
     pre = ckpt.get("preprocess")
     if not isinstance(pre, dict) or "image_size" not in pre:
-        raise CheckpointError(f"{where}: the checkpoint does not record its preprocessing (image size, HU window); "
-                              "it was trained before lungseg recorded it: train it again to predict with it")
+        raise CheckpointError(
+            f"{where}: the checkpoint does not record its preprocessing (image size, HU window); "
+            "it was trained before lungseg recorded it: train it again to predict with it"
+        )
     return pre
 
 
@@ -115,8 +124,10 @@ def _network(identity: dict[str, Any], state: dict[str, Any], where: str) -> tor
     try:
         return core.build_network(identity, state)
     except (RuntimeError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{where}: weights do not fit {identity.get('name')}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+        raise CheckpointError(
+            f"{where}: weights do not fit {identity.get('name')}: "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from exc
 
 
 def _from_checkpoint(path: Path, threshold: float) -> LoadedModel:
@@ -125,13 +136,17 @@ def _from_checkpoint(path: Path, threshold: float) -> LoadedModel:
     if path.is_dir():
         ckpt_path = path / BEST if (path / BEST).is_file() else path / CHECKPOINT
         if not ckpt_path.is_file():
-            raise CheckpointError(f"{path}: no {BEST} or {CHECKPOINT} (give a `lungseg train` output folder or an "
-                                  "MLflow URI such as models:/lungseg-lgnet@champion)")
+            raise CheckpointError(
+                f"{path}: no {BEST} or {CHECKPOINT} (give a `lungseg train` output folder or an "
+                "MLflow URI such as models:/lungseg-lgnet@champion)"
+            )
     elif path.is_file():
         ckpt_path = path
     else:
-        raise CheckpointError(f"{path}: model not found (give a `lungseg train` output folder or an MLflow URI "
-                              "such as models:/lungseg-lgnet@champion)")
+        raise CheckpointError(
+            f"{path}: model not found (give a `lungseg train` output folder or an MLflow URI "
+            "such as models:/lungseg-lgnet@champion)"
+        )
     ckpt = load_checkpoint(ckpt_path)
     pre = _require_preprocess(ckpt, str(ckpt_path))
     net = _network(ckpt["model_identity"], ckpt["model_state"], str(ckpt_path))
@@ -168,13 +183,14 @@ def _from_mlflow(uri: str, tracking_uri: str | None, threshold: float) -> Loaded
     from lungseg.tracking import scoped_tracking_uri
 
     store = tracking_uri or mlflow.get_tracking_uri()
-    with tempfile.TemporaryDirectory(prefix="lungseg-model-") as tmp, scoped_tracking_uri(store), \
-            _no_download_bars():
+    with tempfile.TemporaryDirectory(prefix="lungseg-model-") as tmp, scoped_tracking_uri(store), _no_download_bars():
         try:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
             model = Model.load(str(local))
         except (MlflowException, OSError) as exc:
-            raise DataError(uri, f"cannot load the model from the MLflow store {store}: {_mlflow_problem(exc)}") from exc
+            raise DataError(
+                uri, f"cannot load the model from the MLflow store {store}: {_mlflow_problem(exc)}"
+            ) from exc
         meta = (model.metadata or {}).get("lungseg")
         if meta:
             from lungseg.inference.pyfunc import CONFIG, WEIGHTS
@@ -184,19 +200,29 @@ def _from_mlflow(uri: str, tracking_uri: str | None, threshold: float) -> Loaded
                 raise CheckpointError(f"{uri}: a lungseg model without its artifacts/{WEIGHTS}")
             state = torch.load(weights, map_location="cpu", weights_only=True)
             net = _network(meta["identity"], state, uri)
-            return LoadedModel(net, meta["identity"], dict(meta["preprocess"]), float(meta.get("threshold", threshold)),
-                               uri, f"{uri} (lungseg pyfunc)")  # fmt: skip
+            return LoadedModel(
+                net,
+                meta["identity"],
+                dict(meta["preprocess"]),
+                float(meta.get("threshold", threshold)),
+                uri,
+                f"{uri} (lungseg pyfunc)",
+            )
         if not model.run_id:
-            raise CheckpointError(f"{uri}: not a lungseg model (no lungseg metadata, no training run to read "
-                                  "checkpoints/best.pt from)")
+            raise CheckpointError(
+                f"{uri}: not a lungseg model (no lungseg metadata, no training run to read checkpoints/best.pt from)"
+            )
         from lungseg.training.checkpoint import load_checkpoint
 
         try:
-            ckpt_file = mlflow.artifacts.download_artifacts(run_id=model.run_id, artifact_path="checkpoints/best.pt",
-                                                            dst_path=str(Path(tmp) / "run"))  # fmt: skip
+            ckpt_file = mlflow.artifacts.download_artifacts(
+                run_id=model.run_id, artifact_path="checkpoints/best.pt", dst_path=str(Path(tmp) / "run")
+            )
         except (MlflowException, OSError) as exc:
-            raise CheckpointError(f"{uri}: not a lungseg model, and its run {model.run_id} has no "
-                                  f"checkpoints/best.pt ({_mlflow_problem(exc)})") from exc
+            raise CheckpointError(
+                f"{uri}: not a lungseg model, and its run {model.run_id} has no "
+                f"checkpoints/best.pt ({_mlflow_problem(exc)})"
+            ) from exc
         ckpt = load_checkpoint(ckpt_file)
         where = f"{uri} (run {model.run_id} checkpoints/best.pt)"
         pre = _require_preprocess(ckpt, where)
@@ -218,8 +244,15 @@ def resolve_device(device: str) -> torch.device:
 class SliceInference:
     """Batched slice inference of one model on one device (see the module docstring)."""
 
-    def __init__(self, model: LoadedModel, *, device: str | torch.device = "auto", batch_size: int | None = None,
-                 amp: bool = True, channels_last: bool = True):
+    def __init__(
+        self,
+        model: LoadedModel,
+        *,
+        device: str | torch.device = "auto",
+        batch_size: int | None = None,
+        amp: bool = True,
+        channels_last: bool = True,
+    ):
         self.model = model
         self.device = resolve_device(device) if isinstance(device, str) else device
         cuda = self.device.type == "cuda"
@@ -250,15 +283,17 @@ class SliceInference:
 
         out: list[np.ndarray] = []
         cuda = self.device.type == "cuda"
-        bar = tqdm(total=len(slices), desc=desc or "predict", unit="slice", leave=False,
-                   disable=not sys.stderr.isatty())
+        bar = tqdm(
+            total=len(slices), desc=desc or "predict", unit="slice", leave=False, disable=not sys.stderr.isatty()
+        )
         with torch.inference_mode():
             for start, stop in self._batches(slices):
                 batch = torch.from_numpy(np.stack(slices[start:stop]).astype(np.float32, copy=False))[:, None]
                 if cuda:
                     batch = batch.pin_memory().to(self.device, non_blocking=True)
-                probs = core.predict_batch(self.net, batch, self.model.image_size, amp=self.amp,
-                                           channels_last=self.channels_last)
+                probs = core.predict_batch(
+                    self.net, batch, self.model.image_size, amp=self.amp, channels_last=self.channels_last
+                )
                 out.extend(core.to_labels(probs, self.model.threshold).cpu().numpy())
                 bar.update(stop - start)
         bar.close()
@@ -278,9 +313,16 @@ class PredictResult:
         return f"{self.summary}\n  → {self.output_dir} ({', '.join(self.files)}) in {self.seconds:.1f} s"
 
 
-def predict_scan(input_path: str | Path, output_dir: str | Path, models: dict[str, LoadedModel], *,
-                 device: str = "auto", batch_size: int | None = None, dicom_seg: bool = False,
-                 spacing: tuple[float, float, float] | None = None) -> PredictResult:
+def predict_scan(
+    input_path: str | Path,
+    output_dir: str | Path,
+    models: dict[str, LoadedModel],
+    *,
+    device: str = "auto",
+    batch_size: int | None = None,
+    dicom_seg: bool = False,
+    spacing: tuple[float, float, float] | None = None,
+) -> PredictResult:
     """Masks, report, summary and overlay for the scan at ``input_path`` (module docstring).
 
     ``models`` maps a role (``"lung"``, ``"infection"``) to its model; ``spacing`` = ``(row, col,
@@ -307,21 +349,32 @@ def predict_scan(input_path: str | Path, output_dir: str | Path, models: dict[st
             images01 = slices01  # the overlay shows what the infection model saw
         engine = SliceInference(model, device=device, batch_size=batch_size)
         labels[role] = engine.labels(slices01, desc=f"{scan.stem} ({role})")
-    volumes_report = burden.compute(labels.get("infection"), labels.get("lung"), voxel_ml=scan.voxel_ml,
-                                    columns_towards_left=scan.columns_towards_left,
-                                    infection_labels=models["infection"].label_names[1:] if "infection" in models
-                                    else None, names=scan.names)  # fmt: skip
+    volumes_report = burden.compute(
+        labels.get("infection"),
+        labels.get("lung"),
+        voxel_ml=scan.voxel_ml,
+        columns_towards_left=scan.columns_towards_left,
+        infection_labels=models["infection"].label_names[1:] if "infection" in models else None,
+        names=scan.names,
+    )
     summary = burden.summary_line(scan.path.name, volumes_report)
     report = {
-        "input": str(scan.path), "input_kind": scan.kind, "n_slices": len(scan.slices),
+        "input": str(scan.path),
+        "input_kind": scan.kind,
+        "n_slices": len(scan.slices),
         "slice_shape": list(scan.slices[0].shape) if len({s.shape for s in scan.slices}) == 1 else "varies",
-        "spacing_mm": None if scan.spacing is None else {"slice": scan.spacing[0], "row": scan.spacing[1],
-                                                         "col": scan.spacing[2]},
-        "spacing_source": scan.spacing_source, "voxel_volume_ml": scan.voxel_ml,
+        "spacing_mm": None
+        if scan.spacing is None
+        else {"slice": scan.spacing[0], "row": scan.spacing[1], "col": scan.spacing[2]},
+        "spacing_source": scan.spacing_source,
+        "voxel_volume_ml": scan.voxel_ml,
         "side_convention": burden.side_convention(scan.columns_towards_left),
         "models": {role: m.describe() for role, m in models.items()},
-        **volumes_report, "summary": summary, "warnings": warnings, "lungseg_version": __version__,
-    }  # fmt: skip
+        **volumes_report,
+        "summary": summary,
+        "warnings": warnings,
+        "lungseg_version": __version__,
+    }
     files = []
     with atomic_dir(output_dir) as tmp:
         for role, lab in labels.items():
@@ -329,16 +382,30 @@ def predict_scan(input_path: str | Path, output_dir: str | Path, models: dict[st
                 files.append(str(p.relative_to(tmp)).split("/")[0])
             if dicom_seg:
                 m = models[role]
-                target = volumes.write_dicom_seg(scan, lab, tmp / f"{role}_mask.seg.dcm", label_names=m.label_names,
-                                                 model_name=m.identity["name"], version=__version__)
+                target = volumes.write_dicom_seg(
+                    scan,
+                    lab,
+                    tmp / f"{role}_mask.seg.dcm",
+                    label_names=m.label_names,
+                    model_name=m.identity["name"],
+                    version=__version__,
+                )
                 files.append(target.name)
-        burden.overlay_figure(tmp / "overlay.png", images01, labels.get("infection"), labels.get("lung"),
-                              scan.names, title=summary)
+        burden.overlay_figure(
+            tmp / "overlay.png", images01, labels.get("infection"), labels.get("lung"), scan.names, title=summary
+        )
         report["files"] = sorted(set(files)) + ["report.json", "summary.txt", "overlay.png"]
         atomic_write_json(tmp / "report.json", report)
         atomic_write_text(tmp / "summary.txt", summary + "\n")
     return PredictResult(output_dir, report, summary, time.perf_counter() - t0, report["files"])
 
 
-__all__ = ["LoadedModel", "PredictResult", "SliceInference", "is_mlflow_uri", "load_model", "predict_scan",
-           "resolve_device"]
+__all__ = [
+    "LoadedModel",
+    "PredictResult",
+    "SliceInference",
+    "is_mlflow_uri",
+    "load_model",
+    "predict_scan",
+    "resolve_device",
+]

@@ -50,11 +50,19 @@ WEIGHTS = "weights.pt"
 CONFIG = "lungseg_model.json"
 OUTPUTS = ("probabilities", "labels")
 INPUT_DOC = "float32 (N, H, W) slices in the training intensity range [0, 1]; any H, W (resized to image_size and back)"
-OUTPUT_DOC = ("probabilities float32: (N, H, W) foreground for binary models, (N, C, H, W) for multi-class; "
-              "params output=labels gives uint8 (N, H, W) labels (p >= threshold / arg-max)")
+OUTPUT_DOC = (
+    "probabilities float32: (N, H, W) foreground for binary models, (N, C, H, W) for multi-class; "
+    "params output=labels gives uint8 (N, H, W) labels (p >= threshold / arg-max)"
+)
 #: the lungseg files the model carries (relative to the package folder)
-CODE_FILES = ("__init__.py", "errors.py", "inference/__init__.py", "inference/core.py", "inference/pyfunc.py",
-              "inference/pyfunc_entry.py")
+CODE_FILES = (
+    "__init__.py",
+    "errors.py",
+    "inference/__init__.py",
+    "inference/core.py",
+    "inference/pyfunc.py",
+    "inference/pyfunc_entry.py",
+)
 CODE_DIRS = ("models",)
 
 
@@ -99,8 +107,10 @@ def check_input(model_input) -> np.ndarray:
         raise ValueError("input contains NaN or infinite values")
     lo, hi = float(x.min()), float(x.max())
     if lo < 0.0 or hi > 1.0:
-        raise ValueError(f"input values [{lo:.4g}, {hi:.4g}] are outside [0, 1]: give slices in the training "
-                         "intensity range (HU → hu_window, see the model's metadata), not raw HU")
+        raise ValueError(
+            f"input values [{lo:.4g}, {hi:.4g}] are outside [0, 1]: give slices in the training "
+            "intensity range (HU → hu_window, see the model's metadata), not raw HU"
+        )
     return x
 
 
@@ -135,17 +145,27 @@ def _requirements() -> list[str]:
     import cloudpickle
     import torch
 
-    return [f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}",
-            f"numpy=={np.__version__}", f"cloudpickle=={cloudpickle.__version__}"]  # fmt: skip
+    return [
+        f"mlflow=={mlflow.__version__}",
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"numpy=={np.__version__}",
+        f"cloudpickle=={cloudpickle.__version__}",
+    ]
 
 
 def model_info(identity: dict[str, Any], preprocess: dict[str, Any], threshold: float) -> dict[str, Any]:
     """What ``lungseg_model.json`` and the MLmodel metadata record."""
     from lungseg import __version__
 
-    return {"identity": identity, "preprocess": preprocess, "threshold": float(threshold),
-            "label_names": list(preprocess.get("label_names") or []), "input": INPUT_DOC, "output": OUTPUT_DOC,
-            "lungseg_version": __version__}  # fmt: skip
+    return {
+        "identity": identity,
+        "preprocess": preprocess,
+        "threshold": float(threshold),
+        "label_names": list(preprocess.get("label_names") or []),
+        "input": INPUT_DOC,
+        "output": OUTPUT_DOC,
+        "lungseg_version": __version__,
+    }
 
 
 def signature_for(num_classes: int):
@@ -182,16 +202,24 @@ def _prepare(tmp: Path, net, identity: dict[str, Any], preprocess: dict[str, Any
     )
 
 
-def save_model(path: str | Path, net, *, identity: dict[str, Any], preprocess: dict[str, Any],
-               threshold: float = 0.5) -> Path:
+def save_model(
+    path: str | Path, net, *, identity: dict[str, Any], preprocess: dict[str, Any], threshold: float = 0.5
+) -> Path:
     """Write the MLflow model folder to ``path`` (must not exist or be empty)."""
     with tempfile.TemporaryDirectory(prefix="lungseg-pyfunc-") as tmp:
         mlflow.pyfunc.save_model(str(path), **_prepare(Path(tmp), net, identity, preprocess, threshold))
     return Path(path)
 
 
-def log_model(net, *, identity: dict[str, Any], preprocess: dict[str, Any], threshold: float = 0.5,
-              run_id: str | None = None, name: str = "model") -> str:
+def log_model(
+    net,
+    *,
+    identity: dict[str, Any],
+    preprocess: dict[str, Any],
+    threshold: float = 0.5,
+    run_id: str | None = None,
+    name: str = "model",
+) -> str:
     """Log the portable model of ``net`` to MLflow run ``run_id`` (the active run when None) in the
     current tracking store; returns its model URI (``models:/m-…``) to register.
 
@@ -209,10 +237,15 @@ def log_model(net, *, identity: dict[str, Any], preprocess: dict[str, Any], thre
         experiment_id = client.get_run(run_id).info.experiment_id
         model_id = client.create_logged_model(experiment_id, name=name, source_run_id=run_id).model_id
     with tempfile.TemporaryDirectory(prefix="lungseg-pyfunc-") as tmp:
-        info = Model.log(artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id, model_id=model_id,
-                         **_prepare(Path(tmp), net, identity, preprocess, threshold))
+        info = Model.log(
+            artifact_path=None,
+            name=name,
+            flavor=mlflow.pyfunc,
+            run_id=run_id,
+            model_id=model_id,
+            **_prepare(Path(tmp), net, identity, preprocess, threshold),
+        )
     return info.model_uri
 
 
-__all__ = ["LungsegModel", "check_input", "log_model", "model_info", "save_model", "signature_for",
-           "synthetic_slices"]
+__all__ = ["LungsegModel", "check_input", "log_model", "model_info", "save_model", "signature_for", "synthetic_slices"]

@@ -57,11 +57,26 @@ HU_DATASETS = frozenset({"kaggle-tiff", "nifti", "dicom"})
 
 
 #: type-1 attributes of the source images that a DICOM SEG copies or references
-SEG_SOURCE_REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
-                       "FrameOfReferenceUID", "Modality")
+SEG_SOURCE_REQUIRED = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "FrameOfReferenceUID",
+    "Modality",
+)
 #: type-2 (required, may be empty) attributes a DICOM SEG copies from its source images
-TYPE2_PATIENT_STUDY = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyID", "StudyDate",
-                       "StudyTime", "AccessionNumber", "ReferringPhysicianName")
+TYPE2_PATIENT_STUDY = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
 
 
 @dataclass
@@ -103,8 +118,9 @@ def _check_spacing(values, path: Path, what: str) -> tuple[float, ...]:
     return vals
 
 
-def read_scan(path: str | Path, *, spacing: tuple[float, float, float] | None = None,
-              require_spacing: bool = True) -> Scan:
+def read_scan(
+    path: str | Path, *, spacing: tuple[float, float, float] | None = None, require_spacing: bool = True
+) -> Scan:
     """The scan at ``path`` (see the module docstring). ``spacing`` = ``(row, col, slice)`` mm for inputs
     that record none (PNG/TIFF slices, a NIfTI without geometry); an input that records its own
     spacing refuses it (``DataError``) rather than silently choosing one of the two.
@@ -124,8 +140,9 @@ def read_scan(path: str | Path, *, spacing: tuple[float, float, float] | None = 
             raise DataError(path, "a single DICOM file: give the folder of the series")
         raise DataError(path, "unknown input type (expected .nii/.nii.gz, a DICOM series folder or PNG/TIFF slices)")
     files = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
-    images = sorted((p for p in files if p.name.lower().endswith(formats.IMAGE_SUFFIXES)),
-                    key=lambda p: _natural_key(p.name))
+    images = sorted(
+        (p for p in files if p.name.lower().endswith(formats.IMAGE_SUFFIXES)), key=lambda p: _natural_key(p.name)
+    )
     if images:
         return _read_slices(path, images, given)
     if not files:
@@ -150,11 +167,17 @@ def _read_nifti(path: Path, given, require_spacing: bool = True) -> Scan:
     if has_geometry:
         _check_spacing(zooms, path, "voxel size (pixdim)")
         if given is not None:
-            raise DataError(path, f"the file records its voxel size {tuple(float(z) for z in zooms)} mm; "
-                                  "--spacing is only for inputs without one")
+            raise DataError(
+                path,
+                f"the file records its voxel size {tuple(float(z) for z in zooms)} mm; "
+                "--spacing is only for inputs without one",
+            )
     elif given is None and require_spacing:
-        raise DataError(path, "no voxel spacing: qform_code and sform_code are 0 (no real-world geometry, pixdim "
-                              "is not a size in mm); pass --spacing ROW COL SLICE in mm to state it")
+        raise DataError(
+            path,
+            "no voxel spacing: qform_code and sform_code are 0 (no real-world geometry, pixdim "
+            "is not a size in mm); pass --spacing ROW COL SLICE in mm to state it",
+        )
     to_ras = _ras_ornt(affine)
     ras = ori.apply_orientation(data, to_ras)
     ras_zooms = np.asarray(zooms, float)[to_ras[:, 0].astype(int).argsort()] if has_geometry else None
@@ -169,9 +192,16 @@ def _read_nifti(path: Path, given, require_spacing: bool = True) -> Scan:
     else:
         sp = (given[2], given[0], given[1])
         source = "--spacing (the file has no geometry)"
-    return Scan(path=path, kind="nifti", slices=list(vol), names=[f"z{z:04d}" for z in range(vol.shape[0])],
-                spacing=sp, spacing_source=source, columns_towards_left=True,
-                geometry={"affine": affine, "header": header, "shape": data.shape, "to_ras": to_ras})
+    return Scan(
+        path=path,
+        kind="nifti",
+        slices=list(vol),
+        names=[f"z{z:04d}" for z in range(vol.shape[0])],
+        spacing=sp,
+        spacing_source=source,
+        columns_towards_left=True,
+        geometry={"affine": affine, "header": header, "shape": data.shape, "to_ras": to_ras},
+    )
 
 
 def _nifti_mask(scan: Scan, labels: np.ndarray) -> np.ndarray:
@@ -180,8 +210,9 @@ def _nifti_mask(scan: Scan, labels: np.ndarray) -> np.ndarray:
 
     view = np.moveaxis(labels, 0, 2)
     ras = np.transpose(np.flip(view, axis=(0, 1)), (1, 0, 2))
-    back = ori.apply_orientation(ras, ori.ornt_transform(ori.axcodes2ornt("RAS"),
-                                                         ori.io_orientation(scan.geometry["affine"])))
+    back = ori.apply_orientation(
+        ras, ori.ornt_transform(ori.axcodes2ornt("RAS"), ori.io_orientation(scan.geometry["affine"]))
+    )
     return np.ascontiguousarray(back.reshape(scan.geometry["shape"]), dtype=np.uint8)
 
 
@@ -196,16 +227,22 @@ def _read_dicom(path: Path, given) -> Scan:
     direction = np.asarray(series.direction, float).reshape(3, 3)
     col_axis = direction[:, 0]  # the direction in which the column index grows (LPS)
     towards_left = bool(col_axis[0] > 0) if abs(col_axis[0]) >= max(abs(col_axis[1]), abs(col_axis[2])) else None
-    warnings = [] if towards_left is not None else [
-        "the series is not axial: the left/right split is not computed"]
+    warnings = [] if towards_left is not None else ["the series is not axial: the left/right split is not computed"]
     if series.skipped:
         warnings.append(f"not DICOM, left out: {', '.join(p.name for p in series.skipped)}")
-    return Scan(path=path, kind="dicom", slices=list(series.volume),
-                names=[f"z{z:04d}" for z in range(len(series.files))], spacing=sp,
-                spacing_source="DICOM (PixelSpacing, slice positions)" if len(series.files) > 1 else
-                "DICOM (PixelSpacing, SliceThickness of the single slice)",
-                columns_towards_left=towards_left, warnings=warnings,
-                geometry={"series": series})
+    return Scan(
+        path=path,
+        kind="dicom",
+        slices=list(series.volume),
+        names=[f"z{z:04d}" for z in range(len(series.files))],
+        spacing=sp,
+        spacing_source="DICOM (PixelSpacing, slice positions)"
+        if len(series.files) > 1
+        else "DICOM (PixelSpacing, SliceThickness of the single slice)",
+        columns_towards_left=towards_left,
+        warnings=warnings,
+        geometry={"series": series},
+    )
 
 
 def _slice_thickness(file: Path) -> float:
@@ -222,13 +259,23 @@ def _slice_thickness(file: Path) -> float:
 def _read_slices(path: Path, files: list[Path], given) -> Scan:
     arrays = [formats.read_image_2d(f) for f in files]
     sp = None if given is None else (given[2], given[0], given[1])
-    warnings = ["PNG/TIFF slices carry no orientation: left/right assumes the radiological view "
-                "(the patient's left on the image's right)"]
+    warnings = [
+        "PNG/TIFF slices carry no orientation: left/right assumes the radiological view "
+        "(the patient's left on the image's right)"
+    ]
     if given is None:
         warnings.append("PNG/TIFF slices record no spacing: volumes are not computed (pass --spacing ROW COL SLICE)")
-    return Scan(path=path, kind="slices", slices=arrays, names=[formats.strip_suffix(f) for f in files],
-                spacing=sp, spacing_source="--spacing" if given is not None else "unknown",
-                columns_towards_left=True, warnings=warnings, geometry={"files": files})
+    return Scan(
+        path=path,
+        kind="slices",
+        slices=arrays,
+        names=[formats.strip_suffix(f) for f in files],
+        spacing=sp,
+        spacing_source="--spacing" if given is not None else "unknown",
+        columns_towards_left=True,
+        warnings=warnings,
+        geometry={"files": files},
+    )
 
 
 # ------------------------------------------------------------------------------------------ intensity
@@ -243,14 +290,19 @@ def to_model_range(scan: Scan, preprocess: dict[str, Any]) -> tuple[list[np.ndar
     window = tuple(float(v) for v in preprocess.get("hu_window") or (-1000.0, 400.0))
     dataset = preprocess.get("dataset")
     warnings = []
-    hu_input = scan.kind in ("nifti", "dicom") or (scan.kind == "slices" and any(
-        np.issubdtype(s.dtype, np.signedinteger) for s in scan.slices))
+    hu_input = scan.kind in ("nifti", "dicom") or (
+        scan.kind == "slices" and any(np.issubdtype(s.dtype, np.signedinteger) for s in scan.slices)
+    )
     if dataset in EIGHT_BIT_WINDOWED and hu_input:
-        warnings.append(f"the model was trained on {dataset}: 8-bit slices windowed by the dataset's authors (window "
-                        f"not published); this HU input is windowed with the recorded hu_window {list(window)}")
+        warnings.append(
+            f"the model was trained on {dataset}: 8-bit slices windowed by the dataset's authors (window "
+            f"not published); this HU input is windowed with the recorded hu_window {list(window)}"
+        )
     if dataset in HU_DATASETS and scan.kind == "slices" and not hu_input:
-        warnings.append(f"the model was trained on {dataset} (HU through hu_window {list(window)}); this input is "
-                        "8/16-bit images, already windowed by whoever exported them")
+        warnings.append(
+            f"the model was trained on {dataset} (HU through hu_window {list(window)}); this input is "
+            "8/16-bit images, already windowed by whoever exported them"
+        )
     if intensity_rule(preprocess) == "minmax":
         return [_minmax(s) for s in scan.slices], warnings
     out = []
@@ -317,12 +369,16 @@ def check_dicom_seg_source(scan: Scan) -> None:
     ds = pydicom.dcmread(scan.geometry["series"].files[0], stop_before_pixels=True)
     missing = [k for k in SEG_SOURCE_REQUIRED if not getattr(ds, k, None)]
     if missing:
-        raise DataError(scan.path, f"cannot write a DICOM SEG: the series lacks {', '.join(missing)} (a SEG must "
-                                   "copy them from its source images); run without --dicom-seg")
+        raise DataError(
+            scan.path,
+            f"cannot write a DICOM SEG: the series lacks {', '.join(missing)} (a SEG must "
+            "copy them from its source images); run without --dicom-seg",
+        )
 
 
-def write_dicom_seg(scan: Scan, labels: list[np.ndarray], target: Path, *, label_names: list[str],
-                    model_name: str, version: str) -> Path:
+def write_dicom_seg(
+    scan: Scan, labels: list[np.ndarray], target: Path, *, label_names: list[str], model_name: str, version: str
+) -> Path:
     """A DICOM SEG (highdicom, BINARY, one segment per foreground label) referencing the source series."""
     check_dicom_seg_source(scan)
     import highdicom as hd
@@ -337,27 +393,50 @@ def write_dicom_seg(scan: Scan, labels: list[np.ndarray], target: Path, *, label
     segments = []
     for number, label in enumerate(label_names[1:], start=1):
         is_lung = label.lower() in ("lung", "lungs", "lung field")
-        segments.append(hd.seg.SegmentDescription(
-            segment_number=number, segment_label=label,
-            segmented_property_category=codes.SCT.Organ if is_lung else codes.SCT.MorphologicallyAbnormalStructure,
-            segmented_property_type=codes.SCT.Lung if is_lung else codes.SCT.Lesion,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=hd.AlgorithmIdentificationSequence(
-                name=f"lungseg {model_name}", version=version, family=codes.DCM.ArtificialIntelligence),
-        ))
+        segments.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=label,
+                segmented_property_category=codes.SCT.Organ if is_lung else codes.SCT.MorphologicallyAbnormalStructure,
+                segmented_property_type=codes.SCT.Lung if is_lung else codes.SCT.Lesion,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=hd.AlgorithmIdentificationSequence(
+                    name=f"lungseg {model_name}", version=version, family=codes.DCM.ArtificialIntelligence
+                ),
+            )
+        )
     try:
         seg = hd.seg.Segmentation(
-            source_images=sources, pixel_array=np.stack(labels).astype(np.uint8),
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=segments,
-            series_instance_uid=hd.UID(), series_number=900, sop_instance_uid=hd.UID(), instance_number=1,
-            manufacturer="lungseg", manufacturer_model_name=model_name, software_versions=version,
-            device_serial_number="none", omit_empty_frames=False,
+            source_images=sources,
+            pixel_array=np.stack(labels).astype(np.uint8),
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=segments,
+            series_instance_uid=hd.UID(),
+            series_number=900,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer="lungseg",
+            manufacturer_model_name=model_name,
+            software_versions=version,
+            device_serial_number="none",
+            omit_empty_frames=False,
         )
     except (AttributeError, ValueError, TypeError) as exc:  # the source series lacks what a SEG must copy
-        raise DataError(scan.path, f"cannot write a DICOM SEG for this series ({type(exc).__name__}: "
-                                   f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+        raise DataError(
+            scan.path,
+            f"cannot write a DICOM SEG for this series ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})",
+        ) from exc
     seg.save_as(target)
     return target
 
 
-__all__ = ["Scan", "check_dicom_seg_source", "intensity_rule", "read_scan", "to_model_range", "write_dicom_seg", "write_masks"]
+__all__ = [
+    "Scan",
+    "check_dicom_seg_source",
+    "intensity_rule",
+    "read_scan",
+    "to_model_range",
+    "write_dicom_seg",
+    "write_masks",
+]

@@ -30,7 +30,12 @@ _REGISTRY: dict[str, type[nn.Module]] = {
 _MODEL_DEFAULTS = {"lgnet": "dice_focal", "prnet": "bce_dice"}
 
 __all__ = [
-    "BCEDiceLoss", "DeepSupervisionLoss", "DiceFocalLoss", "boundary_map", "create_loss", "default_loss_for",
+    "BCEDiceLoss",
+    "DeepSupervisionLoss",
+    "DiceFocalLoss",
+    "boundary_map",
+    "create_loss",
+    "default_loss_for",
     "list_losses",
 ]
 

@@ -13,14 +13,18 @@ def check_options(num_classes: int, include_background: bool) -> None:
         raise ValueError("include_background=False needs num_classes >= 2 (binary has one channel)")
 
 
-def check_logits_masks(logits: torch.Tensor, masks: torch.Tensor, num_classes: int, *, check_values: bool = True) -> None:
+def check_logits_masks(
+    logits: torch.Tensor, masks: torch.Tensor, num_classes: int, *, check_values: bool = True
+) -> None:
     """Raise ``ValueError`` naming the shapes/dtypes when ``logits``/``masks`` do not fit a loss.
 
     ``logits``: floating ``(B, num_classes, H, W)``; ``masks``: integer or bool ``(B, H, W)`` with labels
     in ``0..num_classes-1`` (binary, ``num_classes == 1``: labels in {0, 1}).
     """
     if not isinstance(logits, torch.Tensor) or not isinstance(masks, torch.Tensor):
-        raise ValueError(f"logits and masks must be torch tensors, got {type(logits).__name__} and {type(masks).__name__}")
+        raise ValueError(
+            f"logits and masks must be torch tensors, got {type(logits).__name__} and {type(masks).__name__}"
+        )
     if logits.ndim != 4:
         raise ValueError(f"logits must be (B, C, H, W), got shape {tuple(logits.shape)}")
     if not logits.is_floating_point():

@@ -99,9 +99,7 @@ class DiceFocalLoss(nn.Module):
             smooth_dr=smooth_dr,
             batch=batch,
         )
-        self.focal = FocalLoss(
-            include_background=include_background, gamma=focal_gamma, alpha=None, use_softmax=multi
-        )
+        self.focal = FocalLoss(include_background=include_background, gamma=focal_gamma, alpha=None, use_softmax=multi)
 
     def _target(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         check_logits_masks(logits, masks, self.num_classes, check_values=self.check_values)

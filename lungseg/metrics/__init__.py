@@ -2,7 +2,8 @@
 
 * :func:`per_image_metrics` — binary: ``id, dice, iou, miou, acc, sen, spe, mae, auc, hd, hd95, tp, fp, tn, fn``.
 * :func:`per_image_metrics_multiclass` — per-class Dice/IoU (argmax prediction).
-* :func:`aggregate` — ``<metric>_mean`` / ``<metric>_n_undefined`` / ``<metric>_pooled``, ``n_images``, ``hd_undefined``.
+* :func:`aggregate` — ``<metric>_mean`` / ``<metric>_n_undefined`` / ``<metric>_pooled``, ``n_images``,
+  ``hd_undefined``.
 * :func:`dice_per_image_torch` — fast hard Dice on logits for validation during training.
 * :func:`hausdorff_2d`, :func:`boundary` — the boundary Hausdorff distance used by the tables.
 

@@ -69,7 +69,8 @@ def per_image_metrics(
     masks = to_numpy(masks, "masks")
     if probs.ndim != 3 or probs.shape != masks.shape:
         raise ValueError(
-            f"probs and masks must both be (N, H, W) with the same shape; got probs {probs.shape} and masks {masks.shape}"
+            "probs and masks must both be (N, H, W) with the same "
+            f"shape; got probs {probs.shape} and masks {masks.shape}"
         )
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
@@ -132,7 +133,7 @@ def aggregate(df: pd.DataFrame) -> dict:
             out[f"{k}_pooled"] = v
         out.update({f"{k}_sum": v for k, v in s.items()})
     for c in sorted(c for c in df.columns if c.startswith("tp_c")):
-        k = c[len("tp_c"):]
+        k = c[len("tp_c") :]
         tp, fp, fn = (int(df[f"{x}_c{k}"].sum()) for x in ("tp", "fp", "fn"))
         out[f"dice_c{k}_pooled"] = _ratio(2 * tp, 2 * tp + fp + fn, 1.0)
         out[f"iou_c{k}_pooled"] = _ratio(tp, tp + fp + fn, 1.0)

@@ -29,9 +29,7 @@ def boundary(mask: np.ndarray) -> np.ndarray:
     return m & ~ndimage.binary_erosion(m, border_value=0)
 
 
-def hausdorff_2d(
-    pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float] | None = None
-) -> tuple[float, float]:
+def hausdorff_2d(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float] | None = None) -> tuple[float, float]:
     """``(hd, hd95)`` between boolean 2D masks ``pred`` and ``gt`` of equal shape."""
     pred = np.asarray(pred, dtype=bool)
     gt = np.asarray(gt, dtype=bool)

@@ -57,9 +57,7 @@ def create_model(
     name: str, *, in_channels: int = 1, num_classes: int = 1, base_channels: int = 64, **kwargs
 ) -> nn.Module:
     """Build model ``name``; ``kwargs`` are that model's own options (see its module docstring)."""
-    return model_class(name)(
-        in_channels=in_channels, num_classes=num_classes, base_channels=base_channels, **kwargs
-    )
+    return model_class(name)(in_channels=in_channels, num_classes=num_classes, base_channels=base_channels, **kwargs)
 
 
 def complete_options(name: str, options: dict, *, recorded: bool = False) -> dict:

@@ -421,8 +421,9 @@ class LGAttention(nn.Module):
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         t = self.theta(f)  # (B, C/2, H, W)
         impl = resolve_pcm_impl(self.pcm_impl, f.device)
-        kw = dict(max_tokens=self.max_tokens, eps=self.eps, chunk_rows=self.chunk_rows, impl=impl,
-                  block_rows=self.block_rows)  # fmt: skip
+        kw = dict(
+            max_tokens=self.max_tokens, eps=self.eps, chunk_rows=self.chunk_rows, impl=impl, block_rows=self.block_rows
+        )
         g = pcm(t, f, **kw)  # (B, C, H, W)   F* (global)
         if impl == "reference":
             loc = from_quadrants(

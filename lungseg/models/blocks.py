@@ -225,9 +225,7 @@ class SegmentationModel(nn.Module):
         if x.ndim != 4:
             raise ValueError(f"{type(self).__name__} expects (B, C, H, W), got shape {tuple(x.shape)}")
         if x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"{type(self).__name__} expects {self.in_channels} input channel(s), got {x.shape[1]}"
-            )
+            raise ValueError(f"{type(self).__name__} expects {self.in_channels} input channel(s), got {x.shape[1]}")
         h, w = x.shape[-2:]
         d = self.size_divisor
         if h % d or w % d:

@@ -79,8 +79,9 @@ class ConvBN(nn.Sequential):
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int | tuple[int, int], *, dilation: int = 1):
         kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
         pad = (dilation * (kh - 1) // 2, dilation * (kw - 1) // 2)
-        super().__init__(nn.Conv2d(in_ch, out_ch, (kh, kw), padding=pad, dilation=dilation, bias=False),
-                         nn.BatchNorm2d(out_ch))
+        super().__init__(
+            nn.Conv2d(in_ch, out_ch, (kh, kw), padding=pad, dilation=dilation, bias=False), nn.BatchNorm2d(out_ch)
+        )
 
 
 class ReceptiveFieldBlock(nn.Module):
@@ -89,11 +90,17 @@ class ReceptiveFieldBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int):
         super().__init__()
         self.branch0 = ConvBN(in_ch, out_ch, 1)
-        self.branches = nn.ModuleList([
-            nn.Sequential(ConvBN(in_ch, out_ch, 1), ConvBN(out_ch, out_ch, (1, k)), ConvBN(out_ch, out_ch, (k, 1)),
-                          ConvBN(out_ch, out_ch, 3, dilation=k))
-            for k in (3, 5, 7)
-        ])
+        self.branches = nn.ModuleList(
+            [
+                nn.Sequential(
+                    ConvBN(in_ch, out_ch, 1),
+                    ConvBN(out_ch, out_ch, (1, k)),
+                    ConvBN(out_ch, out_ch, (k, 1)),
+                    ConvBN(out_ch, out_ch, 3, dilation=k),
+                )
+                for k in (3, 5, 7)
+            ]
+        )
         self.conv_cat = ConvBN(4 * out_ch, out_ch, 3)
         self.conv_res = ConvBN(in_ch, out_ch, 1)
 
@@ -143,8 +150,9 @@ class ReverseAttention(nn.Module):
     last 1×1) and ``ra3_*``/``ra2_*`` (k = 3, two convs, last 3×3).
     """
 
-    def __init__(self, in_ch: int, mid: int, edge_ch: int, num_classes: int, *, kernel: int, n_convs: int,
-                 last_kernel: int):
+    def __init__(
+        self, in_ch: int, mid: int, edge_ch: int, num_classes: int, *, kernel: int, n_convs: int, last_kernel: int
+    ):
         super().__init__()
         self.reduce = ConvBN(in_ch, mid, 1)
         self.convs = nn.ModuleList([ConvBN(mid + edge_ch if i == 0 else mid, mid, kernel) for i in range(n_convs)])

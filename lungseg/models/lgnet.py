@@ -61,9 +61,7 @@ class ResidualUnit(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.trunk = cbr(channels, channels, 3)
-        self.shortcut = nn.Sequential(
-            nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels)
-        )
+        self.shortcut = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.trunk(x) + self.shortcut(x)  # (B, C, H, W)
@@ -152,7 +150,9 @@ class LGNet(SegmentationModel):
         )
         self.decoder = nn.ModuleList(
             [
-                DecoderStage(w[i + 1], w[i], "bilinear", FeatureFusion(w[i], rse_dropout=rse_dropout) if use_ff else None)
+                DecoderStage(
+                    w[i + 1], w[i], "bilinear", FeatureFusion(w[i], rse_dropout=rse_dropout) if use_ff else None
+                )
                 for i in reversed(range(4))
             ]
         )

@@ -81,8 +81,15 @@ class LightDoubleConv(nn.Sequential):
     regular 3×3 conv, then a depthwise-separable conv (``C = 1``).
     """
 
-    def __init__(self, in_ch: int, out_ch: int, mid_ch: int | None = None, *,
-                 variant: Literal["lighter", "light"], group_channels: int):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        mid_ch: int | None = None,
+        *,
+        variant: Literal["lighter", "light"],
+        group_channels: int,
+    ):
         mid = out_ch if mid_ch is None else mid_ch
         if variant == "lighter":
             first: nn.Module = GroupedSeparableConv(in_ch, mid, group_channels)
@@ -92,8 +99,9 @@ class LightDoubleConv(nn.Sequential):
             second = GroupedSeparableConv(mid, out_ch, 1)
         else:
             raise ValueError(f"unknown LightUNet variant {variant!r} (valid: lighter, light)")
-        super().__init__(first, nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
-                         second, nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True))
+        super().__init__(
+            first, nn.BatchNorm2d(mid), nn.ReLU(inplace=True), second, nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True)
+        )
 
 
 class LightUp(nn.Module):

@@ -39,8 +39,16 @@ class Bottle2neck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 base_width: int = 26, scale: int = 4, stype: str = "normal"):
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        base_width: int = 26,
+        scale: int = 4,
+        stype: str = "normal",
+    ):
         super().__init__()
         width = max(1, int(math.floor(planes * (base_width / 64.0))))
         self.conv1 = nn.Conv2d(inplanes, width * scale, 1, bias=False)
@@ -48,8 +56,9 @@ class Bottle2neck(nn.Module):
         self.nums = 1 if scale == 1 else scale - 1
         if stype == "stage":
             self.pool = nn.AvgPool2d(3, stride=stride, padding=1)
-        self.convs = nn.ModuleList([nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
-                                    for _ in range(self.nums)])
+        self.convs = nn.ModuleList(
+            [nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False) for _ in range(self.nums)]
+        )
         self.bns = nn.ModuleList([nn.BatchNorm2d(width) for _ in range(self.nums)])
         self.conv3 = nn.Conv2d(width * scale, planes * self.expansion, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
@@ -79,16 +88,26 @@ class Bottle2neck(nn.Module):
 class Res2NetBackbone(nn.Module):
     """Res2Net-50 v1b 26w×4s without the classifier; ``forward`` returns the four stage outputs."""
 
-    def __init__(self, in_channels: int = 3, width: int = 64, layers: tuple[int, ...] = (3, 4, 6, 3),
-                 base_width: int = 26, scale: int = 4):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        width: int = 64,
+        layers: tuple[int, ...] = (3, 4, 6, 3),
+        base_width: int = 26,
+        scale: int = 4,
+    ):
         super().__init__()
         half = max(1, width // 2)
         self.inplanes = width
         self.base_width = base_width
         self.scale = scale
         self.conv1 = nn.Sequential(
-            nn.Conv2d(in_channels, half, 3, 2, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU(inplace=True),
-            nn.Conv2d(half, half, 3, 1, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, half, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(half),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(half, half, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(half),
+            nn.ReLU(inplace=True),
             nn.Conv2d(half, width, 3, 1, 1, bias=False),
         )
         self.bn1 = nn.BatchNorm2d(width)
@@ -116,8 +135,9 @@ class Res2NetBackbone(nn.Module):
             )
         layers = [Bottle2neck(self.inplanes, planes, stride, downsample, self.base_width, self.scale, "stage")]
         self.inplanes = planes * Bottle2neck.expansion
-        layers += [Bottle2neck(self.inplanes, planes, base_width=self.base_width, scale=self.scale)
-                   for _ in range(1, blocks)]
+        layers += [
+            Bottle2neck(self.inplanes, planes, base_width=self.base_width, scale=self.scale) for _ in range(1, blocks)
+        ]
         return nn.Sequential(*layers)
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
@@ -159,11 +179,17 @@ def load_backbone_state(backbone: Res2NetBackbone, path: str | Path) -> None:
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
-        raise DataError(path, f"does not fit the Res2Net backbone: {len(missing)} missing keys "
-                              f"{missing[:3]}, {len(unexpected)} unexpected keys {unexpected[:3]}")
+        raise DataError(
+            path,
+            f"does not fit the Res2Net backbone: {len(missing)} missing keys "
+            f"{missing[:3]}, {len(unexpected)} unexpected keys {unexpected[:3]}",
+        )
     wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items() if state[k].shape != v.shape]
     if wrong:
         k, got, want = wrong[0]
-        raise DataError(path, f"{len(wrong)} tensors have other shapes than this backbone, e.g. {k}: file {got}, "
-                              f"model {want} (weights for another base_channels or in_channels?)")
+        raise DataError(
+            path,
+            f"{len(wrong)} tensors have other shapes than this backbone, e.g. {k}: file {got}, "
+            f"model {want} (weights for another base_channels or in_channels?)",
+        )
     backbone.load_state_dict(state)

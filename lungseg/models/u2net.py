@@ -31,11 +31,9 @@ class RSU(nn.Module):
     def __init__(self, depth: int, in_ch: int, mid_ch: int, out_ch: int, *, dilated: bool = False):
         super().__init__()
         self.dilated = dilated
-        dil = [2 ** i for i in range(depth)] if dilated else [1] * (depth - 1) + [2]
+        dil = [2**i for i in range(depth)] if dilated else [1] * (depth - 1) + [2]
         self.inp = cbr(in_ch, out_ch)
-        self.enc = nn.ModuleList(
-            [cbr(out_ch if i == 0 else mid_ch, mid_ch, dilation=dil[i]) for i in range(depth)]
-        )
+        self.enc = nn.ModuleList([cbr(out_ch if i == 0 else mid_ch, mid_ch, dilation=dil[i]) for i in range(depth)])
         # decoder: enc[depth-2] level up to enc[0]; the last maps to out_ch
         self.dec = nn.ModuleList(
             [cbr(2 * mid_ch, out_ch if i == 0 else mid_ch, dilation=dil[i] if dilated else 1) for i in range(depth - 1)]

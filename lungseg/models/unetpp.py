@@ -47,7 +47,7 @@ class UNetPlusPlus(SegmentationModel):
                 up = F.interpolate(grid[i + 1, j - 1], scale_factor=2, mode="bilinear", align_corners=False)
                 dense = [grid[i, k] for k in range(j)] + [up]  # j × (B, w_i, ·) + (B, w_{i+1}, ·)
                 grid[i, j] = self.nodes[f"{i}_{j}"](torch.cat(dense, dim=1))  # (B, w_i, H/2^i, W/2^i)
-        top = [grid[0, j] for j in range(1, 5)][-len(self.heads):]
+        top = [grid[0, j] for j in range(1, 5)][-len(self.heads) :]
         return [head(t) for head, t in zip(self.heads, top)]  # each (B, num_classes, H, W)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

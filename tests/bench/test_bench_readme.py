@@ -26,7 +26,8 @@ def test_committed_readme_is_the_rendering_of_the_committed_json(bench, tmp_path
         shutil.copyfile(path, tmp_path / path.name)
     bench.render_readme(tmp_path)
     assert (tmp_path / "README.md").read_text() == (RESULTS / "README.md").read_text(), (
-        "run `python bench/bench_models.py --render-only` and commit the README")
+        "run `python bench/bench_models.py --render-only` and commit the README"
+    )
 
 
 def test_note_and_tag_are_rendered_under_their_heading(bench, tmp_path):
@@ -48,10 +49,27 @@ def test_bad_tag_is_refused_before_measuring(bench, tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
-TINY = ["--device", "cpu", "--models", "unet", "--sizes", "32", "--base", "2", "--batch", "2", "--iters", "1",
-        "--warmup", "0", "--threads", "1"]  # fmt: skip
+TINY = [
+    "--device",
+    "cpu",
+    "--models",
+    "unet",
+    "--sizes",
+    "32",
+    "--base",
+    "2",
+    "--batch",
+    "2",
+    "--iters",
+    "1",
+    "--warmup",
+    "0",
+    "--threads",
+    "1",
+]
 
 
+@pytest.mark.slow
 def test_a_plain_run_writes_nothing_and_prints_threads_and_load(bench, tmp_path, capsys):
     """`python bench/bench_models.py` without flags overwrote the committed results; now it only prints."""
     import torch
@@ -68,6 +86,7 @@ def test_a_plain_run_writes_nothing_and_prints_threads_and_load(bench, tmp_path,
     assert "| unet | 32 | BasicUNet |" in out and "not recorded (pass --record" in out
 
 
+@pytest.mark.slow
 def test_record_writes_the_json_with_threads_and_load_and_renders_them(bench, tmp_path):
     import torch
 

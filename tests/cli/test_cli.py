@@ -1,12 +1,14 @@
 import subprocess
 import sys
-import time
+
+import pytest
 
 from lungseg.cli import main
 
 
-def test_help_is_fast_and_lazy():
-    """`lungseg --help` must not import torch/mlflow/kfp (it answers in well under 2 s)."""
+def test_help_imports_no_heavy_module():
+    """`lungseg --help` must not import torch/mlflow/kfp/…: they take seconds to import, and --help
+    answers without them (its speed itself is not asserted: a test is no benchmark)."""
     code = (
         "import sys, contextlib, io\n"
         "from lungseg.cli import main\n"
@@ -16,11 +18,8 @@ def test_help_is_fast_and_lazy():
         "heavy = [m for m in ('torch', 'mlflow', 'kfp', 'great_expectations', 'pandas', 'monai') if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )
-    t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    elapsed = time.perf_counter() - t0
     assert out.stdout.strip() == "", f"heavy modules imported by --help: {out.stdout}"
-    assert elapsed < 2.0
 
 
 def test_every_subcommand_is_listed():
@@ -32,23 +31,55 @@ def test_every_subcommand_is_listed():
 def test_config_error_is_one_line_and_nonzero(tmp_path, capsys):
     bad = tmp_path / "params.yaml"
     bad.write_text("train: {epochs: many}\n")
-    code = main(["preprocess", "--dataset", "medseg", "--input", str(tmp_path), "--output", str(tmp_path / "o"),
-                 "--params", str(bad)])
+    code = main(
+        [
+            "preprocess",
+            "--dataset",
+            "medseg",
+            "--input",
+            str(tmp_path),
+            "--output",
+            str(tmp_path / "o"),
+            "--params",
+            str(bad),
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "train.epochs: expected an integer" in err
 
 
+@pytest.mark.slow
 def test_python_dash_m_lungseg_is_the_cli(tmp_path):
     """`python -m lungseg` runs the same command line as the `lungseg` script: same subcommands, and a
     user error is one `error:` line with exit status 2 (not a traceback)."""
     out = subprocess.run([sys.executable, "-m", "lungseg", "--help"], capture_output=True, text=True, check=True)
     for name in ("preprocess", "train", "evaluate", "register", "models", "results", "pipeline"):
         assert name in out.stdout
-    assert out.stdout == subprocess.run([sys.executable, "-m", "lungseg.cli", "--help"], capture_output=True,
-                                        text=True, check=True).stdout
-    bad = subprocess.run([sys.executable, "-m", "lungseg", "preprocess", "--dataset", "medsegg", "--input",
-                          str(tmp_path), "--output", str(tmp_path / "out")], capture_output=True, text=True)
+    assert (
+        out.stdout
+        == subprocess.run(
+            [sys.executable, "-m", "lungseg.cli", "--help"], capture_output=True, text=True, check=True
+        ).stdout
+    )
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lungseg",
+            "preprocess",
+            "--dataset",
+            "medsegg",
+            "--input",
+            str(tmp_path),
+            "--output",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2
-    assert bad.stderr.startswith("error: ") and bad.stderr.count("\n") == 1 and "unknown dataset 'medsegg'" in bad.stderr
+    assert (
+        bad.stderr.startswith("error: ") and bad.stderr.count("\n") == 1 and "unknown dataset 'medsegg'" in bad.stderr
+    )
     assert not (tmp_path / "out").exists()

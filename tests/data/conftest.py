@@ -89,11 +89,18 @@ def write_dicom_case(case_dir: Path, hu_zyx, mask_zyx, *, spacing_xyz=(0.8, 0.7,
     for i in range(img.GetDepth()):
         s = img[:, :, i]
         tags = {
-            "0008|0060": "CT", "0008|0016": "1.2.840.10008.5.1.4.1.1.2", "0008|0018": f"{uid}.3.{i}",
-            "0020|000d": f"{uid}.1", "0020|000e": f"{uid}.2", "0020|0013": str(i + 1),
+            "0008|0060": "CT",
+            "0008|0016": "1.2.840.10008.5.1.4.1.1.2",
+            "0008|0018": f"{uid}.3.{i}",
+            "0020|000d": f"{uid}.1",
+            "0020|000e": f"{uid}.2",
+            "0020|0013": str(i + 1),
             "0020|0032": "\\".join(str(v) for v in img.TransformIndexToPhysicalPoint((0, 0, i))),
-            "0020|0037": "1\\0\\0\\0\\1\\0", "0028|1052": "-1024", "0028|1053": "1",
-            "0028|0030": f"{spacing_xyz[1]}\\{spacing_xyz[0]}", "0018|0050": str(spacing_xyz[2]),
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0028|1052": "-1024",
+            "0028|1053": "1",
+            "0028|0030": f"{spacing_xyz[1]}\\{spacing_xyz[0]}",
+            "0018|0050": str(spacing_xyz[2]),
         }
         for k, v in tags.items():
             s.SetMetaData(k, v)
@@ -110,5 +117,6 @@ def build():
     """The builders above (tests have no package, so they are handed out as a fixture)."""
     import types
 
-    return types.SimpleNamespace(msd_patches=msd_patches, unit_to_hu=unit_to_hu, nifti_pair=write_nifti_pair,
-                                 dicom_case=write_dicom_case)
+    return types.SimpleNamespace(
+        msd_patches=msd_patches, unit_to_hu=unit_to_hu, nifti_pair=write_nifti_pair, dicom_case=write_dicom_case
+    )

@@ -8,6 +8,7 @@ from lungseg.data.dataset import SPLITS, load_split, read_meta
 from lungseg.errors import DataError
 
 
+@pytest.mark.slow
 def test_load_split_returns_contract_arrays(processed_medseg):
     meta = read_meta(processed_medseg)
     full_images = np.load(processed_medseg / "images.npy")
@@ -26,6 +27,7 @@ def test_load_split_returns_contract_arrays(processed_medseg):
     assert len(load_split(processed_medseg, "all")) == total == len(full_images)
 
 
+@pytest.mark.slow
 def test_missing_folder_file_and_split_are_data_errors(tmp_path, processed_medseg):
     with pytest.raises(DataError, match="not found"):
         load_split(tmp_path / "nowhere", "train")

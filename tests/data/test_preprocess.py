@@ -35,6 +35,7 @@ def _check_canonical(out, meta_counts):
     return images, masks, manifest, meta
 
 
+@pytest.mark.slow
 def test_medseg_full(processed_medseg):
     _, masks, manifest, meta = _check_canonical(processed_medseg, {"train": 68, "val": 12, "test": 20})
     assert manifest["jcs_list"].value_counts().to_dict() == {"train": 59, "neither": 21, "both": 20}
@@ -44,6 +45,7 @@ def test_medseg_full(processed_medseg):
     assert meta["spacing_mm"] is None and meta["split_level"] == "slice"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("multiclass", [False, True])
 def test_covid_semiseg(tmp_path, shared_data, multiclass):
     cfg = PreprocessConfig(image_size=64, multiclass=multiclass)
@@ -54,6 +56,7 @@ def test_covid_semiseg(tmp_path, shared_data, multiclass):
     assert manifest.loc[manifest["split"] != "test", "id"].str.startswith("train-").all()
 
 
+@pytest.mark.slow
 def test_kaggle_64_and_msd(tmp_path, shared_data, cfg):
     s = preprocess("kaggle-64", shared_data / "kaggle-lungs" / "64px", tmp_path / "k", cfg)
     _, masks, _, meta = _check_canonical(tmp_path / "k", s.counts)
@@ -79,10 +82,22 @@ def test_patient_level_split_on_volumes(tmp_path, shared_data, build, cfg):
     assert meta["spacing_mm"] == pytest.approx([0.8 * 48 / 64, 0.7 * 48 / 64])
 
 
+@pytest.mark.slow
 def test_sample_via_cli(tmp_path, sample_dir, params_file, capsys):
     out = tmp_path / "sample"
-    code = main(["preprocess", "--dataset", "medseg", "--input", str(sample_dir), "--output", str(out),
-                 "--params", str(params_file)])
+    code = main(
+        [
+            "preprocess",
+            "--dataset",
+            "medseg",
+            "--input",
+            str(sample_dir),
+            "--output",
+            str(out),
+            "--params",
+            str(params_file),
+        ]
+    )
     assert code == 0
     assert "22 slices" in capsys.readouterr().out
     _check_canonical(out, read_meta(out)["counts"])
@@ -91,6 +106,7 @@ def test_sample_via_cli(tmp_path, sample_dir, params_file, capsys):
     )
 
 
+@pytest.mark.slow
 def test_same_data_gives_byte_identical_output_wherever_it_lives(tmp_path, sample_dir, params_file, monkeypatch):
     """DVC hashes the output folder: two checkouts preprocessing the same data must write the same bytes."""
     import hashlib
@@ -100,8 +116,22 @@ def test_same_data_gives_byte_identical_output_wherever_it_lives(tmp_path, sampl
         root = tmp_path / name
         _copy_sample(sample_dir, root / "data" / "sample")
         monkeypatch.chdir(root)
-        assert main(["preprocess", "--dataset", "medseg", "--input", "data/sample", "--output", "processed",
-                     "--params", str(params_file)]) == 0
+        assert (
+            main(
+                [
+                    "preprocess",
+                    "--dataset",
+                    "medseg",
+                    "--input",
+                    "data/sample",
+                    "--output",
+                    "processed",
+                    "--params",
+                    str(params_file),
+                ]
+            )
+            == 0
+        )
         files = sorted((root / "processed").iterdir())
         assert [f.name for f in files] == ["images.npy", "manifest.csv", "masks.npy", "meta.json", "validation.json"]
         digests.append({f.name: hashlib.md5(f.read_bytes()).hexdigest() for f in files})
@@ -145,27 +175,48 @@ def _missing_folder(root):
     return "tr_mask_new", "folder not found"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("breaker", [_truncate_png, _label_seven, _no_mask, _missing_folder])
 def test_bad_medseg_input_fails_cleanly(tmp_path, sample_dir, params_file, capsys, breaker):
     raw = _copy_sample(sample_dir, tmp_path / "raw")
     out = tmp_path / "out"
-    assert main(["preprocess", "--dataset", "medseg", "--input", str(raw), "--output", str(out),
-                 "--params", str(params_file)]) == 0
+    assert (
+        main(
+            [
+                "preprocess",
+                "--dataset",
+                "medseg",
+                "--input",
+                str(raw),
+                "--output",
+                str(out),
+                "--params",
+                str(params_file),
+            ]
+        )
+        == 0
+    )
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     name, problem = breaker(raw)
-    code = main(["preprocess", "--dataset", "medseg", "--input", str(raw), "--output", str(out),
-                 "--params", str(params_file)])
+    code = main(
+        ["preprocess", "--dataset", "medseg", "--input", str(raw), "--output", str(out), "--params", str(params_file)]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and name in err and problem in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # previous output intact
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp folder left
 
 
-def test_nifti_mismatch_and_missing_input_and_unknown_dataset_via_cli(tmp_path, shared_data, build, params_file, capsys):
+def test_nifti_mismatch_and_missing_input_and_unknown_dataset_via_cli(
+    tmp_path, shared_data, build, params_file, capsys
+):
     x, y = build.msd_patches(shared_data, 0, 4)
     build.nifti_pair(tmp_path / "raw", "vol1", build.unit_to_hu(x), y, mask_affine=np.diag([0.7, 0.8, 2.5, 1.0]) * 2)
     cases = [
-        (["--dataset", "nifti", "--input", str(tmp_path / "raw")], ["images/vol1.nii.gz", "masks/vol1.nii.gz", "geometry"]),
+        (
+            ["--dataset", "nifti", "--input", str(tmp_path / "raw")],
+            ["images/vol1.nii.gz", "masks/vol1.nii.gz", "geometry"],
+        ),
         (["--dataset", "medseg", "--input", str(tmp_path / "nowhere")], ["nowhere", "input folder not found"]),
         (["--dataset", "medsegg", "--input", str(tmp_path / "raw")], ["unknown dataset 'medsegg'", "medseg", "nifti"]),
     ]
@@ -209,8 +260,12 @@ def test_too_small_dataset_is_a_data_error(tmp_path, shared_data, cfg):
     root = tmp_path / "raw"
     for sub in ("images", "masks"):
         (root / sub).mkdir(parents=True)
-    (root / "images" / "a.tif").write_bytes((shared_data / "kaggle-lungs/fullres-sample/image_ID_0000_Z_0142.tif").read_bytes())
-    (root / "masks" / "a.tif").write_bytes((shared_data / "kaggle-lungs/fullres-sample/mask_ID_0000_Z_0142.tif").read_bytes())
+    (root / "images" / "a.tif").write_bytes(
+        (shared_data / "kaggle-lungs/fullres-sample/image_ID_0000_Z_0142.tif").read_bytes()
+    )
+    (root / "masks" / "a.tif").write_bytes(
+        (shared_data / "kaggle-lungs/fullres-sample/mask_ID_0000_Z_0142.tif").read_bytes()
+    )
     with pytest.raises(DataError, match="too few slices"):
         preprocess("pairs", root, tmp_path / "o", cfg)
     assert not (tmp_path / "o").exists()
@@ -223,11 +278,13 @@ def test_cli_help_names_every_reader():
 
     parser = argparse.ArgumentParser()
     cli_preprocess.add_parser(parser.add_subparsers())
-    help_text = next(a.help for a in parser._subparsers._group_actions[0].choices["preprocess"]._actions
-                     if a.dest == "dataset")
+    help_text = next(
+        a.help for a in parser._subparsers._group_actions[0].choices["preprocess"]._actions if a.dest == "dataset"
+    )
     assert sorted(n.strip() for n in help_text.split(":")[1].split("(")[0].split(",")) == sorted(readers.READERS)
 
 
+@pytest.mark.slow
 def test_meta_records_the_raw_datas_version(tmp_path, sample_dir):
     from lungseg.lineage import folder_hash
 

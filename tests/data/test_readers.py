@@ -73,8 +73,9 @@ def test_kaggle_64(shared_data, cfg):
     assert set(np.unique(masks)) == {0, 1}
     assert 0.22 < masks.mean() < 0.26  # README: ~24 % lung
     # same threshold as computed directly from the published arrays
-    y = np.concatenate([np.load(shared_data / "kaggle-lungs/64px/y_train.npy"),
-                        np.load(shared_data / "kaggle-lungs/64px/y_test.npy")])[..., 0]
+    y = np.concatenate(
+        [np.load(shared_data / "kaggle-lungs/64px/y_train.npy"), np.load(shared_data / "kaggle-lungs/64px/y_test.npy")]
+    )[..., 0]
     np.testing.assert_array_equal(masks, (y >= 0.5).astype(np.uint8))
 
 
@@ -170,11 +171,17 @@ def test_geometry_check_lists_every_difference(tmp_path):
     img, mask = tmp_path / "ct.nii.gz", tmp_path / "mask.nii.gz"
     _require_same_geometry(img, mask, (4, 5), (4, 5), [("spacing", (0.7, 0.8), (0.7, 0.8000001), 1e-3, True)])
     with pytest.raises(DataError) as exc:
-        _require_same_geometry(img, mask, (4, 5, 6), (4, 5, 7), [
-            ("spacing", (0.7, 0.8), (0.7, 0.9), 1e-3, True),
-            ("direction", np.eye(3), -np.eye(3), 1e-4, False),
-            ("origin", (0.0, 0.0), (0.0, 0.0, 1.0), 1e-2, True),  # a different rank is a difference, not a crash
-        ])
+        _require_same_geometry(
+            img,
+            mask,
+            (4, 5, 6),
+            (4, 5, 7),
+            [
+                ("spacing", (0.7, 0.8), (0.7, 0.9), 1e-3, True),
+                ("direction", np.eye(3), -np.eye(3), 1e-4, False),
+                ("origin", (0.0, 0.0), (0.0, 0.0, 1.0), 1e-2, True),  # a different rank is a difference, not a crash
+            ],
+        )
     msg = str(exc.value)
     assert str(img) in msg and f"geometry does not match mask {mask}" in msg
     assert "shape (4, 5, 6) vs (4, 5, 7)" in msg and "spacing (0.7, 0.8) vs (0.7, 0.9)" in msg
@@ -193,25 +200,32 @@ def _touch(folder, *names):
 def test_match_pairs_by_key_with_prefixes_suffixes_and_natural_order(tmp_path):
     _touch(tmp_path / "im", "tr_im_10.png", "tr_im_2.png", "notes.txt", "other.png")
     _touch(tmp_path / "gt", "tr_mask_2.png", "tr_mask_10.PNG")
-    pairs = readers.match_pairs(tmp_path / "im", tmp_path / "gt", (".png",), image_prefix="tr_im_",
-                                mask_prefix="tr_mask_")
-    assert [(k, i.name, m.name) for k, i, m in pairs] == [("2", "tr_im_2.png", "tr_mask_2.png"),
-                                                          ("10", "tr_im_10.png", "tr_mask_10.PNG")]
+    pairs = readers.match_pairs(
+        tmp_path / "im", tmp_path / "gt", (".png",), image_prefix="tr_im_", mask_prefix="tr_mask_"
+    )
+    assert [(k, i.name, m.name) for k, i, m in pairs] == [
+        ("2", "tr_im_2.png", "tr_mask_2.png"),
+        ("10", "tr_im_10.png", "tr_mask_10.PNG"),
+    ]
     # images and masks in one folder, told apart by their prefixes (the flat Kaggle TIFF layout)
     _touch(tmp_path / "flat", "image_ID_1.tif", "mask_ID_1.tif", "image_ID_0.tiff", "mask_ID_0.tif")
-    pairs = readers.match_pairs(tmp_path / "flat", tmp_path / "flat", (".tif", ".tiff"), image_prefix="image_",
-                                mask_prefix="mask_")
+    pairs = readers.match_pairs(
+        tmp_path / "flat", tmp_path / "flat", (".tif", ".tiff"), image_prefix="image_", mask_prefix="mask_"
+    )
     assert [k for k, _, _ in pairs] == ["ID_0", "ID_1"]
     _touch(tmp_path / "nii", "a.nii.gz")
     _touch(tmp_path / "niim", "a.nii")
     assert [k for k, _, _ in readers.match_pairs(tmp_path / "nii", tmp_path / "niim", (".nii.gz", ".nii"))] == ["a"]
 
 
-@pytest.mark.parametrize("images,masks,culprit,problem", [
-    (["a.png", "b.png"], ["a.png"], "im/b.png", "image has no mask (expected {root}/gt/b.*)"),
-    (["a.png"], ["a.png", "c.png"], "gt/c.png", "mask has no image (expected {root}/im/c.*)"),
-    ([], ["a.png"], "im", "no image files"),
-])
+@pytest.mark.parametrize(
+    "images,masks,culprit,problem",
+    [
+        (["a.png", "b.png"], ["a.png"], "im/b.png", "image has no mask (expected {root}/gt/b.*)"),
+        (["a.png"], ["a.png", "c.png"], "gt/c.png", "mask has no image (expected {root}/im/c.*)"),
+        ([], ["a.png"], "im", "no image files"),
+    ],
+)
 def test_match_pairs_names_the_unpaired_file(tmp_path, images, masks, culprit, problem):
     _touch(tmp_path / "im", *images)
     _touch(tmp_path / "gt", *masks)
@@ -234,5 +248,7 @@ def test_medseg_and_flat_kaggle_use_the_shared_pairing(tmp_path, sample_dir, sha
     flat = tmp_path / "kaggle"
     shutil.copytree(shared_data / "kaggle-lungs" / "fullres-sample", flat)
     (flat / "image_ID_0000_Z_0142.tif").rename(flat / "image_ID_0001_Z_0001.tif")
-    with pytest.raises(DataError, match=r"image_ID_0001_Z_0001.tif: image has no mask \(expected .*mask_ID_0001_Z_0001"):
+    with pytest.raises(
+        DataError, match=r"image_ID_0001_Z_0001.tif: image has no mask \(expected .*mask_ID_0001_Z_0001"
+    ):
         _read("kaggle-tiff", flat, cfg)

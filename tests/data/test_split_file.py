@@ -45,9 +45,13 @@ def _manifest(out):
     return pd.read_csv(out / "manifest.csv", dtype={"patient_id": str})
 
 
+@pytest.mark.slow
 def test_split_and_patient_ids_give_the_users_test_set_and_a_patient_level_split(user_pairs, tmp_path, cfg):
-    write_split(user_pairs, ["id", "split", "patient_id"],
-                [[i, "test" if PATIENT[i] == "p5" else "train", PATIENT[i]] for i in IDS])
+    write_split(
+        user_pairs,
+        ["id", "split", "patient_id"],
+        [[i, "test" if PATIENT[i] == "p5" else "train", PATIENT[i]] for i in IDS],
+    )
     out = tmp_path / "out"
     preprocess("pairs", user_pairs, out, cfg)
     man, meta = _manifest(out), read_meta(out)
@@ -90,23 +94,44 @@ def _rows(**change):
 
 
 BAD = {
-    "unknown column": (["id", "split", "patient"], _rows(), "line 1: unknown column(s) 'patient' (allowed: id, split, "
-                                                            "patient_id)"),
+    "unknown column": (
+        ["id", "split", "patient"],
+        _rows(),
+        "line 1: unknown column(s) 'patient' (allowed: id, split, patient_id)",
+    ),
     "no id column": (["name", "split"], [], "line 1: unknown column(s) 'name'"),
     "only id": (["id"], [[i] for i in IDS], "line 1: the header needs 'id' and 'split' and/or 'patient_id'"),
     "column twice": (["id", "split", "split"], [], "line 1: a column is named twice"),
-    "short row": (["id", "split", "patient_id"], _rows(case4=["case4", "train"]),
-                  "line 5: expected 3 fields (id,split,patient_id), got 2"),
-    "empty value": (["id", "split", "patient_id"], _rows(case2=["case2", "train", ""]),
-                    "line 3: empty patient_id for 'case2'"),
-    "unknown id": (["id", "split", "patient_id"], _rows(case6=["case66", "train", "p3"]),
-                   "line 7: id 'case66' is not an image in images/"),
-    "listed twice": (["id", "split", "patient_id"], _rows(case6=["case5", "train", "p3"]),
-                     "line 7: id 'case5' is listed twice (first on line 6)"),
-    "val is not a value": (["id", "split", "patient_id"], _rows(case1=["case1", "val", "p1"]),
-                           "line 2: split 'val' for 'case1': must be train or test (val is carved from train"),
-    "patient in train and test": (["id", "split", "patient_id"], _rows(case10=["case10", "train", "p5"]),
-                                  "line 11: patient 'p5' is in train here and in test on line 10"),
+    "short row": (
+        ["id", "split", "patient_id"],
+        _rows(case4=["case4", "train"]),
+        "line 5: expected 3 fields (id,split,patient_id), got 2",
+    ),
+    "empty value": (
+        ["id", "split", "patient_id"],
+        _rows(case2=["case2", "train", ""]),
+        "line 3: empty patient_id for 'case2'",
+    ),
+    "unknown id": (
+        ["id", "split", "patient_id"],
+        _rows(case6=["case66", "train", "p3"]),
+        "line 7: id 'case66' is not an image in images/",
+    ),
+    "listed twice": (
+        ["id", "split", "patient_id"],
+        _rows(case6=["case5", "train", "p3"]),
+        "line 7: id 'case5' is listed twice (first on line 6)",
+    ),
+    "val is not a value": (
+        ["id", "split", "patient_id"],
+        _rows(case1=["case1", "val", "p1"]),
+        "line 2: split 'val' for 'case1': must be train or test (val is carved from train",
+    ),
+    "patient in train and test": (
+        ["id", "split", "patient_id"],
+        _rows(case10=["case10", "train", "p5"]),
+        "line 11: patient 'p5' is in train here and in test on line 10",
+    ),
     "no test rows": (["id", "split"], [[i, "train"] for i in IDS], "no row has split test"),
 }
 
@@ -132,8 +157,19 @@ def test_an_unlisted_image_and_an_empty_file(user_pairs, cfg):
 def test_bad_split_file_via_the_cli_is_one_line_and_writes_nothing(user_pairs, tmp_path, params_file, capsys):
     path = write_split(user_pairs, ["id", "split"], [[i, "validation"] for i in IDS])
     out = tmp_path / "out"
-    code = main(["preprocess", "--dataset", "pairs", "--input", str(user_pairs), "--output", str(out),
-                 "--params", str(params_file)])
+    code = main(
+        [
+            "preprocess",
+            "--dataset",
+            "pairs",
+            "--input",
+            str(user_pairs),
+            "--output",
+            str(out),
+            "--params",
+            str(params_file),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert err.startswith(f"error: {path}: line 2: split 'validation' for 'case1'")

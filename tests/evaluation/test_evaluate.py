@@ -12,13 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
-from train_helpers import write_params
 
 from lungseg.config import load_params
 from lungseg.data.dataset import load_split
 from lungseg.errors import CheckpointError, DataError
 from lungseg.evaluation import evaluate
 from lungseg.training import train
+from train_helpers import write_params
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +31,22 @@ def trained(tmp_path_factory, tiny_data):
     return root, params, uri
 
 
+@pytest.mark.slow
 def test_report_files_numbers_and_mlflow(trained, tiny_data):
     root, params, uri = trained
     result = evaluate(params, root / "model", tiny_data, root / "report")
     out = root / "report"
-    assert {p.name for p in out.iterdir()} == {"per_image.csv", "metrics.json", "headline.json", "overlays.png",
-                                              "roc.csv", "pr.csv", "curves.csv", "curves.png",
-                                              "mlflow_logging.json"}  # fmt: skip
+    assert {p.name for p in out.iterdir()} == {
+        "per_image.csv",
+        "metrics.json",
+        "headline.json",
+        "overlays.png",
+        "roc.csv",
+        "pr.csv",
+        "curves.csv",
+        "curves.png",
+        "mlflow_logging.json",
+    }
     test = load_split(tiny_data, "test")
     per_image = pd.read_csv(out / "per_image.csv", dtype={"id": str})
     assert per_image["id"].tolist() == test.manifest["id"].tolist()
@@ -68,8 +77,16 @@ def test_report_files_numbers_and_mlflow(trained, tiny_data):
     assert m["preprocessing_mismatch"] == [] and m["preprocessing_unchecked"] == []
     # headline.json (the DVC metrics file) holds the few headline numbers, equal to metrics.json's
     headline = json.loads((out / "headline.json").read_text())
-    assert set(headline) == {"n_images", "dice_mean", "dice_pooled", "iou_mean", "sen_mean", "spe_mean", "hd95_mean",
-                             "roc_auc_pooled"}  # fmt: skip
+    assert set(headline) == {
+        "n_images",
+        "dice_mean",
+        "dice_pooled",
+        "iou_mean",
+        "sen_mean",
+        "spe_mean",
+        "hd95_mean",
+        "roc_auc_pooled",
+    }
     assert all(headline[k] == m[k] for k in headline)
 
     # its own MLflow run, nested under the training run; the training run is not written to
@@ -82,11 +99,13 @@ def test_report_files_numbers_and_mlflow(trained, tiny_data):
     assert ev.data.tags["eval_split"] == "test" and ev.data.tags["model_sha256"] == m["model_sha256"]
     assert ev.data.metrics["dice_mean"] == pytest.approx(m["dice_mean"])
     assert {"per_image.csv", "metrics.json", "overlays.png", "roc.csv", "curves.csv"} <= {
-        a.path for a in client.list_artifacts(ev.info.run_id)}
+        a.path for a in client.list_artifacts(ev.info.run_id)
+    }
     train_run = client.get_run(info["run_id"])
     assert not [k for k in train_run.data.metrics if k.startswith("eval")] and train_run.info.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_failed_evaluation_keeps_previous_report(trained, tiny_data):
     root, params, _ = trained
     evaluate(params, root / "model", tiny_data, root / "report2")
@@ -101,6 +120,7 @@ def test_failed_evaluation_keeps_previous_report(trained, tiny_data):
     assert not (root / "report3").exists()
 
 
+@pytest.mark.slow
 def test_falls_back_to_last_checkpoint(trained, tiny_data, tmp_path):
     root, params, _ = trained
     model = tmp_path / "model"
@@ -114,6 +134,7 @@ def test_falls_back_to_last_checkpoint(trained, tiny_data, tmp_path):
     assert json.loads((tmp_path / "report" / "mlflow_logging.json").read_text())["run_id"] is None
 
 
+@pytest.mark.slow
 def test_corrupt_run_file_is_a_data_error_naming_it(trained, tiny_data, tmp_path):
     root, params, _ = trained
     model = tmp_path / "model"
@@ -125,6 +146,7 @@ def test_corrupt_run_file_is_a_data_error_naming_it(trained, tiny_data, tmp_path
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary folder left either
 
 
+@pytest.mark.slow
 def test_a_second_evaluation_never_overwrites_the_first(trained, tiny_data, tmp_path):
     """Two evaluations (another threshold) are two MLflow runs under the training run, each with its
     own numbers; the training run's metrics are untouched (they held two values at one step)."""
@@ -141,11 +163,13 @@ def test_a_second_evaluation_never_overwrites_the_first(trained, tiny_data, tmp_
         assert got["dice_mean"] == pytest.approx(m["dice_mean"]) and got["threshold"] == m["threshold"]
         assert [h.value for h in client.get_metric_history(run_id, "dice_mean")] == [pytest.approx(m["dice_mean"])]
     info = json.loads((root / "model" / "mlflow_run.json").read_text())
-    children = client.search_runs([client.get_run(info["run_id"]).info.experiment_id],
-                                  f"tags.mlflow.parentRunId = '{info['run_id']}'")  # fmt: skip
+    children = client.search_runs(
+        [client.get_run(info["run_id"]).info.experiment_id], f"tags.mlflow.parentRunId = '{info['run_id']}'"
+    )
     assert set(runs) <= {r.info.run_id for r in children}
 
 
+@pytest.mark.slow
 def test_data_preprocessed_differently_is_refused_unless_allowed(trained, tiny_data, tmp_path_factory, tmp_path):
     """A 32² model on a 64² set ran silently (another score); now a DataError naming both values,
     or, when asked, an evaluation that records the difference."""
@@ -169,6 +193,7 @@ def test_data_preprocessed_differently_is_refused_unless_allowed(trained, tiny_d
         evaluate(params, root / "model", window, tmp_path / "rw")
 
 
+@pytest.mark.slow
 def test_an_old_checkpoint_is_checked_on_what_it_records(trained, tiny_data, tmp_path, capsys):
     """best.pt written before training recorded its preprocessing: image_size is still checked, the
     rest is said to be unchecked."""
@@ -184,9 +209,12 @@ def test_an_old_checkpoint_is_checked_on_what_it_records(trained, tiny_data, tmp
     evaluate(params, model, tiny_data, tmp_path / "report")
     m = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert m["preprocessing_unchecked"] == ["hu_window", "multiclass", "num_labels", "label_names"]
-    assert "does not record the training data's hu_window, multiclass, num_labels, label_names" in capsys.readouterr().err
+    assert (
+        "does not record the training data's hu_window, multiclass, num_labels, label_names" in capsys.readouterr().err
+    )
 
 
+@pytest.mark.slow
 def test_truncated_best_is_named_and_the_intact_last_checkpoint_is_used(trained, tiny_data, tmp_path, capsys):
     root, params, _ = trained
     model = tmp_path / "model"
@@ -206,6 +234,7 @@ def test_truncated_best_is_named_and_the_intact_last_checkpoint_is_used(trained,
         evaluate(params, model, tiny_data, tmp_path / "report2")
 
 
+@pytest.mark.slow
 def test_output_naming_a_file_is_refused_before_evaluating(trained, tiny_data, tmp_path):
     root, params, _ = trained
     afile = tmp_path / "afile"

@@ -49,7 +49,7 @@ def test_record_is_consistent(path):
     m, rows = rec.metrics, rec.per_image
     assert len(rows) == m["n_images"] == rec.data.counts["test"]
     tp, fp, fn, tn = (np.array([r[k] for r in rows], dtype=float) for k in ("tp", "fp", "fn", "tn"))
-    assert np.all(tp + fp + fn + tn == rec.data.image_size ** 2)
+    assert np.all(tp + fp + fn + tn == rec.data.image_size**2)
     # per image: Dice and ACC from the confusion counts (images with nothing to compare are undefined)
     for r, a, b, c, d in zip(rows, tp, fp, fn, tn, strict=True):
         if 2 * a + b + c > 0:

@@ -19,11 +19,22 @@ def tracking(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 
+@pytest.mark.slow
 def test_tiny_cell_records_real_metrics_and_resumes(tmp_path, shared_data, tracking):
     results, work = tmp_path / "results", tmp_path / "work"
-    kw = dict(profile="cpu", seeds=[0], rows=["unet"], data_root=shared_data, workdir=work, results_dir=results,
-              overrides={"base_channels": 4, "epochs": 1}, device="cpu", keep_going=False, log=lambda s: None,
-              command="pytest tiny cell")
+    kw = dict(
+        profile="cpu",
+        seeds=[0],
+        rows=["unet"],
+        data_root=shared_data,
+        workdir=work,
+        results_dir=results,
+        overrides={"base_channels": 4, "epochs": 1},
+        device="cpu",
+        keep_going=False,
+        log=lambda s: None,
+        command="pytest tiny cell",
+    )
     outcomes = runner.run_table(SPEC, **kw)
     assert [o.status for o in outcomes] == ["done"]
     path = results / "prnet-kaggle" / "cpu" / "unet-seed0.json"

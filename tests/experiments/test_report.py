@@ -21,22 +21,42 @@ RESULTS, REPORT = REPO / "docs" / "results", REPO / "docs" / "results.md"
 SETTINGS = {"image_size": 64, "base_channels": 8, "epochs": 2, "batch_size": 4, "lr": 0.001, "extra_train": {}}
 
 
-def make_record(row: str, seed: int, dice: float | None, acc: float = 0.9, hd95: float | None = 3.0,
-                **settings) -> dict:
+def make_record(
+    row: str, seed: int, dice: float | None, acc: float = 0.9, hd95: float | None = 3.0, **settings
+) -> dict:
     model = SPEC.row(row).model
     return {
-        "table": SPEC.name, "profile": "cpu", "row": row, "seed": seed,
+        "table": SPEC.name,
+        "profile": "cpu",
+        "row": row,
+        "seed": seed,
         "settings": {**SETTINGS, **settings, "model": model, "model_kwargs": {}},
         "overrides": {},
-        "metrics": {"dice_mean": dice, "iou_mean": None if dice is None else dice / (2 - dice), "miou_mean": 0.7,
-                    "acc_mean": acc, "hd95_mean": hd95, "dice_pooled": 0.5, "acc_pooled": acc, "miou_pooled": 0.75,
-                    "hd_undefined": 1},
+        "metrics": {
+            "dice_mean": dice,
+            "iou_mean": None if dice is None else dice / (2 - dice),
+            "miou_mean": 0.7,
+            "acc_mean": acc,
+            "hd95_mean": hd95,
+            "dice_pooled": 0.5,
+            "acc_pooled": acc,
+            "miou_pooled": 0.75,
+            "hd_undefined": 1,
+        },
         "wall_time_s": {"train": 10.0, "evaluate": 1.0, "total": 11.0},
         "device": {"name": "Test CPU", "type": "cpu", "torch": "x"},
         "git": {"commit": "0123456789abcdef", "dirty": False},
-        "data": {"dataset": "medseg", "input_subdir": "medseg-covid100", "raw_sha256": "ab" * 32, "raw_n_files": 202,
-                 "processed_sha256": {"images.npy": "cd" * 32}, "counts": {"train": 68, "val": 12, "test": 20},
-                 "image_size": 64, "split_level": "slice", "warnings": ["slice-level split: hand-made"]},
+        "data": {
+            "dataset": "medseg",
+            "input_subdir": "medseg-covid100",
+            "raw_sha256": "ab" * 32,
+            "raw_n_files": 202,
+            "processed_sha256": {"images.npy": "cd" * 32},
+            "counts": {"train": 68, "val": 12, "test": 20},
+            "image_size": 64,
+            "split_level": "slice",
+            "warnings": ["slice-level split: hand-made"],
+        },
         "command": f"lungseg results run --table {SPEC.name} --profile cpu",
     }
 
@@ -97,10 +117,17 @@ def test_rendered_table_keeps_paper_numbers_in_their_own_columns(tmp_path):
     lines = table.splitlines()
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     # LG-Net's tables show the pooled ACC and mIoU beside the per-image means (the paper's are pooled)
-    assert header[:7] == ["model", "seeds", "ours: ACC (%) ↑", "ours: pooled ACC (%) ↑", "ours: mIoU (%) ↑",
-                          "ours: pooled mIoU (%) ↑", "ours: Dice (%) ↑"]
+    assert header[:7] == [
+        "model",
+        "seeds",
+        "ours: ACC (%) ↑",
+        "ours: pooled ACC (%) ↑",
+        "ours: mIoU (%) ↑",
+        "ours: pooled mIoU (%) ↑",
+        "ours: Dice (%) ↑",
+    ]
     assert "paper†: ACC (%)" in header and "paper†: mIoU (%)" in header
-    lg = next(l for l in lines if l.startswith("| LG-Net |"))
+    lg = next(row for row in lines if row.startswith("| LG-Net |"))
     cells = [c.strip() for c in lg.strip("|").split("|")]
     assert cells[1] == "0,1,2"
     assert cells[2] == "96.0 ± 1.0"  # ours: ACC in %, mean ± std of 0.95, 0.96, 0.97
@@ -110,10 +137,10 @@ def test_rendered_table_keeps_paper_numbers_in_their_own_columns(tmp_path):
     assert cells[-2:] == ["91.5", "80.3"]  # the paper's, as printed
     assert "ours: Dice per seed" in header
     assert cells[header.index("ours: Dice per seed")] == "0: 60.0, 1: 70.0, 2: 80.0"
-    unet = next(l for l in lines if l.startswith("| U-Net |"))
+    unet = next(row for row in lines if row.startswith("| U-Net |"))
     assert "not run" in unet and "—" in unet  # no record, and the paper's Table 1 has no U-Net row
     assert len(unet.strip("|").split("|")) == len(header)  # a row without records keeps every column
-    seg = next(l for l in lines if l.startswith("| SegNet |"))
+    seg = next(row for row in lines if row.startswith("| SegNet |"))
     assert seg.rstrip(" |").endswith("78.8 | 68.8")
     # a table without pooled_beside (and the pooled table itself) has no extra columns
     plain = rep.render_metric_table(SPEC, recs, pooled_beside=())
@@ -194,9 +221,11 @@ def test_update_report_replaces_only_generated_blocks(tmp_path):
     for seed, d in enumerate([0.6, 0.7, 0.8]):
         write(results, make_record("lgnet", seed, d))
     doc = tmp_path / "results.md"
-    doc.write_text("# Title\n\nHand-written prose.\n\n"
-                   "<!-- BEGIN GENERATED: lgnet-table1/cpu -->\nstale\n<!-- END GENERATED: lgnet-table1/cpu -->\n\n"
-                   "More prose.\n")
+    doc.write_text(
+        "# Title\n\nHand-written prose.\n\n"
+        "<!-- BEGIN GENERATED: lgnet-table1/cpu -->\nstale\n<!-- END GENERATED: lgnet-table1/cpu -->\n\n"
+        "More prose.\n"
+    )
     update_report(doc, results, {"lgnet-table1": SPEC})
     text = doc.read_text()
     assert "stale" not in text
@@ -234,8 +263,9 @@ def test_committed_report_is_what_the_committed_records_generate(tmp_path):
     copy = tmp_path / "results.md"
     shutil.copyfile(REPORT, copy)
     update_report(copy, RESULTS)
-    assert copy.read_text(encoding="utf-8") == REPORT.read_text(encoding="utf-8"), \
+    assert copy.read_text(encoding="utf-8") == REPORT.read_text(encoding="utf-8"), (
         "run `lungseg results report` and commit the result"
+    )
     # and every table × profile with records has its block in the committed page
     text = REPORT.read_text(encoding="utf-8")
     for key, body in rep.render_blocks(RESULTS).items():
@@ -246,10 +276,14 @@ def test_committed_report_is_what_the_committed_records_generate(tmp_path):
 def test_budget_block_puts_profiles_side_by_side_with_ranks():
     cpu = [make_record("lgnet", s, d) for s, d in enumerate([0.60, 0.62, 0.64])]
     cpu += [make_record("unet", s, d) for s, d in enumerate([0.70, 0.72, 0.74])]
-    long = [dict(make_record("lgnet", s, d, image_size=128, epochs=30), profile="cpu-long")
-            for s, d in enumerate([0.80, 0.82, 0.84])]
-    long += [dict(make_record("unet", s, d, image_size=128, epochs=30), profile="cpu-long")
-             for s, d in enumerate([0.75, 0.75, 0.75])]
+    long = [
+        dict(make_record("lgnet", s, d, image_size=128, epochs=30), profile="cpu-long")
+        for s, d in enumerate([0.80, 0.82, 0.84])
+    ]
+    long += [
+        dict(make_record("unet", s, d, image_size=128, epochs=30), profile="cpu-long")
+        for s, d in enumerate([0.75, 0.75, 0.75])
+    ]
     block = rep.render_budget_block(SPEC, {"cpu": cpu, "cpu-long": long, "gpu": []})
     lines = block.splitlines()
     header = next(line for line in lines if line.startswith("| model |"))
@@ -268,7 +302,9 @@ def test_paper_preset_is_shown_in_the_block_and_the_budget_note():
     paper = [dict(make_record("lgnet", s, 0.5, preset="paper"), profile="cpu-paper") for s in (0, 1)]
     block = render_block(SPEC, "cpu-paper", paper)
     assert "- **Settings used**: image 64², base width 8, 2 epochs, batch 4, lr 0.001, preset paper" in block
-    assert "- **Paper-size (`gpu`) profile for comparison**: image 512², base 64, 120 epochs, batch 4, lr 0.01, " \
-           "preset paper" in block
+    assert (
+        "- **Paper-size (`gpu`) profile for comparison**: image 512², base 64, 120 epochs, batch 4, lr 0.01, "
+        "preset paper" in block
+    )
     budget = rep.render_budget_block(SPEC, {"cpu": [make_record("lgnet", 0, 0.6)], "cpu-paper": paper})
     assert "- `cpu-paper`: image 64², base 8, 2 epochs, batch 4, lr 0.001, preset paper; 2 runs" in budget

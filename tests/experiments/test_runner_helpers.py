@@ -62,10 +62,18 @@ def test_run_table_skips_finished_cells_without_touching_data(tmp_path):
     prof = runner.effective_profile(SPEC, "cpu")
     for row in SPEC.rows:
         for seed in (0, 1):
-            atomic_write_json(runner.record_path(tmp_path, SPEC.name, "cpu", row.key, seed),
-                              {"settings": runner.settings_of(prof, row)})
-    outcomes = runner.run_table(SPEC, seeds=[0, 1], data_root=tmp_path / "missing", workdir=tmp_path / "w",
-                                results_dir=tmp_path, log=lambda s: None)
+            atomic_write_json(
+                runner.record_path(tmp_path, SPEC.name, "cpu", row.key, seed),
+                {"settings": runner.settings_of(prof, row)},
+            )
+    outcomes = runner.run_table(
+        SPEC,
+        seeds=[0, 1],
+        data_root=tmp_path / "missing",
+        workdir=tmp_path / "w",
+        results_dir=tmp_path,
+        log=lambda s: None,
+    )
     assert [o.status for o in outcomes] == ["skipped"] * 10
     assert not (tmp_path / "w").exists()
 
@@ -74,8 +82,15 @@ def test_run_table_missing_data_root_is_a_data_error(tmp_path):
     from lungseg.errors import DataError
 
     with pytest.raises(DataError, match="check --data-root"):
-        runner.run_table(SPEC, seeds=[0], rows=["all"], data_root=tmp_path / "missing", workdir=tmp_path / "w",
-                         results_dir=tmp_path / "r", log=lambda s: None)
+        runner.run_table(
+            SPEC,
+            seeds=[0],
+            rows=["all"],
+            data_root=tmp_path / "missing",
+            workdir=tmp_path / "w",
+            results_dir=tmp_path / "r",
+            log=lambda s: None,
+        )
 
 
 def test_folder_digest_changes_with_content_and_names(tmp_path):
@@ -108,8 +123,21 @@ def test_cli_table_all_means_every_table_with_the_profile(tmp_path, capsys):
     assert selected_tables(["all"], "cpu-long") == ["lgnet-table1", "lgnet-ablation", "infnet-protocol"]
     assert selected_tables(["prnet-kaggle", "unet-x", "prnet-kaggle"], "cpu") == ["prnet-kaggle", "unet-x"]
     # a named table without the profile: a clear error and exit 2, nothing written
-    rc = main(["results", "run", "--table", "prnet-kaggle", "--profile", "cpu-long", "--no-report",
-               "--results-dir", str(tmp_path / "res"), "--workdir", str(tmp_path / "work")])
+    rc = main(
+        [
+            "results",
+            "run",
+            "--table",
+            "prnet-kaggle",
+            "--profile",
+            "cpu-long",
+            "--no-report",
+            "--results-dir",
+            str(tmp_path / "res"),
+            "--workdir",
+            str(tmp_path / "work"),
+        ]
+    )
     assert rc == 2
     assert "unknown profile 'cpu-long' for table prnet-kaggle" in capsys.readouterr().err
     assert not (tmp_path / "res").exists()
@@ -172,8 +200,12 @@ def test_paper_profiles_deviate_from_the_paper_only_where_their_note_says():
     size and epochs (what their notes say)."""
     from lungseg.training.presets import check_paper_size, resolve_preset
 
-    expected = {("lgnet-table1", "gpu"): set(), ("lgnet-ablation", "gpu"): set(),
-                ("infnet-protocol", "gpu"): {"image_size"}, ("lgnet-table1", "cpu-paper"): {"epochs", "image_size"}}
+    expected = {
+        ("lgnet-table1", "gpu"): set(),
+        ("lgnet-ablation", "gpu"): set(),
+        ("infnet-protocol", "gpu"): {"image_size"},
+        ("lgnet-table1", "cpu-paper"): {"epochs", "image_size"},
+    }
     seen = set()
     for spec in TABLES.values():
         for pname, prof in spec.profiles.items():
@@ -190,8 +222,15 @@ def test_paper_profiles_deviate_from_the_paper_only_where_their_note_says():
 def test_cell_request_names_its_record_and_run_folder(tmp_path):
     options = runner.RunOptions(workdir=tmp_path / "w", results_dir=tmp_path / "r")
     data = runner.PreparedData(tmp_path / "d", {})
-    req = runner.CellRequest(spec=SPEC, profile="cpu", prof=runner.effective_profile(SPEC, "cpu"),
-                             row=SPEC.row("mrc"), seed=2, data=data, options=options)
+    req = runner.CellRequest(
+        spec=SPEC,
+        profile="cpu",
+        prof=runner.effective_profile(SPEC, "cpu"),
+        row=SPEC.row("mrc"),
+        seed=2,
+        data=data,
+        options=options,
+    )
     assert req.record_path == tmp_path / "r" / "lgnet-ablation" / "cpu" / "mrc-seed2.json"
     assert req.run_dir == tmp_path / "w" / "runs" / "lgnet-ablation" / "cpu" / "mrc-seed2"
 
@@ -207,7 +246,10 @@ def test_cli_path_defaults_come_from_the_working_directory_or_the_environment(tm
     assert default_path("data_root").resolve() == tmp_path.parent / "shared" / "data"
     env = {"LUNGSEG_RESULTS_DIR": "/x/records", "LUNGSEG_RESULTS_REPORT": "/x/page.md", "LUNGSEG_SHARED_DATA": "/d"}
     assert [default_path(k, env) for k in ("results_dir", "report", "data_root")] == [
-        Path("/x/records"), Path("/x/page.md"), Path("/d")]
+        Path("/x/records"),
+        Path("/x/page.md"),
+        Path("/d"),
+    ]
 
 
 def test_cli_report_from_another_folder(tmp_path, monkeypatch, capsys):
@@ -223,10 +265,17 @@ def test_cli_report_from_another_folder(tmp_path, monkeypatch, capsys):
 
     results = tmp_path / "records"
     prof = runner.effective_profile(SPEC, "cpu")
-    atomic_write_json(runner.record_path(results, SPEC.name, "cpu", "all", 0), {
-        "table": SPEC.name, "profile": "cpu", "row": "all", "seed": 0,
-        "settings": runner.settings_of(prof, SPEC.row("all")), "metrics": {"dice_mean": 0.5, "acc_pooled": 0.9},
-    })
+    atomic_write_json(
+        runner.record_path(results, SPEC.name, "cpu", "all", 0),
+        {
+            "table": SPEC.name,
+            "profile": "cpu",
+            "row": "all",
+            "seed": 0,
+            "settings": runner.settings_of(prof, SPEC.row("all")),
+            "metrics": {"dice_mean": 0.5, "acc_pooled": 0.9},
+        },
+    )
     page = tmp_path / "page.md"
     assert main(["results", "report", "--results-dir", str(results), "--output", str(page)]) == 0
     text = page.read_text(encoding="utf-8")

@@ -38,7 +38,11 @@ def test_cpu_long_profile_is_defined_for_the_infection_tables_only():
         assert (long.image_size, long.epochs) == (128, 30) and long.image_size > cpu.image_size
         assert long.epochs > cpu.epochs
         assert (long.base_channels, long.lr, long.extra_train, long.model_overrides) == (
-            cpu.base_channels, cpu.lr, cpu.extra_train, cpu.model_overrides)
+            cpu.base_channels,
+            cpu.lr,
+            cpu.extra_train,
+            cpu.model_overrides,
+        )
         assert [p for p in table_profiles(TABLES[name]) if p != "cpu-paper"] == ["cpu", "cpu-long", "gpu"]
     assert table_profiles(TABLES["prnet-kaggle"]) == ["cpu", "gpu"]
 
@@ -68,7 +72,11 @@ def test_cpu_paper_profile_is_the_paper_recipe_at_a_cpu_size():
     assert prof.preset == "paper" and prof.extra_train["allow_non_paper_size"] is True
     assert prof.image_size <= 128 and prof.epochs <= 5
     assert (prof.lr, prof.batch_size, prof.base_channels, prof.model_overrides) == (
-        gpu.lr, gpu.batch_size, gpu.base_channels, gpu.model_overrides)
+        gpu.lr,
+        gpu.batch_size,
+        gpu.base_channels,
+        gpu.model_overrides,
+    )
     assert table_profiles(spec) == ["cpu", "cpu-long", "cpu-paper", "gpu"]
 
 
@@ -85,8 +93,9 @@ def test_validate_spec_checks_the_profiles():
     assert f"{spec.name}: no 'gpu' profile" in validate_spec(missing)
     unknown = dataclasses.replace(spec, profiles={**spec.profiles, "tpu": spec.profiles["gpu"]})
     assert any("unknown profile 'tpu'" in p for p in validate_spec(unknown))
-    preset = dataclasses.replace(spec, profiles={**spec.profiles, "gpu": dataclasses.replace(spec.profiles["gpu"],
-                                                                                           preset="papr")})
+    preset = dataclasses.replace(
+        spec, profiles={**spec.profiles, "gpu": dataclasses.replace(spec.profiles["gpu"], preset="papr")}
+    )
     assert f"{spec.name}/gpu: unknown preset 'papr' (known: default, paper)" in validate_spec(preset)
     pooled = dataclasses.replace(spec, pooled_beside=("hd", "miou"))
     problems = validate_spec(pooled)
@@ -110,10 +119,16 @@ def test_every_row_builds_with_its_kwargs(name):
 
 def test_ablation_rows_are_the_lgnet_switches():
     spec = TABLES["lgnet-ablation"]
-    switches = [(r.model_kwargs["use_mrc"], r.model_kwargs["use_lg_attention"], r.model_kwargs["use_ff"])
-                for r in spec.rows]
-    assert switches == [(False, False, False), (True, False, False), (False, True, False),
-                        (False, False, True), (True, True, True)]
+    switches = [
+        (r.model_kwargs["use_mrc"], r.model_kwargs["use_lg_attention"], r.model_kwargs["use_ff"]) for r in spec.rows
+    ]
+    assert switches == [
+        (False, False, False),
+        (True, False, False),
+        (False, True, False),
+        (False, False, True),
+        (True, True, True),
+    ]
     assert {r.model for r in spec.rows} == {"lgnet"}
 
 
@@ -133,7 +148,9 @@ def test_published_numbers_are_only_attached_to_rows_by_label():
 def test_validate_spec_reports_problems():
     spec = TABLES["lgnet-table1"]
     bad = dataclasses.replace(
-        spec, dataset="nope", seeds=(0, 0),
+        spec,
+        dataset="nope",
+        seeds=(0, 0),
         rows=spec.rows + (Row("Bad Key", "x", "no-such-model"), Row("lgnet2", "x", "lgnet", {"use_nothing": True})),
     )
     problems = "\n".join(validate_spec(bad))

@@ -38,8 +38,13 @@ def builders():
 
 @pytest.fixture(scope="session")
 def store(tmp_path_factory) -> str:
-    """A local MLflow store (sqlite) for every inference test."""
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    """A local MLflow store (sqlite) for every inference test, created here: MLflow logs its schema
+    setup to stderr on first use, which a test of one-line CLI errors must not see."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    MlflowClient(uri).search_experiments()
+    return uri
 
 
 def _train(tmp_path_factory, data_dir: Path, store: str, name: str, **train) -> Path:
@@ -125,8 +130,9 @@ def dicom_case(tmp_path_factory, builders, sample_pngs) -> Path:
     from PIL import Image
 
     imgs = np.stack([np.asarray(Image.open(p), dtype=np.float32) / 255.0 for p in sample_pngs[:4]])
-    masks = np.stack([np.asarray(Image.open(SAMPLE / "tr_mask_new" / p.name.replace("tr_im", "tr_mask")))
-                      for p in sample_pngs[:4]])  # fmt: skip
+    masks = np.stack(
+        [np.asarray(Image.open(SAMPLE / "tr_mask_new" / p.name.replace("tr_im", "tr_mask"))) for p in sample_pngs[:4]]
+    )
     case = tmp_path_factory.mktemp("dicom") / "case1"
     builders.write_dicom_case(case, builders.unit_to_hu(imgs), masks)
     return case

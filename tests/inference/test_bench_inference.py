@@ -28,13 +28,36 @@ def test_committed_rendering_is_the_rendering_of_the_committed_json(bench, tmp_p
         shutil.copyfile(path, tmp_path / "inference" / path.name)
     bench.render(tmp_path)
     assert (tmp_path / "INFERENCE.md").read_text(encoding="utf-8") == (RESULTS / "INFERENCE.md").read_text(
-        encoding="utf-8"), "run `python bench/bench_inference.py --render-only` and commit INFERENCE.md"
+        encoding="utf-8"
+    ), "run `python bench/bench_inference.py --render-only` and commit INFERENCE.md"
 
 
 def test_a_tiny_run_measures_every_method_on_real_slices(bench, tmp_path, capsys):
-    code = bench.main(["--device", "cpu", "--data", str(ROOT / "data" / "sample" / "medseg-covid100" / "tr_im"),
-                       "--slices", "3", "--size", "32", "--base", "4", "--batch", "2", "--repeats", "1",
-                       "--results", str(tmp_path), "--record", "--tag", "tiny", "--note", "a test run"])
+    code = bench.main(
+        [
+            "--device",
+            "cpu",
+            "--data",
+            str(ROOT / "data" / "sample" / "medseg-covid100" / "tr_im"),
+            "--slices",
+            "3",
+            "--size",
+            "32",
+            "--base",
+            "4",
+            "--batch",
+            "2",
+            "--repeats",
+            "1",
+            "--results",
+            str(tmp_path),
+            "--record",
+            "--tag",
+            "tiny",
+            "--note",
+            "a test run",
+        ]
+    )
     assert code == 0
     (path,) = (tmp_path / "inference").glob("*-tiny.json")
     d = json.loads(path.read_text(encoding="utf-8"))

@@ -28,12 +28,12 @@ def real_masks(shared_data):
 def test_volumes_and_percentages_match_a_hand_computation(real_masks):
     lung, inf = real_masks
     rep = burden.compute(inf, lung, voxel_ml=VOXEL_ML, columns_towards_left=True)
-    L, I = np.stack(lung) > 0, np.stack(inf) > 0
-    n_lung, n_in, n_out = int(L.sum()), int((I & L).sum()), int((I & ~L).sum())
+    lung_px, inf_px = np.stack(lung) > 0, np.stack(inf) > 0
+    n_lung, n_in, n_out = int(lung_px.sum()), int((inf_px & lung_px).sum()), int((inf_px & ~lung_px).sum())
     assert n_lung > 0 and n_in > 0 and n_out > 0  # the real masks overlap partly: every branch is exercised
     v = rep["volumes"]
     assert v["lung"]["voxels"] == n_lung and v["lung"]["ml"] == pytest.approx(n_lung * 2.5 * 0.7 * 0.8 / 1000)
-    assert v["infection"]["voxels"] == int(I.sum())
+    assert v["infection"]["voxels"] == int(inf_px.sum())
     assert v["infection"]["in_lung"]["ml"] == pytest.approx(n_in * 1.4 / 1000)
     assert v["infection"]["outside_lung"]["voxels"] == n_out
     assert v["infection"]["in_lung"]["voxels"] + n_out == v["infection"]["voxels"]
@@ -82,8 +82,9 @@ def test_without_spacing_there_are_counts_not_millilitres(real_masks):
 def test_multiclass_infection_is_split_by_label():
     inf = np.array([[0, 1, 1], [2, 2, 2]], np.uint8)
     lung = np.array([[1, 1, 0], [1, 1, 1]], np.uint8)
-    rep = burden.compute([inf], [lung], voxel_ml=0.5, columns_towards_left=True,
-                         infection_labels=["ground-glass", "consolidation"])
+    rep = burden.compute(
+        [inf], [lung], voxel_ml=0.5, columns_towards_left=True, infection_labels=["ground-glass", "consolidation"]
+    )
     by = rep["volumes"]["infection"]["by_label"]
     assert by["ground-glass"] == {"voxels": 2, "ml": 1.0, "in_lung": {"voxels": 1, "ml": 0.5}}
     assert by["consolidation"]["voxels"] == 3 and by["consolidation"]["in_lung"]["voxels"] == 3

@@ -23,8 +23,9 @@ def test_resize_to_model_is_the_preprocessing_resize(sample_pngs):
         np.testing.assert_allclose(out, ref, atol=1e-6)
     crop = images[0][200:240, 300:327]
     ref, _ = transforms.resize_pair(crop, np.zeros(crop.shape, np.uint8), 64)
-    np.testing.assert_allclose(core.resize_to_model(torch.from_numpy(crop)[None, None], 64)[0, 0].numpy(), ref,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        core.resize_to_model(torch.from_numpy(crop)[None, None], 64)[0, 0].numpy(), ref, atol=1e-6
+    )
 
 
 def test_resize_back_restores_the_input_size_and_keeps_probabilities_in_range():

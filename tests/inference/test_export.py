@@ -36,14 +36,27 @@ def _export(capsys, *args):
     return code, out.out, out.err
 
 
-def test_onnx_export_of_the_champion_matches_pytorch(champion, store, params_file, real_check, tmp_path, capsys,
-                                                     monkeypatch):
+@pytest.mark.slow
+def test_onnx_export_of_the_champion_matches_pytorch(
+    champion, store, params_file, real_check, tmp_path, capsys, monkeypatch
+):
     import onnxruntime as ort
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     out = tmp_path / "onnx"
-    code, stdout, _ = _export(capsys, "--model", champion, "--format", "onnx", "--output", str(out),
-                              "--check-input", str(SAMPLE / "tr_im"), "--params", str(params_file))
+    code, stdout, _ = _export(
+        capsys,
+        "--model",
+        champion,
+        "--format",
+        "onnx",
+        "--output",
+        str(out),
+        "--check-input",
+        str(SAMPLE / "tr_im"),
+        "--params",
+        str(params_file),
+    )
     assert code == 0
     assert "max |Δp|" in stdout and "Dice of masks" in stdout
     info = json.loads((out / "export.json").read_text(encoding="utf-8"))
@@ -61,42 +74,74 @@ def test_onnx_export_of_the_champion_matches_pytorch(champion, store, params_fil
     assert np.array_equal(got > 0.5, masks[:5])
 
 
+@pytest.mark.slow
 def test_torchscript_export_matches_pytorch(infection_model, params_file, real_check, tmp_path, capsys):
     out = tmp_path / "ts"
-    code, stdout, _ = _export(capsys, "--model", str(infection_model), "--format", "torchscript", "--output", str(out),
-                              "--check-input", str(SAMPLE / "tr_im"), "--params", str(params_file),
-                              "--max-check-slices", "6")  # fmt: skip
+    code, stdout, _ = _export(
+        capsys,
+        "--model",
+        str(infection_model),
+        "--format",
+        "torchscript",
+        "--output",
+        str(out),
+        "--check-input",
+        str(SAMPLE / "tr_im"),
+        "--params",
+        str(params_file),
+        "--max-check-slices",
+        "6",
+    )
     assert code == 0 and "Dice of masks 1.000000" in stdout
     model, x = real_check
     loaded = torch.jit.load(str(out / "model.pt"))
     with torch.inference_mode():
-        np.testing.assert_allclose(loaded(torch.from_numpy(x[:3])).numpy(),
-                                   core.ProbabilityNet(model.net).eval()(torch.from_numpy(x[:3])).numpy(), atol=1e-5)
+        np.testing.assert_allclose(
+            loaded(torch.from_numpy(x[:3])).numpy(),
+            core.ProbabilityNet(model.net).eval()(torch.from_numpy(x[:3])).numpy(),
+            atol=1e-5,
+        )
     assert json.loads((out / "export.json").read_text(encoding="utf-8"))["parity"]["n_slices"] == 6
 
 
+@pytest.mark.slow
 def test_a_failed_export_is_one_line_and_writes_nothing(store, params_file, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     out = tmp_path / "never"
-    code, _, err = _export(capsys, "--model", "models:/no-such-model@champion", "--format", "onnx", "--output",
-                           str(out), "--check-input", str(SAMPLE / "tr_im"), "--params", str(params_file))
+    code, _, err = _export(
+        capsys,
+        "--model",
+        "models:/no-such-model@champion",
+        "--format",
+        "onnx",
+        "--output",
+        str(out),
+        "--check-input",
+        str(SAMPLE / "tr_im"),
+        "--params",
+        str(params_file),
+    )
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert err.startswith("error: models:/no-such-model@champion: ")
     assert not out.exists()
 
 
 def _zoo_model(name: str) -> LoadedModel:
-    from lungseg.models import create_model, model_class
-
     import inspect
+
+    from lungseg.models import create_model, model_class
 
     kwargs = {"in_channels": 1, "num_classes": 1, "base_channels": 4}
     if "max_tokens" in inspect.signature(model_class(name)).parameters:
         kwargs["max_tokens"] = 64
     torch.manual_seed(0)
     net = create_model(name, **kwargs).eval()
-    pre = {"image_size": 64, "hu_window": [-1000.0, 400.0], "dataset": "medseg",
-           "label_names": ["background", "infection"]}  # fmt: skip
+    pre = {
+        "image_size": 64,
+        "hu_window": [-1000.0, 400.0],
+        "dataset": "medseg",
+        "label_names": ["background", "infection"],
+    }
     return LoadedModel(net, {"name": name, "kwargs": kwargs}, pre, 0.5, f"zoo:{name}")
 
 
@@ -127,5 +172,7 @@ def test_every_model_exports_or_says_why(name, fmt, tmp_path):
         return
     assert result.parity["passed"] and result.parity["n_slices"] == 5
     assert (out / result.file).is_file()
-    print(f"\nEXPORT {name} {fmt}: {result.exporter}, batch {result.batch}, max|dp| "
-          f"{result.parity['max_abs_diff']:.1e}, failed before: {result.failed_attempts}")
+    print(
+        f"\nEXPORT {name} {fmt}: {result.exporter}, batch {result.batch}, max|dp| "
+        f"{result.parity['max_abs_diff']:.1e}, failed before: {result.failed_attempts}"
+    )

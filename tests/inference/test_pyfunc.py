@@ -41,10 +41,14 @@ def pyfunc_model(champion, store):
 @pytest.fixture(scope="module")
 def champion_dir(champion, store, tmp_path_factory) -> Path:
     with scoped_tracking_uri(store):
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=champion,
-                                                        dst_path=str(tmp_path_factory.mktemp("champion"))))
+        return Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=champion, dst_path=str(tmp_path_factory.mktemp("champion"))
+            )
+        )
 
 
+@pytest.mark.slow
 def test_the_registered_model_records_its_contract(champion, champion_dir, infection_model, store):
     from mlflow.models import Model
 
@@ -75,6 +79,7 @@ def test_the_registered_model_records_its_contract(champion, champion_dir, infec
     assert (champion_dir / "code" / "lungseg" / "models" / "unet.py").is_file()
 
 
+@pytest.mark.slow
 def test_pyfunc_predicts_what_lungseg_predict_predicts(pyfunc_model, infection_model, real_slices):
     model = load_model(infection_model)
     probs = pyfunc_model.predict(real_slices)
@@ -88,6 +93,7 @@ def test_pyfunc_predicts_what_lungseg_predict_predicts(pyfunc_model, infection_m
     assert small.shape == (3, 128, 171)
 
 
+@pytest.mark.slow
 def test_a_multiclass_model_returns_class_probabilities_and_argmax_labels(real_slices, tmp_path):
     """A 3-label model (COVID-SemiSeg's background / ground-glass / consolidation) saved locally:
     output (N, C, H, W) softmax, labels the arg-max."""
@@ -97,8 +103,13 @@ def test_a_multiclass_model_returns_class_probabilities_and_argmax_labels(real_s
 
     identity = {"name": "unet", "kwargs": {"in_channels": 1, "num_classes": 3, "base_channels": 4}}
     torch_net = core.build_network(identity)
-    pre = {"image_size": 32, "hu_window": [-1000.0, 400.0], "dataset": "covid-semiseg", "num_labels": 3,
-           "label_names": ["background", "ground-glass", "consolidation"]}  # fmt: skip
+    pre = {
+        "image_size": 32,
+        "hu_window": [-1000.0, 400.0],
+        "dataset": "covid-semiseg",
+        "num_labels": 3,
+        "label_names": ["background", "ground-glass", "consolidation"],
+    }
     path = save_model(tmp_path / "m", torch_net, identity=identity, preprocess=pre)
     assert Model.load(str(path)).signature.outputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 3, -1, -1)
     model = mlflow.pyfunc.load_model(str(path))
@@ -108,6 +119,7 @@ def test_a_multiclass_model_returns_class_probabilities_and_argmax_labels(real_s
     np.testing.assert_array_equal(model.predict(real_slices[:2], params={"output": "labels"}), probs.argmax(axis=1))
 
 
+@pytest.mark.slow
 def test_raw_hu_is_refused(pyfunc_model, real_slices):
     with pytest.raises(Exception, match=r"outside \[0, 1\]"):
         pyfunc_model.predict(real_slices * 1400.0 - 1000.0)
@@ -132,10 +144,15 @@ def test_it_loads_where_lungseg_is_not_installed(champion_dir, pyfunc_model, rea
         "import lungseg\n"
         "print(json.dumps({'before': before, 'lungseg': lungseg.__file__}))\n"
     )
-    env = {"PATH": os.environ.get("PATH", ""), "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "HOME": os.environ.get("HOME", str(tmp_path))}  # fmt: skip
-    out = subprocess.run([sys.executable, "-I", "-S", "-c", code], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=600)  # fmt: skip
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "OMP_NUM_THREADS": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "HOME": os.environ.get("HOME", str(tmp_path)),
+    }
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     info = json.loads(out.stdout.strip().splitlines()[-1])
     assert info["before"] is False
@@ -161,9 +178,27 @@ def test_mlflow_models_serve_answers_like_the_in_process_model(champion, store, 
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     env = {**os.environ, "MLFLOW_TRACKING_URI": store, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
     log = (tmp_path / "serve.log").open("wb")
-    proc = subprocess.Popen([str(mlflow_bin), "models", "serve", "-m", champion, "--env-manager", "local",
-                             "-h", "127.0.0.1", "-p", str(port), "--workers", "1"],
-                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            str(mlflow_bin),
+            "models",
+            "serve",
+            "-m",
+            champion,
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300
@@ -181,10 +216,14 @@ def test_mlflow_models_serve_answers_like_the_in_process_model(champion, store, 
         probs = np.asarray(_post(f"{base}/invocations", {"inputs": one.tolist()})["predictions"], np.float32)
         np.testing.assert_allclose(probs, pyfunc_model.predict(one), atol=1e-5)
         labels = _post(f"{base}/invocations", {"inputs": one.tolist(), "params": {"output": "labels"}})
-        np.testing.assert_array_equal(np.asarray(labels["predictions"]),
-                                      pyfunc_model.predict(one, params={"output": "labels"}))
-        bad = urllib.request.Request(f"{base}/invocations", data=json.dumps({"inputs": (one * 1000).tolist()}).encode(),
-                                     headers={"Content-Type": "application/json"})
+        np.testing.assert_array_equal(
+            np.asarray(labels["predictions"]), pyfunc_model.predict(one, params={"output": "labels"})
+        )
+        bad = urllib.request.Request(
+            f"{base}/invocations",
+            data=json.dumps({"inputs": (one * 1000).tolist()}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(bad, timeout=300)
         assert err.value.code in (400, 422, 500) and b"outside [0, 1]" in err.value.read()

@@ -81,6 +81,7 @@ def test_dicom_fixture_reads_like_training_and_its_mask_is_accepted_by_the_train
         np.testing.assert_array_equal(a.mask, r.mask)
 
 
+@pytest.mark.slow
 def test_dicom_seg_references_the_source_slices(dicom_case, dicom_case_for_seg, tmp_path):
     import highdicom as hd
     import pydicom
@@ -89,8 +90,9 @@ def test_dicom_seg_references_the_source_slices(dicom_case, dicom_case_for_seg, 
         volumes.check_dicom_seg_source(volumes.read_scan(dicom_case / "image"))
     scan = volumes.read_scan(dicom_case_for_seg / "image")
     masks = [r.mask for r in readers.read_dicom(dicom_case_for_seg.parent, PreprocessConfig()).slices]
-    path = volumes.write_dicom_seg(scan, masks, tmp_path / "seg.dcm", label_names=["background", "infection"],
-                                   model_name="unet", version="test")
+    path = volumes.write_dicom_seg(
+        scan, masks, tmp_path / "seg.dcm", label_names=["background", "infection"], model_name="unet", version="test"
+    )
     seg = hd.seg.segread(path)
     uids = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in scan.geometry["series"].files]
     pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=[1])

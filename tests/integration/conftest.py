@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from servers import mlflow_server, mlflow_server_env, s3_env, s3_server  # noqa: F401  (fixtures)
 
 HERE = Path(__file__).resolve().parent

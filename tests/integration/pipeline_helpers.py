@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,19 +23,6 @@ TINY = {
 }
 
 
-def require_stages() -> None:
-    """Skip (saying why) while `lungseg train` / `lungseg evaluate` are not implemented yet."""
-    missing = []
-    for module, attr in (("lungseg.training", "train"), ("lungseg.evaluation", "evaluate")):
-        try:
-            if not hasattr(importlib.import_module(module), attr):
-                missing.append(f"{module}.{attr}")
-        except ImportError:
-            missing.append(f"{module}.{attr}")
-    if missing:
-        pytest.skip(f"not implemented yet: {', '.join(missing)} (whole-pipeline runs need every stage)")
-
-
 def tiny_params(base: Path = REPO / "params.yaml", **extra) -> dict:
     params = yaml.safe_load(base.read_text())
     for section, values in {**TINY, **extra}.items():
@@ -47,8 +32,14 @@ def tiny_params(base: Path = REPO / "params.yaml", **extra) -> dict:
 
 def env() -> dict[str, str]:
     e = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    e.update(MLFLOW_DISABLE_TELEMETRY="true", DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
-             GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")  # fmt: skip
+    e.update(
+        MLFLOW_DISABLE_TELEMETRY="true",
+        DVC_NO_ANALYTICS="1",
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@t",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@t",
+    )
     e["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{e.get('PATH', '')}"
     return e
 

@@ -35,9 +35,15 @@ def project(tmp_path_factory):
 
 
 def test_repro_produces_every_stage_output(project):
-    for out in ("data/processed/medseg/images.npy", "data/processed/medseg/manifest.csv",
-                "models/medseg/best.pt", "models/medseg/checkpoint.pt", "models/medseg/history.csv",
-                "reports/medseg/per_image.csv", "reports/medseg/metrics.json"):  # fmt: skip
+    for out in (
+        "data/processed/medseg/images.npy",
+        "data/processed/medseg/manifest.csv",
+        "models/medseg/best.pt",
+        "models/medseg/checkpoint.pt",
+        "models/medseg/history.csv",
+        "reports/medseg/per_image.csv",
+        "reports/medseg/metrics.json",
+    ):
         assert (project / out).is_file(), out
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert set(lock["stages"]) == {"preprocess", "train", "evaluate", "register"}
@@ -80,14 +86,20 @@ def test_metrics_show_is_the_headline_and_plots_have_axes(project):
         for entry in entries:
             axes[name] = "image" if entry["type"] == "image" else json.dumps(entry["content"])
     assert {"models/medseg/learning_curves.png", "reports/medseg/curves.png", "reports/medseg/overlays.png"} <= {
-        n for n, a in axes.items() if a == "image"}
-    expected = {"learning curves (loss)": ("epoch", "val_loss"), "learning curves (Dice)": ("epoch", "val_dice"),
-                "ROC (pooled over the test pixels)": ("fpr", "tpr"), "precision-recall (pooled)": ("recall", "precision"),
-                "threshold sweep (pooled)": ("threshold", "dice")}  # fmt: skip
+        n for n, a in axes.items() if a == "image"
+    }
+    expected = {
+        "learning curves (loss)": ("epoch", "val_loss"),
+        "learning curves (Dice)": ("epoch", "val_dice"),
+        "ROC (pooled over the test pixels)": ("fpr", "tpr"),
+        "precision-recall (pooled)": ("recall", "precision"),
+        "threshold sweep (pooled)": ("threshold", "dice"),
+    }
     for name, (x, y) in expected.items():
         assert name in axes, sorted(axes)
         assert f'"field": "{x}"' in axes[name] and f'"{y}"' in axes[name], (name, axes[name][:2000])
         assert '"field": "step"' not in axes[name], name  # not against the row number
+
 
 def test_second_repro_is_fully_cached(project):
     again = run([*DVC, "repro"], project)
@@ -163,18 +175,18 @@ def test_queued_experiments_keep_their_runs_and_registrations(exp_project):
     DVC deletes with the experiment's workspace: the runs and registrations vanished."""
     db = exp_project / "mlflow.db"
     before = _runs(db)
-    for lr in ("0.01", "0.002"):
+    for lr in ("0.01", "0.003"):  # not params.yaml's lr: an experiment equal to the baseline is not re-run
         queued = run([*DVC, "exp", "run", "--queue", "-S", f"train.lr={lr}", "--name", f"queued-lr{lr}"], exp_project)
         assert queued.returncode == 0, queued.stderr
     ran = run([*DVC, "exp", "run", "--run-all"], exp_project, timeout=3600)
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
     show = run([*DVC, "exp", "show", "--json"], exp_project).stdout
-    assert "queued-lr0.01" in show and "queued-lr0.002" in show
+    assert "queued-lr0.01" in show and "queued-lr0.003" in show
     uri = f"sqlite:///{db}"
     client = MlflowClient(uri)
     new = _runs(db) - before
     trained = [client.get_run(r) for r in new if client.get_run(r).data.tags.get("lungseg.stage") == "train"]
-    assert sorted(r.data.params["train.lr"] for r in trained) == ["0.002", "0.01"], [r.data.params for r in trained]
+    assert sorted(r.data.params["train.lr"] for r in trained) == ["0.003", "0.01"], [r.data.params for r in trained]
     for r in trained:  # the model's artifacts are in the repository's store, not in the deleted workspace
         assert ".dvc/tmp" not in client.get_experiment(r.info.experiment_id).artifact_location
         assert r.info.status == "FINISHED"

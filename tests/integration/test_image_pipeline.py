@@ -29,7 +29,6 @@ import yaml
 from mlflow import MlflowClient
 from pipeline_helpers import REPO, env, tiny_params
 
-
 SAMPLE = REPO / "data" / "sample" / "medseg-covid100"
 REQUIRED = os.environ.get("LUNGSEG_REQUIRE_DOCKER") == "1"
 
@@ -58,8 +57,10 @@ def docker_host(image_script):
         yield os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
         return
     if not (shutil.which("dockerd") and shutil.which("docker") and os.geteuid() == 0):
-        _unavailable("no Docker daemon answers and none can be started here (needs root and "
-                     "`apt-get install docker.io`; or set DOCKER_HOST)")  # fmt: skip
+        _unavailable(
+            "no Docker daemon answers and none can be started here (needs root and "
+            "`apt-get install docker.io`; or set DOCKER_HOST)"
+        )
     daemon = image_script.Daemon(os.environ.get("LUNGSEG_DOCKER_DIR", REPO / ".docker"))
     started = not daemon.running()
     daemon.start()
@@ -93,17 +94,31 @@ def local_registry(tmp_path_factory, docker_host):
 
     exe = shutil.which("docker-registry")
     if exe is None:
-        _unavailable("`docker-registry` is not installed (apt-get install docker-registry): the pinned run needs a registry")
+        _unavailable(
+            "`docker-registry` is not installed (apt-get install docker-registry): the pinned run needs a registry"
+        )
     root = tmp_path_factory.mktemp("registry")
     port = servers.free_ports(1)[0]
     config = root / "config.yml"
-    config.write_text(yaml.safe_dump({
-        "version": 0.1, "log": {"level": "warn"}, "http": {"addr": f"127.0.0.1:{port}"},
-        "storage": {"filesystem": {"rootdirectory": str(root / "data")}},
-    }), encoding="utf-8")  # fmt: skip
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "version": 0.1,
+                "log": {"level": "warn"},
+                "http": {"addr": f"127.0.0.1:{port}"},
+                "storage": {"filesystem": {"rootdirectory": str(root / "data")}},
+            }
+        ),
+        encoding="utf-8",
+    )
     with open(root / "registry.log", "ab") as log:
-        proc = subprocess.Popen([exe, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [exe, "serve", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -123,10 +138,23 @@ def local_registry(tmp_path_factory, docker_host):
 
 @pytest.mark.slow
 def test_the_image_runs_the_cli_as_uid_1000(cpu_image):
-    out = subprocess.run(["docker", "run", "--rm", "--network", "none", cpu_image["tag"], "sh", "-c",
-                          "id -u && lungseg --version && python -c 'import torch; print(torch.__version__)' && "
-                          "python -c 'import pytest' 2>&1 | tail -1"],
-                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    out = subprocess.run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            cpu_image["tag"],
+            "sh",
+            "-c",
+            "id -u && lungseg --version && python -c 'import torch; print(torch.__version__)' && "
+            "python -c 'import pytest' 2>&1 | tail -1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     uid, version, torch_version, no_pytest = out.stdout.strip().splitlines()
     assert uid == "1000"
@@ -142,11 +170,29 @@ def test_an_image_the_daemon_cannot_get_is_one_line(tmp_path, docker_host):
     e = env()
     e["DOCKER_HOST"] = os.environ["DOCKER_HOST"]
     run = subprocess.run(
-        [sys.executable, "-m", "lungseg.cli", "pipeline", "run-local", "--runner", "docker",
-         "--image", f"lungseg-missing-{uuid.uuid4().hex[:8]}:0", "--input", str(SAMPLE),
-         "--workdir", str(tmp_path / "kfp"), "--params", str(REPO / "params.yaml")],
-        cwd=tmp_path, env=e, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "lungseg.cli",
+            "pipeline",
+            "run-local",
+            "--runner",
+            "docker",
+            "--image",
+            f"lungseg-missing-{uuid.uuid4().hex[:8]}:0",
+            "--input",
+            str(SAMPLE),
+            "--workdir",
+            str(tmp_path / "kfp"),
+            "--params",
+            str(REPO / "params.yaml"),
+        ],
+        cwd=tmp_path,
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 2
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("error: image lungseg-missing-") and "build it with `make image`" in last
@@ -165,19 +211,38 @@ def pinned_image(image_script, cpu_image, local_registry) -> str:
         yield ref
     finally:
         record.write_text(saved, encoding="utf-8")  # the record keeps no digest of this throw-away registry
-        subprocess.run(["docker", "image", "rm", f"{local_registry}/lungseg:{cpu_image['tag'].rsplit(':', 1)[1]}", ref],
-                       capture_output=True, timeout=120)  # fmt: skip
+        subprocess.run(
+            ["docker", "image", "rm", f"{local_registry}/lungseg:{cpu_image['tag'].rsplit(':', 1)[1]}", ref],
+            capture_output=True,
+            timeout=120,
+        )
 
 
 @pytest.mark.slow
-def test_the_pipeline_runs_in_the_image_from_s3_into_the_mlflow_server(tmp_path, cpu_image, pinned_image, s3_env,
-                                                                       mlflow_server):  # fmt: skip
+def test_the_pipeline_runs_in_the_image_from_s3_into_the_mlflow_server(
+    tmp_path, cpu_image, pinned_image, s3_env, mlflow_server
+):
     s3 = s3_env
     # compiled for the cluster, every component is pinned to the pushed digest
     compiled = tmp_path / "pinned.yaml"
-    compile_run = subprocess.run([sys.executable, "-m", "lungseg.cli", "pipeline", "compile", "--output", str(compiled),
-                                  "--image-record", str(REPO / ".image" / "cpu.json")],
-                                 cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    compile_run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lungseg.cli",
+            "pipeline",
+            "compile",
+            "--output",
+            str(compiled),
+            "--image-record",
+            str(REPO / ".image" / "cpu.json"),
+        ],
+        cwd=tmp_path,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert compile_run.returncode == 0, compile_run.stderr
     spec = next(yaml.safe_load_all(compiled.read_text(encoding="utf-8")))
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values() if "container" in e}
@@ -194,11 +259,33 @@ def test_the_pipeline_runs_in_the_image_from_s3_into_the_mlflow_server(tmp_path,
     e = env()  # the caller's S3 credentials and endpoint (s3_env), passed on to the containers
     e.update(OMP_NUM_THREADS="1", DOCKER_HOST=os.environ["DOCKER_HOST"])
     run = subprocess.run(
-        [sys.executable, "-m", "lungseg.cli", "pipeline", "run-local", "--runner", "docker",
-         "--image", pinned_image, "--dataset", "medseg", "--input", f"s3://{s3.bucket}/{prefix}",
-         "--workdir", str(workdir), "--tracking-uri", mlflow_server.uri, "--params", str(params_file)],
-        cwd=tmp_path, env=e, capture_output=True, text=True, timeout=1500,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "lungseg.cli",
+            "pipeline",
+            "run-local",
+            "--runner",
+            "docker",
+            "--image",
+            pinned_image,
+            "--dataset",
+            "medseg",
+            "--input",
+            f"s3://{s3.bucket}/{prefix}",
+            "--workdir",
+            str(workdir),
+            "--tracking-uri",
+            mlflow_server.uri,
+            "--params",
+            str(params_file),
+        ],
+        cwd=tmp_path,
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-3000:]
     # each of the four tasks ran in the pinned image; preprocess read the input from S3 itself
     assert run.stdout.count(f"Found image {pinned_image!r}") == 4, run.stdout[-3000:]
@@ -211,8 +298,11 @@ def test_the_pipeline_runs_in_the_image_from_s3_into_the_mlflow_server(tmp_path,
     assert champion.status == "READY"
     run_info = client.get_run(champion.run_id)
     assert run_info.data.tags.get("model") == "lgnet" or run_info.data.params.get("model") == "lgnet"
-    keys = [o["Key"] for page in s3.client().get_paginator("list_objects_v2").paginate(Bucket=s3.bucket, Prefix="mlflow/")
-            for o in page.get("Contents", [])]  # fmt: skip
+    keys = [
+        o["Key"]
+        for page in s3.client().get_paginator("list_objects_v2").paginate(Bucket=s3.bucket, Prefix="mlflow/")
+        for o in page.get("Contents", [])
+    ]
     assert any(champion.run_id in k for k in keys), "no artifact of the training run in S3"
     assert any(k.endswith("/MLmodel") for k in keys), "the logged model is not in S3"
     import mlflow.pyfunc

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow import MlflowClient
-from pipeline_helpers import REPO, env, require_stages, tiny_params
-
+from pipeline_helpers import REPO, env, tiny_params
 
 
 def trial_params(model_name: str) -> dict:
@@ -23,18 +22,36 @@ def trial_params(model_name: str) -> dict:
     return params
 
 
-def _run_local(tmp: Path, params: dict, workdir: Path, *extra: str, user_env: dict | None = None,
-               input_: str | None = None) -> subprocess.CompletedProcess:  # fmt: skip
+def _run_local(
+    tmp: Path, params: dict, workdir: Path, *extra: str, user_env: dict | None = None, input_: str | None = None
+) -> subprocess.CompletedProcess:
     params_file = tmp / f"params-{len(list(tmp.glob('params-*.yaml')))}.yaml"
     params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     e = env()
     e.update(user_env or {})
     return subprocess.run(
-        [sys.executable, "-m", "lungseg.cli", "pipeline", "run-local", "--dataset", "medseg",
-         "--input", input_ or str(REPO / "data/sample/medseg-covid100"), "--workdir", str(workdir),
-         "--params", str(params_file), *extra],
-        cwd=tmp, env=e, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "lungseg.cli",
+            "pipeline",
+            "run-local",
+            "--dataset",
+            "medseg",
+            "--input",
+            input_ or str(REPO / "data/sample/medseg-covid100"),
+            "--workdir",
+            str(workdir),
+            "--params",
+            str(params_file),
+            *extra,
+        ],
+        cwd=tmp,
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def _registry(uri: str, name: str) -> tuple[list[str], str | None]:
@@ -47,7 +64,6 @@ def _registry(uri: str, name: str) -> tuple[list[str], str | None]:
 
 @pytest.mark.slow
 def test_run_local_end_to_end_then_fail_and_resume_from_cache_in_a_trial_store(tmp_path):
-    require_stages()
     user_store = f"sqlite:///{tmp_path / 'user' / 'mlflow.db'}"
     (tmp_path / "user").mkdir()
     workdir = tmp_path / "kfp"

@@ -9,7 +9,6 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -27,8 +26,9 @@ def sh(*cmd, cwd, e):
 
 
 def lungseg(*args, cwd, e, check=True):
-    out = subprocess.run([sys.executable, "-m", "lungseg", *args], cwd=cwd, env=e, capture_output=True, text=True,
-                         timeout=1500)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "lungseg", *args], cwd=cwd, env=e, capture_output=True, text=True, timeout=1500
+    )
     if check:
         assert out.returncode == 0, f"lungseg {args}: {out.stdout[-3000:]}{out.stderr[-3000:]}"
     return out
@@ -43,9 +43,31 @@ def data_repo(tmp_path, s3_env):
     shutil.copytree(REPO / "data" / "sample" / "medseg-covid100", repo / "data" / "raw" / "medseg")
     sh("git", "init", "-q", cwd=repo, e=e)
     sh(sys.executable, "-m", "dvc", "init", "-q", cwd=repo, e=e)
-    sh(sys.executable, "-m", "dvc", "remote", "add", "-d", "storage", f"s3://{s3_env.bucket}/dvc-lineage", cwd=repo, e=e)
-    sh(sys.executable, "-m", "dvc", "remote", "modify", "--local", "storage", "endpointurl", s3_env.endpoint,
-       cwd=repo, e=e)  # fmt: skip
+    sh(
+        sys.executable,
+        "-m",
+        "dvc",
+        "remote",
+        "add",
+        "-d",
+        "storage",
+        f"s3://{s3_env.bucket}/dvc-lineage",
+        cwd=repo,
+        e=e,
+    )
+    sh(
+        sys.executable,
+        "-m",
+        "dvc",
+        "remote",
+        "modify",
+        "--local",
+        "storage",
+        "endpointurl",
+        s3_env.endpoint,
+        cwd=repo,
+        e=e,
+    )
     sh(sys.executable, "-m", "dvc", "add", "-q", "data/raw/medseg", cwd=repo, e=e)
     sh(sys.executable, "-m", "dvc", "push", "-q", cwd=repo, e=e)
     sh("git", "add", "-A", cwd=repo, e=e)
@@ -63,13 +85,31 @@ def test_a_run_from_a_dvc_version_leads_back_to_it(tmp_path, data_repo, mlflow_s
     stage_uri = "s3://lungseg/staged-lineage-test"
 
     def run_pipeline(workdir: str):
-        return lungseg("pipeline", "run-local", "--dataset", "medseg", "--data", "data/raw/medseg@HEAD",
-                       "--repo", str(repo), "--stage-uri", stage_uri, "--workdir", str(tmp_path / workdir),
-                       "--tracking-uri", mlflow_server_env.uri, "--params", str(params_file), cwd=tmp_path, e=e)  # fmt: skip
+        return lungseg(
+            "pipeline",
+            "run-local",
+            "--dataset",
+            "medseg",
+            "--data",
+            "data/raw/medseg@HEAD",
+            "--repo",
+            str(repo),
+            "--stage-uri",
+            stage_uri,
+            "--workdir",
+            str(tmp_path / workdir),
+            "--tracking-uri",
+            mlflow_server_env.uri,
+            "--params",
+            str(params_file),
+            cwd=tmp_path,
+            e=e,
+        )
 
     def lineage_of(target: str) -> dict:
-        out = lungseg("lineage", target, "--json", "--check", "--repo", str(repo), "--params", str(params_file),
-                      cwd=tmp_path, e=e)  # fmt: skip
+        out = lungseg(
+            "lineage", target, "--json", "--check", "--repo", str(repo), "--params", str(params_file), cwd=tmp_path, e=e
+        )
         record = json.loads(out.stdout[: out.stdout.rindex("}") + 1])
         assert "check:" in out.stdout and "hashes to" in out.stdout
         return record
@@ -107,8 +147,24 @@ def test_a_run_from_a_dvc_version_leads_back_to_it(tmp_path, data_repo, mlflow_s
     assert lineage_of(f"models:/{MODEL}/1")["data"]["md5"] == first["data"]["md5"]
 
     # bad input: a revision that does not exist — one error line, exit 2, nothing staged or run
-    bad = lungseg("pipeline", "run-local", "--dataset", "medseg", "--data", "data/raw/medseg@no-such-rev",
-                  "--repo", str(repo), "--workdir", str(tmp_path / "kfp-bad"), "--tracking-uri", mlflow_server_env.uri,
-                  "--params", str(params_file), cwd=tmp_path, e=e, check=False)  # fmt: skip
+    bad = lungseg(
+        "pipeline",
+        "run-local",
+        "--dataset",
+        "medseg",
+        "--data",
+        "data/raw/medseg@no-such-rev",
+        "--repo",
+        str(repo),
+        "--workdir",
+        str(tmp_path / "kfp-bad"),
+        "--tracking-uri",
+        mlflow_server_env.uri,
+        "--params",
+        str(params_file),
+        cwd=tmp_path,
+        e=e,
+        check=False,
+    )
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "no-such-rev" in bad.stderr and not (tmp_path / "kfp-bad").exists()

@@ -14,10 +14,10 @@ import mlflow
 import pytest
 import torch
 from mlflow import MlflowClient
-from registry_helpers import log_tiny_model, write_candidate
-from servers import S3Server, servers
 
 from lungseg.registry import scoped_mlflow_uri
+from registry_helpers import log_tiny_model, write_candidate
+from servers import S3Server, servers
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,8 +29,13 @@ def test_s3_requires_the_generated_credentials(s3_server):
     s3 = s3_server.client()
     s3.put_object(Bucket=s3_server.bucket, Key="probe/hello.txt", Body=b"hello")
     assert s3.get_object(Bucket=s3_server.bucket, Key="probe/hello.txt")["Body"].read() == b"hello"
-    stranger = boto3.client("s3", endpoint_url=s3_server.endpoint, aws_access_key_id="nobody",
-                            aws_secret_access_key="wrong-secret", region_name="us-east-1")  # fmt: skip
+    stranger = boto3.client(
+        "s3",
+        endpoint_url=s3_server.endpoint,
+        aws_access_key_id="nobody",
+        aws_secret_access_key="wrong-secret",
+        region_name="us-east-1",
+    )
     with pytest.raises(ClientError):
         stranger.list_objects_v2(Bucket=s3_server.bucket)
 
@@ -45,8 +50,10 @@ def test_busy_port_and_busy_data_dir_are_refused(s3_server, tmp_path):
 
 def test_model_logged_through_server_lands_on_s3_and_loads_back(mlflow_server_env, s3_server):
     run_info = log_tiny_model(mlflow_server_env.uri, experiment="server-roundtrip")
-    keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=s3_server.bucket, Prefix="mlflow/")
-            .get("Contents", [])]  # fmt: skip
+    keys = [
+        o["Key"]
+        for o in s3_server.client().list_objects_v2(Bucket=s3_server.bucket, Prefix="mlflow/").get("Contents", [])
+    ]
     assert any(k.endswith("MLmodel") for k in keys), keys
     assert any(k.endswith("model.pth") for k in keys), keys
     with scoped_mlflow_uri(mlflow_server_env.uri):
@@ -69,10 +76,25 @@ def test_two_concurrent_registrations_leave_a_consistent_registry(mlflow_server_
         dirs[tag] = write_candidate(tmp_path / tag, log_tiny_model(uri), dice=dice, fingerprint=fingerprint)
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "lungseg.cli", "register", "--model", str(m), "--evaluation", str(e),
-             "--output", str(tmp_path / f"{tag}.json"), "--params", str(params)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "lungseg.cli",
+                "register",
+                "--model",
+                str(m),
+                "--evaluation",
+                str(e),
+                "--output",
+                str(tmp_path / f"{tag}.json"),
+                "--params",
+                str(params),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ),
+        )
         for tag, (m, e) in dirs.items()
     ]
     for p in procs:
@@ -98,8 +120,14 @@ def test_two_concurrent_registrations_leave_a_consistent_registry(mlflow_server_
 
 
 def _git_dvc_repo(path: Path) -> dict:
-    env = dict(os.environ, DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
-               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")  # fmt: skip
+    env = dict(
+        os.environ,
+        DVC_NO_ANALYTICS="1",
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@t",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@t",
+    )
     path.mkdir(parents=True)
     subprocess.run(["git", "init", "-q"], cwd=path, check=True, env=env)
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=path, check=True, env=env)
@@ -112,13 +140,15 @@ def test_dvc_remote_push_and_pull_through_s3(s3_env, tmp_path):
     """`dvc push` to the project's S3 remote and `dvc pull` into a fresh clone of the repo."""
     src = tmp_path / "src"
     env = _git_dvc_repo(src)
-    remote_url = subprocess.run([sys.executable, "-m", "dvc", "remote", "list"], cwd=src, env=env,
-                                capture_output=True, text=True, check=True).stdout  # fmt: skip
+    remote_url = subprocess.run(
+        [sys.executable, "-m", "dvc", "remote", "list"], cwd=src, env=env, capture_output=True, text=True, check=True
+    ).stdout
     assert "s3://" in remote_url
     # the endpoint of this local server goes into .dvc/config.local (git-ignored), never the config
     dvc = [sys.executable, "-m", "dvc"]
-    subprocess.run([*dvc, "remote", "modify", "--local", "storage", "endpointurl", s3_env.endpoint], cwd=src,
-                   env=env, check=True)  # fmt: skip
+    subprocess.run(
+        [*dvc, "remote", "modify", "--local", "storage", "endpointurl", s3_env.endpoint], cwd=src, env=env, check=True
+    )
     data = src / "data" / "processed"
     data.mkdir(parents=True)
     payload = os.urandom(200_000)
@@ -128,8 +158,11 @@ def test_dvc_remote_push_and_pull_through_s3(s3_env, tmp_path):
     push = subprocess.run([*dvc, "push"], cwd=src, env=env, capture_output=True, text=True)
     assert push.returncode == 0, push.stderr
     assert "2 files pushed" in push.stdout or "pushed" in push.stdout, push.stdout
-    prefix = subprocess.run([*dvc, "remote", "list"], cwd=src, env=env, capture_output=True, text=True,
-                            check=True).stdout.split()[1].removeprefix("s3://")  # fmt: skip
+    prefix = (
+        subprocess.run([*dvc, "remote", "list"], cwd=src, env=env, capture_output=True, text=True, check=True)
+        .stdout.split()[1]
+        .removeprefix("s3://")
+    )
     bucket_name, _, key_prefix = prefix.partition("/")
     assert bucket_name == s3_env.bucket, "the test server serves the bucket named in .dvc/config"
     listed = s3_env.client().list_objects_v2(Bucket=bucket_name, Prefix=key_prefix + "/")
@@ -141,8 +174,9 @@ def test_dvc_remote_push_and_pull_through_s3(s3_env, tmp_path):
     subprocess.run(["git", "commit", "-qm", "data"], cwd=src, env=env, check=True)
     subprocess.run(["git", "clone", "-q", str(src), str(clone)], env=env, check=True)
     assert not (clone / "data" / "processed").exists()
-    subprocess.run([*dvc, "remote", "modify", "--local", "storage", "endpointurl", s3_env.endpoint], cwd=clone,
-                   env=env, check=True)  # fmt: skip
+    subprocess.run(
+        [*dvc, "remote", "modify", "--local", "storage", "endpointurl", s3_env.endpoint], cwd=clone, env=env, check=True
+    )
     pull = subprocess.run([*dvc, "pull"], cwd=clone, env=env, capture_output=True, text=True)
     assert pull.returncode == 0, pull.stderr
     assert (clone / "data" / "processed" / "images.npy").read_bytes() == payload

@@ -99,7 +99,9 @@ def test_bad_outputs_are_rejected():
         loss([MAIN, torch.zeros(1, 2, 2, 2)], MASK)
 
 
-@pytest.mark.parametrize("name", [n for n in list_models() if create_model(n, base_channels=4).deep_supervision_weights])
+@pytest.mark.parametrize(
+    "name", [n for n in list_models() if create_model(n, base_channels=4).deep_supervision_weights]
+)
 @pytest.mark.parametrize("num_classes", [1, 3])
 def test_models_that_declare_deep_supervision_train_with_it(name, num_classes):
     """The wrapper accepts what the model declares, and its gradient reaches every head."""
@@ -108,8 +110,9 @@ def test_models_that_declare_deep_supervision_train_with_it(name, num_classes):
     size = max(32, 2 * m.size_divisor)
     x = torch.randn(2, 1, size, size)
     masks = torch.randint(0, max(num_classes, 2), (2, size, size))
-    loss_fn = DeepSupervisionLoss(create_loss("bce_dice", num_classes=num_classes), m.deep_supervision_weights,
-                                  m.deep_supervision_targets)
+    loss_fn = DeepSupervisionLoss(
+        create_loss("bce_dice", num_classes=num_classes), m.deep_supervision_weights, m.deep_supervision_targets
+    )
     heads = m.forward_heads(x)
     for h in heads:
         h.retain_grad()

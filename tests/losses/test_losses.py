@@ -119,12 +119,13 @@ def test_binary_against_torch_reference(batch):
     dice = 1 - (2 * tp + S) / (p.sum(dims) + t.sum(dims) + S)  # per image (or pooled) soft Dice loss
     bce = F.binary_cross_entropy_with_logits(logits, t)
     pt = torch.where(t > 0, p, 1 - p)
-    focal = (-(1 - pt) ** 2 * pt.log()).mean()
+    focal = (-((1 - pt) ** 2) * pt.log()).mean()
     assert create_loss("bce_dice", batch=batch)(logits, masks).item() == pytest.approx(
         (bce + dice.mean()).item(), abs=1e-10
     )
     assert create_loss("dice_focal", batch=batch)(logits, masks).item() == pytest.approx(
-        (0.3 * dice.mean() + 0.7 * focal).item(), abs=1e-5  # Tversky smoothing vs Dice smoothing, see above
+        (0.3 * dice.mean() + 0.7 * focal).item(),
+        abs=1e-5,  # Tversky smoothing vs Dice smoothing, see above
     )
 
 
@@ -140,7 +141,7 @@ def test_multiclass_against_torch_and_monai_reference():
         (ce + dice.mean()).item(), abs=1e-10
     )
     focal_ref = FocalLoss(gamma=2.0, use_softmax=True, to_onehot_y=True)(logits, masks[:, None])
-    focal_torch = (-(1 - p) ** 2 * p.log() * oh).mean()
+    focal_torch = (-((1 - p) ** 2) * p.log() * oh).mean()
     assert focal_ref.item() == pytest.approx(focal_torch.item(), abs=F32)
     parts = create_loss("dice_focal", num_classes=3).components(logits, masks)
     assert parts["focal"].item() == pytest.approx(focal_torch.item(), abs=F32)

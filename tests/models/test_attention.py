@@ -62,10 +62,12 @@ def test_blocked_pcm_equals_the_reference_forward_and_gradients(shape, dtype, bl
 @pytest.mark.parametrize("max_tokens", [None, 64, 20])  # exact, pooled to 8×8, pooled to an odd grid (5×4)
 def test_blocked_pcm_equals_the_reference_with_and_without_pooling(max_tokens):
     theta, value, gy = _inputs((2, 4, 8, 16, 16), torch.float64, seed=1)
-    ref = _value_and_grads(lambda t, v: pcm(t, v, max_tokens=max_tokens, impl="reference", chunk_rows=50),
-                           theta, value, gy)  # fmt: skip
-    got = _value_and_grads(lambda t, v: pcm(t, v, max_tokens=max_tokens, impl="blocked", block_rows=5),
-                           theta, value, gy)  # fmt: skip
+    ref = _value_and_grads(
+        lambda t, v: pcm(t, v, max_tokens=max_tokens, impl="reference", chunk_rows=50), theta, value, gy
+    )
+    got = _value_and_grads(
+        lambda t, v: pcm(t, v, max_tokens=max_tokens, impl="blocked", block_rows=5), theta, value, gy
+    )
     _assert_close_all(got, ref, TOL[torch.float64])
 
 
@@ -128,6 +130,7 @@ def test_blocked_pcm_never_saves_an_n_by_n_tensor():
 needs_flex = pytest.mark.skipif(not flex_available(), reason="this torch has no FlexAttention")
 
 
+@pytest.mark.slow
 @needs_flex
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 @pytest.mark.parametrize("shape", SHAPES)
@@ -241,6 +244,7 @@ def test_dsa_inputs_are_eligible_for_the_fused_cpu_kernel():
     assert torch.isfinite(x.grad).all()
 
 
+@pytest.mark.slow
 def test_blocked_pcm_traces_as_the_reference_ops():
     """``torch.jit.trace`` (TorchScript and the ONNX exporter) cannot record the blocked kernel's
     autograd.Function; under a tracer PCM runs the reference ops (same function), so LG-Net exports."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from lungseg.models import list_models
 from lungseg.models.summary import markdown_table
 
@@ -20,6 +22,7 @@ def _rows(table: str) -> dict[str, list[str]]:
     return rows
 
 
+@pytest.mark.slow
 def test_docs_table_matches_the_code():
     doc = (REPO / "docs" / "models.md").read_text()
     m = re.search(r"<!-- table:start -->\n(.*?)<!-- table:end -->", doc, re.S)

@@ -46,6 +46,7 @@ def test_reverse_attention_erases_what_is_already_foreground():
             torch.testing.assert_close(ra(a, prior, edge), ra(b, prior, edge))
 
 
+@pytest.mark.slow
 def test_pretrained_backbone_is_loaded_from_a_local_file(tmp_path):
     torch.manual_seed(0)
     src = Res2NetBackbone(1, width=8)

@@ -11,21 +11,30 @@ from lungseg.models.res2net import Res2NetBackbone, load_backbone_state
 
 def _random_state(backbone: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {k: torch.randn(v.shape, generator=g) if v.is_floating_point() else v.clone()
-            for k, v in backbone.state_dict().items()}
+    return {
+        k: torch.randn(v.shape, generator=g) if v.is_floating_point() else v.clone()
+        for k, v in backbone.state_dict().items()
+    }
 
 
 def test_structure_and_names_of_the_original():
     b = Res2NetBackbone(3, width=8)
     keys = set(b.state_dict())
-    for k in ("conv1.0.weight", "conv1.6.weight", "bn1.running_var", "layer1.0.convs.2.weight",
-              "layer2.0.downsample.1.weight", "layer4.2.bn3.bias"):
+    for k in (
+        "conv1.0.weight",
+        "conv1.6.weight",
+        "bn1.running_var",
+        "layer1.0.convs.2.weight",
+        "layer2.0.downsample.1.weight",
+        "layer4.2.bn3.bias",
+    ):
         assert k in keys
     assert [len(getattr(b, f"layer{i}")) for i in range(1, 5)] == [3, 4, 6, 3]
     feats = b(torch.randn(2, 3, 64, 64))
     assert [tuple(f.shape) for f in feats] == [(2, 32, 16, 16), (2, 64, 8, 8), (2, 128, 4, 4), (2, 256, 2, 2)]
 
 
+@pytest.mark.slow
 def test_loads_a_saved_state_dict(tmp_path):
     src = Res2NetBackbone(1, width=8)
     state = _random_state(src, 0)

@@ -46,6 +46,7 @@ def spec(tmp_path_factory) -> dict:
     return {"doc": _compile_in_subprocess(out), "path": out}
 
 
+@pytest.mark.slow
 def test_committed_yaml_matches_the_code(spec):
     assert COMMITTED.is_file(), "run `lungseg pipeline compile` and commit pipelines/lungseg_pipeline.yaml"
     assert _load(COMMITTED) == spec["doc"], (
@@ -144,6 +145,7 @@ def _images(doc) -> set[str]:
     return {ex["container"]["image"] for k, ex in _executors(doc).items() if k != "exec-importer"}
 
 
+@pytest.mark.slow
 def test_image_name_is_configurable_at_compile_time(tmp_path):
     doc = _compile_in_subprocess(tmp_path / "p.yaml", image="registry.example:5000/lungseg:dev")
     assert _images(doc) == {"registry.example:5000/lungseg:dev"}
@@ -152,6 +154,7 @@ def test_image_name_is_configurable_at_compile_time(tmp_path):
 DIGEST_REF = "registry.example:5000/lungseg@sha256:" + "5e" * 32
 
 
+@pytest.mark.slow
 def test_compile_pins_every_component_to_an_image_digest(tmp_path, spec):
     doc = _compile_in_subprocess(tmp_path / "pinned.yaml", None, "--image", DIGEST_REF)
     assert _images(doc) == {DIGEST_REF}
@@ -163,6 +166,7 @@ def test_compile_pins_every_component_to_an_image_digest(tmp_path, spec):
     assert doc == spec["doc"]
 
 
+@pytest.mark.slow
 def test_compile_pins_the_digest_of_a_pushed_build(tmp_path):
     record = tmp_path / "cuda.json"
     record.write_text(json.dumps({"tag": DEFAULT_IMAGE, "repo_digest": DIGEST_REF}), encoding="utf-8")
@@ -184,6 +188,7 @@ def test_compile_refuses_an_unpushed_build_or_a_bad_reference(tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_every_task_is_told_the_image_it_runs_in(spec, tmp_path):
     """The stages record it with their MLflow runs (lineage); a pinned compile names the digest."""
     for name, ex in _executors(spec["doc"]).items():
@@ -201,6 +206,7 @@ def test_every_task_is_told_the_image_it_runs_in(spec, tmp_path):
     assert not [e for e in local.values() if e.get("container", {}).get("env")]
 
 
+@pytest.mark.slow
 def test_another_image_leaves_the_default_pipeline_alone():
     from pipelines.lungseg_pipeline import lungseg_pipeline, make_pipeline
 
@@ -226,6 +232,7 @@ def test_submit_arguments_carry_the_params_file(tmp_path):
     assert json.loads(defaults["register_params"]["defaultValue"])["model_name"] == params.register.model_name
 
 
+@pytest.mark.slow
 def test_submit_unreachable_host_is_a_clear_error(tmp_path):
     from lungseg.cli import main
 

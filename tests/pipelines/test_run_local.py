@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
 from lungseg.cli import main
@@ -19,6 +20,7 @@ def test_the_trial_store_is_inside_the_work_folder(tmp_path):
     assert ops.trial_tracking_uri(tmp_path / "kfp") == f"sqlite:///{tmp_path / 'kfp' / 'mlflow.db'}"
 
 
+@pytest.mark.slow
 def test_a_new_local_store_keeps_its_artifacts_beside_it(tmp_path, monkeypatch):
     """Not in the folder a component happens to run in (a container's vanishes with it): the
     experiment and MLflow's Default experiment (where log_model puts logged models) both point
@@ -36,6 +38,7 @@ def test_a_new_local_store_keeps_its_artifacts_beside_it(tmp_path, monkeypatch):
     assert list(elsewhere.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_an_unreachable_tracking_server_is_one_line(tmp_path, capsys):
     code = main(["pipeline", "run-local", "--input", str(SAMPLE), "--workdir", str(tmp_path / "kfp"),
                  "--tracking-uri", "http://127.0.0.1:9", "--params", str(REPO / "params.yaml")])  # fmt: skip

@@ -32,6 +32,7 @@ def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path, tiny_data):
     assert "\r" not in proc.stderr  # no progress bar drawn into a log
 
 
+@pytest.mark.slow
 def test_no_progress_line_before_the_interval(tmp_path, tiny_data, capsys):
     """The default interval (30 s) is longer than this epoch: only the epoch line (stderr is not a
     terminal under pytest either)."""

@@ -25,6 +25,7 @@ def _uri(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
+@pytest.mark.slow
 def test_train_writes_contract_and_logs_everything_to_mlflow(tmp_path, tiny_data):
     params = load_params(write_params(tmp_path / "p.yaml", _uri(tmp_path), epochs=4))
     result = train(params, tiny_data, tmp_path / "out")
@@ -81,6 +82,7 @@ def _run_cli(params: Path, data: Path, out: Path, *extra: str, env=None) -> subp
                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_exactly(tmp_path, tiny_data):
     """SIGKILL a real `lungseg train` after epoch ≥1, resume, and match an uninterrupted run bitwise."""
     params = write_params(tmp_path / "p.yaml", _uri(tmp_path), epochs=4, model="lgnet")
@@ -124,9 +126,13 @@ def test_killed_run_resumes_exactly(tmp_path, tiny_data):
         for key in ("exp_avg", "exp_avg_sq", "step"):
             assert torch.equal(group_a[key], group_b[key]), key
     assert a["scheduler_state"] == b["scheduler_state"]
-    assert a["mlflow_run_id"] != b["mlflow_run_id"]  # the resumed run continued its own MLflow run
+    # the resumed process continued the MLflow run the killed one started, and finished it
+    assert a["mlflow_run_id"] == partial_run["run_id"]
+    run = mlflow.MlflowClient(_uri(tmp_path)).get_run(partial_run["run_id"])
+    assert run.info.status == "FINISHED" and run.data.metrics["best_val_dice"] == a["best"]
 
 
+@pytest.mark.slow
 def test_resume_with_other_architecture_is_refused(tmp_path, tiny_data):
     train(load_params(write_params(tmp_path / "p.yaml", _uri(tmp_path), epochs=1)), tiny_data, tmp_path / "out")
     partial = tmp_path / "out.partial"
@@ -145,6 +151,7 @@ def test_corrupt_checkpoint_is_named(tmp_path):
         load_checkpoint(bad)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_clear_error_and_keeps_previous_output(tmp_path, tiny_data):
     params = load_params(write_params(tmp_path / "p.yaml", _uri(tmp_path), epochs=1))
     train(params, tiny_data, tmp_path / "out")
@@ -174,6 +181,7 @@ def test_missing_split_and_bad_config(tmp_path, tiny_data):
     assert not (tmp_path / "out").exists() and not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_cli_reports_bad_input_in_one_line(tmp_path, tiny_data):
     params = write_params(tmp_path / "p.yaml", _uri(tmp_path))
     proc = subprocess.run([sys.executable, "-m", "lungseg.cli", "train", "--data", str(tmp_path / "nowhere"),
@@ -182,6 +190,7 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, tiny_data):
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "nowhere" in proc.stderr
 
 
+@pytest.mark.slow
 def test_resume_continues_a_finished_run(tmp_path, tiny_data):
     """`--resume` of a finished run with more epochs restarted from epoch 1 in a new MLflow run; now it
     goes on from the last epoch in the same run (or refuses when there is nothing left to train)."""
@@ -214,6 +223,7 @@ def test_resume_continues_a_finished_run(tmp_path, tiny_data):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_killed_runs_partial_is_reported_and_its_run_marked_killed(tmp_path, tiny_data, capsys):
     """What SIGKILL leaves (a .partial with a checkpoint, an MLflow run still RUNNING) was silently
     deleted by the next run without --resume; now it is named and the stale run is marked KILLED."""
@@ -242,6 +252,7 @@ def test_output_naming_a_file_is_refused_before_training(tmp_path, tiny_data):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "p.yaml"]  # no run, no store, no .partial
 
 
+@pytest.mark.slow
 def test_model_options_of_another_model_are_ignored_with_a_warning(tmp_path, tiny_data, capsys):
     """A flat `model_kwargs: {max_tokens: 256}` (LG-Net's option) on a U-Net: trained, option ignored
     and said so (it was a TypeError traceback)."""
@@ -251,6 +262,7 @@ def test_model_options_of_another_model_are_ignored_with_a_warning(tmp_path, tin
     assert "max_tokens" not in load_checkpoint(tmp_path / "out" / "best.pt")["model_identity"]["kwargs"]
 
 
+@pytest.mark.slow
 def test_min_epochs_is_a_warm_up_for_best_and_early_stopping(tmp_path, tiny_data):
     """Before min_epochs the validation Dice neither selects best.pt nor counts towards early stopping
     (a lucky epoch-2 value on the sample's 2 validation slices was kept as the model)."""

@@ -29,19 +29,57 @@ Every public name is importable from ``lungseg.data.readers``. Add a reader with
 from __future__ import annotations
 
 from lungseg.data.readers.base import (
-    BINARY_LABELS, READERS, RawDataset, RawSlice, Reader, ReaderInfo, get_reader, register_reader,
+    BINARY_LABELS,
+    READERS,
+    RawDataset,
+    RawSlice,
+    Reader,
+    ReaderInfo,
+    get_reader,
+    register_reader,
 )
 from lungseg.data.readers.general import (
-    SPLIT_COLUMNS, SPLIT_FILE, SplitFile, axial_nifti, read_dicom, read_nifti, read_pairs, read_split_file,
+    SPLIT_COLUMNS,
+    SPLIT_FILE,
+    SplitFile,
+    axial_nifti,
+    read_dicom,
+    read_nifti,
+    read_pairs,
+    read_split_file,
 )
 from lungseg.data.readers.helpers import match_pairs, natural_key, require_same_geometry
 from lungseg.data.readers.published import (
-    read_covid_semiseg, read_kaggle_64, read_kaggle_tiff, read_medseg, read_msd_lung,
+    read_covid_semiseg,
+    read_kaggle_64,
+    read_kaggle_tiff,
+    read_medseg,
+    read_msd_lung,
 )
 
 __all__ = [
-    "BINARY_LABELS", "READERS", "SPLIT_COLUMNS", "SPLIT_FILE", "RawDataset", "RawSlice", "Reader", "ReaderInfo",
-    "SplitFile", "axial_nifti", "get_reader", "match_pairs", "natural_key", "read_covid_semiseg", "read_dicom",
-    "read_kaggle_64", "read_kaggle_tiff", "read_medseg", "read_msd_lung", "read_nifti", "read_pairs",
-    "read_split_file", "register_reader", "require_same_geometry",
+    "BINARY_LABELS",
+    "READERS",
+    "SPLIT_COLUMNS",
+    "SPLIT_FILE",
+    "RawDataset",
+    "RawSlice",
+    "Reader",
+    "ReaderInfo",
+    "SplitFile",
+    "axial_nifti",
+    "get_reader",
+    "match_pairs",
+    "natural_key",
+    "read_covid_semiseg",
+    "read_dicom",
+    "read_kaggle_64",
+    "read_kaggle_tiff",
+    "read_medseg",
+    "read_msd_lung",
+    "read_nifti",
+    "read_pairs",
+    "read_split_file",
+    "register_reader",
+    "require_same_geometry",
 ]

@@ -67,13 +67,17 @@ def read_split_file(path: Path, ids: list[str]) -> SplitFile:
         raise DataError(path, f"cannot read the split file: {exc}") from exc
     numbered = [(n, [c.strip() for c in cells]) for n, cells in enumerate(lines, 1) if any(c.strip() for c in cells)]
     if not numbered:
-        raise DataError(path, "empty split file: expected a header line 'id,split', 'id,patient_id' or "
-                              "'id,split,patient_id' and one row per image")
+        raise DataError(
+            path,
+            "empty split file: expected a header line 'id,split', 'id,patient_id' or "
+            "'id,split,patient_id' and one row per image",
+        )
     (_, header), rows = numbered[0], numbered[1:]
     unknown = [c for c in header if c not in SPLIT_COLUMNS]
     if unknown:
-        raise DataError(path, f"line 1: unknown column(s) {', '.join(map(repr, unknown))} "
-                              f"(allowed: {', '.join(SPLIT_COLUMNS)})")
+        raise DataError(
+            path, f"line 1: unknown column(s) {', '.join(map(repr, unknown))} (allowed: {', '.join(SPLIT_COLUMNS)})"
+        )
     if len(set(header)) != len(header):
         raise DataError(path, f"line 1: a column is named twice ({','.join(header)})")
     if "id" not in header or len(header) < 2:
@@ -90,22 +94,29 @@ def read_split_file(path: Path, ids: list[str]) -> SplitFile:
             if not value:
                 raise DataError(path, f"line {n}: empty {col}" + (f" for {key!r}" if key else ""))
         if key not in known:
-            raise DataError(path, f"line {n}: id {key!r} is not an image in images/ (an id is the image's file "
-                                  "name without suffix)")
+            raise DataError(
+                path, f"line {n}: id {key!r} is not an image in images/ (an id is the image's file name without suffix)"
+            )
         if key in seen:
             raise DataError(path, f"line {n}: id {key!r} is listed twice (first on line {seen[key]})")
         seen[key] = n
         if split is not None:
             if row["split"] not in SPLIT_VALUES:
-                raise DataError(path, f"line {n}: split {row['split']!r} for {key!r}: must be train or test "
-                                      "(val is carved from train by preprocess.val_fraction)")
+                raise DataError(
+                    path,
+                    f"line {n}: split {row['split']!r} for {key!r}: must be train or test "
+                    "(val is carved from train by preprocess.val_fraction)",
+                )
             split[key] = SPLIT_VALUES[row["split"]]
         if patient is not None:
             patient[key] = row["patient_id"]
     missing = [i for i in ids if i not in seen]
     if missing:
-        raise DataError(path, f"{len(missing)} image(s) have no row, e.g. {', '.join(map(repr, missing[:3]))}: "
-                              "every image in images/ needs one")
+        raise DataError(
+            path,
+            f"{len(missing)} image(s) have no row, e.g. {', '.join(map(repr, missing[:3]))}: "
+            "every image in images/ needs one",
+        )
     if split is not None:
         for hint, name in (("test", "test"), ("pool", "train")):
             if hint not in split.values():
@@ -116,9 +127,12 @@ def read_split_file(path: Path, ids: list[str]) -> SplitFile:
             for key in sorted(seen, key=seen.__getitem__):  # in file order
                 first = first_of.setdefault(patient[key], key)
                 if split[first] != split[key]:
-                    raise DataError(path, f"line {seen[key]}: patient {patient[key]!r} is in {name[split[key]]} here "
-                                          f"and in {name[split[first]]} on line {seen[first]}: all slices of a "
-                                          "patient share one split")
+                    raise DataError(
+                        path,
+                        f"line {seen[key]}: patient {patient[key]!r} is in {name[split[key]]} here "
+                        f"and in {name[split[first]]} on line {seen[first]}: all slices of a "
+                        "patient share one split",
+                    )
     return SplitFile(path, split, patient)
 
 
@@ -148,9 +162,14 @@ def read_pairs(input_dir: Path, cfg) -> RawDataset:
         protocol = f"{SPLIT_FILE}: test = its test rows; its train rows → seeded {level}-level train/val"
     else:
         protocol = f"{SPLIT_FILE} patient ids: seeded patient-level train/val/test"
-    warnings = [] if sf.patient is not None else [
-        f"slice-level train/val split: {SPLIT_FILE} gives no patient_id, so slices of one patient can fall in "
-        "train and val"]
+    warnings = (
+        []
+        if sf.patient is not None
+        else [
+            f"slice-level train/val split: {SPLIT_FILE} gives no patient_id, so slices of one patient can fall in "
+            "train and val"
+        ]
+    )
     return RawDataset(slices=slices(), split_protocol=protocol, warnings=warnings)
 
 
@@ -181,18 +200,28 @@ def read_nifti(input_dir: Path, cfg) -> RawDataset:
         for stem, img_path, mask_path in pairs:
             data, affine, zooms = formats.read_nifti(img_path)
             mdata, maffine, mzooms = formats.read_nifti(mask_path)
-            require_same_geometry(img_path, mask_path, data.shape, mdata.shape,
-                                  [("voxel size", zooms, mzooms, 1e-4, True), ("affine", affine, maffine, 1e-3, False)])
+            require_same_geometry(
+                img_path,
+                mask_path,
+                data.shape,
+                mdata.shape,
+                [("voxel size", zooms, mzooms, 1e-4, True), ("affine", affine, maffine, 1e-3, False)],
+            )
             vol, spacing = axial_nifti(data, affine)
             mvol, _ = axial_nifti(mdata, affine)
             for z in range(vol.shape[2]):
                 src = f"{rel(img_path, input_dir)}#z={z}"
-                image = transforms.to_unit_range(np.ascontiguousarray(vol[:, :, z]), source=img_path, window=cfg.hu_window)
+                image = transforms.to_unit_range(
+                    np.ascontiguousarray(vol[:, :, z]), source=img_path, window=cfg.hu_window
+                )
                 mask = transforms.binarize_mask(np.rint(mvol[:, :, z]), source=f"{mask_path}#z={z}")
-                yield RawSlice(id=f"{stem}-z{z:04d}", source=src, image=image, mask=mask, patient_id=stem,
-                               spacing=spacing)
+                yield RawSlice(
+                    id=f"{stem}-z{z:04d}", source=src, image=image, mask=mask, patient_id=stem, spacing=spacing
+                )
 
-    return RawDataset(slices=slices(), split_protocol="no published split: seeded patient-level (volume) train/val/test")
+    return RawDataset(
+        slices=slices(), split_protocol="no published split: seeded patient-level (volume) train/val/test"
+    )
 
 
 # ----------------------------------------------------------------------------------------- DICOM
@@ -216,15 +245,25 @@ def read_dicom(input_dir: Path, cfg) -> RawDataset:
         for case, series, mask_path in plan:
             vol, spacing, origin, direction = formats.read_dicom_series(series)
             mvol, mspacing, morigin, mdirection = formats.read_sitk_volume(mask_path)
-            require_same_geometry(series, mask_path, vol.shape, mvol.shape,
-                                  [("spacing", spacing, mspacing, 1e-3, True), ("origin", origin, morigin, 1e-2, True),
-                                   ("direction", direction, mdirection, 1e-4, False)])
+            require_same_geometry(
+                series,
+                mask_path,
+                vol.shape,
+                mvol.shape,
+                [
+                    ("spacing", spacing, mspacing, 1e-3, True),
+                    ("origin", origin, morigin, 1e-2, True),
+                    ("direction", direction, mdirection, 1e-4, False),
+                ],
+            )
             for z in range(vol.shape[0]):
                 yield RawSlice(
-                    id=f"{case.name}-z{z:04d}", source=f"{rel(series, input_dir)}#z={z}",
+                    id=f"{case.name}-z{z:04d}",
+                    source=f"{rel(series, input_dir)}#z={z}",
                     image=transforms.hu_window(vol[z], cfg.hu_window),
                     mask=transforms.binarize_mask(mvol[z], source=f"{mask_path}#z={z}"),
-                    patient_id=case.name, spacing=(spacing[1], spacing[2]),
+                    patient_id=case.name,
+                    spacing=(spacing[1], spacing[2]),
                 )
 
     return RawDataset(slices=slices(), split_protocol="no published split: seeded patient-level (case) train/val/test")

@@ -33,8 +33,9 @@ def natural_key(s: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
 
 
-def match_pairs(img_dir: Path, mask_dir: Path, suffixes: tuple[str, ...], *, image_prefix: str = "",
-                mask_prefix: str = "") -> list[Pair]:
+def match_pairs(
+    img_dir: Path, mask_dir: Path, suffixes: tuple[str, ...], *, image_prefix: str = "", mask_prefix: str = ""
+) -> list[Pair]:
     """Every image in ``img_dir`` with its mask in ``mask_dir``, matched by *key*: the file name without
     its suffix and without ``image_prefix`` / ``mask_prefix`` (``tr_im_0001.png`` ↔ ``tr_mask_0001.png``,
     ``image_ID_1.tif`` ↔ ``mask_ID_1.tif``, ``case1.png`` ↔ ``case1.png``). Only files with the prefix
@@ -43,7 +44,7 @@ def match_pairs(img_dir: Path, mask_dir: Path, suffixes: tuple[str, ...], *, ima
     natural order of the key."""
 
     def by_key(folder: Path, prefix: str) -> dict[str, Path]:
-        return {formats.strip_suffix(p)[len(prefix):]: p for p in files(folder, suffixes) if p.name.startswith(prefix)}
+        return {formats.strip_suffix(p)[len(prefix) :]: p for p in files(folder, suffixes) if p.name.startswith(prefix)}
 
     images, masks = by_key(img_dir, image_prefix), by_key(mask_dir, mask_prefix)
     if not images:
@@ -74,8 +75,15 @@ def binary_mask(mask: np.ndarray, path) -> np.ndarray:
     return transforms.binarize_mask(mask, source=path)
 
 
-def pair_slices(pairs: Iterable[Pair], root: Path, cfg, *, mask_fn: Callable = binary_mask, split: str | None = None,
-                id_prefix: str = "") -> Iterator[RawSlice]:
+def pair_slices(
+    pairs: Iterable[Pair],
+    root: Path,
+    cfg,
+    *,
+    mask_fn: Callable = binary_mask,
+    split: str | None = None,
+    id_prefix: str = "",
+) -> Iterator[RawSlice]:
     """One :class:`RawSlice` per 2-D image/mask pair (id = ``id_prefix + key``, source relative to ``root``)."""
     for key, img_path, mask_path in pairs:
         image = transforms.to_unit_range(formats.read_image_2d(img_path), source=img_path, window=cfg.hu_window)
@@ -90,7 +98,11 @@ def require_same_geometry(path: Path, mask_path: Path, shape, mask_shape, checks
     problems = [] if tuple(shape) == tuple(mask_shape) else [f"shape {tuple(shape)} vs {tuple(mask_shape)}"]
     for what, a, b, atol, show in checks:
         if np.shape(a) != np.shape(b) or not np.allclose(a, b, atol=atol):
-            problems.append(f"{what} {tuple(np.round(np.asarray(a, float), 4).tolist())} vs "
-                            f"{tuple(np.round(np.asarray(b, float), 4).tolist())}" if show else f"{what} differs")
+            problems.append(
+                f"{what} {tuple(np.round(np.asarray(a, float), 4).tolist())} vs "
+                f"{tuple(np.round(np.asarray(b, float), 4).tolist())}"
+                if show
+                else f"{what} differs"
+            )
     if problems:
         raise DataError(path, f"geometry does not match mask {mask_path}: {'; '.join(problems)}")

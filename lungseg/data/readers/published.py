@@ -41,7 +41,12 @@ import numpy as np
 from lungseg.data import formats, transforms
 from lungseg.data.readers.base import RawDataset, RawSlice, register_reader
 from lungseg.data.readers.helpers import (
-    binary_mask, check_same_shape, files, match_pairs, pair_slices, require_dir,
+    binary_mask,
+    check_same_shape,
+    files,
+    match_pairs,
+    pair_slices,
+    require_dir,
 )
 from lungseg.errors import DataError
 
@@ -97,7 +102,11 @@ def read_medseg(input_dir: Path, cfg) -> RawDataset:
             mask = transforms.check_labels(formats.read_image_2d(mask_path), 2, source=mask_path)
             check_same_shape(image, mask, img, mask_path)
             yield RawSlice(
-                id=img.stem, source=r, image=image, mask=mask, split="test" if in_test else "pool",
+                id=img.stem,
+                source=r,
+                image=image,
+                mask=mask,
+                split="test" if in_test else "pool",
                 extra={"jcs_list": jcs},
             )
 
@@ -149,7 +158,8 @@ def read_covid_semiseg(input_dir: Path, cfg) -> RawDataset:
         split_protocol="Inf-Net: 50 TrainingSet slices (train + seeded val) / 48 TestingSet slices (test)",
         warnings=[
             "slice-level split: no patient ids; val is carved from the 50 training slices",
-            "COVID-SemiSeg holds the same 100 slices as MedSeg (medseg): never evaluate on one a model trained on the other",
+            "COVID-SemiSeg holds the same 100 slices as MedSeg (medseg): "
+            "never evaluate on one a model trained on the other",
         ],
     )
 
@@ -185,13 +195,16 @@ def read_kaggle_64(input_dir: Path, cfg) -> RawDataset:
                 yy = y[i]
                 if not np.all(np.isfinite(yy)) or yy.min() < 0 or yy.max() > 1:
                     raise DataError(root / f"y_{part}.npy[{i}]", "mask values outside [0, 1]")
-                yield RawSlice(id=f"{part}-{i:04d}", source=src, image=image, mask=(yy >= 0.5).astype(np.uint8),
-                               split=split)
+                yield RawSlice(
+                    id=f"{part}-{i:04d}", source=src, image=image, mask=(yy >= 0.5).astype(np.uint8), split=split
+                )
 
     return RawDataset(
         slices=slices(),
         label_names=["background", "lung"],
-        split_protocol="source repository's train_test_split(random_state=50): x_train (train + seeded val) / x_test (test)",
+        split_protocol=(
+            "source repository's train_test_split(random_state=50): x_train (train + seeded val) / x_test (test)"
+        ),
         warnings=["slice-level split: the npy files carry no patient ids"],
     )
 
@@ -242,8 +255,11 @@ def read_msd_lung(input_dir: Path, cfg) -> RawDataset:
                 if missing:
                     raise DataError(path, f"HDF5 lacks dataset(s) {', '.join(missing)} (has: {', '.join(f)})")
                 x, y = f["images"][()], f["labels"][()]
-                pids = [p.decode() if isinstance(p, bytes) else str(p) for p in f["patient_ids"][()]] \
-                    if "patient_ids" in f else None
+                pids = (
+                    [p.decode() if isinstance(p, bytes) else str(p) for p in f["patient_ids"][()]]
+                    if "patient_ids" in f
+                    else None
+                )
         except OSError as exc:
             raise DataError(path, f"cannot read HDF5: {exc}") from exc
         x, y = x.reshape(len(x), *x.shape[-2:]), y.reshape(len(y), *y.shape[-2:])
@@ -257,17 +273,21 @@ def read_msd_lung(input_dir: Path, cfg) -> RawDataset:
             for i in range(len(x)):
                 src = f"{path.name}[{i}]"
                 yield RawSlice(
-                    id=f"{path.stem}-{i:04d}", source=src,
+                    id=f"{path.stem}-{i:04d}",
+                    source=src,
                     image=transforms.unit_float(x[i], source=input_dir / src),
                     mask=transforms.check_labels(y[i], 2, source=input_dir / src),
-                    patient_id=pids[i] if pids is not None else None, spacing=(2.0, 2.0),
+                    patient_id=pids[i] if pids is not None else None,
+                    spacing=(2.0, 2.0),
                 )
 
     return RawDataset(
         slices=slices(),
         label_names=["background", "tumour"],
         split_protocol="no published split: seeded train/val/test",
-        warnings=[] if has_ids else [
+        warnings=[]
+        if has_ids
+        else [
             "slice-level split: the HDF5 holds only 'images' and 'labels' (no patient ids); patches of one of "
             "the 13 patients overlap and can fall in train, val and test"
         ],
