@@ -299,7 +299,7 @@ def evaluate(
         atomic_write_json(tmp / "metrics.json", summary)
         atomic_write_json(tmp / "headline.json", {k: summary[k] for k in HEADLINE if k in summary})
 
-    logging = _log_evaluation_run(run_info, run_file, output_dir, summary, cfg.split)
+    logging = _log_evaluation_run(run_info, run_file, output_dir, summary, cfg.split, split.meta)
     atomic_write_json(output_dir / "mlflow_logging.json", logging)
     return EvalResult(output_dir, cfg.split, len(df), summary, time.perf_counter() - t0, logging)
 
@@ -320,7 +320,12 @@ def _read_run_file(run_file: Path) -> dict[str, Any] | None:
 
 
 def _log_evaluation_run(
-    info: dict[str, Any] | None, run_file: Path, output_dir: Path, summary: dict[str, Any], split: str
+    info: dict[str, Any] | None,
+    run_file: Path,
+    output_dir: Path,
+    summary: dict[str, Any],
+    split: str,
+    meta: dict[str, Any] | None = None,
 ) -> dict:
     """A new MLflow run for this evaluation, nested under the training run ``info`` (read from
     ``run_file`` by :func:`_read_run_file`; ``None``: not logged): metrics, tags, the report's files.
@@ -349,6 +354,13 @@ def _log_evaluation_run(
         "checkpoint": str(summary.get("checkpoint")),
         "model": str(summary.get("model")),
     }
+    # lineage (#16): the code that evaluated, the raw data version of the evaluated set, the image/KFP run
+    from lungseg import lineage
+    from lungseg.provenance import git_commit
+
+    tags[lineage.CODE_COMMIT_TAG] = git_commit()
+    tags.update(lineage.source_tags(meta or {}))
+    tags.update(lineage.run_context_tags())
     try:
         run = ResilientRun.start(
             info["tracking_uri"],

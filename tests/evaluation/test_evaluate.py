@@ -97,6 +97,12 @@ def test_report_files_numbers_and_mlflow(trained, tiny_data):
     assert ev.info.run_id != info["run_id"] and ev.info.status == "FINISHED"
     assert ev.data.tags["mlflow.parentRunId"] == info["run_id"] and ev.data.tags["lungseg.stage"] == "evaluate"
     assert ev.data.tags["eval_split"] == "test" and ev.data.tags["model_sha256"] == m["model_sha256"]
+    # lineage (#16): the evaluated set's raw-data version and the code that evaluated it
+    from lungseg.lineage import source_tags
+    from lungseg.provenance import git_commit
+
+    assert source_tags(test.meta).items() <= ev.data.tags.items() and source_tags(test.meta)
+    assert ev.data.tags["git_commit"] == git_commit()
     assert ev.data.metrics["dice_mean"] == pytest.approx(m["dice_mean"])
     assert {"per_image.csv", "metrics.json", "overlays.png", "roc.csv", "curves.csv"} <= {
         a.path for a in client.list_artifacts(ev.info.run_id)
