@@ -12,7 +12,7 @@ machinery again inside a component (a circular import in its runtime mode).
 
 from components.image import IMAGE
 
-_STAGES = ("for_image", "preprocess_op", "train_op", "evaluate_op", "register_op")
+_STAGES = ("for_image", "preprocess_op", "train_op", "train_distributed_op", "evaluate_op", "register_op")
 __all__ = ["IMAGE", *_STAGES]
 
 

@@ -56,8 +56,10 @@ def reference_from_record(path: str | Path) -> str:
         raise ConfigError(f"{path}: cannot read the image build record ({exc})") from exc
     ref = record.get("repo_digest") if isinstance(record, dict) else None
     if not ref:
-        raise ConfigError(f"{path}: the image {record.get('tag') if isinstance(record, dict) else '?'} has no "
-                          "registry digest: push it first (python scripts/image.py push --flavour …)")  # fmt: skip
+        raise ConfigError(
+            f"{path}: the image {record.get('tag') if isinstance(record, dict) else '?'} has no "
+            "registry digest: push it first (python scripts/image.py push --flavour …)"
+        )
     check_reference(ref)
     if not is_pinned(ref):
         raise ConfigError(f"{path}: repo_digest {ref!r} is not a digest reference")

@@ -28,8 +28,6 @@ from lungseg.errors import DataError
 from lungseg.lineage import split_s3
 
 
-
-
 def download_prefix(uri: str, dest: str | Path) -> int:
     """Every object under the ``s3://`` prefix ``uri`` into ``dest`` (keys relative to the prefix
     become relative paths); returns the number of files. ``DataError`` when the store cannot be
@@ -46,7 +44,7 @@ def download_prefix(uri: str, dest: str | Path) -> int:
         s3 = boto3.session.Session().client("s3")  # a new session: the credentials of the environment now
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base):
             for obj in page.get("Contents", []):
-                rel = obj["Key"][len(base):]
+                rel = obj["Key"][len(base) :]
                 if not rel or rel.endswith("/"):
                     continue  # the prefix itself or a folder marker
                 target = (dest / rel).resolve()

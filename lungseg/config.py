@@ -93,6 +93,9 @@ class TrainConfig:
     progress_every_s: float = 30.0
     """When stderr is not a terminal (KFP and DVC logs, ``nohup``): a progress line inside an epoch
     (step, loss, Dice, images/s, ETA) at most every this many seconds. On a terminal a progress bar."""
+    sync_batchnorm: bool = False
+    """Under ``torchrun`` (DDP): BatchNorm statistics over the global batch (``torch.nn.SyncBatchNorm``,
+    CUDA only) instead of each process's part; ignored in a single process."""
 
 
 @dataclass(frozen=True)
@@ -136,8 +139,10 @@ class RegisterConfig:
             raise ConfigError(f"model_name {self.model_name!r}: {exc}") from exc
         bad = [f for f in fields if f != "model"]
         if bad:
-            raise ConfigError(f"model_name {self.model_name!r}: unknown placeholder(s) "
-                              f"{', '.join('{' + f + '}' for f in bad)} (allowed: {{model}})")
+            raise ConfigError(
+                f"model_name {self.model_name!r}: unknown placeholder(s) "
+                f"{', '.join('{' + f + '}' for f in bad)} (allowed: {{model}})"
+            )
         if not self.resolved_name("x").strip():
             raise ConfigError("model_name is empty")
 
@@ -275,8 +280,10 @@ def validate(params: Params, where: str = "params", sections: set[str] | frozens
 
         divisor = int(getattr(model_class(params.train.model), "size_divisor", 1))
         if params.preprocess.image_size % divisor:
-            raise ConfigError(f"{where}.preprocess.image_size: {params.preprocess.image_size} is not a multiple of "
-                              f"{divisor}, which {params.train.model} needs (train.model)")  # fmt: skip
+            raise ConfigError(
+                f"{where}.preprocess.image_size: {params.preprocess.image_size} is not a multiple of "
+                f"{divisor}, which {params.train.model} needs (train.model)"
+            )
 
 
 def _need(ok: bool, where: str, problem: str) -> None:
@@ -297,14 +304,20 @@ def _finite(value: float) -> bool:
 def _check_preprocess(cfg: PreprocessConfig, where: str) -> None:
     _need(cfg.image_size >= 8, f"{where}.image_size", f"must be ≥ 8, got {cfg.image_size}")
     low, high = cfg.hu_window
-    _need(_finite(low) and _finite(high) and low < high, f"{where}.hu_window",
-          f"must be [low, high] with low < high, got {[low, high]}")  # fmt: skip
+    _need(
+        _finite(low) and _finite(high) and low < high,
+        f"{where}.hu_window",
+        f"must be [low, high] with low < high, got {[low, high]}",
+    )
     for key in ("val_fraction", "test_fraction"):
         value = getattr(cfg, key)
         _need(0.0 <= value < 1.0, f"{where}.{key}", f"must lie in [0, 1), got {value}")
-    _need(cfg.val_fraction + cfg.test_fraction < 1.0, where,
-          f"val_fraction + test_fraction must be < 1 (nothing left to train on), got "
-          f"{cfg.val_fraction} + {cfg.test_fraction}")  # fmt: skip
+    _need(
+        cfg.val_fraction + cfg.test_fraction < 1.0,
+        where,
+        f"val_fraction + test_fraction must be < 1 (nothing left to train on), got "
+        f"{cfg.val_fraction} + {cfg.test_fraction}",
+    )
     _need(0 <= cfg.seed < 2**32, f"{where}.seed", f"must lie in [0, 2^32), got {cfg.seed}")
 
 
@@ -316,18 +329,32 @@ def check_train(cfg: TrainConfig, where: str) -> None:
     for key in ("epochs", "batch_size", "base_channels"):
         _need(getattr(cfg, key) >= 1, f"{where}.{key}", f"must be ≥ 1, got {getattr(cfg, key)}")
     _need(_finite(cfg.lr) and cfg.lr > 0, f"{where}.lr", f"must be > 0, got {cfg.lr}")
-    _need(_finite(cfg.weight_decay) and cfg.weight_decay >= 0, f"{where}.weight_decay",
-          f"must be ≥ 0, got {cfg.weight_decay}")  # fmt: skip
+    _need(
+        _finite(cfg.weight_decay) and cfg.weight_decay >= 0,
+        f"{where}.weight_decay",
+        f"must be ≥ 0, got {cfg.weight_decay}",
+    )
     for key in ("early_stopping_patience", "min_epochs", "num_workers"):
         _need(getattr(cfg, key) >= 0, f"{where}.{key}", f"must be ≥ 0, got {getattr(cfg, key)}")
-    _need(cfg.min_epochs <= cfg.epochs, f"{where}.min_epochs",
-          f"{cfg.min_epochs} is more than train.epochs ({cfg.epochs}): no epoch could be kept as best.pt")  # fmt: skip
+    _need(
+        cfg.min_epochs <= cfg.epochs,
+        f"{where}.min_epochs",
+        f"{cfg.min_epochs} is more than train.epochs ({cfg.epochs}): no epoch could be kept as best.pt",
+    )
     _need(0 <= cfg.seed < 2**32, f"{where}.seed", f"must lie in [0, 2^32), got {cfg.seed}")
-    _need(_finite(cfg.progress_every_s) and cfg.progress_every_s > 0, f"{where}.progress_every_s",
-          f"must be > 0 (seconds), got {cfg.progress_every_s}")  # fmt: skip
+    _need(
+        _finite(cfg.progress_every_s) and cfg.progress_every_s > 0,
+        f"{where}.progress_every_s",
+        f"must be > 0 (seconds), got {cfg.progress_every_s}",
+    )
     _one_of(cfg.preset, PRESETS, f"{where}.preset", "preset")
     _one_of(cfg.scheduler, SCHEDULERS, f"{where}.scheduler", "schedule")
     _one_of(cfg.device, DEVICES, f"{where}.device", "device")
+    _need(
+        isinstance(cfg.sync_batchnorm, bool),
+        f"{where}.sync_batchnorm",
+        f"expected true/false, got {cfg.sync_batchnorm!r}",
+    )
     if cfg.loss != "auto":
         from lungseg.losses import list_losses
 
@@ -351,18 +378,26 @@ def model_options(cfg: TrainConfig, where: str = "train") -> tuple[dict[str, Any
     keyed = [k for k in kwargs if k in models]
     if keyed and len(keyed) < len(kwargs):
         other = sorted(k for k in kwargs if k not in models)
-        raise ConfigError(f"{where}.model_kwargs: mixes per-model entries ({', '.join(keyed)}) with "
-                          f"option(s) {', '.join(other)}: write every option under its model, e.g. "
-                          f"{{{keyed[0]}: {{{other[0]}: ...}}}}")  # fmt: skip
+        raise ConfigError(
+            f"{where}.model_kwargs: mixes per-model entries ({', '.join(keyed)}) with "
+            f"option(s) {', '.join(other)}: write every option under its model, e.g. "
+            f"{{{keyed[0]}: {{{other[0]}: ...}}}}"
+        )
     if keyed:  # per model
         for name in keyed:
             opts = kwargs[name] or {}
-            _need(isinstance(opts, dict), f"{where}.model_kwargs.{name}",
-                  f"expected a mapping of {name}'s options, got {opts!r}")  # fmt: skip
+            _need(
+                isinstance(opts, dict),
+                f"{where}.model_kwargs.{name}",
+                f"expected a mapping of {name}'s options, got {opts!r}",
+            )
             takes = _options_of(name)
             bad = sorted(set(opts) - set(takes))
-            _need(not bad, f"{where}.model_kwargs.{name}",
-                  f"{name} takes no option(s) {', '.join(bad)} (its options: {', '.join(takes) or 'none'})")  # fmt: skip
+            _need(
+                not bad,
+                f"{where}.model_kwargs.{name}",
+                f"{name} takes no option(s) {', '.join(bad)} (its options: {', '.join(takes) or 'none'})",
+            )
         return dict(kwargs.get(cfg.model) or {}), []
     takes = _options_of(cfg.model)
     used, ignored = {}, []
@@ -371,8 +406,11 @@ def model_options(cfg: TrainConfig, where: str = "train") -> tuple[dict[str, Any
             used[key] = value
             continue
         others = [m for m in models if key in _options_of(m)]
-        _need(bool(others), f"{where}.model_kwargs.{key}",
-              f"no model takes option {key!r} ({cfg.model}'s options: {', '.join(takes) or 'none'})")  # fmt: skip
+        _need(
+            bool(others),
+            f"{where}.model_kwargs.{key}",
+            f"no model takes option {key!r} ({cfg.model}'s options: {', '.join(takes) or 'none'})",
+        )
         ignored.append(key)
     return used, ignored
 
@@ -385,14 +423,20 @@ def _options_of(model: str) -> list[str]:
     from lungseg.models import model_class
 
     sig = inspect.signature(model_class(model))
-    return [n for n, p in sig.parameters.items() if n not in COMMON_MODEL_ARGS
-            and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]  # fmt: skip
+    return [
+        n
+        for n, p in sig.parameters.items()
+        if n not in COMMON_MODEL_ARGS and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
 
 
 def _check_evaluate(cfg: EvaluateConfig, where: str) -> None:
     _one_of(cfg.split, SPLITS, f"{where}.split", "split")
-    _need(_finite(cfg.threshold) and 0.0 <= cfg.threshold <= 1.0, f"{where}.threshold",
-          f"must lie in [0, 1] (a probability), got {cfg.threshold}")  # fmt: skip
+    _need(
+        _finite(cfg.threshold) and 0.0 <= cfg.threshold <= 1.0,
+        f"{where}.threshold",
+        f"must lie in [0, 1] (a probability), got {cfg.threshold}",
+    )
     _need(cfg.n_overlays >= 1, f"{where}.n_overlays", f"must be ≥ 1, got {cfg.n_overlays}")
 
 
@@ -402,15 +446,28 @@ def _check_register(cfg: RegisterConfig, where: str) -> None:
     _need(bool(cfg.metric.strip()), f"{where}.metric", "is empty")
     for key in ("champion_alias", "challenger_alias"):
         alias = getattr(cfg, key)
-        _need(bool(re.fullmatch(r"[\w\-]{1,255}", alias)) and alias.lower() != "latest"
-              and not re.fullmatch(r"[vV]\d+", alias), f"{where}.{key}",
-              f"{alias!r} is not a usable MLflow alias (letters, digits, _ and -; not 'latest' or v<number>)")  # fmt: skip
-    _need(cfg.champion_alias != cfg.challenger_alias, where,
-          f"champion_alias and challenger_alias are both {cfg.champion_alias!r}")  # fmt: skip
+        _need(
+            bool(re.fullmatch(r"[\w\-]{1,255}", alias))
+            and alias.lower() != "latest"
+            and not re.fullmatch(r"[vV]\d+", alias),
+            f"{where}.{key}",
+            f"{alias!r} is not a usable MLflow alias (letters, digits, _ and -; not 'latest' or v<number>)",
+        )
+    _need(
+        cfg.champion_alias != cfg.challenger_alias,
+        where,
+        f"champion_alias and challenger_alias are both {cfg.champion_alias!r}",
+    )
     if isinstance(cfg.min_metric, str):
-        _need(cfg.min_metric == "auto", f"{where}.min_metric", f"must be a number, auto or null, got {cfg.min_metric!r}")
+        _need(
+            cfg.min_metric == "auto", f"{where}.min_metric", f"must be a number, auto or null, got {cfg.min_metric!r}"
+        )
     elif cfg.min_metric is not None:
-        _need(_finite(cfg.min_metric), f"{where}.min_metric", f"must be a finite number, auto or null, got {cfg.min_metric}")
+        _need(
+            _finite(cfg.min_metric),
+            f"{where}.min_metric",
+            f"must be a finite number, auto or null, got {cfg.min_metric}",
+        )
 
 
 def _check_mlflow(cfg: MlflowConfig, where: str) -> None:

@@ -15,9 +15,11 @@ tasks get credentials from the Kubernetes secrets :data:`MLFLOW_SECRET` and :dat
 the preprocess task the S3 credentials it reads an ``s3://`` input with (:data:`S3_READ_ENV`).
 
 :func:`make_pipeline` builds the pipeline for another image (``compile --image``,
-``run-local --runner docker``); :data:`lungseg_pipeline` is the one for the default image.
+``run-local --runner docker``) or for more than one GPU (``compile --nodes N --gpus-per-node G``:
+the train task then submits a Kubeflow Trainer ``TrainJob`` of N pods with G GPUs each and waits
+for it, :mod:`pipelines.distributed`; with N × G = 1 the pipeline is the one-GPU one, unchanged);
+:data:`lungseg_pipeline` is the one for the default image and one GPU.
 """
-
 
 import json
 
@@ -65,11 +67,15 @@ TRAIN_TIMEOUT_S = 24 * 3600
 
 def _with_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
     # username/password are optional keys: an unauthenticated tracking server needs none
-    kubernetes.use_secret_as_env(task, secret_name=MLFLOW_SECRET, secret_key_to_env={"tracking_uri": MLFLOW_SECRET_ENV["tracking_uri"]})
     kubernetes.use_secret_as_env(
-        task, secret_name=MLFLOW_SECRET,
-        secret_key_to_env={k: v for k, v in MLFLOW_SECRET_ENV.items() if k != "tracking_uri"}, optional=True,
-    )  # fmt: skip
+        task, secret_name=MLFLOW_SECRET, secret_key_to_env={"tracking_uri": MLFLOW_SECRET_ENV["tracking_uri"]}
+    )
+    kubernetes.use_secret_as_env(
+        task,
+        secret_name=MLFLOW_SECRET,
+        secret_key_to_env={k: v for k, v in MLFLOW_SECRET_ENV.items() if k != "tracking_uri"},
+        optional=True,
+    )
     kubernetes.use_secret_as_env(task, secret_name=S3_SECRET, secret_key_to_env=S3_SECRET_ENV)
     return task
 
@@ -79,12 +85,22 @@ def _with_credentials(task: dsl.PipelineTask) -> dsl.PipelineTask:
 IMAGE_ENV = "LUNGSEG_IMAGE"
 
 
-def make_pipeline(image: str = IMAGE, *, record_image: bool = True):
+def make_pipeline(image: str = IMAGE, *, record_image: bool = True, nodes: int = 1, gpus_per_node: int = 1):
     """The pipeline with every component running in ``image``; ``record_image=False`` for runners
-    that do not run the image (``kfp.local.SubprocessRunner``), so no run claims to come from it."""
+    that do not run the image (``kfp.local.SubprocessRunner``), so no run claims to come from it.
+    ``nodes × gpus_per_node > 1``: the train step is a distributed ``TrainJob`` (compile-time
+    values: the job's shape is part of the compiled, reviewed pipeline, like the one-GPU step's
+    resource requests)."""
+    from pipelines.distributed import is_distributed
+
+    distributed = is_distributed(nodes, gpus_per_node)
     ops = for_image(image)
     preprocess_op, train_op, evaluate_op, register_op = (
-        ops["preprocess_op"], ops["train_op"], ops["evaluate_op"], ops["register_op"])  # fmt: skip
+        ops["preprocess_op"],
+        ops["train_op"],
+        ops["evaluate_op"],
+        ops["register_op"],
+    )
 
     @dsl.pipeline(name=PIPELINE_NAME, description="Lung CT segmentation: preprocess → train → evaluate → register")
     def lungseg_pipeline(
@@ -100,28 +116,43 @@ def make_pipeline(image: str = IMAGE, *, record_image: bool = True):
         raw = dsl.importer(artifact_uri=input_uri, artifact_class=Dataset, reimport=False)
         raw.set_display_name("raw data")
 
-        pre = preprocess_op(dataset=dataset, raw=raw.output, preprocess_params=preprocess_params, data_version=data_version)
+        pre = preprocess_op(
+            dataset=dataset, raw=raw.output, preprocess_params=preprocess_params, data_version=data_version
+        )
         pre.set_display_name("preprocess").set_cpu_request("2").set_memory_request("4G")
         kubernetes.use_secret_as_env(pre, secret_name=S3_SECRET, secret_key_to_env=S3_READ_ENV)
 
-        train = train_op(data=pre.outputs["processed"], train_params=train_params, mlflow_params=mlflow_params)
-        train.set_display_name("train").set_cpu_request("4").set_memory_request("16G")
-        train.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
-        kubernetes.add_node_selector(train, label_key=GPU_NODE_LABEL[0], label_value=GPU_NODE_LABEL[1])
-        kubernetes.add_toleration(train, key=GPU_TAINT_KEY, operator="Exists", effect="NoSchedule")
+        if distributed:
+            train = _distributed_train(ops, pre, train_params, mlflow_params, image, record_image, nodes, gpus_per_node)
+        else:
+            train = train_op(data=pre.outputs["processed"], train_params=train_params, mlflow_params=mlflow_params)
+            train.set_display_name("train").set_cpu_request("4").set_memory_request("16G")
+            train.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+            kubernetes.add_node_selector(train, label_key=GPU_NODE_LABEL[0], label_value=GPU_NODE_LABEL[1])
+            kubernetes.add_toleration(train, key=GPU_TAINT_KEY, operator="Exists", effect="NoSchedule")
         backoff, factor, max_backoff = TRAIN_RETRY_BACKOFF
-        train.set_retry(num_retries=TRAIN_RETRIES, backoff_duration=backoff, backoff_factor=factor,
-                        backoff_max_duration=max_backoff)  # fmt: skip
+        train.set_retry(
+            num_retries=TRAIN_RETRIES, backoff_duration=backoff, backoff_factor=factor, backoff_max_duration=max_backoff
+        )
         kubernetes.set_timeout(train, TRAIN_TIMEOUT_S)
         _with_credentials(train)
 
-        ev = evaluate_op(model=train.outputs["model"], data=pre.outputs["processed"], evaluate_params=evaluate_params,
-                         mlflow_params=mlflow_params)  # fmt: skip
+        ev = evaluate_op(
+            model=train.outputs["model"],
+            data=pre.outputs["processed"],
+            evaluate_params=evaluate_params,
+            mlflow_params=mlflow_params,
+        )
         ev.set_display_name("evaluate").set_cpu_request("2").set_memory_request("8G")
         _with_credentials(ev)
 
-        reg = register_op(model=train.outputs["model"], report=ev.outputs["report"], register_params=register_params,
-                          mlflow_params=mlflow_params, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)  # fmt: skip
+        reg = register_op(
+            model=train.outputs["model"],
+            report=ev.outputs["report"],
+            register_params=register_params,
+            mlflow_params=mlflow_params,
+            kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        )
         reg.set_display_name("register")
         reg.set_caching_options(False)  # a registry side effect: never replayed from the cache
         _with_credentials(reg)
@@ -131,6 +162,38 @@ def make_pipeline(image: str = IMAGE, *, record_image: bool = True):
         return reg.outputs["Output"]  # "champion" or "challenger"
 
     return lungseg_pipeline
+
+
+def _distributed_train(
+    ops, pre, train_params, mlflow_params, image: str, record_image: bool, nodes: int, gpus_per_node: int
+) -> dsl.PipelineTask:
+    """The train task for more than one GPU: a small CPU pod that submits the ``TrainJob`` of
+    :func:`pipelines.distributed.train_job_manifest` (its GPUs are the job's, not this pod's),
+    waits for it and outputs the same ``model``/``metrics`` as ``train_op``. Retries and the
+    timeout are the one-GPU step's (a retry submits a new TrainJob, which trains from scratch)."""
+    from pipelines.distributed import train_job_manifest
+
+    manifest = train_job_manifest(
+        image=image,
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        mlflow_secret=MLFLOW_SECRET,
+        mlflow_secret_env=MLFLOW_SECRET_ENV,
+        s3_secret=S3_SECRET,
+        s3_secret_env=S3_SECRET_ENV,
+        s3_read_env=S3_READ_ENV,
+        extra_env={IMAGE_ENV: image} if record_image else None,
+    )
+    train = ops["train_distributed_op"](
+        data=pre.outputs["processed"],
+        train_params=train_params,
+        mlflow_params=mlflow_params,
+        job_manifest=json.dumps(manifest, sort_keys=True),
+        timeout_s=TRAIN_TIMEOUT_S,
+    )
+    train.set_display_name(f"train ({nodes}×{gpus_per_node} GPUs, TrainJob)")
+    train.set_cpu_request("1").set_memory_request("1G")
+    return train
 
 
 #: the pipeline for the default image (what ``lungseg pipeline compile`` writes without ``--image``)

@@ -38,10 +38,20 @@ TRIAL_ARTIFACTS = "mlartifacts"
 #: passed from the caller's environment into the containers of the docker runner (the cluster
 #: gets the same variables from Kubernetes secrets): S3 and MLflow credentials, thread counts
 CONTAINER_ENV = (
-    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION",
-    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_TRACKING_USERNAME",
-    "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-)  # fmt: skip
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "MLFLOW_S3_ENDPOINT_URL",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+)
 
 
 class PipelineFailed(LungsegError):
@@ -52,8 +62,11 @@ def pipeline_arguments(params, *, dataset: str, input_uri: str, data_version=Non
     """The pipeline's arguments: the input, the reader, the input's data version (JSON; empty when
     unversioned) and one JSON string per params section."""
     sections = params.to_dict()
-    args: dict[str, Any] = {"input_uri": input_uri, "dataset": dataset,
-                            "data_version": json.dumps(data_version.to_dict(), sort_keys=True) if data_version else ""}
+    args: dict[str, Any] = {
+        "input_uri": input_uri,
+        "dataset": dataset,
+        "data_version": json.dumps(data_version.to_dict(), sort_keys=True) if data_version else "",
+    }
     args.update({f"{name}_params": json.dumps(sections[name], sort_keys=True) for name in SECTIONS})
     return args
 
@@ -70,19 +83,36 @@ def resolve_image(image: str | None = None, image_record: str | Path | None = No
     return check_reference(image) if image else None
 
 
-def _pipeline(image: str | None):
+def _pipeline(image: str | None, nodes: int = 1, gpus_per_node: int = 1):
+    """The pipeline for ``image`` (None: the default) and ``nodes × gpus_per_node`` GPUs
+    (more than one: the train step is a Kubeflow Trainer ``TrainJob``, :mod:`pipelines.distributed`)."""
     from pipelines.lungseg_pipeline import lungseg_pipeline, make_pipeline
 
-    return make_pipeline(image) if image else lungseg_pipeline
+    if nodes * gpus_per_node != 1 or image:
+        from components.image import IMAGE
+
+        return make_pipeline(image or IMAGE, nodes=nodes, gpus_per_node=gpus_per_node)
+    return lungseg_pipeline
 
 
-def compile_pipeline(output: str | Path, *, pipeline_parameters: dict[str, Any] | None = None,
-                     image: str | None = None) -> Path:  # fmt: skip
+def compile_pipeline(
+    output: str | Path,
+    *,
+    pipeline_parameters: dict[str, Any] | None = None,
+    image: str | None = None,
+    nodes: int = 1,
+    gpus_per_node: int = 1,
+) -> Path:
     from kfp import compiler
 
+    from pipelines.distributed import check_shape
+
+    check_shape(nodes, gpus_per_node)  # before anything is written
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(_pipeline(image), str(output), pipeline_parameters=pipeline_parameters)
+    compiler.Compiler().compile(
+        _pipeline(image, nodes, gpus_per_node), str(output), pipeline_parameters=pipeline_parameters
+    )
     return output
 
 
@@ -97,16 +127,29 @@ def stage_data(data: str, target: str | Path, repo: str | Path = "."):
     return staged
 
 
-def submit(params, *, host: str, experiment: str, dataset: str, input_uri: str | None = None,
-           image: str | None = None, data: str | None = None, repo: str | Path = ".",
-           stage_uri: str = DEFAULT_STAGE_URI) -> str:  # fmt: skip
+def submit(
+    params,
+    *,
+    host: str,
+    experiment: str,
+    dataset: str,
+    input_uri: str | None = None,
+    image: str | None = None,
+    data: str | None = None,
+    repo: str | Path = ".",
+    stage_uri: str = DEFAULT_STAGE_URI,
+    nodes: int = 1,
+    gpus_per_node: int = 1,
+) -> str:
     """Submit one run to the KFP API at ``host``; returns the run id. The input is either a DVC
     version ``data`` (``path@rev``, staged under ``stage_uri`` first) or a plain ``input_uri``
     (recorded as unversioned)."""
     import kfp
 
+    from pipelines.distributed import check_shape
     from pipelines.lungseg_pipeline import PIPELINE_NAME
 
+    check_shape(nodes, gpus_per_node)
     version = None
     if data is not None:
         if not stage_uri.startswith("s3://"):
@@ -119,7 +162,7 @@ def submit(params, *, host: str, experiment: str, dataset: str, input_uri: str |
     try:
         client = kfp.Client(host=host)
         run = client.create_run_from_pipeline_func(
-            _pipeline(image),
+            _pipeline(image, nodes, gpus_per_node),
             arguments=arguments,
             experiment_name=experiment,
             run_name=f"{PIPELINE_NAME}-{params.train.model}",
@@ -141,7 +184,7 @@ def trial_tracking_uri(workdir: str | Path) -> str:
 def _local_store_file(uri: str) -> Path | None:
     """The database file of a local (sqlite) store; None for a server."""
     if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///"):])
+        return Path(uri[len("sqlite:///") :])
     return None
 
 
@@ -189,15 +232,26 @@ def prepare_store(uri: str, experiment: str) -> list[str]:
     return local_dirs
 
 
-def run_local(params, *, dataset: str, input_dir: str | Path | None = None, workdir: str | Path,
-              runner: str = "subprocess", image: str | None = None, tracking_uri: str | None = None,
-              data: str | None = None, repo: str | Path = ".", stage_uri: str | None = None) -> dict[str, Any]:  # fmt: skip
+def run_local(
+    params,
+    *,
+    dataset: str,
+    input_dir: str | Path | None = None,
+    workdir: str | Path,
+    runner: str = "subprocess",
+    image: str | None = None,
+    tracking_uri: str | None = None,
+    data: str | None = None,
+    repo: str | Path = ".",
+    stage_uri: str | None = None,
+) -> dict[str, Any]:
     """Run the pipeline in ``workdir`` with the ``subprocess`` or ``docker`` runner.
 
     The input: ``data`` = a DVC version ``path@rev`` of ``repo``, staged first under ``stage_uri``
     (default ``WORKDIR/data``; an ``s3://`` prefix stages it there, as for a cluster) and recorded
     with every run; or ``input_dir`` = a local folder or an ``s3://`` prefix (read by the preprocess
-    component with boto3 from ``AWS_*``/``AWS_ENDPOINT_URL_S3``), recorded as unversioned. Task outputs go under ``workdir/outputs``; the
+    component with boto3 from ``AWS_*``/``AWS_ENDPOINT_URL_S3``), recorded as unversioned. Task outputs go
+    under ``workdir/outputs``; the
     local cache (``workdir/cache``) makes a re-run skip every task whose inputs and parameters are
     unchanged. MLflow: ``tracking_uri`` if given (a relative sqlite path is relative to the current
     folder), else the trial store :func:`trial_tracking_uri`.
@@ -260,14 +314,22 @@ def run_local(params, *, dataset: str, input_dir: str | Path | None = None, work
         with _environ(MLFLOW_TRACKING_URI=uri):
             task = pipeline(**arguments)
     except RuntimeError as exc:
-        raise PipelineFailed(f"{exc} (task logs above; outputs of the tasks that succeeded are in "
-                             f"{workdir / 'outputs'} and cached for the re-run)") from exc  # fmt: skip
+        raise PipelineFailed(
+            f"{exc} (task logs above; outputs of the tasks that succeeded are in "
+            f"{workdir / 'outputs'} and cached for the re-run)"
+        ) from exc
     finally:
         logging.getLogger().removeHandler(handler)
     new = sorted(set((workdir / "outputs").glob("*")) - before)
-    return {"decision": task.output, "run_dir": str(new[-1]) if new else None, "tracking_uri": uri,
-            "trial_store": trial, "runner": runner, "image": image if runner == "docker" else None,
-            "data_version": version.to_dict() if version else None}  # fmt: skip
+    return {
+        "decision": task.output,
+        "run_dir": str(new[-1]) if new else None,
+        "tracking_uri": uri,
+        "trial_store": trial,
+        "runner": runner,
+        "image": image if runner == "docker" else None,
+        "data_version": version.to_dict() if version else None,
+    }
 
 
 def _check_docker(image: str) -> None:
@@ -278,8 +340,9 @@ def _check_docker(image: str) -> None:
         client = docker.from_env()
         client.ping()
     except Exception as exc:  # docker raises DockerException, requests' and urllib3's errors
-        raise PipelineFailed(f"--runner docker: no Docker daemon answers (DOCKER_HOST="
-                             f"{os.environ.get('DOCKER_HOST', 'default')}): {exc}") from exc  # fmt: skip
+        raise PipelineFailed(
+            f"--runner docker: no Docker daemon answers (DOCKER_HOST={os.environ.get('DOCKER_HOST', 'default')}): {exc}"
+        ) from exc
     try:
         try:
             client.images.get(image)
@@ -287,8 +350,10 @@ def _check_docker(image: str) -> None:
             try:
                 client.images.pull(image)
             except docker.errors.APIError as exc:
-                raise PipelineFailed(f"image {image}: not on this Docker daemon and cannot be pulled "
-                                     f"({exc.explanation or exc}); build it with `make image`") from exc  # fmt: skip
+                raise PipelineFailed(
+                    f"image {image}: not on this Docker daemon and cannot be pulled "
+                    f"({exc.explanation or exc}); build it with `make image`"
+                ) from exc
     finally:
         client.close()
 
@@ -312,13 +377,21 @@ def _docker_runner(image: str, workdir: Path, input_uri: str, tracking_uri: str,
     for path in list(binds):
         Path(path).mkdir(parents=True, exist_ok=True)
     # a writable folder inside another writable mount is already there
-    keep = {p: ro for p, ro in binds.items()
-            if ro or not any(q != p and not binds[q] and Path(q) in Path(p).parents for q in binds)}  # fmt: skip
+    keep = {
+        p: ro
+        for p, ro in binds.items()
+        if ro or not any(q != p and not binds[q] and Path(q) in Path(p).parents for q in binds)
+    }
     mounts = [Mount(target=p, source=p, type="bind", read_only=ro) for p, ro in sorted(keep.items())]
     env = {k: os.environ[k] for k in CONTAINER_ENV if os.environ.get(k)}
     env.update(HOME="/tmp", MLFLOW_TRACKING_URI=tracking_uri, PYTHONUTF8="1", MLFLOW_DISABLE_TELEMETRY="true")
-    return local.DockerRunner(network_mode="host", user=f"{os.getuid()}:{os.getgid()}", mounts=mounts,
-                              environment=env, working_dir=str(workdir))  # fmt: skip
+    return local.DockerRunner(
+        network_mode="host",
+        user=f"{os.getuid()}:{os.getgid()}",
+        mounts=mounts,
+        environment=env,
+        working_dir=str(workdir),
+    )
 
 
 @contextlib.contextmanager

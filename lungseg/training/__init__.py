@@ -14,5 +14,14 @@ from lungseg.training.loop import (
     train,
 )
 
-__all__ = ["TrainResult", "TrainState", "augment", "build_model", "effective_config", "load_checkpoint", "model_identity",
-           "save_checkpoint", "train"]  # fmt: skip
+__all__ = [
+    "TrainResult",
+    "TrainState",
+    "augment",
+    "build_model",
+    "effective_config",
+    "load_checkpoint",
+    "model_identity",
+    "save_checkpoint",
+    "train",
+]

@@ -49,8 +49,9 @@ def augment(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generato
     theta = torch.stack([torch.stack([cos * sx, -sin, tx], 1), torch.stack([sin * sx, cos, ty], 1)], 1)
     grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
     out_x = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    out_y = F.grid_sample(masks[:, None].to(images.dtype), grid, mode="nearest", padding_mode="zeros",
-                          align_corners=False)[:, 0]  # fmt: skip
+    out_y = F.grid_sample(
+        masks[:, None].to(images.dtype), grid, mode="nearest", padding_mode="zeros", align_corners=False
+    )[:, 0]
     mean = out_x.mean(dim=(1, 2, 3), keepdim=True)
     c = contrast.to(images.dtype).view(-1, 1, 1, 1)
     s = brightness.to(images.dtype).view(-1, 1, 1, 1)

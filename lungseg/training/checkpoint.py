@@ -3,7 +3,9 @@ against, and their atomic I/O. Evaluation and inference read checkpoints through
 
 ``checkpoint.pt`` (every epoch) is :meth:`TrainState.checkpoint`: the run's constants
 (:class:`RunInfo`: model identity, effective config, all params, number of classes, data hash, image
-size, preprocessing, the paper preset's deviations) plus the state of the epoch — model, optimizer
+size, preprocessing, the paper preset's deviations, ``distributed``: the world size and
+``sync_batchnorm`` of the process group that wrote it — ``{world_size: 1, sync_batchnorm: false}``
+without ``torchrun``) plus the state of the epoch — model, optimizer
 and scheduler states, epoch, best Dice + epoch, early-stopping counter, ``stopped_early``, history,
 RNG states (python, numpy, torch, CUDA), MLflow run id. ``best.pt`` (when the validation Dice improves)
 is :meth:`TrainState.best_checkpoint`: the weights, ``epoch``, ``best`` and the run's constants.
@@ -34,8 +36,19 @@ CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 CHECKPOINT_FORMAT = 2
 #: what ``best.pt`` keeps of a full checkpoint
-BEST_KEYS = ("format", "model_identity", "model_state", "epoch", "best", "config", "num_classes", "data_hash",
-             "image_size", "preprocess", "preset_deviations")  # fmt: skip
+BEST_KEYS = (
+    "format",
+    "model_identity",
+    "model_state",
+    "epoch",
+    "best",
+    "config",
+    "num_classes",
+    "data_hash",
+    "image_size",
+    "preprocess",
+    "preset_deviations",
+)
 
 
 # ------------------------------------------------------------------------------------ identity
@@ -44,8 +57,15 @@ def model_identity(cfg: TrainConfig, in_channels: int, num_classes: int) -> dict
     ``cfg.model`` from ``train.model_kwargs``, see :func:`lungseg.config.model_options`)."""
     options, _ = model_options(cfg)
     options = complete_options(cfg.model, options)
-    return {"name": cfg.model, "kwargs": {"in_channels": in_channels, "num_classes": num_classes,
-                                           "base_channels": cfg.base_channels, **options}}  # fmt: skip
+    return {
+        "name": cfg.model,
+        "kwargs": {
+            "in_channels": in_channels,
+            "num_classes": num_classes,
+            "base_channels": cfg.base_channels,
+            **options,
+        },
+    }
 
 
 def build_model(identity: dict[str, Any]) -> torch.nn.Module:
@@ -64,9 +84,13 @@ def training_preprocessing(meta: dict[str, Any]) -> dict[str, Any]:
     the preprocess settings (``image_size``, ``hu_window``, …) plus ``dataset``, ``num_labels`` and
     ``label_names``. Stored as ``preprocess`` in ``checkpoint.pt``/``best.pt`` so evaluation and
     inference apply (or check) the very same preprocessing."""
-    return {**dict(meta.get("preprocess") or {}), "image_size": int(meta["image_size"]),
-            "dataset": meta.get("dataset"), "num_labels": int(meta["num_labels"]),
-            "label_names": list(meta.get("label_names") or [])}  # fmt: skip
+    return {
+        **dict(meta.get("preprocess") or {}),
+        "image_size": int(meta["image_size"]),
+        "dataset": meta.get("dataset"),
+        "num_labels": int(meta["num_labels"]),
+        "label_names": list(meta.get("label_names") or []),
+    }
 
 
 # ------------------------------------------------------------------------------------ I/O
@@ -115,8 +139,12 @@ def save_checkpoint(obj: Any, path: Path) -> None:
 # ------------------------------------------------------------------------------------ RNG
 def rng_state() -> dict[str, Any]:
     """The python, numpy, torch and CUDA RNG states (restored on resume)."""
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}  # fmt: skip
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -125,6 +153,19 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def optimizer_to_params(optimizer: torch.optim.Optimizer) -> None:
+    """Put every optimizer state tensor (Adam's moments, …) where its parameter now is — device and,
+    for floating state, dtype — with the policy of ``Optimizer.load_state_dict`` (which casts to the
+    parameters' device *when it is called*; ``step`` counters keep theirs).
+
+    Why: ``--resume`` restores the optimizer while the model is still on the CPU; ``model.to(cuda)``
+    then moves the parameters but not the state, and the first ``optimizer.step()`` would mix CPU
+    moments with CUDA parameters (a device error in the fused/foreach Adam kernels). Re-loading the
+    optimizer's own state dict after the move applies torch's casting rules, nothing hand-written."""
+    if any(optimizer.state.values()):
+        optimizer.load_state_dict(optimizer.state_dict())
 
 
 def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -146,6 +187,8 @@ class RunInfo:
     image_size: int
     preprocess: dict[str, Any]
     preset_deviations: dict[str, Any] = field(default_factory=dict)
+    distributed: dict[str, Any] = field(default_factory=lambda: {"world_size": 1, "sync_batchnorm": False})
+    """The DDP group that trains (:meth:`lungseg.training.distributed.Distributed.checkpoint_info`)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {"format": CHECKPOINT_FORMAT, **dataclasses.asdict(self)}
@@ -172,9 +215,16 @@ class TrainState:
     @classmethod
     def resumed(cls, info: RunInfo, ckpt: dict[str, Any]) -> TrainState:
         """The state stored in ``ckpt`` (format 1 or 2) under this run's ``info``."""
-        return cls(info, epoch=int(ckpt["epoch"]), best=float(ckpt["best"]), best_epoch=int(ckpt["best_epoch"]),
-                   stale=int(ckpt["stale"]), stopped_early=bool(ckpt.get("stopped_early", False)),
-                   history=list(ckpt["history"]), run_id=ckpt.get("mlflow_run_id"))  # fmt: skip
+        return cls(
+            info,
+            epoch=int(ckpt["epoch"]),
+            best=float(ckpt["best"]),
+            best_epoch=int(ckpt["best_epoch"]),
+            stale=int(ckpt["stale"]),
+            stopped_early=bool(ckpt.get("stopped_early", False)),
+            history=list(ckpt["history"]),
+            run_id=ckpt.get("mlflow_run_id"),
+        )
 
     def end_epoch(self, row: dict[str, Any], *, min_epochs: int, patience: int) -> bool:
         """Record the finished epoch ``row`` (with ``val_dice``); whether it is the new best. Before
@@ -195,20 +245,28 @@ class TrainState:
     def checkpoint(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler) -> dict[str, Any]:
         """The content of ``checkpoint.pt`` after :attr:`epoch` (RNG states taken now)."""
         return {
-            **self.info.as_dict(), "model_state": cpu_state(model), "epoch": self.epoch,
+            **self.info.as_dict(),
+            "model_state": cpu_state(model),
+            "epoch": self.epoch,
             "optimizer_state": optimizer.state_dict(),
             "scheduler_state": scheduler.state_dict() if scheduler is not None else None,
-            "best": self.best, "best_epoch": self.best_epoch, "stale": self.stale, "stopped_early": self.stopped_early,
-            "history": self.history, "rng": rng_state(), "mlflow_run_id": self.run_id,
-        }  # fmt: skip
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "stale": self.stale,
+            "stopped_early": self.stopped_early,
+            "history": self.history,
+            "rng": rng_state(),
+            "mlflow_run_id": self.run_id,
+        }
 
     @staticmethod
     def best_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
         """The content of ``best.pt`` from a full checkpoint of the improving epoch."""
         return {k: checkpoint[k] for k in BEST_KEYS}
 
-    def save(self, folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, *,
-             improved: bool) -> None:
+    def save(
+        self, folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, *, improved: bool
+    ) -> None:
         """Write ``best.pt`` (when ``improved``) and then ``checkpoint.pt`` into ``folder``, atomically."""
         ckpt = self.checkpoint(model, optimizer, scheduler)
         if improved:
@@ -216,6 +274,21 @@ class TrainState:
         save_checkpoint(ckpt, folder / CHECKPOINT)
 
 
-__all__ = ["BEST", "BEST_KEYS", "CHECKPOINT", "CHECKPOINT_FORMAT", "RunInfo", "TrainState", "build_model",
-           "cpu_state", "fmt_identity", "load_checkpoint", "model_identity", "rng_state", "save_checkpoint",
-           "set_rng_state", "training_preprocessing"]  # fmt: skip
+__all__ = [
+    "BEST",
+    "BEST_KEYS",
+    "CHECKPOINT",
+    "CHECKPOINT_FORMAT",
+    "RunInfo",
+    "TrainState",
+    "build_model",
+    "cpu_state",
+    "fmt_identity",
+    "load_checkpoint",
+    "model_identity",
+    "optimizer_to_params",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+    "training_preprocessing",
+]

@@ -23,7 +23,8 @@ Exact resume
     (name + constructor kwargs), the history, the MLflow run id and the data's preprocessing
     (``preprocess``: see :func:`training_preprocessing`; ``best.pt`` carries it too). Checkpoint I/O
     and the model identity live in :mod:`lungseg.training.checkpoint` (re-exported here); format-1
-    files (with the state of a disabled GradScaler, no longer kept) load and resume as before. Besides, every epoch draws shuffling, augmentation and dropout
+    files (with the state of a disabled GradScaler, no longer kept) load and resume as before. Besides, every
+    epoch draws shuffling, augmentation and dropout
     randomness from generators seeded with ``(seed, epoch)``, so one epoch is a pure function of
     (weights, optimizer state, seed, epoch). On the CPU a run killed after epoch k and resumed ends
     with bitwise the same weights and history as an uninterrupted run (tested by SIGKILL).
@@ -69,6 +70,14 @@ Recorded paths
     :func:`lungseg.tracking.portable_uri`), so a clone or a copy of the repository never writes
     into the original's store.
 
+Distributed (DDP)
+    Under ``torchrun`` the same loop runs in every process with the hooks of
+    :mod:`lungseg.training.distributed` (``ddp``: global batch sharded over the ranks, rank 0 alone
+    reads and writes the output folder, checkpoints and MLflow, sharded validation, progress on rank 0
+    only); without it they are the identity. Under DDP the progress read-back does not depend on the
+    clock (every rank must reach each collective at the same step): every step on the CPU, at the
+    epoch end only on CUDA.
+
 Failures
     A non-finite loss raises :class:`~lungseg.errors.TrainingError` naming the epoch and batch; the
     last good checkpoint (previous epoch) is left intact. A checkpoint of another architecture raises
@@ -110,6 +119,7 @@ from lungseg.training.checkpoint import (
     fmt_identity,
     load_checkpoint,
     model_identity,
+    optimizer_to_params,
     save_checkpoint,
     set_rng_state,
     training_preprocessing,
@@ -130,10 +140,17 @@ class TrainResult:
     lost_logging: int
     seconds: float
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    rank: int = 0  # under torchrun: the process's rank (only rank 0 wrote the output)
 
     def describe(self) -> str:
-        s = (f"trained {self.epochs_run} epoch(s) in {self.seconds:.1f} s; best val Dice {self.best_val_dice:.4f} "
-             f"at epoch {self.best_epoch}{' (early stop)' if self.stopped_early else ''} → {self.output_dir}")
+        if self.rank:
+            return (
+                f"rank {self.rank}: trained {self.epochs_run} epoch(s) as a DDP worker; rank 0 wrote {self.output_dir}"
+            )
+        s = (
+            f"trained {self.epochs_run} epoch(s) in {self.seconds:.1f} s; best val Dice {self.best_val_dice:.4f} "
+            f"at epoch {self.best_epoch}{' (early stop)' if self.stopped_early else ''} → {self.output_dir}"
+        )
         if self.run_id:
             s += f"\n  MLflow run {self.run_id}"
         if self.lost_logging:
@@ -170,7 +187,10 @@ def seed_everything(seed: int) -> None:
 @contextlib.contextmanager
 def deterministic() -> Any:
     """``torch.use_deterministic_algorithms(True, warn_only=True)`` inside the block only."""
-    prev, prev_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    prev, prev_warn = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     prev_bench = torch.backends.cudnn.benchmark
     if torch.cuda.is_available():
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -208,8 +228,11 @@ def _validate_config(cfg: TrainConfig) -> None:
     check_train(cfg, "train")
     _, ignored = model_options(cfg)
     if ignored:
-        print(f"lungseg: warning: train.model_kwargs {', '.join(ignored)}: not an option of {cfg.model}, ignored "
-              f"(write options per model: model_kwargs: {{<model>: {{...}}}})", file=sys.stderr)  # fmt: skip
+        print(
+            f"lungseg: warning: train.model_kwargs {', '.join(ignored)}: not an option of {cfg.model}, ignored "
+            f"(write options per model: model_kwargs: {{<model>: {{...}}}})",
+            file=sys.stderr,
+        )
 
 
 def _build_for_training(identity: dict[str, Any]) -> torch.nn.Module:
@@ -239,9 +262,11 @@ def _discard_partial(work: Path, tracking_uri: str) -> None:
 
         marked = mark_stale_run(tracking_uri, run_id)
     what = f"{epoch} finished epoch(s)" if epoch else "no finished epoch"
-    print(f"lungseg: discarding {work}, left by an earlier run that did not finish ({what}"
-          f"{f'; MLflow run {run_id} {marked}' if run_id else ''}); use --resume to continue such a run instead",
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"lungseg: discarding {work}, left by an earlier run that did not finish ({what}"
+        f"{f'; MLflow run {run_id} {marked}' if run_id else ''}); use --resume to continue such a run instead",
+        file=sys.stderr,
+    )
     shutil.rmtree(work)
 
 
@@ -252,16 +277,23 @@ def _continue_finished(output_dir: Path, work: Path, cfg: TrainConfig, identity:
     ckpt = load_checkpoint(output_dir / CHECKPOINT, identity)
     done, stale = int(ckpt["epoch"]), int(ckpt.get("stale", 0))
     if ckpt.get("stopped_early") and not _early_stop_lifted(cfg, stale):
-        raise ConfigError(f"{output_dir}: this run stopped early after epoch {done} (no better validation Dice for "
-                          f"{stale} epoch(s), train.early_stopping_patience = {cfg.early_stopping_patience}); "
-                          "nothing to continue: raise the patience (or set 0) to train it on")  # fmt: skip
+        raise ConfigError(
+            f"{output_dir}: this run stopped early after epoch {done} (no better validation Dice for "
+            f"{stale} epoch(s), train.early_stopping_patience = {cfg.early_stopping_patience}); "
+            "nothing to continue: raise the patience (or set 0) to train it on"
+        )
     if done >= cfg.epochs:
-        raise ConfigError(f"{output_dir}: this run has already trained {done} epoch(s) (train.epochs = {cfg.epochs}); "
-                          "nothing to resume: raise train.epochs to continue it, or train without --resume "
-                          "to start over")  # fmt: skip
+        raise ConfigError(
+            f"{output_dir}: this run has already trained {done} epoch(s) (train.epochs = {cfg.epochs}); "
+            "nothing to resume: raise train.epochs to continue it, or train without --resume "
+            "to start over"
+        )
     shutil.copytree(output_dir, work)
-    print(f"lungseg: continuing the finished run in {output_dir} from epoch {done} to {cfg.epochs} "
-          f"({output_dir} is replaced when it ends)", file=sys.stderr)  # fmt: skip
+    print(
+        f"lungseg: continuing the finished run in {output_dir} from epoch {done} to {cfg.epochs} "
+        f"({output_dir} is replaced when it ends)",
+        file=sys.stderr,
+    )
 
 
 def _early_stop_lifted(cfg: TrainConfig, stale: int) -> bool:
@@ -282,8 +314,7 @@ def _start_run(params: Params, tracking_uri: str, run_id: str | None, cfg: Train
         try:
             return ResilientRun.start(tracking_uri, params.mlflow.experiment, run_id=run_id), False
         except TrainingError as exc:
-            print(f"lungseg: warning: cannot re-open MLflow run {run_id} ({exc}); starting a new run",
-                  file=sys.stderr)  # fmt: skip
+            print(f"lungseg: warning: cannot re-open MLflow run {run_id} ({exc}); starting a new run", file=sys.stderr)
             tags = {**tags, "resumed_from_run": run_id}
     run = ResilientRun.start(tracking_uri, params.mlflow.experiment, run_name=f"{cfg.model}-seed{cfg.seed}", tags=tags)
     return run, True
@@ -307,8 +338,9 @@ class _Setup:
     loss_options: dict[str, Any]
 
 
-def _prepare(params: Params, data_dir: Path) -> _Setup:
-    """Check the settings against the data and derive the run's constants (nothing is written)."""
+def _prepare(params: Params, data_dir: Path, ddp) -> _Setup:
+    """Check the settings against the data and derive the run's constants (nothing is written);
+    under DDP the device is this rank's and the settings DDP cannot honour are refused."""
     from lungseg.tracking import data_hash
 
     _validate_config(params.train)  # the user's settings (warnings name their keys)
@@ -319,25 +351,35 @@ def _prepare(params: Params, data_dir: Path) -> _Setup:
     train_set, val_set = load_split(data_dir, "train"), load_split(data_dir, "val")
     size = int(train_set.images.shape[-1])
     preset = check_paper_size(preset, size, data_dir)  # refused unless train.allow_non_paper_size
-    if cfg.preset == "paper":
+    if cfg.preset == "paper" and ddp.is_main:
         print(f"lungseg: paper preset: {_describe_preset(preset)}", file=sys.stderr)
     num_labels = int(meta["num_labels"])
     num_classes = 1 if num_labels == 2 else num_labels
     identity = model_identity(cfg, int(train_set.images.shape[1]), num_classes)
-    device = _device(cfg)
+    device = ddp.device(_device(cfg))
+    ddp.check(cfg, device)
     dhash, dhash_source = data_hash(data_dir)
     loss_name = default_loss_for(cfg.model) if cfg.loss == "auto" else cfg.loss
     loss_options = paper_loss_options(num_classes) if cfg.preset == "paper" and loss_name == "dice_focal" else {}
-    info = RunInfo(model_identity=identity, config=dataclasses.asdict(cfg), params=params.to_dict(),
-                   num_classes=num_classes, data_hash=dhash, image_size=size, preprocess=training_preprocessing(meta),
-                   preset_deviations=preset.deviations)  # fmt: skip
-    return _Setup(cfg, preset, meta, train_set, val_set, size, identity, info, device, dhash_source, loss_name,
-                  loss_options)  # fmt: skip
+    info = RunInfo(
+        model_identity=identity,
+        config=dataclasses.asdict(cfg),
+        params=params.to_dict(),
+        num_classes=num_classes,
+        data_hash=dhash,
+        image_size=size,
+        preprocess=training_preprocessing(meta),
+        preset_deviations=preset.deviations,
+        distributed=ddp.checkpoint_info(cfg),
+    )
+    return _Setup(
+        cfg, preset, meta, train_set, val_set, size, identity, info, device, dhash_source, loss_name, loss_options
+    )
 
 
-def _restore(ckpt_path: Path, s: _Setup, data_dir: Path, model, optimizer, scheduler) -> TrainState:
+def _restore(ckpt_path: Path, s: _Setup, data_dir: Path, model, optimizer, scheduler, ddp) -> TrainState:
     """The state of ``ckpt_path`` loaded into ``model``/``optimizer``/``scheduler`` and the RNGs, with
-    a warning for each setting or data that changed since it was written."""
+    a warning for each setting or data that changed since it was written (rank 0 only under DDP)."""
     cfg = s.cfg
     ckpt = load_checkpoint(ckpt_path, s.identity)
     model.load_state_dict(ckpt["model_state"])
@@ -345,38 +387,66 @@ def _restore(ckpt_path: Path, s: _Setup, data_dir: Path, model, optimizer, sched
     if scheduler is not None and ckpt.get("scheduler_state"):
         scheduler.load_state_dict(ckpt["scheduler_state"])
     set_rng_state(ckpt["rng"])  # (a format-1 file's scaler_state, of a disabled GradScaler, is not needed)
+    ddp.check_resume(ckpt, ckpt_path)
     state = TrainState.resumed(s.info, ckpt)
-    changed = sorted(k for k, v in ckpt.get("config", {}).items()
-                     if k not in ("epochs", "device", "num_workers", "progress_every_s")
-                     and dataclasses.asdict(cfg).get(k) != v)  # fmt: skip
+    changed = sorted(
+        k
+        for k, v in ckpt.get("config", {}).items()
+        if k not in ("epochs", "device", "num_workers", "progress_every_s") and dataclasses.asdict(cfg).get(k) != v
+    )
     if changed:
-        print(f"lungseg: warning: resuming with changed train settings {', '.join(changed)} "
-              "(the result will differ from an uninterrupted run)", file=sys.stderr)  # fmt: skip
+        print(
+            f"lungseg: warning: resuming with changed train settings {', '.join(changed)} "
+            "(the result will differ from an uninterrupted run)",
+            file=sys.stderr,
+        )
     if ckpt.get("data_hash") != s.info.data_hash:
-        print(f"lungseg: warning: the data in {data_dir} differs from the data the checkpoint was trained on",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"lungseg: warning: the data in {data_dir} differs from the data the checkpoint was trained on",
+            file=sys.stderr,
+        )
     planned = (ckpt.get("config") or {}).get("epochs")
     if cfg.scheduler == "cosine" and planned is not None and planned != cfg.epochs:
-        print(f"lungseg: warning: the cosine schedule was planned for {planned} epochs and is kept: past epoch "
-              f"{planned} its learning rate rises again, so {cfg.epochs} epochs this way differ from a run "
-              f"planned for {cfg.epochs}", file=sys.stderr)  # fmt: skip
+        print(
+            f"lungseg: warning: the cosine schedule was planned for {planned} epochs and is kept: past epoch "
+            f"{planned} its learning rate rises again, so {cfg.epochs} epochs this way differ from a run "
+            f"planned for {cfg.epochs}",
+            file=sys.stderr,
+        )
     if state.stopped_early and _early_stop_lifted(cfg, state.stale):
         state.stopped_early = False  # the patience was raised (or switched off): go on
     print(f"lungseg: resuming {ckpt_path} after epoch {state.epoch}", file=sys.stderr)
     return state
 
 
-def _open_run(params: Params, s: _Setup, data_dir: Path, tracking_uri: str, state: TrainState, work: Path,
-              output_dir: Path, model, *, continued: bool):
+def _open_run(
+    params: Params,
+    s: _Setup,
+    data_dir: Path,
+    tracking_uri: str,
+    state: TrainState,
+    work: Path,
+    output_dir: Path,
+    model,
+    *,
+    continued: bool,
+):
     """Start (or re-open) the MLflow run, tag it, log the params of a new one; ``mlflow_run.json``
     is written at once so that even a run killed in its first epoch can be found."""
     from lungseg.lineage import run_context_tags, source_tags
     from lungseg.tracking import git_commit, portable_path
 
     cfg = s.cfg
-    tags = {"git_commit": git_commit(), "data_hash": s.info.data_hash, "data_hash_source": s.data_hash_source,
-            "data_dir": portable_path(data_dir), "dataset": str(s.meta.get("dataset")), "model": cfg.model,
-            "preset": cfg.preset, "lungseg.stage": "train"}  # fmt: skip
+    tags = {
+        "git_commit": git_commit(),
+        "data_hash": s.info.data_hash,
+        "data_hash_source": s.data_hash_source,
+        "data_dir": portable_path(data_dir),
+        "dataset": str(s.meta.get("dataset")),
+        "model": cfg.model,
+        "preset": cfg.preset,
+        "lungseg.stage": "train",
+    }
     if cfg.preset == "paper":
         tags["preset_deviations"] = s.preset.describe_deviations()
     tags.update(source_tags(s.meta))  # the raw data version the processed set came from (#16)
@@ -390,25 +460,55 @@ def _open_run(params: Params, s: _Setup, data_dir: Path, tracking_uri: str, stat
     _write_run_file(work, run, params, cfg, None, output_dir, final=False)  # findable even if killed in epoch 1
     if is_new:
         run.set_tags(tags)
-        _log_params(run, params, cfg, {
-            "train.loss_resolved": s.loss_name, "data.dataset": s.meta.get("dataset"), "data.image_size": s.size,
-            "data.n_train": len(s.train_set), "data.n_val": len(s.val_set), "data.hash_source": s.data_hash_source,
-            "model.n_parameters": sum(p.numel() for p in model.parameters()), "device": str(s.device),
-            **({"train.loss_options": json.dumps(s.loss_options, sort_keys=True)} if s.loss_options else {}),
-            **({"preset_deviations": tags["preset_deviations"]} if cfg.preset == "paper" else {})})  # fmt: skip
+        _log_params(
+            run,
+            params,
+            cfg,
+            {
+                "train.loss_resolved": s.loss_name,
+                "data.dataset": s.meta.get("dataset"),
+                "data.image_size": s.size,
+                "data.n_train": len(s.train_set),
+                "data.n_val": len(s.val_set),
+                "data.hash_source": s.data_hash_source,
+                "model.n_parameters": sum(p.numel() for p in model.parameters()),
+                "device": str(s.device),
+                **({"train.loss_options": json.dumps(s.loss_options, sort_keys=True)} if s.loss_options else {}),
+                **({"preset_deviations": tags["preset_deviations"]} if cfg.preset == "paper" else {}),
+            },
+        )
         for row in state.history:  # a new run for a resumed training: carry the earlier epochs over
             run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
     return run
 
 
 def train(params: Params, data_dir: str | Path, output_dir: str | Path, resume: bool = False) -> TrainResult:
-    """Train ``params.train.model`` on ``data_dir`` into ``output_dir`` (see the module docstring)."""
+    """Train ``params.train.model`` on ``data_dir`` into ``output_dir`` (see the module docstring);
+    under ``torchrun``, as one process of a DDP group (:mod:`lungseg.training.distributed`)."""
+    from lungseg.training import distributed
+
+    ddp = distributed.setup(params.train)
+    try:
+        result = _train(params, data_dir, output_dir, resume, ddp)
+        ddp.barrier()  # the other ranks wait until rank 0 has put the output in place
+        return result
+    except Exception as exc:
+        broken = ddp.broken(exc)
+        if broken is exc:
+            raise
+        raise broken from exc
+    finally:
+        ddp.close()
+
+
+def _train(params: Params, data_dir: str | Path, output_dir: str | Path, resume: bool, ddp) -> TrainResult:
     from lungseg.tracking import resolve_tracking_uri
+    from lungseg.training.distributed import NO_RUN
 
     t0 = time.perf_counter()
     data_dir, output_dir = Path(data_dir), Path(output_dir)
     check_output_dir(output_dir)  # before any work: a file there would only be found at the end
-    s = _prepare(params, data_dir)
+    s = _prepare(params, data_dir, ddp)
     cfg, device = s.cfg, s.device
     work = output_dir.parent / f"{output_dir.name}.partial"
     ckpt_path = work / CHECKPOINT
@@ -417,31 +517,62 @@ def train(params: Params, data_dir: str | Path, output_dir: str | Path, resume: 
     model = _build_for_training(s.identity)
     divisor = int(getattr(model, "size_divisor", 1))
     if s.size % divisor:
-        raise ConfigError(f"{data_dir}: images are {s.size}² but {cfg.model} needs a multiple of {divisor} "
-                          "(set preprocess.image_size)")  # fmt: skip
+        raise ConfigError(
+            f"{data_dir}: images are {s.size}² but {cfg.model} needs a multiple of {divisor} "
+            "(set preprocess.image_size)"
+        )
     loss_fn = create_loss(s.loss_name, num_classes=s.info.num_classes, **s.loss_options)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = _scheduler(cfg, optimizer)
     continued = False
-    if resume and not ckpt_path.is_file() and (output_dir / CHECKPOINT).is_file():
-        if work.exists():
-            _discard_partial(work, tracking_uri)
-        _continue_finished(output_dir, work, cfg, s.identity)
-        continued = True
-    if resume and ckpt_path.is_file():
-        state = _restore(ckpt_path, s, data_dir, model, optimizer, scheduler)
-    else:
-        if resume:
-            print(f"lungseg: nothing to resume in {work} (nor a finished run in {output_dir}); starting fresh",
-                  file=sys.stderr)  # fmt: skip
-        if work.exists():
-            _discard_partial(work, tracking_uri)
-        work.mkdir(parents=True)
-        state = TrainState(s.info)
+    state = TrainState(s.info)
+    if ddp.is_main:  # rank 0 alone reads and writes the output folder (DDP)
+        if resume and not ckpt_path.is_file() and (output_dir / CHECKPOINT).is_file():
+            if work.exists():
+                _discard_partial(work, tracking_uri)
+            _continue_finished(output_dir, work, cfg, s.identity)
+            continued = True
+        if resume and ckpt_path.is_file():
+            state = _restore(ckpt_path, s, data_dir, model, optimizer, scheduler, ddp)
+        else:
+            if resume:
+                print(
+                    f"lungseg: nothing to resume in {work} (nor a finished run in {output_dir}); starting fresh",
+                    file=sys.stderr,
+                )
+            if work.exists():
+                _discard_partial(work, tracking_uri)
+            work.mkdir(parents=True)
     model.to(device)
     if device.type == "cuda" and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    run = _open_run(params, s, data_dir, tracking_uri, state, work, output_dir, model, continued=continued)
+    optimizer_to_params(optimizer)  # a restored state was loaded while the model was still on the CPU
+    run = NO_RUN
+    if ddp.is_main:  # rank 0 alone logs to MLflow
+        run = _open_run(params, s, data_dir, tracking_uri, state, work, output_dir, model, continued=continued)
+    shared = ddp.share_start(
+        optimizer,
+        scheduler,
+        {  # after a resume only rank 0 has read the checkpoint
+            "epoch": state.epoch,
+            "best": state.best,
+            "best_epoch": state.best_epoch,
+            "stale": state.stale,
+            "stopped_early": state.stopped_early,
+            "history": state.history,
+        },
+    )
+    for key, value in shared.items():
+        setattr(state, key, value)
+    # what trains: ``net`` (DDP; routes forward_heads through DDP's forward for deep supervision);
+    # ``model`` (inside it) is what is saved and validated
+    net = ddp.wrap(
+        model,
+        cfg,
+        device,
+        heads=bool(getattr(model, "deep_supervision_weights", None)),
+        sample_shape=tuple(s.train_set.images.shape[1:]),
+    )
 
     x_train = torch.from_numpy(s.train_set.images)
     y_train = torch.from_numpy(s.train_set.masks).long()
@@ -452,16 +583,22 @@ def train(params: Params, data_dir: str | Path, output_dir: str | Path, resume: 
             for epoch in range(state.epoch + 1, cfg.epochs + 1):
                 if state.stopped_early:
                     break
-                row = _train_epoch(model, loss_fn, optimizer, x_train, y_train, cfg, device, epoch, ckpt_path)
-                val_loss, val_dice = _validate(model, loss_fn, x_val, y_val, cfg, device)
+                row = _train_epoch(net, loss_fn, optimizer, x_train, y_train, cfg, device, epoch, ckpt_path, ddp=ddp)
+                val_loss, val_dice = ddp.validate(_validate, model, loss_fn, x_val, y_val, cfg, device)
                 row.update(val_loss=val_loss, val_dice=val_dice)
                 if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                     scheduler.step(val_dice)
                 elif scheduler is not None:
                     scheduler.step()
                 improved = state.end_epoch(row, min_epochs=cfg.min_epochs, patience=cfg.early_stopping_patience)
-                print(f"epoch {epoch}/{cfg.epochs}  loss {row['train_loss']:.4f}  val loss {val_loss:.4f}  "
-                      f"val Dice {val_dice:.4f}{'  *' if improved else ''}", file=sys.stderr, flush=True)  # fmt: skip
+                if not ddp.is_main:
+                    continue  # the same decisions as rank 0 (same all-reduced values); rank 0 reports and writes
+                print(
+                    f"epoch {epoch}/{cfg.epochs}  loss {row['train_loss']:.4f}  val loss {val_loss:.4f}  "
+                    f"val Dice {val_dice:.4f}{'  *' if improved else ''}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 if state.stopped_early:
                     print(f"lungseg: early stop: no better val Dice for {state.stale} epoch(s)", file=sys.stderr)
                 state.save(work, model, optimizer, scheduler, improved=improved)
@@ -471,19 +608,37 @@ def train(params: Params, data_dir: str | Path, output_dir: str | Path, resume: 
         run.end("FAILED" if isinstance(exc, (LungsegError, Exception)) else "KILLED")
         run.close()
         raise
+    if not ddp.is_main:
+        return TrainResult(
+            output_dir,
+            state.epoch,
+            state.best_epoch,
+            state.best,
+            state.stopped_early,
+            None,
+            0,
+            time.perf_counter() - t0,
+            state.history,
+            rank=ddp.rank,
+        )
     return _finish(params, s, state, run, work, output_dir, t0)
 
 
-def _finish(params: Params, s: _Setup, state: TrainState, run, work: Path, output_dir: Path,
-            t0: float) -> TrainResult:
+def _finish(params: Params, s: _Setup, state: TrainState, run, work: Path, output_dir: Path, t0: float) -> TrainResult:
     """Summary, curves, artifacts and the portable model; then ``work`` becomes ``output_dir``."""
     history = state.history
     epochs_run = history[-1]["epoch"] if history else 0
     if not (work / BEST).is_file():
         raise TrainingError(f"{work}: no epoch was trained (train.epochs = {s.cfg.epochs}), nothing to save")
-    summary = {"best_val_dice": state.best, "best_epoch": state.best_epoch, "epochs_run": epochs_run,
-               "final_train_loss": history[-1]["train_loss"], "final_val_dice": history[-1]["val_dice"],
-               "stopped_early": state.stopped_early, "seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip
+    summary = {
+        "best_val_dice": state.best,
+        "best_epoch": state.best_epoch,
+        "epochs_run": epochs_run,
+        "final_train_loss": history[-1]["train_loss"],
+        "final_val_dice": history[-1]["val_dice"],
+        "stopped_early": state.stopped_early,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
     atomic_write_json(work / "train_metrics.json", summary)
     curves = _plot_history(work / "learning_curves.png", history)
     run.log_metrics({"best_val_dice": state.best, "best_epoch": state.best_epoch}, step=epochs_run)
@@ -500,12 +655,22 @@ def _finish(params: Params, s: _Setup, state: TrainState, run, work: Path, outpu
     run.close()
     _write_run_file(work, run, params, s.cfg, model_uri, output_dir, final=True)
     replace_dir(work, output_dir)
-    return TrainResult(output_dir, epochs_run, state.best_epoch, state.best, state.stopped_early, run.run_id,
-                       run.summary()["lost_logging"], time.perf_counter() - t0, history)  # fmt: skip
+    return TrainResult(
+        output_dir,
+        epochs_run,
+        state.best_epoch,
+        state.best,
+        state.stopped_early,
+        run.run_id,
+        run.summary()["lost_logging"],
+        time.perf_counter() - t0,
+        history,
+    )
 
 
-def _log_portable_model(run, model: torch.nn.Module, identity: dict[str, Any], preprocessing: dict[str, Any],
-                        threshold: float) -> str | None:
+def _log_portable_model(
+    run, model: torch.nn.Module, identity: dict[str, Any], preprocessing: dict[str, Any], threshold: float
+) -> str | None:
     """Log ``model`` (the ``best.pt`` weights) to ``run`` as the portable MLflow pyfunc model of
     :mod:`lungseg.inference.pyfunc` (its code, weights, preprocessing and a synthetic input example:
     no patient data); its model URI, or None when the call was queued (the store is unreachable)."""
@@ -516,23 +681,31 @@ def _log_portable_model(run, model: torch.nn.Module, identity: dict[str, Any], p
 
     def fn():
         with scoped_tracking_uri(run.tracking_uri):
-            result["uri"] = log_model(model, identity=identity, preprocess=preprocessing, threshold=threshold,
-                                      run_id=run.run_id)  # fmt: skip
+            result["uri"] = log_model(
+                model, identity=identity, preprocess=preprocessing, threshold=threshold, run_id=run.run_id
+            )
 
     return result.get("uri") if run.call("log_model(model)", fn) else None
 
 
-def _write_run_file(work: Path, run, params: Params, cfg: TrainConfig, model_uri: str | None, output_dir: Path,
-                    *, final: bool) -> None:
+def _write_run_file(
+    work: Path, run, params: Params, cfg: TrainConfig, model_uri: str | None, output_dir: Path, *, final: bool
+) -> None:
     """``mlflow_run.json``: the run (its store as a repository-relative URI where it is local to the
     repository the output lives in, :func:`lungseg.tracking.portable_uri`), the logged model and, at
     the end (``final``), the sha256 of ``best.pt`` — the weights behind ``model_uri``, which
     registration checks the evaluation against. Before the end it says ``status: running``."""
     from lungseg.tracking import portable_uri
 
-    info = {"run_id": run.run_id, "experiment_id": run.experiment_id, "experiment": params.mlflow.experiment,
-            "tracking_uri": portable_uri(run.tracking_uri, output_dir), "model_uri": model_uri, "model": cfg.model,
-            **run.summary()}  # fmt: skip
+    info = {
+        "run_id": run.run_id,
+        "experiment_id": run.experiment_id,
+        "experiment": params.mlflow.experiment,
+        "tracking_uri": portable_uri(run.tracking_uri, output_dir),
+        "model_uri": model_uri,
+        "model": cfg.model,
+        **run.summary(),
+    }
     if final:
         info["best_sha256"] = sha256_file(work / BEST)
     else:
@@ -540,27 +713,42 @@ def _write_run_file(work: Path, run, params: Params, cfg: TrainConfig, model_uri
     atomic_write_json(work / "mlflow_run.json", info)
 
 
-def _train_epoch(model, loss_fn, optimizer, x, y, cfg: TrainConfig, device, epoch: int, ckpt_path: Path) -> dict:
+def _train_epoch(
+    model, loss_fn, optimizer, x, y, cfg: TrainConfig, device, epoch: int, ckpt_path: Path, ddp=None
+) -> dict:
     """One epoch over the shuffled training split; its row of the history.
 
     Losses and Dice stay on the device as 0-d tensors and are read back at a sync point only — every
     step on the CPU (where reading is free and a non-finite loss is caught before its update), on CUDA
     only when a progress line or bar update is due and at the end of the epoch (no per-step host sync;
-    a non-finite loss is then reported at the first step it occurred)."""
+    a non-finite loss is then reported at the first step it occurred).
+
+    ``model`` is what :meth:`Distributed.wrap` returned (the model itself without ``torchrun``).
+    Under DDP each rank trains on its part of every global batch, the values read back are the
+    global batch's (all-reduced), the read-back points do not depend on the clock (every step on the
+    CPU, the epoch end on CUDA: every rank must reach each collective at the same step), and only
+    rank 0 shows progress."""
+    from lungseg.training.distributed import SINGLE
+
+    ddp = ddp or SINGLE
     use_cuda = device.type == "cuda"
     gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
-    torch.manual_seed(_epoch_seed(cfg.seed, epoch))  # dropout randomness of this epoch
+    torch.manual_seed(ddp.dropout_seed(_epoch_seed(cfg.seed, epoch)))  # dropout randomness of this epoch
     model.train()
     n = len(x)
     order = torch.randperm(n, generator=gen)
     starts = list(range(0, n, cfg.batch_size))
     if len(starts) > 1 and n - starts[-1] == 1:
         starts.pop()  # a last batch of one image breaks BatchNorm statistics: dropped this epoch
-    heads = getattr(model, "deep_supervision_weights", None)
+    starts = ddp.even_batches(starts, n, cfg.batch_size)  # DDP: only global batches that split evenly
+    inner = ddp.unwrap(model)  # the model itself (DDP wraps it)
+    heads = getattr(inner, "deep_supervision_weights", None)
     if heads:  # Inf-Net, AWSnet: every head is trained (lungseg.losses.deep_supervision), metrics on the main one
-        loss_fn = DeepSupervisionLoss(loss_fn, heads, getattr(model, "deep_supervision_targets", None))
+        loss_fn = DeepSupervisionLoss(loss_fn, heads, getattr(inner, "deep_supervision_targets", None))
     images = sum(min(cfg.batch_size, n - s) for s in starts)
-    progress = _Progress(epoch, cfg, len(starts), images, sync_every_step=not use_cuda)
+    progress = _Progress(
+        epoch, cfg, len(starts), images, sync_every_step=not use_cuda, sync_on_clock=not ddp.active, show=ddp.is_main
+    )
     losses, dices = [], []  # python floats, read back at sync points
     pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (loss, Dice) on the device, not yet read
     t0 = time.perf_counter()
@@ -569,38 +757,53 @@ def _train_epoch(model, loss_fn, optimizer, x, y, cfg: TrainConfig, device, epoc
         xb, yb = x[idx], y[idx]
         if cfg.augment:
             xb, yb = augment(xb, yb, gen)
+        xb, yb = ddp.shard(xb), ddp.shard(yb)  # DDP: this rank's part of the (augmented) global batch
         xb, yb = xb.to(device), yb.to(device)
         if use_cuda and cfg.channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_cuda and cfg.amp):
-            outputs = model.forward_heads(xb) if heads else model(xb)
+            # under DDP the wrapped module's forward returns the heads (never model.module.forward_heads:
+            # DDP synchronises the gradients only of what runs through its own forward)
+            outputs = model(xb) if ddp.active or not heads else model.forward_heads(xb)
         logits = outputs[0] if heads else outputs
         loss = loss_fn([o.float() for o in outputs] if heads else logits.float(), yb)
-        if not use_cuda and not torch.isfinite(loss):  # CPU: caught before the update (reading is free)
-            _non_finite(loss.item(), epoch, step, optimizer, ckpt_path)
+        if not use_cuda:  # CPU: caught before the update (reading is free); DDP: the global batch's loss
+            value = ddp.mean(loss)
+            if not math.isfinite(value):
+                _non_finite(value, epoch, step, optimizer, ckpt_path)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         pending.append((loss.detach(), dice_per_image_torch(logits.detach().float(), yb).mean()))
         if progress.sync_due(step):
-            _read_back(pending, losses, dices, epoch, step, optimizer, ckpt_path)
+            _read_back(pending, losses, dices, epoch, step, optimizer, ckpt_path, ddp=ddp)
             progress.show(step, len(idx), losses, dices)
         else:
             progress.count(len(idx))
-    _read_back(pending, losses, dices, epoch, len(starts), optimizer, ckpt_path)
+    _read_back(pending, losses, dices, epoch, len(starts), optimizer, ckpt_path, ddp=ddp)
     progress.close()
-    return {"epoch": epoch, "train_loss": float(np.mean(losses)), "train_dice": float(np.mean(dices)),
-            "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
+    return {
+        "epoch": epoch,
+        "train_loss": float(np.mean(losses)),
+        "train_dice": float(np.mean(dices)),
+        "lr": optimizer.param_groups[0]["lr"],
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
 
 
-def _read_back(pending: list, losses: list[float], dices: list[float], epoch: int, step: int, optimizer,
-               ckpt_path: Path) -> None:
+def _read_back(
+    pending: list, losses: list[float], dices: list[float], epoch: int, step: int, optimizer, ckpt_path: Path, ddp=None
+) -> None:
     """Move the pending device values into ``losses``/``dices`` (one host sync); a non-finite loss
-    among them is a ``TrainingError`` naming its step."""
+    among them is a ``TrainingError`` naming its step. Under DDP the values are averaged over the
+    ranks (one collective; equal parts per rank, so the global batch's means) — every rank must call
+    this at the same step with the same number of pending values."""
+    from lungseg.training.distributed import SINGLE
+
     if not pending:
         return
-    step_losses = torch.stack([loss for loss, _ in pending]).tolist()
-    step_dices = torch.stack([dice for _, dice in pending]).tolist()
+    values = (ddp or SINGLE).mean_many(torch.stack([v for pair in pending for v in pair]))
+    step_losses, step_dices = values[0::2], values[1::2]
     first = step - len(pending) + 1
     pending.clear()
     for i, (loss, dice) in enumerate(zip(step_losses, step_dices)):
@@ -611,10 +814,14 @@ def _read_back(pending: list, losses: list[float], dices: list[float], epoch: in
 
 
 def _non_finite(value: float, epoch: int, step: int, optimizer, ckpt_path: Path) -> None:
-    last = f"the last good checkpoint is {ckpt_path} (epoch {epoch - 1})" if ckpt_path.is_file() else \
-        "no checkpoint was written yet"  # fmt: skip
-    raise TrainingError(f"loss became {value} at epoch {epoch}, step {step} "
-                        f"(lr {optimizer.param_groups[0]['lr']:g}); {last}")  # fmt: skip
+    last = (
+        f"the last good checkpoint is {ckpt_path} (epoch {epoch - 1})"
+        if ckpt_path.is_file()
+        else "no checkpoint was written yet"
+    )
+    raise TrainingError(
+        f"loss became {value} at epoch {epoch}, step {step} (lr {optimizer.param_groups[0]['lr']:g}); {last}"
+    )
 
 
 class _Progress:
@@ -623,15 +830,29 @@ class _Progress:
     seconds: ``epoch 3/30  step 120/500  loss 0.4321  dice 0.812  41.2 img/s  ETA 1:32``.
 
     :meth:`sync_due` says when the loop should read its device values back: every step when
-    ``sync_every_step`` (CPU), else only when a line (or, on a terminal, a bar refresh each second) is due."""
+    ``sync_every_step`` (CPU), else only when a line (or, on a terminal, a bar refresh each second) is due
+    — unless ``sync_on_clock`` is false (DDP: the ranks' clocks differ, and a read-back is a collective
+    every rank must reach at the same step), then only at the end of the epoch. ``show`` false (DDP
+    ranks other than 0): no bar, no lines."""
 
-    def __init__(self, epoch: int, cfg: TrainConfig, steps: int, images: int, *, sync_every_step: bool):
+    def __init__(
+        self,
+        epoch: int,
+        cfg: TrainConfig,
+        steps: int,
+        images: int,
+        *,
+        sync_every_step: bool,
+        sync_on_clock: bool = True,
+        show: bool = True,
+    ):
         self.epoch, self.epochs, self.steps, self.images = epoch, cfg.epochs, steps, images
         self.every_s, self.sync_every_step = float(cfg.progress_every_s), sync_every_step
+        self.sync_on_clock, self.shown = sync_on_clock, show
         self.done = 0
         self.t0 = self.last = time.monotonic()
         self.bar = None
-        if sys.stderr.isatty():
+        if show and sys.stderr.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(total=images, unit="img", desc=f"epoch {epoch}/{cfg.epochs}", leave=False)
@@ -640,7 +861,9 @@ class _Progress:
         return now - self.last >= (1.0 if self.bar is not None else self.every_s)
 
     def sync_due(self, step: int) -> bool:
-        return self.sync_every_step or (step < self.steps and self._line_due(time.monotonic()))
+        if self.sync_every_step:
+            return True
+        return self.sync_on_clock and step < self.steps and self._line_due(time.monotonic())
 
     def count(self, images: int) -> None:
         self.done += images
@@ -655,13 +878,17 @@ class _Progress:
             self.last = now
             self.bar.set_postfix(loss=f"{np.mean(losses):.4f}", dice=f"{np.mean(dices):.3f}", refresh=False)
             return
-        if step >= self.steps or not self._line_due(now):
+        if not self.shown or step >= self.steps or not self._line_due(now):
             return  # the epoch line follows at the end
         self.last = now
         rate = self.done / max(now - self.t0, 1e-9)
         eta = _clock((self.images - self.done) / rate) if rate > 0 else "?"
-        print(f"epoch {self.epoch}/{self.epochs}  step {step}/{self.steps}  loss {np.mean(losses):.4f}  "
-              f"dice {np.mean(dices):.3f}  {rate:.1f} img/s  ETA {eta}", file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"epoch {self.epoch}/{self.epochs}  step {step}/{self.steps}  loss {np.mean(losses):.4f}  "
+            f"dice {np.mean(dices):.3f}  {rate:.1f} img/s  ETA {eta}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def close(self) -> None:
         if self.bar is not None:
@@ -723,5 +950,16 @@ def _plot_history(path: Path, history: list[dict[str, Any]]) -> Path:
     return path
 
 
-__all__ = ["BEST", "CHECKPOINT", "TrainResult", "TrainState", "build_model", "effective_config", "load_checkpoint",
-           "model_identity", "save_checkpoint", "train", "training_preprocessing"]  # fmt: skip
+__all__ = [
+    "BEST",
+    "CHECKPOINT",
+    "TrainResult",
+    "TrainState",
+    "build_model",
+    "effective_config",
+    "load_checkpoint",
+    "model_identity",
+    "save_checkpoint",
+    "train",
+    "training_preprocessing",
+]

@@ -94,8 +94,10 @@ class PresetResult:
         """``epochs=2 (paper 120); image_size=64 (paper 512)`` or ``none``."""
         if not self.deviations:
             return "none"
-        return "; ".join(f"{k}={_show(d['value'])} (paper {_show(d['paper'])}{d.get('note', '')})"
-                         for k, d in self.deviations.items())  # fmt: skip
+        return "; ".join(
+            f"{k}={_show(d['value'])} (paper {_show(d['paper'])}{d.get('note', '')})"
+            for k, d in self.deviations.items()
+        )
 
     def with_deviation(self, key: str, value: Any, paper: Any, note: str = "") -> PresetResult:
         entry = {"value": value, "paper": paper, **({"note": f", {note}"} if note else {})}
@@ -156,12 +158,22 @@ def check_paper_size(result: PresetResult, size: int, data_dir: Any) -> PresetRe
     if cfg.preset != "paper" or size == PAPER_IMAGE_SIZE:
         return result
     if not cfg.allow_non_paper_size:
-        raise ConfigError(f"{data_dir}: the paper preset trains at {PAPER_IMAGE_SIZE}² (LG-Net §3), this data is "
-                          f"{size}² (preprocess.image_size); preprocess at {PAPER_IMAGE_SIZE}, or set "
-                          f"train.allow_non_paper_size: true to run the recipe at {size}² (recorded as a "
-                          "deviation)")  # fmt: skip
+        raise ConfigError(
+            f"{data_dir}: the paper preset trains at {PAPER_IMAGE_SIZE}² (LG-Net §3), this data is "
+            f"{size}² (preprocess.image_size); preprocess at {PAPER_IMAGE_SIZE}, or set "
+            f"train.allow_non_paper_size: true to run the recipe at {size}² (recorded as a "
+            "deviation)"
+        )
     return result.with_deviation("image_size", size, PAPER_IMAGE_SIZE, "allowed by train.allow_non_paper_size")
 
 
-__all__ = ["PAPER_IMAGE_SIZE", "PAPER_MAX_TOKENS", "PAPER_MODEL_OPTIONS", "PAPER_TRAIN", "PresetResult",
-           "check_paper_size", "paper_loss_options", "resolve_preset"]  # fmt: skip
+__all__ = [
+    "PAPER_IMAGE_SIZE",
+    "PAPER_MAX_TOKENS",
+    "PAPER_MODEL_OPTIONS",
+    "PAPER_TRAIN",
+    "PresetResult",
+    "check_paper_size",
+    "paper_loss_options",
+    "resolve_preset",
+]

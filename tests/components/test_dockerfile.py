@@ -89,7 +89,7 @@ def test_final_stage_runs_as_a_non_root_user_created_in_the_image(ins):
     assert name not in ("root", "0")
     created = " ".join(a for op, a in final if op == "RUN")
     assert re.search(rf"useradd\b.*--uid 1000\b.*\b{re.escape(name)}\b", created), f"user {name!r} is never created"
-    after = final[[i for i, (op, _) in enumerate(final) if op == "USER"][-1] + 1:]
+    after = final[[i for i, (op, _) in enumerate(final) if op == "USER"][-1] + 1 :]
     assert not [a for op, a in after if op == "RUN"], "nothing may run after the switch that would need root"
 
 
@@ -184,8 +184,11 @@ def _dockerignored(path: str, patterns: list[str]) -> bool:
 
 
 def test_copied_files_exist_and_are_not_dockerignored(ins):
-    patterns = [p.strip() for p in (REPO / ".dockerignore").read_text(encoding="utf-8").splitlines()
-                if p.strip() and not p.startswith("#")]  # fmt: skip
+    patterns = [
+        p.strip()
+        for p in (REPO / ".dockerignore").read_text(encoding="utf-8").splitlines()
+        if p.strip() and not p.startswith("#")
+    ]
     for op, a in ins:
         if op != "COPY" or a.startswith("--from"):
             continue
@@ -196,8 +199,18 @@ def test_copied_files_exist_and_are_not_dockerignored(ins):
                 assert (REPO / src).exists(), f"COPY {src}: not in the repository"
             assert not _dockerignored(src, patterns), f"COPY {src}: excluded by .dockerignore"
     # local credentials, state, environments, the daemon's data root and build records stay out
-    for private in (".dvc/config.local", ".servers", "mlflow.db", ".venv", ".git", ".docker", ".docker/data/x",
-                    ".image/cpu.json", "tests", ".kfp-local"):  # fmt: skip
+    for private in (
+        ".dvc/config.local",
+        ".servers",
+        "mlflow.db",
+        ".venv",
+        ".git",
+        ".docker",
+        ".docker/data/x",
+        ".image/cpu.json",
+        "tests",
+        ".kfp-local",
+    ):
         assert _dockerignored(private, patterns), f"{private} is not in .dockerignore"
 
 
@@ -212,9 +225,8 @@ def test_the_reuse_hash_covers_every_copied_input(ins):
 
 
 def test_component_image_name_matches_the_package_version():
-    from components.image import CPU_IMAGE, DEFAULT_IMAGE
-
     import lungseg
+    from components.image import CPU_IMAGE, DEFAULT_IMAGE
 
     assert DEFAULT_IMAGE.rsplit(":", 1)[1] == lungseg.__version__
     script = _image_script()

@@ -12,8 +12,18 @@ from lungseg.errors import ConfigError
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 
 
-@pytest.mark.parametrize("ref", [DEFAULT_IMAGE, CPU_IMAGE, "lungseg", "lungseg:cpu", "127.0.0.1:5000/lungseg:0.1.0",
-                                 f"registry.example/team/lungseg@{DIGEST}", f"ghcr.io/lungseg/lungseg:0.1.0@{DIGEST}"])
+@pytest.mark.parametrize(
+    "ref",
+    [
+        DEFAULT_IMAGE,
+        CPU_IMAGE,
+        "lungseg",
+        "lungseg:cpu",
+        "127.0.0.1:5000/lungseg:0.1.0",
+        f"registry.example/team/lungseg@{DIGEST}",
+        f"ghcr.io/lungseg/lungseg:0.1.0@{DIGEST}",
+    ],
+)
 def test_well_formed_references_pass(ref):
     assert check_reference(ref) == ref
 
@@ -33,8 +43,9 @@ def test_only_a_digest_pins_an_image():
 
 def test_reference_from_a_pushed_build_record(tmp_path):
     record = tmp_path / "cuda.json"
-    record.write_text(json.dumps({"tag": DEFAULT_IMAGE, "repo_digest": f"registry.example/lungseg@{DIGEST}"}),
-                      encoding="utf-8")  # fmt: skip
+    record.write_text(
+        json.dumps({"tag": DEFAULT_IMAGE, "repo_digest": f"registry.example/lungseg@{DIGEST}"}), encoding="utf-8"
+    )
     assert reference_from_record(record) == f"registry.example/lungseg@{DIGEST}"
 
 

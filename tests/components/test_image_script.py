@@ -50,8 +50,9 @@ def test_the_reuse_hash_follows_every_build_input(image):
         "base": image.context_hash("cpu", "sha256:other", ARGS),
         "arg": image.context_hash("cpu", "sha256:base", {**ARGS, "TORCH_VERSION": "2.14.0"}),
     }
-    (root / "components" / "stages.py").write_text((root / "components" / "stages.py").read_text(encoding="utf-8")
-                                                   + "\n# changed\n", encoding="utf-8")  # fmt: skip
+    (root / "components" / "stages.py").write_text(
+        (root / "components" / "stages.py").read_text(encoding="utf-8") + "\n# changed\n", encoding="utf-8"
+    )
     changed["source"] = image.context_hash("cpu", "sha256:base", ARGS)
     (root / ".image" / "context" / "wheels" / "torch-2.13.0+cpu-x.whl").write_bytes(b"wheel")
     changed["staged wheel"] = image.context_hash("cpu", "sha256:base", ARGS)

@@ -7,10 +7,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-from servers import s3_env, s3_server  # noqa: F401  (fixtures)
 
 from components.inputs import download_prefix, local_folder, split_s3
 from lungseg.errors import DataError
+from servers import s3_env, s3_server  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "data" / "sample" / "medseg-covid100"
@@ -58,7 +58,9 @@ def test_an_unstaged_s3_input_is_downloaded_then_removed(s3_env):
 
 @pytest.mark.integration
 def test_s3_problems_are_data_errors_naming_the_uri(s3_env, monkeypatch, tmp_path):
-    with pytest.raises(DataError, match=r"s3://lungseg/no/such/prefix: no objects under this prefix at http://127\.0\.0\.1"):
+    with pytest.raises(
+        DataError, match=r"s3://lungseg/no/such/prefix: no objects under this prefix at http://127\.0\.0\.1"
+    ):
         download_prefix("s3://lungseg/no/such/prefix", tmp_path / "a")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-" + uuid.uuid4().hex)
     with pytest.raises(DataError, match=r"s3://lungseg/raw: cannot read from S3 at http://127\.0\.0\.1.*"):

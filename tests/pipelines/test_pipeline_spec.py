@@ -15,8 +15,14 @@ import yaml
 from lungseg.config import load_params
 from pipelines import ops
 from pipelines.lungseg_pipeline import (
-    GPU_NODE_LABEL, MLFLOW_SECRET, S3_READ_ENV, S3_SECRET, TRAIN_RETRIES, TRAIN_RETRY_BACKOFF, TRAIN_TIMEOUT_S,
-)  # fmt: skip
+    GPU_NODE_LABEL,
+    MLFLOW_SECRET,
+    S3_READ_ENV,
+    S3_SECRET,
+    TRAIN_RETRIES,
+    TRAIN_RETRY_BACKOFF,
+    TRAIN_TIMEOUT_S,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 COMMITTED = REPO / "pipelines" / "lungseg_pipeline.yaml"
@@ -35,8 +41,13 @@ def _compile_in_subprocess(out: Path, image: str | None = None, *extra: str) -> 
     env = {k: v for k, v in os.environ.items() if k != "LUNGSEG_IMAGE"}
     if image:
         env["LUNGSEG_IMAGE"] = image
-    subprocess.run([sys.executable, "-m", "lungseg.cli", "pipeline", "compile", "--output", str(out), *extra],
-                   cwd=REPO, env=env, check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "lungseg.cli", "pipeline", "compile", "--output", str(out), *extra],
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     return _load(out)
 
 
@@ -76,7 +87,9 @@ def test_stages_are_chained_through_artifacts(spec):
     # the KFP run id goes to the register task alone: it is never cached, the others would never hit
     reg_params = tasks["register-op"]["inputs"]["parameters"]
     assert reg_params["kfp_run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
-    assert not any("kfp_run_id" in tasks[t]["inputs"]["parameters"] for t in ("preprocess-op", "train-op", "evaluate-op"))
+    assert not any(
+        "kfp_run_id" in tasks[t]["inputs"]["parameters"] for t in ("preprocess-op", "train-op", "evaluate-op")
+    )
     # the registry has side effects: never replayed from the cache; the rest is cached
     assert not tasks["register-op"]["cachingOptions"].get("enableCache", False)
     assert tasks["train-op"]["cachingOptions"]["enableCache"] is True
@@ -198,9 +211,9 @@ def test_every_task_is_told_the_image_it_runs_in(spec, tmp_path):
     envs = [ex["container"]["env"] for k, ex in _executors(doc).items() if k != "exec-importer"]
     assert envs == [[{"name": "LUNGSEG_IMAGE", "value": DIGEST_REF}]] * 4
     # a run of the components outside any image (run-local's subprocess runner) claims none
-    from pipelines.lungseg_pipeline import make_pipeline
-
     from google.protobuf.json_format import MessageToDict
+
+    from pipelines.lungseg_pipeline import make_pipeline
 
     local = MessageToDict(make_pipeline(record_image=False).pipeline_spec)["deploymentSpec"]["executors"]
     assert not [e for e in local.values() if e.get("container", {}).get("env")]
@@ -211,8 +224,12 @@ def test_another_image_leaves_the_default_pipeline_alone():
     from pipelines.lungseg_pipeline import lungseg_pipeline, make_pipeline
 
     other = make_pipeline(DIGEST_REF)
-    images = lambda p: {e["container"]["image"] for e in p.pipeline_spec.deployment_spec["executors"].values()
-                        if "container" in e}  # fmt: skip
+
+    def images(p):
+        return {
+            e["container"]["image"] for e in p.pipeline_spec.deployment_spec["executors"].values() if "container" in e
+        }
+
     assert images(other) == {DIGEST_REF}
     assert images(lungseg_pipeline) == {DEFAULT_IMAGE}
 
@@ -237,11 +254,38 @@ def test_submit_unreachable_host_is_a_clear_error(tmp_path):
     from lungseg.cli import main
 
     code = subprocess.run(
-        [sys.executable, "-m", "lungseg.cli", "pipeline", "submit", "--host", "http://127.0.0.1:9",
-         "--input-uri", "s3://lungseg/raw/medseg", "--params", str(REPO / "params.yaml")],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "lungseg.cli",
+            "pipeline",
+            "submit",
+            "--host",
+            "http://127.0.0.1:9",
+            "--input-uri",
+            "s3://lungseg/raw/medseg",
+            "--params",
+            str(REPO / "params.yaml"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert code.returncode == 2
     assert "error: could not submit to Kubeflow Pipelines at http://127.0.0.1:9" in code.stderr
-    assert main(["pipeline", "submit", "--host", "http://127.0.0.1:9", "--input-uri", str(tmp_path),
-                 "--params", str(REPO / "params.yaml")]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "pipeline",
+                "submit",
+                "--host",
+                "http://127.0.0.1:9",
+                "--input-uri",
+                str(tmp_path),
+                "--params",
+                str(REPO / "params.yaml"),
+            ]
+        )
+        == 2
+    )

@@ -40,8 +40,20 @@ def test_a_new_local_store_keeps_its_artifacts_beside_it(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_an_unreachable_tracking_server_is_one_line(tmp_path, capsys):
-    code = main(["pipeline", "run-local", "--input", str(SAMPLE), "--workdir", str(tmp_path / "kfp"),
-                 "--tracking-uri", "http://127.0.0.1:9", "--params", str(REPO / "params.yaml")])  # fmt: skip
+    code = main(
+        [
+            "pipeline",
+            "run-local",
+            "--input",
+            str(SAMPLE),
+            "--workdir",
+            str(tmp_path / "kfp"),
+            "--tracking-uri",
+            "http://127.0.0.1:9",
+            "--params",
+            str(REPO / "params.yaml"),
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: MLflow store http://127.0.0.1:9: ") and err.count("\n") == 1
@@ -50,17 +62,39 @@ def test_an_unreachable_tracking_server_is_one_line(tmp_path, capsys):
 
 def test_docker_runner_without_a_daemon_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'no-such.sock'}")
-    code = main(["pipeline", "run-local", "--runner", "docker", "--input", str(SAMPLE), "--workdir",
-                 str(tmp_path / "kfp"), "--params", str(REPO / "params.yaml")])  # fmt: skip
+    code = main(
+        [
+            "pipeline",
+            "run-local",
+            "--runner",
+            "docker",
+            "--input",
+            str(SAMPLE),
+            "--workdir",
+            str(tmp_path / "kfp"),
+            "--params",
+            str(REPO / "params.yaml"),
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: --runner docker: no Docker daemon answers (DOCKER_HOST=unix://") and err.count("\n") == 1
+    assert (
+        err.startswith("error: --runner docker: no Docker daemon answers (DOCKER_HOST=unix://") and err.count("\n") == 1
+    )
     assert not (tmp_path / "kfp").exists()  # nothing was written
 
 
 def test_bad_runner_arguments_are_config_errors(tmp_path, capsys):
-    args = ["pipeline", "run-local", "--input", str(SAMPLE), "--workdir", str(tmp_path / "kfp"),
-            "--params", str(REPO / "params.yaml")]  # fmt: skip
+    args = [
+        "pipeline",
+        "run-local",
+        "--input",
+        str(SAMPLE),
+        "--workdir",
+        str(tmp_path / "kfp"),
+        "--params",
+        str(REPO / "params.yaml"),
+    ]
     assert main([*args, "--image", "lungseg:cpu"]) == 2
     assert "--image: only the docker runner runs an image" in capsys.readouterr().err
     assert not (tmp_path / "kfp").exists()

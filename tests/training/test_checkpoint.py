@@ -6,22 +6,35 @@ from __future__ import annotations
 import pytest
 import torch
 
-from train_helpers import write_params
 from lungseg.config import TrainConfig, load_params
-from lungseg.training import load_checkpoint, train
-from lungseg.training import loop
+from lungseg.training import load_checkpoint, loop, train
 from lungseg.training.checkpoint import BEST_KEYS, CHECKPOINT_FORMAT, RunInfo, TrainState, model_identity
+from train_helpers import write_params
 
 
 def _info() -> RunInfo:
     cfg = TrainConfig(model="unet", base_channels=4)
-    return RunInfo(model_identity=model_identity(cfg, 1, 1), config={"epochs": 3}, params={}, num_classes=1,
-                   data_hash="h", image_size=32, preprocess={"image_size": 32})  # fmt: skip
+    return RunInfo(
+        model_identity=model_identity(cfg, 1, 1),
+        config={"epochs": 3},
+        params={},
+        num_classes=1,
+        data_hash="h",
+        image_size=32,
+        preprocess={"image_size": 32},
+    )
 
 
 def _row(epoch: int, val_dice: float) -> dict:
-    return {"epoch": epoch, "train_loss": 1.0, "train_dice": 0.5, "val_loss": 1.0, "val_dice": val_dice, "lr": 0.1,
-            "seconds": 0.1}  # fmt: skip
+    return {
+        "epoch": epoch,
+        "train_loss": 1.0,
+        "train_dice": 0.5,
+        "val_loss": 1.0,
+        "val_dice": val_dice,
+        "lr": 0.1,
+        "seconds": 0.1,
+    }
 
 
 def test_train_state_selects_the_best_epoch_and_stops_early():
@@ -73,7 +86,9 @@ def test_a_format_1_checkpoint_resumes_exactly(tmp_path, tiny_data, monkeypatch)
 
     writes = []
     real = loop._write_history
-    monkeypatch.setattr(loop, "_write_history", lambda path, history: (writes.append(len(history)), real(path, history)))
+    monkeypatch.setattr(
+        loop, "_write_history", lambda path, history: (writes.append(len(history)), real(path, history))
+    )
     train(two, tiny_data, tmp_path / "old", resume=True)  # continue the finished (format-1) run to epoch 2
     assert writes == [2]  # one history write per epoch, none extra at the end
     train(two, tiny_data, tmp_path / "straight")
@@ -83,3 +98,43 @@ def test_a_format_1_checkpoint_resumes_exactly(tmp_path, tiny_data, monkeypatch)
     for key in b["model_state"]:
         assert torch.equal(a["model_state"][key], b["model_state"][key]), key
     assert [r["val_dice"] for r in a["history"]] == [r["val_dice"] for r in b["history"]]
+
+
+def test_optimizer_state_follows_its_parameters_after_a_resume():
+    """--resume restores the optimizer while the model is still on the CPU; model.to(cuda) moves the
+    parameters, not Adam's moments. optimizer_to_params puts the state where (device and floating
+    dtype) the parameters now are; a dtype change stands in for the CPU→CUDA move here (both keep
+    the Parameter objects, and without the helper the step fails the same way)."""
+    from lungseg.training.checkpoint import optimizer_to_params
+
+    trained = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(trained.parameters())
+    trained(torch.randn(4, 3)).sum().backward()
+    opt.step()
+
+    def restored():
+        net = torch.nn.Linear(3, 2)
+        optimizer = torch.optim.Adam(net.parameters())
+        optimizer.load_state_dict(opt.state_dict())  # before the move, as train() does
+        net.double()
+        return net, optimizer
+
+    net, optimizer = restored()
+    net(torch.randn(4, 3, dtype=torch.float64)).sum().backward()
+    with pytest.raises(RuntimeError):
+        optimizer.step()  # the bug: state left behind
+
+    net, optimizer = restored()
+    optimizer_to_params(optimizer)
+    for p in net.parameters():
+        state = optimizer.state[p]
+        assert state["exp_avg"].dtype == state["exp_avg_sq"].dtype == p.dtype == torch.float64
+        assert state["exp_avg"].device == p.device
+        torch.testing.assert_close(
+            state["exp_avg"], opt.state[dict(zip(net.parameters(), trained.parameters()))[p]]["exp_avg"].double()
+        )  # the values kept
+    net(torch.randn(4, 3, dtype=torch.float64)).sum().backward()
+    optimizer.step()
+    empty = torch.optim.Adam(torch.nn.Linear(3, 2).parameters())
+    optimizer_to_params(empty)  # a fresh optimizer (no state yet) is left alone
+    assert not empty.state

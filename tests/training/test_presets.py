@@ -8,13 +8,13 @@ import subprocess
 import mlflow
 import pytest
 
-from train_helpers import cli_env, lungseg_cmd, processed_sample, write_params
 from lungseg.config import TrainConfig, load_params
 from lungseg.errors import ConfigError
 from lungseg.losses import DiceFocalLoss
 from lungseg.models import model_class
 from lungseg.training import load_checkpoint, model_identity, train
 from lungseg.training.presets import check_paper_size, paper_loss_options, resolve_preset
+from train_helpers import cli_env, lungseg_cmd, processed_sample, write_params
 
 #: (train key, the paper's value, where the paper states it) — written from the papers, not from the code
 PAPER_TRAIN = [
@@ -44,7 +44,9 @@ def test_the_paper_preset_sets_every_stated_training_value(key, value, where):
         assert not result.deviations
 
 
-@pytest.mark.parametrize(("model", "option", "value", "where"), PAPER_MODEL, ids=[f"{m}-{o}" for m, o, _, _ in PAPER_MODEL])
+@pytest.mark.parametrize(
+    ("model", "option", "value", "where"), PAPER_MODEL, ids=[f"{m}-{o}" for m, o, _, _ in PAPER_MODEL]
+)
 def test_the_paper_preset_builds_the_papers_model(model, option, value, where):
     cfg = resolve_preset(TrainConfig(model=model, preset="paper")).config
     identity = model_identity(cfg, 1, 1)
@@ -73,21 +75,33 @@ def test_the_paper_loss_is_eq_14_15_as_written():
 
 
 def test_a_changed_setting_is_honoured_and_recorded_never_replaced():
-    cfg = TrainConfig(model="prnet", preset="paper", epochs=2, lr=0.002, base_channels=4,
-                      model_kwargs={"lgnet": {"max_tokens": 256}, "prnet": {"max_tokens": 256}})  # fmt: skip
+    cfg = TrainConfig(
+        model="prnet",
+        preset="paper",
+        epochs=2,
+        lr=0.002,
+        base_channels=4,
+        model_kwargs={"lgnet": {"max_tokens": 256}, "prnet": {"max_tokens": 256}},
+    )
     result = resolve_preset(cfg)
     assert (result.config.epochs, result.config.lr, result.config.base_channels) == (2, 0.002, 4)  # honoured
     assert result.config.model_kwargs["prnet"] == {"max_tokens": 256, "dsa_scaled": False}
     assert result.config.model_kwargs["lgnet"] == {"max_tokens": 256}  # another model's entry kept
     assert result.deviations == {
-        "epochs": {"value": 2, "paper": 120}, "lr": {"value": 0.002, "paper": 0.01},
+        "epochs": {"value": 2, "paper": 120},
+        "lr": {"value": 0.002, "paper": 0.01},
         "base_channels": {"value": 4, "paper": 64},
-        "model_kwargs.prnet.max_tokens": {"value": 256, "paper": 4096}}  # fmt: skip
-    assert result.describe_deviations() == ("lr=0.002 (paper 0.01); epochs=2 (paper 120); base_channels=4 (paper 64); "
-                                            "model_kwargs.prnet.max_tokens=256 (paper 4096)")  # fmt: skip
+        "model_kwargs.prnet.max_tokens": {"value": 256, "paper": 4096},
+    }
+    assert result.describe_deviations() == (
+        "lr=0.002 (paper 0.01); epochs=2 (paper 120); base_channels=4 (paper 64); "
+        "model_kwargs.prnet.max_tokens=256 (paper 4096)"
+    )
     # exact attention, or more tokens than the preset's budget, is as close to the paper: no deviation
     for tokens in (None, 16384):
-        exact = resolve_preset(TrainConfig(model="lgnet", preset="paper", model_kwargs={"lgnet": {"max_tokens": tokens}}))
+        exact = resolve_preset(
+            TrainConfig(model="lgnet", preset="paper", model_kwargs={"lgnet": {"max_tokens": tokens}})
+        )
         assert not exact.deviations and exact.config.model_kwargs["lgnet"]["max_tokens"] == tokens
     five = resolve_preset(TrainConfig(model="lgnet", preset="paper", model_kwargs={"mrc_levels": 5}))
     assert five.deviations == {"model_kwargs.lgnet.mrc_levels": {"value": 5, "paper": 4}}
@@ -96,13 +110,17 @@ def test_a_changed_setting_is_honoured_and_recorded_never_replaced():
 
 def test_data_of_another_size_is_refused_unless_allowed(tmp_path):
     result = resolve_preset(TrainConfig(preset="paper"))
-    with pytest.raises(ConfigError, match=r"data: the paper preset trains at 512² .* this data is 64² .*"
-                                          r"train.allow_non_paper_size: true"):
+    with pytest.raises(
+        ConfigError,
+        match=r"data: the paper preset trains at 512² .* this data is 64² .*"
+        r"train.allow_non_paper_size: true",
+    ):
         check_paper_size(result, 64, tmp_path / "data")
     assert check_paper_size(result, 512, tmp_path) is result
     allowed = check_paper_size(resolve_preset(TrainConfig(preset="paper", allow_non_paper_size=True)), 64, tmp_path)
-    assert allowed.deviations == {"image_size": {"value": 64, "paper": 512,
-                                                 "note": ", allowed by train.allow_non_paper_size"}}
+    assert allowed.deviations == {
+        "image_size": {"value": 64, "paper": 512, "note": ", allowed by train.allow_non_paper_size"}
+    }
     assert check_paper_size(resolve_preset(TrainConfig()), 64, tmp_path).deviations == {}  # default preset: no check
 
 
@@ -116,8 +134,12 @@ def test_training_refuses_the_paper_preset_on_small_data(tmp_path, tiny_data):
 @pytest.mark.slow
 def test_the_cli_refuses_the_paper_preset_on_small_data_in_one_line(tmp_path, tiny_data):
     params = write_params(tmp_path / "p.yaml", f"sqlite:///{tmp_path / 'mlflow.db'}", preset="paper", epochs=1)
-    proc = subprocess.run(lungseg_cmd("train", "--data", str(tiny_data), "--output", str(tmp_path / "out"),
-                                      "--params", str(params)), env=cli_env(), capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        lungseg_cmd("train", "--data", str(tiny_data), "--output", str(tmp_path / "out"), "--params", str(params)),
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: {tiny_data}: the paper preset trains at 512²") and "allow_non_paper_size" in last
@@ -134,15 +156,20 @@ def test_cpu_paper_runs_the_recipe_end_to_end_and_records_its_deviations(tmp_pat
     path = tmp_path / "p.yaml"
     import yaml
 
-    path.write_text(yaml.safe_dump({"train": {**train_cfg, "device": "cpu"}, "mlflow": {"tracking_uri": uri}}),
-                    encoding="utf-8")  # fmt: skip
+    path.write_text(
+        yaml.safe_dump({"train": {**train_cfg, "device": "cpu"}, "mlflow": {"tracking_uri": uri}}), encoding="utf-8"
+    )
     result = train(load_params(path), data, tmp_path / "out")
     err = capsys.readouterr().err
-    expected = ("epochs=1 (paper 120); base_channels=4 (paper 64); "
-                "image_size=64 (paper 512, allowed by train.allow_non_paper_size)")
-    assert f"lungseg: paper preset: set lr 0.01, scheduler none, weight_decay 0.0, early_stopping_patience 0, " \
-           f"loss dice_focal (the paper's values for settings left at their defaults); honouring settings that " \
-           f"differ from the paper: {expected}" in err
+    expected = (
+        "epochs=1 (paper 120); base_channels=4 (paper 64); "
+        "image_size=64 (paper 512, allowed by train.allow_non_paper_size)"
+    )
+    assert (
+        f"lungseg: paper preset: set lr 0.01, scheduler none, weight_decay 0.0, early_stopping_patience 0, "
+        f"loss dice_focal (the paper's values for settings left at their defaults); honouring settings that "
+        f"differ from the paper: {expected}" in err
+    )
     run = mlflow.MlflowClient(uri).get_run(result.run_id)
     assert run.data.tags["preset_deviations"] == expected and run.data.params["preset_deviations"] == expected
     assert run.data.params["effective.lr"] == "0.01" and run.data.params["effective.scheduler"] == "none"
@@ -152,4 +179,6 @@ def test_cpu_paper_runs_the_recipe_end_to_end_and_records_its_deviations(tmp_pat
     assert ckpt["config"]["lr"] == 0.01 and ckpt["config"]["batch_size"] == 4 and ckpt["config"]["weight_decay"] == 0
     assert ckpt["optimizer_state"]["param_groups"][0]["lr"] == 0.01 and ckpt["scheduler_state"] is None
     assert set(ckpt["preset_deviations"]) == {"epochs", "base_channels", "image_size"}
-    assert ckpt["model_identity"]["kwargs"]["base_channels"] == 4 and ckpt["model_identity"]["kwargs"]["mrc_levels"] == 4
+    assert (
+        ckpt["model_identity"]["kwargs"]["base_channels"] == 4 and ckpt["model_identity"]["kwargs"]["mrc_levels"] == 4
+    )

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from train_helpers import cli_env, lungseg_cmd, write_params
 from lungseg.config import load_params
 from lungseg.errors import CheckpointError, ConfigError, DataError, TrainingError
 from lungseg.tracking import scoped_tracking_uri
 from lungseg.training import build_model, load_checkpoint, train
+from train_helpers import cli_env, lungseg_cmd, write_params
 
 
 def _uri(tmp_path: Path) -> str:
@@ -30,8 +30,14 @@ def test_train_writes_contract_and_logs_everything_to_mlflow(tmp_path, tiny_data
     params = load_params(write_params(tmp_path / "p.yaml", _uri(tmp_path), epochs=4))
     result = train(params, tiny_data, tmp_path / "out")
     out = tmp_path / "out"
-    assert {"checkpoint.pt", "best.pt", "history.csv", "train_metrics.json", "mlflow_run.json",
-            "learning_curves.png"} <= {p.name for p in out.iterdir()}
+    assert {
+        "checkpoint.pt",
+        "best.pt",
+        "history.csv",
+        "train_metrics.json",
+        "mlflow_run.json",
+        "learning_curves.png",
+    } <= {p.name for p in out.iterdir()}
     assert not (tmp_path / "out.partial").exists()
     hist = np.genfromtxt(out / "history.csv", delimiter=",", names=True)
     assert hist["epoch"].tolist() == [1, 2, 3, 4]
@@ -77,9 +83,13 @@ def test_train_writes_contract_and_logs_everything_to_mlflow(tmp_path, tiny_data
 
 
 def _run_cli(params: Path, data: Path, out: Path, *extra: str, env=None) -> subprocess.Popen:
-    return subprocess.Popen(lungseg_cmd("train", "--data", str(data), "--output", str(out), "--params", str(params),
-                                        *extra), env=env or cli_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    return subprocess.Popen(
+        lungseg_cmd("train", "--data", str(data), "--output", str(out), "--params", str(params), *extra),
+        env=env or cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 @pytest.mark.slow
@@ -118,6 +128,7 @@ def test_killed_run_resumes_exactly(tmp_path, tiny_data):
     assert a["epoch"] == b["epoch"] == 4
     for key in b["model_state"]:
         assert torch.equal(a["model_state"][key], b["model_state"][key]), key
+
     def no_time(history):  # per-epoch wall time is the only field allowed to differ
         return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
 
@@ -162,8 +173,11 @@ def test_nan_loss_stops_with_clear_error_and_keeps_previous_output(tmp_path, tin
     images[0, 0, 0, 0] = np.nan  # a NaN pixel that slipped past validation
     np.save(poisoned / "images.npy", images)
     with pytest.raises(TrainingError, match=r"loss became nan at epoch 1"):
-        train(load_params(write_params(tmp_path / "p2.yaml", _uri(tmp_path), epochs=1, augment=False)), poisoned,
-              tmp_path / "out")
+        train(
+            load_params(write_params(tmp_path / "p2.yaml", _uri(tmp_path), epochs=1, augment=False)),
+            poisoned,
+            tmp_path / "out",
+        )
     assert (tmp_path / "out" / "checkpoint.pt").read_bytes() == before
 
 
@@ -184,8 +198,22 @@ def test_missing_split_and_bad_config(tmp_path, tiny_data):
 @pytest.mark.slow
 def test_cli_reports_bad_input_in_one_line(tmp_path, tiny_data):
     params = write_params(tmp_path / "p.yaml", _uri(tmp_path))
-    proc = subprocess.run([sys.executable, "-m", "lungseg.cli", "train", "--data", str(tmp_path / "nowhere"),
-                           "--output", str(tmp_path / "o"), "--params", str(params)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lungseg.cli",
+            "train",
+            "--data",
+            str(tmp_path / "nowhere"),
+            "--output",
+            str(tmp_path / "o"),
+            "--params",
+            str(params),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "nowhere" in proc.stderr
 
@@ -216,9 +244,14 @@ def test_resume_continues_a_finished_run(tmp_path, tiny_data):
     with pytest.raises(ConfigError, match=r"out: this run has already trained 3 epoch\(s\) \(train.epochs = 3\)"):
         train(more, tiny_data, out, resume=True)
     assert (out / "checkpoint.pt").read_bytes() == snapshot and not (tmp_path / "out.partial").exists()
-    proc = subprocess.run(lungseg_cmd("train", "--data", str(tiny_data), "--output", str(out), "--params",
-                                      str(tmp_path / "q.yaml"), "--resume"), env=cli_env(), capture_output=True,
-                          text=True)  # fmt: skip
+    proc = subprocess.run(
+        lungseg_cmd(
+            "train", "--data", str(tiny_data), "--output", str(out), "--params", str(tmp_path / "q.yaml"), "--resume"
+        ),
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "Traceback" not in proc.stderr
 
@@ -236,8 +269,10 @@ def test_a_killed_runs_partial_is_reported_and_its_run_marked_killed(tmp_path, t
     capsys.readouterr()
     new = train(params, tiny_data, out)
     err = capsys.readouterr().err
-    assert f"discarding {tmp_path / 'out.partial'}, left by an earlier run that did not finish (1 finished epoch(s); " \
-           f"MLflow run {old.run_id} marked KILLED)" in err
+    assert (
+        f"discarding {tmp_path / 'out.partial'}, left by an earlier run that did not finish (1 finished epoch(s); "
+        f"MLflow run {old.run_id} marked KILLED)" in err
+    )
     assert client.get_run(old.run_id).info.status == "KILLED"
     assert client.get_run(new.run_id).info.status == "FINISHED" and new.run_id != old.run_id
 
@@ -266,8 +301,9 @@ def test_model_options_of_another_model_are_ignored_with_a_warning(tmp_path, tin
 def test_min_epochs_is_a_warm_up_for_best_and_early_stopping(tmp_path, tiny_data):
     """Before min_epochs the validation Dice neither selects best.pt nor counts towards early stopping
     (a lucky epoch-2 value on the sample's 2 validation slices was kept as the model)."""
-    params = load_params(write_params(tmp_path / "p.yaml", _uri(tmp_path), epochs=3, early_stopping_patience=1,
-                                      min_epochs=3))  # fmt: skip
+    params = load_params(
+        write_params(tmp_path / "p.yaml", _uri(tmp_path), epochs=3, early_stopping_patience=1, min_epochs=3)
+    )
     result = train(params, tiny_data, tmp_path / "out")
     assert result.epochs_run == 3 and result.best_epoch == 3 and not result.stopped_early
     assert load_checkpoint(tmp_path / "out" / "best.pt")["epoch"] == 3

@@ -7,12 +7,12 @@ import mlflow
 import pytest
 import torch
 
-from train_helpers import write_params
 from lungseg.config import load_params
 from lungseg.data.dataset import load_split
 from lungseg.losses import DeepSupervisionLoss, create_loss
 from lungseg.training import build_model, load_checkpoint, train
 from lungseg.training.loop import _epoch_seed, seed_everything
+from train_helpers import write_params
 
 
 @pytest.mark.slow
@@ -21,8 +21,7 @@ def test_infnet_trains_its_edge_head_and_logs_the_deep_supervision_loss(tmp_path
     deep-supervision loss of the initial weights on that batch, and the edge head — reached by the
     deep-supervision loss only, never by the main output — has moved."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    params = load_params(write_params(tmp_path / "p.yaml", uri, model="infnet", epochs=1, batch_size=16,
-                                      augment=False))  # fmt: skip
+    params = load_params(write_params(tmp_path / "p.yaml", uri, model="infnet", epochs=1, batch_size=16, augment=False))
     result = train(params, tiny_data, tmp_path / "out")
     best = load_checkpoint(tmp_path / "out" / "best.pt")
     assert best["epoch"] == 1
