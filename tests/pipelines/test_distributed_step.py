@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -161,6 +162,8 @@ def test_the_nodes_torchrun_turns_the_trainjob_variables_into_what_lungseg_detec
     proc = subprocess.run(probe_cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     seen = sorted(
-        (json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")), key=lambda r: r["rank"]
+        # two processes share one stdout: their lines may interleave without a newline between them
+        (json.loads(obj) for obj in re.findall(r"\{[^{}]*\}", proc.stdout)),
+        key=lambda r: r["rank"],
     )
     assert seen == [{"launched": True, "rank": r, "world": 2, "backend": "gloo"} for r in (0, 1)]
