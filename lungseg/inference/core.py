@@ -34,9 +34,9 @@ from torch import nn
 def build_network(identity: dict[str, Any], state: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """The network of ``identity`` (``{name, kwargs}``, as recorded by training) in eval mode,
     with the weights ``state`` when given (``RuntimeError`` from torch when they do not fit)."""
-    from lungseg.models import complete_options, create_model
+    from lungseg.models import create_recorded
 
-    net = create_model(identity["name"], **complete_options(identity["name"], identity["kwargs"], recorded=True))
+    net = create_recorded(identity)
     if state is not None:
         net.load_state_dict(state)
     return net.eval()

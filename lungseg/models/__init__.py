@@ -82,4 +82,11 @@ def complete_options(name: str, options: dict, *, recorded: bool = False) -> dic
     return out
 
 
-__all__ = ["complete_options", "create_model", "list_models", "model_class"]
+def create_recorded(identity: dict) -> nn.Module:
+    """The network of a recorded identity ``{name, kwargs}`` (a checkpoint's or a logged model's),
+    its versioned options filled as they were when it was recorded (:func:`complete_options`)."""
+    name = identity["name"]
+    return create_model(name, **complete_options(name, identity["kwargs"], recorded=True))
+
+
+__all__ = ["complete_options", "create_model", "create_recorded", "list_models", "model_class"]

@@ -30,7 +30,7 @@ import torch
 
 from lungseg.config import TrainConfig, model_options
 from lungseg.errors import CheckpointError
-from lungseg.models import complete_options, create_model
+from lungseg.models import complete_options, create_recorded
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
@@ -70,7 +70,7 @@ def model_identity(cfg: TrainConfig, in_channels: int, num_classes: int) -> dict
 
 def build_model(identity: dict[str, Any]) -> torch.nn.Module:
     """The network of a recorded identity (versioned options filled as they were when recorded)."""
-    return create_model(identity["name"], **complete_options(identity["name"], identity["kwargs"], recorded=True))
+    return create_recorded(identity)
 
 
 def fmt_identity(identity: dict[str, Any]) -> str:
