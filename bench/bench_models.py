@@ -181,10 +181,6 @@ def is_busy(load1: float, threads: int) -> bool:
     return load1 > max((os.cpu_count() or 1) - threads, 0) + 0.5
 
 
-#: result files of the other benchmarks that share bench/results/ (each renders its own page)
-OTHER_BENCHES = ("attention-", "epoch-", "ddp-")
-
-
 def render_section(d: dict) -> list[str]:
     """One result file as its README section."""
     parts = [
@@ -236,8 +232,6 @@ def render_readme(results_dir: Path) -> None:
         "BasicUNet at the same base width (a different FLOP budget: see the GFLOPs columns).",
     ]
     for path in sorted(results_dir.glob("*.json")):
-        if path.name.startswith(OTHER_BENCHES):  # their own pages (ATTENTION.md, …)
-            continue
         parts += render_section(json.loads(path.read_text(encoding="utf-8")))
     atomic_write_text(results_dir / "README.md", "\n".join(parts) + "\n")
 
