@@ -367,6 +367,12 @@ class _NoRun:
 
     run_id = None
 
+    def __enter__(self) -> _NoRun:  # ``with run:`` as for a ResilientRun
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        return None
+
     def __getattr__(self, name: str):
         return lambda *args, **kwargs: None
 

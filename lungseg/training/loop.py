@@ -105,7 +105,7 @@ import torch
 
 from lungseg.config import Params, TrainConfig, check_train, flatten, model_options
 from lungseg.data.dataset import load_split, read_meta
-from lungseg.errors import CheckpointError, ConfigError, LungsegError, TrainingError
+from lungseg.errors import CheckpointError, ConfigError, TrainingError
 from lungseg.io import atomic_write_json, atomic_write_text, check_output_dir, replace_dir, sha256_file
 from lungseg.losses import DeepSupervisionLoss, create_loss, default_loss_for
 from lungseg.metrics import dice_per_image_torch
@@ -547,38 +547,40 @@ def _train(params: Params, data_dir: str | Path, output_dir: str | Path, resume:
     if device.type == "cuda" and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer_to_params(optimizer)  # a restored state was loaded while the model was still on the CPU
+    # rank 0 alone logs to MLflow; the block ends the run FINISHED, or FAILED/KILLED when anything in it
+    # raises (the last flush happens either way), so the run file written after it has the final tally
     run = NO_RUN
-    if ddp.is_main:  # rank 0 alone logs to MLflow
+    if ddp.is_main:
         run = _open_run(params, s, data_dir, tracking_uri, state, work, output_dir, model, continued=continued)
-    shared = ddp.share_start(
-        optimizer,
-        scheduler,
-        {  # after a resume only rank 0 has read the checkpoint
-            "epoch": state.epoch,
-            "best": state.best,
-            "best_epoch": state.best_epoch,
-            "stale": state.stale,
-            "stopped_early": state.stopped_early,
-            "history": state.history,
-        },
-    )
-    for key, value in shared.items():
-        setattr(state, key, value)
-    # what trains: ``net`` (DDP; routes forward_heads through DDP's forward for deep supervision);
-    # ``model`` (inside it) is what is saved and validated
-    net = ddp.wrap(
-        model,
-        cfg,
-        device,
-        heads=bool(getattr(model, "deep_supervision_weights", None)),
-        sample_shape=tuple(s.train_set.images.shape[1:]),
-    )
+    with run:
+        shared = ddp.share_start(
+            optimizer,
+            scheduler,
+            {  # after a resume only rank 0 has read the checkpoint
+                "epoch": state.epoch,
+                "best": state.best,
+                "best_epoch": state.best_epoch,
+                "stale": state.stale,
+                "stopped_early": state.stopped_early,
+                "history": state.history,
+            },
+        )
+        for key, value in shared.items():
+            setattr(state, key, value)
+        # what trains: ``net`` (DDP; routes forward_heads through DDP's forward for deep supervision);
+        # ``model`` (inside it) is what is saved and validated
+        net = ddp.wrap(
+            model,
+            cfg,
+            device,
+            heads=bool(getattr(model, "deep_supervision_weights", None)),
+            sample_shape=tuple(s.train_set.images.shape[1:]),
+        )
 
-    x_train = torch.from_numpy(s.train_set.images)
-    y_train = torch.from_numpy(s.train_set.masks).long()
-    x_val = torch.from_numpy(s.val_set.images)
-    y_val = torch.from_numpy(s.val_set.masks).long()
-    try:
+        x_train = torch.from_numpy(s.train_set.images)
+        y_train = torch.from_numpy(s.train_set.masks).long()
+        x_val = torch.from_numpy(s.val_set.images)
+        y_val = torch.from_numpy(s.val_set.masks).long()
         with deterministic():
             for epoch in range(state.epoch + 1, cfg.epochs + 1):
                 if state.stopped_early:
@@ -604,10 +606,7 @@ def _train(params: Params, data_dir: str | Path, output_dir: str | Path, resume:
                 state.save(work, model, optimizer, scheduler, improved=improved)
                 _write_history(work / "history.csv", state.history)
                 run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-    except BaseException as exc:
-        run.end("FAILED" if isinstance(exc, (LungsegError, Exception)) else "KILLED")
-        run.close()
-        raise
+        model_uri = _log_results(params, s, state, run, work, t0) if ddp.is_main else None
     if not ddp.is_main:
         return TrainResult(
             output_dir,
@@ -621,11 +620,24 @@ def _train(params: Params, data_dir: str | Path, output_dir: str | Path, resume:
             state.history,
             rank=ddp.rank,
         )
-    return _finish(params, s, state, run, work, output_dir, t0)
+    _write_run_file(work, run, params, s.cfg, model_uri, output_dir, final=True)
+    replace_dir(work, output_dir)
+    epochs_run = state.history[-1]["epoch"]
+    return TrainResult(
+        output_dir,
+        epochs_run,
+        state.best_epoch,
+        state.best,
+        state.stopped_early,
+        run.run_id,
+        run.summary()["lost_logging"],
+        time.perf_counter() - t0,
+        state.history,
+    )
 
 
-def _finish(params: Params, s: _Setup, state: TrainState, run, work: Path, output_dir: Path, t0: float) -> TrainResult:
-    """Summary, curves, artifacts and the portable model; then ``work`` becomes ``output_dir``."""
+def _log_results(params: Params, s: _Setup, state: TrainState, run, work: Path, t0: float) -> str | None:
+    """Summary, curves, artifacts and the portable model (inside the run's block); the model's URI."""
     history = state.history
     epochs_run = history[-1]["epoch"] if history else 0
     if not (work / BEST).is_file():
@@ -650,22 +662,7 @@ def _finish(params: Params, s: _Setup, state: TrainState, run, work: Path, outpu
     best_model = build_model(s.identity)
     best_model.load_state_dict(load_checkpoint(work / BEST, s.identity)["model_state"])
     best_model.eval()
-    model_uri = _log_portable_model(run, best_model, s.identity, s.info.preprocess, params.evaluate.threshold)
-    run.end("FINISHED")
-    run.close()
-    _write_run_file(work, run, params, s.cfg, model_uri, output_dir, final=True)
-    replace_dir(work, output_dir)
-    return TrainResult(
-        output_dir,
-        epochs_run,
-        state.best_epoch,
-        state.best,
-        state.stopped_early,
-        run.run_id,
-        run.summary()["lost_logging"],
-        time.perf_counter() - t0,
-        history,
-    )
+    return _log_portable_model(run, best_model, s.identity, s.info.preprocess, params.evaluate.threshold)
 
 
 def _log_portable_model(

@@ -179,6 +179,28 @@ def test_nan_loss_stops_with_clear_error_and_keeps_previous_output(tmp_path, tin
             tmp_path / "out",
         )
     assert (tmp_path / "out" / "checkpoint.pt").read_bytes() == before
+    client = mlflow.MlflowClient(_uri(tmp_path))
+    runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]  # the poisoned run ended FAILED
+
+
+def test_a_failure_after_the_last_epoch_ends_the_run_failed(tmp_path, tiny_data, monkeypatch):
+    """The run is ended by its ``with`` block: an error while the results are logged (here the disk
+    filling up as the curves are drawn) marks it FAILED, not left RUNNING, and nothing is published."""
+    import lungseg.training.loop as loop
+
+    def full_disk(path, history):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(loop, "_plot_history", full_disk)
+    params = load_params(write_params(tmp_path / "p.yaml", _uri(tmp_path), epochs=1))
+    with pytest.raises(OSError, match="No space left on device"):
+        train(params, tiny_data, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and (tmp_path / "out.partial" / "best.pt").is_file()
+    client = mlflow.MlflowClient(_uri(tmp_path))
+    (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert run.info.status == "FAILED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_dice")] == [1]
 
 
 def test_missing_split_and_bad_config(tmp_path, tiny_data):
