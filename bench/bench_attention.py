@@ -10,12 +10,16 @@ Three parts, all measured in one run:
    train step, and the largest difference to the reference (output and both gradients).
    Implementations: ``reference`` (today's autograd ops, checkpointed chunks of 1024 rows),
    ``blocked`` (the custom autograd op), ``flex`` (CUDA only: compiled FlexAttention). Beside them,
-   PR-Net's DSA softmax attention with the per-head q/k/v strided (as before) and contiguous (now).
+   PR-Net's DSA softmax attention (forward + backward, useful GFLOP/s = 3 × ``4·B·h·N²·d``): SDPA with
+   the per-head q/k/v strided (the first version) and contiguous (``dsa_impl="reference"``), and
+   the blocked kernel (``dsa_impl="blocked"``, the default on one CPU thread), with its largest
+   difference to the contiguous SDPA (output and the three gradients).
 2. **Models**: train-step throughput (forward + BCE + backward + Adam, batch ``--batch``) of U-Net,
-   LG-Net (``pcm_impl`` reference and auto) and PR-Net at ``--size``/``--base``. FLOPs per image are
-   counted as ``bench/bench_models.py`` counts them (:class:`torch.utils.flop_counter.FlopCounterMode`
-   on a forward in eval mode), always on the reference PCM and with SDPA's math kernel, so that
-   every implementation is credited with the same textbook FLOPs; train FLOP/s = 3 × that × images/s.
+   LG-Net (``pcm_impl`` reference and auto) and PR-Net (``dsa_impl`` reference and auto) at
+   ``--size``/``--base``. FLOPs per image are counted as ``bench/bench_models.py`` counts them
+   (:class:`torch.utils.flop_counter.FlopCounterMode` on a forward in eval mode), always on the
+   reference PCM / DSA and with SDPA's math kernel, so that every implementation is credited with
+   the same textbook FLOPs; train FLOP/s = 3 × that × images/s.
    The ratio to U-Net's train FLOP/s is the issue's goal (≥ 0.5).
 3. **Exact attention at 512²** (``--exact512``): LG-Net base 64 at 512² has skips of 256², 128²
    and 64² below the first; one global PCM of each (batch 1, c = C/2, C = 128, 256, 512) runs
@@ -28,13 +32,16 @@ just before the call) above the RSS just before it, each measurement in a fresh 
 Timing: every timed call is repeated ``--reps`` times (models: ``--iters``), interleaved across the
 variants, and the minimum is kept: on a shared machine the minimum is the least disturbed run.
 
-Results are printed; ``--record`` also writes ``bench/results/attention/<device>.json`` and re-renders
-``bench/results/ATTENTION.md`` from every ``attention/*.json`` there (``--render-only``: only that).
+Results are printed; ``--record`` also writes ``bench/results/attention/<device>[-<tag>].json`` and
+re-renders ``bench/results/ATTENTION.md`` from every ``attention/*.json`` there (``--render-only``: only
+that). ``--tag`` keeps a partial run (e.g. only the models) beside the full record of the same device.
 
 Usage::
 
     python bench/bench_attention.py --threads 1                         # print only
     python bench/bench_attention.py --threads 1 --record --note "why"   # CPU record
+    python bench/bench_attention.py --threads 1 --kernel-tokens --models unet prnet/reference prnet/auto \
+        --record --tag prnet --note "why"                               # a partial run beside it
     python bench/bench_attention.py --device cuda --size 512 --base 64 --batch 4 --exact512 --record
 """
 
@@ -61,7 +68,7 @@ sys.path.insert(0, str(ROOT))
 
 from lungseg.io import atomic_write_text  # noqa: E402
 from lungseg.models import create_model  # noqa: E402
-from lungseg.models.attention import flex_available, pcm  # noqa: E402
+from lungseg.models.attention import flex_available, pcm, softmax_attention_blocked  # noqa: E402
 
 MIB = 2**20
 
@@ -248,27 +255,41 @@ def kernel_rows(args, device, dtype) -> list[dict]:
     return rows
 
 
+DSA_KERNELS = {
+    "strided": (F.scaled_dot_product_attention, False),  # SDPA, per-head q/k/v strided (first version)
+    "contiguous": (F.scaled_dot_product_attention, True),  # SDPA, contiguous (dsa_impl="reference")
+    "blocked": (softmax_attention_blocked, True),  # dsa_impl="blocked" (the default on one CPU thread)
+}
+
+
 def dsa_rows(args, device, dtype) -> list[dict]:
-    """PR-Net's DSA attention: SDPA with strided (before) vs contiguous (now) per-head tensors."""
+    """PR-Net's DSA attention at the shapes of PR-Net's skips at 128², base 16 (levels 1–3 after
+    pooling): SDPA with strided vs contiguous per-head tensors, and the blocked kernel."""
     rows = []
-    for n_tokens, heads, d in ((4096, 2, 8), (4096, 4, 8)):
+    for n_tokens, heads, d in ((4096, 2, 8), (4096, 4, 8), (1024, 8, 8)):
         g = torch.Generator(device="cpu").manual_seed(0)
         base = [
             torch.randn(args.kernel_batch, heads * d, n_tokens, generator=g, dtype=dtype).to(device) for _ in range(3)
         ]
+        grad = torch.randn(args.kernel_batch, heads, n_tokens, d, generator=g, dtype=dtype).to(device)
 
-        def make(contiguous: bool):
+        def make(kernel: str):
+            fn, contiguous = DSA_KERNELS[kernel]
+
             def run():
                 ts = [b.detach().requires_grad_() for b in base]
                 qkv = [t.reshape(args.kernel_batch, heads, d, n_tokens).transpose(2, 3) for t in ts]
                 if contiguous:
                     qkv = [t.contiguous() for t in qkv]
-                y = F.scaled_dot_product_attention(*qkv)
-                y.sum().backward()
+                y = fn(*qkv)
+                return (y, *torch.autograd.grad(y, ts, grad))
 
             return run
 
-        best = _best_times({"strided": make(False), "contiguous": make(True)}, args.reps, device)
+        runs = {k: make(k) for k in DSA_KERNELS}
+        want = runs["contiguous"]()
+        err = {k: max((a - b).abs().max().item() for a, b in zip(f(), want)) for k, f in runs.items()}
+        best = _best_times(runs, args.reps, device, warmup=False)
         flops = 4 * args.kernel_batch * heads * n_tokens**2 * d
         for layout, t in best.items():
             rows.append(
@@ -280,6 +301,7 @@ def dsa_rows(args, device, dtype) -> list[dict]:
                     "layout": layout,
                     "train_s": t,
                     "train_gflop_s": 3 * flops / t / 1e9,
+                    "max_abs_diff": err[layout],
                 }
             )
             print(f"dsa {rows[-1]}", flush=True)
@@ -294,18 +316,20 @@ MODEL_VARIANTS = {
     "unet": ("unet", {}),
     "lgnet/reference": ("lgnet", {"pcm_impl": "reference"}),
     "lgnet/auto": ("lgnet", {"pcm_impl": "auto"}),
-    "prnet": ("prnet", {}),
+    "prnet/reference": ("prnet", {"dsa_impl": "reference"}),
+    "prnet/auto": ("prnet", {"dsa_impl": "auto"}),
     "prnet/heads1": ("prnet", {"heads": 1}),  # not the default: one head (d = C) shows what the head dim costs
 }
-DEFAULT_MODELS = ["unet", "lgnet/reference", "lgnet/auto", "prnet"]
+DEFAULT_MODELS = ["unet", "lgnet/reference", "lgnet/auto", "prnet/reference", "prnet/auto"]
 
 
 def textbook_flops(name: str, kwargs: dict, size: int, base: int) -> int:
-    """Forward FLOPs of one image, counted on the ``meta`` device with the reference PCM and SDPA's
-    math kernel (the textbook matmuls of every implementation)."""
+    """Forward FLOPs of one image, counted on the ``meta`` device with the reference PCM / DSA and
+    SDPA's math kernel (the textbook matmuls of every implementation)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    kw = {**kwargs, **({"pcm_impl": "reference"} if name == "lgnet" else {})}
+    ref = {"lgnet": {"pcm_impl": "reference"}, "prnet": {"dsa_impl": "reference"}}
+    kw = {**kwargs, **ref.get(name, {})}
     with torch.device("meta"):  # nothing is computed (as lungseg.models.summary counts)
         m = create_model(name, base_channels=base, **kw).eval()
     counter = FlopCounterMode(display=False)
@@ -421,7 +445,7 @@ def render(results_dir: Path) -> None:
     ]
     for path in sorted((results_dir / "attention").glob("*.json")):
         d = json.loads(path.read_text(encoding="utf-8"))
-        parts += ["", f"## {d['device']}", ""]
+        parts += ["", f"## {d['device']}" + (f" ({d['tag']})" if d.get("tag") else ""), ""]
         if d.get("note"):
             parts += [f"> {d['note']}", ""]
         parts += [
@@ -447,15 +471,19 @@ def render(results_dir: Path) -> None:
         if d.get("dsa"):
             parts += [
                 "",
-                "### PR-Net DSA attention (SDPA, forward + backward)",
+                "### PR-Net DSA attention (forward + backward)",
                 "",
-                "| tokens N | heads | head dim | batch | q/k/v layout | train s | train GFLOP/s |",
-                "|" + " --- |" * 7,
+                "Kernels: SDPA with strided per-head q/k/v (`strided`) or contiguous ones (`contiguous`,",
+                '`dsa_impl="reference"`), and `blocked` (`dsa_impl="blocked"`, the default on one CPU thread).',
+                "",
+                "| tokens N | heads | head dim | batch | kernel | train s | train GFLOP/s "
+                "| max abs diff vs contiguous |",
+                "|" + " --- |" * 8,
             ]
             for r in d["dsa"]:
                 parts.append(
                     f"| {r['tokens']} | {r['heads']} | {r['head_dim']} | {r['batch']} | {r['layout']} "
-                    f"| {r['train_s']:.3f} | {r['train_gflop_s']:.1f} |"
+                    f"| {r['train_s']:.3f} | {r['train_gflop_s']:.1f} | {_f(r.get('max_abs_diff'), '{:.1e}')} |"
                 )
         if d.get("models"):
             s = d["model_settings"]
@@ -512,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--record", action="store_true", help="write the JSON and re-render ATTENTION.md")
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--note", default=None, help="why this run was made / how to read it (rendered)")
+    ap.add_argument("--tag", default=None, help="suffix of the result file (keeps a partial run beside the full one)")
     ap.add_argument("--render-only", action="store_true")
     ap.add_argument("--_peak", nargs=7, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -527,6 +556,8 @@ def main(argv: list[str] | None = None) -> int:
         render(args.results)
         print(f"wrote {args.results / 'ATTENTION.md'}")
         return 0
+    if args.tag is not None and not re.fullmatch(r"[a-z0-9][a-z0-9-]*", args.tag):
+        ap.error(f"--tag {args.tag!r}: use lower-case letters, digits and '-'")
     unknown = set(args.models) - set(MODEL_VARIANTS)
     if unknown:
         ap.error(f"--models: unknown {sorted(unknown)}; valid: {list(MODEL_VARIANTS)}")
@@ -556,9 +587,10 @@ def main(argv: list[str] | None = None) -> int:
         },
         **result,
         **({"note": args.note} if args.note else {}),
+        **({"tag": args.tag} if args.tag else {}),
     }
     (args.results / "attention").mkdir(parents=True, exist_ok=True)
-    out = args.results / "attention" / f"{label}.json"
+    out = args.results / "attention" / (f"{label}-{args.tag}.json" if args.tag else f"{label}.json")
     atomic_write_text(out, json.dumps(record, indent=1) + "\n")
     render(args.results)
     print(f"wrote {out} and {args.results / 'ATTENTION.md'}")

@@ -22,8 +22,19 @@ Choices and deviations:
   at base 64), so unscaled logits at d = 64 are 8× wider and push the softmax towards one-hot rows
   with small gradients, the reason Vaswani et al. introduced the factor; it also keeps the results
   recorded so far comparable.
-- DSA calls ``scaled_dot_product_attention`` with contiguous per-head q/k/v, which lets PyTorch
-  pick its fused kernel on CPU too (flash); strided inputs fell back to the unfused math kernel.
+- ``dsa_impl`` (default ``"auto"``) picks how DSA is computed, the same function and parameters
+  in every case (:class:`lungseg.models.attention.DilatedSelfAttention`,
+  :func:`lungseg.models.attention.resolve_dsa_impl`): ``"reference"`` = three q/k/v convs and
+  ``scaled_dot_product_attention`` with contiguous per-head q/k/v (PyTorch's fused flash kernel on
+  CPU; strided inputs fell back to the unfused math kernel), the original path kept as the ground
+  truth; ``"blocked"`` = one conv of the three convs' concatenated weights and a blocked softmax
+  attention (custom autograd op, never N×N, backward from the saved log-sum-exp), equal to the
+  reference to 1e-10 in float64 over the whole network's output and parameter gradients, with and
+  without pooling (tested). ``"auto"`` = blocked on CPU with one torch thread (there PyTorch's
+  flash backward at head dim 8 was ~2/3 of a train step at 128², base 16; the blocked kernel
+  made the step ~2× faster, ``bench/results/ATTENTION.md``), the reference elsewhere (CUDA; CPU
+  with several threads, where flash parallelises over batch × heads). A checkpoint loads under
+  any of them (same state_dict keys, tested).
 - ``max_tokens`` default 4096 (64×64), see :mod:`lungseg.models.attention`.
 - InstanceNorm with ``affine=True`` (learnable scale/shift; PyTorch's default has none).
 - Loss: not in the paper; ``lungseg.losses`` provides the documented default (BCE + soft Dice).
@@ -65,12 +76,13 @@ class PRNet(SegmentationModel):
         heads: int | None = None,
         max_tokens: int | None = DEFAULT_MAX_TOKENS,
         dsa_scaled: bool = True,
+        dsa_impl: str = "auto",
     ):
         super().__init__(in_channels, num_classes, base_channels)
         self.use_pam = use_pam
         w = widths(base_channels)
         self.encoder = encoder_levels(in_channels, w, INResidualBlock)
-        pam = dict(heads=heads, max_tokens=max_tokens, dsa_scaled=dsa_scaled)
+        pam = dict(heads=heads, max_tokens=max_tokens, dsa_scaled=dsa_scaled, dsa_impl=dsa_impl)
         self.skip_enhance = nn.ModuleList(
             [
                 nn.Sequential(

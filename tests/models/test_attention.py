@@ -1,8 +1,11 @@
-"""PCM kernels (lungseg.models.attention): the blocked and FlexAttention paths against the reference.
+"""PCM kernels (lungseg.models.attention): the blocked and FlexAttention paths against the reference;
+DSA (PR-Net): the blocked softmax attention and the blocked DSA module against SDPA / the reference.
 
 Tolerances: float64 inputs must agree with the reference to 1e-12 (forward and gradients; measured
-≤ 4e-15), float32 to 1e-5 absolute (measured ≤ 2.3e-6). FlexAttention is forward-only on CPU, so its
-formulation is checked there without gradients; its CUDA kernel is not run by these tests.
+≤ 4e-15 for PCM, ≤ 3e-14 for DSA), float32 PCM to 1e-5 absolute (measured ≤ 2.3e-6), float32 DSA
+attention within 1e-5 of each tensor's largest entry from the float64 result, as SDPA itself.
+FlexAttention is forward-only on CPU, so its formulation is checked there without gradients; its
+CUDA kernel is not run by these tests.
 """
 
 from __future__ import annotations
@@ -11,15 +14,20 @@ import pytest
 import torch
 
 from lungseg.models.attention import (
+    DSA_BLOCK_ELEMS,
+    DSA_IMPLS,
     PCM_IMPLS,
     DilatedSelfAttention,
     block_rows_for,
+    dsa_block_shape,
     flex_available,
     pcm,
     pixel_correlation,
     pixel_correlation_blocked,
     pixel_correlation_flex,
+    resolve_dsa_impl,
     resolve_pcm_impl,
+    softmax_attention_blocked,
 )
 
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
@@ -205,6 +213,126 @@ def test_pcm_impl_selector():
 
 
 # ---------- DSA (PR-Net) ----------
+# (B, heads, N, d): odd N (37), d not a multiple of 8 (5), one head-map, d = 16
+DSA_SHAPES = [(2, 3, 37, 5), (1, 1, 64, 8), (3, 1, 50, 16)]
+
+
+def _qkv(shape, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(*shape, generator=g, dtype=dtype).requires_grad_() for _ in range(3))
+    return q, k, v, torch.randn(*shape, generator=g, dtype=dtype)
+
+
+def _attn_and_grads(fn, q, k, v, gy):
+    y = fn(q, k, v)
+    return (y, *torch.autograd.grad(y, (q, k, v), gy))
+
+
+def _sdpa(scale):
+    return lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
+
+
+def _blocked(scale, block_rows=None):
+    return lambda q, k, v: softmax_attention_blocked(q, k, v, scale=scale, block_rows=block_rows)
+
+
+@pytest.mark.parametrize("scale", [None, 1.0])  # SDPA's 1/√d, and Eq. 1's unscaled logits
+@pytest.mark.parametrize("block_rows", [None, 1, 7, 10_000])
+@pytest.mark.parametrize("shape", DSA_SHAPES)
+def test_blocked_attention_equals_sdpa_forward_and_gradients(shape, block_rows, scale):
+    q, k, v, gy = _qkv(shape, torch.float64)
+    want = _attn_and_grads(_sdpa(scale), q, k, v, gy)
+    got = _attn_and_grads(_blocked(scale, block_rows), q, k, v, gy)
+    for name, a, b in zip(("output", "d/dq", "d/dk", "d/dv"), got, want):
+        assert a.shape == b.shape, name
+        assert (a - b).abs().max().item() <= 1e-12, name
+
+
+def test_blocked_attention_with_several_head_maps_per_block(monkeypatch):
+    """Small maps are processed several whole head-maps per block (batched GEMMs); 5 maps in blocks
+    of 2 leave a last block of 1."""
+    from lungseg.models import attention
+
+    monkeypatch.setattr(attention, "DSA_BLOCK_ELEMS", 2 * 9 * 9)
+    assert attention.dsa_block_shape(9, 5) == (9, 2)
+    q, k, v, gy = _qkv((5, 1, 9, 4), torch.float64, seed=2)
+    want = _attn_and_grads(_sdpa(None), q, k, v, gy)
+    got = _attn_and_grads(_blocked(None), q, k, v, gy)
+    for a, b in zip(got, want):
+        assert (a - b).abs().max().item() <= 1e-12
+
+
+@pytest.mark.parametrize("scale", [None, 1.0])
+def test_blocked_attention_is_as_accurate_as_sdpa_in_float32(scale):
+    """float32 against the float64 result: both kernels within 1e-5 of each tensor's largest entry
+    (unscaled logits at d = 16 are wide, so the gradients reach ~10 and the absolute errors ~1e-5)."""
+    q, k, v, gy = _qkv((2, 2, 300, 16), torch.float64, seed=1)
+    truth = _attn_and_grads(_sdpa(scale), q, k, v, gy)
+    q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
+    for fn in (_sdpa(scale), _blocked(scale)):
+        got = _attn_and_grads(fn, q32, k32, v32, gy.float())
+        for name, a, b in zip(("output", "d/dq", "d/dk", "d/dv"), got, truth):
+            assert a.dtype == torch.float32
+            err, size = (a.double() - b).abs().max().item(), b.abs().max().item()
+            assert err <= 1e-5 * size, f"{name}: {err:.2g} vs largest entry {size:.2g}"
+
+
+def test_blocked_attention_computes_half_precision_in_float32():
+    """bfloat16 inputs (autocast's CPU dtype) come back in bfloat16, computed in float32: within the
+    bfloat16 rounding of the result (2⁻⁸ of each tensor's largest entry) of the float64 computation
+    on the same bfloat16 inputs."""
+    q, k, v, gy = (t.detach().bfloat16() for t in _qkv((1, 2, 64, 8), torch.float64, seed=3))
+    q64, k64, v64 = (t.double().requires_grad_() for t in (q, k, v))
+    truth = _attn_and_grads(_sdpa(None), q64, k64, v64, gy.double())
+    got = _attn_and_grads(_blocked(None), q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), gy)
+    for a, b in zip(got, truth):
+        assert a.dtype == torch.bfloat16
+        assert (a.double() - b).abs().max().item() <= 2**-8 * b.abs().max().item()
+
+
+def test_dsa_block_shape_follows_the_cache_budget():
+    assert dsa_block_shape(4096, 8) == (DSA_BLOCK_ELEMS // 4096, 1) == (64, 1)  # 4096 keys × 64 queries
+    assert dsa_block_shape(1024, 16) == (256, 1)
+    assert dsa_block_shape(256, 16) == (256, 4)  # whole head-maps, four per block
+    assert dsa_block_shape(256, 3) == (256, 3)  # never more maps than there are
+    assert dsa_block_shape(1 << 20, 4) == (16, 1)  # at least 16 queries
+    assert dsa_block_shape(10, 1) == (10, 1)  # never more queries than tokens
+    with pytest.raises(ValueError, match="block_rows must be >= 1"):
+        softmax_attention_blocked(*_qkv((1, 1, 4, 2), torch.float32)[:3], block_rows=0)
+
+
+def test_blocked_attention_never_saves_an_n_by_n_tensor():
+    """What autograd keeps between forward and backward is O(N·d): no (N, N) or (N, n) block."""
+    q, k, v, _ = _qkv((1, 2, 1024, 8), torch.float32)
+    shapes = []
+
+    def pack(t):
+        shapes.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        softmax_attention_blocked(q, k, v, block_rows=64)
+    assert shapes and all(1024 * 64 > torch.Size(s).numel() for s in shapes), shapes
+
+
+def test_dsa_impl_selector():
+    cpu = torch.device("cpu")
+    assert resolve_dsa_impl("auto", cpu, threads=1) == "blocked"
+    assert resolve_dsa_impl("auto", cpu, threads=2) == "reference"  # SDPA's flash parallelises over heads
+    assert resolve_dsa_impl("auto", torch.device("cuda"), threads=1) == "reference"
+    assert resolve_dsa_impl("auto", torch.device("meta"), threads=1) == "reference"  # FLOP counting
+    for impl in DSA_IMPLS[1:]:
+        assert resolve_dsa_impl(impl, cpu, threads=4) == impl
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert resolve_dsa_impl("auto", cpu) == "blocked"  # torch's own thread count by default
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="unknown dsa_impl 'fast' .*auto, reference, blocked"):
+        DilatedSelfAttention(16, 2, dsa_impl="fast")
+
+
 def _dsa_by_hand(m: DilatedSelfAttention, x: torch.Tensor, scale: float) -> torch.Tensor:
     b, c, h, w = x.shape
     q, k, v = (conv(x).reshape(b, m.heads, c // m.heads, h * w) for conv in m.qkv)  # (B, heads, d, N)
@@ -212,10 +340,11 @@ def _dsa_by_hand(m: DilatedSelfAttention, x: torch.Tensor, scale: float) -> torc
     return (att @ v.transpose(2, 3)).transpose(2, 3).reshape(b, c, h, w)
 
 
+@pytest.mark.parametrize("impl", ["reference", "blocked"])
 @pytest.mark.parametrize("scaled", [True, False])
-def test_dsa_scale_option_and_fused_kernel_equal_the_formula(scaled):
+def test_dsa_scale_option_and_fused_kernel_equal_the_formula(scaled, impl):
     torch.manual_seed(0)
-    m = DilatedSelfAttention(16, 2, heads=2, max_tokens=None, scaled=scaled).double()
+    m = DilatedSelfAttention(16, 2, heads=2, max_tokens=None, scaled=scaled, dsa_impl=impl).double()
     x = torch.randn(2, 16, 8, 8, dtype=torch.float64, requires_grad=True)
     d = 16 // 2
     got = m(x)
@@ -226,22 +355,58 @@ def test_dsa_scale_option_and_fused_kernel_equal_the_formula(scaled):
     g_want = torch.autograd.grad(want, [x, *m.parameters()], gy)
     for a, b in zip(g_got, g_want):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
-    assert f"scaled={scaled}" in repr(m)
+    assert f"scaled={scaled}" in repr(m) and f"dsa_impl='{impl}'" in repr(m)
+
+
+@pytest.mark.parametrize("scaled", [True, False])
+@pytest.mark.parametrize("max_tokens", [None, 20, 16])  # exact (8×10), pooled to 4×5, pooled to 3×5
+def test_dsa_impls_give_the_same_module(max_tokens, scaled):
+    """Same weights: the blocked DSA (one concatenated q/k/v conv, the blocked kernel) gives the
+    reference's output and the gradients of its input and of every parameter (float64, 1e-12)."""
+    torch.manual_seed(0)
+    ref = DilatedSelfAttention(16, 3, heads=2, max_tokens=max_tokens, scaled=scaled, dsa_impl="reference")
+    blk = DilatedSelfAttention(16, 3, heads=2, max_tokens=max_tokens, scaled=scaled, dsa_impl="blocked", block_rows=7)
+    ref, blk = ref.double(), blk.double()
+    blk.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 16, 8, 10, dtype=torch.float64, requires_grad=True)
+    gy = torch.randn(2, 16, 8, 10, dtype=torch.float64)
+    outs = []
+    for m in (ref, blk):
+        y = m(x)
+        outs.append((y, *torch.autograd.grad(y, [x, *m.parameters()], gy)))
+    want, got = outs
+    assert len(got) == len(want) == 1 + 1 + 6  # output, d/dx, three convs' weights and biases
+    for a, b in zip(got, want):
+        assert (a - b).abs().max().item() <= 1e-12
 
 
 def test_dsa_inputs_are_eligible_for_the_fused_cpu_kernel():
-    """With contiguous per-head q/k/v the flash kernel accepts the call (strided ones fell back to
-    the unfused math kernel, ~2× slower in training); restricted to flash, DSA still runs and matches."""
+    """Reference path: with contiguous per-head q/k/v the flash kernel accepts the call (strided ones
+    fell back to the unfused math kernel, ~2× slower in training); restricted to flash, DSA still
+    runs and matches."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     torch.manual_seed(0)
-    m = DilatedSelfAttention(16, 3, heads=2, max_tokens=None)
+    m = DilatedSelfAttention(16, 3, heads=2, max_tokens=None, dsa_impl="reference")
     x = torch.randn(2, 16, 8, 8, requires_grad=True)
     with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
         got = m(x)
         got.sum().backward()
     torch.testing.assert_close(got, _dsa_by_hand(m, x, (16 // 2) ** -0.5), rtol=0, atol=1e-5)
     assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # the pooling rule's shape arithmetic
+def test_blocked_dsa_traces_as_the_reference_ops():
+    """Under ``torch.jit.trace`` (TorchScript, the ONNX exporter) DSA records SDPA, not the blocked
+    kernel's Python autograd.Function, and the trace is the same function for other inputs."""
+    torch.manual_seed(0)
+    m = DilatedSelfAttention(8, 2, max_tokens=16, dsa_impl="blocked").eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(m, torch.randn(2, 8, 8, 8), check_trace=False)
+        assert "PythonOp" not in str(traced.graph)
+        x = torch.randn(3, 8, 8, 8)
+        torch.testing.assert_close(traced(x), m(x), rtol=0, atol=1e-6)
 
 
 @pytest.mark.slow
