@@ -96,6 +96,19 @@ class TrainConfig:
     sync_batchnorm: bool = False
     """Under ``torchrun`` (DDP): BatchNorm statistics over the global batch (``torch.nn.SyncBatchNorm``,
     CUDA only) instead of each process's part; ignored in a single process."""
+    data_on_device: bool | str = "auto"
+    """CUDA only: keep the training and validation arrays on the GPU (copied once before the first
+    epoch; batches are then indexed and augmented there). ``auto``: when they take at most a quarter
+    of the GPU's free memory; ``true``: always (a ``ConfigError`` if they do not fit); ``false``: kept
+    in host memory, each batch copied over. The trained numbers are the same either way."""
+    checkpoint_every: int = 1
+    """Write the full ``checkpoint.pt`` (model, optimizer, scheduler, RNG states) every this many
+    epochs, and at the last epoch, at an early stop and whenever ``best.pt`` is written. A resumed
+    run re-runs the epochs after the last one written (bitwise the same on the CPU)."""
+    checkpoint_async: bool = False
+    """Write ``checkpoint.pt``/``best.pt`` in a background thread from a CPU snapshot taken at the end
+    of the epoch, while the next epoch trains (same files, same atomic rename; a write error stops
+    the run at the next write or at the end)."""
 
 
 @dataclass(frozen=True)
@@ -326,7 +339,7 @@ def check_train(cfg: TrainConfig, where: str) -> None:
     from lungseg.models import list_models
 
     _one_of(cfg.model, list_models(), f"{where}.model", "model")
-    for key in ("epochs", "batch_size", "base_channels"):
+    for key in ("epochs", "batch_size", "base_channels", "checkpoint_every"):
         _need(getattr(cfg, key) >= 1, f"{where}.{key}", f"must be ≥ 1, got {getattr(cfg, key)}")
     _need(_finite(cfg.lr) and cfg.lr > 0, f"{where}.lr", f"must be > 0, got {cfg.lr}")
     _need(
@@ -354,6 +367,16 @@ def check_train(cfg: TrainConfig, where: str) -> None:
         isinstance(cfg.sync_batchnorm, bool),
         f"{where}.sync_batchnorm",
         f"expected true/false, got {cfg.sync_batchnorm!r}",
+    )
+    _need(
+        isinstance(cfg.data_on_device, bool) or cfg.data_on_device == "auto",
+        f"{where}.data_on_device",
+        f"expected auto, true or false, got {cfg.data_on_device!r}",
+    )
+    _need(
+        isinstance(cfg.checkpoint_async, bool),
+        f"{where}.checkpoint_async",
+        f"expected true/false, got {cfg.checkpoint_async!r}",
     )
     if cfg.loss != "auto":
         from lungseg.losses import list_losses

@@ -85,6 +85,9 @@ def test_register_model_name_template():
         ("train", "seed", -3, r"train\.seed: must lie in \[0, 2\^32\)"),
         ("train", "progress_every_s", 0, r"train\.progress_every_s: must be > 0 \(seconds\)"),
         ("train", "allow_non_paper_size", "yes", r"train\.allow_non_paper_size: expected true/false"),
+        ("train", "data_on_device", "yes", r"train\.data_on_device: expected auto, true or false, got 'yes'"),
+        ("train", "checkpoint_every", 0, r"train\.checkpoint_every: must be ≥ 1, got 0"),
+        ("train", "checkpoint_async", "later", r"train\.checkpoint_async: expected true/false"),
         ("preprocess", "hu_window", [400, -1000], r"preprocess\.hu_window: must be \[low, high\] with low < high"),
         ("preprocess", "val_fraction", 1.0, r"preprocess\.val_fraction: must lie in \[0, 1\)"),
         ("preprocess", "image_size", 4, r"preprocess\.image_size: must be ≥ 8"),
@@ -104,6 +107,24 @@ def test_every_value_is_checked_at_load_time(tmp_path, section, key, value, mess
     path.write_text(yaml.safe_dump(params), encoding="utf-8")
     with pytest.raises(ConfigError, match=rf"params\.yaml\.{message}"):
         load_params(path)
+
+
+def test_the_loop_settings_have_defaults_that_train_as_before_and_accept_their_values():
+    """data_on_device (CUDA only), checkpoint_every and checkpoint_async change how the loop runs,
+    never what it trains; the defaults are today's behaviour (a full checkpoint every epoch, written
+    at once; the data on the GPU when it fits)."""
+    default = params_from_dict({}).train
+    assert (default.data_on_device, default.checkpoint_every, default.checkpoint_async) == ("auto", 1, False)
+    for value in ("auto", True, False):
+        assert params_from_dict({"train": {"data_on_device": value}}).train.data_on_device == value
+    set_ = params_from_dict({"train": {"checkpoint_every": 5, "checkpoint_async": True}}).train
+    assert (set_.checkpoint_every, set_.checkpoint_async) == (5, True)
+    import dataclasses
+
+    from lungseg.config import check_train
+
+    with pytest.raises(ConfigError, match=r"train\.data_on_device: expected auto, true or false, got 'gpu'"):
+        check_train(dataclasses.replace(default, data_on_device="gpu"), "train")  # a config built in code
 
 
 def test_checks_across_sections_only_when_both_are_given():

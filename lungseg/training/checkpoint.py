@@ -1,7 +1,8 @@
 """Checkpoints: what ``checkpoint.pt`` and ``best.pt`` hold, the model identity they are checked
 against, and their atomic I/O. Evaluation and inference read checkpoints through this module.
 
-``checkpoint.pt`` (every epoch) is :meth:`TrainState.checkpoint`: the run's constants
+``checkpoint.pt`` (every ``train.checkpoint_every`` epochs, see :meth:`TrainState.checkpoint_due`) is
+:meth:`TrainState.checkpoint`: the run's constants
 (:class:`RunInfo`: model identity, effective config, all params, number of classes, data hash, image
 size, preprocessing, the paper preset's deviations, ``distributed``: the world size and
 ``sync_batchnorm`` of the process group that wrote it — ``{world_size: 1, sync_batchnorm: false}``
@@ -13,14 +14,24 @@ is :meth:`TrainState.best_checkpoint`: the weights, ``epoch``, ``best`` and the 
 Formats: 2 (this one). Format 1 (before the split of the training loop) also stored ``scaler_state``,
 the state of a disabled ``GradScaler`` kept only for the file format (bf16 needs no loss scaling);
 it is ignored when such a checkpoint is loaded, and format-1 checkpoints resume exactly as before.
+
+Writing: :class:`CheckpointWriter` writes the files in the training thread (default) or, with
+``train.checkpoint_async``, in one background thread from a snapshot (model, optimizer and scheduler
+states copied to the CPU at the end of the epoch), while the next epoch trains. Either way each file
+goes to a temporary file, is fsynced and renamed into place (:func:`save_checkpoint`), one write at a
+time: a new write waits for the previous one, whose error (disk full, …) is raised then — or at the
+end of the run (:meth:`CheckpointWriter.wait`) — never lost.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import os
 import random
+import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,6 +184,83 @@ def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
 
 
+def snapshot(obj: Any) -> Any:
+    """A deep copy of ``obj`` (a state dict, a history) with every tensor copied to the CPU: what a
+    background write may hold while training goes on changing the originals in place (Adam's moments,
+    the step counters, the history list)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [snapshot(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(snapshot(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files (``.checkpoint.pt.tmp-<pid>``, ``.best.pt.tmp-<pid>``) a process
+    killed while writing left in ``folder``; the deleted paths. The files themselves are intact:
+    a temporary file only replaces its target once it is complete."""
+    gone = []
+    for name in (CHECKPOINT, BEST):
+        for tmp in folder.glob(f".{name}.tmp-*"):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                gone.append(tmp)
+    return gone
+
+
+class CheckpointWriter:
+    """Writes checkpoint files one batch at a time: in the calling thread, or (``background``) in one
+    background thread, so that the next epoch trains while the files are written.
+
+    :meth:`write` first waits for the previous batch and raises its error, if any (the exception
+    of the failed write, e.g. ``OSError(28, 'No space left on device')``); :meth:`wait` (called at
+    the end of the run) does the same for the last one. :meth:`abandon` is for a run that already
+    failed: it waits and reports a write error on stderr, leaving the run's own error to propagate.
+    What is handed over must not change afterwards (:func:`snapshot`)."""
+
+    def __init__(self, background: bool = False):
+        self.background = background
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def write(self, items: list[tuple[dict[str, Any], Path]]) -> None:
+        """Write every ``(content, path)`` in order with :func:`save_checkpoint`."""
+        self.wait()
+        if not self.background:
+            for obj, path in items:
+                save_checkpoint(obj, path)
+            return
+        self._thread = threading.Thread(target=self._run, args=(items,), name="lungseg-checkpoint-writer")
+        self._thread.start()
+
+    def _run(self, items: list[tuple[dict[str, Any], Path]]) -> None:
+        try:
+            for obj, path in items:
+                save_checkpoint(obj, path)
+        except BaseException as exc:  # noqa: BLE001 - handed to the training thread, raised there
+            self._error = exc
+
+    def wait(self) -> None:
+        """Block until the last write is done; raise its error."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def abandon(self) -> None:
+        """:meth:`wait` for a run that is failing already: a write error is printed, not raised."""
+        try:
+            self.wait()
+        except Exception as exc:  # noqa: BLE001 - reported; the run's own error is the one raised
+            print(f"lungseg: warning: a checkpoint write failed too: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
 # ------------------------------------------------------------------------------------ state
 @dataclass(frozen=True)
 class RunInfo:
@@ -242,22 +330,38 @@ class TrainState:
             self.stopped_early = True
         return improved
 
-    def checkpoint(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler) -> dict[str, Any]:
-        """The content of ``checkpoint.pt`` after :attr:`epoch` (RNG states taken now)."""
+    def checkpoint(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, *, copy_state: bool = False
+    ) -> dict[str, Any]:
+        """The content of ``checkpoint.pt`` after :attr:`epoch` (RNG states taken now). ``copy_state``:
+        the optimizer and scheduler states and the history as copies (:func:`snapshot`), for a
+        background write; by default they are the live objects, written at once."""
+        optimizer_state = optimizer.state_dict()
+        scheduler_state = scheduler.state_dict() if scheduler is not None else None
+        history = self.history
+        if copy_state:
+            optimizer_state, scheduler_state, history = snapshot((optimizer_state, scheduler_state, history))
         return {
             **self.info.as_dict(),
             "model_state": cpu_state(model),
             "epoch": self.epoch,
-            "optimizer_state": optimizer.state_dict(),
-            "scheduler_state": scheduler.state_dict() if scheduler is not None else None,
+            "optimizer_state": optimizer_state,
+            "scheduler_state": scheduler_state,
             "best": self.best,
             "best_epoch": self.best_epoch,
             "stale": self.stale,
             "stopped_early": self.stopped_early,
-            "history": self.history,
+            "history": history,
             "rng": rng_state(),
             "mlflow_run_id": self.run_id,
         }
+
+    def checkpoint_due(self, every: int, last_epoch: int, *, improved: bool) -> bool:
+        """Whether ``checkpoint.pt`` is written after :attr:`epoch`: every ``every`` epochs, at
+        ``last_epoch``, at an early stop, and whenever ``best.pt`` is (``improved``) — so ``best.pt``
+        is never newer than ``checkpoint.pt`` and a resumed run never has to reconcile a best model
+        from epochs it is about to re-run."""
+        return improved or self.stopped_early or self.epoch >= last_epoch or self.epoch % every == 0
 
     @staticmethod
     def best_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
@@ -265,13 +369,21 @@ class TrainState:
         return {k: checkpoint[k] for k in BEST_KEYS}
 
     def save(
-        self, folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, *, improved: bool
+        self,
+        folder: Path,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler,
+        *,
+        improved: bool,
+        writer: CheckpointWriter | None = None,
     ) -> None:
-        """Write ``best.pt`` (when ``improved``) and then ``checkpoint.pt`` into ``folder``, atomically."""
-        ckpt = self.checkpoint(model, optimizer, scheduler)
-        if improved:
-            save_checkpoint(self.best_checkpoint(ckpt), folder / BEST)
-        save_checkpoint(ckpt, folder / CHECKPOINT)
+        """Write ``best.pt`` (when ``improved``) and then ``checkpoint.pt`` into ``folder``, atomically;
+        through ``writer`` (a background one gets a snapshot), else at once."""
+        writer = writer or CheckpointWriter()
+        ckpt = self.checkpoint(model, optimizer, scheduler, copy_state=writer.background)
+        items = [(self.best_checkpoint(ckpt), folder / BEST)] if improved else []
+        writer.write([*items, (ckpt, folder / CHECKPOINT)])
 
 
 __all__ = [
@@ -279,6 +391,7 @@ __all__ = [
     "BEST_KEYS",
     "CHECKPOINT",
     "CHECKPOINT_FORMAT",
+    "CheckpointWriter",
     "RunInfo",
     "TrainState",
     "build_model",
@@ -287,8 +400,10 @@ __all__ = [
     "load_checkpoint",
     "model_identity",
     "optimizer_to_params",
+    "remove_stale_temporaries",
     "rng_state",
     "save_checkpoint",
     "set_rng_state",
+    "snapshot",
     "training_preprocessing",
 ]

@@ -23,9 +23,10 @@ Batches: ``train.batch_size`` is the *global* batch
     larger ``batch_size`` (it must be a multiple of ``WORLD_SIZE``: a :class:`ConfigError`
     otherwise). A global batch that does not split evenly (the last, short one) is dropped in
     that epoch — DDP needs every rank to take the same number of steps. The cost: each rank
-    augments the whole global batch (CPU work that grows with the world size); the reward is that
-    the data stream does not depend on the world size. Dropout is seeded per rank (rank 0 keeps the
-    single-process seed), so the ranks do not draw the same masks.
+    augments the whole global batch (on its GPU under CUDA, else on the CPU: work that grows with
+    the world size); the reward is that the data stream does not depend on the world size.
+    Dropout is seeded per rank (rank 0 keeps the single-process seed), so the ranks do not draw
+    the same masks.
 
 Who writes
     Rank 0 alone touches ``<output>``/``<output>.partial`` and MLflow (resume checks, checkpoints,

@@ -1,12 +1,13 @@
-"""Training: presets, seeded augmentation, a checkpoint every epoch, exact resume, MLflow tracking.
+"""Training: presets, seeded augmentation, checkpoints, exact resume, MLflow tracking.
 
 Where things go
     The run works in ``<output>.partial/`` (a sibling of ``--output``): ``checkpoint.pt`` is written
-    there atomically (temporary file + ``os.replace``) at the end of every epoch, ``best.pt`` whenever
-    the validation Dice improves, and ``history.csv`` every epoch. When the run ends, the summary,
-    the learning curves and ``mlflow_run.json`` are added and the folder is renamed to ``<output>``:
-    a previous ``<output>`` stays intact until then, and a failed or killed run never leaves a
-    half-written ``<output>``. ``resume=True`` (``lungseg train --resume``) continues a killed run
+    there atomically (temporary file + ``os.replace``) at the end of every ``train.checkpoint_every``-th
+    epoch (default: every epoch; also at the last epoch, at an early stop and with every ``best.pt``),
+    ``best.pt`` whenever the validation Dice improves, and ``history.csv`` every epoch. When the run
+    ends, the summary, the learning curves and ``mlflow_run.json`` are added and the folder is
+    renamed to ``<output>``: a previous ``<output>`` stays intact until then, and a failed or killed
+    run never leaves a half-written ``<output>``. ``resume=True`` (``lungseg train --resume``) continues a killed run
     from ``<output>.partial/checkpoint.pt``; the same MLflow run goes on. With no ``.partial`` but
     a finished ``<output>``, ``resume`` continues that finished run up to the (raised)
     ``train.epochs`` — same MLflow run, its folder copied to ``.partial`` first so ``<output>`` stays
@@ -27,7 +28,11 @@ Exact resume
     epoch draws shuffling, augmentation and dropout
     randomness from generators seeded with ``(seed, epoch)``, so one epoch is a pure function of
     (weights, optimizer state, seed, epoch). On the CPU a run killed after epoch k and resumed ends
-    with bitwise the same weights and history as an uninterrupted run (tested by SIGKILL).
+    with bitwise the same weights and history as an uninterrupted run (tested by SIGKILL). With
+    ``checkpoint_every`` > 1 the epochs after the last written checkpoint are re-run on resume (the same
+    epochs again, so the same end result; their metrics are logged to MLflow a second time, at the
+    same steps). ``train.checkpoint_async`` writes the files in a background thread from a CPU
+    snapshot while the next epoch trains (:class:`lungseg.training.checkpoint.CheckpointWriter`).
     ``torch.use_deterministic_algorithms(True, warn_only=True)`` is on while training (CUDA also gets
     ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` unless set); the previous setting is restored afterwards.
 
@@ -62,7 +67,12 @@ Progress
 
 Device
     ``device: auto`` uses CUDA when available. bf16 autocast (``amp``) and channels_last apply on
-    CUDA only; on the CPU they are ignored (the run's params record both).
+    CUDA only; on the CPU they are ignored (the run's params record both). On CUDA the training and
+    validation arrays are copied to the GPU once before the first epoch when they fit
+    (``train.data_on_device``, :func:`stage_data`): every batch is then indexed and augmented on the
+    GPU; otherwise each batch is copied over and augmented there. The augmentation's random numbers
+    are drawn on the CPU from the ``(seed, epoch)`` generator either way (:mod:`lungseg.training.augment`),
+    so where the data lives does not change what is trained.
 
 Recorded paths
     ``mlflow_run.json`` and the ``data_dir`` tag name repository-local things relative to the
@@ -113,6 +123,7 @@ from lungseg.training.augment import augment
 from lungseg.training.checkpoint import (
     BEST,
     CHECKPOINT,
+    CheckpointWriter,
     RunInfo,
     TrainState,
     build_model,
@@ -120,6 +131,7 @@ from lungseg.training.checkpoint import (
     load_checkpoint,
     model_identity,
     optimizer_to_params,
+    remove_stale_temporaries,
     save_checkpoint,
     set_rng_state,
     training_preprocessing,
@@ -377,6 +389,65 @@ def _prepare(params: Params, data_dir: Path, ddp) -> _Setup:
     )
 
 
+#: ``train.data_on_device: auto`` copies the data to the GPU when it takes at most this share of the
+#: free memory (measured once the model is there): the rest is for activations, gradients, Adam's
+#: moments, cuDNN workspaces and the allocator's slack
+DATA_ON_DEVICE_SHARE = 0.25
+
+
+def keep_on_device(setting: bool | str, need: int, free: int) -> bool:
+    """``train.data_on_device`` decided for ``need`` bytes of data and ``free`` bytes of GPU memory."""
+    if isinstance(setting, bool):
+        return setting
+    return need <= DATA_ON_DEVICE_SHARE * free
+
+
+def stage_data(train_set, val_set, cfg: TrainConfig, device: torch.device, *, announce: bool = True):
+    """``(x_train, y_train, x_val, y_val)``: the splits as the loop indexes them.
+
+    On the CPU: the arrays as tensors (no copy), masks as int64 — what the loop always used. On CUDA,
+    with ``train.data_on_device`` ``true``, or ``auto`` and the four arrays taking at most
+    :data:`DATA_ON_DEVICE_SHARE` of the GPU's free memory: copied to the GPU once, masks kept uint8
+    (a fifth of the int64 size; each batch is widened there). Otherwise they stay in host memory and
+    each batch is copied over. ``announce``: say on stderr which it is (rank 0 under DDP).
+    ``ConfigError`` when ``true`` is asked and they do not fit."""
+    x_train, x_val = torch.from_numpy(train_set.images), torch.from_numpy(val_set.images)
+    if device.type != "cuda":
+        return x_train, torch.from_numpy(train_set.masks).long(), x_val, torch.from_numpy(val_set.masks).long()
+    y_train, y_val = torch.from_numpy(train_set.masks), torch.from_numpy(val_set.masks)
+    arrays = (x_train, y_train, x_val, y_val)
+    need = sum(t.numel() * t.element_size() for t in arrays)
+    free, _ = torch.cuda.mem_get_info(device)
+    gib = 2.0**30
+    sizes = f"{need / gib:.2f} GiB; {free / gib:.1f} GiB free on {device}"
+    if not keep_on_device(cfg.data_on_device, need, free):
+        if announce:
+            why = "train.data_on_device: false" if cfg.data_on_device is False else "more than a quarter of it"
+            print(f"lungseg: training data kept in host memory ({sizes}: {why}); batches are copied", file=sys.stderr)
+        return arrays
+    try:
+        staged = tuple(t.to(device) for t in arrays)
+    except torch.cuda.OutOfMemoryError as exc:
+        raise ConfigError(
+            f"train.data_on_device: true, but the training and validation data ({sizes}) do not fit: set auto or false"
+        ) from exc
+    if announce:
+        print(f"lungseg: training data on {device} ({sizes} before)", file=sys.stderr)
+    return staged
+
+
+#: train settings that do not change what is trained (a resume with them changed is not warned about)
+_NEUTRAL_SETTINGS = (
+    "epochs",
+    "device",
+    "num_workers",
+    "progress_every_s",
+    "data_on_device",
+    "checkpoint_every",
+    "checkpoint_async",
+)
+
+
 def _restore(ckpt_path: Path, s: _Setup, data_dir: Path, model, optimizer, scheduler, ddp) -> TrainState:
     """The state of ``ckpt_path`` loaded into ``model``/``optimizer``/``scheduler`` and the RNGs, with
     a warning for each setting or data that changed since it was written (rank 0 only under DDP)."""
@@ -387,12 +458,13 @@ def _restore(ckpt_path: Path, s: _Setup, data_dir: Path, model, optimizer, sched
     if scheduler is not None and ckpt.get("scheduler_state"):
         scheduler.load_state_dict(ckpt["scheduler_state"])
     set_rng_state(ckpt["rng"])  # (a format-1 file's scaler_state, of a disabled GradScaler, is not needed)
+    remove_stale_temporaries(ckpt_path.parent)  # a process killed while writing a checkpoint leaves one
     ddp.check_resume(ckpt, ckpt_path)
     state = TrainState.resumed(s.info, ckpt)
     changed = sorted(
         k
         for k, v in ckpt.get("config", {}).items()
-        if k not in ("epochs", "device", "num_workers", "progress_every_s") and dataclasses.asdict(cfg).get(k) != v
+        if k not in _NEUTRAL_SETTINGS and dataclasses.asdict(cfg).get(k) != v
     )
     if changed:
         print(
@@ -577,35 +649,44 @@ def _train(params: Params, data_dir: str | Path, output_dir: str | Path, resume:
             sample_shape=tuple(s.train_set.images.shape[1:]),
         )
 
-        x_train = torch.from_numpy(s.train_set.images)
-        y_train = torch.from_numpy(s.train_set.masks).long()
-        x_val = torch.from_numpy(s.val_set.images)
-        y_val = torch.from_numpy(s.val_set.masks).long()
-        with deterministic():
-            for epoch in range(state.epoch + 1, cfg.epochs + 1):
-                if state.stopped_early:
-                    break
-                row = _train_epoch(net, loss_fn, optimizer, x_train, y_train, cfg, device, epoch, ckpt_path, ddp=ddp)
-                val_loss, val_dice = ddp.validate(_validate, model, loss_fn, x_val, y_val, cfg, device)
-                row.update(val_loss=val_loss, val_dice=val_dice)
-                if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                    scheduler.step(val_dice)
-                elif scheduler is not None:
-                    scheduler.step()
-                improved = state.end_epoch(row, min_epochs=cfg.min_epochs, patience=cfg.early_stopping_patience)
-                if not ddp.is_main:
-                    continue  # the same decisions as rank 0 (same all-reduced values); rank 0 reports and writes
-                print(
-                    f"epoch {epoch}/{cfg.epochs}  loss {row['train_loss']:.4f}  val loss {val_loss:.4f}  "
-                    f"val Dice {val_dice:.4f}{'  *' if improved else ''}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                if state.stopped_early:
-                    print(f"lungseg: early stop: no better val Dice for {state.stale} epoch(s)", file=sys.stderr)
-                state.save(work, model, optimizer, scheduler, improved=improved)
-                _write_history(work / "history.csv", state.history)
-                run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+        x_train, y_train, x_val, y_val = stage_data(s.train_set, s.val_set, cfg, device, announce=ddp.is_main)
+        writer = CheckpointWriter(background=cfg.checkpoint_async)
+        saved = state.epoch  # the epoch of the checkpoint.pt on disk (0: none yet)
+        try:
+            with deterministic():
+                for epoch in range(state.epoch + 1, cfg.epochs + 1):
+                    if state.stopped_early:
+                        break
+                    row = _train_epoch(
+                        net, loss_fn, optimizer, x_train, y_train, cfg, device, epoch, ckpt_path, ddp=ddp, saved=saved
+                    )
+                    val_loss, val_dice = ddp.validate(_validate, model, loss_fn, x_val, y_val, cfg, device)
+                    row.update(val_loss=val_loss, val_dice=val_dice)
+                    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                        scheduler.step(val_dice)
+                    elif scheduler is not None:
+                        scheduler.step()
+                    improved = state.end_epoch(row, min_epochs=cfg.min_epochs, patience=cfg.early_stopping_patience)
+                    due = state.checkpoint_due(cfg.checkpoint_every, cfg.epochs, improved=improved)
+                    saved = epoch if due else saved
+                    if not ddp.is_main:
+                        continue  # the same decisions as rank 0 (same all-reduced values); rank 0 reports and writes
+                    print(
+                        f"epoch {epoch}/{cfg.epochs}  loss {row['train_loss']:.4f}  val loss {val_loss:.4f}  "
+                        f"val Dice {val_dice:.4f}{'  *' if improved else ''}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    if state.stopped_early:
+                        print(f"lungseg: early stop: no better val Dice for {state.stale} epoch(s)", file=sys.stderr)
+                    if due:
+                        state.save(work, model, optimizer, scheduler, improved=improved, writer=writer)
+                    _write_history(work / "history.csv", state.history)
+                    run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+            writer.wait()  # the last write is complete (its error raised) before anything reads the files
+        except BaseException:
+            writer.abandon()  # no write left running; its own failure is reported, this error goes on
+            raise
         model_uri = _log_results(params, s, state, run, work, t0) if ddp.is_main else None
     if not ddp.is_main:
         return TrainResult(
@@ -711,9 +792,25 @@ def _write_run_file(
 
 
 def _train_epoch(
-    model, loss_fn, optimizer, x, y, cfg: TrainConfig, device, epoch: int, ckpt_path: Path, ddp=None
+    model,
+    loss_fn,
+    optimizer,
+    x,
+    y,
+    cfg: TrainConfig,
+    device,
+    epoch: int,
+    ckpt_path: Path,
+    ddp=None,
+    *,
+    saved: int | None = None,
 ) -> dict:
     """One epoch over the shuffled training split; its row of the history.
+
+    ``x``/``y``: the split as :func:`stage_data` gives it — on ``device`` (batches are indexed there)
+    or in host memory (each batch is copied to ``device``); augmentation runs on ``device`` either way.
+    ``ckpt_path``/``saved``: the checkpoint a non-finite loss error points back to, and its epoch
+    (default: the previous one).
 
     Losses and Dice stay on the device as 0-d tensors and are read back at a sync point only — every
     step on the CPU (where reading is free and a non-finite loss is caught before its update), on CUDA
@@ -733,11 +830,7 @@ def _train_epoch(
     torch.manual_seed(ddp.dropout_seed(_epoch_seed(cfg.seed, epoch)))  # dropout randomness of this epoch
     model.train()
     n = len(x)
-    order = torch.randperm(n, generator=gen)
-    starts = list(range(0, n, cfg.batch_size))
-    if len(starts) > 1 and n - starts[-1] == 1:
-        starts.pop()  # a last batch of one image breaks BatchNorm statistics: dropped this epoch
-    starts = ddp.even_batches(starts, n, cfg.batch_size)  # DDP: only global batches that split evenly
+    starts = _batch_starts(n, cfg.batch_size, ddp)
     inner = ddp.unwrap(model)  # the model itself (DDP wraps it)
     heads = getattr(inner, "deep_supervision_weights", None)
     if heads:  # Inf-Net, AWSnet: every head is trained (lungseg.losses.deep_supervision), metrics on the main one
@@ -749,15 +842,7 @@ def _train_epoch(
     losses, dices = [], []  # python floats, read back at sync points
     pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (loss, Dice) on the device, not yet read
     t0 = time.perf_counter()
-    for step, start in enumerate(starts, 1):
-        idx = order[start : start + cfg.batch_size]
-        xb, yb = x[idx], y[idx]
-        if cfg.augment:
-            xb, yb = augment(xb, yb, gen)
-        xb, yb = ddp.shard(xb), ddp.shard(yb)  # DDP: this rank's part of the (augmented) global batch
-        xb, yb = xb.to(device), yb.to(device)
-        if use_cuda and cfg.channels_last:
-            xb = xb.contiguous(memory_format=torch.channels_last)
+    for step, (xb, yb, size) in enumerate(epoch_batches(x, y, cfg, device, gen, ddp), 1):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_cuda and cfg.amp):
             # under DDP the wrapped module's forward returns the heads (never model.module.forward_heads:
             # DDP synchronises the gradients only of what runs through its own forward)
@@ -767,17 +852,17 @@ def _train_epoch(
         if not use_cuda:  # CPU: caught before the update (reading is free); DDP: the global batch's loss
             value = ddp.mean(loss)
             if not math.isfinite(value):
-                _non_finite(value, epoch, step, optimizer, ckpt_path)
+                _non_finite(value, epoch, step, optimizer, ckpt_path, saved)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         pending.append((loss.detach(), dice_per_image_torch(logits.detach().float(), yb).mean()))
         if progress.sync_due(step):
-            _read_back(pending, losses, dices, epoch, step, optimizer, ckpt_path, ddp=ddp)
-            progress.show(step, len(idx), losses, dices)
+            _read_back(pending, losses, dices, epoch, step, optimizer, ckpt_path, ddp=ddp, saved=saved)
+            progress.show(step, size, losses, dices)
         else:
-            progress.count(len(idx))
-    _read_back(pending, losses, dices, epoch, len(starts), optimizer, ckpt_path, ddp=ddp)
+            progress.count(size)
+    _read_back(pending, losses, dices, epoch, len(starts), optimizer, ckpt_path, ddp=ddp, saved=saved)
     progress.close()
     return {
         "epoch": epoch,
@@ -788,8 +873,54 @@ def _train_epoch(
     }
 
 
+def _batch_starts(n: int, batch_size: int, ddp) -> list[int]:
+    """Where an epoch's (global) batches start in the permutation of ``n`` images."""
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()  # a last batch of one image breaks BatchNorm statistics: dropped this epoch
+    return ddp.even_batches(starts, n, batch_size)  # DDP: only global batches that split evenly
+
+
+def epoch_batches(x, y, cfg: TrainConfig, device: torch.device, gen: torch.Generator, ddp=None):
+    """An epoch's training batches, in order, as ``(images, masks, global batch size)``: the
+    permutation and the augmentation drawn from ``gen`` (the epoch's CPU generator, seeded with
+    ``(seed, epoch)``), each batch indexed where ``x``/``y`` live, moved to ``device`` if it is not
+    there, augmented on ``device``, cut to this rank's part (DDP) and, on CUDA with
+    ``channels_last``, laid out so — exactly what :func:`_train_epoch` trains on (the epoch
+    benchmark stages the same batches with it)."""
+    from lungseg.training.distributed import SINGLE
+
+    ddp = ddp or SINGLE
+    n = len(x)
+    starts = _batch_starts(n, cfg.batch_size, ddp)
+    order = torch.randperm(n, generator=gen)
+    if order.device != x.device:
+        order = order.to(x.device, non_blocking=True)  # data on the GPU: index it there
+    for start in starts:
+        idx = order[start : start + cfg.batch_size]
+        xb, yb = x[idx], y[idx]
+        if xb.device != device:  # data in host memory, training on CUDA: the batch goes over first
+            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+        yb = yb.long()  # (masks on the GPU are kept as uint8)
+        if cfg.augment:  # on the batch's device, with parameters drawn on the CPU from gen
+            xb, yb = augment(xb, yb, gen)
+        xb, yb = ddp.shard(xb), ddp.shard(yb)  # DDP: this rank's part of the (augmented) global batch
+        if device.type == "cuda" and cfg.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        yield xb, yb, len(idx)
+
+
 def _read_back(
-    pending: list, losses: list[float], dices: list[float], epoch: int, step: int, optimizer, ckpt_path: Path, ddp=None
+    pending: list,
+    losses: list[float],
+    dices: list[float],
+    epoch: int,
+    step: int,
+    optimizer,
+    ckpt_path: Path,
+    ddp=None,
+    *,
+    saved: int | None = None,
 ) -> None:
     """Move the pending device values into ``losses``/``dices`` (one host sync); a non-finite loss
     among them is a ``TrainingError`` naming its step. Under DDP the values are averaged over the
@@ -805,19 +936,23 @@ def _read_back(
     pending.clear()
     for i, (loss, dice) in enumerate(zip(step_losses, step_dices)):
         if not math.isfinite(loss):
-            _non_finite(loss, epoch, first + i, optimizer, ckpt_path)
+            _non_finite(loss, epoch, first + i, optimizer, ckpt_path, saved)
         losses.append(loss)
         dices.append(dice)
 
 
-def _non_finite(value: float, epoch: int, step: int, optimizer, ckpt_path: Path) -> None:
-    last = (
-        f"the last good checkpoint is {ckpt_path} (epoch {epoch - 1})"
-        if ckpt_path.is_file()
+def _non_finite(value: float, epoch: int, step: int, optimizer, ckpt_path: Path, saved: int | None = None) -> None:
+    """A :class:`TrainingError` naming the step and ``ckpt_path``, the last good checkpoint, with
+    ``saved``, the epoch it holds as the loop knows it (0: none; a background write of it may still be
+    finishing) — without it, the previous epoch's, if the file exists."""
+    written = saved > 0 if saved is not None else ckpt_path.is_file()
+    where = (
+        f"the last good checkpoint is {ckpt_path} (epoch {epoch - 1 if saved is None else saved})"
+        if written
         else "no checkpoint was written yet"
     )
     raise TrainingError(
-        f"loss became {value} at epoch {epoch}, step {step} (lr {optimizer.param_groups[0]['lr']:g}); {last}"
+        f"loss became {value} at epoch {epoch}, step {step} (lr {optimizer.param_groups[0]['lr']:g}); {where}"
     )
 
 
@@ -902,20 +1037,25 @@ def _clock(seconds: float) -> str:
 
 @torch.no_grad()
 def _validate(model, loss_fn, x, y, cfg: TrainConfig, device) -> tuple[float, float]:
-    """(mean loss, Dice mean over images) on the validation split."""
+    """(mean loss, Dice mean over images) on the validation split (``x``/``y`` as :func:`stage_data`
+    gives them). The values stay on the device until the end: one read-back, not one per batch."""
     model.eval()
-    losses, dices = [], []
+    losses, sizes, dices = [], [], []
     bs = max(cfg.batch_size, 8)
     for start in range(0, len(x), bs):
-        xb, yb = x[start : start + bs].to(device), y[start : start + bs].to(device)
+        xb = x[start : start + bs].to(device, non_blocking=True)
+        yb = y[start : start + bs].to(device, non_blocking=True).long()
         if device.type == "cuda" and cfg.channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.amp):
             logits = model(xb)
         logits = logits.float()
-        losses.append(loss_fn(logits, yb).item() * len(xb))
-        dices.append(dice_per_image_torch(logits, yb).cpu())
-    return float(sum(losses) / len(x)), float(torch.cat(dices).mean())
+        losses.append(loss_fn(logits, yb).detach())
+        sizes.append(len(xb))
+        dices.append(dice_per_image_torch(logits, yb))
+    # the same float arithmetic as reading each batch's loss at once: float(loss) * n, summed in order
+    total = sum(value * n for value, n in zip(torch.stack(losses).tolist(), sizes))
+    return float(total / len(x)), float(torch.cat(dices).mean())
 
 
 def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
@@ -954,9 +1094,12 @@ __all__ = [
     "TrainState",
     "build_model",
     "effective_config",
+    "epoch_batches",
     "load_checkpoint",
     "model_identity",
+    "keep_on_device",
     "save_checkpoint",
+    "stage_data",
     "train",
     "training_preprocessing",
 ]

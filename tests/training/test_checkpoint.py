@@ -138,3 +138,103 @@ def test_optimizer_state_follows_its_parameters_after_a_resume():
     empty = torch.optim.Adam(torch.nn.Linear(3, 2).parameters())
     optimizer_to_params(empty)  # a fresh optimizer (no state yet) is left alone
     assert not empty.state
+
+
+def test_the_full_checkpoint_is_due_every_n_epochs_at_the_end_and_with_every_best():
+    state = TrainState(_info())
+    due = []
+    for epoch in range(1, 8):
+        state.end_epoch(_row(epoch, 0.1), min_epochs=99, patience=0)  # warm-up throughout: never improves
+        due.append(state.checkpoint_due(3, 7, improved=False))
+    assert [e for e, d in zip(range(1, 8), due) if d] == [3, 6, 7]  # every 3rd and the last
+    assert all(TrainState(_info(), epoch=e).checkpoint_due(1, 7, improved=False) for e in range(1, 8))  # default
+    assert TrainState(_info(), epoch=4).checkpoint_due(3, 7, improved=True)  # best.pt is never newer
+    assert TrainState(_info(), epoch=4, stopped_early=True).checkpoint_due(3, 7, improved=False)
+
+
+def _trained() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(1, 2, 3)
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.1)
+    net(torch.rand(2, 1, 5, 5)).sum().backward()
+    optimizer.step()
+    return net, optimizer
+
+
+def test_a_background_write_holds_the_state_of_its_epoch(tmp_path, monkeypatch):
+    """The writer thread is held until training has changed everything in place (weights, Adam's
+    moments and step, the history): the files still hold the state at the end of the epoch, equal
+    to what a synchronous write of that state gives."""
+    import threading
+
+    from lungseg.training import checkpoint as ck
+
+    net, optimizer = _trained()
+    state = TrainState(_info(), run_id="r")
+    improved = state.end_epoch(_row(1, 0.4), min_epochs=0, patience=0)
+    (tmp_path / "sync").mkdir()
+    state.save(tmp_path / "sync", net, optimizer, None, improved=improved)  # the reference: written at once
+
+    release, real = threading.Event(), ck.save_checkpoint
+    held = []
+
+    def held_save(obj, path):
+        held.append(path.name)
+        assert release.wait(30)
+        real(obj, path)
+
+    monkeypatch.setattr(ck, "save_checkpoint", held_save)
+    writer = ck.CheckpointWriter(background=True)
+    state.save(tmp_path, net, optimizer, None, improved=improved, writer=writer)
+    net(torch.rand(2, 1, 5, 5)).sum().backward()  # the next epoch trains meanwhile
+    optimizer.step()
+    state.end_epoch(_row(2, 0.1), min_epochs=0, patience=0)
+    assert not (tmp_path / "checkpoint.pt").exists()  # still held
+    release.set()
+    writer.wait()
+    assert held == ["best.pt", "checkpoint.pt"]  # best first, as a synchronous save
+    for name in ("checkpoint.pt", "best.pt"):
+        got, want = load_checkpoint(tmp_path / name), load_checkpoint(tmp_path / "sync" / name)
+        assert got["epoch"] == want["epoch"] == 1
+        for key in want["model_state"]:
+            assert torch.equal(got["model_state"][key], want["model_state"][key]), key
+    got, want = load_checkpoint(tmp_path / "checkpoint.pt"), load_checkpoint(tmp_path / "sync" / "checkpoint.pt")
+    assert got["history"] == want["history"] and len(got["history"]) == 1
+    for i, moments in want["optimizer_state"]["state"].items():
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(got["optimizer_state"]["state"][i][key], moments[key]), (i, key)
+    assert not torch.equal(got["model_state"]["weight"], net.weight.detach())  # training did move on
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "checkpoint.pt", "sync"]  # no temporaries
+
+
+def test_a_background_write_error_is_raised_at_the_next_write_and_never_lost(tmp_path, capsys):
+    from lungseg.training.checkpoint import CheckpointWriter
+
+    writer = CheckpointWriter(background=True)
+    unpicklable = {"fn": lambda: None}  # torch.save fails on it, in the writer thread
+    writer.write([(unpicklable, tmp_path / "checkpoint.pt")])
+    with pytest.raises(Exception, match="lambda|pickle"):
+        writer.write([({"epoch": 2}, tmp_path / "checkpoint.pt")])  # the previous write's error, raised here
+    assert list(tmp_path.iterdir()) == []  # nothing half-written, and the new write was not started
+    writer.write([({"epoch": 3}, tmp_path / "checkpoint.pt")])  # raised once: the writer goes on
+    writer.wait()
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False) == {"epoch": 3}
+
+    writer.write([(unpicklable, tmp_path / "best.pt")])
+    with pytest.raises(Exception, match="lambda|pickle"):
+        writer.wait()  # the end of a run: the last write's error
+    writer.write([(unpicklable, tmp_path / "best.pt")])
+    writer.abandon()  # a run failing anyway: reported, not raised
+    assert "lungseg: warning: a checkpoint write failed too:" in capsys.readouterr().err
+    writer.wait()  # and not raised again later
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
+def test_temporaries_of_a_killed_write_are_removed(tmp_path):
+    from lungseg.training.checkpoint import remove_stale_temporaries
+
+    for name in (".checkpoint.pt.tmp-123", ".best.pt.tmp-7", "checkpoint.pt", ".history.csv.tmp-1", "notes.tmp-2"):
+        (tmp_path / name).write_bytes(b"x")
+    gone = remove_stale_temporaries(tmp_path)
+    assert sorted(p.name for p in gone) == [".best.pt.tmp-7", ".checkpoint.pt.tmp-123"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".history.csv.tmp-1", "checkpoint.pt", "notes.tmp-2"]

@@ -143,6 +143,107 @@ def test_killed_run_resumes_exactly(tmp_path, tiny_data):
     assert run.info.status == "FINISHED" and run.data.metrics["best_val_dice"] == a["best"]
 
 
+def _history_rows(path: Path) -> int:
+    try:
+        return len(path.read_text(encoding="utf-8").strip().splitlines()) - 1
+    except FileNotFoundError:
+        return 0
+
+
+@pytest.mark.slow
+def test_a_run_killed_between_checkpoints_re_runs_the_lost_epochs_exactly(tmp_path, tiny_data):
+    """checkpoint_every=3 with background writes: SIGKILL after epoch 4 (checkpoint.pt holds epoch 3),
+    resume re-runs epoch 4 and ends bitwise like an uninterrupted run with the defaults (a checkpoint
+    every epoch, written at once). min_epochs=6: no epoch before the last improves, so no best.pt
+    forces an extra checkpoint."""
+    common = dict(epochs=6, model="lgnet", min_epochs=6)
+    params = write_params(tmp_path / "p.yaml", _uri(tmp_path), checkpoint_every=3, checkpoint_async=True, **common)
+    killed = tmp_path / "killed"
+    partial = tmp_path / "killed.partial"
+    proc = _run_cli(params, tiny_data, killed)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if _history_rows(partial / "history.csv") >= 4 and (partial / "checkpoint.pt").is_file():
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout.read()
+    assert load_checkpoint(partial / "checkpoint.pt")["epoch"] == 3  # the only checkpoint written so far
+    assert 4 <= _history_rows(partial / "history.csv") < 6  # epoch 4 (or 5) trained and lost
+    assert not (partial / "best.pt").exists() and not killed.exists()
+
+    resumed = _run_cli(params, tiny_data, killed, "--resume")
+    log = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, log
+    assert f"resuming {partial / 'checkpoint.pt'} after epoch 3" in log and "changed train settings" not in log
+    assert "epoch 4/6" in log  # re-run
+
+    straight = _run_cli(write_params(tmp_path / "q.yaml", _uri(tmp_path), **common), tiny_data, tmp_path / "straight")
+    log2 = straight.communicate(timeout=300)[0]
+    assert straight.returncode == 0, log2
+    for name in ("checkpoint.pt", "best.pt"):
+        a, b = load_checkpoint(killed / name), load_checkpoint(tmp_path / "straight" / name)
+        assert a["epoch"] == b["epoch"] == 6, name
+        for key in b["model_state"]:
+            assert torch.equal(a["model_state"][key], b["model_state"][key]), (name, key)
+    a, b = load_checkpoint(killed / "checkpoint.pt"), load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+    no_time = [{k: v for k, v in row.items() if k != "seconds"} for row in b["history"]]
+    assert [{k: v for k, v in row.items() if k != "seconds"} for row in a["history"]] == no_time
+    for group_a, group_b in zip(a["optimizer_state"]["state"].values(), b["optimizer_state"]["state"].values()):
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(group_a[key], group_b[key]), key
+    assert a["scheduler_state"] == b["scheduler_state"] and a["best_epoch"] == 6
+    assert not [p.name for p in killed.iterdir() if ".tmp-" in p.name]  # no temporaries in the output
+
+
+def test_a_non_finite_loss_names_the_checkpoint_the_run_can_resume_from(tmp_path):
+    """With checkpoint_every > 1 the last checkpoint is not always the previous epoch's."""
+    from lungseg.training.loop import _non_finite
+
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    ckpt = tmp_path / "checkpoint.pt"
+    with pytest.raises(TrainingError, match=rf"epoch 5, step 2 .*; the last good checkpoint is {ckpt} \(epoch 3\)"):
+        _non_finite(float("nan"), 5, 2, optimizer, ckpt, saved=3)  # (a background write may still be finishing)
+    with pytest.raises(TrainingError, match="no checkpoint was written yet"):
+        _non_finite(float("inf"), 2, 1, optimizer, ckpt, saved=0)
+    ckpt.write_bytes(b"x")
+    with pytest.raises(TrainingError, match=r"\(epoch 4\)"):
+        _non_finite(float("nan"), 5, 1, optimizer, ckpt)  # without saved: the previous epoch, if the file exists
+
+
+def test_the_data_stays_where_it_was_on_the_cpu_and_goes_to_the_gpu_when_it_fits(tiny_data):
+    from lungseg.config import TrainConfig
+    from lungseg.data.dataset import load_split
+    from lungseg.training.loop import DATA_ON_DEVICE_SHARE, keep_on_device, stage_data
+
+    train_set, val_set = load_split(tiny_data, "train"), load_split(tiny_data, "val")
+    for setting in ("auto", True, False):  # the CPU trains where the arrays are: today's tensors, no copy
+        x, y, xv, yv = stage_data(train_set, val_set, TrainConfig(data_on_device=setting), torch.device("cpu"))
+        assert x.data_ptr() == train_set.images.ctypes.data and xv.data_ptr() == val_set.images.ctypes.data
+        assert y.dtype == yv.dtype == torch.long and torch.equal(y, torch.from_numpy(train_set.masks).long())
+    gib = 2**30
+    assert DATA_ON_DEVICE_SHARE == 0.25
+    assert keep_on_device("auto", 2 * gib, 8 * gib) and not keep_on_device("auto", 2 * gib + 1, 8 * gib)
+    assert keep_on_device(True, 9 * gib, 8 * gib) and not keep_on_device(False, 1, 8 * gib)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_the_data_on_the_device_trains_like_the_data_in_host_memory(tmp_path, tiny_data, capsys):
+    """Where the arrays live changes where batches are indexed, not what is trained: the same
+    augmented batches, so the same history up to GPU float non-determinism."""
+    rows = {}
+    for setting in (True, False):
+        params = load_params(
+            write_params(tmp_path / f"{setting}.yaml", _uri(tmp_path), epochs=2, device="cuda", data_on_device=setting)
+        )
+        rows[setting] = train(params, tiny_data, tmp_path / f"out-{setting}").history
+    err = capsys.readouterr().err
+    assert "lungseg: training data on cuda" in err and "training data kept in host memory" in err
+    for a, b in zip(rows[True], rows[False]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
+
+
 @pytest.mark.slow
 def test_resume_with_other_architecture_is_refused(tmp_path, tiny_data):
     train(load_params(write_params(tmp_path / "p.yaml", _uri(tmp_path), epochs=1)), tiny_data, tmp_path / "out")
