@@ -1,6 +1,6 @@
 # The two commands of the README:
 #   make repro   install (once) and run the whole pipeline with `dvc repro` on the bundled sample
-#   make test    install (once), lint, and run the whole test suite (what .ci/run calls)
+#   make test    install (once), lint, and run the whole test suite on 2 workers (what .ci/run calls)
 # For the edit loop:
 #   make test-fast   the tests not marked slow or integration (under a minute on 2 cores)
 #   make lint        ruff check + ruff format --check (configuration in pyproject.toml)
@@ -39,9 +39,12 @@ repro: install
 lint: install
 	source $(VENV)/bin/activate && ruff check . && ruff format --check .
 
-# pytest exits 5 when it selects no test: make fails on it, in both targets
+# pytest exits 5 when it selects no test: make fails on it, in both targets (also under xdist).
+# TEST_WORKERS pytest-xdist processes, each running one test file at a time (--dist loadfile: a
+# module's fixtures — servers, DVC projects, the image — stay in one process); 0 runs in-process.
+TEST_WORKERS ?= 2
 test: install lint
-	source $(VENV)/bin/activate && python -m pytest
+	source $(VENV)/bin/activate && python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 test-fast: install
 	source $(VENV)/bin/activate && python -m pytest -m "not slow and not integration"
