@@ -69,6 +69,7 @@ def test_record_writes_the_json_and_renders_it(bench, tmp_path):
     assert bench.render(tmp_path).read_text(encoding="utf-8") == md  # --render-only gives the same file
 
 
+@pytest.mark.slow
 def test_the_timed_steps_are_the_loops_steps(bench, tiny_data):
     """What is timed as "steps" is the loop's own training minus its bookkeeping: from the same start,
     the pure steps over the staged batches and lungseg's epoch end with bitwise the same weights and

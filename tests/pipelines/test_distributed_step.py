@@ -63,6 +63,7 @@ def _manifest(doc: dict) -> dict:
     return json.loads(params["job_manifest"]["runtimeValue"]["constant"])
 
 
+@pytest.mark.slow
 def test_one_gpu_in_all_compiles_the_one_gpu_pipeline(tmp_path):
     one = _compile(tmp_path / "one.yaml", "--nodes", "1", "--gpus-per-node", "1")
     default = _compile(tmp_path / "default.yaml")

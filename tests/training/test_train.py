@@ -285,6 +285,7 @@ def test_nan_loss_stops_with_clear_error_and_keeps_previous_output(tmp_path, tin
     assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]  # the poisoned run ended FAILED
 
 
+@pytest.mark.slow
 def test_a_failure_after_the_last_epoch_ends_the_run_failed(tmp_path, tiny_data, monkeypatch):
     """The run is ended by its ``with`` block: an error while the results are logged (here the disk
     filling up as the curves are drawn) marks it FAILED, not left RUNNING, and nothing is published."""
