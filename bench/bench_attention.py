@@ -65,6 +65,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _report import device_label, write_record  # noqa: E402
 
 from lungseg.io import atomic_write_text  # noqa: E402
 from lungseg.models import create_model  # noqa: E402
@@ -422,14 +425,6 @@ def exact512_rows(args, device, dtype) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 
 
-def device_label(device: torch.device, threads: int) -> tuple[str, str]:
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = f"CPU {platform.processor() or platform.machine()} ({threads} thread{'s' if threads > 1 else ''})"
-    return name, re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-
-
 def _f(v, fmt="{:.2f}") -> str:
     return "n/a" if v is None else fmt.format(v)
 
@@ -589,9 +584,7 @@ def main(argv: list[str] | None = None) -> int:
         **({"note": args.note} if args.note else {}),
         **({"tag": args.tag} if args.tag else {}),
     }
-    (args.results / "attention").mkdir(parents=True, exist_ok=True)
-    out = args.results / "attention" / (f"{label}-{args.tag}.json" if args.tag else f"{label}.json")
-    atomic_write_text(out, json.dumps(record, indent=1) + "\n")
+    out = write_record(record, args.results, "attention", label, args.tag)
     render(args.results)
     print(f"wrote {out} and {args.results / 'ATTENTION.md'}")
     return 0

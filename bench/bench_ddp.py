@@ -46,6 +46,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _report import cpu_name, slug, write_record  # noqa: E402
 
 from lungseg.io import atomic_write_text  # noqa: E402
 
@@ -155,10 +158,8 @@ def device_name(device: str, threads: int | None) -> tuple[str, str]:
     if device == "cuda":
         name = f"{torch.cuda.device_count()}× {torch.cuda.get_device_name(0)}"
     else:
-        name = (
-            f"CPU {platform.processor() or platform.machine()} ({threads or torch.get_num_threads()} threads a process)"
-        )
-    return name, re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+        name = cpu_name(f"{threads or torch.get_num_threads()} threads a process")
+    return name, slug(name)
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -282,11 +283,8 @@ def main(argv: list[str] | None = None) -> dict | None:
 
 def record(result: dict, results_dir: Path) -> Path:
     """``result`` as ``<results_dir>/ddp/<device>[-<tag>].json`` (``DDP.md`` is re-rendered by the caller)."""
-    folder = results_dir / "ddp"
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{result['slug']}{'-' + result['tag'] if result.get('tag') else ''}.json"
-    atomic_write_text(target, json.dumps({k: v for k, v in result.items() if k != "slug"}, indent=2) + "\n")
-    return target
+    record = {k: v for k, v in result.items() if k != "slug"}
+    return write_record(record, results_dir, "ddp", result["slug"], result.get("tag"))
 
 
 if __name__ == "__main__":

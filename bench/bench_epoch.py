@@ -55,6 +55,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _report import device_label, write_record  # noqa: E402
 
 from lungseg.io import atomic_write_text  # noqa: E402
 
@@ -80,14 +83,6 @@ def loadavg() -> list[float]:
 def is_busy(load1: float, threads: int) -> bool:
     """More runnable work than the cores left free for this benchmark's threads."""
     return load1 > max((os.cpu_count() or 1) - threads, 0) + 0.5
-
-
-def device_label(device: torch.device, threads: int) -> tuple[str, str]:
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = f"CPU {platform.processor() or platform.machine()} ({threads} thread{'s' if threads > 1 else ''})"
-    return name, re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def _sync(device: torch.device) -> None:
@@ -313,11 +308,8 @@ def render(results_dir: Path) -> Path:
 
 def record(result: dict, results_dir: Path) -> Path:
     """``result`` as ``<results_dir>/epoch/<device>[-<tag>].json`` (``EPOCH.md`` is re-rendered by the caller)."""
-    folder = results_dir / "epoch"
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{result['slug']}{'-' + result['tag'] if result.get('tag') else ''}.json"
-    atomic_write_text(target, json.dumps({k: v for k, v in result.items() if k != "slug"}, indent=1) + "\n")
-    return target
+    record = {k: v for k, v in result.items() if k != "slug"}
+    return write_record(record, results_dir, "epoch", result["slug"], result.get("tag"))
 
 
 def main(argv: list[str] | None = None) -> dict | None:
