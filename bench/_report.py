@@ -42,3 +42,19 @@ def write_record(record: dict, results_dir: Path, kind: str, label: str, tag: st
     target = folder / (f"{label}-{tag}.json" if tag else f"{label}.json")
     atomic_write_text(target, json.dumps(record, indent=1) + "\n")
     return target
+
+
+def add_record_arguments(ap, results: Path, page: str, tag_help: str) -> None:
+    """``--results``, ``--record``, ``--tag``, ``--note``, ``--render-only``: where and when a benchmark
+    writes (a plain run writes nothing)."""
+    ap.add_argument("--results", type=Path, default=results)
+    ap.add_argument("--record", action="store_true", help=f"write the JSON and re-render {page}")
+    ap.add_argument("--tag", default=None, help=tag_help)
+    ap.add_argument("--note", default=None, help=f"why this run was made / how to read it (shown in {page})")
+    ap.add_argument("--render-only", action="store_true")
+
+
+def check_tag(ap, tag: str | None) -> None:
+    """``ap.error`` unless ``tag`` (the result file's suffix) is lower-case letters, digits and '-'."""
+    if tag is not None and not re.fullmatch(r"[a-z0-9][a-z0-9-]*", tag):
+        ap.error(f"--tag {tag!r}: use lower-case letters, digits and '-'")

@@ -53,7 +53,6 @@ import gc
 import json
 import math
 import platform
-import re
 import subprocess
 import sys
 import time
@@ -67,7 +66,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _report import device_label, write_record  # noqa: E402
+from _report import add_record_arguments, check_tag, device_label, write_record  # noqa: E402
 
 from lungseg.io import atomic_write_text  # noqa: E402
 from lungseg.models import create_model  # noqa: E402
@@ -532,11 +531,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", nargs="*", default=DEFAULT_MODELS, help=f"subset of {list(MODEL_VARIANTS)}")
     ap.add_argument("--exact512", action="store_true", help="also run the exact 512² skips (minutes on CPU)")
     ap.add_argument("--exact512-levels", type=int, nargs="*", default=[1, 2, 3], help="which of levels 1 2 3")
-    ap.add_argument("--record", action="store_true", help="write the JSON and re-render ATTENTION.md")
-    ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
-    ap.add_argument("--note", default=None, help="why this run was made / how to read it (rendered)")
-    ap.add_argument("--tag", default=None, help="suffix of the result file (keeps a partial run beside the full one)")
-    ap.add_argument("--render-only", action="store_true")
+    add_record_arguments(
+        ap,
+        ROOT / "bench" / "results",
+        "ATTENTION.md",
+        "suffix of the result file (keeps a partial run beside the full one)",
+    )
     ap.add_argument("--_peak", nargs=7, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.threads is not None:
@@ -551,8 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         render(args.results)
         print(f"wrote {args.results / 'ATTENTION.md'}")
         return 0
-    if args.tag is not None and not re.fullmatch(r"[a-z0-9][a-z0-9-]*", args.tag):
-        ap.error(f"--tag {args.tag!r}: use lower-case letters, digits and '-'")
+    check_tag(ap, args.tag)
     unknown = set(args.models) - set(MODEL_VARIANTS)
     if unknown:
         ap.error(f"--models: unknown {sorted(unknown)}; valid: {list(MODEL_VARIANTS)}")

@@ -34,7 +34,6 @@ import datetime as dt
 import json
 import os
 import platform
-import re
 import shlex
 import socket
 import statistics
@@ -48,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _report import cpu_name, slug, write_record  # noqa: E402
+from _report import add_record_arguments, check_tag, cpu_name, slug, write_record  # noqa: E402
 
 from lungseg.io import atomic_write_text  # noqa: E402
 
@@ -248,17 +247,12 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--batch-per-gpu", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=3, help="the first is a warm-up")
     ap.add_argument("--threads", type=int, default=None, help="torch threads a process (CPU)")
-    ap.add_argument("--results", type=Path, default=RESULTS)
-    ap.add_argument("--record", action="store_true", help="write the JSON and re-render DDP.md")
-    ap.add_argument("--tag", default=None)
-    ap.add_argument("--note", default=None)
-    ap.add_argument("--render-only", action="store_true")
+    add_record_arguments(ap, RESULTS, "DDP.md", "suffix of the result file (keeps a re-run beside the first)")
     args = ap.parse_args(argv)
     if args.render_only:
         print(f"wrote {render(args.results)}")
         return None
-    if args.tag is not None and not re.fullmatch(r"[a-z0-9][a-z0-9-]*", args.tag):
-        ap.error(f"--tag {args.tag!r}: use lower-case letters, digits and '-'")
+    check_tag(ap, args.tag)
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device")
     if args.world is None:

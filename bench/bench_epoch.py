@@ -42,7 +42,6 @@ import datetime as dt
 import json
 import os
 import platform
-import re
 import shlex
 import statistics
 import sys
@@ -57,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _report import device_label, write_record  # noqa: E402
+from _report import add_record_arguments, check_tag, device_label, write_record  # noqa: E402
 
 from lungseg.io import atomic_write_text  # noqa: E402
 
@@ -327,17 +326,12 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--data-on-device", default="auto", choices=("auto", "true", "false"))
     ap.add_argument("--checkpoint-every", type=int, default=1, help="whole-epoch ratio: train.checkpoint_every")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads, pinned and recorded (default 1)")
-    ap.add_argument("--results", type=Path, default=RESULTS)
-    ap.add_argument("--record", action="store_true", help="write the JSON and re-render EPOCH.md")
-    ap.add_argument("--tag", default=None, help="suffix of the result file (keeps a re-run beside the first)")
-    ap.add_argument("--note", default=None, help="why this run was made / how to read it (shown in EPOCH.md)")
-    ap.add_argument("--render-only", action="store_true")
+    add_record_arguments(ap, RESULTS, "EPOCH.md", "suffix of the result file (keeps a re-run beside the first)")
     args = ap.parse_args(argv)
     if args.render_only:
         print(f"wrote {render(args.results)}")
         return None
-    if args.tag is not None and not re.fullmatch(r"[a-z0-9][a-z0-9-]*", args.tag):
-        ap.error(f"--tag {args.tag!r}: use lower-case letters, digits and '-'")
+    check_tag(ap, args.tag)
     if args.model not in list_models():
         ap.error(f"--model {args.model!r}: unknown (valid: {', '.join(list_models())})")
     if min(args.threads, args.repeats, args.checkpoint_every, args.base) < 1 or args.batch < 2:
