@@ -212,6 +212,11 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     return gone
 
 
+def _save_all(items: list[tuple[dict[str, Any], Path]]) -> None:
+    for obj, path in items:
+        save_checkpoint(obj, path)
+
+
 class CheckpointWriter:
     """Writes checkpoint files one batch at a time: in the calling thread, or (``background``) in one
     background thread, so that the next epoch trains while the files are written.
@@ -231,16 +236,14 @@ class CheckpointWriter:
         """Write every ``(content, path)`` in order with :func:`save_checkpoint`."""
         self.wait()
         if not self.background:
-            for obj, path in items:
-                save_checkpoint(obj, path)
+            _save_all(items)
             return
         self._thread = threading.Thread(target=self._run, args=(items,), name="lungseg-checkpoint-writer")
         self._thread.start()
 
     def _run(self, items: list[tuple[dict[str, Any], Path]]) -> None:
         try:
-            for obj, path in items:
-                save_checkpoint(obj, path)
+            _save_all(items)
         except BaseException as exc:  # noqa: BLE001 - handed to the training thread, raised there
             self._error = exc
 
