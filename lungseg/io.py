@@ -4,11 +4,20 @@ A step that fails part-way leaves the previous output (if any) untouched and no 
 folder or file behind. An output folder never replaces a *file* of the same name (nor an output
 file a folder): that is a :class:`~lungseg.errors.DataError` naming the path, raised before any
 work (:func:`check_output_dir`, :func:`check_output_file`).
+
+Never delete what lungseg did not write
+    Every folder lungseg puts in place carries a marker file, :data:`MARKER`. An existing output folder
+    is replaced only when it is empty or holds that marker (a previous lungseg output); any other
+    non-empty folder is a :class:`~lungseg.errors.DataError` raised before any work, unless the caller
+    allows it (``--overwrite`` on the command line: :func:`overwrite_allowed`). Whatever the setting, an
+    output folder that is the current folder or holds it, or that holds one of the command's inputs
+    (``keep``), is refused: replacing it would delete the work folder or the input itself.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import os
 import shutil
@@ -19,16 +28,33 @@ from typing import Any
 
 from lungseg.provenance import file_sha256
 
+#: the file every lungseg output folder carries; a folder with it may be replaced as a whole
+MARKER = ".lungseg-output"
+MARKER_TEXT = "This folder was written by lungseg; lungseg may replace it as a whole.\n"
+
+_OVERWRITE: contextvars.ContextVar[bool] = contextvars.ContextVar("lungseg_overwrite", default=False)
+
 
 @contextlib.contextmanager
-def atomic_dir(target: str | Path) -> Iterator[Path]:
+def overwrite_allowed(allowed: bool = True) -> Iterator[None]:
+    """Within the block, output folders that lungseg did not write may be replaced (``--overwrite``)."""
+    token = _OVERWRITE.set(bool(allowed))
+    try:
+        yield
+    finally:
+        _OVERWRITE.reset(token)
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path, *, keep: tuple[str | Path, ...] = ()) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``target``; on success it replaces ``target``.
 
     The swap is two renames (old → backup, tmp → target) on the same filesystem; the backup is
     removed afterwards. On any exception the temporary folder is deleted and ``target`` is kept.
+    ``target`` is checked (:func:`check_output_dir`) before the block runs and again before the swap.
     """
     target = Path(target)
-    check_output_dir(target)
+    check_output_dir(target, keep=keep)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
@@ -37,20 +63,31 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     try:
-        replace_dir(tmp, target)
+        replace_dir(tmp, target, keep=keep)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def replace_dir(src: str | Path, target: str | Path) -> None:
+def replace_dir(
+    src: str | Path,
+    target: str | Path,
+    *,
+    keep: tuple[str | Path, ...] = (),
+    mark: bool = True,
+    overwrite: bool | None = None,
+) -> None:
     """Move the finished folder ``src`` to ``target`` by renames (same filesystem).
 
-    A previous ``target`` is renamed aside first and deleted only once ``src`` is in place; if the
-    second rename fails, the previous ``target`` is put back.
+    ``target`` must pass :func:`check_output_dir` (``keep``, ``overwrite``). ``src`` gets :data:`MARKER`
+    unless ``mark`` is false (a copy of a data version, whose content must hash to that version). A
+    previous ``target`` is renamed aside first and deleted only once ``src`` is in place; if the second
+    rename fails, the previous ``target`` is put back.
     """
     src, target = Path(src), Path(target)
-    check_output_dir(target)
+    check_output_dir(target, keep=keep, overwrite=overwrite)
+    if mark:
+        (src / MARKER).write_text(MARKER_TEXT, encoding="utf-8")
     backup = None
     if target.exists():
         backup = target.parent / f".{target.name}.old-{os.getpid()}"
@@ -67,9 +104,12 @@ def replace_dir(src: str | Path, target: str | Path) -> None:
         shutil.rmtree(backup, ignore_errors=True)
 
 
-def check_output_dir(path: str | Path) -> Path:
-    """``path`` as an output *folder*: absent, or a folder (then it is replaced as a whole).
-    A file there is a :class:`~lungseg.errors.DataError` (it would be silently replaced)."""
+def check_output_dir(path: str | Path, *, keep: tuple[str | Path, ...] = (), overwrite: bool | None = None) -> Path:
+    """``path`` as an output *folder*, checked before any work (module docstring): absent, empty, or a
+    previous lungseg output (it holds :data:`MARKER`); another non-empty folder only when ``overwrite``
+    (default: :func:`overwrite_allowed`'s setting). Never a file, the current folder or a folder that
+    holds it, nor a folder holding one of the paths in ``keep`` (the command's inputs). Each refusal is
+    a :class:`~lungseg.errors.DataError` naming the path."""
     from lungseg.errors import DataError
 
     path = Path(path)
@@ -79,7 +119,32 @@ def check_output_dir(path: str | Path) -> Path:
         )
     if path.parent.exists() and not path.parent.is_dir():
         raise DataError(path.parent, "is a file, not a folder: cannot write an output inside it")
+    if not path.is_dir():
+        return path
+    resolved = path.resolve()
+    if _inside(Path.cwd().resolve(), resolved):
+        raise DataError(
+            path, "is the current folder or holds it: the output folder is replaced as a whole; name a new sub-folder"
+        )
+    for item in keep:
+        if _inside(Path(item).resolve(), resolved):
+            raise DataError(
+                path, f"holds the input {item}: the output folder is replaced as a whole; name another folder"
+            )
+    if overwrite is None:
+        overwrite = _OVERWRITE.get()
+    if not overwrite and not (path / MARKER).is_file() and any(path.iterdir()):
+        raise DataError(
+            path,
+            "exists, is not empty and was not written by lungseg: it would be replaced as a whole; "
+            "name a new folder, or pass --overwrite to replace it",
+        )
     return path
+
+
+def _inside(inner: Path, outer: Path) -> bool:
+    """``inner`` is ``outer`` or lies inside it (both resolved)."""
+    return inner == outer or outer in inner.parents
 
 
 def check_output_file(path: str | Path) -> Path:

@@ -244,7 +244,9 @@ def fetch(
         got = folder_hash(tmp / "data")
         if got.md5 != version.md5:
             raise DataError(version.path, f"fetched data hashes to {got.md5}, not {version.md5}")
-        replace_dir(tmp / "data", dest)
+        # dest is a staging path of lungseg's own (content-addressed): an interrupted copy there is
+        # replaced; no marker, the copy must hash to the version
+        replace_dir(tmp / "data", dest, mark=False, overwrite=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -9,10 +10,11 @@ def test_atomic_dir_replaces_on_success(tmp_path):
     target = tmp_path / "out"
     target.mkdir()
     (target / "old.txt").write_text("old")
+    (target / ".lungseg-output").write_text("")  # a previous lungseg output
     with atomic_dir(target) as tmp:
         assert tmp != target and tmp.parent == tmp_path
         (tmp / "new.txt").write_text("new")
-    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in target.iterdir()) == [".lungseg-output", "new.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temp or backup left
 
 
@@ -20,6 +22,7 @@ def test_atomic_dir_keeps_old_output_on_failure(tmp_path):
     target = tmp_path / "out"
     target.mkdir()
     (target / "old.txt").write_text("old")
+    (target / ".lungseg-output").write_text("")
     with pytest.raises(RuntimeError, match="boom"):
         with atomic_dir(target) as tmp:
             (tmp / "half.txt").write_text("half")
@@ -105,3 +108,106 @@ def test_sha256_file(tmp_path):
     path = tmp_path / "w.bin"
     path.write_bytes(b"\x00\x01" * 700_000)  # more than one read block
     assert sha256_file(path) == "sha256:" + hashlib.sha256(b"\x00\x01" * 700_000).hexdigest()
+
+
+# ----------------------------------------------------------------- never delete what lungseg did not write
+def test_a_folder_lungseg_did_not_write_is_never_replaced_unless_allowed(tmp_path):
+    """A non-empty `--output` folder without lungseg's marker was replaced whole (a user's keepme.txt deleted)."""
+    from lungseg.errors import DataError
+    from lungseg.io import MARKER, overwrite_allowed
+
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "keepme.txt").write_text("precious", encoding="utf-8")
+    with pytest.raises(DataError, match=r"mine: exists, is not empty and was not written by lungseg.*--overwrite"):
+        with atomic_dir(target) as tmp:
+            raise AssertionError("the block must not run")  # refused before any work
+    assert (target / "keepme.txt").read_text(encoding="utf-8") == "precious"
+    assert [p.name for p in tmp_path.iterdir()] == ["mine"]  # no temporary left
+    with overwrite_allowed():
+        with atomic_dir(target) as tmp:
+            (tmp / "new.txt").write_text("new", encoding="utf-8")
+    assert sorted(p.name for p in target.iterdir()) == [MARKER, "new.txt"]
+    # now it is lungseg's: replaced again without being allowed
+    with atomic_dir(target) as tmp:
+        (tmp / "newer.txt").write_text("newer", encoding="utf-8")
+    assert sorted(p.name for p in target.iterdir()) == [MARKER, "newer.txt"]
+
+
+def test_an_empty_folder_is_used_and_marked(tmp_path):
+    from lungseg.io import MARKER
+
+    target = tmp_path / "empty"
+    target.mkdir()
+    with atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("a", encoding="utf-8")
+    assert sorted(p.name for p in target.iterdir()) == [MARKER, "a.txt"]
+
+
+def test_a_folder_that_appears_during_the_work_is_still_protected(tmp_path):
+    """The check runs again before the swap: a user folder created meanwhile is not replaced."""
+    from lungseg.errors import DataError
+
+    target = tmp_path / "late"
+    with pytest.raises(DataError, match=r"late: exists, is not empty and was not written by lungseg"):
+        with atomic_dir(target) as tmp:
+            (tmp / "a.txt").write_text("a", encoding="utf-8")
+            target.mkdir()
+            (target / "user.txt").write_text("u", encoding="utf-8")
+    assert sorted(p.name for p in target.iterdir()) == ["user.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["late"]
+
+
+def test_the_current_folder_or_one_holding_an_input_is_refused_even_when_allowed(tmp_path, monkeypatch):
+    from lungseg.errors import DataError
+    from lungseg.io import check_output_dir, overwrite_allowed
+
+    work = tmp_path / "work"
+    (work / "sub").mkdir(parents=True)
+    monkeypatch.chdir(work / "sub")
+    with overwrite_allowed():
+        for path in (Path("."), work / "sub", work, Path("..")):
+            with pytest.raises(DataError, match=r"is the current folder or holds it"):
+                check_output_dir(path)
+        scans = tmp_path / "scans"
+        scans.mkdir()
+        (scans / "a.nii.gz").write_bytes(b"x")
+        with pytest.raises(DataError, match=r"scans: holds the input .*a\.nii\.gz"):
+            check_output_dir(scans, keep=(scans / "a.nii.gz",))
+        assert check_output_dir(scans) == scans  # allowed, holding no input
+
+
+def test_a_data_copy_is_not_marked(tmp_path):
+    """replace_dir(mark=False): a fetched data version must hash to that version (lineage.fetch)."""
+    from lungseg.io import replace_dir
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.png").write_bytes(b"a")
+    replace_dir(src, tmp_path / "copy", mark=False)
+    assert [p.name for p in (tmp_path / "copy").iterdir()] == ["a.png"]
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate", "export", "preprocess", "train"])
+def test_every_output_folder_command_refuses_a_user_folder_before_any_work(tmp_path, monkeypatch, capsys, command):
+    """The CLI checks `--output` before the command runs (here the model/data do not even exist:
+    the answer is about the output, so no inference or training could have started)."""
+    from lungseg.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "keepme.txt").write_text("precious", encoding="utf-8")
+    args = {
+        "predict": ["--input", "missing.nii.gz", "--model", "missing-model"],
+        "evaluate": ["--model", "missing-model", "--data", "missing-data"],
+        "export": ["--model", "missing-model", "--format", "onnx", "--check-input", "missing.nii.gz"],
+        "preprocess": ["--dataset", "medseg", "--input", "missing-raw"],
+        "train": ["--data", "missing-data"],
+    }[command]
+    assert main([command, *args, "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "results: exists, is not empty and was not written by lungseg" in err
+    assert [p.name for p in out.iterdir()] == ["keepme.txt"]
+    assert main([command, *args, "--output", "."]) == 2
+    assert "is the current folder or holds it" in capsys.readouterr().err

@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lungseg.cli._common import add_params_argument, load
+from lungseg.cli._common import add_output_folder_argument, add_params_argument, load
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate a trained model on a split")
     p.add_argument("--model", type=Path, required=True, help="training output folder (from lungseg train)")
     p.add_argument("--data", type=Path, required=True, help="preprocessed dataset folder")
-    p.add_argument("--output", type=Path, required=True, help="folder for the report (replaced atomically)")
+    add_output_folder_argument(
+        p, "folder for the report (replaced atomically); a folder lungseg did not write is refused unless --overwrite"
+    )
     p.add_argument(
         "--allow-preprocessing-mismatch",
         action="store_true",

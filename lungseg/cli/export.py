@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lungseg.cli._common import add_params_argument
+from lungseg.cli._common import add_output_folder_argument, add_params_argument
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -18,7 +18,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, help="training output folder, checkpoint file or MLflow model URI")
     p.add_argument("--format", required=True, choices=("onnx", "torchscript"))
-    p.add_argument("--output", type=Path, required=True, help="output folder (replaced atomically)")
+    add_output_folder_argument(
+        p, "output folder (replaced atomically); a folder lungseg did not write is refused unless --overwrite"
+    )
     p.add_argument(
         "--check-input",
         type=Path,

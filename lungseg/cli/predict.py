@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lungseg.cli._common import add_params_argument
+from lungseg.cli._common import add_output_folder_argument, add_params_argument
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -23,7 +23,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
         required=True,
         help="a NIfTI file, a DICOM series folder, or a folder of PNG/TIFF slices (or one slice)",
     )
-    p.add_argument("--output", type=Path, required=True, help="output folder (replaced atomically)")
+    add_output_folder_argument(
+        p, "output folder (replaced atomically); a folder lungseg did not write is refused unless --overwrite"
+    )
     p.add_argument(
         "--model",
         help="training output folder, checkpoint file or MLflow model URI; its role (lung "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lungseg.cli._common import add_params_argument, load
+from lungseg.cli._common import add_output_folder_argument, add_params_argument, load
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -16,7 +16,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="reader: medseg, covid-semiseg, kaggle-64, kaggle-tiff, msd-lung, pairs, nifti, dicom (docs/data.md)",
     )
     p.add_argument("--input", type=Path, required=True, help="folder of the raw dataset")
-    p.add_argument("--output", type=Path, required=True, help="folder to write (replaced atomically)")
+    add_output_folder_argument(
+        p, "folder to write (replaced atomically); a folder lungseg did not write is refused unless --overwrite"
+    )
     add_params_argument(p)
     return p
 

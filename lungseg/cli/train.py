@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lungseg.cli._common import add_params_argument, load
+from lungseg.cli._common import add_output_folder_argument, add_params_argument, load
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model (checkpoint every epoch, MLflow tracking)")
     p.add_argument("--data", type=Path, required=True, help="preprocessed dataset folder")
-    p.add_argument("--output", type=Path, required=True, help="folder for checkpoints and the final model")
+    add_output_folder_argument(
+        p, "folder for checkpoints and the final model; a folder lungseg did not write is refused unless --overwrite"
+    )
     p.add_argument("--resume", action="store_true", help="resume from the last checkpoint in --output")
     add_params_argument(p)
     return p

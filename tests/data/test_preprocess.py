@@ -15,7 +15,7 @@ from lungseg.data.preprocess import preprocess
 from lungseg.data.readers import RawDataset, RawSlice
 from lungseg.errors import DataError, ValidationFailed
 
-CONTRACT_FILES = {"images.npy", "masks.npy", "manifest.csv", "meta.json", "validation.json"}
+CONTRACT_FILES = {"images.npy", "masks.npy", "manifest.csv", "meta.json", "validation.json", ".lungseg-output"}
 
 
 def _check_canonical(out, meta_counts):
@@ -133,7 +133,14 @@ def test_same_data_gives_byte_identical_output_wherever_it_lives(tmp_path, sampl
             == 0
         )
         files = sorted((root / "processed").iterdir())
-        assert [f.name for f in files] == ["images.npy", "manifest.csv", "masks.npy", "meta.json", "validation.json"]
+        assert [f.name for f in files] == [
+            ".lungseg-output",
+            "images.npy",
+            "manifest.csv",
+            "masks.npy",
+            "meta.json",
+            "validation.json",
+        ]
         digests.append({f.name: hashlib.md5(f.read_bytes()).hexdigest() for f in files})
     assert digests[0] == digests[1]
     assert read_meta(tmp_path / "checkout-a" / "processed")["source_dir"] == "data/sample"
