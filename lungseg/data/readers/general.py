@@ -60,6 +60,27 @@ def read_split_file(path: Path, ids: list[str]) -> SplitFile:
     every image listed once. ``val`` is not a value: validation slices are carved from ``train``
     (``preprocess.val_fraction``, by patient when patient ids are given). Every problem is a
     ``DataError`` naming the file and the line."""
+    (_, header), rows = _split_file_lines(path)
+    _check_split_header(path, header)
+    known, seen = set(ids), {}
+    split: dict[str, str] | None = {} if "split" in header else None
+    patient: dict[str, str] | None = {} if "patient_id" in header else None
+    for n, cells in rows:
+        row = _split_row(path, n, header, cells, known, seen)
+        seen[row["id"]] = n
+        if split is not None:
+            split[row["id"]] = _split_hint(path, n, row)
+        if patient is not None:
+            patient[row["id"]] = row["patient_id"]
+    _check_every_image_listed(path, ids, seen)
+    if split is not None:
+        _check_split_values(path, split, patient, seen)
+    return SplitFile(path, split, patient)
+
+
+def _split_file_lines(path: Path) -> tuple[tuple[int, list[str]], list[tuple[int, list[str]]]]:
+    """The header line and the rows of the split file, each ``(line number, stripped cells)``, blank
+    lines skipped (``DataError`` when it cannot be read or has no line)."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             lines = list(csv.reader(fh))
@@ -72,7 +93,11 @@ def read_split_file(path: Path, ids: list[str]) -> SplitFile:
             "empty split file: expected a header line 'id,split', 'id,patient_id' or "
             "'id,split,patient_id' and one row per image",
         )
-    (_, header), rows = numbered[0], numbered[1:]
+    return numbered[0], numbered[1:]
+
+
+def _check_split_header(path: Path, header: list[str]) -> None:
+    """``DataError`` unless the header names known columns, each once, ``id`` and another."""
     unknown = [c for c in header if c not in SPLIT_COLUMNS]
     if unknown:
         raise DataError(
@@ -82,34 +107,41 @@ def read_split_file(path: Path, ids: list[str]) -> SplitFile:
         raise DataError(path, f"line 1: a column is named twice ({','.join(header)})")
     if "id" not in header or len(header) < 2:
         raise DataError(path, f"line 1: the header needs 'id' and 'split' and/or 'patient_id' (got {','.join(header)})")
-    known, seen = set(ids), {}
-    split: dict[str, str] | None = {} if "split" in header else None
-    patient: dict[str, str] | None = {} if "patient_id" in header else None
-    for n, cells in rows:
-        if len(cells) != len(header):
-            raise DataError(path, f"line {n}: expected {len(header)} fields ({','.join(header)}), got {len(cells)}")
-        row = dict(zip(header, cells, strict=True))
-        key = row["id"]
-        for col, value in row.items():
-            if not value:
-                raise DataError(path, f"line {n}: empty {col}" + (f" for {key!r}" if key else ""))
-        if key not in known:
-            raise DataError(
-                path, f"line {n}: id {key!r} is not an image in images/ (an id is the image's file name without suffix)"
-            )
-        if key in seen:
-            raise DataError(path, f"line {n}: id {key!r} is listed twice (first on line {seen[key]})")
-        seen[key] = n
-        if split is not None:
-            if row["split"] not in SPLIT_VALUES:
-                raise DataError(
-                    path,
-                    f"line {n}: split {row['split']!r} for {key!r}: must be train or test "
-                    "(val is carved from train by preprocess.val_fraction)",
-                )
-            split[key] = SPLIT_VALUES[row["split"]]
-        if patient is not None:
-            patient[key] = row["patient_id"]
+
+
+def _split_row(
+    path: Path, n: int, header: list[str], cells: list[str], known: set[str], seen: dict[str, int]
+) -> dict[str, str]:
+    """Line ``n`` as ``{column: value}``: ``DataError`` when it has another number of fields than the
+    header, an empty value, an id that is not an image or one already listed (``seen``: id → line)."""
+    if len(cells) != len(header):
+        raise DataError(path, f"line {n}: expected {len(header)} fields ({','.join(header)}), got {len(cells)}")
+    row = dict(zip(header, cells, strict=True))
+    key = row["id"]
+    for col, value in row.items():
+        if not value:
+            raise DataError(path, f"line {n}: empty {col}" + (f" for {key!r}" if key else ""))
+    if key not in known:
+        raise DataError(
+            path, f"line {n}: id {key!r} is not an image in images/ (an id is the image's file name without suffix)"
+        )
+    if key in seen:
+        raise DataError(path, f"line {n}: id {key!r} is listed twice (first on line {seen[key]})")
+    return row
+
+
+def _split_hint(path: Path, n: int, row: dict[str, str]) -> str:
+    """The reader's split hint of line ``n``'s ``split`` value (``DataError`` unless train or test)."""
+    if row["split"] not in SPLIT_VALUES:
+        raise DataError(
+            path,
+            f"line {n}: split {row['split']!r} for {row['id']!r}: must be train or test "
+            "(val is carved from train by preprocess.val_fraction)",
+        )
+    return SPLIT_VALUES[row["split"]]
+
+
+def _check_every_image_listed(path: Path, ids: list[str], seen: dict[str, int]) -> None:
     missing = [i for i in ids if i not in seen]
     if missing:
         raise DataError(
@@ -117,23 +149,29 @@ def read_split_file(path: Path, ids: list[str]) -> SplitFile:
             f"{len(missing)} image(s) have no row, e.g. {', '.join(map(repr, missing[:3]))}: "
             "every image in images/ needs one",
         )
-    if split is not None:
-        for hint, name in (("test", "test"), ("pool", "train")):
-            if hint not in split.values():
-                raise DataError(path, f"no row has split {name}: a split file needs train and test images")
-        if patient is not None:
-            name = {"pool": "train", "test": "test"}
-            first_of: dict[str, str] = {}
-            for key in sorted(seen, key=seen.__getitem__):  # in file order
-                first = first_of.setdefault(patient[key], key)
-                if split[first] != split[key]:
-                    raise DataError(
-                        path,
-                        f"line {seen[key]}: patient {patient[key]!r} is in {name[split[key]]} here "
-                        f"and in {name[split[first]]} on line {seen[first]}: all slices of a "
-                        "patient share one split",
-                    )
-    return SplitFile(path, split, patient)
+
+
+def _check_split_values(
+    path: Path, split: dict[str, str], patient: dict[str, str] | None, seen: dict[str, int]
+) -> None:
+    """``DataError`` unless both train and test have rows and, with patient ids, every patient's
+    rows share one split (the first conflicting line, in file order, is named)."""
+    for hint, name in (("test", "test"), ("pool", "train")):
+        if hint not in split.values():
+            raise DataError(path, f"no row has split {name}: a split file needs train and test images")
+    if patient is None:
+        return
+    name = {"pool": "train", "test": "test"}
+    first_of: dict[str, str] = {}
+    for key in sorted(seen, key=seen.__getitem__):  # in file order
+        first = first_of.setdefault(patient[key], key)
+        if split[first] != split[key]:
+            raise DataError(
+                path,
+                f"line {seen[key]}: patient {patient[key]!r} is in {name[split[key]]} here "
+                f"and in {name[split[first]]} on line {seen[first]}: all slices of a "
+                "patient share one split",
+            )
 
 
 @register_reader("pairs", "images/ + masks/ folders of PNG/JPG/TIFF matched by file stem (optional split.csv)")
