@@ -40,7 +40,7 @@ def test_missing_or_broken_file(tmp_path):
     with pytest.raises(ConfigError, match="parameter file not found"):
         load_params(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
-    bad.write_text("train: [unclosed\n")
+    bad.write_text("train: [unclosed\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
         load_params(bad)
 

@@ -9,11 +9,11 @@ from lungseg.io import atomic_dir, atomic_write_json
 def test_atomic_dir_replaces_on_success(tmp_path):
     target = tmp_path / "out"
     target.mkdir()
-    (target / "old.txt").write_text("old")
-    (target / ".lungseg-output").write_text("")  # a previous lungseg output
+    (target / "old.txt").write_text("old", encoding="utf-8")
+    (target / ".lungseg-output").write_text("", encoding="utf-8")  # a previous lungseg output
     with atomic_dir(target) as tmp:
         assert tmp != target and tmp.parent == tmp_path
-        (tmp / "new.txt").write_text("new")
+        (tmp / "new.txt").write_text("new", encoding="utf-8")
     assert sorted(p.name for p in target.iterdir()) == [".lungseg-output", "new.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temp or backup left
 
@@ -21,13 +21,13 @@ def test_atomic_dir_replaces_on_success(tmp_path):
 def test_atomic_dir_keeps_old_output_on_failure(tmp_path):
     target = tmp_path / "out"
     target.mkdir()
-    (target / "old.txt").write_text("old")
-    (target / ".lungseg-output").write_text("")
+    (target / "old.txt").write_text("old", encoding="utf-8")
+    (target / ".lungseg-output").write_text("", encoding="utf-8")
     with pytest.raises(RuntimeError, match="boom"):
         with atomic_dir(target) as tmp:
-            (tmp / "half.txt").write_text("half")
+            (tmp / "half.txt").write_text("half", encoding="utf-8")
             raise RuntimeError("boom")
-    assert (target / "old.txt").read_text() == "old"
+    assert (target / "old.txt").read_text(encoding="utf-8") == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
@@ -40,7 +40,7 @@ def test_atomic_dir_failure_without_previous_output_leaves_nothing(tmp_path):
 
 def test_atomic_write_json(tmp_path):
     p = atomic_write_json(tmp_path / "a" / "m.json", {"b": 1, "a": 2})
-    assert json.loads(p.read_text()) == {"a": 2, "b": 1}
+    assert json.loads(p.read_text(encoding="utf-8")) == {"a": 2, "b": 1}
     assert [x.name for x in p.parent.iterdir()] == ["m.json"]
 
 

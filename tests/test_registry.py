@@ -56,7 +56,7 @@ def test_first_model_becomes_champion_and_decision_is_recorded(tmp_path, trackin
 
     assert decision.decision == "champion" and decision.alias == "champion"
     assert decision.champion_before is None and decision.candidate == pytest.approx(0.61)
-    written = json.loads(out.read_text())
+    written = json.loads(out.read_text(encoding="utf-8"))
     for key in ("model_name", "version", "metric", "candidate", "champion_before", "decision", "alias"):
         assert key in written
     assert written["version"] == decision.version and written["decision"] == "champion"
@@ -108,9 +108,9 @@ def test_lower_is_better_metric(tmp_path, tracking_uri, request):
 
     def cand(tag, hd95):
         model_dir, eval_dir, _ = _candidate(tmp_path, tracking_uri, tag, dice=0.5)
-        m = json.loads((eval_dir / "metrics.json").read_text())
+        m = json.loads((eval_dir / "metrics.json").read_text(encoding="utf-8"))
         m["hd95_mean"] = hd95
-        (eval_dir / "metrics.json").write_text(json.dumps(m))
+        (eval_dir / "metrics.json").write_text(json.dumps(m), encoding="utf-8")
         return model_dir, eval_dir
 
     assert register(params, *cand("a", 12.0), tmp_path / "a.json").decision == "champion"
@@ -189,7 +189,9 @@ def test_cli_register(tmp_path, tracking_uri, params, capsys):
     model_dir, eval_dir, _ = _candidate(tmp_path, tracking_uri, "a", dice=0.42)
     params_file = tmp_path / "params.yaml"
     sections = params.to_dict()
-    params_file.write_text(json.dumps({k: sections[k] for k in ("register", "mlflow")}))  # JSON is YAML
+    params_file.write_text(
+        json.dumps({k: sections[k] for k in ("register", "mlflow")}), encoding="utf-8"
+    )  # JSON is YAML
     out = tmp_path / "reg.json"
     code = main(
         [
@@ -206,7 +208,7 @@ def test_cli_register(tmp_path, tracking_uri, params, capsys):
     )
     assert code == 0
     assert "champion" in capsys.readouterr().out
-    assert json.loads(out.read_text())["decision"] == "champion"
+    assert json.loads(out.read_text(encoding="utf-8"))["decision"] == "champion"
     code = main(
         [
             "register",
@@ -304,14 +306,14 @@ def test_evaluation_of_another_model_is_refused_and_nothing_is_registered(tmp_pa
         register(params, model_c, eval_c, tmp_path / "x.json")
     # a report that does not say which model it evaluated (older lungseg evaluate)
     model_d, eval_d, _ = _candidate(tmp_path, tracking_uri, "d", dice=0.5)
-    m = json.loads((eval_d / "metrics.json").read_text())
+    m = json.loads((eval_d / "metrics.json").read_text(encoding="utf-8"))
     del m["model_sha256"], m["run_id"]
     (eval_d / "metrics.json").write_text(json.dumps(m), encoding="utf-8")
     with pytest.raises(DataError, match=r"does not say which model it evaluated"):
         register(params, model_d, eval_d, tmp_path / "x.json")
     # the last epoch's checkpoint evaluated (best.pt was broken): not the registered weights
     model_e, eval_e, _ = _candidate(tmp_path, tracking_uri, "e", dice=0.5)
-    m = json.loads((eval_e / "metrics.json").read_text())
+    m = json.loads((eval_e / "metrics.json").read_text(encoding="utf-8"))
     m.update(checkpoint="checkpoint.pt", checkpoint_fallback="best.pt: not a readable checkpoint")
     (eval_e / "metrics.json").write_text(json.dumps(m), encoding="utf-8")
     with pytest.raises(DataError, match=r"evaluated checkpoint\.pt \(best\.pt: not a readable checkpoint\)"):
@@ -347,7 +349,7 @@ def test_below_min_metric_is_registered_but_never_promoted(tmp_path, tracking_ur
     zero = register(params, *_candidate(tmp_path, tracking_uri, "zero", dice=0.0)[:2], tmp_path / "zero.json")
     assert zero.decision == "challenger" and zero.champion_before is None
     assert "below register.min_metric 0.1" in zero.reason
-    assert json.loads((tmp_path / "zero.json").read_text())["reason"] == zero.reason
+    assert json.loads((tmp_path / "zero.json").read_text(encoding="utf-8"))["reason"] == zero.reason
     tags = client.get_model_version(name, zero.version).tags
     assert tags["lungseg.below_min_metric"] == "true" and tags["lungseg.decision"] == "challenger"
     assert "champion" not in client.get_registered_model(name).aliases

@@ -91,20 +91,20 @@ def test_training_survives_the_tracking_server_dying(server, tmp_path_factory, t
     history = tmp_path / "out.partial" / "history.csv"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-        if history.is_file() and len(history.read_text().splitlines()) >= 2:  # epoch 1 done
+        if history.is_file() and len(history.read_text(encoding="utf-8").splitlines()) >= 2:  # epoch 1 done
             _crash(server)
             break
         time.sleep(0.05)
     assert server.proc is None, "training finished before the server could be stopped"
     log = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, log  # training went on without its tracking server
-    info = json.loads((out / "mlflow_run.json").read_text())
+    info = json.loads((out / "mlflow_run.json").read_text(encoding="utf-8"))
     assert info["lost_logging"] > 0 and info["model_uri"] is None
     assert any(c.startswith("log_model(model)") for c in info["lost_calls"]), info["lost_calls"]
     assert any(c.startswith("end_run(FINISHED)") for c in info["lost_calls"])
     lost_steps = [c for c in info["lost_calls"] if c.startswith("log_metrics(step=")]
     assert "TrackingWarning" in log and "could not be delivered" in log
-    assert json.loads((out / "train_metrics.json").read_text())["epochs_run"] == 5
+    assert json.loads((out / "train_metrics.json").read_text(encoding="utf-8"))["epochs_run"] == 5
 
     _restart(server)  # what was logged before the outage is still there, and only that was
     client = MlflowClient(server.uri)

@@ -40,7 +40,7 @@ def write_params(path: Path, tracking_uri: str | None, **train) -> Path:
     """A params.yaml with tiny training settings; ``tracking_uri=None`` keeps the default store."""
     mlflow = {"experiment": "tests"} if tracking_uri is None else {"tracking_uri": tracking_uri, "experiment": "tests"}
     data = {"train": {**TINY_TRAIN, **train}, "mlflow": mlflow, "evaluate": {"n_overlays": 1}}
-    path.write_text(yaml.safe_dump(data))
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
     return path
 
 

@@ -25,17 +25,17 @@ def test_committed_readme_is_the_rendering_of_the_committed_json(bench, tmp_path
     for path in RESULTS.glob("*.json"):
         shutil.copyfile(path, tmp_path / path.name)
     bench.render_readme(tmp_path)
-    assert (tmp_path / "README.md").read_text() == (RESULTS / "README.md").read_text(), (
-        "run `python bench/bench_models.py --render-only` and commit the README"
-    )
+    assert (tmp_path / "README.md").read_text(encoding="utf-8") == (RESULTS / "README.md").read_text(
+        encoding="utf-8"
+    ), "run `python bench/bench_models.py --render-only` and commit the README"
 
 
 def test_note_and_tag_are_rendered_under_their_heading(bench, tmp_path):
-    result = json.loads((RESULTS / "cpu-x86-64-2-threads.json").read_text())
+    result = json.loads((RESULTS / "cpu-x86-64-2-threads.json").read_text(encoding="utf-8"))
     result.update(tag="rerun", note="why this run exists")
-    (tmp_path / "x.json").write_text(json.dumps(result))
+    (tmp_path / "x.json").write_text(json.dumps(result), encoding="utf-8")
     bench.render_readme(tmp_path)
-    text = (tmp_path / "README.md").read_text()
+    text = (tmp_path / "README.md").read_text(encoding="utf-8")
     heading = f"## {result['device']} (rerun)\n\n> why this run exists\n\n- date: {result['date']}"
     assert heading in text
     assert f"| unet | {result['rows'][0]['size']} | BasicUNet |" in text

@@ -30,7 +30,7 @@ def test_every_subcommand_is_listed():
 
 def test_config_error_is_one_line_and_nonzero(tmp_path, capsys):
     bad = tmp_path / "params.yaml"
-    bad.write_text("train: {epochs: many}\n")
+    bad.write_text("train: {epochs: many}\n", encoding="utf-8")
     code = main(
         [
             "preprocess",

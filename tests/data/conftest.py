@@ -20,7 +20,7 @@ def cfg() -> PreprocessConfig:
 def params_file(tmp_path_factory) -> Path:
     """A params.yaml for CLI runs (only the preprocess section; the rest are defaults)."""
     path = tmp_path_factory.mktemp("params") / "params.yaml"
-    path.write_text(f"preprocess:\n  image_size: {SIZE}\n")
+    path.write_text(f"preprocess:\n  image_size: {SIZE}\n", encoding="utf-8")
     return path
 
 

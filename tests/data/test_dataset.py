@@ -51,9 +51,9 @@ def test_missing_folder_file_and_split_are_data_errors(tmp_path, processed_medse
 
 
 def test_invalid_meta_is_a_data_error(tmp_path):
-    (tmp_path / "meta.json").write_text("{not json")
+    (tmp_path / "meta.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(DataError, match="not valid JSON"):
         read_meta(tmp_path)
-    (tmp_path / "meta.json").write_text(json.dumps([1, 2]))
+    (tmp_path / "meta.json").write_text(json.dumps([1, 2]), encoding="utf-8")
     with pytest.raises(DataError, match="JSON object"):
         read_meta(tmp_path)

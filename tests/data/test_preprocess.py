@@ -31,7 +31,7 @@ def _check_canonical(out, meta_counts):
     assert manifest["split"].value_counts().to_dict() == meta["counts"] == meta_counts
     # the manifest's per-slice foreground agrees with the arrays
     np.testing.assert_allclose(manifest["foreground_fraction"], (masks > 0).mean(axis=(1, 2)))
-    assert json.loads((out / "validation.json").read_text())["success"] is True
+    assert json.loads((out / "validation.json").read_text(encoding="utf-8"))["success"] is True
     return images, masks, manifest, meta
 
 
@@ -102,7 +102,9 @@ def test_sample_via_cli(tmp_path, sample_dir, params_file, capsys):
     assert "22 slices" in capsys.readouterr().out
     _check_canonical(out, read_meta(out)["counts"])
     assert load_split(out, "test").manifest["id"].tolist() == sorted(
-        f"tr_im_{line.split()[0][-8:-4]}" for line in (sample_dir / "test.txt").read_text().splitlines() if line.strip()
+        f"tr_im_{line.split()[0][-8:-4]}"
+        for line in (sample_dir / "test.txt").read_text(encoding="utf-8").splitlines()
+        if line.strip()
     )
 
 
@@ -259,7 +261,7 @@ def test_failed_validation_reports_ids_and_writes_nothing(tmp_path, shared_data,
         preprocess("unscaled", src, out, PreprocessConfig(image_size=64))
     assert "s3" in str(err.value) and "img_max" in str(err.value)
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["out.validation-failed.json"]
-    report = json.loads((tmp_path / "out.validation-failed.json").read_text())
+    report = json.loads((tmp_path / "out.validation-failed.json").read_text(encoding="utf-8"))
     assert report["success"] is False and report["failing_ids"] == ["s3"]
 
 

@@ -13,7 +13,7 @@ def _load(folder):
         pd.read_csv(folder / "manifest.csv", dtype={"id": str, "patient_id": str}),
         np.load(folder / "images.npy"),
         np.load(folder / "masks.npy"),
-        json.loads((folder / "meta.json").read_text()),
+        json.loads((folder / "meta.json").read_text(encoding="utf-8")),
     )
 
 
@@ -49,7 +49,7 @@ def test_corruptions_are_caught_and_named(processed_medseg, tmp_path):
             patient_level=False,
             report_path=tmp_path / "r.json",
         )
-    report = json.loads((tmp_path / "r.json").read_text())
+    report = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
     failed = {c["kwargs"].get("column") or c["kwargs"].get("column_A") for c in report["checks"] if not c["success"]}
     assert {"img_nan", "mask_max", "n_in_split"} <= failed
     assert {manifest["id"][5], manifest["id"][7]} <= set(report["failing_ids"])

@@ -38,7 +38,7 @@ def test_tiny_cell_records_real_metrics_and_resumes(tmp_path, shared_data, track
     outcomes = runner.run_table(SPEC, **kw)
     assert [o.status for o in outcomes] == ["done"]
     path = results / "prnet-kaggle" / "cpu" / "unet-seed0.json"
-    rec = json.loads(path.read_text())
+    rec = json.loads(path.read_text(encoding="utf-8"))
 
     assert rec["table"] == "prnet-kaggle" and rec["row"] == "unet" and rec["seed"] == 0
     assert rec["settings"]["base_channels"] == 4 and rec["settings"]["epochs"] == 1

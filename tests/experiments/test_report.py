@@ -224,10 +224,11 @@ def test_update_report_replaces_only_generated_blocks(tmp_path):
     doc.write_text(
         "# Title\n\nHand-written prose.\n\n"
         "<!-- BEGIN GENERATED: lgnet-table1/cpu -->\nstale\n<!-- END GENERATED: lgnet-table1/cpu -->\n\n"
-        "More prose.\n"
+        "More prose.\n",
+        encoding="utf-8",
     )
     update_report(doc, results, {"lgnet-table1": SPEC})
-    text = doc.read_text()
+    text = doc.read_text(encoding="utf-8")
     assert "stale" not in text
     assert "Hand-written prose." in text and "More prose." in text
     assert "70.0 ± 10.0" in text
@@ -235,7 +236,7 @@ def test_update_report_replaces_only_generated_blocks(tmp_path):
     assert "lgnet-table1/gpu" not in text
     first = text
     update_report(doc, results, {"lgnet-table1": SPEC})
-    assert doc.read_text() == first  # regenerating from the same records is idempotent
+    assert doc.read_text(encoding="utf-8") == first  # regenerating from the same records is idempotent
 
 
 def test_update_report_appends_missing_blocks(tmp_path):
@@ -243,7 +244,7 @@ def test_update_report_appends_missing_blocks(tmp_path):
     write(results, make_record("unet", 0, 0.5))
     doc = tmp_path / "results.md"
     update_report(doc, results, {"lgnet-table1": SPEC})
-    text = doc.read_text()
+    text = doc.read_text(encoding="utf-8")
     assert "<!-- BEGIN GENERATED: lgnet-table1/cpu -->" in text
     assert "50.0 (n=1)" in text
 

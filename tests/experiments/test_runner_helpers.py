@@ -53,7 +53,7 @@ def test_existing_record_skips_same_settings_and_refuses_others(tmp_path):
     other = runner.settings_of(runner.effective_profile(SPEC, "cpu", {"epochs": 99}), row)
     with pytest.raises(ConfigError, match="--force"):
         runner.existing_record(path, other)
-    path.write_text("{not json")  # a broken record is simply re-run
+    path.write_text("{not json", encoding="utf-8")  # a broken record is simply re-run
     assert runner.existing_record(path, settings) is None
 
 
@@ -95,10 +95,10 @@ def test_run_table_missing_data_root_is_a_data_error(tmp_path):
 
 def test_folder_digest_changes_with_content_and_names(tmp_path):
     (tmp_path / "a").mkdir()
-    (tmp_path / "a" / "x.txt").write_text("1")
+    (tmp_path / "a" / "x.txt").write_text("1", encoding="utf-8")
     d1 = runner.folder_digest(tmp_path)
     assert d1["n_files"] == 1 and len(d1["sha256"]) == 64
-    (tmp_path / "a" / "x.txt").write_text("2")
+    (tmp_path / "a" / "x.txt").write_text("2", encoding="utf-8")
     d2 = runner.folder_digest(tmp_path)
     (tmp_path / "a" / "x.txt").rename(tmp_path / "a" / "y.txt")
     d3 = runner.folder_digest(tmp_path)

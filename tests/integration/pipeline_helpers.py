@@ -24,7 +24,7 @@ TINY = {
 
 
 def tiny_params(base: Path = REPO / "params.yaml", **extra) -> dict:
-    params = yaml.safe_load(base.read_text())
+    params = yaml.safe_load(base.read_text(encoding="utf-8"))
     for section, values in {**TINY, **extra}.items():
         params.setdefault(section, {}).update(values)
     return params
@@ -53,8 +53,8 @@ def copy_project(dest: Path, params: dict | None = None) -> Path:
         shutil.copy2(REPO / item, dest / item)
     shutil.copytree(REPO / "lungseg", dest / "lungseg", ignore=ignore)
     shutil.copytree(REPO / "data" / "sample", dest / "data" / "sample", ignore=ignore)
-    (dest / ".gitignore").write_text((REPO / ".gitignore").read_text())
-    (dest / "params.yaml").write_text(yaml.safe_dump(params or tiny_params(), sort_keys=False))
+    (dest / ".gitignore").write_text((REPO / ".gitignore").read_text(encoding="utf-8"), encoding="utf-8")
+    (dest / "params.yaml").write_text(yaml.safe_dump(params or tiny_params(), sort_keys=False), encoding="utf-8")
     e = env()
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True, env=e)
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=dest, check=True, env=e)

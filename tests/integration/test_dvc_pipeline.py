@@ -44,20 +44,20 @@ def test_repro_produces_every_stage_output(project):
         "reports/medseg/metrics.json",
     ):
         assert (project / out).is_file(), out
-    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    lock = yaml.safe_load((project / "dvc.lock").read_text(encoding="utf-8"))
     assert set(lock["stages"]) == {"preprocess", "train", "evaluate", "register"}
     # each stage depends on its own params section only (+ mlflow where it logs)
     assert set(lock["stages"]["preprocess"]["params"]["params.yaml"]) == {"preprocess"}
     assert set(lock["stages"]["train"]["params"]["params.yaml"]) == {"train", "mlflow"}
     assert set(lock["stages"]["register"]["params"]["params.yaml"]) == {"register", "mlflow"}
-    decision = json.loads((project / "reports/medseg-registration.json").read_text())
-    trained = yaml.safe_load((project / "params.yaml").read_text())["train"]["model"]
+    decision = json.loads((project / "reports/medseg-registration.json").read_text(encoding="utf-8"))
+    trained = yaml.safe_load((project / "params.yaml").read_text(encoding="utf-8"))["train"]["model"]
     # register.model_name is "lungseg-{model}": filled with the architecture the train stage recorded
     assert decision["decision"] == "champion" and decision["model_name"] == f"lungseg-{trained}"
     metrics = run([*DVC, "metrics", "show", "--json"], project)
     assert metrics.returncode == 0 and "headline.json" in metrics.stdout
     # what the run recorded names the repository's store relative to the repository
-    info = json.loads((project / "models/medseg/mlflow_run.json").read_text())
+    info = json.loads((project / "models/medseg/mlflow_run.json").read_text(encoding="utf-8"))
     assert info["tracking_uri"] == "sqlite:///mlflow.db" and decision["tracking_uri"] == "sqlite:///mlflow.db"
     uri = f"sqlite:///{project / 'mlflow.db'}"
     assert MlflowClient(uri).get_run(info["run_id"]).data.tags["data_dir"] == "data/processed/medseg"
@@ -109,12 +109,12 @@ def test_second_repro_is_fully_cached(project):
 
 def test_failed_stage_keeps_earlier_outputs_and_rerun_resumes(project):
     params_file = project / "params.yaml"
-    good = params_file.read_text()
+    good = params_file.read_text(encoding="utf-8")
     kept = {p: _md5(project / p) for p in ("data/processed/medseg/images.npy", "models/medseg/best.pt")}
     report = _md5(project / "reports/medseg/metrics.json")
     params = yaml.safe_load(good)
     params["evaluate"]["split"] = "no-such-split"
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     failed = run([*DVC, "repro"], project)
     assert failed.returncode != 0
     assert "no-such-split" in failed.stderr + failed.stdout  # the stage's own one-line error
@@ -122,7 +122,7 @@ def test_failed_stage_keeps_earlier_outputs_and_rerun_resumes(project):
     for path, digest in kept.items():
         assert _md5(project / path) == digest, f"{path} changed by a failed later stage"
 
-    params_file.write_text(good)
+    params_file.write_text(good, encoding="utf-8")
     resumed = run([*DVC, "repro"], project)
     assert resumed.returncode == 0, resumed.stderr
     assert "Stage 'preprocess' didn't change, skipping" in resumed.stdout
@@ -142,7 +142,7 @@ def test_experiment_sweep_over_the_model(project):
     assert show.returncode == 0
     assert "prnet-tiny" in show.stdout and '"model": "prnet"' in show.stdout.replace("'", '"')
     # the train stage of every model with the committed params: tests/training/test_readme_sweep.py
-    decision = json.loads((project / "reports/medseg-registration.json").read_text())
+    decision = json.loads((project / "reports/medseg-registration.json").read_text(encoding="utf-8"))
     assert decision["model_name"] == "lungseg-prnet"  # register.model_name's {model}: the swept model
 
 
@@ -180,7 +180,7 @@ def test_queued_experiments_keep_their_runs_and_registrations(exp_project):
     for r in trained:  # the model's artifacts are in the repository's store, not in the deleted workspace
         assert ".dvc/tmp" not in client.get_experiment(r.info.experiment_id).artifact_location
         assert r.info.status == "FINISHED"
-    model = yaml.safe_load((exp_project / "params.yaml").read_text())["train"]["model"]
+    model = yaml.safe_load((exp_project / "params.yaml").read_text(encoding="utf-8"))["train"]["model"]
     versions = MlflowClient(tracking_uri=uri, registry_uri=uri).search_model_versions(f"name = 'lungseg-{model}'")
     assert {r.info.run_id for r in trained} <= {v.run_id for v in versions}
     assert not list((exp_project / ".dvc" / "tmp").rglob("mlflow.db"))
@@ -204,7 +204,7 @@ def test_a_copied_repository_writes_into_its_own_store(project, tmp_path):
     res = run([*DVC, "repro", "--force", "--single-item", "evaluate"], copy)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert _md5(project / "mlflow.db") == original  # the original's store is not written to
-    logged = json.loads((copy / "reports/medseg/mlflow_logging.json").read_text())
+    logged = json.loads((copy / "reports/medseg/mlflow_logging.json").read_text(encoding="utf-8"))
     assert logged["run_id"] in _runs(copy / "mlflow.db") and _md5(copy / "mlflow.db") != original
 
 

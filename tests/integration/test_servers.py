@@ -69,7 +69,7 @@ def test_two_concurrent_registrations_leave_a_consistent_registry(mlflow_server_
     uri = mlflow_server_env.uri
     name = "lsg-concurrent"
     params = tmp_path / "params.yaml"
-    params.write_text(json.dumps({"register": {"model_name": name}, "mlflow": {"tracking_uri": uri}}))
+    params.write_text(json.dumps({"register": {"model_name": name}, "mlflow": {"tracking_uri": uri}}), encoding="utf-8")
     fingerprint = "sha256:" + "c" * 64
     dirs = {}
     for tag, dice in (("low", 0.41), ("high", 0.77)):
@@ -100,7 +100,7 @@ def test_two_concurrent_registrations_leave_a_consistent_registry(mlflow_server_
     for p in procs:
         out, err = p.communicate(timeout=180)
         assert p.returncode == 0, err
-    decisions = {tag: json.loads((tmp_path / f"{tag}.json").read_text()) for tag in dirs}
+    decisions = {tag: json.loads((tmp_path / f"{tag}.json").read_text(encoding="utf-8")) for tag in dirs}
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     champion = client.get_model_version_by_alias(name, "champion")
     assert str(champion.version) == decisions["high"]["version"]
@@ -153,7 +153,7 @@ def test_dvc_remote_push_and_pull_through_s3(s3_env, tmp_path):
     data.mkdir(parents=True)
     payload = os.urandom(200_000)
     (data / "images.npy").write_bytes(payload)
-    (data / "meta.json").write_text('{"dataset": "probe"}')
+    (data / "meta.json").write_text('{"dataset": "probe"}', encoding="utf-8")
     subprocess.run([*dvc, "add", "data/processed"], cwd=src, env=env, check=True, capture_output=True)
     push = subprocess.run([*dvc, "push"], cwd=src, env=env, capture_output=True, text=True)
     assert push.returncode == 0, push.stderr
@@ -180,4 +180,4 @@ def test_dvc_remote_push_and_pull_through_s3(s3_env, tmp_path):
     pull = subprocess.run([*dvc, "pull"], cwd=clone, env=env, capture_output=True, text=True)
     assert pull.returncode == 0, pull.stderr
     assert (clone / "data" / "processed" / "images.npy").read_bytes() == payload
-    assert json.loads((clone / "data" / "processed" / "meta.json").read_text()) == {"dataset": "probe"}
+    assert json.loads((clone / "data" / "processed" / "meta.json").read_text(encoding="utf-8")) == {"dataset": "probe"}

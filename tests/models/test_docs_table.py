@@ -24,7 +24,7 @@ def _rows(table: str) -> dict[str, list[str]]:
 
 @pytest.mark.slow
 def test_docs_table_matches_the_code():
-    doc = (REPO / "docs" / "models.md").read_text()
+    doc = (REPO / "docs" / "models.md").read_text(encoding="utf-8")
     m = re.search(r"<!-- table:start -->\n(.*?)<!-- table:end -->", doc, re.S)
     assert m, "docs/models.md lost its table markers"
     documented = _rows(m.group(1))

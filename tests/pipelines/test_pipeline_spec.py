@@ -32,7 +32,7 @@ DEFAULT_IMAGE = "ghcr.io/lungseg/lungseg:0.1.0"
 def _load(path: Path) -> dict:
     """The pipeline spec and the Kubernetes platform spec (two YAML documents), merged."""
     doc: dict = {}
-    for part in yaml.safe_load_all(path.read_text()):
+    for part in yaml.safe_load_all(path.read_text(encoding="utf-8")):
         doc.update(part)
     return doc
 

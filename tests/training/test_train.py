@@ -57,7 +57,7 @@ def test_train_writes_contract_and_logs_everything_to_mlflow(tmp_path, tiny_data
     assert {a.path for a in client.list_artifacts(result.run_id, "plots")} == {"plots/learning_curves.png"}
     import json
 
-    info = json.loads((out / "mlflow_run.json").read_text())
+    info = json.loads((out / "mlflow_run.json").read_text(encoding="utf-8"))
     assert info["lost_logging"] == 0 and info["run_id"] == result.run_id
     assert info["model"] == client.get_run(result.run_id).data.tags["model"]  # fills register's {model}
     with scoped_tracking_uri(_uri(tmp_path)):
@@ -112,7 +112,7 @@ def test_killed_run_resumes_exactly(tmp_path, tiny_data):
     assert not killed.exists()  # nothing half-written where the output goes
     import json
 
-    partial_run = json.loads((tmp_path / "killed.partial" / "mlflow_run.json").read_text())
+    partial_run = json.loads((tmp_path / "killed.partial" / "mlflow_run.json").read_text(encoding="utf-8"))
     assert partial_run["status"] == "running" and partial_run["run_id"] == load_checkpoint(ckpt)["mlflow_run_id"]
 
     resumed = _run_cli(params, tiny_data, killed, "--resume")
@@ -360,7 +360,7 @@ def test_resume_continues_a_finished_run(tmp_path, tiny_data):
     assert [m.step for m in client.get_metric_history(first.run_id, "val_dice")] == [1, 2, 3]
     run = client.get_run(first.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["lungseg.continued_to_epochs"] == "3"
-    info = json.loads((out / "mlflow_run.json").read_text())
+    info = json.loads((out / "mlflow_run.json").read_text(encoding="utf-8"))
     assert info["run_id"] == first.run_id and "status" not in info
     assert not (tmp_path / "out.partial").exists()
 
