@@ -173,13 +173,22 @@ def slug(text: str) -> str:
 
 def validate_spec(spec: TableSpec) -> list[str]:
     """Problems with ``spec`` against the installed model zoo and readers (empty = valid)."""
-    import inspect
+    from lungseg.models import list_models
 
+    models = list_models()
+    return [
+        *_table_problems(spec),
+        *(p for r in spec.rows for p in _row_problems(spec, r, models)),
+        *_profile_problems(spec, models),
+        *_metric_problems(spec),
+    ]
+
+
+def _table_problems(spec: TableSpec) -> list[str]:
+    """The reader, the seeds (at least 3, distinct) and the row keys (distinct)."""
     from lungseg.data.readers import READERS
-    from lungseg.models import list_models, model_class
 
     problems = []
-    models = list_models()
     if spec.dataset not in READERS:
         problems.append(f"{spec.name}: unknown reader {spec.dataset!r}")
     if len(spec.seeds) < 3 or len(set(spec.seeds)) != len(spec.seeds):
@@ -187,24 +196,39 @@ def validate_spec(spec: TableSpec) -> list[str]:
     keys = [r.key for r in spec.rows]
     if len(set(keys)) != len(keys):
         problems.append(f"{spec.name}: duplicate row keys {keys}")
-    for r in spec.rows:
-        if slug(r.key) != r.key:
-            problems.append(f"{spec.name}: row key {r.key!r} is not file-name safe")
-        if r.model not in models:
-            problems.append(f"{spec.name}/{r.key}: model {r.model!r} not in list_models() {models}")
-            continue
-        params = inspect.signature(model_class(r.model).__init__).parameters
-        kws = set(r.model_kwargs)
-        for prof in spec.profiles.values():
-            kws |= set(prof.model_kwargs(r))
-        for kw in sorted(kws):
-            if kw not in params:
-                problems.append(f"{spec.name}/{r.key}: {r.model} has no constructor argument {kw!r}")
-        if r.published_as is not None and (spec.published is None or r.published_as not in spec.published.values):
-            problems.append(f"{spec.name}/{r.key}: published_as {r.published_as!r} not in the published table")
-    for pname in REQUIRED_PROFILES:
-        if pname not in spec.profiles:
-            problems.append(f"{spec.name}: no {pname!r} profile")
+    return problems
+
+
+def _row_problems(spec: TableSpec, r: Row, models: list[str]) -> list[str]:
+    """Row ``r``: a file-name-safe key, a known model, constructor kwargs it has (the row's and every
+    profile's), a ``published_as`` the published table has."""
+    import inspect
+
+    from lungseg.models import model_class
+
+    problems = []
+    if slug(r.key) != r.key:
+        problems.append(f"{spec.name}: row key {r.key!r} is not file-name safe")
+    if r.model not in models:
+        return [*problems, f"{spec.name}/{r.key}: model {r.model!r} not in list_models() {models}"]
+    params = inspect.signature(model_class(r.model).__init__).parameters
+    kws = set(r.model_kwargs)
+    for prof in spec.profiles.values():
+        kws |= set(prof.model_kwargs(r))
+    for kw in sorted(kws):
+        if kw not in params:
+            problems.append(f"{spec.name}/{r.key}: {r.model} has no constructor argument {kw!r}")
+    if r.published_as is not None and (spec.published is None or r.published_as not in spec.published.values):
+        problems.append(f"{spec.name}/{r.key}: published_as {r.published_as!r} not in the published table")
+    return problems
+
+
+def _profile_problems(spec: TableSpec, models: list[str]) -> list[str]:
+    """The required profiles, then each profile: a known name, a known preset, an image size every
+    row's model divides."""
+    from lungseg.models import model_class
+
+    problems = [f"{spec.name}: no {pname!r} profile" for pname in REQUIRED_PROFILES if pname not in spec.profiles]
     for pname, prof in spec.profiles.items():
         if pname not in PROFILES:
             problems.append(f"{spec.name}: unknown profile {pname!r} (known: {', '.join(PROFILES)})")
@@ -212,13 +236,19 @@ def validate_spec(spec: TableSpec) -> list[str]:
         if prof.preset not in PRESETS:
             problems.append(f"{spec.name}/{pname}: unknown preset {prof.preset!r} (known: {', '.join(PRESETS)})")
         for r in spec.rows:
-            if r.model in models:
-                div = getattr(model_class(r.model), "size_divisor", 16)
-                if prof.image_size % div:
-                    problems.append(
-                        f"{spec.name}/{pname}: image_size {prof.image_size} not a multiple of "
-                        f"{r.model}'s size_divisor {div}"
-                    )
+            div = getattr(model_class(r.model), "size_divisor", 16) if r.model in models else None
+            if div is not None and prof.image_size % div:
+                problems.append(
+                    f"{spec.name}/{pname}: image_size {prof.image_size} not a multiple of "
+                    f"{r.model}'s size_divisor {div}"
+                )
+    return problems
+
+
+def _metric_problems(spec: TableSpec) -> list[str]:
+    """``pooled_beside`` names poolable metrics of the table; the published table's metrics are the
+    table's and each has a unit."""
+    problems = []
     names = {m.name for m in spec.metrics}
     for name in spec.pooled_beside:
         if name not in names or name not in POOLABLE:
