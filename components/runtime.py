@@ -29,8 +29,10 @@ def stage_params(**sections: str):
 
 def run_stage(call: Callable[[], T]) -> T:
     """``call()``; a :class:`~lungseg.errors.LungsegError` becomes ``error: …`` and ``SystemExit(2)``."""
+    from lungseg.cli._logging import configure_logging
     from lungseg.errors import LungsegError
 
+    configure_logging()  # the library's messages in the task's log, as on the command line
     try:
         return call()
     except LungsegError as exc:

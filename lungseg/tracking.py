@@ -13,7 +13,7 @@
 * :func:`mark_stale_run` — a run left ``RUNNING`` by a killed process is set to ``KILLED``.
 * :class:`ResilientRun` — every logging call goes through :meth:`ResilientRun.call`. A call that
   fails (server down, network error, artifact store error) does **not** stop training: it is
-  queued, a warning is printed, and the queue is retried (in order) on later calls once
+  queued, a warning is issued, and the queue is retried (in order) on later calls once
   ``retry_interval_s`` has passed. Use it as a context manager::
 
       with ResilientRun.start(uri, experiment, run_name=...) as run:
@@ -35,14 +35,18 @@ The code commit and the processed data's hash that runs are tagged with come fro
 While a run is open, MLflow's HTTP retry policy is shortened (``MLFLOW_HTTP_REQUEST_MAX_RETRIES=2``,
 ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR=1``, ``MLFLOW_HTTP_REQUEST_TIMEOUT=30``) unless the user set
 those variables: MLflow's defaults (7 retries, factor 2) block one logging call for minutes when
-the server is down. The previous environment is restored by :meth:`ResilientRun.close`.
+the server is down. The previous environment is restored by :meth:`ResilientRun.close`
+(:class:`lungseg.envvars.scoped_environ`).
+
+Messages go to the ``lungseg.tracking`` logger (:mod:`logging`; the command line prints them on
+stderr); failed logging calls are :class:`TrackingWarning` warnings.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -50,6 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lungseg.envvars import scoped_environ
 from lungseg.errors import TrainingError
 from lungseg.provenance import data_hash, git_commit  # noqa: F401  (re-exported: callers import them from here)
 
@@ -65,6 +70,8 @@ class TrackingWarning(UserWarning):
 
 
 SQLITE = "sqlite:///"
+
+log = logging.getLogger(__name__)
 
 
 def repo_root(start: str | Path | None = None) -> Path | None:
@@ -150,41 +157,48 @@ def mark_stale_run(tracking_uri: str, run_id: str, status: str = "KILLED") -> st
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    saved = _shorten_http_retries()
-    try:
-        client = MlflowClient(tracking_uri)
-        current = client.get_run(run_id).info.status
-        if current != "RUNNING":
-            return f"was already {current}"
-        client.set_terminated(run_id, status=status)
-        return f"marked {status}"
-    except (MlflowException, OSError) as exc:
-        return f"could not be marked {status} ({describe_error(exc)})"
-    finally:
-        _restore_env(saved)
+    with short_http_retries():
+        try:
+            client = MlflowClient(tracking_uri)
+            current = client.get_run(run_id).info.status
+            if current != "RUNNING":
+                return f"was already {current}"
+            client.set_terminated(run_id, status=status)
+            return f"marked {status}"
+        except (MlflowException, OSError) as exc:
+            return f"could not be marked {status} ({describe_error(exc)})"
+
+
+#: the variables MLflow's ``set_tracking_uri``/``set_registry_uri`` write (for subprocesses) and read
+URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 
 @contextlib.contextmanager
 def scoped_tracking_uri(uri: str) -> Iterator[None]:
-    """Point MLflow's global tracking/registry URI at ``uri`` inside the block only (restored exactly)."""
+    """Point MLflow's global tracking/registry URI at ``uri`` inside the block only, through MLflow's
+    public API (``mlflow.set_tracking_uri``/``set_registry_uri``, which also set the variables of
+    :data:`URI_VARIABLES`). Afterwards — also on an exception — the variables are exactly as before and
+    ``mlflow.get_tracking_uri()``/``get_registry_uri()`` answer as before: a URI that was set in the
+    process (not only by a variable) is set again, else the globals are cleared and the variables decide."""
     import mlflow
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    saved = tracking_utils._tracking_uri, registry_utils._registry_uri
-    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        yield
-    finally:
-        tracking_utils._tracking_uri = saved[0]
-        registry_utils._registry_uri = saved[1]
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    env = {k: os.environ.get(k) for k in URI_VARIABLES}
+    tracking = mlflow.get_tracking_uri()
+    # set in the process (not by the variable): is_tracking_uri_set() is also true for the variable alone
+    explicit_tracking = (
+        tracking if mlflow.tracking.is_tracking_uri_set() and tracking != env[URI_VARIABLES[0]] else None
+    )
+    registry = mlflow.get_registry_uri()
+    # the registry URI defaults to the tracking URI: differing from it (and the variable), it was set
+    explicit_registry = registry if registry not in (tracking, env[URI_VARIABLES[1]]) else None
+    with scoped_environ(env):  # restores the variables exactly, whatever set_*_uri did to them
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(explicit_tracking)
+            mlflow.set_registry_uri(explicit_registry)
 
 
 def _experiment_id(client, tracking_uri: str, name: str) -> str:
@@ -205,11 +219,14 @@ def _experiment_id(client, tracking_uri: str, name: str) -> str:
         try:
             Path(local).resolve().relative_to(root)
         except ValueError:
-            print(
-                f"lungseg: warning: experiment {name!r} of {db} keeps its artifacts in {where}, outside this "
-                f"repository ({root}): was the database copied from another checkout? Use a new "
-                "params.mlflow.experiment (or move mlflow.db away) to keep this copy's artifacts here",
-                file=sys.stderr,
+            log.warning(
+                "lungseg: warning: experiment %r of %s keeps its artifacts in %s, outside this repository (%s): "
+                "was the database copied from another checkout? Use a new params.mlflow.experiment (or move "
+                "mlflow.db away) to keep this copy's artifacts here",
+                name,
+                db,
+                where,
+                root,
             )
     return exp.experiment_id
 
@@ -246,7 +263,7 @@ class ResilientRun:
     failures: int = 0
     flushed: int = 0
     _next_try: float = 0.0
-    _saved_env: dict[str, str | None] = field(default_factory=dict)
+    _env: scoped_environ | None = field(default=None, repr=False)
     _closed: bool = False
     _ended: bool = False
     _client: Any = field(default=None, repr=False)
@@ -270,7 +287,7 @@ class ResilientRun:
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
-        saved = _shorten_http_retries()
+        env = short_http_retries().apply()
         try:
             client = MlflowClient(tracking_uri)
             if run_id is not None:
@@ -283,14 +300,12 @@ class ResilientRun:
                 run = client.create_run(exp_id, run_name=run_name, tags=tags or {})
                 run_id = run.info.run_id
         except (MlflowException, OSError) as exc:  # unreachable store / bad URI / unknown run
-            _restore_env(saved)
+            env.restore()
             raise TrainingError(f"MLflow tracking at {tracking_uri}: {describe_error(exc)}") from exc
         except BaseException:
-            _restore_env(saved)
+            env.restore()
             raise
-        return cls(
-            tracking_uri=tracking_uri, run_id=run_id, experiment_id=str(exp_id), _saved_env=saved, _client=client
-        )
+        return cls(tracking_uri=tracking_uri, run_id=run_id, experiment_id=str(exp_id), _env=env, _client=client)
 
     @property
     def client(self):
@@ -364,7 +379,7 @@ class ResilientRun:
                 return False
             self.pending.pop(0)
             self.flushed += 1
-        print(f"MLflow logging recovered: {self.flushed} queued call(s) delivered", file=sys.stderr)
+        log.info("MLflow logging recovered: %d queued call(s) delivered", self.flushed)
         return True
 
     # ------------------------------------------------------------------ logging helpers
@@ -433,7 +448,8 @@ class ResilientRun:
             )
         self.pending = []
         self._closed = True
-        _restore_env(self._saved_env)
+        if self._env is not None:
+            self._env.restore()
 
     def summary(self) -> dict[str, Any]:
         """Fields for ``mlflow_run.json``: ``lost_logging`` (count), ``lost_calls``, ``logging_failures``,
@@ -446,20 +462,10 @@ class ResilientRun:
         }
 
 
-def _shorten_http_retries() -> dict[str, str | None]:
-    """Set :data:`HTTP_DEFAULTS` where the user did not; returns the previous values for :func:`_restore_env`."""
-    saved = {k: os.environ.get(k) for k in HTTP_DEFAULTS}
-    for k, v in HTTP_DEFAULTS.items():
-        os.environ.setdefault(k, v)
-    return saved
-
-
-def _restore_env(saved: dict[str, str | None]) -> None:
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+def short_http_retries() -> scoped_environ:
+    """:data:`HTTP_DEFAULTS` where the user did not set them, as a :class:`~lungseg.envvars.scoped_environ`
+    (``with short_http_retries():``, or ``.apply()`` … ``.restore()``)."""
+    return scoped_environ(HTTP_DEFAULTS, only_unset=True)
 
 
 def _finite(v: Any) -> bool:

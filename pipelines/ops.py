@@ -14,19 +14,22 @@
   A local run is a *trial*: unless ``tracking_uri`` is given it tracks and registers into its own
   MLflow store ``WORKDIR/mlflow.db`` — never the store of ``MLFLOW_TRACKING_URI`` or
   ``mlflow.tracking_uri``, so it cannot move the production ``champion``.
+
+What it reports goes to the ``pipelines.ops`` logger (the command line prints it on stderr).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from lungseg.envvars import scoped_environ
 from lungseg.errors import ConfigError, LungsegError
+
+log = logging.getLogger(__name__)
 
 SECTIONS = ("preprocess", "train", "evaluate", "register", "mlflow")
 RUNNERS = ("subprocess", "docker")
@@ -123,7 +126,7 @@ def stage_data(data: str, target: str | Path, repo: str | Path = "."):
 
     version = lineage.resolve(data, repo)
     staged = lineage.stage(version, target, repo)
-    print(f"data {version.spec()} = {version.md5} → {staged.staged_uri}")
+    log.info("data %s = %s → %s", version.spec(), version.md5, staged.staged_uri)
     return staged
 
 
@@ -201,15 +204,14 @@ def prepare_store(uri: str, experiment: str) -> list[str]:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from lungseg.tracking import HTTP_DEFAULTS
+    from lungseg.tracking import short_http_retries
 
     db = _local_store_file(uri)
     folder = db.parent if db is not None else None
     root = folder / TRIAL_ARTIFACTS if folder is not None else None
-    # a server that is down fails in seconds, not after MLflow's minutes of retries (as in training)
-    short_retries = {k: v for k, v in HTTP_DEFAULTS.items() if k not in os.environ}
     try:
-        with _environ(**short_retries):
+        # a server that is down fails in seconds, not after MLflow's minutes of retries (as in training)
+        with short_http_retries():
             if db is not None and not db.exists():
                 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
@@ -311,7 +313,7 @@ def run_local(
     handler = _show_cache_hits()
     try:
         # the subprocess runner's components inherit this environment: the store chosen above wins
-        with _environ(MLFLOW_TRACKING_URI=uri):
+        with scoped_environ({"MLFLOW_TRACKING_URI": uri}):
             task = pipeline(**arguments)
     except RuntimeError as exc:
         raise PipelineFailed(
@@ -392,20 +394,6 @@ def _docker_runner(image: str, workdir: Path, input_uri: str, tracking_uri: str,
         environment=env,
         working_dir=str(workdir),
     )
-
-
-@contextlib.contextmanager
-def _environ(**values: str) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 class _CacheHitFilter(logging.Filter):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -20,7 +21,7 @@ import warnings
 import pytest
 from mlflow import MlflowClient
 
-from lungseg.tracking import ResilientRun, TrackingWarning, absolute_sqlite
+from lungseg.tracking import HTTP_DEFAULTS, ResilientRun, TrackingWarning, absolute_sqlite, scoped_tracking_uri
 from servers import MlflowServer  # tests/servers.py → scripts/servers.py (real server, own process group)
 from train_helpers import cli_env, lungseg_cmd, processed_sample, write_params
 
@@ -126,6 +127,9 @@ def test_unreachable_store_at_start_is_an_error(tmp_path, monkeypatch):
         warnings.simplefilter("ignore")
         with pytest.raises(TrainingError, match="MLflow tracking at http://127.0.0.1:9"):
             ResilientRun.start("http://127.0.0.1:9", "nowhere")
+    # the shortened HTTP retries are taken back on the way out; the user's own value was never touched
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
+    assert "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR" not in os.environ and "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ
 
 
 def test_repo_root_and_repository_relative_uris(tmp_path, monkeypatch):
@@ -233,10 +237,11 @@ def test_context_manager_keeps_an_explicit_end(sqlite_uri):
 
 
 @pytest.mark.slow
-def test_context_manager_delivers_queued_calls_once(sqlite_uri, tmp_path):
+def test_context_manager_delivers_queued_calls_once(sqlite_uri, tmp_path, caplog):
     """A call that failed in the block (the artifact was not there yet) is retried once when the block
-    closes, delivered, and counted once; closing again delivers nothing twice."""
+    closes, delivered, and counted once (and logged); closing again delivers nothing twice."""
     late = tmp_path / "late.txt"
+    caplog.set_level(logging.INFO, logger="lungseg.tracking")
     with ResilientRun.start(sqlite_uri, "cm", run_name="queued") as run:
         with pytest.warns(TrackingWarning, match="queued"):
             assert not run.log_artifact(late)
@@ -246,6 +251,9 @@ def test_context_manager_delivers_queued_calls_once(sqlite_uri, tmp_path):
     run.close()
     run.__exit__(None, None, None)
     assert run.flushed == 3  # log_artifact, log_metrics, end_run(FINISHED): each once
+    assert [r.getMessage() for r in caplog.records if r.name == "lungseg.tracking"] == [
+        "MLflow logging recovered: 3 queued call(s) delivered"
+    ]
     client = MlflowClient(sqlite_uri)
     got = client.get_run(run.run_id)
     assert got.info.status == "FINISHED" and got.data.metrics["after"] == 1.0
@@ -263,3 +271,70 @@ def test_context_manager_reports_what_could_not_be_delivered(sqlite_uri, tmp_pat
     assert summary["lost_calls"][0].startswith("log_artifact(never.txt → .): ")
     assert summary["lost_calls"][1].startswith("end_run(FINISHED): queued behind earlier failures")
     assert MlflowClient(sqlite_uri).get_run(run.run_id).info.status == "RUNNING"  # its end was lost too
+
+
+@pytest.mark.slow
+def test_http_retries_are_shortened_while_a_run_is_open_and_restored_after(sqlite_uri, monkeypatch):
+    """MLflow's retry variables are set where the user did not set them, for as long as the run is open,
+    and put back exactly when it closes (the user's value untouched throughout)."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "7")
+    for key in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"):
+        monkeypatch.delenv(key, raising=False)
+    with ResilientRun.start(sqlite_uri, "cm", run_name="env") as run:
+        assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == HTTP_DEFAULTS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+        assert os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == HTTP_DEFAULTS["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"]
+        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"
+    assert run._closed
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
+    assert "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR" not in os.environ
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"
+
+
+def _mlflow_state() -> tuple:
+    import mlflow
+
+    return (
+        mlflow.get_tracking_uri(),
+        mlflow.get_registry_uri(),
+        mlflow.tracking.is_tracking_uri_set(),
+        os.environ.get("MLFLOW_TRACKING_URI"),
+        os.environ.get("MLFLOW_REGISTRY_URI"),
+    )
+
+
+@pytest.mark.parametrize("before", ["nothing", "variables", "set_in_process", "set_then_variable_removed"])
+@pytest.mark.parametrize("raised", [False, True])
+def test_scoped_tracking_uri_restores_mlflow_exactly(before, raised, tmp_path, monkeypatch):
+    """Inside the block MLflow's fluent API (and a subprocess, through the variables) uses the URI given;
+    afterwards — also after an exception — what MLflow answers and the variables are as before, however
+    the URI had been chosen: not at all, by the variables, by ``mlflow.set_tracking_uri``/``set_registry_uri``
+    (which also set the variables), or by those calls with the variables removed since."""
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(key, raising=False)
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
+    try:
+        if before == "variables":
+            monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////env/tracking.db")
+            monkeypatch.setenv("MLFLOW_REGISTRY_URI", "sqlite:////env/registry.db")
+        elif before.startswith("set_"):
+            mlflow.set_tracking_uri("sqlite:////set/tracking.db")
+            mlflow.set_registry_uri("sqlite:////set/registry.db")
+            if before == "set_then_variable_removed":
+                monkeypatch.delenv("MLFLOW_TRACKING_URI")
+                monkeypatch.delenv("MLFLOW_REGISTRY_URI")
+        expected = _mlflow_state()
+        inside = "sqlite:////scoped/mlflow.db"
+        with pytest.raises(ValueError) if raised else contextlib.nullcontext():
+            with scoped_tracking_uri(inside):
+                assert mlflow.get_tracking_uri() == inside and mlflow.get_registry_uri() == inside
+                assert os.environ["MLFLOW_TRACKING_URI"] == inside
+                if raised:
+                    raise ValueError("inside the block")
+        assert _mlflow_state() == expected
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)

@@ -57,7 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lungseg.cli._logging import configure_logging
     from lungseg.errors import LungsegError
+
+    configure_logging()  # the library logs; the command line prints its messages on stderr
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -53,8 +53,8 @@ Multi-class models (num_classes > 1) get per-class Dice/IoU from
 
 from __future__ import annotations
 
+import logging
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +70,8 @@ from lungseg.io import atomic_dir, atomic_write_json, check_output_dir, read_jso
 from lungseg.metrics import aggregate, per_image_metrics, per_image_metrics_multiclass
 from lungseg.provenance import manifest_fingerprint
 from lungseg.training.loop import BEST, CHECKPOINT, build_model, load_checkpoint
+
+log = logging.getLogger(__name__)
 
 #: the keys of ``headline.json`` (those present: binary or multi-class), in this order
 HEADLINE = (
@@ -165,10 +167,9 @@ def _choose_checkpoint(model_dir: Path) -> tuple[Path, dict[str, Any], str | Non
         ckpt, reason = load_checkpoint(last), f"{best}: not found"
     else:
         raise CheckpointError(f"{model_dir}: neither {BEST} nor {CHECKPOINT} found (run `lungseg train` first)")
-    print(
+    log.warning(
         f"lungseg: warning: {reason}; evaluating {last} instead (the last epoch, {ckpt.get('epoch')}, not the best "
-        f"one; this report cannot be registered: restore {BEST}, e.g. `dvc checkout`, and evaluate again)",
-        file=sys.stderr,
+        f"one; this report cannot be registered: restore {BEST}, e.g. `dvc checkout`, and evaluate again)"
     )
     return last, ckpt, reason
 
@@ -233,15 +234,11 @@ def evaluate(
             "--allow-preprocessing-mismatch to evaluate anyway (recorded in metrics.json)",
         )
     if mismatch:
-        print(
-            f"lungseg: warning: evaluating on differently preprocessed data ({'; '.join(mismatch)}), as asked",
-            file=sys.stderr,
-        )
+        log.warning(f"lungseg: warning: evaluating on differently preprocessed data ({'; '.join(mismatch)}), as asked")
     if unchecked:
-        print(
+        log.warning(
             f"lungseg: warning: {ckpt_path} does not record the training data's {', '.join(unchecked)}: "
-            "not checked against this data (re-train to record them)",
-            file=sys.stderr,
+            "not checked against this data (re-train to record them)"
         )
     model = build_model(ckpt["model_identity"])
     try:
@@ -311,7 +308,7 @@ def _read_run_file(run_file: Path) -> dict[str, Any] | None:
     from lungseg.tracking import resolve_recorded_uri
 
     if not run_file.is_file():
-        print(f"lungseg: warning: {run_file} not found: the evaluation is not logged to MLflow", file=sys.stderr)
+        log.warning(f"lungseg: warning: {run_file} not found: the evaluation is not logged to MLflow")
         return None
     info = read_json_object(run_file, "not found")
     if not info.get("run_id") or not info.get("tracking_uri"):
@@ -371,7 +368,7 @@ def _log_evaluation_run(
             tags=tags,
         )
     except TrainingError as exc:  # the store is unreachable: the report stands, the logging is lost
-        print(f"lungseg: warning: evaluation not logged to MLflow: {exc}", file=sys.stderr)
+        log.warning(f"lungseg: warning: evaluation not logged to MLflow: {exc}")
         return {
             "run_id": None,
             "parent_run_id": info["run_id"],

@@ -34,7 +34,6 @@ one-line summary) and ``overlay.png``.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import tempfile
 import time
@@ -158,21 +157,11 @@ def _mlflow_problem(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-@contextlib.contextmanager
 def _no_download_bars():
     """MLflow draws a progress bar per artifact download; a model load is a handful of small files."""
-    import os
+    from lungseg.envvars import scoped_environ
 
-    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    saved = os.environ.get(key)
-    os.environ[key] = "false"
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = saved
+    return scoped_environ({"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"})
 
 
 def _from_mlflow(uri: str, tracking_uri: str | None, threshold: float) -> LoadedModel:
