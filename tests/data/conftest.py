@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import locale
 from pathlib import Path
 
 import pytest
@@ -70,6 +72,19 @@ def write_nifti_pair(folder: Path, name: str, image_zyx, mask_zyx, *, spacing=(0
     nib.save(nib.Nifti1Image(mvol, affine if mask_affine is None else mask_affine), folder / "masks" / f"{name}.nii.gz")
 
 
+@contextlib.contextmanager
+def locale_kept():
+    """Put the process locale back as it was: SimpleITK's DICOM writer (GDCM) sets it to C when it writes
+    a slice position and leaves it so. After that Python's default text encoding is ASCII (when it does not
+    run in UTF-8 mode, i.e. without PYTHONUTF8): every later ``read_text()``, ``open()`` or
+    ``subprocess.run(text=True)`` without ``encoding=`` fails on non-ASCII text, in whatever test runs next."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
 def write_dicom_case(case_dir: Path, hu_zyx, mask_zyx, *, spacing_xyz=(0.8, 0.7, 2.5), origin=(-10.0, 5.0, 30.0)):
     """Write a CT DICOM series with RescaleIntercept −1024 and ``mask.nii.gz`` on the same grid.
 
@@ -86,27 +101,28 @@ def write_dicom_case(case_dir: Path, hu_zyx, mask_zyx, *, spacing_xyz=(0.8, 0.7,
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     uid = "1.2.826.0.1.3680043.2.1125." + str(abs(hash(case_dir.name)) % 10**8)
-    for i in range(img.GetDepth()):
-        s = img[:, :, i]
-        tags = {
-            "0008|0060": "CT",
-            "0008|0016": "1.2.840.10008.5.1.4.1.1.2",
-            "0008|0018": f"{uid}.3.{i}",
-            "0020|000d": f"{uid}.1",
-            "0020|000e": f"{uid}.2",
-            "0020|0013": str(i + 1),
-            "0020|0032": "\\".join(str(v) for v in img.TransformIndexToPhysicalPoint((0, 0, i))),
-            "0020|0037": "1\\0\\0\\0\\1\\0",
-            "0028|1052": "-1024",
-            "0028|1053": "1",
-            "0028|0030": f"{spacing_xyz[1]}\\{spacing_xyz[0]}",
-            "0018|0050": str(spacing_xyz[2]),
-        }
-        for k, v in tags.items():
-            s.SetMetaData(k, v)
-        # write in reverse order so the reader must sort by position, not by file name
-        writer.SetFileName(str(series_dir / f"{img.GetDepth() - i:03d}.dcm"))
-        writer.Execute(s)
+    with locale_kept():  # the writer sets the process locale to C (see locale_kept)
+        for i in range(img.GetDepth()):
+            s = img[:, :, i]
+            tags = {
+                "0008|0060": "CT",
+                "0008|0016": "1.2.840.10008.5.1.4.1.1.2",
+                "0008|0018": f"{uid}.3.{i}",
+                "0020|000d": f"{uid}.1",
+                "0020|000e": f"{uid}.2",
+                "0020|0013": str(i + 1),
+                "0020|0032": "\\".join(str(v) for v in img.TransformIndexToPhysicalPoint((0, 0, i))),
+                "0020|0037": "1\\0\\0\\0\\1\\0",
+                "0028|1052": "-1024",
+                "0028|1053": "1",
+                "0028|0030": f"{spacing_xyz[1]}\\{spacing_xyz[0]}",
+                "0018|0050": str(spacing_xyz[2]),
+            }
+            for k, v in tags.items():
+                s.SetMetaData(k, v)
+            # write in reverse order so the reader must sort by position, not by file name
+            writer.SetFileName(str(series_dir / f"{img.GetDepth() - i:03d}.dcm"))
+            writer.Execute(s)
     mask = sitk.GetImageFromArray(np.asarray(mask_zyx, dtype=np.uint8))
     mask.CopyInformation(img)
     sitk.WriteImage(mask, str(case_dir / "mask.nii.gz"))
