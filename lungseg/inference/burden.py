@@ -89,76 +89,154 @@ def compute(
 ) -> dict[str, Any]:
     """``{"volumes": …, "percent_of_lung_affected": …, "slices": [...]}`` of one scan from its masks
     (one 2-D uint8 label array per slice, each at the input's size); see the module docstring."""
-    if infection is None and lung is None:
+    with_infection, with_lung = infection is not None, lung is not None
+    if not (with_infection or with_lung):
         raise ValueError("compute() needs an infection and/or a lung mask")
-    n = len(infection if infection is not None else lung)
-    names = names or [f"{i}" for i in range(n)]
+    n = len(infection if with_infection else lung)
     labels = list(infection_labels or ["infection"])
-    tot = {k: 0 for k in ("lung", "left", "right", "inf", "in_lung", "outside", "inf_left", "inf_right")}
-    by_label = {name: [0, 0] for name in labels}
-    per_slice = []
-    split = lung is not None and columns_towards_left is not None
-    for i in range(n):
-        lab = None if infection is None else infection[i]
-        inf = None if lab is None else lab > 0
-        lm = None if lung is None else lung[i] > 0
-        row: dict[str, Any] = {"name": names[i]}
-        if lm is not None:
-            tot["lung"] += int(lm.sum())
-            row["lung_voxels"] = int(lm.sum())
-            if split:
-                left, right = split_sides(lung[i], columns_towards_left)
-                tot["left"] += int(left.sum())
-                tot["right"] += int(right.sum())
-        if inf is not None:
-            tot["inf"] += int(inf.sum())
-            row["infection_voxels"] = int(inf.sum())
-            for k, name in enumerate(labels, start=1):
-                by_label[name][0] += int((lab == k).sum())
-                if lm is not None:
-                    by_label[name][1] += int(((lab == k) & lm).sum())
-            if lm is not None:
-                tot["in_lung"] += int((inf & lm).sum())
-                tot["outside"] += int((inf & ~lm).sum())
-                row["infection_outside_lung_voxels"] = int((inf & ~lm).sum())
-                if split:
-                    tot["inf_left"] += int((inf & left).sum())
-                    tot["inf_right"] += int((inf & right).sum())
-        per_slice.append(row)
-
-    lung_out = None
-    if lung is not None:
-        lung_out = _amount(tot["lung"], voxel_ml)
-        if split:
-            lung_out["left"] = _amount(tot["left"], voxel_ml)
-            lung_out["right"] = _amount(tot["right"], voxel_ml)
-    inf_out = None
-    if infection is not None:
-        inf_out = _amount(tot["inf"], voxel_ml)
-        inf_out["label_names"] = labels
-        if len(labels) > 1:
-            inf_out["by_label"] = {
-                name: {**_amount(v[0], voxel_ml), **({"in_lung": _amount(v[1], voxel_ml)} if lung is not None else {})}
-                for name, v in by_label.items()
-            }
-        if lung is not None:
-            inf_out["in_lung"] = _amount(tot["in_lung"], voxel_ml)
-            inf_out["outside_lung"] = _amount(tot["outside"], voxel_ml)
-            if split:
-                inf_out["left"] = {
-                    **_amount(tot["inf_left"], voxel_ml),
-                    "percent_of_lung": _percent(tot["inf_left"], tot["left"]),
-                }
-                inf_out["right"] = {
-                    **_amount(tot["inf_right"], voxel_ml),
-                    "percent_of_lung": _percent(tot["inf_right"], tot["right"]),
-                }
-    percent = _percent(tot["in_lung"], tot["lung"]) if lung is not None and infection is not None else None
+    side = columns_towards_left if with_lung else None  # None: no left/right split
+    tot, by_label, per_slice = _count_scan(infection, lung, side, labels, names or [f"{i}" for i in range(n)], n)
     return {
-        "volumes": {"lung": lung_out, "infection": inf_out},
-        "percent_of_lung_affected": percent,
+        "volumes": _volumes(
+            tot, labels, by_label, voxel_ml, with_infection=with_infection, with_lung=with_lung, split=side is not None
+        ),
+        "percent_of_lung_affected": _percent(tot["in_lung"], tot["lung"]) if with_lung and with_infection else None,
         "slices": per_slice,
     }
+
+
+def _count_scan(
+    infection: list[np.ndarray] | None,
+    lung: list[np.ndarray] | None,
+    columns_towards_left: bool | None,
+    labels: list[str],
+    names: list[str],
+    n: int,
+) -> tuple[dict[str, int], dict[str, list[int]], list[dict[str, Any]]]:
+    """The voxel totals of the scan's ``n`` slices, per label ``[voxels, voxels in the lung]``, and
+    one row per slice."""
+    tot = {k: 0 for k in ("lung", "left", "right", "inf", "in_lung", "outside", "inf_left", "inf_right")}
+    by_label = {name: [0, 0] for name in labels}
+    per_slice = [
+        _count_slice(names[i], _at(infection, i), _at(lung, i), columns_towards_left, labels, tot, by_label)
+        for i in range(n)
+    ]
+    return tot, by_label, per_slice
+
+
+def _at(masks: list[np.ndarray] | None, i: int) -> np.ndarray | None:
+    return None if masks is None else masks[i]
+
+
+def _count_slice(
+    name: str,
+    lab: np.ndarray | None,
+    lung: np.ndarray | None,
+    columns_towards_left: bool | None,
+    labels: list[str],
+    tot: dict[str, int],
+    by_label: dict[str, list[int]],
+) -> dict[str, Any]:
+    """Add one slice's voxel counts to the scan's totals ``tot`` and ``by_label`` (label name →
+    ``[voxels, voxels in the lung]``); return its row of ``slices``. ``columns_towards_left`` None:
+    no left/right split."""
+    inf = None if lab is None else lab > 0
+    lm = None if lung is None else lung > 0
+    row: dict[str, Any] = {"name": name}
+    sides = None
+    if lm is not None:
+        tot["lung"] += int(lm.sum())
+        row["lung_voxels"] = int(lm.sum())
+        if columns_towards_left is not None:
+            sides = split_sides(lung, columns_towards_left)
+            tot["left"] += int(sides[0].sum())
+            tot["right"] += int(sides[1].sum())
+    if inf is not None:
+        tot["inf"] += int(inf.sum())
+        row["infection_voxels"] = int(inf.sum())
+        _count_labels(lab, lm, labels, by_label)
+        if lm is not None:
+            _count_infection_in_lung(inf, lm, sides, tot, row)
+    return row
+
+
+def _count_labels(lab: np.ndarray, lm: np.ndarray | None, labels: list[str], by_label: dict[str, list[int]]) -> None:
+    """Per label k = 1, 2, …: its voxels and (with a lung mask ``lm``) those in the lung."""
+    for k, name in enumerate(labels, start=1):
+        by_label[name][0] += int((lab == k).sum())
+        if lm is not None:
+            by_label[name][1] += int(((lab == k) & lm).sum())
+
+
+def _count_infection_in_lung(
+    inf: np.ndarray,
+    lm: np.ndarray,
+    sides: tuple[np.ndarray, np.ndarray] | None,
+    tot: dict[str, int],
+    row: dict[str, Any],
+) -> None:
+    """Infection inside / outside the lung mask, and per side when ``sides`` = ``(left, right)``."""
+    tot["in_lung"] += int((inf & lm).sum())
+    tot["outside"] += int((inf & ~lm).sum())
+    row["infection_outside_lung_voxels"] = int((inf & ~lm).sum())
+    if sides is not None:
+        tot["inf_left"] += int((inf & sides[0]).sum())
+        tot["inf_right"] += int((inf & sides[1]).sum())
+
+
+def _volumes(
+    tot: dict[str, int],
+    labels: list[str],
+    by_label: dict[str, list[int]],
+    voxel_ml: float | None,
+    *,
+    with_infection: bool,
+    with_lung: bool,
+    split: bool,
+) -> dict[str, Any]:
+    """The report's ``volumes``: ``lung`` and ``infection`` (None for a mask not given)."""
+    return {
+        "lung": _lung_volumes(tot, voxel_ml, split=split) if with_lung else None,
+        "infection": _infection_volumes(tot, labels, by_label, voxel_ml, with_lung=with_lung, split=split)
+        if with_infection
+        else None,
+    }
+
+
+def _lung_volumes(tot: dict[str, int], voxel_ml: float | None, *, split: bool) -> dict[str, Any]:
+    out = _amount(tot["lung"], voxel_ml)
+    if split:
+        out["left"] = _amount(tot["left"], voxel_ml)
+        out["right"] = _amount(tot["right"], voxel_ml)
+    return out
+
+
+def _infection_volumes(
+    tot: dict[str, int],
+    labels: list[str],
+    by_label: dict[str, list[int]],
+    voxel_ml: float | None,
+    *,
+    with_lung: bool,
+    split: bool,
+) -> dict[str, Any]:
+    """The ``infection`` entry: total, label names, per label (several labels), in / outside the lung
+    and per side with its % of that side's lung (``with_lung``, ``split``)."""
+    out = _amount(tot["inf"], voxel_ml)
+    out["label_names"] = labels
+    if len(labels) > 1:
+        out["by_label"] = {
+            name: {**_amount(v[0], voxel_ml), **({"in_lung": _amount(v[1], voxel_ml)} if with_lung else {})}
+            for name, v in by_label.items()
+        }
+    if not with_lung:
+        return out
+    out["in_lung"] = _amount(tot["in_lung"], voxel_ml)
+    out["outside_lung"] = _amount(tot["outside"], voxel_ml)
+    if split:
+        for side, key in (("left", "inf_left"), ("right", "inf_right")):
+            out[side] = {**_amount(tot[key], voxel_ml), "percent_of_lung": _percent(tot[key], tot[side])}
+    return out
 
 
 def _fmt(amount: dict[str, Any] | None) -> str:
