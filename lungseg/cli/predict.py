@@ -40,6 +40,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
         metavar=("ROW", "COL", "SLICE"),
         help="voxel size in mm for inputs that record none (PNG/TIFF slices, a NIfTI without geometry)",
     )
+    p.add_argument(
+        "--intensity",
+        choices=("hu", "unit", "uint8"),
+        help="the input's intensity domain where its data cannot tell it (Hounsfield units, [0, 1], "
+        "8-bit grey levels); checked against the values (docs/inference.md, 'Intensity')",
+    )
     p.add_argument("--dicom-seg", action="store_true", help="also write a DICOM SEG (DICOM input only)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     p.add_argument("--batch-size", type=int, default=None, help="slices per batch (default 16 on CUDA, 4 on CPU)")
@@ -91,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         dicom_seg=args.dicom_seg,
         spacing=spacing,
+        intensity=args.intensity,
     )
     print(result.describe())
     return 0

@@ -13,20 +13,35 @@ Inputs (:func:`read_scan`)
       size. These files record no spacing: volumes in mL need ``spacing``; without it the report
       gives pixel counts and percentages only.
 
-Intensity (:func:`to_model_range`): the rule of the data the model was trained on, recorded in its
-``preprocess`` (``dataset``, ``hu_window``), applied per slice with the very functions of
+Intensity: first the input's *domain* is decided (:class:`Intensity`, recorded in the report), then
+it is brought to [0, 1] by the rule of the data the model was trained on (:func:`to_model_range`,
+recorded in its ``preprocess``: ``dataset``, ``hu_window``), with the functions of
 :mod:`lungseg.data.transforms` the training readers use:
 
-* NIfTI → :func:`~lungseg.data.transforms.to_unit_range` (HU window unless the slice is already in
-  [0, 1]); DICOM → :func:`~lungseg.data.transforms.hu_window`; PNG/TIFF →
-  :func:`~lungseg.data.transforms.to_unit_range` (uint8 / 255, uint16 / 65535, signed → HU window);
-* models trained on ``kaggle-64`` (whose images the source min-max scaled per image) get every
-  slice min-max scaled instead, whatever the input (a linear window before a min-max changes
+* the domain — ``hu`` (Hounsfield units), ``uint8`` (8-bit grey levels, already windowed), ``uint16``,
+  ``unit`` (already in [0, 1]) — comes from the data: a DICOM series is HU (RescaleSlope/Intercept);
+  a NIfTI stored as uint8 without scaling is ``uint8``, floats within [0, 1] are ``unit``, data with
+  negative values is ``hu``; anything else (non-negative values above 1 in another type: 8-bit grey
+  levels stored as int16 or float, or CT numbers shifted by +1024) cannot be told apart and is refused
+  with a one-line error asking for ``--intensity hu|unit|uint8``. PNG/TIFF slices: by dtype (uint8,
+  uint16, signed → ``hu``, float within [0, 1] → ``unit``, other float → ``hu``). ``--intensity`` states
+  the domain instead; values that contradict it (a ``uint8`` claim with values outside 0..255, ``unit``
+  outside [0, 1]) are refused.
+* the conversion: ``hu`` → HU window (``hu_window``); ``uint8`` → / 255; ``uint16`` → / 65535;
+  ``unit`` → as is. Models trained on ``kaggle-64`` (whose images the source min-max scaled per image)
+  get every slice min-max scaled instead, whatever the input (a linear window before a min-max changes
   nothing, so HU and 8-bit inputs agree).
 
 Where input and training data differ in kind (a model trained on 8-bit windowed PNGs — MedSeg,
 COVID-SemiSeg, window not published — given HU input, or the reverse) the scan carries a warning:
 the result is a domain shift, not an error.
+
+Orientation: a NIfTI with a real-world geometry (qform or sform code > 0) is cut in the radiological
+view from its affine. A NIfTI without one has no orientation: its voxels are read in stored order, as
+if the affine were ``diag(spacing)`` (RAS: first axis towards the patient's right, second anterior),
+never through nibabel's ANALYZE fallback affine, which negates the first axis and so mirrored the
+slices; the report's left/right then rests on that assumption, and the scan carries a warning
+saying so.
 
 Outputs (:func:`write_masks`): NIfTI input → ``<name>.nii.gz`` with the source affine and header
 (labels uint8, same voxel grid and orientation as the input); DICOM input → ``<name>.nii.gz`` in the
@@ -54,6 +69,20 @@ PER_IMAGE_MINMAX = frozenset({"kaggle-64"})
 EIGHT_BIT_WINDOWED = frozenset({"medseg", "covid-semiseg"})
 #: datasets read from Hounsfield units through ``hu_window``
 HU_DATASETS = frozenset({"kaggle-tiff", "nifti", "dicom"})
+#: what ``--intensity`` may state about an input
+INTENSITY_CHOICES = ("hu", "unit", "uint8")
+
+
+@dataclass(frozen=True)
+class Intensity:
+    """The domain of an input's values and how it was decided (module docstring)."""
+
+    domain: str
+    """``"hu"``, ``"uint8"``, ``"uint16"`` or ``"unit"``."""
+    decided_by: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"domain": self.domain, "decided_by": self.decided_by}
 
 
 #: type-1 attributes of the source images that a DICOM SEG copies or references
@@ -97,6 +126,8 @@ class Scan:
     """Whether the column index grows towards the patient's left (radiological view); None: unknown."""
     geometry: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    intensity: Intensity | None = None
+    """The input's intensity domain (one for the scan; PNG/TIFF slices: that of their dtype)."""
 
     @property
     def stem(self) -> str:
@@ -119,23 +150,30 @@ def _check_spacing(values, path: Path, what: str) -> tuple[float, ...]:
 
 
 def read_scan(
-    path: str | Path, *, spacing: tuple[float, float, float] | None = None, require_spacing: bool = True
+    path: str | Path,
+    *,
+    spacing: tuple[float, float, float] | None = None,
+    require_spacing: bool = True,
+    intensity: str | None = None,
 ) -> Scan:
     """The scan at ``path`` (see the module docstring). ``spacing`` = ``(row, col, slice)`` mm for inputs
     that record none (PNG/TIFF slices, a NIfTI without geometry); an input that records its own
     spacing refuses it (``DataError``) rather than silently choosing one of the two.
     ``require_spacing=False`` reads a NIfTI without geometry anyway (spacing None: pixels only,
-    e.g. for the export's parity check)."""
+    e.g. for the export's parity check). ``intensity`` (``hu``, ``unit``, ``uint8``) states the input's
+    intensity domain where the data cannot tell it (module docstring)."""
     path = Path(path)
     given = None if spacing is None else _check_spacing(spacing, path, "--spacing")
+    if intensity is not None and intensity not in INTENSITY_CHOICES:
+        raise DataError(path, f"--intensity {intensity!r}: allowed {', '.join(INTENSITY_CHOICES)}")
     if not path.exists():
         raise DataError(path, "input not found (expected a NIfTI file, a DICOM series folder or PNG/TIFF slices)")
     if path.is_file():
         name = path.name.lower()
         if name.endswith(formats.NIFTI_SUFFIXES):
-            return _read_nifti(path, given, require_spacing)
+            return _read_nifti(path, given, require_spacing, intensity)
         if name.endswith(formats.IMAGE_SUFFIXES):
-            return _read_slices(path, [path], given)
+            return _read_slices(path, [path], given, intensity)
         if name.endswith(formats.DICOM_SUFFIXES):
             raise DataError(path, "a single DICOM file: give the folder of the series")
         raise DataError(path, "unknown input type (expected .nii/.nii.gz, a DICOM series folder or PNG/TIFF slices)")
@@ -144,10 +182,45 @@ def read_scan(
         (p for p in files if p.name.lower().endswith(formats.IMAGE_SUFFIXES)), key=lambda p: _natural_key(p.name)
     )
     if images:
-        return _read_slices(path, images, given)
+        others = sorted(p.name for p in files if p not in images)
+        return _read_slices(path, images, given, intensity, skipped=others)
     if not files:
         raise DataError(path, "empty folder (expected a DICOM series or PNG/TIFF slices)")
+    if intensity not in (None, "hu"):
+        raise DataError(path, f"--intensity {intensity}: a DICOM series is read in HU (RescaleSlope/Intercept)")
     return _read_dicom(path, given)
+
+
+def _stated_intensity(values: np.ndarray, stated: str, path: Path) -> Intensity:
+    """``--intensity`` checked against the values it describes (a contradiction is a ``DataError``)."""
+    lo, hi = float(np.min(values)), float(np.max(values))
+    if stated == "unit" and (lo < 0.0 or hi > 1.0):
+        raise DataError(path, f"--intensity unit, but the values span [{lo:g}, {hi:g}], outside [0, 1]")
+    if stated == "uint8" and (lo < 0.0 or hi > 255.0 or not np.all(np.asarray(values) == np.round(values))):
+        raise DataError(path, f"--intensity uint8, but the values span [{lo:g}, {hi:g}] (not whole numbers in 0..255)")
+    return Intensity(stated, f"--intensity {stated} (values {lo:g}..{hi:g})")
+
+
+def _nifti_intensity(data: np.ndarray, header, path: Path, stated: str | None) -> Intensity:
+    """The intensity domain of a NIfTI's (scaled) values (module docstring)."""
+    if stated is not None:
+        return _stated_intensity(data, stated, path)
+    dtype = np.dtype(header.get_data_dtype())
+    slope, inter = header.get_slope_inter()
+    scaled = slope not in (None, 1.0) or inter not in (None, 0.0)
+    lo, hi = float(data.min()), float(data.max())
+    stored = f"stored as {dtype}{' with scl_slope/scl_inter' if scaled else ''}, values {lo:g}..{hi:g}"
+    if dtype == np.uint8 and not scaled:
+        return Intensity("uint8", f"{stored}: 8-bit grey levels")
+    if lo < 0.0:
+        return Intensity("hu", f"{stored}: negative values, Hounsfield units")
+    if np.issubdtype(dtype, np.floating) and hi <= 1.0:
+        return Intensity("unit", f"{stored}: already in [0, 1]")
+    raise DataError(
+        path,
+        f"cannot tell the intensity domain ({stored}): 8-bit grey levels or CT numbers shifted by +1024 "
+        "look alike; pass --intensity hu|unit|uint8",
+    )
 
 
 # ------------------------------------------------------------------------------------------ NIfTI
@@ -157,7 +230,7 @@ def _ras_ornt(affine: np.ndarray):
     return ori.ornt_transform(ori.io_orientation(affine), ori.axcodes2ornt("RAS"))
 
 
-def _read_nifti(path: Path, given, require_spacing: bool = True) -> Scan:
+def _read_nifti(path: Path, given, require_spacing: bool = True, intensity: str | None = None) -> Scan:
     import nibabel as nib
     from nibabel import orientations as ori
 
@@ -178,7 +251,17 @@ def _read_nifti(path: Path, given, require_spacing: bool = True) -> Scan:
             "no voxel spacing: qform_code and sform_code are 0 (no real-world geometry, pixdim "
             "is not a size in mm); pass --spacing ROW COL SLICE in mm to state it",
         )
-    to_ras = _ras_ornt(affine)
+    warnings = []
+    read_affine = affine
+    if not has_geometry:
+        # no orientation recorded: the stored voxel order, read as RAS (never nibabel's ANALYZE
+        # fallback affine, whose negated first axis mirrored the slices)
+        read_affine = np.eye(4)
+        warnings.append(
+            "the NIfTI records no orientation (qform_code and sform_code are 0): its voxels are read in "
+            "stored order as RAS (first axis towards the patient's right); left/right rests on that assumption"
+        )
+    to_ras = _ras_ornt(read_affine)
     ras = ori.apply_orientation(data, to_ras)
     ras_zooms = np.asarray(zooms, float)[to_ras[:, 0].astype(int).argsort()] if has_geometry else None
     # RAS+ → radiological view, as lungseg.data.readers.axial_nifti: rows A→P, columns R→L
@@ -200,7 +283,15 @@ def _read_nifti(path: Path, given, require_spacing: bool = True) -> Scan:
         spacing=sp,
         spacing_source=source,
         columns_towards_left=True,
-        geometry={"affine": affine, "header": header, "shape": data.shape, "to_ras": to_ras},
+        geometry={
+            "affine": affine,
+            "read_affine": read_affine,
+            "header": header,
+            "shape": data.shape,
+            "to_ras": to_ras,
+        },
+        warnings=warnings,
+        intensity=_nifti_intensity(data, header, path, intensity),
     )
 
 
@@ -211,7 +302,7 @@ def _nifti_mask(scan: Scan, labels: np.ndarray) -> np.ndarray:
     view = np.moveaxis(labels, 0, 2)
     ras = np.transpose(np.flip(view, axis=(0, 1)), (1, 0, 2))
     back = ori.apply_orientation(
-        ras, ori.ornt_transform(ori.axcodes2ornt("RAS"), ori.io_orientation(scan.geometry["affine"]))
+        ras, ori.ornt_transform(ori.axcodes2ornt("RAS"), ori.io_orientation(scan.geometry["read_affine"]))
     )
     return np.ascontiguousarray(back.reshape(scan.geometry["shape"]), dtype=np.uint8)
 
@@ -242,6 +333,7 @@ def _read_dicom(path: Path, given) -> Scan:
         columns_towards_left=towards_left,
         warnings=warnings,
         geometry={"series": series},
+        intensity=Intensity("hu", "DICOM series: RescaleSlope/RescaleIntercept give Hounsfield units"),
     )
 
 
@@ -256,7 +348,29 @@ def _slice_thickness(file: Path) -> float:
 
 
 # ------------------------------------------------------------------------------------------ slices
-def _read_slices(path: Path, files: list[Path], given) -> Scan:
+def _slices_intensity(arrays: list[np.ndarray], files: list[Path], stated: str | None) -> Intensity:
+    """One domain for all slices: by dtype (module docstring), or ``--intensity`` checked per file."""
+    if stated is not None:
+        for f, a in zip(files, arrays):
+            _stated_intensity(a, stated, f)
+        return Intensity(stated, f"--intensity {stated}")
+    domains = set()
+    for a in arrays:
+        if a.dtype == np.uint8:
+            domains.add("uint8")
+        elif a.dtype == np.uint16:
+            domains.add("uint16")
+        elif np.issubdtype(a.dtype, np.floating) and a.size and a.min() >= 0.0 and a.max() <= 1.0:
+            domains.add("unit")
+        else:
+            domains.add("hu")
+    if len(domains) > 1:
+        raise DataError(files[0].parent, f"the slices mix intensity domains {sorted(domains)}: give one kind of file")
+    dtypes = ", ".join(sorted({str(a.dtype) for a in arrays}))
+    return Intensity(domains.pop(), f"PNG/TIFF pixel type {dtypes}")
+
+
+def _read_slices(path: Path, files: list[Path], given, intensity: str | None = None, skipped=()) -> Scan:
     arrays = [formats.read_image_2d(f) for f in files]
     sp = None if given is None else (given[2], given[0], given[1])
     warnings = [
@@ -265,6 +379,8 @@ def _read_slices(path: Path, files: list[Path], given) -> Scan:
     ]
     if given is None:
         warnings.append("PNG/TIFF slices record no spacing: volumes are not computed (pass --spacing ROW COL SLICE)")
+    if skipped:
+        warnings.append(f"not a PNG/JPG/TIFF slice, left out: {', '.join(skipped)}")
     return Scan(
         path=path,
         kind="slices",
@@ -275,6 +391,7 @@ def _read_slices(path: Path, files: list[Path], given) -> Scan:
         columns_towards_left=True,
         warnings=warnings,
         geometry={"files": files},
+        intensity=_slices_intensity(arrays, files, intensity),
     )
 
 
@@ -284,34 +401,63 @@ def intensity_rule(preprocess: dict[str, Any]) -> str:
     return "minmax" if preprocess.get("dataset") in PER_IMAGE_MINMAX else "window"
 
 
-def to_model_range(scan: Scan, preprocess: dict[str, Any]) -> tuple[list[np.ndarray], list[str]]:
-    """Slices as float32 in [0, 1] by the training rule of ``preprocess`` (module docstring), plus the
-    warnings about a difference between the input's kind and the training data's."""
-    window = tuple(float(v) for v in preprocess.get("hu_window") or (-1000.0, 400.0))
+def trained_on(preprocess: dict[str, Any]) -> str:
+    """What the model's training images were, in words (recorded with the model as ``preprocess``)."""
     dataset = preprocess.get("dataset")
+    window = list(_window(preprocess))
+    if dataset in PER_IMAGE_MINMAX:
+        return f"{dataset}: images min-max scaled per image by the source"
+    if dataset in EIGHT_BIT_WINDOWED:
+        return f"{dataset}: 8-bit slices windowed by the dataset's authors (window not published)"
+    if dataset in HU_DATASETS:
+        return f"{dataset}: Hounsfield units through hu_window {window}"
+    return f"{dataset}: by the readers' rules with hu_window {window}"
+
+
+def conversion(scan: Scan, preprocess: dict[str, Any]) -> str:
+    """How :func:`to_model_range` brings this scan to [0, 1] for a model (said in the report)."""
+    if intensity_rule(preprocess) == "minmax":
+        return "min-max per slice (the model's training rule)"
+    domain = scan.intensity.domain if scan.intensity else "hu"
+    return {
+        "hu": f"HU window {list(_window(preprocess))} → [0, 1]",
+        "uint8": "grey level / 255",
+        "uint16": "value / 65535",
+        "unit": "as is (already in [0, 1])",
+    }[domain]
+
+
+def _window(preprocess: dict[str, Any]) -> tuple[float, float]:
+    return tuple(float(v) for v in preprocess.get("hu_window") or (-1000.0, 400.0))
+
+
+def to_model_range(scan: Scan, preprocess: dict[str, Any]) -> tuple[list[np.ndarray], list[str]]:
+    """Slices as float32 in [0, 1] from the scan's intensity domain by the training rule of
+    ``preprocess`` (module docstring), plus the warnings about a difference between the input's
+    domain and the training data's."""
+    window = _window(preprocess)
+    dataset = preprocess.get("dataset")
+    domain = scan.intensity.domain if scan.intensity else "hu"
     warnings = []
-    hu_input = scan.kind in ("nifti", "dicom") or (
-        scan.kind == "slices" and any(np.issubdtype(s.dtype, np.signedinteger) for s in scan.slices)
-    )
-    if dataset in EIGHT_BIT_WINDOWED and hu_input:
+    if dataset in EIGHT_BIT_WINDOWED and domain == "hu":
         warnings.append(
             f"the model was trained on {dataset}: 8-bit slices windowed by the dataset's authors (window "
             f"not published); this HU input is windowed with the recorded hu_window {list(window)}"
         )
-    if dataset in HU_DATASETS and scan.kind == "slices" and not hu_input:
+    if dataset in HU_DATASETS and domain != "hu":
         warnings.append(
             f"the model was trained on {dataset} (HU through hu_window {list(window)}); this input is "
-            "8/16-bit images, already windowed by whoever exported them"
+            f"{domain} data, already windowed by whoever exported it"
         )
     if intensity_rule(preprocess) == "minmax":
         return [_minmax(s) for s in scan.slices], warnings
+    scale = {"uint8": 255.0, "uint16": 65535.0, "unit": 1.0}
     out = []
-    for name, s in zip(scan.names, scan.slices):
-        source = f"{scan.path}#{name}" if scan.kind != "slices" else scan.geometry["files"][len(out)]
-        if scan.kind == "dicom":
+    for s in scan.slices:
+        if domain == "hu":
             out.append(transforms.hu_window(s, window))
         else:
-            out.append(transforms.to_unit_range(np.ascontiguousarray(s), source=source, window=window))
+            out.append(np.clip(np.asarray(s, dtype=np.float32) / np.float32(scale[domain]), 0.0, 1.0))
     return out, warnings
 
 
@@ -432,11 +578,15 @@ def write_dicom_seg(
 
 
 __all__ = [
+    "INTENSITY_CHOICES",
+    "Intensity",
     "Scan",
     "check_dicom_seg_source",
+    "conversion",
     "intensity_rule",
     "read_scan",
     "to_model_range",
+    "trained_on",
     "write_dicom_seg",
     "write_masks",
 ]

@@ -144,3 +144,101 @@ def test_spacing_rules(tmp_path, nifti_scan, lungmask_dicom):
     assert volumes.read_scan(bare, require_spacing=False).spacing is None
     with pytest.raises(DataError, match="not a positive voxel size"):
         volumes.read_scan(bare, spacing=(0.0, 1.0, 1.0))
+
+
+# ------------------------------------------------------------------------- the intensity contract (#21)
+def _medseg_slices(sample_pngs, n=3) -> np.ndarray:
+    """(z, y, x) uint8: real MedSeg slices as their authors windowed them."""
+    return np.stack([np.asarray(Image.open(p)) for p in sample_pngs[:n]])
+
+
+def _save_nifti(path, zyx: np.ndarray, *, geometry: bool = True):
+    """A NIfTI of (z, y, x) data stored as its own dtype; ``geometry``: a RAS affine (0.7, 0.8, 2.5 mm)."""
+    vol = np.ascontiguousarray(np.transpose(zyx, (2, 1, 0)))
+    img = nib.Nifti1Image(vol, np.diag([0.7, 0.8, 2.5, 1.0]) if geometry else None)
+    img.set_data_dtype(vol.dtype)
+    nib.save(img, path)
+    return path
+
+
+def test_a_uint8_nifti_is_read_as_grey_levels_not_as_hu(tmp_path, sample_pngs):
+    """A uint8 NIfTI of MedSeg slices was HU-windowed: the model saw [0.740, 0.893] instead of [0.141, 0.981]
+    (281.1 mL as int16 HU vs 6.3 mL as uint8 for the same 8 slices)."""
+    grey = _medseg_slices(sample_pngs)
+    scan = volumes.read_scan(_save_nifti(tmp_path / "u8.nii.gz", grey))
+    assert scan.intensity.domain == "uint8" and "stored as uint8" in scan.intensity.decided_by
+    ours, warnings = volumes.to_model_range(scan, MEDSEG)
+    seen = np.stack(ours)
+    # exactly grey / 255, in the radiological view (rows A→P, columns R→L of a RAS file: both flipped)
+    np.testing.assert_array_equal(seen, np.flip(grey, axis=(1, 2)).astype(np.float32) / np.float32(255.0))
+    assert seen.min() == pytest.approx(grey.min() / 255) and seen.max() == pytest.approx(grey.max() / 255)
+    assert not any("HU input" in w for w in warnings)  # the MedSeg model is not told it got HU
+    assert volumes.conversion(scan, MEDSEG) == "grey level / 255"
+    assert "8-bit slices windowed by the dataset's authors" in volumes.trained_on(MEDSEG)
+    # the same slices in HU (the inverse of the default window) give the same model input up to rounding
+    hu = (grey.astype(np.float32) / 255.0) * 1400.0 - 1000.0
+    hu_scan = volumes.read_scan(_save_nifti(tmp_path / "hu.nii.gz", hu.astype(np.int16)))
+    assert hu_scan.intensity.domain == "hu"
+    np.testing.assert_allclose(np.stack(volumes.to_model_range(hu_scan, MEDSEG)[0]), seen, atol=1.0 / 1400 + 1e-6)
+    # an HU-trained model given 8-bit data is told so
+    assert any(
+        "uint8 data, already windowed" in w for w in volumes.to_model_range(scan, {**MEDSEG, "dataset": "dicom"})[1]
+    )
+
+
+def test_an_ambiguous_nifti_is_refused_until_its_domain_is_stated(tmp_path, sample_pngs):
+    grey = _medseg_slices(sample_pngs).astype(np.int16)  # 8-bit grey levels stored as int16: 0..255
+    path = _save_nifti(tmp_path / "wide.nii.gz", grey)
+    with pytest.raises(
+        DataError, match=r"wide\.nii\.gz: cannot tell the intensity domain \(stored as int16.*--intensity"
+    ):
+        volumes.read_scan(path)
+    stated = volumes.read_scan(path, intensity="uint8")
+    assert stated.intensity.domain == "uint8" and stated.intensity.decided_by.startswith("--intensity uint8")
+    u8 = volumes.read_scan(_save_nifti(tmp_path / "u8.nii.gz", grey.astype(np.uint8)))
+    np.testing.assert_array_equal(
+        np.stack(volumes.to_model_range(stated, MEDSEG)[0]), np.stack(volumes.to_model_range(u8, MEDSEG)[0])
+    )
+    with pytest.raises(DataError, match=r"--intensity unit, but the values span \[0, 2\d\d\]"):
+        volumes.read_scan(path, intensity="unit")
+    hu = _save_nifti(tmp_path / "hu.nii.gz", (grey - 1000).astype(np.int16))
+    with pytest.raises(DataError, match=r"--intensity uint8, but the values span"):
+        volumes.read_scan(hu, intensity="uint8")
+    with pytest.raises(DataError, match=r"--intensity 'grey': allowed hu, unit, uint8"):
+        volumes.read_scan(path, intensity="grey")
+    floats = _save_nifti(tmp_path / "unit.nii.gz", grey.astype(np.float32) / 255.0)
+    assert volumes.read_scan(floats).intensity.domain == "unit"
+
+
+def test_a_dicom_series_is_hu_and_refuses_another_stated_domain(lungmask_dicom):
+    assert volumes.read_scan(lungmask_dicom).intensity.domain == "hu"
+    with pytest.raises(DataError, match="--intensity uint8: a DICOM series is read in HU"):
+        volumes.read_scan(lungmask_dicom, intensity="uint8")
+
+
+def test_a_nifti_without_geometry_is_not_mirrored(tmp_path, sample_pngs):
+    """nibabel's ANALYZE fallback affine negates the first axis: the model saw the slices left-right
+    flipped (193.3 mL instead of 164.0 mL for the same 3 slices). Stored order, read as RAS, now."""
+    hu = ((_medseg_slices(sample_pngs).astype(np.float32) / 255.0) * 1400.0 - 1000.0).astype(np.int16)
+    with_geometry = volumes.read_scan(_save_nifti(tmp_path / "ras.nii.gz", hu))
+    bare = volumes.read_scan(_save_nifti(tmp_path / "bare.nii.gz", hu, geometry=False), spacing=(0.7, 0.8, 2.5))
+    for a, b in zip(with_geometry.slices, bare.slices):
+        np.testing.assert_array_equal(a, b)
+    assert any("records no orientation" in w and "stored order as RAS" in w for w in bare.warnings)
+    assert not any("orientation" in w for w in with_geometry.warnings)
+    # masks go back onto the stored voxels of the file, which keeps having no geometry
+    labels = [np.zeros_like(s, dtype=np.uint8) for s in bare.slices]
+    labels[0][0, 0] = 1  # row 0 = anterior-most, column 0 = patient's right-most in the view
+    (written,) = volumes.write_masks(bare, labels, tmp_path / "out", "m")
+    back = nib.load(written)
+    assert int(back.header["qform_code"]) == 0 and int(back.header["sform_code"]) == 0
+    data = np.asarray(back.dataobj)
+    assert data.sum() == 1 and data[-1, -1, 0] == 1  # RAS: right-most = last x, anterior-most = last y
+
+
+def test_a_non_image_file_in_a_slice_folder_is_named(tmp_path, sample_pngs):
+    shutil.copyfile(sample_pngs[0], tmp_path / "a.png")
+    (tmp_path / "notes.txt").write_text("not a slice", encoding="utf-8")
+    scan = volumes.read_scan(tmp_path)
+    assert scan.names == ["a"] and scan.intensity.domain == "uint8"
+    assert any(w == "not a PNG/JPG/TIFF slice, left out: notes.txt" for w in scan.warnings)

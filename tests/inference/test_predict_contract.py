@@ -1,0 +1,134 @@
+"""``lungseg predict``'s contract with the user's files (#21): the report says how intensities were read,
+an ambiguous input is refused in one line before any inference, a user's folder is never replaced."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from lungseg.cli import main
+from train_helpers import write_params
+
+
+@pytest.fixture(scope="module")
+def params_file(tmp_path_factory, store) -> Path:
+    return write_params(tmp_path_factory.mktemp("params") / "params.yaml", store)
+
+
+def _nifti(path: Path, zyx: np.ndarray) -> Path:
+    vol = np.ascontiguousarray(np.transpose(zyx, (2, 1, 0)))
+    img = nib.Nifti1Image(vol, np.diag([0.7, 0.8, 2.5, 1.0]))
+    img.set_data_dtype(vol.dtype)
+    nib.save(img, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def grey(sample_pngs) -> np.ndarray:
+    return np.stack([np.asarray(Image.open(p)) for p in sample_pngs[:3]])
+
+
+def _predict(capsys, *args):
+    code = main(["predict", *map(str, args)])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.slow
+def test_the_report_states_the_intensity_domain_and_the_conversion(
+    infection_model, params_file, grey, tmp_path, capsys
+):
+    u8 = _nifti(tmp_path / "u8.nii.gz", grey)
+    hu = _nifti(tmp_path / "hu.nii.gz", ((grey / 255.0) * 1400.0 - 1000.0).astype(np.int16))
+    reports = {}
+    for name, path in (("u8", u8), ("hu", hu)):
+        out = tmp_path / f"out-{name}"
+        code, _, err = _predict(
+            capsys, "--model", infection_model, "--input", path, "--output", out, "--params", params_file
+        )
+        assert code == 0, err
+        reports[name] = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert reports["u8"]["intensity"]["domain"] == "uint8"
+    assert reports["u8"]["intensity"]["conversion"] == {"infection": "grey level / 255"}
+    assert reports["hu"]["intensity"]["domain"] == "hu"
+    assert reports["hu"]["intensity"]["conversion"]["infection"].startswith("HU window [-1000.0, 400.0]")
+    assert not any("HU input" in w for w in reports["u8"]["warnings"])
+    # the same slices, in either domain, give the same infection volume (up to HU rounding)
+    ml = {k: r["volumes"]["infection"]["ml"] for k, r in reports.items()}
+    assert ml["u8"] == pytest.approx(ml["hu"], rel=0.02, abs=0.05)
+
+
+@pytest.mark.slow
+def test_an_ambiguous_nifti_is_one_line_before_inference_and_predicts_when_stated(
+    infection_model, params_file, grey, tmp_path, capsys
+):
+    wide = _nifti(tmp_path / "wide.nii.gz", grey.astype(np.int16))
+    out = tmp_path / "out"
+    code, stdout, err = _predict(
+        capsys, "--model", infection_model, "--input", wide, "--output", out, "--params", params_file
+    )
+    assert code == 2 and not out.exists() and stdout == ""
+    assert err.count("\n") == 1 and "wide.nii.gz: cannot tell the intensity domain" in err and "--intensity" in err
+    code, _, err = _predict(
+        capsys,
+        "--model",
+        infection_model,
+        "--input",
+        wide,
+        "--output",
+        out,
+        "--params",
+        params_file,
+        "--intensity",
+        "uint8",
+    )
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["intensity"]["domain"] == "uint8" and report["intensity"]["decided_by"].startswith("--intensity")
+
+
+@pytest.mark.slow
+def test_a_users_folder_is_never_replaced_and_a_previous_output_is(
+    infection_model, params_file, grey, tmp_path, capsys
+):
+    scan = _nifti(tmp_path / "u8.nii.gz", grey)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keepme.txt").write_text("precious", encoding="utf-8")
+    code, _, err = _predict(
+        capsys, "--model", infection_model, "--input", scan, "--output", mine, "--params", params_file
+    )
+    assert code == 2 and "not written by lungseg" in err and "--overwrite" in err
+    assert [p.name for p in mine.iterdir()] == ["keepme.txt"]
+    # a previous lungseg output is replaced without asking
+    out = tmp_path / "out"
+    for _ in range(2):
+        code, _, err = _predict(
+            capsys, "--model", infection_model, "--input", scan, "--output", out, "--params", params_file
+        )
+        assert code == 0, err
+    # the folder holding the input is refused even with --overwrite
+    code, _, err = _predict(
+        capsys,
+        "--model",
+        infection_model,
+        "--input",
+        scan,
+        "--output",
+        tmp_path,
+        "--params",
+        params_file,
+        "--overwrite",
+    )
+    assert code == 2 and "holds the input" in err and scan.is_file()
+    # --overwrite replaces the user's folder, as asked
+    code, _, err = _predict(
+        capsys, "--model", infection_model, "--input", scan, "--output", mine, "--params", params_file, "--overwrite"
+    )
+    assert code == 0, err
+    assert not (mine / "keepme.txt").exists() and (mine / "report.json").is_file()
