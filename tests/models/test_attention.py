@@ -1,5 +1,6 @@
-"""PCM kernels (lungseg.models.attention): the blocked and FlexAttention paths against the reference;
-DSA (PR-Net): the blocked softmax attention and the blocked DSA module against SDPA / the reference.
+"""PCM kernels (lungseg.models.attention.pcm_attention): the blocked and FlexAttention paths against
+the reference; DSA (PR-Net, lungseg.models.attention.dsa_attention): the blocked softmax attention and
+the blocked DSA module against SDPA / the reference.
 
 Tolerances: float64 inputs must agree with the reference to 1e-12 (forward and gradients; measured
 ≤ 4e-15 for PCM, ≤ 3e-14 for DSA), float32 PCM to 1e-5 absolute (measured ≤ 2.3e-6), float32 DSA
@@ -182,7 +183,7 @@ def test_flex_formulation_gradients_with_an_autograd_stand_in(monkeypatch):
     output and gradients, through the lse correction, equal the reference's (float64)."""
     from torch.nn.attention.flex_attention import AuxOutput
 
-    from lungseg.models import attention
+    from lungseg.models.attention import pcm_attention as attention
 
     def stand_in(q, k, v, *, score_mod, scale, return_aux):
         s = score_mod(scale * q @ k.transpose(-1, -2), None, None, None, None)  # (B, 1, N, N)
@@ -251,7 +252,7 @@ def test_blocked_attention_equals_sdpa_forward_and_gradients(shape, block_rows, 
 def test_blocked_attention_with_several_head_maps_per_block(monkeypatch):
     """Small maps are processed several whole head-maps per block (batched GEMMs); 5 maps in blocks
     of 2 leave a last block of 1."""
-    from lungseg.models import attention
+    from lungseg.models.attention import dsa_attention as attention
 
     monkeypatch.setattr(attention, "DSA_BLOCK_ELEMS", 2 * 9 * 9)
     assert attention.dsa_block_shape(9, 5) == (9, 2)
@@ -424,3 +425,44 @@ def test_blocked_pcm_traces_as_the_reference_ops():
         assert torch.allclose(traced(x), ref, atol=1e-6)
         y = torch.rand(3, 1, 32, 32)
         assert torch.allclose(traced(y), net(y), atol=1e-6)  # another batch size: no constant baked in
+
+
+def test_the_package_re_exports_each_kernel_module_s_objects():
+    """``lungseg.models.attention`` re-exports the objects of its modules (one object, not a copy):
+    LG-Net's PCM from ``pcm_attention``, PR-Net's DSA from ``dsa_attention``, the budget from
+    ``tokens``; the model classes the zoo builds come from them."""
+    import lungseg.models.attention as package
+    from lungseg.models.attention import dsa_attention, gate, pcm_attention, tokens
+    from lungseg.models.attention_unet import AttentionGate
+    from lungseg.models.lgnet import LGAttention
+    from lungseg.models.prnet import ProgressiveAttention
+
+    homes = {}
+    for module in (dsa_attention, gate, pcm_attention, tokens):
+        for name, obj in vars(module).items():
+            if not name.startswith("_") and getattr(obj, "__module__", module.__name__) == module.__name__:
+                homes.setdefault(name, module)
+    for name in package.__all__:
+        assert getattr(package, name) is getattr(homes[name], name), name
+    assert {"LGAttention", "pcm", "PCM_IMPLS"} <= {n for n, m in homes.items() if m is pcm_attention}
+    assert {"DilatedSelfAttention", "ProgressiveAttention", "DSA_IMPLS"} <= {
+        n for n, m in homes.items() if m is dsa_attention
+    }
+    assert LGAttention is pcm_attention.LGAttention and ProgressiveAttention is dsa_attention.ProgressiveAttention
+    assert AttentionGate is gate.AttentionGate
+
+
+def test_token_budget_pool_and_unpool():
+    """``pool``/``unpool`` return their input itself when it is on the grid / at the size already,
+    else average-pool and resize bilinearly (the budget both kernels share)."""
+    from lungseg.models.attention.tokens import pool, token_grid, unpool
+
+    x = torch.arange(2 * 3 * 8 * 6, dtype=torch.float64).reshape(2, 3, 8, 6)
+    assert pool(x, (8, 6)) is x and unpool(x, (8, 6)) is x
+    grid = token_grid(8, 6, 12)
+    assert grid == (4, 3)
+    pooled = pool(x, grid)
+    assert torch.equal(pooled, torch.nn.functional.avg_pool2d(x, 2))
+    back = unpool(pooled, (8, 6))
+    assert back.shape == x.shape
+    assert torch.equal(back, torch.nn.functional.interpolate(pooled, size=(8, 6), mode="bilinear"))
