@@ -48,7 +48,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from lungseg.errors import ConfigError, DataError, LungsegError
 from lungseg.provenance import evaluation_fingerprint
@@ -376,6 +376,139 @@ def _evaluation_run_id(evaluation_dir: Path) -> str | None:
     return None
 
 
+# ------------------------------------------------------------------------------ the steps of register
+@dataclass(frozen=True)
+class _Candidate:
+    """What :func:`register` registers: the training run's weights and their evaluation."""
+
+    run_id: str
+    model_uri: str
+    value: float
+    """The promotion metric (``register.metric``) of the evaluation."""
+    fingerprint: str | None
+    fingerprint_source: str
+    metrics: dict[str, Any]
+    eval_run: str | None
+    """The evaluation's own MLflow run, if it logged one."""
+
+
+class _Outcome(NamedTuple):
+    """Where the alias went: ``promote`` (``alias`` is the champion alias) or not, the champion's
+    number and version before, and why."""
+
+    promote: bool
+    before: float | None
+    reason: str
+    champion_version: str | None
+    alias: str
+
+
+def _version_tags(cfg, cand: _Candidate) -> dict[str, str]:
+    """The tags a new version carries about its evaluation (its lineage tags are added to them)."""
+    metrics = cand.metrics
+    return {
+        TAG + "metric": cfg.metric,
+        TAG + "metric_value": repr(cand.value),
+        TAG + "eval_fingerprint": cand.fingerprint or "unknown",
+        TAG + "eval_fingerprint_source": cand.fingerprint_source,
+        TAG + "eval_split": str(metrics.get("split")),
+        TAG + "eval_n_images": str(metrics.get("n_images")),
+        TAG + "model_uri": cand.model_uri,
+        TAG + "model_sha256": str(metrics.get("model_sha256")),
+        TAG + "eval_run_id": cand.eval_run or "none",
+    }
+
+
+def _ready_version(client, tracking_uri: str, name: str, cfg, cand: _Candidate) -> tuple[str, bool]:
+    """``(version, reused)``: the READY version of ``name`` for this run + evaluation set — the one
+    a repeated run registered (``reused``) or a new one, tagged (an alias is set only on a READY version)."""
+    _ensure_registered_model(client, name)
+    mv = _existing_version(client, name, cand.run_id, cand.model_uri, cand.fingerprint)
+    reused = mv is not None
+    if mv is None:
+        tags = {**_version_tags(cfg, cand), **_lineage_tags(client, cand.run_id)}
+        mv = _create_version(tracking_uri, name, cand.model_uri, tags)
+    mv = _wait_ready(client, name, mv.version)
+    return str(mv.version), reused
+
+
+def _version_of(mv) -> str | None:
+    return None if mv is None else str(mv.version)
+
+
+def _judge(client, name: str, cfg, version: str, cand: _Candidate) -> tuple[bool, float | None, str, str | None]:
+    """``(promote, champion's number, reason, champion's version)`` against the champion read now."""
+    champion = _alias_version(client, name, cfg.champion_alias)
+    if champion is not None and str(champion.version) == version:
+        return True, cand.value, "already champion (repeated run)", version
+    promote, before, reason = _decide(cfg, cand.value, cand.fingerprint, cand.run_id, champion)
+    return promote, before, reason, _version_of(champion)
+
+
+def _try_alias(client, name: str, cfg, version: str, cand: _Candidate) -> _Outcome | None:
+    """One attempt: decide, re-check that the champion has not moved since it was read, set the alias
+    and check it points at ``version``. None when the champion moved or the alias did not stick."""
+    promote, before, reason, champion_version = _judge(client, name, cfg, version, cand)
+    # re-check: the champion must not have moved between the read and the write
+    if _version_of(_alias_version(client, name, cfg.champion_alias)) != champion_version:
+        return None
+    alias = cfg.champion_alias if promote else cfg.challenger_alias
+    client.set_registered_model_alias(name, alias, version)
+    if _version_of(_alias_version(client, name, alias)) != version:
+        return None
+    if promote and _version_of(_alias_version(client, name, cfg.challenger_alias)) == version:
+        client.delete_registered_model_alias(name, cfg.challenger_alias)  # a promoted challenger is no longer one
+    return _Outcome(promote, before, reason, champion_version, alias)
+
+
+def _move_alias(client, name: str, cfg, version: str, cand: _Candidate, attempts: int = 5) -> _Outcome:
+    """Under the registry lock, :func:`_try_alias` until it succeeds (``attempts`` at most)."""
+    with registry_lock(client, name):
+        for _attempt in range(attempts):
+            outcome = _try_alias(client, name, cfg, version, cand)
+            if outcome is not None:
+                return outcome
+        raise RegistryError(f"{name}: the champion kept moving during registration; run again")
+
+
+def _decision(
+    name: str, version: str, cfg, cand: _Candidate, outcome: _Outcome, tracking_uri: str, reused: bool
+) -> Decision:
+    return Decision(
+        model_name=name,
+        version=version,
+        metric=cfg.metric,
+        candidate=cand.value,
+        champion_before=outcome.before,
+        champion_before_version=outcome.champion_version,
+        decision="champion" if outcome.promote else "challenger",
+        alias=outcome.alias,
+        reason=outcome.reason,
+        fingerprint=cand.fingerprint,
+        fingerprint_source=cand.fingerprint_source,
+        split=cand.metrics.get("split"),
+        run_id=cand.run_id,
+        model_uri=cand.model_uri,
+        tracking_uri=tracking_uri,
+        reused_version=reused,
+    )
+
+
+def _tag_decision(client, name: str, version: str, decision: Decision, below_min_metric: bool) -> None:
+    """The decision, both numbers and when, as tags on the version."""
+    before = decision.champion_before
+    for key, value in {
+        TAG + "decision": decision.decision,
+        TAG + "decision_reason": decision.reason,
+        TAG + "candidate_value": repr(decision.candidate),
+        TAG + "champion_before_value": "none" if before is None else repr(before),
+        TAG + "champion_before_version": decision.champion_before_version or "none",
+        TAG + "below_min_metric": str(below_min_metric).lower(),
+        TAG + "decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }.items():
+        client.set_model_version_tag(name, version, key, value)
+
+
 # --------------------------------------------------------------------------------------------- API
 def _lineage_tags(client, run_id: str) -> dict[str, str]:
     """What the version carries of its training run's lineage (``lungseg lineage`` reads it back): the
@@ -425,80 +558,12 @@ def register(params, model_dir: str | Path, evaluation_dir: str | Path, output: 
 
     client = _client(tracking_uri)
     name = _model_name(cfg, client, run_info, model_dir / "mlflow_run.json")
+    cand = _Candidate(run_id, model_uri, candidate, fingerprint, fp_source, metrics, eval_run)
     try:
-        _ensure_registered_model(client, name)
-        mv = _existing_version(client, name, run_id, model_uri, fingerprint)
-        reused = mv is not None
-        if mv is None:
-            base_tags = {
-                TAG + "metric": cfg.metric,
-                TAG + "metric_value": repr(candidate),
-                TAG + "eval_fingerprint": fingerprint or "unknown",
-                TAG + "eval_fingerprint_source": fp_source,
-                TAG + "eval_split": str(metrics.get("split")),
-                TAG + "eval_n_images": str(metrics.get("n_images")),
-                TAG + "model_uri": model_uri,
-                TAG + "model_sha256": str(metrics.get("model_sha256")),
-                TAG + "eval_run_id": eval_run or "none",
-                **_lineage_tags(client, run_id),
-            }
-            mv = _create_version(tracking_uri, name, model_uri, base_tags)
-        mv = _wait_ready(client, name, mv.version)  # an alias is set only on a READY version
-        version = str(mv.version)
-
-        with registry_lock(client, name):
-            for _attempt in range(5):
-                champion = _alias_version(client, name, cfg.champion_alias)
-                if champion is not None and str(champion.version) == version:
-                    promote, before, reason = True, candidate, "already champion (repeated run)"
-                    champion_version = version
-                else:
-                    promote, before, reason = _decide(cfg, candidate, fingerprint, run_id, champion)
-                    champion_version = None if champion is None else str(champion.version)
-                # re-check: the champion must not have moved between the read and the write
-                again = _alias_version(client, name, cfg.champion_alias)
-                if (None if again is None else str(again.version)) != champion_version:
-                    continue
-                alias = cfg.champion_alias if promote else cfg.challenger_alias
-                client.set_registered_model_alias(name, alias, version)
-                check = _alias_version(client, name, alias)
-                if check is not None and str(check.version) == version:
-                    if promote:  # a promoted challenger is no longer the challenger
-                        stale = _alias_version(client, name, cfg.challenger_alias)
-                        if stale is not None and str(stale.version) == version:
-                            client.delete_registered_model_alias(name, cfg.challenger_alias)
-                    break
-            else:
-                raise RegistryError(f"{name}: the champion kept moving during registration; run again")
-
-        decision = Decision(
-            model_name=name,
-            version=version,
-            metric=cfg.metric,
-            candidate=candidate,
-            champion_before=before,
-            champion_before_version=champion_version,
-            decision="champion" if promote else "challenger",
-            alias=alias,
-            reason=reason,
-            fingerprint=fingerprint,
-            fingerprint_source=fp_source,
-            split=metrics.get("split"),
-            run_id=run_id,
-            model_uri=model_uri,
-            tracking_uri=portable_uri(tracking_uri, output),
-            reused_version=reused,
-        )
-        for key, value in {
-            TAG + "decision": decision.decision,
-            TAG + "decision_reason": reason,
-            TAG + "candidate_value": repr(candidate),
-            TAG + "champion_before_value": "none" if before is None else repr(before),
-            TAG + "champion_before_version": champion_version or "none",
-            TAG + "below_min_metric": str(below_floor(cfg, candidate)).lower(),
-            TAG + "decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }.items():
-            client.set_model_version_tag(name, version, key, value)
+        version, reused = _ready_version(client, tracking_uri, name, cfg, cand)
+        outcome = _move_alias(client, name, cfg, version, cand)
+        decision = _decision(name, version, cfg, cand, outcome, portable_uri(tracking_uri, output), reused)
+        _tag_decision(client, name, version, decision, below_floor(cfg, candidate))
     except MlflowException as exc:
         raise RegistryError(f"MLflow registry at {tracking_uri}: {exc.message}") from exc
     atomic_write_json(output, decision.to_dict())
