@@ -141,7 +141,9 @@ def _workspace_version(folder: Path, actual: DataVersion) -> DataVersion | None:
     if not outs or outs[0].get("md5") != actual.md5:
         return None  # the folder changed since `dvc add`: its content is not that version
     git = ["git", "-C", str(dvc_file.parent)]
-    top = subprocess.run([*git, "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=False)
+    top = subprocess.run(
+        [*git, "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=False, encoding="utf-8"
+    )
     head = git_rev(dvc_file.parent)
     clean = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", dvc_file.name], check=False)
     tracked = subprocess.run([*git, "ls-files", "--error-unmatch", dvc_file.name], capture_output=True, check=False)

@@ -70,7 +70,7 @@ def _git(repo: str | Path | None, *args: str) -> subprocess.CompletedProcess | N
     """``git -C repo args…`` (stdout text), or None when git cannot be run at all."""
     cmd = ["git", *(("-C", str(repo)) if repo is not None else ()), *args]
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=False)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=False, encoding="utf-8")
     except (OSError, subprocess.SubprocessError):
         return None
 

@@ -112,7 +112,12 @@ def docker(
     if exe is None:
         raise ImageError("`docker` (the client) is not installed (Debian: apt-get install docker.io)")
     proc = subprocess.run(
-        [exe, *args], capture_output=capture, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+        [exe, *args],
+        capture_output=capture,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        encoding="utf-8",
     )
     if check and proc.returncode != 0:
         detail = (proc.stderr or proc.stdout or "").strip().splitlines()[-5:] if capture else []
@@ -311,6 +316,7 @@ def bootstrap_base(name: str = BOOTSTRAP_BASE, suite: str = BOOTSTRAP_SUITE) -> 
             [mmdebstrap, "--variant=minbase", "--include=" + ",".join(BOOTSTRAP_PACKAGES), "--quiet", suite, str(tar)],
             capture_output=True,
             text=True,
+            encoding="utf-8",
         )
         if proc.returncode != 0:
             raise ImageError(f"mmdebstrap {suite} failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
@@ -383,7 +389,7 @@ def _stage_wheel(requirement: str, dest: Path) -> None:
     attempts = [base, base + ["--index-url", FLAVOURS["cpu"][1]]]
     errors = []
     for cmd in attempts:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8")
         if proc.returncode == 0 and list(dest.glob("torch-*.whl")):
             return
         errors.append(proc.stderr.strip().splitlines()[-1:] or ["(no message)"])

@@ -302,7 +302,7 @@ class S3Server:
     def _verify_listener(self) -> None:
         """The S3 port must be held by *our* process (weed moves silently when a port is busy)."""
         try:
-            out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, timeout=10).stdout
+            out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, timeout=10, encoding="utf-8").stdout
         except (OSError, subprocess.SubprocessError):
             return  # no ss here: the ready check below (bucket creation with our keys) still holds
         for line in out.splitlines():

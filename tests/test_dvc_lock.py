@@ -62,6 +62,7 @@ def test_dvc_lock_matches_the_code_and_params(tmp_path):
         capture_output=True,
         text=True,
         timeout=600,
+        encoding="utf-8",
     )
     assert proc.returncode == 0, proc.stderr
     status = json.loads(proc.stdout or "{}")

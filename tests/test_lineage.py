@@ -15,7 +15,7 @@ GIT = ["git", "-c", "user.email=test@lungseg", "-c", "user.name=lungseg-test"]
 
 
 def sh(*cmd, cwd):
-    subprocess.run(list(cmd), cwd=cwd, check=True, capture_output=True, text=True)
+    subprocess.run(list(cmd), cwd=cwd, check=True, capture_output=True, text=True, encoding="utf-8")
 
 
 @pytest.fixture

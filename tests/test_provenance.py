@@ -17,7 +17,9 @@ GIT = ["git", "-c", "user.email=test@lungseg", "-c", "user.name=lungseg-test"]
 
 
 def sh(*cmd, cwd) -> str:
-    return subprocess.run(list(cmd), cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        list(cmd), cwd=cwd, check=True, capture_output=True, text=True, encoding="utf-8"
+    ).stdout.strip()
 
 
 @pytest.fixture

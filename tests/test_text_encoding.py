@@ -23,8 +23,13 @@ def _mode(call: ast.Call, position: int) -> str | None:
     return "?" if len(call.args) > position else None
 
 
+def _not_false(value: ast.expr) -> bool:
+    return not (isinstance(value, ast.Constant) and not value.value)
+
+
 def unspecified_encodings(source: str) -> list[int]:
-    """Line numbers of text-mode file accesses without ``encoding=``."""
+    """Line numbers of text-mode file accesses, and of subprocesses run with ``text=True`` (or
+    ``universal_newlines=True``), without ``encoding=``."""
     lines = []
     for node in ast.walk(ast.parse(source)):
         if not isinstance(node, ast.Call) or any(kw.arg == "encoding" for kw in node.keywords):
@@ -42,15 +47,21 @@ def unspecified_encodings(source: str) -> list[int]:
         elif isinstance(func, ast.Attribute) and func.attr == "fdopen":
             if "b" not in (_mode(node, 1) or "r"):
                 lines.append(node.lineno)
+        elif any(kw.arg in ("text", "universal_newlines") and _not_false(kw.value) for kw in node.keywords):
+            lines.append(node.lineno)  # a subprocess whose output is decoded (with the locale's encoding)
     return lines
 
 
 def test_the_checker_finds_what_it_should():
-    bad = 'p.read_text()\nopen(f)\nopen(f, "w")\np.open(newline="")\nos.fdopen(fd, "w")\np.write_text(s)\n'
-    assert unspecified_encodings(bad) == [1, 2, 3, 4, 5, 6]
+    bad = (
+        'p.read_text()\nopen(f)\nopen(f, "w")\np.open(newline="")\nos.fdopen(fd, "w")\np.write_text(s)\n'
+        "subprocess.run(cmd, text=True)\nsubprocess.Popen(cmd, universal_newlines=True)\nrun(cmd, text=flag)\n"
+    )
+    assert unspecified_encodings(bad) == [1, 2, 3, 4, 5, 6, 7, 8, 9]
     good = (
         'p.read_text(encoding="utf-8")\nopen(f, "rb")\nos.open(f, 1)\nImage.open(f)\n'
         'p.open("ab")\nos.fdopen(fd, "w", encoding="utf-8")\n'
+        'subprocess.run(cmd, text=True, encoding="utf-8")\nsubprocess.run(cmd, text=False)\nsubprocess.run(cmd)\n'
     )
     assert unspecified_encodings(good) == []
 

@@ -88,6 +88,7 @@ def test_training_survives_the_tracking_server_dying(server, tmp_path_factory, t
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        encoding="utf-8",
     )
     history = tmp_path / "out.partial" / "history.csv"
     deadline = time.time() + 240

@@ -18,12 +18,14 @@ def test_help_imports_no_heavy_module():
         "heavy = [m for m in ('torch', 'mlflow', 'kfp', 'great_expectations', 'pandas', 'monai') if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, encoding="utf-8")
     assert out.stdout.strip() == "", f"heavy modules imported by --help: {out.stdout}"
 
 
 def test_every_subcommand_is_listed():
-    out = subprocess.run([sys.executable, "-m", "lungseg.cli", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "lungseg.cli", "--help"], capture_output=True, text=True, check=True, encoding="utf-8"
+    )
     for name in ("preprocess", "train", "evaluate", "register", "models", "pipeline"):
         assert name in out.stdout
 
@@ -53,13 +55,19 @@ def test_config_error_is_one_line_and_nonzero(tmp_path, capsys):
 def test_python_dash_m_lungseg_is_the_cli(tmp_path):
     """`python -m lungseg` runs the same command line as the `lungseg` script: same subcommands, and a
     user error is one `error:` line with exit status 2 (not a traceback)."""
-    out = subprocess.run([sys.executable, "-m", "lungseg", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "lungseg", "--help"], capture_output=True, text=True, check=True, encoding="utf-8"
+    )
     for name in ("preprocess", "train", "evaluate", "register", "models", "results", "pipeline"):
         assert name in out.stdout
     assert (
         out.stdout
         == subprocess.run(
-            [sys.executable, "-m", "lungseg.cli", "--help"], capture_output=True, text=True, check=True
+            [sys.executable, "-m", "lungseg.cli", "--help"],
+            capture_output=True,
+            text=True,
+            check=True,
+            encoding="utf-8",
         ).stdout
     )
     bad = subprocess.run(
@@ -77,6 +85,7 @@ def test_python_dash_m_lungseg_is_the_cli(tmp_path):
         ],
         capture_output=True,
         text=True,
+        encoding="utf-8",
     )
     assert bad.returncode == 2
     assert (

@@ -43,5 +43,5 @@ def test_the_library_alone_prints_only_warnings_and_can_be_silenced():
         "logging.getLogger('lungseg').setLevel(logging.ERROR)\n"
         "log.warning('silenced')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, encoding="utf-8")
     assert out.stderr == "a warning\n" and out.stdout == ""

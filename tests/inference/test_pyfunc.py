@@ -151,7 +151,13 @@ def test_it_loads_where_lungseg_is_not_installed(champion_dir, pyfunc_model, rea
         "HOME": os.environ.get("HOME", str(tmp_path)),
     }
     out = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-I", "-S", "-c", code],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        encoding="utf-8",
     )
     assert out.returncode == 0, out.stderr[-3000:]
     info = json.loads(out.stdout.strip().splitlines()[-1])

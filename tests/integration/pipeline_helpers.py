@@ -70,4 +70,4 @@ def run(cmd: list[str], cwd: Path, timeout: float = 1800) -> subprocess.Complete
     ``timeout`` only guards against a hang (a shared 2-core machine can be slow)."""
     e = env()
     e["PYTHONPATH"] = os.pathsep.join(filter(None, [str(cwd), e.get("PYTHONPATH")]))
-    return subprocess.run(cmd, cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout, encoding="utf-8")

@@ -154,6 +154,7 @@ def test_the_image_runs_the_cli_as_uid_1000(cpu_image):
         capture_output=True,
         text=True,
         timeout=300,
+        encoding="utf-8",
     )
     assert out.returncode == 0, out.stderr
     uid, version, torch_version, no_pytest = out.stdout.strip().splitlines()
@@ -192,6 +193,7 @@ def test_an_image_the_daemon_cannot_get_is_one_line(tmp_path, docker_host):
         capture_output=True,
         text=True,
         timeout=300,
+        encoding="utf-8",
     )
     assert run.returncode == 2
     last = run.stderr.strip().splitlines()[-1]
@@ -242,6 +244,7 @@ def test_the_pipeline_runs_in_the_image_from_s3_into_the_mlflow_server(
         capture_output=True,
         text=True,
         timeout=300,
+        encoding="utf-8",
     )
     assert compile_run.returncode == 0, compile_run.stderr
     spec = next(yaml.safe_load_all(compiled.read_text(encoding="utf-8")))
@@ -285,6 +288,7 @@ def test_the_pipeline_runs_in_the_image_from_s3_into_the_mlflow_server(
         capture_output=True,
         text=True,
         timeout=1500,
+        encoding="utf-8",
     )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-3000:]
     # each of the four tasks ran in the pinned image; preprocess read the input from S3 itself

@@ -51,6 +51,7 @@ def _run_local(
         capture_output=True,
         text=True,
         timeout=900,
+        encoding="utf-8",
     )
 
 

@@ -20,14 +20,20 @@ MODEL = "lsg-lineage-e2e"
 
 
 def sh(*cmd, cwd, e):
-    out = subprocess.run(list(cmd), cwd=cwd, env=e, capture_output=True, text=True, timeout=900)
+    out = subprocess.run(list(cmd), cwd=cwd, env=e, capture_output=True, text=True, timeout=900, encoding="utf-8")
     assert out.returncode == 0, f"{cmd}: {out.stdout[-2000:]}{out.stderr[-3000:]}"
     return out
 
 
 def lungseg(*args, cwd, e, check=True):
     out = subprocess.run(
-        [sys.executable, "-m", "lungseg", *args], cwd=cwd, env=e, capture_output=True, text=True, timeout=1500
+        [sys.executable, "-m", "lungseg", *args],
+        cwd=cwd,
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        encoding="utf-8",
     )
     if check:
         assert out.returncode == 0, f"lungseg {args}: {out.stdout[-3000:]}{out.stderr[-3000:]}"

@@ -94,6 +94,7 @@ def test_two_concurrent_registrations_leave_a_consistent_registry(mlflow_server_
             stderr=subprocess.PIPE,
             text=True,
             env=dict(os.environ),
+            encoding="utf-8",
         )
         for tag, (m, e) in dirs.items()
     ]
@@ -141,7 +142,13 @@ def test_dvc_remote_push_and_pull_through_s3(s3_env, tmp_path):
     src = tmp_path / "src"
     env = _git_dvc_repo(src)
     remote_url = subprocess.run(
-        [sys.executable, "-m", "dvc", "remote", "list"], cwd=src, env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-m", "dvc", "remote", "list"],
+        cwd=src,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        encoding="utf-8",
     ).stdout
     assert "s3://" in remote_url
     # the endpoint of this local server goes into .dvc/config.local (git-ignored), never the config
@@ -155,11 +162,13 @@ def test_dvc_remote_push_and_pull_through_s3(s3_env, tmp_path):
     (data / "images.npy").write_bytes(payload)
     (data / "meta.json").write_text('{"dataset": "probe"}', encoding="utf-8")
     subprocess.run([*dvc, "add", "data/processed"], cwd=src, env=env, check=True, capture_output=True)
-    push = subprocess.run([*dvc, "push"], cwd=src, env=env, capture_output=True, text=True)
+    push = subprocess.run([*dvc, "push"], cwd=src, env=env, capture_output=True, text=True, encoding="utf-8")
     assert push.returncode == 0, push.stderr
     assert "2 files pushed" in push.stdout or "pushed" in push.stdout, push.stdout
     prefix = (
-        subprocess.run([*dvc, "remote", "list"], cwd=src, env=env, capture_output=True, text=True, check=True)
+        subprocess.run(
+            [*dvc, "remote", "list"], cwd=src, env=env, capture_output=True, text=True, check=True, encoding="utf-8"
+        )
         .stdout.split()[1]
         .removeprefix("s3://")
     )
@@ -177,7 +186,7 @@ def test_dvc_remote_push_and_pull_through_s3(s3_env, tmp_path):
     subprocess.run(
         [*dvc, "remote", "modify", "--local", "storage", "endpointurl", s3_env.endpoint], cwd=clone, env=env, check=True
     )
-    pull = subprocess.run([*dvc, "pull"], cwd=clone, env=env, capture_output=True, text=True)
+    pull = subprocess.run([*dvc, "pull"], cwd=clone, env=env, capture_output=True, text=True, encoding="utf-8")
     assert pull.returncode == 0, pull.stderr
     assert (clone / "data" / "processed" / "images.npy").read_bytes() == payload
     assert json.loads((clone / "data" / "processed" / "meta.json").read_text(encoding="utf-8")) == {"dataset": "probe"}

@@ -45,6 +45,7 @@ def _compile(out: Path, *extra: str) -> dict:
         env=env,
         capture_output=True,
         text=True,
+        encoding="utf-8",
     )
     assert proc.returncode == 0, proc.stderr
     doc: dict = {}
@@ -121,6 +122,7 @@ def test_bad_gpu_counts_are_refused_in_one_line(tmp_path):
         cwd=REPO,
         capture_output=True,
         text=True,
+        encoding="utf-8",
     )
     assert proc.returncode == 2 and proc.stderr.strip() == "error: gpus_per_node: must be an integer ≥ 1, got 0"
     assert not out.exists()
@@ -160,7 +162,7 @@ def test_the_nodes_torchrun_turns_the_trainjob_variables_into_what_lungseg_detec
     assert cmd[1:4] == ["-m", "torch.distributed.run", "-m"] and cmd[4:6] == ["lungseg.cli", "train"]
     assert "--nproc_per_node=4" in node_command({GPUS_PER_NODE_ENV: "4"}, Path("d"), Path("o"), Path("p"))
     probe_cmd = [*cmd[:3], str(probe)]  # the same torchrun, with the probe in place of `-m lungseg.cli train …`
-    proc = subprocess.run(probe_cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(probe_cmd, env=env, capture_output=True, text=True, timeout=300, encoding="utf-8")
     assert proc.returncode == 0, proc.stderr
     seen = sorted(
         # two processes share one stdout: their lines may interleave without a newline between them

@@ -271,6 +271,7 @@ def test_submit_unreachable_host_is_a_clear_error(tmp_path):
         capture_output=True,
         text=True,
         timeout=120,
+        encoding="utf-8",
     )
     assert code.returncode == 2
     assert "error: could not submit to Kubeflow Pipelines at http://127.0.0.1:9" in code.stderr

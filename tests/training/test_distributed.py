@@ -55,7 +55,9 @@ def _torchrun(params: Path, data: Path, out: Path, *extra: str, nproc: int = 2) 
         str(params),
         *extra,
     ]
-    return subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        cmd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, encoding="utf-8"
+    )
 
 
 def _children(pid: int) -> list[int]:
@@ -176,7 +178,9 @@ def test_a_dead_rank_ends_the_others_with_one_line_error(tmp_path, tiny_data):
             "--params",
             str(params),
         ]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(
+            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8")
+        )
     ckpt = tmp_path / "out.partial" / "checkpoint.pt"
     deadline = time.time() + 300
     while time.time() < deadline and not ckpt.is_file() and procs[0].poll() is None:

@@ -139,6 +139,7 @@ def test_the_cli_refuses_the_paper_preset_on_small_data_in_one_line(tmp_path, ti
         env=cli_env(),
         capture_output=True,
         text=True,
+        encoding="utf-8",
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]

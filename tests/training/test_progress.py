@@ -27,6 +27,7 @@ def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path, tiny_data):
         capture_output=True,
         text=True,
         timeout=600,
+        encoding="utf-8",
     )
     assert proc.returncode == 0, proc.stderr
     lines = [m for m in map(LINE.match, proc.stderr.splitlines()) if m]

@@ -89,6 +89,7 @@ def _run_cli(params: Path, data: Path, out: Path, *extra: str, env=None) -> subp
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        encoding="utf-8",
     )
 
 
@@ -337,6 +338,7 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, tiny_data):
         ],
         capture_output=True,
         text=True,
+        encoding="utf-8",
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "nowhere" in proc.stderr
@@ -375,6 +377,7 @@ def test_resume_continues_a_finished_run(tmp_path, tiny_data):
         env=cli_env(),
         capture_output=True,
         text=True,
+        encoding="utf-8",
     )
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "Traceback" not in proc.stderr
