@@ -2,7 +2,7 @@
 """Epoch overhead of lungseg's training loop: an epoch's time ÷ the sum of its pure train steps (not a test).
 
 For one model, image size, width and batch, on real CT slices (the bundled MedSeg sample, or
-``--source`` another MedSeg-layout folder such as ``/work/shared/data/medseg-covid100``,
+``--source`` another MedSeg-layout folder such as ``../shared/data/medseg-covid100``,
 preprocessed at ``--size``² and its training split repeated to ``--images``):
 
 * **steps** — the epoch's batches (the same ``(seed, epoch)`` permutation and augmentation the

@@ -177,7 +177,7 @@ def measure(args) -> dict:
             "batch": args.batch,
             "repeats": args.repeats,
             "amp_channels_last": bool(amp),
-            "data": str(args.data),
+            "data": Path(os.path.relpath(Path(args.data).resolve(), ROOT)).as_posix(),  # committed: no machine path
         },
         "rows": rows,
         "tag": args.tag,

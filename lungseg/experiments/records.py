@@ -26,6 +26,11 @@ so the schema below *is* the file format:
 
 Each part keeps keys it does not know in ``extra`` (written back unchanged), so a record of a newer
 or older runner still round-trips. Import-light: no numpy, no torch.
+
+No path of the machine that ran it: records are committed, so :func:`portable_record` writes the
+tracking store (``mlflow.tracking_uri``) and the paths of ``command`` relative to the repository the
+record lies in — ``sqlite:///.results-work/mlflow.db``, ``--data-root ../shared/data`` (a folder beside
+the repository) — and a path anywhere else as :data:`ELSEWHERE` + its last component.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,6 +269,56 @@ class RunRecord(_Part):
         if not isinstance(data, dict):
             raise DataError(path, f"a run record is a JSON object, got {type(data).__name__}")
         return dataclasses.replace(cls.from_dict(data), path=path)
+
+
+#: how a record names a path outside the repository and the folder beside it (its last component follows)
+ELSEWHERE = "<elsewhere>"
+_LOCAL_URI_SCHEMES = ("sqlite:///", "file://")
+
+
+def portable_path_text(path: str, repo: Path | None) -> str:
+    """An absolute ``path`` relative to ``repo`` when it lies in the repository or beside it (in the
+    repository's parent folder: ``../shared/data``), else ``<elsewhere>/<name>``; a relative path as it is."""
+    if not os.path.isabs(path):
+        return path
+    target = os.path.normpath(path)
+    if repo is not None:
+        for base in (repo, repo.parent):
+            if os.path.commonpath([target, str(base)]) == str(base) and base != Path(base.anchor):
+                return Path(os.path.relpath(target, repo)).as_posix()
+    return f"{ELSEWHERE}/{Path(target).name}"
+
+
+def portable_uri_text(uri: str, repo: Path | None) -> str:
+    """A local store's URI (``sqlite:///…``, ``file://…``) with its path made :func:`portable_path_text`;
+    a server's URI unchanged."""
+    for scheme in _LOCAL_URI_SCHEMES:
+        if uri.startswith(scheme) and os.path.isabs(uri[len(scheme) :]):
+            return scheme + portable_path_text(uri[len(scheme) :], repo)
+    return uri
+
+
+def portable_command(command: str, repo: Path | None) -> str:
+    """``command`` with each absolute path argument (``/a/b`` or ``--flag=/a/b``) made :func:`portable_path_text`."""
+
+    def one(token: str) -> str:
+        flag, eq, value = token.partition("=") if token.startswith("--") else ("", "", token)
+        return f"{flag}{eq}{portable_path_text(value, repo)}"
+
+    return shlex.join(one(t) for t in shlex.split(command))
+
+
+def portable_record(record: RunRecord, anchor: str | Path) -> RunRecord:
+    """``record`` without the machine's paths (module docstring), relative to the repository holding
+    ``anchor`` (the record's file; ``lungseg.tracking.repo_root``)."""
+    from lungseg.tracking import repo_root
+
+    repo = repo_root(Path(anchor).parent)
+    mlflow = record.mlflow
+    if mlflow and isinstance(mlflow.get("tracking_uri"), str):
+        mlflow = {**mlflow, "tracking_uri": portable_uri_text(mlflow["tracking_uri"], repo)}
+    command = portable_command(record.command, repo) if record.command else record.command
+    return dataclasses.replace(record, mlflow=mlflow, command=command)
 
 
 def as_records(records: Iterable[RunRecord | Mapping[str, Any]]) -> list[RunRecord]:

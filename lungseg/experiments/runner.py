@@ -47,6 +47,7 @@ from lungseg.experiments.records import (
     RunRecord,
     Settings,
     WallTime,
+    portable_record,
     record_path,
 )
 from lungseg.experiments.tables import PROFILES, Profile, Row, TableSpec
@@ -418,6 +419,7 @@ def run_cell(request: CellRequest) -> RunRecord:
             }
         )
     )
+    record = portable_record(record, request.record_path)  # committed: no path of this machine in it
     atomic_write_json(request.record_path, record.to_dict())
     if not opts.keep_checkpoints:
         for pt in train_dir.glob("*.pt"):

@@ -1,6 +1,6 @@
 """Building blocks shared by every model of the zoo.
 
-Notation (see ``/work/shared/design/architecture.md``): CBR = Conv→BatchNorm→ReLU,
+Notation (see the design note beside the repository, ``../shared/design/architecture.md``): CBR = Conv→BatchNorm→ReLU,
 CIR = Conv→InstanceNorm→ReLU. Convolutions followed by a norm have ``bias=False``
 (the norm's shift makes a bias redundant, and a bias before BatchNorm gets no gradient).
 

@@ -1,6 +1,6 @@
 """LG-Net (Lu, Yuan & Xu, "Research on lung CT image segmentation algorithm based on the improved
 U-Net network", Intelligent Computer and Applications 13(7), 2023; ``seeds/000_a63c139867e588ca.txt``),
-read as fixed by ``/work/shared/design/architecture.md`` §LG-Net.
+read as fixed by ``../shared/design/architecture.md`` §LG-Net.
 
 Structure (widths ``base·(1,2,4,8,16)``, four 2×2 max-pools, ``size_divisor = 16``):
 - Encoder stage = double CBR 3×3 → MRC (``use_mrc``) on the first ``mrc_levels`` levels

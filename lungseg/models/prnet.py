@@ -1,5 +1,5 @@
 """PR-Net (the residual + progressive-attention lung CT segmentation network of
-``seeds/001_1629151eb43ef42a.txt``), read as fixed by ``/work/shared/design/architecture.md`` §PR-Net.
+``seeds/001_1629151eb43ef42a.txt``), read as fixed by ``../shared/design/architecture.md`` §PR-Net.
 
 Structure (widths ``base·(1,2,4,8,16)``, four 2×2 average-pool down-samplings,
 ``size_divisor = 16``):
