@@ -50,7 +50,7 @@ def test_report_files_numbers_and_mlflow(trained, tiny_data):
     test = load_split(tiny_data, "test")
     per_image = pd.read_csv(out / "per_image.csv", dtype={"id": str})
     assert per_image["id"].tolist() == test.manifest["id"].tolist()
-    m = json.loads((out / "metrics.json").read_text())
+    m = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert m["split"] == "test" and m["n_images"] == len(test) == result.n_images
     assert m["checkpoint"] == "best.pt"
     assert m["dice_mean"] == pytest.approx(per_image["dice"].mean())
@@ -71,12 +71,12 @@ def test_report_files_numbers_and_mlflow(trained, tiny_data):
     # the report names the model it belongs to: the training run and the sha256 of the evaluated weights
     from lungseg.io import sha256_file
 
-    info = json.loads((root / "model" / "mlflow_run.json").read_text())
+    info = json.loads((root / "model" / "mlflow_run.json").read_text(encoding="utf-8"))
     assert m["run_id"] == info["run_id"]
     assert m["model_sha256"] == sha256_file(root / "model" / "best.pt") == info["best_sha256"]
     assert m["preprocessing_mismatch"] == [] and m["preprocessing_unchecked"] == []
     # headline.json (the DVC metrics file) holds the few headline numbers, equal to metrics.json's
-    headline = json.loads((out / "headline.json").read_text())
+    headline = json.loads((out / "headline.json").read_text(encoding="utf-8"))
     assert set(headline) == {
         "n_images",
         "dice_mean",
@@ -91,7 +91,7 @@ def test_report_files_numbers_and_mlflow(trained, tiny_data):
 
     # its own MLflow run, nested under the training run; the training run is not written to
     client = MlflowClient(uri)
-    logging = json.loads((out / "mlflow_logging.json").read_text())
+    logging = json.loads((out / "mlflow_logging.json").read_text(encoding="utf-8"))
     assert logging["lost_logging"] == 0 and logging["parent_run_id"] == info["run_id"]
     ev = client.get_run(logging["run_id"])
     assert ev.info.run_id != info["run_id"] and ev.info.status == "FINISHED"
@@ -134,10 +134,10 @@ def test_falls_back_to_last_checkpoint(trained, tiny_data, tmp_path):
     (model / "best.pt").unlink()
     (model / "mlflow_run.json").unlink()  # not logged: said in the report folder, not an error
     evaluate(params, model, tiny_data, tmp_path / "report")
-    m = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    m = json.loads((tmp_path / "report" / "metrics.json").read_text(encoding="utf-8"))
     assert m["checkpoint"] == "checkpoint.pt" and m["checkpoint_epoch"] == 2
     assert "best.pt: not found" in m["checkpoint_fallback"]
-    assert json.loads((tmp_path / "report" / "mlflow_logging.json").read_text())["run_id"] is None
+    assert json.loads((tmp_path / "report" / "mlflow_logging.json").read_text(encoding="utf-8"))["run_id"] is None
 
 
 @pytest.mark.slow
@@ -161,14 +161,16 @@ def test_a_second_evaluation_never_overwrites_the_first(trained, tiny_data, tmp_
     other = dataclasses.replace(params, evaluate=dataclasses.replace(params.evaluate, threshold=0.2))
     evaluate(other, root / "model", tiny_data, tmp_path / "b")
     client = MlflowClient(uri)
-    runs = [json.loads((tmp_path / x / "mlflow_logging.json").read_text())["run_id"] for x in ("a", "b")]
+    runs = [
+        json.loads((tmp_path / x / "mlflow_logging.json").read_text(encoding="utf-8"))["run_id"] for x in ("a", "b")
+    ]
     assert len(set(runs)) == 2
     for x, run_id in zip(("a", "b"), runs):
-        m = json.loads((tmp_path / x / "metrics.json").read_text())
+        m = json.loads((tmp_path / x / "metrics.json").read_text(encoding="utf-8"))
         got = client.get_run(run_id).data.metrics
         assert got["dice_mean"] == pytest.approx(m["dice_mean"]) and got["threshold"] == m["threshold"]
         assert [h.value for h in client.get_metric_history(run_id, "dice_mean")] == [pytest.approx(m["dice_mean"])]
-    info = json.loads((root / "model" / "mlflow_run.json").read_text())
+    info = json.loads((root / "model" / "mlflow_run.json").read_text(encoding="utf-8"))
     children = client.search_runs(
         [client.get_run(info["run_id"]).info.experiment_id], f"tags.mlflow.parentRunId = '{info['run_id']}'"
     )
@@ -187,12 +189,12 @@ def test_data_preprocessed_differently_is_refused_unless_allowed(trained, tiny_d
         evaluate(params, root / "model", bigger, tmp_path / "r64")
     assert not (tmp_path / "r64").exists()
     evaluate(params, root / "model", bigger, tmp_path / "r64", allow_preprocessing_mismatch=True)
-    m = json.loads((tmp_path / "r64" / "metrics.json").read_text())
+    m = json.loads((tmp_path / "r64" / "metrics.json").read_text(encoding="utf-8"))
     assert m["preprocessing_mismatch"] == ["image_size: data 64, model 32"] and m["n_images"] == 6
 
     window = tmp_path / "window"  # same pixels size, another HU window recorded
     shutil.copytree(tiny_data, window)
-    meta = json.loads((window / "meta.json").read_text())
+    meta = json.loads((window / "meta.json").read_text(encoding="utf-8"))
     meta["preprocess"]["hu_window"] = [-1200.0, 600.0]
     (window / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
     with pytest.raises(DataError, match=r"hu_window: data \[-1200, 600\], model \[-1000, 400\]"):
@@ -213,7 +215,7 @@ def test_an_old_checkpoint_is_checked_on_what_it_records(trained, tiny_data, tmp
         del ckpt["preprocess"]
         torch.save(ckpt, model / name)
     evaluate(params, model, tiny_data, tmp_path / "report")
-    m = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    m = json.loads((tmp_path / "report" / "metrics.json").read_text(encoding="utf-8"))
     assert m["preprocessing_unchecked"] == ["hu_window", "multiclass", "num_labels", "label_names"]
     assert (
         "does not record the training data's hu_window, multiclass, num_labels, label_names" in caplog.text  # logged
@@ -230,7 +232,7 @@ def test_truncated_best_is_named_and_the_intact_last_checkpoint_is_used(trained,
     evaluate(params, model, tiny_data, tmp_path / "report")
     err = caplog.text  # the warning is logged (the command line prints it on stderr)
     assert "best.pt: not a readable checkpoint" in err and f"evaluating {model / 'checkpoint.pt'} instead" in err
-    m = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    m = json.loads((tmp_path / "report" / "metrics.json").read_text(encoding="utf-8"))
     assert m["checkpoint"] == "checkpoint.pt" and "best.pt: not a readable checkpoint" in m["checkpoint_fallback"]
     from lungseg.io import sha256_file
 
