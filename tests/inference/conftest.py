@@ -37,6 +37,51 @@ def builders():
 
 
 @pytest.fixture(scope="session")
+def params_file(tmp_path_factory, store) -> Path:
+    """The params.yaml of the command-line runs: :func:`train_helpers.write_params` with the test store."""
+    return write_params(tmp_path_factory.mktemp("params") / "params.yaml", store)
+
+
+@pytest.fixture
+def cli(params_file, capsys):
+    """``lungseg COMMAND ARG... --params <params_file>`` in this process: ``(exit code, stdout, stderr)``
+    (an argument may be a path)."""
+    from lungseg.cli import main
+
+    def run(command: str, *args) -> tuple[int, str, str]:
+        code = main([command, *map(str, args), "--params", str(params_file)])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
+
+
+@pytest.fixture
+def predict(cli):
+    """``lungseg predict --model MODEL --input SCAN --output OUT EXTRA...`` (:func:`cli`); ``MODEL`` None
+    leaves ``--model`` out (the cascade names its models in ``EXTRA``)."""
+
+    def run(model, scan, out, *extra) -> tuple[int, str, str]:
+        chosen = () if model is None else ("--model", model)
+        return cli("predict", *chosen, "--input", scan, "--output", out, *extra)
+
+    return run
+
+
+@pytest.fixture
+def export(cli):
+    """``lungseg export --model MODEL --format FMT --output OUT --check-input <the sample> EXTRA...``
+    (:func:`cli`): the parity check runs on the bundled sample's slices."""
+
+    def run(model, fmt: str, out, *extra) -> tuple[int, str, str]:
+        return cli(
+            "export", "--model", model, "--format", fmt, "--output", out, "--check-input", SAMPLE / "tr_im", *extra
+        )
+
+    return run
+
+
+@pytest.fixture(scope="session")
 def store(tmp_path_factory) -> str:
     """A local MLflow store (sqlite) for every inference test, created here: MLflow logs its schema
     setup to stderr on first use, which a test of one-line CLI errors must not see."""
@@ -45,6 +90,13 @@ def store(tmp_path_factory) -> str:
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
     MlflowClient(uri).search_experiments()
     return uri
+
+
+@pytest.fixture
+def store_in_env(store, monkeypatch) -> str:
+    """:func:`store` as ``MLFLOW_TRACKING_URI`` for the test (where ``models:/`` URIs are looked up); its URI."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    return store
 
 
 def _train(tmp_path_factory, data_dir: Path, store: str, name: str, **train) -> Path:

@@ -9,15 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from lungseg.cli import main
 from lungseg.inference import core, volumes
 from lungseg.inference.predict import LoadedModel, load_model
-from train_helpers import SAMPLE, write_params
-
-
-@pytest.fixture(scope="module")
-def params_file(tmp_path_factory, store):
-    return write_params(tmp_path_factory.mktemp("params") / "params.yaml", store)
+from train_helpers import SAMPLE
 
 
 @pytest.fixture(scope="module")
@@ -30,33 +24,12 @@ def real_check(infection_model):
     return model, check_batch(slices[:16], model.image_size)
 
 
-def _export(capsys, *args):
-    code = main(["export", *args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 @pytest.mark.slow
-def test_onnx_export_of_the_champion_matches_pytorch(
-    champion, store, params_file, real_check, tmp_path, capsys, monkeypatch
-):
+def test_onnx_export_of_the_champion_matches_pytorch(champion, store_in_env, real_check, tmp_path, export):
     import onnxruntime as ort
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     out = tmp_path / "onnx"
-    code, stdout, _ = _export(
-        capsys,
-        "--model",
-        champion,
-        "--format",
-        "onnx",
-        "--output",
-        str(out),
-        "--check-input",
-        str(SAMPLE / "tr_im"),
-        "--params",
-        str(params_file),
-    )
+    code, stdout, _ = export(champion, "onnx", out)
     assert code == 0
     assert "max |Δp|" in stdout and "Dice of masks" in stdout
     info = json.loads((out / "export.json").read_text(encoding="utf-8"))
@@ -75,23 +48,9 @@ def test_onnx_export_of_the_champion_matches_pytorch(
 
 
 @pytest.mark.slow
-def test_torchscript_export_matches_pytorch(infection_model, params_file, real_check, tmp_path, capsys):
+def test_torchscript_export_matches_pytorch(infection_model, real_check, tmp_path, export):
     out = tmp_path / "ts"
-    code, stdout, _ = _export(
-        capsys,
-        "--model",
-        str(infection_model),
-        "--format",
-        "torchscript",
-        "--output",
-        str(out),
-        "--check-input",
-        str(SAMPLE / "tr_im"),
-        "--params",
-        str(params_file),
-        "--max-check-slices",
-        "6",
-    )
+    code, stdout, _ = export(infection_model, "torchscript", out, "--max-check-slices", "6")
     assert code == 0 and "Dice of masks 1.000000" in stdout
     model, x = real_check
     loaded = torch.jit.load(str(out / "model.pt"))
@@ -105,22 +64,9 @@ def test_torchscript_export_matches_pytorch(infection_model, params_file, real_c
 
 
 @pytest.mark.slow
-def test_a_failed_export_is_one_line_and_writes_nothing(store, params_file, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+def test_a_failed_export_is_one_line_and_writes_nothing(store_in_env, tmp_path, export):
     out = tmp_path / "never"
-    code, _, err = _export(
-        capsys,
-        "--model",
-        "models:/no-such-model@champion",
-        "--format",
-        "onnx",
-        "--output",
-        str(out),
-        "--check-input",
-        str(SAMPLE / "tr_im"),
-        "--params",
-        str(params_file),
-    )
+    code, _, err = export("models:/no-such-model@champion", "onnx", out)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert err.startswith("error: models:/no-such-model@champion: ")
     assert not out.exists()

@@ -11,19 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lungseg.cli import main
-from train_helpers import SAMPLE, write_params
-
-
-@pytest.fixture(scope="module")
-def params_file(tmp_path_factory, store) -> Path:
-    return write_params(tmp_path_factory.mktemp("params") / "params.yaml", store)
-
-
-def _predict(capsys, *args: str) -> tuple[int, str, str]:
-    code = main(["predict", *args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from train_helpers import SAMPLE
 
 
 def _report(folder: Path) -> dict:
@@ -31,19 +19,9 @@ def _report(folder: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_png_slices_of_the_sample(infection_model, params_file, tmp_path, capsys):
+def test_png_slices_of_the_sample(infection_model, tmp_path, predict):
     out = tmp_path / "png"
-    code, stdout, _ = _predict(
-        capsys,
-        "--model",
-        str(infection_model),
-        "--input",
-        str(SAMPLE / "tr_im"),
-        "--output",
-        str(out),
-        "--params",
-        str(params_file),
-    )
+    code, stdout, _ = predict(infection_model, SAMPLE / "tr_im", out)
     assert code == 0
     inputs = sorted((SAMPLE / "tr_im").glob("*.png"))
     masks = sorted((out / "infection_mask").glob("*.png"))
@@ -63,22 +41,10 @@ def test_png_slices_of_the_sample(infection_model, params_file, tmp_path, capsys
 
 @pytest.mark.slow
 def test_nifti_cascade_report_matches_a_hand_computation(
-    lung_model, infection_model, nifti_scan, nifti_zooms, params_file, tmp_path, capsys
+    lung_model, infection_model, nifti_scan, nifti_zooms, tmp_path, predict
 ):
     out = tmp_path / "nifti"
-    code, _, _ = _predict(
-        capsys,
-        "--lung-model",
-        str(lung_model),
-        "--infection-model",
-        str(infection_model),
-        "--input",
-        str(nifti_scan),
-        "--output",
-        str(out),
-        "--params",
-        str(params_file),
-    )
+    code, _, _ = predict(None, nifti_scan, out, "--lung-model", lung_model, "--infection-model", infection_model)
     assert code == 0
     src = nib.load(nifti_scan)
     lung_img, inf_img = nib.load(out / "lung_mask.nii.gz"), nib.load(out / "infection_mask.nii.gz")
@@ -103,25 +69,14 @@ def test_nifti_cascade_report_matches_a_hand_computation(
 
 
 @pytest.mark.slow
-def test_dicom_fixture_with_a_dicom_seg(infection_model, dicom_case_for_seg, params_file, tmp_path, capsys):
+def test_dicom_fixture_with_a_dicom_seg(infection_model, dicom_case_for_seg, tmp_path, predict):
     import highdicom as hd
 
     from lungseg.config import PreprocessConfig
     from lungseg.data import readers
 
     out = tmp_path / "dicom"
-    code, _, _ = _predict(
-        capsys,
-        "--model",
-        str(infection_model),
-        "--input",
-        str(dicom_case_for_seg / "image"),
-        "--output",
-        str(out),
-        "--params",
-        str(params_file),
-        "--dicom-seg",
-    )
+    code, _, _ = predict(infection_model, dicom_case_for_seg / "image", out, "--dicom-seg")
     assert code == 0
     seg = hd.seg.segread(out / "infection_mask.seg.dcm")
     assert seg.number_of_frames == 4
@@ -134,19 +89,9 @@ def test_dicom_fixture_with_a_dicom_seg(infection_model, dicom_case_for_seg, par
 
 
 @pytest.mark.slow
-def test_the_real_two_slice_series(infection_model, lungmask_dicom, params_file, tmp_path, capsys):
+def test_the_real_two_slice_series(infection_model, lungmask_dicom, tmp_path, predict):
     out = tmp_path / "lungmask"
-    code, _, _ = _predict(
-        capsys,
-        "--model",
-        str(infection_model),
-        "--input",
-        str(lungmask_dicom),
-        "--output",
-        str(out),
-        "--params",
-        str(params_file),
-    )
+    code, _, _ = predict(infection_model, lungmask_dicom, out)
     assert code == 0
     img = nib.load(out / "infection_mask.nii.gz")
     assert img.shape == (512, 512, 2) and img.header.get_zooms() == pytest.approx((0.625, 0.625, 1.0))
@@ -157,33 +102,19 @@ def test_the_real_two_slice_series(infection_model, lungmask_dicom, params_file,
 
 
 @pytest.mark.slow
-def test_a_size_that_is_no_multiple_of_the_divisor_is_resampled(infection_model, params_file, tmp_path, capsys):
+def test_a_size_that_is_no_multiple_of_the_divisor_is_resampled(infection_model, tmp_path, predict):
     folder = tmp_path / "odd"
     folder.mkdir()
     crop = np.asarray(Image.open(sorted((SAMPLE / "tr_im").glob("*.png"))[0]))[50:350, 20:321]  # 300 × 301
     Image.fromarray(crop).save(folder / "odd.png")
-    code, _, _ = _predict(
-        capsys,
-        "--model",
-        str(infection_model),
-        "--input",
-        str(folder / "odd.png"),
-        "--output",
-        str(tmp_path / "out"),
-        "--params",
-        str(params_file),
-        "--spacing",
-        "0.7",
-        "0.7",
-        "5",
-    )
+    code, _, _ = predict(infection_model, folder / "odd.png", tmp_path / "out", "--spacing", "0.7", "0.7", "5")
     assert code == 0
     assert np.asarray(Image.open(tmp_path / "out" / "infection_mask" / "odd.png")).shape == (300, 301)
     assert _report(tmp_path / "out")["voxel_volume_ml"] == pytest.approx(0.7 * 0.7 * 5 / 1000)
 
 
 @pytest.mark.slow
-def test_slices_of_different_sizes(infection_model, shared_data, params_file, tmp_path, capsys):
+def test_slices_of_different_sizes(infection_model, shared_data, tmp_path, predict):
     """COVID-SemiSeg's real test slices are cropped to the lungs, each to its own size: every mask has
     the size of its slice (batches hold one size each)."""
     src = shared_data / "covid-semiseg" / "Dataset" / "TestingSet" / "LungInfection-Test" / "Imgs"
@@ -191,19 +122,7 @@ def test_slices_of_different_sizes(infection_model, shared_data, params_file, tm
     folder.mkdir()
     for f in sorted(src.glob("*.jpg"))[:5]:
         shutil.copyfile(f, folder / f.name)
-    code, _, _ = _predict(
-        capsys,
-        "--model",
-        str(infection_model),
-        "--input",
-        str(folder),
-        "--output",
-        str(tmp_path / "out"),
-        "--params",
-        str(params_file),
-        "--batch-size",
-        "3",
-    )
+    code, _, _ = predict(infection_model, folder, tmp_path / "out", "--batch-size", "3")
     assert code == 0
     sizes = {np.asarray(Image.open(f)).shape for f in folder.iterdir()}
     assert len(sizes) == 5  # five different sizes
@@ -214,30 +133,11 @@ def test_slices_of_different_sizes(infection_model, shared_data, params_file, tm
 
 @pytest.mark.slow
 def test_the_champion_uri_predicts_what_the_training_folder_predicts(
-    champion, infection_model, nifti_scan, store, params_file, tmp_path, capsys, monkeypatch
+    champion, infection_model, nifti_scan, store_in_env, tmp_path, predict
 ):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     a, b = tmp_path / "from_uri", tmp_path / "from_folder"
-    assert (
-        _predict(
-            capsys, "--model", champion, "--input", str(nifti_scan), "--output", str(a), "--params", str(params_file)
-        )[0]
-        == 0
-    )
-    assert (
-        _predict(
-            capsys,
-            "--model",
-            str(infection_model),
-            "--input",
-            str(nifti_scan),
-            "--output",
-            str(b),
-            "--params",
-            str(params_file),
-        )[0]
-        == 0
-    )
+    assert predict(champion, nifti_scan, a)[0] == 0
+    assert predict(infection_model, nifti_scan, b)[0] == 0
     np.testing.assert_array_equal(
         np.asarray(nib.load(a / "infection_mask.nii.gz").dataobj),
         np.asarray(nib.load(b / "infection_mask.nii.gz").dataobj),
@@ -247,7 +147,7 @@ def test_the_champion_uri_predicts_what_the_training_folder_predicts(
 
 @pytest.mark.slow
 def test_a_model_logged_before_the_portable_one_is_read_from_its_runs_checkpoint(
-    infection_model, store, nifti_scan, params_file, tmp_path, capsys, monkeypatch
+    infection_model, store_in_env, nifti_scan, tmp_path, predict
 ):
     """An ``mlflow.pytorch`` model (what training logged before the pyfunc) carries no preprocessing:
     predict reads the ``checkpoints/best.pt`` that training logged to the same run."""
@@ -260,26 +160,12 @@ def test_a_model_logged_before_the_portable_one_is_read_from_its_runs_checkpoint
     ckpt = load_checkpoint(infection_model / "best.pt")
     net = build_model(ckpt["model_identity"])
     net.load_state_dict(ckpt["model_state"])
-    with scoped_tracking_uri(store):
+    with scoped_tracking_uri(store_in_env):
         info = mlflow.pytorch.log_model(
             net.eval(), name="legacy", serialization_format="pickle", run_id=run_id, pip_requirements=["torch"]
         )
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     out = tmp_path / "legacy"
-    assert (
-        _predict(
-            capsys,
-            "--model",
-            info.model_uri,
-            "--input",
-            str(nifti_scan),
-            "--output",
-            str(out),
-            "--params",
-            str(params_file),
-        )[0]
-        == 0
-    )
+    assert predict(info.model_uri, nifti_scan, out)[0] == 0
     assert "checkpoints/best.pt" in _report(out)["models"]["infection"]["resolved_from"]
 
 
@@ -338,100 +224,41 @@ def _assert_one_line_error(err: str, where: str, problem: str, out: Path) -> Non
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_input_is_one_line_exit_2_and_no_output(case, infection_model, nifti_scan, params_file, tmp_path, capsys):
+def test_bad_input_is_one_line_exit_2_and_no_output(case, infection_model, nifti_scan, tmp_path, predict):
     make, problem = BAD_INPUTS[case]
     path = make(tmp_path, nifti_scan)
     out = tmp_path / "out"
-    code, _, err = _predict(
-        capsys,
-        "--model",
-        str(infection_model),
-        "--input",
-        str(path),
-        "--output",
-        str(out),
-        "--params",
-        str(params_file),
-    )
+    code, _, err = predict(infection_model, path, out)
     assert code == 2
     _assert_one_line_error(err, str(path), problem, out)
 
 
 @pytest.mark.slow
-def test_two_series_in_one_folder(infection_model, dicom_case, lungmask_dicom, params_file, tmp_path, capsys):
+def test_two_series_in_one_folder(infection_model, dicom_case, lungmask_dicom, tmp_path, predict):
     folder = _two_series(tmp_path, dicom_case, lungmask_dicom)
     out = tmp_path / "out"
-    code, _, err = _predict(
-        capsys,
-        "--model",
-        str(infection_model),
-        "--input",
-        str(folder),
-        "--output",
-        str(out),
-        "--params",
-        str(params_file),
-    )
+    code, _, err = predict(infection_model, folder, out)
     assert code == 2
     _assert_one_line_error(err, str(folder), "2 DICOM series in one folder", out)
 
 
 @pytest.mark.slow
-def test_a_model_uri_that_does_not_exist(champion, store, nifti_scan, params_file, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+def test_a_model_uri_that_does_not_exist(champion, store_in_env, nifti_scan, tmp_path, predict):
     out = tmp_path / "out"
     for uri in ("models:/lungseg-inference-tests@no-such-alias", "models:/no-such-model/1"):
-        code, _, err = _predict(
-            capsys, "--model", uri, "--input", str(nifti_scan), "--output", str(out), "--params", str(params_file)
-        )
+        code, _, err = predict(uri, nifti_scan, out)
         assert code == 2
         _assert_one_line_error(err, uri, "cannot load the model from the MLflow store", out)
-    code, _, err = _predict(
-        capsys,
-        "--model",
-        str(tmp_path / "no-model"),
-        "--input",
-        str(nifti_scan),
-        "--output",
-        str(out),
-        "--params",
-        str(params_file),
-    )
+    code, _, err = predict(tmp_path / "no-model", nifti_scan, out)
     assert code == 2
     _assert_one_line_error(err, str(tmp_path / "no-model"), "model not found", out)
 
 
 @pytest.mark.slow
-def test_a_failure_keeps_the_previous_output(infection_model, nifti_scan, params_file, tmp_path, capsys):
+def test_a_failure_keeps_the_previous_output(infection_model, nifti_scan, tmp_path, predict):
     out = tmp_path / "out"
-    assert (
-        _predict(
-            capsys,
-            "--model",
-            str(infection_model),
-            "--input",
-            str(nifti_scan),
-            "--output",
-            str(out),
-            "--params",
-            str(params_file),
-        )[0]
-        == 0
-    )
+    assert predict(infection_model, nifti_scan, out)[0] == 0
     before = sorted(p.name for p in out.iterdir())
     bad = _no_spacing(tmp_path, nifti_scan)
-    assert (
-        _predict(
-            capsys,
-            "--model",
-            str(infection_model),
-            "--input",
-            str(bad),
-            "--output",
-            str(out),
-            "--params",
-            str(params_file),
-        )[0]
-        == 2
-    )
+    assert predict(infection_model, bad, out)[0] == 2
     assert sorted(p.name for p in out.iterdir()) == before
