@@ -27,7 +27,7 @@ import uuid
 import pytest
 import yaml
 from mlflow import MlflowClient
-from pipeline_helpers import REPO, env, tiny_params
+from pipeline_helpers import REPO, tiny_params
 
 SAMPLE = REPO / "data" / "sample" / "medseg-covid100"
 REQUIRED = os.environ.get("LUNGSEG_REQUIRE_DOCKER") == "1"
@@ -136,6 +136,34 @@ def local_registry(tmp_path_factory, docker_host):
         servers._stop_group(proc)
 
 
+@pytest.fixture
+def run_in_docker(run_lungseg, docker_host):
+    """``lungseg pipeline run-local --runner docker --image IMAGE --input INPUT --workdir WORKDIR --params
+    PARAMS EXTRA...`` (:func:`run_lungseg`, ``variables`` added to its environment) against this module's daemon."""
+
+    def run(image, input_, workdir, params, *extra, timeout: float = 300, **variables: str):
+        return run_lungseg(
+            "pipeline",
+            "run-local",
+            "--runner",
+            "docker",
+            "--image",
+            image,
+            "--input",
+            input_,
+            "--workdir",
+            workdir,
+            "--params",
+            params,
+            *extra,
+            timeout=timeout,
+            DOCKER_HOST=docker_host,
+            **variables,
+        )
+
+    return run
+
+
 @pytest.mark.slow
 def test_the_image_runs_the_cli_as_uid_1000(cpu_image):
     out = subprocess.run(
@@ -167,34 +195,9 @@ def test_the_image_runs_the_cli_as_uid_1000(cpu_image):
     assert cpu_image["image_id"].startswith("sha256:") and cpu_image["size_bytes"] > 0
 
 
-def test_an_image_the_daemon_cannot_get_is_one_line(tmp_path, docker_host):
-    e = env()
-    e["DOCKER_HOST"] = os.environ["DOCKER_HOST"]
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lungseg.cli",
-            "pipeline",
-            "run-local",
-            "--runner",
-            "docker",
-            "--image",
-            f"lungseg-missing-{uuid.uuid4().hex[:8]}:0",
-            "--input",
-            str(SAMPLE),
-            "--workdir",
-            str(tmp_path / "kfp"),
-            "--params",
-            str(REPO / "params.yaml"),
-        ],
-        cwd=tmp_path,
-        env=e,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        encoding="utf-8",
-    )
+def test_an_image_the_daemon_cannot_get_is_one_line(tmp_path, run_in_docker):
+    image = f"lungseg-missing-{uuid.uuid4().hex[:8]}:0"
+    run = run_in_docker(image, SAMPLE, tmp_path / "kfp", REPO / "params.yaml")
     assert run.returncode == 2
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("error: image lungseg-missing-") and "build it with `make image`" in last
@@ -222,29 +225,13 @@ def pinned_image(image_script, cpu_image, local_registry) -> str:
 
 @pytest.mark.slow
 def test_the_pipeline_runs_in_the_image_from_s3_into_the_mlflow_server(
-    tmp_path, cpu_image, pinned_image, s3_env, mlflow_server
+    tmp_path, cpu_image, pinned_image, s3_env, mlflow_server, run_lungseg, run_in_docker
 ):
     s3 = s3_env
     # compiled for the cluster, every component is pinned to the pushed digest
     compiled = tmp_path / "pinned.yaml"
-    compile_run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lungseg.cli",
-            "pipeline",
-            "compile",
-            "--output",
-            str(compiled),
-            "--image-record",
-            str(REPO / ".image" / "cpu.json"),
-        ],
-        cwd=tmp_path,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        encoding="utf-8",
+    compile_run = run_lungseg(
+        "pipeline", "compile", "--output", compiled, "--image-record", REPO / ".image" / "cpu.json"
     )
     assert compile_run.returncode == 0, compile_run.stderr
     spec = next(yaml.safe_load_all(compiled.read_text(encoding="utf-8")))
@@ -259,37 +246,10 @@ def test_the_pipeline_runs_in_the_image_from_s3_into_the_mlflow_server(
     params["register"]["model_name"] = "lsg-image"
     params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     workdir = tmp_path / "kfp"
-    e = env()  # the caller's S3 credentials and endpoint (s3_env), passed on to the containers
-    e.update(OMP_NUM_THREADS="1", DOCKER_HOST=os.environ["DOCKER_HOST"])
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lungseg.cli",
-            "pipeline",
-            "run-local",
-            "--runner",
-            "docker",
-            "--image",
-            pinned_image,
-            "--dataset",
-            "medseg",
-            "--input",
-            f"s3://{s3.bucket}/{prefix}",
-            "--workdir",
-            str(workdir),
-            "--tracking-uri",
-            mlflow_server.uri,
-            "--params",
-            str(params_file),
-        ],
-        cwd=tmp_path,
-        env=e,
-        capture_output=True,
-        text=True,
-        timeout=1500,
-        encoding="utf-8",
-    )
+    # the caller's S3 credentials and endpoint (s3_env) are in the environment, passed on to the containers
+    extra = ("--dataset", "medseg", "--tracking-uri", mlflow_server.uri)
+    s3_input = f"s3://{s3.bucket}/{prefix}"
+    run = run_in_docker(pinned_image, s3_input, workdir, params_file, *extra, timeout=1500, OMP_NUM_THREADS="1")
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-3000:]
     # each of the four tasks ran in the pinned image; preprocess read the input from S3 itself
     assert run.stdout.count(f"Found image {pinned_image!r}") == 4, run.stdout[-3000:]
