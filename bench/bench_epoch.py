@@ -95,11 +95,11 @@ class Bench:
     def __init__(self, args: argparse.Namespace, data_dir: Path, device: torch.device):
         import numpy as np
 
+        from lungseg.artifacts.checkpoint import RunInfo, model_identity
         from lungseg.config import TrainConfig
         from lungseg.data.dataset import load_split
         from lungseg.losses import DeepSupervisionLoss, create_loss, default_loss_for
         from lungseg.models import create_model
-        from lungseg.training.checkpoint import RunInfo, model_identity
         from lungseg.training.loop import _epoch_seed, stage_data
 
         self.device = device
@@ -189,7 +189,7 @@ class Bench:
 
     def checkpoint(self, folder: Path, epoch: int) -> float:
         """Seconds of one synchronous write of the full ``checkpoint.pt`` (as ``train()`` writes it)."""
-        from lungseg.training.checkpoint import TrainState
+        from lungseg.artifacts.checkpoint import TrainState
 
         state = TrainState(self.info, epoch=epoch)
         _sync(self.device)

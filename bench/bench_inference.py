@@ -58,7 +58,7 @@ def real_volume(data: Path, n: int, size: int) -> np.ndarray:
     """``(n, size, size)`` float32 in [0, 1] from the real slices in ``data`` (repeated as needed)."""
     from PIL import Image
 
-    from lungseg.inference import core
+    from lungseg.artifacts import core
 
     files = sorted(p for p in data.iterdir() if p.suffix.lower() == ".png")
     if not files:

@@ -53,20 +53,18 @@ def train_op(
     data: Input[Dataset], train_params: str, mlflow_params: str, model: Output[Model], metrics: Output[Metrics]
 ):
     """Train on the processed set (``lungseg.training.train``), tracked in MLflow."""
-    import json
     from pathlib import Path
 
     from components.runtime import publish_metrics, run_stage, stage_params
+    from lungseg.artifacts.run_file import RUN_FILE, RunFile
     from lungseg.training import train
 
     params = run_stage(lambda: stage_params(train=train_params, mlflow=mlflow_params))
     result = run_stage(lambda: train(params, data_dir=data.path, output_dir=model.path))
     out = Path(model.path)
     publish_metrics(metrics, out / "train_metrics.json")
-    run = json.loads((out / "mlflow_run.json").read_text(encoding="utf-8"))
-    model.metadata.update(
-        {"model": params.train.model, "mlflow_run_id": run.get("run_id"), "model_uri": run.get("model_uri")}
-    )
+    run = RunFile.from_file(out / RUN_FILE)
+    model.metadata.update({"model": params.train.model, "mlflow_run_id": run.run_id, "model_uri": run.model_uri})
     print(result.describe())
 
 
@@ -98,6 +96,7 @@ def train_distributed_op(
         fill,
         submit_and_wait,
     )
+    from lungseg.artifacts.run_file import RUN_FILE, RunFile
 
     params = run_stage(lambda: stage_params(train=train_params, mlflow=mlflow_params))  # before any GPU is asked for
     staging = model.uri.rstrip("/") + ".trainjob"
@@ -118,10 +117,8 @@ def train_distributed_op(
     run_stage(lambda: download_prefix(staging, model.path))
     out = Path(model.path)
     publish_metrics(metrics, out / "train_metrics.json")
-    run = json.loads((out / "mlflow_run.json").read_text(encoding="utf-8"))
-    model.metadata.update(
-        {"model": params.train.model, "mlflow_run_id": run.get("run_id"), "model_uri": run.get("model_uri")}
-    )
+    run = RunFile.from_file(out / RUN_FILE)
+    model.metadata.update({"model": params.train.model, "mlflow_run_id": run.run_id, "model_uri": run.model_uri})
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

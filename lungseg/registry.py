@@ -50,6 +50,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from lungseg.artifacts.run_file import RunFile
 from lungseg.errors import ConfigError, DataError, LungsegError
 from lungseg.provenance import evaluation_fingerprint
 from lungseg.tracking import scoped_tracking_uri
@@ -532,25 +533,20 @@ def _lineage_tags(client, run_id: str) -> dict[str, str]:
 def register(params, model_dir: str | Path, evaluation_dir: str | Path, output: str | Path) -> Decision:
     """Register the evaluated model, move ``champion`` only if it is better; write the decision."""
     from lungseg.io import atomic_write_json, check_output_file
-    from lungseg.tracking import portable_uri, resolve_recorded_uri, resolve_tracking_uri
+    from lungseg.tracking import portable_uri, resolve_tracking_uri
 
     cfg = params.register
     model_dir, evaluation_dir, output = Path(model_dir), Path(evaluation_dir), Path(output)
     check_output_file(output)  # before anything is registered
     run_file = model_dir / "mlflow_run.json"
-    run_info = _read_json(run_file, "written by `lungseg train`")
-    for key in ("run_id", "model_uri"):
-        if not run_info.get(key):
-            raise DataError(run_file, f"no {key!r}: the training run was not logged to MLflow")
+    run = RunFile.from_file(run_file).require("model_uri")
+    run_info = run.to_dict()
     metrics_path = evaluation_dir / "metrics.json"
     metrics = _read_json(metrics_path, "written by `lungseg evaluate`")
     check_binding(run_info, metrics, model_dir, metrics_path)
     candidate = _candidate_value(metrics, cfg.metric, metrics_path)
     fingerprint, fp_source = evaluation_fingerprint(metrics, evaluation_dir)
-    if run_info.get("tracking_uri"):
-        tracking_uri = resolve_recorded_uri(str(run_info["tracking_uri"]), run_file)
-    else:
-        tracking_uri = resolve_tracking_uri(params)
+    tracking_uri = run.resolved_tracking_uri() or resolve_tracking_uri(params)
     run_id, model_uri = run_info["run_id"], run_info["model_uri"]
     eval_run = _evaluation_run_id(evaluation_dir)
 

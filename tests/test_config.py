@@ -170,8 +170,8 @@ def test_the_readme_sweep_loads_and_builds_every_registered_model():
     file loads and the model builds with the options it gets (5 of 7 crashed on max_tokens before)."""
     import yaml
 
+    from lungseg.artifacts.checkpoint import build_model, model_identity
     from lungseg.models import list_models
-    from lungseg.training import build_model, model_identity
 
     data = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     for name in list_models():

@@ -63,13 +63,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from lungseg.artifacts.checkpoint import BEST, CHECKPOINT, build_model, load_checkpoint
+from lungseg.artifacts.run_file import RunFile
 from lungseg.config import Params
 from lungseg.data.dataset import load_split
 from lungseg.errors import CheckpointError, DataError, TrainingError
-from lungseg.io import atomic_dir, atomic_write_json, check_output_dir, read_json_object, sha256_file
+from lungseg.io import atomic_dir, atomic_write_json, check_output_dir, sha256_file
 from lungseg.metrics import aggregate, per_image_metrics, per_image_metrics_multiclass
 from lungseg.provenance import manifest_fingerprint
-from lungseg.training.loop import BEST, CHECKPOINT, build_model, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -305,15 +306,11 @@ def _read_run_file(run_file: Path) -> dict[str, Any] | None:
     """The training run of ``mlflow_run.json`` (``None`` when the training was not logged: a warning);
     ``DataError`` naming the file when it is unreadable or lacks ``run_id``/``tracking_uri``.
     A repository-relative ``tracking_uri`` is resolved against the repository of ``run_file``."""
-    from lungseg.tracking import resolve_recorded_uri
-
     if not run_file.is_file():
         log.warning(f"lungseg: warning: {run_file} not found: the evaluation is not logged to MLflow")
         return None
-    info = read_json_object(run_file, "not found")
-    if not info.get("run_id") or not info.get("tracking_uri"):
-        raise DataError(run_file, "no run_id/tracking_uri (was the training run logged to MLflow?)")
-    return {**info, "tracking_uri": resolve_recorded_uri(str(info["tracking_uri"]), run_file)}
+    run = RunFile.from_file(run_file).require("tracking_uri")
+    return {**run.to_dict(), "tracking_uri": run.resolved_tracking_uri()}
 
 
 def _log_evaluation_run(

@@ -38,6 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from lungseg.artifacts.run_file import RUN_FILE, RunFile
 from lungseg.errors import ConfigError, DataError
 from lungseg.experiments.records import (
     RECORD_VERSION,
@@ -405,7 +406,7 @@ def run_cell(request: CellRequest) -> RunRecord:
                 "metrics": metrics,
                 "per_image": _read_per_image(eval_dir / "per_image.csv"),
                 "train_metrics": _read_json(train_dir / "train_metrics.json"),
-                "mlflow": _read_json(train_dir / "mlflow_run.json"),
+                "mlflow": RunFile.from_file(train_dir / RUN_FILE).to_dict(),
                 "wall_time_s": WallTime(
                     train=round(t_train, 2), evaluate=round(t_eval, 2), total=round(t_train + t_eval, 2)
                 ).to_dict(),

@@ -1,7 +1,7 @@
 """``lungseg export``: a trained model as ONNX or TorchScript, with a parity check on real slices.
 
 What is exported
-    :class:`lungseg.inference.core.ProbabilityNet` — the network followed by its sigmoid/softmax, in
+    :class:`lungseg.artifacts.core.ProbabilityNet` — the network followed by its sigmoid/softmax, in
     fp32 on the CPU: input ``slices`` float32 ``(N, 1, s, s)`` in [0, 1] (``s`` = the recorded
     ``image_size``; resize and intensity are the consumer's job, as written in ``export.json``),
     output ``probabilities`` ``(N, C, s, s)``.
@@ -41,8 +41,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from lungseg.artifacts import core
 from lungseg.errors import ConfigError, LungsegError
-from lungseg.inference import core
 
 FORMATS = ("onnx", "torchscript")
 CHECK_BATCH = 4

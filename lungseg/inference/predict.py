@@ -2,11 +2,11 @@
 
 Models (:func:`load_model`)
     * a training output folder (``best.pt``, else ``checkpoint.pt``, via
-      :func:`lungseg.training.checkpoint.load_checkpoint`) or one of those files;
+      :func:`lungseg.artifacts.checkpoint.load_checkpoint`) or one of those files;
     * an MLflow model URI — ``models:/<name>@<alias>``, ``models:/<name>/<version>``,
       ``models:/m-<id>``, ``runs:/<run>/<path>`` — resolved in the tracking store given (the CLI
       passes ``MLFLOW_TRACKING_URI`` or ``params.mlflow.tracking_uri``). A portable lungseg model
-      (:mod:`lungseg.inference.pyfunc`) carries its weights and preprocessing; a model logged before
+      (:mod:`lungseg.artifacts.pyfunc`) carries its weights and preprocessing; a model logged before
       it (``mlflow.pytorch``, no lungseg metadata) is read through the ``checkpoints/best.pt`` that
       training logged to the same run.
 
@@ -17,7 +17,7 @@ Models (:func:`load_model`)
 Inference (:class:`SliceInference`)
     Batches of slices of one size go to the device as they are, are resized to the model there,
     run under ``torch.inference_mode`` (CUDA: bf16 autocast + channels_last, ``cudnn.benchmark``),
-    and only uint8 labels come back (:mod:`lungseg.inference.core`). A tqdm progress bar per
+    and only uint8 labels come back (:mod:`lungseg.artifacts.core`). A tqdm progress bar per
     volume on a terminal.
 
 Roles and the cascade
@@ -44,8 +44,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from lungseg.artifacts import core
 from lungseg.errors import CheckpointError, ConfigError, DataError
-from lungseg.inference import core
 
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
 LUNG_LABELS = frozenset({"lung", "lungs", "lung field", "lung-field"})
@@ -130,7 +130,7 @@ def _network(identity: dict[str, Any], state: dict[str, Any], where: str) -> tor
 
 
 def _from_checkpoint(path: Path, threshold: float) -> LoadedModel:
-    from lungseg.training.checkpoint import BEST, CHECKPOINT, load_checkpoint
+    from lungseg.artifacts.checkpoint import BEST, CHECKPOINT, load_checkpoint
 
     if path.is_dir():
         ckpt_path = path / BEST if (path / BEST).is_file() else path / CHECKPOINT
@@ -182,7 +182,7 @@ def _from_mlflow(uri: str, tracking_uri: str | None, threshold: float) -> Loaded
             ) from exc
         meta = (model.metadata or {}).get("lungseg")
         if meta:
-            from lungseg.inference.pyfunc import CONFIG, WEIGHTS
+            from lungseg.artifacts.pyfunc import CONFIG, WEIGHTS
 
             weights = local / "artifacts" / WEIGHTS
             if not weights.is_file() or not (local / "artifacts" / CONFIG).is_file():
@@ -201,7 +201,7 @@ def _from_mlflow(uri: str, tracking_uri: str | None, threshold: float) -> Loaded
             raise CheckpointError(
                 f"{uri}: not a lungseg model (no lungseg metadata, no training run to read checkpoints/best.pt from)"
             )
-        from lungseg.training.checkpoint import load_checkpoint
+        from lungseg.artifacts.checkpoint import load_checkpoint
 
         try:
             ckpt_file = mlflow.artifacts.download_artifacts(

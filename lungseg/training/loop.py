@@ -18,12 +18,12 @@ Where things go
     in its first epoch can be found and marked.
 
 Exact resume
-    The checkpoint (:class:`lungseg.training.checkpoint.TrainState`, which also writes ``best.pt``)
+    The checkpoint (:class:`lungseg.artifacts.checkpoint.TrainState`, which also writes ``best.pt``)
     holds model, optimizer and scheduler states, the epoch, best Dice + epoch, the early-stopping
     counter, the RNG states (torch, CUDA, numpy, python), the effective config, the model identity
     (name + constructor kwargs), the history, the MLflow run id and the data's preprocessing
     (``preprocess``: see :func:`training_preprocessing`; ``best.pt`` carries it too). Checkpoint I/O
-    and the model identity live in :mod:`lungseg.training.checkpoint` (re-exported here); format-1
+    and the model identity live in :mod:`lungseg.artifacts.checkpoint` (re-exported here); format-1
     files (with the state of a disabled GradScaler, no longer kept) load and resume as before. Besides, every
     epoch draws shuffling, augmentation and dropout
     randomness from generators seeded with ``(seed, epoch)``, so one epoch is a pure function of
@@ -32,7 +32,7 @@ Exact resume
     ``checkpoint_every`` > 1 the epochs after the last written checkpoint are re-run on resume (the same
     epochs again, so the same end result; their metrics are logged to MLflow a second time, at the
     same steps). ``train.checkpoint_async`` writes the files in a background thread from a CPU
-    snapshot while the next epoch trains (:class:`lungseg.training.checkpoint.CheckpointWriter`).
+    snapshot while the next epoch trains (:class:`lungseg.artifacts.checkpoint.CheckpointWriter`).
     ``torch.use_deterministic_algorithms(True, warn_only=True)`` is on while training (CUDA also gets
     ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` unless set); the previous setting is restored afterwards.
 
@@ -55,7 +55,7 @@ Deep supervision
     use the main output.
 
 The model logged to MLflow
-    ``best.pt``'s weights as the portable pyfunc model of :mod:`lungseg.inference.pyfunc` (code,
+    ``best.pt``'s weights as the portable pyfunc model of :mod:`lungseg.artifacts.pyfunc` (code,
     weights, preprocessing, synthetic input example); its URI is ``model_uri`` in ``mlflow_run.json``.
 
 Progress
@@ -113,14 +113,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lungseg.config import Params, TrainConfig, check_train, flatten, model_options
-from lungseg.data.dataset import load_split, read_meta
-from lungseg.errors import CheckpointError, ConfigError, TrainingError
-from lungseg.io import atomic_write_json, atomic_write_text, check_output_dir, replace_dir, sha256_file
-from lungseg.losses import DeepSupervisionLoss, create_loss, default_loss_for
-from lungseg.metrics import dice_per_image_torch
-from lungseg.training.augment import augment
-from lungseg.training.checkpoint import (
+from lungseg.artifacts.checkpoint import (
     BEST,
     CHECKPOINT,
     CheckpointWriter,
@@ -136,6 +129,14 @@ from lungseg.training.checkpoint import (
     set_rng_state,
     training_preprocessing,
 )
+from lungseg.artifacts.run_file import RUN_FILE, RunFile
+from lungseg.config import Params, TrainConfig, check_train, flatten, model_options
+from lungseg.data.dataset import load_split, read_meta
+from lungseg.errors import CheckpointError, ConfigError, DataError, TrainingError
+from lungseg.io import atomic_write_json, atomic_write_text, check_output_dir, replace_dir, sha256_file
+from lungseg.losses import DeepSupervisionLoss, create_loss, default_loss_for
+from lungseg.metrics import dice_per_image_torch
+from lungseg.training.augment import augment
 from lungseg.training.presets import PresetResult, check_paper_size, paper_loss_options, resolve_preset
 
 HISTORY_FIELDS = ["epoch", "train_loss", "train_dice", "val_loss", "val_dice", "lr", "seconds"]
@@ -262,12 +263,9 @@ def _discard_partial(work: Path, tracking_uri: str) -> None:
     with contextlib.suppress(CheckpointError):
         ckpt = load_checkpoint(work / CHECKPOINT)
         epoch, run_id = ckpt.get("epoch"), ckpt.get("mlflow_run_id")
-    run_file = work / "mlflow_run.json"
-    if run_file.is_file():
-        with contextlib.suppress(ValueError, OSError):
-            info = json.loads(run_file.read_text(encoding="utf-8"))
-            if isinstance(info, dict) and info.get("run_id"):
-                run_id = info["run_id"]
+    with contextlib.suppress(DataError):  # a run file half-written or unreadable: the checkpoint's run id
+        run_file = RunFile.find(work / RUN_FILE)
+        run_id = run_file.run_id if run_file else run_id
     marked = ""
     if run_id:
         from lungseg.tracking import mark_stale_run
@@ -750,9 +748,9 @@ def _log_portable_model(
     run, model: torch.nn.Module, identity: dict[str, Any], preprocessing: dict[str, Any], threshold: float
 ) -> str | None:
     """Log ``model`` (the ``best.pt`` weights) to ``run`` as the portable MLflow pyfunc model of
-    :mod:`lungseg.inference.pyfunc` (its code, weights, preprocessing and a synthetic input example:
+    :mod:`lungseg.artifacts.pyfunc` (its code, weights, preprocessing and a synthetic input example:
     no patient data); its model URI, or None when the call was queued (the store is unreachable)."""
-    from lungseg.inference.pyfunc import log_model
+    from lungseg.artifacts.pyfunc import log_model
     from lungseg.tracking import scoped_tracking_uri
 
     result: dict[str, str] = {}
@@ -775,20 +773,17 @@ def _write_run_file(
     registration checks the evaluation against. Before the end it says ``status: running``."""
     from lungseg.tracking import portable_uri
 
-    info = {
-        "run_id": run.run_id,
-        "experiment_id": run.experiment_id,
-        "experiment": params.mlflow.experiment,
-        "tracking_uri": portable_uri(run.tracking_uri, output_dir),
-        "model_uri": model_uri,
-        "model": cfg.model,
+    RunFile(
+        run_id=run.run_id,
+        experiment_id=run.experiment_id,
+        experiment=params.mlflow.experiment,
+        tracking_uri=portable_uri(run.tracking_uri, output_dir),
+        model_uri=model_uri,
+        model=cfg.model,
         **run.summary(),
-    }
-    if final:
-        info["best_sha256"] = sha256_file(work / BEST)
-    else:
-        info["status"] = "running"
-    atomic_write_json(work / "mlflow_run.json", info)
+        best_sha256=sha256_file(work / BEST) if final else None,
+        status=None if final else "running",
+    ).to_file(work / RUN_FILE)
 
 
 def _train_epoch(

@@ -131,7 +131,7 @@ def lung_model(tmp_path_factory, shared_data, store) -> Path:
 @pytest.fixture(scope="session")
 def champion(infection_model, store) -> str:
     """The portable model training logged for the infection model (``model_uri`` of its
-    ``mlflow_run.json``: :func:`lungseg.inference.pyfunc.log_model`), registered and aliased
+    ``mlflow_run.json``: :func:`lungseg.artifacts.pyfunc.log_model`), registered and aliased
     ``champion``; its URI."""
     import json
 

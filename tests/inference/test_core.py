@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from lungseg.artifacts import core
 from lungseg.data import formats, transforms
-from lungseg.inference import core
 
 
 def _unit(path) -> np.ndarray:

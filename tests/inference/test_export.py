@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from lungseg.inference import core, volumes
+from lungseg.artifacts import core
+from lungseg.inference import volumes
 from lungseg.inference.predict import LoadedModel, load_model
 from train_helpers import SAMPLE
 

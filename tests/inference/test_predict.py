@@ -153,8 +153,8 @@ def test_a_model_logged_before_the_portable_one_is_read_from_its_runs_checkpoint
     predict reads the ``checkpoints/best.pt`` that training logged to the same run."""
     import mlflow
 
+    from lungseg.artifacts.checkpoint import build_model, load_checkpoint
     from lungseg.tracking import scoped_tracking_uri
-    from lungseg.training import build_model, load_checkpoint
 
     run_id = json.loads((infection_model / "mlflow_run.json").read_text(encoding="utf-8"))["run_id"]
     ckpt = load_checkpoint(infection_model / "best.pt")

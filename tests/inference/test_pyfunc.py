@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lungseg.inference import core
+from lungseg.artifacts import core
+from lungseg.artifacts.pyfunc import synthetic_slices
 from lungseg.inference.predict import SliceInference, load_model
-from lungseg.inference.pyfunc import synthetic_slices
 from lungseg.tracking import scoped_tracking_uri
 from train_helpers import SAMPLE
 
@@ -52,7 +52,7 @@ def champion_dir(champion, store, tmp_path_factory) -> Path:
 def test_the_registered_model_records_its_contract(champion, champion_dir, infection_model, store):
     from mlflow.models import Model
 
-    from lungseg.training import load_checkpoint
+    from lungseg.artifacts.checkpoint import load_checkpoint
 
     client = mlflow.MlflowClient(store)
     name, alias = champion.removeprefix("models:/").split("@")
@@ -99,7 +99,7 @@ def test_a_multiclass_model_returns_class_probabilities_and_argmax_labels(real_s
     output (N, C, H, W) softmax, labels the arg-max."""
     from mlflow.models import Model
 
-    from lungseg.inference.pyfunc import save_model
+    from lungseg.artifacts.pyfunc import save_model
 
     identity = {"name": "unet", "kwargs": {"in_channels": 1, "num_classes": 3, "base_channels": 4}}
     torch_net = core.build_network(identity)

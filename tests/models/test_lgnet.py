@@ -84,8 +84,8 @@ def test_state_dict_does_not_depend_on_pcm_impl():
 def test_checkpoints_from_before_mrc_levels_keep_loading(tmp_path):
     """An identity recorded before the option (no ``mrc_levels``) was a 5-level MRC network; new
     identities always record the option, so the two readings never collide."""
+    from lungseg.artifacts.checkpoint import build_model, load_checkpoint
     from lungseg.models import complete_options
-    from lungseg.training.checkpoint import build_model, load_checkpoint
 
     assert complete_options("lgnet", {}) == {"mrc_levels": 4}
     assert complete_options("lgnet", {}, recorded=True) == {"mrc_levels": 5}

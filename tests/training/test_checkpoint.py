@@ -1,4 +1,4 @@
-"""The checkpoint files (lungseg.training.checkpoint): TrainState produces checkpoint.pt and best.pt,
+"""The checkpoint files (lungseg.artifacts.checkpoint): TrainState produces checkpoint.pt and best.pt,
 format-1 files (with a disabled GradScaler's state) still load and resume exactly."""
 
 from __future__ import annotations
@@ -6,9 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lungseg.artifacts.checkpoint import (
+    BEST_KEYS,
+    CHECKPOINT_FORMAT,
+    RunInfo,
+    TrainState,
+    load_checkpoint,
+    model_identity,
+)
 from lungseg.config import TrainConfig, load_params
-from lungseg.training import load_checkpoint, loop, train
-from lungseg.training.checkpoint import BEST_KEYS, CHECKPOINT_FORMAT, RunInfo, TrainState, model_identity
+from lungseg.training import loop, train
 from train_helpers import write_params
 
 
@@ -105,7 +112,7 @@ def test_optimizer_state_follows_its_parameters_after_a_resume():
     parameters, not Adam's moments. optimizer_to_params puts the state where (device and floating
     dtype) the parameters now are; a dtype change stands in for the CPU→CUDA move here (both keep
     the Parameter objects, and without the helper the step fails the same way)."""
-    from lungseg.training.checkpoint import optimizer_to_params
+    from lungseg.artifacts.checkpoint import optimizer_to_params
 
     trained = torch.nn.Linear(3, 2)
     opt = torch.optim.Adam(trained.parameters())
@@ -167,7 +174,7 @@ def test_a_background_write_holds_the_state_of_its_epoch(tmp_path, monkeypatch):
     to what a synchronous write of that state gives."""
     import threading
 
-    from lungseg.training import checkpoint as ck
+    from lungseg.artifacts import checkpoint as ck
 
     net, optimizer = _trained()
     state = TrainState(_info(), run_id="r")
@@ -208,7 +215,7 @@ def test_a_background_write_holds_the_state_of_its_epoch(tmp_path, monkeypatch):
 
 
 def test_a_background_write_error_is_raised_at_the_next_write_and_never_lost(tmp_path, capsys):
-    from lungseg.training.checkpoint import CheckpointWriter
+    from lungseg.artifacts.checkpoint import CheckpointWriter
 
     writer = CheckpointWriter(background=True)
     unpicklable = {"fn": lambda: None}  # torch.save fails on it, in the writer thread
@@ -231,7 +238,7 @@ def test_a_background_write_error_is_raised_at_the_next_write_and_never_lost(tmp
 
 
 def test_temporaries_of_a_killed_write_are_removed(tmp_path):
-    from lungseg.training.checkpoint import remove_stale_temporaries
+    from lungseg.artifacts.checkpoint import remove_stale_temporaries
 
     for name in (".checkpoint.pt.tmp-123", ".best.pt.tmp-7", "checkpoint.pt", ".history.csv.tmp-1", "notes.tmp-2"):
         (tmp_path / name).write_bytes(b"x")

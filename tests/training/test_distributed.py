@@ -17,9 +17,10 @@ import mlflow
 import pytest
 import torch
 
+from lungseg.artifacts.checkpoint import load_checkpoint
 from lungseg.config import TrainConfig, load_params
 from lungseg.errors import ConfigError
-from lungseg.training import load_checkpoint, train
+from lungseg.training import train
 from lungseg.training.distributed import SINGLE, Distributed, launched, setup
 from train_helpers import cli_env, write_params
 

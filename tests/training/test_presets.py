@@ -8,11 +8,12 @@ import subprocess
 import mlflow
 import pytest
 
+from lungseg.artifacts.checkpoint import load_checkpoint, model_identity
 from lungseg.config import TrainConfig, load_params
 from lungseg.errors import ConfigError
 from lungseg.losses import DiceFocalLoss
 from lungseg.models import model_class
-from lungseg.training import load_checkpoint, model_identity, train
+from lungseg.training import train
 from lungseg.training.presets import check_paper_size, paper_loss_options, resolve_preset
 from train_helpers import cli_env, lungseg_cmd, processed_sample, write_params
 

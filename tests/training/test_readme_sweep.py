@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lungseg.artifacts.checkpoint import load_checkpoint
 from lungseg.config import params_from_dict
 from lungseg.models import list_models
-from lungseg.training import load_checkpoint, train
+from lungseg.training import train
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "data" / "sample" / "medseg-covid100"

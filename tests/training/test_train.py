@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 
+from lungseg.artifacts.checkpoint import build_model, load_checkpoint
 from lungseg.config import load_params
 from lungseg.errors import CheckpointError, ConfigError, DataError, TrainingError
 from lungseg.tracking import scoped_tracking_uri
-from lungseg.training import build_model, load_checkpoint, train
+from lungseg.training import train
 from train_helpers import cli_env, lungseg_cmd, write_params
 
 
@@ -61,14 +62,14 @@ def test_train_writes_contract_and_logs_everything_to_mlflow(tmp_path, tiny_data
     assert info["lost_logging"] == 0 and info["run_id"] == result.run_id
     assert info["model"] == client.get_run(result.run_id).data.tags["model"]  # fills register's {model}
     with scoped_tracking_uri(_uri(tmp_path)):
-        model = mlflow.pyfunc.load_model(info["model_uri"])  # the portable model (lungseg.inference.pyfunc)
+        model = mlflow.pyfunc.load_model(info["model_uri"])  # the portable model (lungseg.artifacts.pyfunc)
         example = model.metadata.load_input_example(mlflow.artifacts.download_artifacts(info["model_uri"]))
     meta = model.metadata.metadata["lungseg"]
     best_ckpt = load_checkpoint(out / "best.pt")
     assert meta["identity"] == best_ckpt["model_identity"] and meta["preprocess"] == best_ckpt["preprocess"]
     assert meta["preprocess"]["image_size"] == 32 and meta["threshold"] == 0.5
     images = np.load(tiny_data / "images.npy")
-    from lungseg.inference.pyfunc import synthetic_slices
+    from lungseg.artifacts.pyfunc import synthetic_slices
 
     np.testing.assert_array_equal(example, synthetic_slices())  # the input example is synthetic, never a patient
     batch = images[:3, 0]  # (3, 32, 32) slices in [0, 1]

@@ -7,10 +7,11 @@ import mlflow
 import pytest
 import torch
 
+from lungseg.artifacts.checkpoint import build_model, load_checkpoint
 from lungseg.config import load_params
 from lungseg.data.dataset import load_split
 from lungseg.losses import DeepSupervisionLoss, create_loss
-from lungseg.training import build_model, load_checkpoint, train
+from lungseg.training import train
 from lungseg.training.loop import _epoch_seed, seed_everything
 from train_helpers import write_params
 

@@ -4,7 +4,7 @@ What it is
     :class:`LungsegModel` (an ``mlflow.pyfunc.PythonModel``) with two artifacts — ``weights.pt`` (the
     state dict, loaded with ``weights_only=True``) and ``lungseg_model.json`` (model identity,
     preprocessing, threshold, label names) — and a copy of the few lungseg modules it needs
-    (``lungseg/__init__.py``, ``errors.py``, ``models/``, ``inference/__init__.py``, ``core.py`` and
+    (``lungseg/__init__.py``, ``errors.py``, ``models/``, ``artifacts/__init__.py``, ``core.py`` and
     this file) as MLflow ``code_paths``. MLflow puts that copy on ``sys.path`` when it loads the model,
     so the model loads and serves where lungseg is not installed (a serving image, ``mlflow models
     serve --env-manager virtualenv``); its pip requirements are only mlflow, torch, numpy and
@@ -14,7 +14,7 @@ Contract (the signature)
     *Input*: float32 tensor ``(N, H, W)`` — a batch of axial slices **already in the training
     intensity range [0, 1]** (HU → ``hu_window`` for HU sources; see ``preprocess`` in the metadata
     and ``docs/inference.md``), any H and W: slices are resized to ``image_size``² as preprocessing
-    does and the output is resized back (:mod:`lungseg.inference.core`). Values outside [0, 1] are
+    does and the output is resized back (:mod:`lungseg.artifacts.core`). Values outside [0, 1] are
     refused (``ValueError``; HTTP 400 when served): raw HU given by mistake would otherwise give
     confident nonsense.
     *Output*: the per-pixel **probabilities** float32 — ``(N, H, W)`` foreground probability for a
@@ -30,7 +30,7 @@ The input example is a synthetic phantom (:func:`synthetic_slices`: an elliptic 
 lungs and a brighter patch), never patient data.
 
 :func:`log_model` is what training calls to log the model to its run; :func:`save_model` writes the
-same folder locally. Only ``lungseg.models``, ``lungseg.errors`` and :mod:`lungseg.inference.core`
+same folder locally. Only ``lungseg.models``, ``lungseg.errors`` and :mod:`lungseg.artifacts.core`
 are imported here (training imports this module).
 """
 
@@ -58,10 +58,10 @@ OUTPUT_DOC = (
 CODE_FILES = (
     "__init__.py",
     "errors.py",
-    "inference/__init__.py",
-    "inference/core.py",
-    "inference/pyfunc.py",
-    "inference/pyfunc_entry.py",
+    "artifacts/__init__.py",
+    "artifacts/core.py",
+    "artifacts/pyfunc.py",
+    "artifacts/pyfunc_entry.py",
 )
 CODE_DIRS = ("models",)
 
@@ -72,7 +72,7 @@ class LungsegModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         import torch
 
-        from lungseg.inference.core import build_network
+        from lungseg.artifacts.core import build_network
 
         self.info = json.loads(Path(context.artifacts["config"]).read_text(encoding="utf-8"))
         state = torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True)
@@ -83,7 +83,7 @@ class LungsegModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
         import torch
 
-        from lungseg.inference.core import predict_array, to_labels
+        from lungseg.artifacts.core import predict_array, to_labels
 
         output = (params or {}).get("output", "probabilities")
         if output not in OUTPUTS:

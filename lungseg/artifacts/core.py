@@ -1,7 +1,7 @@
 """The model side of inference, shared by ``lungseg predict``, the MLflow model and the exports.
 
 Only torch, numpy and :mod:`lungseg.models` are imported here: the MLflow model
-(:mod:`lungseg.inference.pyfunc`) carries a copy of this module in its own code folder so that it
+(:mod:`lungseg.artifacts.pyfunc`) carries a copy of this module in its own code folder so that it
 loads where lungseg is not installed.
 
 Input of every function: slices already in the training intensity range, float32 in [0, 1]
