@@ -56,6 +56,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: arguments that may name a command's input files or folders (an output folder must not hold them)
+INPUT_ARGUMENTS = ("input", "model", "data", "evaluation", "lung_model", "infection_model", "check_input", "params")
+
+
+def _check_output_folder(args: argparse.Namespace) -> None:
+    """A command with an output folder (``--output`` + ``--overwrite``) checks it before any work:
+    a file there, a non-empty folder lungseg did not write (unless ``--overwrite``), the current folder
+    or a folder holding one of the command's inputs is refused (:func:`lungseg.io.check_output_dir`)."""
+    if not hasattr(args, "overwrite") or getattr(args, "output", None) is None:
+        return
+    from pathlib import Path
+
+    from lungseg.io import check_output_dir
+
+    inputs = [getattr(args, name, None) for name in INPUT_ARGUMENTS]
+    keep = tuple(Path(str(x)) for x in inputs if x is not None and Path(str(x)).exists())
+    check_output_dir(args.output, keep=keep)
+
+
 def main(argv: list[str] | None = None) -> int:
     from lungseg.cli._logging import configure_logging
     from lungseg.errors import LungsegError
@@ -65,7 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args._run(args) or 0)
+        from lungseg.io import overwrite_allowed
+
+        with overwrite_allowed(getattr(args, "overwrite", False)):
+            _check_output_folder(args)
+            return int(args._run(args) or 0)
     except LungsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

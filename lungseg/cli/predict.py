@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 from lungseg.cli._common import add_output_folder_argument, add_params_argument
@@ -76,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from lungseg.inference.predict import load_model, predict_scan
     from lungseg.tracking import resolve_tracking_uri
 
+    t0 = time.perf_counter()
     uri = resolve_tracking_uri(params)
     threshold = params.evaluate.threshold
     models = {}
@@ -98,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         dicom_seg=args.dicom_seg,
         spacing=spacing,
         intensity=args.intensity,
+        load_seconds=time.perf_counter() - t0,
     )
     print(result.describe())
     return 0

@@ -62,6 +62,10 @@ class LoadedModel:
     source: str
     resolved_from: str = ""
     """Where the weights were read (a checkpoint path, or the MLflow model/run artifact)."""
+    provenance: dict[str, Any] = field(default_factory=dict)
+    """What ties a prediction to this exact model once an alias moves: ``weights_sha256`` (of the file
+    the weights were read from), ``run_id`` (the training run), and for a registered model
+    ``registered_model`` + ``model_version`` (an alias is resolved to its version before loading)."""
 
     @property
     def image_size(self) -> int:
@@ -94,6 +98,7 @@ class LoadedModel:
             "threshold": self.threshold,
             "label_names": self.label_names,
             "role": self.role,
+            **self.provenance,
         }
 
 
@@ -146,10 +151,44 @@ def _from_checkpoint(path: Path, threshold: float) -> LoadedModel:
             f"{path}: model not found (give a `lungseg train` output folder or an MLflow URI "
             "such as models:/lungseg-lgnet@champion)"
         )
+    from lungseg.artifacts.run_file import RUN_FILE, RunFile
+    from lungseg.io import sha256_file
+
     ckpt = load_checkpoint(ckpt_path)
     pre = _require_preprocess(ckpt, str(ckpt_path))
     net = _network(ckpt["model_identity"], ckpt["model_state"], str(ckpt_path))
-    return LoadedModel(net, ckpt["model_identity"], pre, float(threshold), str(path), str(ckpt_path))
+    run = RunFile.find(ckpt_path.parent / RUN_FILE)  # the training folder's record of its MLflow run
+    run_id = ckpt.get("mlflow_run_id") or (run.run_id if run else None)
+    provenance = {"weights_sha256": sha256_file(ckpt_path), "run_id": run_id}
+    return LoadedModel(net, ckpt["model_identity"], pre, float(threshold), str(path), str(ckpt_path), provenance)
+
+
+def _pin_version(uri: str, store: str) -> tuple[str, dict[str, Any]]:
+    """``models:/<name>@<alias>`` → ``models:/<name>/<version>`` as the store resolves it now, so the
+    weights loaded are the version the report names even if the alias moves meanwhile."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    rest = uri[len("models:/") :] if uri.startswith("models:/") else ""
+    if not rest or rest.startswith("m-"):
+        return uri, {}
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    try:
+        if "@" in rest:
+            name, alias = rest.split("@", 1)
+            mv = client.get_model_version_by_alias(name, alias)
+        elif "/" in rest:
+            name, version = rest.rsplit("/", 1)
+            mv = client.get_model_version(name, version)
+        else:
+            return uri, {}
+    except MlflowException as exc:
+        raise DataError(uri, f"cannot load the model from the MLflow store {store}: {_mlflow_problem(exc)}") from exc
+    return f"models:/{mv.name}/{mv.version}", {
+        "registered_model": mv.name,
+        "model_version": str(mv.version),
+        "run_id": mv.run_id,
+    }
 
 
 def _mlflow_problem(exc: BaseException) -> str:
@@ -169,12 +208,14 @@ def _from_mlflow(uri: str, tracking_uri: str | None, threshold: float) -> Loaded
     from mlflow.exceptions import MlflowException
     from mlflow.models import Model
 
+    from lungseg.io import sha256_file
     from lungseg.tracking import scoped_tracking_uri
 
     store = tracking_uri or mlflow.get_tracking_uri()
     with tempfile.TemporaryDirectory(prefix="lungseg-model-") as tmp, scoped_tracking_uri(store), _no_download_bars():
+        pinned, provenance = _pin_version(uri, store)
         try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=pinned, dst_path=tmp))
             model = Model.load(str(local))
         except (MlflowException, OSError) as exc:
             raise DataError(
@@ -189,13 +230,15 @@ def _from_mlflow(uri: str, tracking_uri: str | None, threshold: float) -> Loaded
                 raise CheckpointError(f"{uri}: a lungseg model without its artifacts/{WEIGHTS}")
             state = torch.load(weights, map_location="cpu", weights_only=True)
             net = _network(meta["identity"], state, uri)
+            provenance = {"run_id": model.run_id, **provenance, "weights_sha256": sha256_file(weights)}
             return LoadedModel(
                 net,
                 meta["identity"],
                 dict(meta["preprocess"]),
                 float(meta.get("threshold", threshold)),
                 uri,
-                f"{uri} (lungseg pyfunc)",
+                f"{pinned} (lungseg pyfunc)",
+                provenance,
             )
         if not model.run_id:
             raise CheckpointError(
@@ -216,7 +259,8 @@ def _from_mlflow(uri: str, tracking_uri: str | None, threshold: float) -> Loaded
         where = f"{uri} (run {model.run_id} checkpoints/best.pt)"
         pre = _require_preprocess(ckpt, where)
         net = _network(ckpt["model_identity"], ckpt["model_state"], where)
-        return LoadedModel(net, ckpt["model_identity"], pre, float(threshold), uri, where)
+        provenance = {"run_id": model.run_id, **provenance, "weights_sha256": sha256_file(ckpt_file)}
+        return LoadedModel(net, ckpt["model_identity"], pre, float(threshold), uri, where, provenance)
 
 
 # ----------------------------------------------------------------------------------------- inference
@@ -296,10 +340,15 @@ class PredictResult:
     report: dict[str, Any]
     summary: str
     seconds: float
+    """Reading the scan, inference and writing (model loading not included: ``load_seconds``)."""
     files: list[str] = field(default_factory=list)
+    load_seconds: float | None = None
 
     def describe(self) -> str:
-        return f"{self.summary}\n  → {self.output_dir} ({', '.join(self.files)}) in {self.seconds:.1f} s"
+        timing = f"in {self.seconds:.1f} s (read, predict, write)"
+        if self.load_seconds is not None:
+            timing += f"; {self.seconds + self.load_seconds:.1f} s with model loading"
+        return f"{self.summary}\n  → {self.output_dir} ({', '.join(self.files)}) {timing}"
 
 
 def predict_scan(
@@ -311,23 +360,39 @@ def predict_scan(
     batch_size: int | None = None,
     dicom_seg: bool = False,
     spacing: tuple[float, float, float] | None = None,
+    intensity: str | None = None,
+    load_seconds: float | None = None,
 ) -> PredictResult:
     """Masks, report, summary and overlay for the scan at ``input_path`` (module docstring).
 
     ``models`` maps a role (``"lung"``, ``"infection"``) to its model; ``spacing`` = ``(row, col,
-    slice)`` mm for an input that records none.
+    slice)`` mm for an input that records none; ``intensity`` (``hu``, ``unit``, ``uint8``) the input's
+    intensity domain where the data cannot tell it (:mod:`lungseg.inference.volumes`);
+    ``load_seconds``: how long loading the models took, for the report.
     """
-    from lungseg import __version__
-    from lungseg.inference import burden, volumes
-    from lungseg.io import atomic_dir, atomic_write_json, atomic_write_text
+    from lungseg.inference import volumes
+    from lungseg.io import check_output_dir
 
     t0 = time.perf_counter()
     if not models:
         raise ConfigError("give a model: --model, or --lung-model and/or --infection-model")
-    output_dir = Path(output_dir)
-    scan = volumes.read_scan(input_path, spacing=spacing)
+    output_dir = check_output_dir(output_dir, keep=(input_path,))  # before reading or inference
+    scan = volumes.read_scan(input_path, spacing=spacing, intensity=intensity)
     if dicom_seg:
         volumes.check_dicom_seg_source(scan)  # before inference: fail fast
+    dev = resolve_device(device)
+    labels, images01, warnings = _infer(scan, models, dev, batch_size)
+    t_infer = time.perf_counter() - t0
+    report = _report(scan, models, labels, warnings, dev)
+    report["timing_s"] = {"load_models": load_seconds, "read_and_predict": t_infer}  # writing follows
+    files = _write_outputs(output_dir, input_path, scan, models, labels, images01, report, dicom_seg)
+    return PredictResult(output_dir, report, report["summary"], time.perf_counter() - t0, files, load_seconds)
+
+
+def _infer(scan, models: dict[str, LoadedModel], device: torch.device, batch_size: int | None):
+    """Labels per role, the [0, 1] slices the infection model saw (for the overlay), the warnings."""
+    from lungseg.inference import volumes
+
     labels: dict[str, list[np.ndarray]] = {}
     images01 = None
     warnings = list(scan.warnings)
@@ -338,6 +403,30 @@ def predict_scan(
             images01 = slices01  # the overlay shows what the infection model saw
         engine = SliceInference(model, device=device, batch_size=batch_size)
         labels[role] = engine.labels(slices01, desc=f"{scan.stem} ({role})")
+    return labels, images01, warnings
+
+
+def _environment(device: torch.device) -> dict[str, Any]:
+    """Where and with what a prediction ran (as TotalSegmentator's ``--report`` records it)."""
+    import datetime
+    import platform
+
+    from lungseg import __version__
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    return {
+        "lungseg_version": __version__,
+        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "device": f"{device.type} ({name}, {torch.get_num_threads()} CPU threads)",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def _report(scan, models: dict[str, LoadedModel], labels, warnings: list[str], device: torch.device) -> dict[str, Any]:
+    from lungseg.inference import burden, volumes
+
     volumes_report = burden.compute(
         labels.get("infection"),
         labels.get("lung"),
@@ -347,7 +436,8 @@ def predict_scan(
         names=scan.names,
     )
     summary = burden.summary_line(scan.path.name, volumes_report)
-    report = {
+    environment = _environment(device)
+    return {
         "input": str(scan.path),
         "input_kind": scan.kind,
         "n_slices": len(scan.slices),
@@ -358,14 +448,28 @@ def predict_scan(
         "spacing_source": scan.spacing_source,
         "voxel_volume_ml": scan.voxel_ml,
         "side_convention": burden.side_convention(scan.columns_towards_left),
+        "intensity": {
+            **scan.intensity.to_dict(),
+            "conversion": {role: volumes.conversion(scan, m.preprocess) for role, m in models.items()},
+            "model_trained_on": {role: volumes.trained_on(m.preprocess) for role, m in models.items()},
+        },
         "models": {role: m.describe() for role, m in models.items()},
         **volumes_report,
         "summary": summary,
         "warnings": warnings,
-        "lungseg_version": __version__,
+        "lungseg_version": environment["lungseg_version"],
+        "environment": environment,
     }
+
+
+def _write_outputs(output_dir, input_path, scan, models, labels, images01, report, dicom_seg: bool) -> list[str]:
+    """Masks (and DICOM SEGs), overlay, report and summary into ``output_dir``, atomically."""
+    from lungseg import __version__
+    from lungseg.inference import burden, volumes
+    from lungseg.io import atomic_dir, atomic_write_json, atomic_write_text
+
     files = []
-    with atomic_dir(output_dir) as tmp:
+    with atomic_dir(output_dir, keep=(input_path,)) as tmp:
         for role, lab in labels.items():
             for p in volumes.write_masks(scan, lab, tmp, f"{role}_mask"):
                 files.append(str(p.relative_to(tmp)).split("/")[0])
@@ -381,12 +485,17 @@ def predict_scan(
                 )
                 files.append(target.name)
         burden.overlay_figure(
-            tmp / "overlay.png", images01, labels.get("infection"), labels.get("lung"), scan.names, title=summary
+            tmp / "overlay.png",
+            images01,
+            labels.get("infection"),
+            labels.get("lung"),
+            scan.names,
+            title=report["summary"],
         )
         report["files"] = sorted(set(files)) + ["report.json", "summary.txt", "overlay.png"]
         atomic_write_json(tmp / "report.json", report)
-        atomic_write_text(tmp / "summary.txt", summary + "\n")
-    return PredictResult(output_dir, report, summary, time.perf_counter() - t0, report["files"])
+        atomic_write_text(tmp / "summary.txt", report["summary"] + "\n")
+    return report["files"]
 
 
 __all__ = [

@@ -37,6 +37,7 @@ def test_report_files_numbers_and_mlflow(trained, tiny_data):
     result = evaluate(params, root / "model", tiny_data, root / "report")
     out = root / "report"
     assert {p.name for p in out.iterdir()} == {
+        ".lungseg-output",
         "per_image.csv",
         "metrics.json",
         "headline.json",

@@ -132,3 +132,44 @@ def test_a_users_folder_is_never_replaced_and_a_previous_output_is(
     )
     assert code == 0, err
     assert not (mine / "keepme.txt").exists() and (mine / "report.json").is_file()
+
+
+@pytest.mark.slow
+def test_the_report_ties_the_masks_to_one_model_version_and_run(
+    champion, store, infection_model, params_file, grey, tmp_path, capsys, monkeypatch
+):
+    """report.json named `models:/…@champion` but no version, run, weights hash, date or device: once the
+    alias moved, a report could not be tied to its model."""
+    from mlflow import MlflowClient
+
+    from lungseg.io import sha256_file
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    scan = _nifti(tmp_path / "u8.nii.gz", grey)
+    out = tmp_path / "out"
+    code, stdout, err = _predict(capsys, "--model", champion, "--input", scan, "--output", out, "--params", params_file)
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    model = report["models"]["infection"]
+    name, alias = champion[len("models:/") :].split("@")
+    mv = MlflowClient(store).get_model_version_by_alias(name, alias)
+    assert model["registered_model"] == name and model["model_version"] == str(mv.version)
+    assert model["run_id"] == mv.run_id and model["resolved_from"].startswith(f"models:/{name}/{mv.version} ")
+    assert model["weights_sha256"].startswith("sha256:") and len(model["weights_sha256"]) == 71
+    env = report["environment"]
+    assert (
+        env["lungseg_version"]
+        and env["torch"]
+        and env["date_utc"].endswith("+00:00")
+        and env["device"].startswith("cpu")
+    )
+    timing = report["timing_s"]
+    assert timing["load_models"] > 0 and timing["read_and_predict"] > 0
+    assert "(read, predict, write)" in stdout and "with model loading" in stdout
+    # a training folder names the file its weights came from and its run
+    out2 = tmp_path / "out2"
+    assert (
+        _predict(capsys, "--model", infection_model, "--input", scan, "--output", out2, "--params", params_file)[0] == 0
+    )
+    local = json.loads((out2 / "report.json").read_text(encoding="utf-8"))["models"]["infection"]
+    assert local["weights_sha256"] == sha256_file(infection_model / "best.pt") and local["run_id"]
