@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import locale
 import os
 from pathlib import Path
 
@@ -13,6 +14,24 @@ SAMPLE = REPO / "data" / "sample"
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+
+def locale_kept_by_the_test():
+    """Around one test (a generator: before, ``yield``, after): fail it by name, putting the locale back, if
+    it left the process's LC_CTYPE changed. SimpleITK's DICOM writer sets it to C; outside UTF-8 mode
+    (pytest without ``make``, no PYTHONUTF8) Python's default encoding is then ASCII, and some later
+    test's text I/O failed far from the cause (tests/data/test_locale.py)."""
+    before = locale.setlocale(locale.LC_CTYPE)
+    yield
+    after = locale.setlocale(locale.LC_CTYPE)
+    if after != before:
+        locale.setlocale(locale.LC_CTYPE, before)
+        pytest.fail(f"the test left the process locale changed: LC_CTYPE {before} -> {after} (put it back)")
+
+
+@pytest.fixture(autouse=True)
+def _locale_kept():
+    yield from locale_kept_by_the_test()
 
 
 @pytest.fixture(scope="session")

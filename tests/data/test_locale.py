@@ -71,3 +71,20 @@ def test_lungseg_dicom_reading_and_mask_writing_keep_the_locale(utf8_locale, tmp
     assert written.name == "infection_mask.nii.gz" and written.is_file()
     assert locale.setlocale(locale.LC_ALL) == utf8_locale
     assert locale.getpreferredencoding(False) == "UTF-8"
+
+
+def test_a_test_that_leaves_the_locale_changed_fails_by_name(utf8_locale, request):
+    """The guard every test runs in (tests/conftest.py): a changed LC_CTYPE fails the test that changed it,
+    and is put back for the next one."""
+    root = request.config.rootpath / "tests" / "conftest.py"
+    conftest = next(m for m in request.config.pluginmanager.get_plugins() if getattr(m, "__file__", None) == str(root))
+    guard = conftest.locale_kept_by_the_test()
+    next(guard)
+    locale.setlocale(locale.LC_CTYPE, "C")
+    with pytest.raises(pytest.fail.Exception, match="LC_CTYPE C.UTF-8 -> C"):
+        next(guard)
+    assert locale.setlocale(locale.LC_ALL) == utf8_locale
+    guard = conftest.locale_kept_by_the_test()
+    next(guard)
+    with pytest.raises(StopIteration):  # unchanged: the test passes
+        next(guard)
