@@ -22,7 +22,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "--input",
         type=Path,
         required=True,
-        help="a NIfTI file, a DICOM series folder, or a folder of PNG/TIFF slices (or one slice)",
+        help="a NIfTI file, a DICOM series folder, or a folder of PNG/TIFF slices (or one slice); or a "
+        "cohort: a folder of NIfTI files and/or one sub-folder per case (models loaded once, one output "
+        "sub-folder per case, burden.csv)",
     )
     add_output_folder_argument(
         p, "output folder (replaced atomically); a folder lungseg did not write is refused unless --overwrite"
@@ -48,6 +50,17 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "8-bit grey levels); checked against the values (docs/inference.md, 'Intensity')",
     )
     p.add_argument("--dicom-seg", action="store_true", help="also write a DICOM SEG (DICOM input only)")
+    p.add_argument(
+        "--save-probabilities",
+        action="store_true",
+        help="also write each model's foreground probability map (float32, on the masks' grid)",
+    )
+    p.add_argument(
+        "--continue",
+        dest="resume",
+        action="store_true",
+        help="cohort input: keep the cases already done in --output (same models only) and predict the rest",
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     p.add_argument("--batch-size", type=int, default=None, help="slices per batch (default 16 on CUDA, 4 on CPU)")
     add_params_argument(p)
@@ -90,17 +103,22 @@ def run(args: argparse.Namespace) -> int:
             if model.role != role:
                 raise ConfigError(f"--{role}-model {spec}: its labels are {model.label_names}, a {model.role} model")
             models[role] = model
-    spacing = tuple(args.spacing) if args.spacing else None
-    result = predict_scan(
-        args.input,
-        args.output,
-        models,
-        device=args.device,
-        batch_size=args.batch_size,
-        dicom_seg=args.dicom_seg,
-        spacing=spacing,
-        intensity=args.intensity,
-        load_seconds=time.perf_counter() - t0,
-    )
+    options = {
+        "device": args.device,
+        "batch_size": args.batch_size,
+        "dicom_seg": args.dicom_seg,
+        "spacing": tuple(args.spacing) if args.spacing else None,
+        "intensity": args.intensity,
+        "save_probabilities": args.save_probabilities,
+    }
+    from lungseg.inference.cohort import find_cases, predict_cohort
+
+    if find_cases(args.input) is not None:
+        cohort = predict_cohort(args.input, args.output, models, resume=args.resume, **options)
+        print(cohort.describe())
+        return 1 if cohort.failed else 0
+    if args.resume:
+        raise ConfigError("--continue is for a cohort folder (NIfTI files and/or one sub-folder per case)")
+    result = predict_scan(args.input, args.output, models, load_seconds=time.perf_counter() - t0, **options)
     print(result.describe())
     return 0

@@ -312,9 +312,18 @@ class SliceInference:
 
     def labels(self, slices: list[np.ndarray], *, desc: str = "") -> list[np.ndarray]:
         """uint8 labels per slice (each at its own size) for float32 slices in [0, 1]."""
+        return self.run(slices, desc=desc)[0]
+
+    def run(
+        self, slices: list[np.ndarray], *, desc: str = "", probabilities: bool = False
+    ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+        """uint8 labels per slice (each at its own size) for float32 slices in [0, 1], and with
+        ``probabilities`` the float32 foreground probability per slice (one channel: the sigmoid;
+        several: 1 − p(background)) on the same grid."""
         from tqdm import tqdm
 
         out: list[np.ndarray] = []
+        fg: list[np.ndarray] | None = [] if probabilities else None
         cuda = self.device.type == "cuda"
         bar = tqdm(
             total=len(slices), desc=desc or "predict", unit="slice", leave=False, disable=not sys.stderr.isatty()
@@ -328,9 +337,12 @@ class SliceInference:
                     self.net, batch, self.model.image_size, amp=self.amp, channels_last=self.channels_last
                 )
                 out.extend(core.to_labels(probs, self.model.threshold).cpu().numpy())
+                if fg is not None:
+                    p = probs[:, 0] if probs.shape[1] == 1 else 1.0 - probs[:, 0]
+                    fg.extend(p.float().cpu().numpy())
                 bar.update(stop - start)
         bar.close()
-        return out
+        return out, fg
 
 
 # ----------------------------------------------------------------------------------------- one scan
@@ -362,13 +374,15 @@ def predict_scan(
     spacing: tuple[float, float, float] | None = None,
     intensity: str | None = None,
     load_seconds: float | None = None,
+    save_probabilities: bool = False,
 ) -> PredictResult:
     """Masks, report, summary and overlay for the scan at ``input_path`` (module docstring).
 
     ``models`` maps a role (``"lung"``, ``"infection"``) to its model; ``spacing`` = ``(row, col,
     slice)`` mm for an input that records none; ``intensity`` (``hu``, ``unit``, ``uint8``) the input's
     intensity domain where the data cannot tell it (:mod:`lungseg.inference.volumes`);
-    ``load_seconds``: how long loading the models took, for the report.
+    ``load_seconds``: how long loading the models took, for the report; ``save_probabilities``: also
+    write each model's foreground probability map (float32, on the masks' grid) as ``<role>_probabilities``.
     """
     from lungseg.inference import volumes
     from lungseg.io import check_output_dir
@@ -381,19 +395,21 @@ def predict_scan(
     if dicom_seg:
         volumes.check_dicom_seg_source(scan)  # before inference: fail fast
     dev = resolve_device(device)
-    labels, images01, warnings = _infer(scan, models, dev, batch_size)
+    labels, probs, images01, warnings = _infer(scan, models, dev, batch_size, save_probabilities)
     t_infer = time.perf_counter() - t0
     report = _report(scan, models, labels, warnings, dev)
     report["timing_s"] = {"load_models": load_seconds, "read_and_predict": t_infer}  # writing follows
-    files = _write_outputs(output_dir, input_path, scan, models, labels, images01, report, dicom_seg)
+    files = _write_outputs(output_dir, input_path, scan, models, labels, probs, images01, report, dicom_seg)
     return PredictResult(output_dir, report, report["summary"], time.perf_counter() - t0, files, load_seconds)
 
 
-def _infer(scan, models: dict[str, LoadedModel], device: torch.device, batch_size: int | None):
-    """Labels per role, the [0, 1] slices the infection model saw (for the overlay), the warnings."""
+def _infer(scan, models: dict[str, LoadedModel], device: torch.device, batch_size: int | None, probabilities: bool):
+    """Labels per role, foreground probabilities per role (``probabilities``), the [0, 1] slices the
+    infection model saw (for the overlay), the warnings."""
     from lungseg.inference import volumes
 
     labels: dict[str, list[np.ndarray]] = {}
+    probs: dict[str, list[np.ndarray]] = {}
     images01 = None
     warnings = list(scan.warnings)
     for role, model in models.items():
@@ -402,8 +418,10 @@ def _infer(scan, models: dict[str, LoadedModel], device: torch.device, batch_siz
         if images01 is None or role == "infection":
             images01 = slices01  # the overlay shows what the infection model saw
         engine = SliceInference(model, device=device, batch_size=batch_size)
-        labels[role] = engine.labels(slices01, desc=f"{scan.stem} ({role})")
-    return labels, images01, warnings
+        labels[role], fg = engine.run(slices01, desc=f"{scan.stem} ({role})", probabilities=probabilities)
+        if fg is not None:
+            probs[role] = fg
+    return labels, probs, images01, warnings
 
 
 def _environment(device: torch.device) -> dict[str, Any]:
@@ -462,8 +480,8 @@ def _report(scan, models: dict[str, LoadedModel], labels, warnings: list[str], d
     }
 
 
-def _write_outputs(output_dir, input_path, scan, models, labels, images01, report, dicom_seg: bool) -> list[str]:
-    """Masks (and DICOM SEGs), overlay, report and summary into ``output_dir``, atomically."""
+def _write_outputs(output_dir, input_path, scan, models, labels, probs, images01, report, dicom_seg: bool) -> list[str]:
+    """Masks (and DICOM SEGs, probabilities), overlay, report and summary into ``output_dir``, atomically."""
     from lungseg import __version__
     from lungseg.inference import burden, volumes
     from lungseg.io import atomic_dir, atomic_write_json, atomic_write_text
@@ -484,6 +502,9 @@ def _write_outputs(output_dir, input_path, scan, models, labels, images01, repor
                     version=__version__,
                 )
                 files.append(target.name)
+        for role, fg in probs.items():
+            for p in volumes.write_masks(scan, fg, tmp, f"{role}_probabilities", dtype=np.float32):
+                files.append(str(p.relative_to(tmp)).split("/")[0])
         burden.overlay_figure(
             tmp / "overlay.png",
             images01,

@@ -295,8 +295,8 @@ def _read_nifti(path: Path, given, require_spacing: bool = True, intensity: str 
     )
 
 
-def _nifti_mask(scan: Scan, labels: np.ndarray) -> np.ndarray:
-    """``(Z, rows, cols)`` labels in the training view → the source file's voxel layout."""
+def _nifti_mask(scan: Scan, labels: np.ndarray, dtype=np.uint8) -> np.ndarray:
+    """``(Z, rows, cols)`` labels (or probabilities) in the training view → the source file's voxel layout."""
     from nibabel import orientations as ori
 
     view = np.moveaxis(labels, 0, 2)
@@ -304,7 +304,7 @@ def _nifti_mask(scan: Scan, labels: np.ndarray) -> np.ndarray:
     back = ori.apply_orientation(
         ras, ori.ornt_transform(ori.axcodes2ornt("RAS"), ori.io_orientation(scan.geometry["read_affine"]))
     )
-    return np.ascontiguousarray(back.reshape(scan.geometry["shape"]), dtype=np.uint8)
+    return np.ascontiguousarray(back.reshape(scan.geometry["shape"]), dtype=dtype)
 
 
 # ------------------------------------------------------------------------------------------ DICOM
@@ -468,29 +468,37 @@ def _minmax(s: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------ writing
-def write_masks(scan: Scan, labels: list[np.ndarray], out_dir: Path, name: str) -> list[Path]:
+def write_masks(scan: Scan, labels: list[np.ndarray], out_dir: Path, name: str, *, dtype=np.uint8) -> list[Path]:
     """Write one model's labels (one 2-D uint8 array per slice, at the slice's size) in the input's
-    geometry into ``out_dir`` under ``name`` (see the module docstring); the written paths."""
+    geometry into ``out_dir`` under ``name`` (see the module docstring); the written paths.
+    ``dtype=np.float32`` writes probabilities the same way (PNG/TIFF input: one float32 TIFF per slice)."""
+    dtype = np.dtype(dtype)
     out_dir.mkdir(parents=True, exist_ok=True)
     if scan.kind == "slices":
-        from PIL import Image
-
         folder = out_dir / name
         folder.mkdir(parents=True, exist_ok=True)
         written = []
         for stem, lab in zip(scan.names, labels):
-            target = folder / f"{stem}.png"
-            Image.fromarray(np.ascontiguousarray(lab, dtype=np.uint8)).save(target)
+            if dtype == np.uint8:
+                from PIL import Image
+
+                target = folder / f"{stem}.png"
+                Image.fromarray(np.ascontiguousarray(lab, dtype=np.uint8)).save(target)
+            else:
+                import tifffile
+
+                target = folder / f"{stem}.tiff"
+                tifffile.imwrite(target, np.ascontiguousarray(lab, dtype=dtype))
             written.append(target)
         return written
-    vol = np.stack(labels).astype(np.uint8)  # (Z, rows, cols)
+    vol = np.stack(labels).astype(dtype)  # (Z, rows, cols)
     target = out_dir / f"{name}.nii.gz"
     if scan.kind == "nifti":
         import nibabel as nib
 
         header = scan.geometry["header"].copy()
-        header.set_data_dtype(np.uint8)
-        img = nib.Nifti1Image(_nifti_mask(scan, vol), scan.geometry["affine"], header=header)
+        header.set_data_dtype(dtype)
+        img = nib.Nifti1Image(_nifti_mask(scan, vol, dtype), scan.geometry["affine"], header=header)
         img.header.set_slope_inter(1.0, 0.0)
         nib.save(img, str(target))
         return [target]
