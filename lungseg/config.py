@@ -1,16 +1,30 @@
-"""Typed configuration: ``params.yaml`` is parsed once into :class:`Params`.
+"""Typed configuration: ``params.yaml`` is parsed and checked once into :class:`Params`.
 
 One section per pipeline stage (``preprocess``, ``train``, ``evaluate``, ``register``) plus
 ``mlflow`` (where runs are tracked). DVC stages depend on exactly the section they use, so a
 change to ``train`` does not re-run ``preprocess``. Paths are never configured here: they are
 command-line arguments (``dvc.yaml`` and the KFP components pass them).
 
-Unknown keys and wrongly typed values are rejected with a :class:`~lungseg.errors.ConfigError`
-that names the file and the key, so a typo never silently falls back to a default. Every value is
-then checked once, at load time, by :func:`validate` (ranges, names of models/losses/schedules,
-each model's options against its constructor): a bad value fails before the first stage runs,
-not hours later at the stage that uses it. All the rules live in :func:`validate` and the
-``_check_*`` functions below it.
+Each section is a frozen pydantic v2 model (``extra="forbid"``, ``strict=True``): an unknown key or
+a wrongly typed value is a :class:`~lungseg.errors.ConfigError` that names the file and the key,
+so a typo never silently falls back to a default. Strict means a YAML value is taken as written —
+``"10"`` is not an integer, ``1`` is not ``true`` — except that an integer is accepted where a number
+is expected (``lr: 1`` is ``1.0``) and a list where a pair is (``hu_window: [-1000, 400]``). The
+rules are declared on the fields (``Field`` bounds, ``Literal`` names) and in the models'
+validators (rules across keys of a section; across sections in :class:`Params`), and run once,
+when the file is read (:func:`load_params`): a bad value fails before the first stage runs, not
+hours later at the stage that uses it, and no other module checks them again. A section built in
+code (``TrainConfig(epochs=0)``) is checked the same way; ``model_copy(update=...)`` is not
+(pydantic's rule): :func:`check_train` checks such a config.
+
+The errors keep lungseg's one-line form: pydantic's first error becomes
+``<file>.<section>.<key>: <problem>`` (:func:`config_error`), e.g.
+``params.yaml.train.lr: must be > 0, got -0.1``.
+
+**Which keys were written.** Each section remembers the keys the file gave (pydantic's
+``model_fields_set``); ``train.preset: paper`` uses it to tell a value written in the file from a
+library default (:mod:`lungseg.training.presets`), and :class:`Params` to run the checks across
+sections only for sections the file gave (a KFP component receives its own section only).
 
 Model options (``train.model_kwargs``) are given **per model**:
 ``model_kwargs: {lgnet: {max_tokens: 256}, prnet: {max_tokens: 256}}``; the entry of the trained
@@ -18,90 +32,224 @@ model (``train.model``) is used and the others are kept for when the model chang
 ``dvc exp run -S train.model=unet`` then trains U-Net with its own options, none here). A flat
 mapping (``{max_tokens: 256}``, as older files and ``lungseg results`` write it) holds options for
 the trained model: one that this model does not take but another model does is ignored with a
-warning (:func:`model_options` returns it), one that no model takes is an error.
+warning (:func:`model_options` returns it), one that no model takes is an error. Each option's
+name and value type are checked against the model's constructor signature at load time
+(``max_tokens: many`` is refused there, not when the model is built).
+
+The JSON schema of ``params.yaml`` (:func:`params_json_schema`) is committed as
+``docs/params.schema.json`` (``python scripts/params_schema.py`` writes it; a test keeps it current).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
 import typing
-from dataclasses import dataclass, field
+import warnings
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from lungseg.errors import ConfigError
 
+Preset = Literal["default", "paper"]
+Scheduler = Literal["cosine", "plateau", "none"]
+Device = Literal["auto", "cpu", "cuda"]
+Split = Literal["train", "val", "test", "all"]
+PRESETS: tuple[str, ...] = typing.get_args(Preset)
+SCHEDULERS: tuple[str, ...] = typing.get_args(Scheduler)
+DEVICES: tuple[str, ...] = typing.get_args(Device)
+SPLITS: tuple[str, ...] = typing.get_args(Split)
+#: arguments every model takes, set by training itself (not model options)
+COMMON_MODEL_ARGS = ("in_channels", "num_classes", "base_channels")
+#: the floor ``register.min_metric: auto`` stands for when greater is better (see RegisterConfig)
+AUTO_MIN_METRIC = 0.1
 
-@dataclass(frozen=True)
-class PreprocessConfig:
+
+class Says(NamedTuple):
+    """Field metadata: the rule as the error message states it (``must lie in [0, 2^32)``); the
+    message is ``<rule>, got <value>`` whatever pydantic found wrong with the value."""
+
+    rule: str
+
+
+class Problem(Exception):
+    """A rule broken at ``key`` (dotted, relative to the section; ``""`` = the section itself).
+
+    Raised by the checks that run both inside validation (turned into a pydantic error that
+    carries the key) and outside it (turned into a :class:`ConfigError` naming ``where.key``)."""
+
+    def __init__(self, key: str, text: str):
+        super().__init__(text)
+        self.key, self.text = key, text
+
+    def pydantic(self) -> PydanticCustomError:
+        return PydanticCustomError("lungseg", "{text}", {"text": self.text, "key": self.key})
+
+    def config_error(self, where: str) -> ConfigError:
+        return ConfigError(f"{where}.{self.key}: {self.text}" if self.key else f"{where}: {self.text}")
+
+
+Seed = Annotated[int, Field(ge=0, lt=2**32), Says("must lie in [0, 2^32)")]
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)]
+
+
+class _Checked(type(BaseModel)):
+    """Building a section in code (``TrainConfig(epochs=0)``) raises lungseg's :class:`ConfigError`
+    (one line, ``train.epochs: …``) instead of pydantic's ``ValidationError``. (A metaclass, not an
+    ``__init__``: pydantic would call a custom ``__init__`` for nested sections too, naming the
+    section without its file.)"""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except ValidationError as exc:
+            raise config_error(exc, cls.SECTION, cls) from exc
+
+
+class Section(BaseModel, metaclass=_Checked):
+    """A frozen, strict section of ``params.yaml``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, use_attribute_docstrings=True)
+    SECTION: ClassVar[str] = "params"
+    """The name its errors start with when it is built in code."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise Problem("", "is empty").pydantic()
+    return value
+
+
+class PreprocessConfig(Section):
     """How raw CT data becomes a canonical training set."""
 
-    image_size: int = 256
-    """Every slice is resized to ``image_size``² (bilinear images, nearest-neighbour masks)."""
+    SECTION: ClassVar[str] = "preprocess"
+
+    image_size: int = Field(256, ge=8)
+    """Every slice is resized to ``image_size``² (bilinear images, nearest-neighbour masks); a
+    multiple of the trained model's ``size_divisor`` when the file has a ``train`` section."""
     hu_window: tuple[float, float] = (-1000.0, 400.0)
     """(low, high) HU window for sources in Hounsfield units (NIfTI, DICOM, Kaggle TIFF)."""
-    val_fraction: float = 0.15
+    val_fraction: Fraction = 0.15
     """Fraction of the training pool held out for validation (seeded, patient-level when possible)."""
-    test_fraction: float = 0.15
+    test_fraction: Fraction = 0.15
     """Fraction held out for testing when the source has no published test split."""
-    seed: int = 0
+    seed: Seed = 0
     multiclass: bool = False
     """Inf-Net COVID-SemiSeg only: keep ground-glass / consolidation as classes 1 / 2."""
 
+    @field_validator("hu_window", mode="before")
+    @classmethod
+    def _pair_from_list(cls, value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value  # YAML and JSON have lists only
 
-@dataclass(frozen=True)
-class TrainConfig:
+    @field_validator("hu_window")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        import math
+
+        low, high = value
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            raise Problem("", f"must be [low, high] with low < high, got {[low, high]}").pydantic()
+        return value
+
+    @model_validator(mode="after")
+    def _something_left_to_train_on(self) -> PreprocessConfig:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise Problem(
+                "",
+                f"val_fraction + test_fraction must be < 1 (nothing left to train on), got "
+                f"{self.val_fraction} + {self.test_fraction}",
+            ).pydantic()
+        return self
+
+
+def _enum(names: typing.Callable[[], list[str]]) -> typing.Callable[[dict[str, Any]], None]:
+    """``json_schema_extra`` listing the names a registry holds when the schema is generated."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        schema["enum"] = names()
+
+    return extra
+
+
+def _options_schema(schema: dict[str, Any]) -> None:
+    """``train.model_kwargs`` in the JSON schema: each model's options (from its constructor) under
+    its name; other keys are a flat mapping of the trained model's options."""
+    schema["properties"] = {m: _options_model(m).model_json_schema() for m in _model_names()}
+
+
+def _model_names() -> list[str]:
+    from lungseg.models import list_models
+
+    return list_models()
+
+
+def _loss_names() -> list[str]:
+    from lungseg.losses import list_losses
+
+    return ["auto", *list_losses()]
+
+
+class TrainConfig(Section):
     """How a model is trained. ``preset: paper`` fills in the paper's setup (see training.presets)."""
 
-    model: str = "lgnet"
-    base_channels: int = 8
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    SECTION: ClassVar[str] = "train"
+
+    model: str = Field("lgnet", json_schema_extra=_enum(_model_names))
+    """A model of the zoo (``lungseg models list``)."""
+    base_channels: int = Field(8, ge=1)
+    model_kwargs: dict[str, Any] = Field(default_factory=dict, json_schema_extra=_options_schema)
     """Model constructor options per model, e.g. ``{lgnet: {max_tokens: 1024, use_ff: false}}``
     (see the module docstring; a flat mapping is read as options of ``model``)."""
-    loss: str = "auto"
+    loss: str = Field("auto", json_schema_extra=_enum(_loss_names))
     """``auto`` = the model's paper loss (LG-Net: dice_focal, PR-Net: bce_dice, others: bce_dice)."""
-    preset: str = "default"
-    """``default`` (the values here as written) or ``paper``: the paper's value for every key left at
-    its library default, a changed key honoured and recorded as a deviation
+    preset: Preset = "default"
+    """``default`` (the values here as written) or ``paper``: the paper's value for every key the file
+    does not write, a written key honoured and recorded as a deviation when it differs from the paper
     (:mod:`lungseg.training.presets`: Adam lr 0.01, batch 4, 120 epochs, base 64, Eq. 14–15 loss, …)."""
     allow_non_paper_size: bool = False
     """``preset: paper`` refuses data that is not 512² (the paper's size, fixed by
     ``preprocess.image_size``) unless this is true; the size is then recorded as a deviation.
     No effect under ``preset: default``."""
-    epochs: int = 30
-    batch_size: int = 4
-    lr: float = 1e-3
-    weight_decay: float = 1e-5
-    scheduler: str = "cosine"
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(4, ge=1)
+    lr: float = Field(1e-3, gt=0, allow_inf_nan=False)
+    weight_decay: float = Field(1e-5, ge=0, allow_inf_nan=False)
+    scheduler: Scheduler = "cosine"
     """``cosine``, ``plateau`` or ``none``."""
-    early_stopping_patience: int = 10
+    early_stopping_patience: int = Field(10, ge=0)
     """Epochs without a better validation Dice before stopping; 0 disables."""
-    min_epochs: int = 0
+    min_epochs: int = Field(0, ge=0)
     """Warm-up: before this epoch the validation Dice neither selects ``best.pt`` nor counts towards
     early stopping (on a tiny validation set the first epochs' Dice is noise: a lucky early value
-    would be kept as the best model and end the run). 0 = from the first epoch."""
+    would be kept as the best model and end the run). 0 = from the first epoch; at most ``epochs``."""
     augment: bool = True
     amp: bool = True
     """Mixed precision (bf16) — used only on CUDA."""
     channels_last: bool = True
     """channels_last memory format — used only on CUDA."""
-    seed: int = 0
-    num_workers: int = 0
-    device: str = "auto"
+    seed: Seed = 0
+    num_workers: int = Field(0, ge=0)
+    device: Device = "auto"
     """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
-    progress_every_s: float = 30.0
+    progress_every_s: Annotated[float, Field(gt=0, allow_inf_nan=False), Says("must be > 0 (seconds)")] = 30.0
     """When stderr is not a terminal (KFP and DVC logs, ``nohup``): a progress line inside an epoch
     (step, loss, Dice, images/s, ETA) at most every this many seconds. On a terminal a progress bar."""
     sync_batchnorm: bool = False
     """Under ``torchrun`` (DDP): BatchNorm statistics over the global batch (``torch.nn.SyncBatchNorm``,
     CUDA only) instead of each process's part; ignored in a single process."""
-    data_on_device: bool | str = "auto"
+    data_on_device: Annotated[bool | Literal["auto"], Says("expected auto, true or false")] = "auto"
     """CUDA only: keep the training and validation arrays on the GPU (copied once before the first
     epoch; batches are then indexed and augmented there). ``auto``: when they take at most a quarter
     of the GPU's free memory; ``true``: always (a ``ConfigError`` if they do not fit); ``false``: kept
     in host memory, each batch copied over. The trained numbers are the same either way."""
-    checkpoint_every: int = 1
+    checkpoint_every: int = Field(1, ge=1)
     """Write the full ``checkpoint.pt`` (model, optimizer, scheduler, RNG states) every this many
     epochs, and at the last epoch, at an early stop and whenever ``best.pt`` is written. A resumed
     run re-runs the epochs after the last one written (bitwise the same on the CPU)."""
@@ -110,21 +258,61 @@ class TrainConfig:
     of the epoch, while the next epoch trains (same files, same atomic rename; a write error stops
     the run at the next write or at the end)."""
 
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        models = _model_names()
+        if value not in models:
+            raise Problem("", f"unknown model {value!r} (allowed: {', '.join(models)})").pydantic()
+        return value
 
-@dataclass(frozen=True)
-class EvaluateConfig:
-    split: str = "test"
-    threshold: float = 0.5
-    n_overlays: int = 3
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, value: str) -> str:
+        if value != "auto" and value not in (losses := _loss_names()):
+            raise Problem("", f"unknown loss {value!r} (allowed: {', '.join(losses)})").pydantic()
+        return value
+
+    @model_validator(mode="after")
+    def _across_keys(self) -> TrainConfig:
+        if self.min_epochs > self.epochs:
+            raise Problem(
+                "min_epochs",
+                f"{self.min_epochs} is more than train.epochs ({self.epochs}): no epoch could be kept as best.pt",
+            ).pydantic()
+        try:
+            _model_options(self)
+        except Problem as exc:
+            raise exc.pydantic() from exc
+        return self
+
+
+class EvaluateConfig(Section):
+    """How a trained model is scored (``lungseg evaluate``)."""
+
+    SECTION: ClassVar[str] = "evaluate"
+
+    split: Split = "test"
+    """The split of the processed set that is scored (``all``: every slice)."""
+    threshold: Annotated[
+        float, Field(ge=0.0, le=1.0, allow_inf_nan=False), Says("must lie in [0, 1] (a probability)")
+    ] = 0.5
+    """Probability above which a pixel is foreground (binary models)."""
+    n_overlays: int = Field(3, ge=1)
     """Best and worst cases drawn in the overlay figure (each)."""
 
 
-#: the floor ``register.min_metric: auto`` stands for when greater is better (see RegisterConfig)
-AUTO_MIN_METRIC = 0.1
+def _placeholders(template: str) -> list[str]:
+    import string
+
+    return [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
 
 
-@dataclass(frozen=True)
-class RegisterConfig:
+class RegisterConfig(Section):
+    """When an evaluated model is registered and promoted (``lungseg register``)."""
+
+    SECTION: ClassVar[str] = "register"
+
     model_name: str = "lungseg-{model}"
     """Registered-model name; ``{model}`` (the only placeholder) becomes the trained architecture
     (``train.model`` as recorded by the training run), so a sweep over architectures registers each
@@ -132,7 +320,10 @@ class RegisterConfig:
     metric: str = "dice_mean"
     """Key of the evaluation summary that decides promotion."""
     greater_is_better: bool = True
-    min_metric: float | str | None = "auto"
+    """Whether a higher ``metric`` is better (false for distances such as ``hd95_mean``)."""
+    min_metric: Annotated[
+        Annotated[float, Field(allow_inf_nan=False)] | Literal["auto"] | None, Says("must be a number, auto or null")
+    ] = "auto"
     """The worst score a champion may have: a candidate whose ``metric`` is below it (above it when
     ``greater_is_better`` is false) is registered and tagged but never promoted, even when there is
     no champion yet. ``auto`` (default) = 0.1 when ``greater_is_better`` — meant for Dice/IoU-like
@@ -141,23 +332,41 @@ class RegisterConfig:
     ``hd95_mean`` has no natural ceiling: give one explicitly). A number sets the floor, ``null``
     disables it. See :attr:`floor`."""
     champion_alias: str = "champion"
+    """Alias of the best registered version (moved only when a candidate beats it)."""
     challenger_alias: str = "challenger"
+    """Alias a registered version that did not become champion gets."""
 
-    def __post_init__(self) -> None:
-        import string
+    _metric_not_blank = field_validator("metric")(_not_blank)
 
+    @field_validator("champion_alias", "challenger_alias")
+    @classmethod
+    def _usable_alias(cls, alias: str) -> str:
+        import re
+
+        if not re.fullmatch(r"[\w\-]{1,255}", alias) or alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
+            raise Problem(
+                "", f"{alias!r} is not a usable MLflow alias (letters, digits, _ and -; not 'latest' or v<number>)"
+            ).pydantic()
+        return alias
+
+    @model_validator(mode="after")
+    def _names(self) -> RegisterConfig:
         try:
-            fields = [f for _, f, _, _ in string.Formatter().parse(self.model_name) if f is not None]
+            fields = _placeholders(self.model_name)
         except ValueError as exc:
-            raise ConfigError(f"model_name {self.model_name!r}: {exc}") from exc
+            raise Problem("", f"model_name {self.model_name!r}: {exc}").pydantic() from exc
         bad = [f for f in fields if f != "model"]
         if bad:
-            raise ConfigError(
+            raise Problem(
+                "",
                 f"model_name {self.model_name!r}: unknown placeholder(s) "
-                f"{', '.join('{' + f + '}' for f in bad)} (allowed: {{model}})"
-            )
+                f"{', '.join('{' + f + '}' for f in bad)} (allowed: {{model}})",
+            ).pydantic()
         if not self.resolved_name("x").strip():
-            raise ConfigError("model_name is empty")
+            raise Problem("", "model_name is empty").pydantic()
+        if self.champion_alias == self.challenger_alias:
+            raise Problem("", f"champion_alias and challenger_alias are both {self.champion_alias!r}").pydantic()
+        return self
 
     @property
     def floor(self) -> float | None:
@@ -169,220 +378,212 @@ class RegisterConfig:
     @property
     def needs_model(self) -> bool:
         """Whether the name depends on the trained architecture (holds ``{model}``)."""
-        import string
-
-        return any(f == "model" for _, f, _, _ in string.Formatter().parse(self.model_name))
+        return "model" in _placeholders(self.model_name)
 
     def resolved_name(self, model: str) -> str:
         """The registered-model name for a run of architecture ``model``."""
         return self.model_name.format(model=model)
 
 
-@dataclass(frozen=True)
-class MlflowConfig:
+class MlflowConfig(Section):
+    """Where runs are tracked."""
+
+    SECTION: ClassVar[str] = "mlflow"
+
     tracking_uri: str = "sqlite:///mlflow.db"
     """Used when ``MLFLOW_TRACKING_URI`` is unset; the embedded default needs no server."""
     experiment: str = "lungseg"
+    """MLflow experiment of the runs."""
+
+    _not_blank = field_validator("tracking_uri", "experiment")(_not_blank)
 
 
-@dataclass(frozen=True)
-class Params:
-    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-    register: RegisterConfig = field(default_factory=RegisterConfig)
-    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+# ``register`` is also ABCMeta.register (pydantic models are ABCs): a field of that name is fine on an
+# instance (``params.register``), pydantic warns only because the class attribute exists
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", r'Field name "register" in "Params" shadows', UserWarning)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    class Params(Section):
+        """All of ``params.yaml``; a section the file leaves out (or leaves empty) has its defaults."""
 
+        preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+        train: TrainConfig = Field(default_factory=TrainConfig)
+        evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+        register: RegisterConfig = Field(default_factory=RegisterConfig)
+        mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, where)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
-        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if origin is list:
-        (arg,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return [_coerce(v, arg, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported config type {tp!r} at {where}")  # programming error
+        def written(self) -> dict[str, dict[str, Any]]:
+            """Every section with only the keys that were given (``{}`` for a section left out): what
+            to pass on (KFP pipeline arguments) so the receiver records the same written keys, which
+            the ``paper`` preset decides by. Read back (``params_from_dict``), each section has the same
+            values and written keys."""
+            return {name: getattr(self, name).model_dump(exclude_unset=True) for name in type(self).model_fields}
+
+        @model_validator(mode="before")
+        @classmethod
+        def _empty_sections(cls, data: Any) -> Any:
+            if isinstance(data, dict):  # ``train:`` with nothing under it is YAML's null
+                return {k: ({} if v is None else v) for k, v in data.items()}
+            return data
+
+        @model_validator(mode="after")
+        def _across_sections(self) -> Params:
+            """Run only for sections the file gave: a KFP component receives its own section only (the
+            others are defaults, not the user's choice)."""
+            if {"preprocess", "train"} <= self.model_fields_set:
+                from lungseg.models import model_class
+
+                divisor = int(getattr(model_class(self.train.model), "size_divisor", 1))
+                if self.preprocess.image_size % divisor:
+                    raise Problem(
+                        "preprocess.image_size",
+                        f"{self.preprocess.image_size} is not a multiple of {divisor}, which "
+                        f"{self.train.model} needs (train.model)",
+                    ).pydantic()
+            return self
 
 
-def _build(cls: type, data: Any, where: str) -> Any:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(names))})")
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+# ---------------------------------------------------------------------- pydantic errors → one line
+_TYPE_TEXT = {
+    "int_type": "expected an integer",
+    "bool_type": "expected true/false",
+    "float_type": "expected a number",
+    "string_type": "expected a string",
+    "dict_type": "expected a mapping",
+    "none_required": "expected null",
+}
+_RANGE_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number")
+#: the word an unknown name is called in messages (``unknown schedule 'step'``), when not the key
+_NOUNS = {"scheduler": "schedule"}
+
+
+def _bound(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _range_rule(metadata: list[Any]) -> str:
+    """``must be ≥ 1`` / ``must be > 0`` / ``must lie in [0, 1)`` from a field's bounds."""
+    bounds = {a: getattr(m, a) for m in metadata for a in ("ge", "gt", "le", "lt") if getattr(m, a, None) is not None}
+    low = next(((a, v) for a, v in bounds.items() if a in ("ge", "gt")), None)
+    high = next(((a, v) for a, v in bounds.items() if a in ("le", "lt")), None)
+    if low and high:
+        opening, closing = "[" if low[0] == "ge" else "(", "]" if high[0] == "le" else ")"
+        return f"must lie in {opening}{_bound(low[1])}, {_bound(high[1])}{closing}"
+    if low:
+        return f"must be {'≥' if low[0] == 'ge' else '>'} {_bound(low[1])}"
+    if high:
+        return f"must be {'≤' if high[0] == 'le' else '<'} {_bound(high[1])}"
+    return "must be a finite number"
+
+
+def _walk(root: type[BaseModel], loc: tuple[Any, ...]) -> tuple[list[str], Any, type[BaseModel] | None]:
+    """The dotted key parts of ``loc`` that name fields (tuple indices as ``[i]``), the last field's
+    ``FieldInfo`` (None at a section) and the model that holds the last field (or the section)."""
+    parts: list[str] = []
+    cls: type[BaseModel] | None = root
+    holder: type[BaseModel] | None = root
+    field = None
+    for part in loc:
+        if isinstance(part, str) and cls is not None and part in cls.model_fields:
+            holder, field = cls, cls.model_fields[part]
+            parts.append(part)
+            sub = field.annotation
+            cls = sub if isinstance(sub, type) and issubclass(sub, BaseModel) else None
+            if cls is not None:
+                holder, field = cls, None
+        elif isinstance(part, int) and field is not None and parts:
+            parts[-1] += f"[{part}]"
+        else:
+            break  # a union member's tag, an unknown key
+    return parts, field, holder
+
+
+def _pair_problem(err: dict[str, Any], field: Any) -> bool:
+    """Whether ``err`` is about the length or type of a tuple field as a whole (a list in YAML)."""
+    kinds = ("tuple_type", "too_short", "too_long", "missing")
+    return field is not None and typing.get_origin(field.annotation) is tuple and err["type"] in kinds
+
+
+def _problem(err: dict[str, Any], field: Any, name: str) -> str:
+    kind, value = err["type"], err.get("input")
+    shown = list(value) if isinstance(value, tuple) else value
+    says = next((m.rule for m in (field.metadata if field else []) if isinstance(m, Says)), None)
+    if says:
+        return f"{says}, got {shown!r}"
+    if kind == "model_type":
+        return f"expected a mapping, got {type(value).__name__}"
+    if _pair_problem(err, field):
+        return f"expected a list of {len(typing.get_args(field.annotation))} values, got {shown!r}"
+    if kind in _TYPE_TEXT:
+        return f"{_TYPE_TEXT[kind]}, got {shown!r}"
+    if kind == "literal_error" and field is not None:
+        allowed = ", ".join(typing.get_args(field.annotation))
+        return f"unknown {_NOUNS.get(name, name)} {value!r} (allowed: {allowed})"
+    if kind in _RANGE_ERRORS and field is not None:
+        return f"{_range_rule(field.metadata)}, got {shown!r}"
+    return f"{err['msg'][:1].lower()}{err['msg'][1:]}, got {shown!r}"
+
+
+def config_error(exc: ValidationError, where: str, root: type[BaseModel] | None = None) -> ConfigError:
+    """pydantic's ``ValidationError`` on ``root`` as lungseg's one line: ``where.key: problem``.
+
+    The first error is reported; unknown keys first (all of one section together, as
+    ``unknown key(s) a, b (allowed: …)``), as the hand-written parser did."""
+    root = root or Params
+    errors = exc.errors(include_url=False)
+    extra = [e for e in errors if e["type"] == "extra_forbidden"]
+    if extra:
+        parent = extra[0]["loc"][:-1]
+        parts, _, holder = _walk(root, parent)
+        unknown = sorted(str(e["loc"][-1]) for e in extra if e["loc"][:-1] == parent)
+        allowed = sorted(holder.model_fields) if holder is not None else []
+        return ConfigError(
+            f"{'.'.join([where, *parts])}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(allowed)})"
+        )
+    err = errors[0]
+    parts, field, _ = _walk(root, err["loc"])
+    if err["type"] == "lungseg":
+        key = err["ctx"]["key"]
+        return ConfigError(f"{'.'.join([where, *parts, *([key] if key else [])])}: {err['ctx']['text']}")
+    name = parts[-1].split("[")[0] if parts else ""
+    if _pair_problem(err, field):
+        parts[-1] = name  # the pair as a whole, not the missing element
+    return ConfigError(f"{'.'.join([where, *parts])}: {_problem(err, field, name)}")
+
+
+def _validated(cls: type[Section], data: Any, where: str) -> Any:
     try:
-        return cls(**kwargs)
-    except ConfigError as exc:  # a dataclass's own check (__post_init__): say which section
-        raise ConfigError(f"{where}: {exc}") from exc
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise config_error(exc, where, cls) from exc
 
 
-# ----------------------------------------------------------------------------------- validation
-PRESETS = ("default", "paper")
-SCHEDULERS = ("cosine", "plateau", "none")
-DEVICES = ("auto", "cpu", "cuda")
-SPLITS = ("train", "val", "test", "all")
-#: arguments every model takes, set by training itself (not model options)
-COMMON_MODEL_ARGS = ("in_channels", "num_classes", "base_channels")
+# ----------------------------------------------------------------------------------- public checks
+def validate(params: Params, where: str = "params", sections: set[str] | frozenset[str] | None = None) -> Params:
+    """``params`` checked again (returned as a new :class:`Params`); :class:`ConfigError` naming
+    ``where`` and the key otherwise. For a config changed with ``model_copy(update=...)`` (which
+    pydantic does not check); one read by :func:`load_params` or built in code is checked already.
 
-
-def validate(params: Params, where: str = "params", sections: set[str] | frozenset[str] | None = None) -> None:
-    """Check every value of ``params``; :class:`ConfigError` naming ``where`` and the key otherwise.
-
-    ``sections`` are the sections the file gave (checks across sections, e.g. that
-    ``preprocess.image_size`` suits ``train.model``, run only when both were given: a KFP component
-    receives its own section only, the others are defaults).
+    ``sections`` are the sections the file gave (default: every section): the checks across
+    sections run only when both sections were given.
     """
-    _check_preprocess(params.preprocess, f"{where}.preprocess")
-    check_train(params.train, f"{where}.train")
-    _check_evaluate(params.evaluate, f"{where}.evaluate")
-    _check_register(params.register, f"{where}.register")
-    _check_mlflow(params.mlflow, f"{where}.mlflow")
-    given = set(sections) if sections is not None else {f.name for f in dataclasses.fields(Params)}
-    if {"preprocess", "train"} <= given:
-        from lungseg.models import model_class
-
-        divisor = int(getattr(model_class(params.train.model), "size_divisor", 1))
-        if params.preprocess.image_size % divisor:
-            raise ConfigError(
-                f"{where}.preprocess.image_size: {params.preprocess.image_size} is not a multiple of "
-                f"{divisor}, which {params.train.model} needs (train.model)"
-            )
+    names = set(Params.model_fields) if sections is None else set(sections)
+    for name in set(Params.model_fields) - names:
+        section = getattr(params, name)
+        _validated(type(section), _written(section), f"{where}.{name}")
+    return _validated(Params, {n: _written(getattr(params, n)) for n in names}, where)
 
 
-def _need(ok: bool, where: str, problem: str) -> None:
-    if not ok:
-        raise ConfigError(f"{where}: {problem}")
+def check_train(cfg: TrainConfig, where: str) -> TrainConfig:
+    """``cfg`` checked again like the file's ``train`` section (returned as a new config with the same
+    written keys); for configs changed with ``model_copy(update=...)``, which pydantic does not check."""
+    return _validated(TrainConfig, _written(cfg), where)
 
 
-def _one_of(value: str, allowed: tuple[str, ...] | list[str], where: str, what: str) -> None:
-    _need(value in allowed, where, f"unknown {what} {value!r} (allowed: {', '.join(allowed)})")
-
-
-def _finite(value: float) -> bool:
-    import math
-
-    return math.isfinite(value)
-
-
-def _check_preprocess(cfg: PreprocessConfig, where: str) -> None:
-    _need(cfg.image_size >= 8, f"{where}.image_size", f"must be ≥ 8, got {cfg.image_size}")
-    low, high = cfg.hu_window
-    _need(
-        _finite(low) and _finite(high) and low < high,
-        f"{where}.hu_window",
-        f"must be [low, high] with low < high, got {[low, high]}",
-    )
-    for key in ("val_fraction", "test_fraction"):
-        value = getattr(cfg, key)
-        _need(0.0 <= value < 1.0, f"{where}.{key}", f"must lie in [0, 1), got {value}")
-    _need(
-        cfg.val_fraction + cfg.test_fraction < 1.0,
-        where,
-        f"val_fraction + test_fraction must be < 1 (nothing left to train on), got "
-        f"{cfg.val_fraction} + {cfg.test_fraction}",
-    )
-    _need(0 <= cfg.seed < 2**32, f"{where}.seed", f"must lie in [0, 2^32), got {cfg.seed}")
-
-
-def check_train(cfg: TrainConfig, where: str) -> None:
-    """The ``train`` section's checks (public: training repeats them for configs built in code)."""
-    from lungseg.models import list_models
-
-    _one_of(cfg.model, list_models(), f"{where}.model", "model")
-    for key in ("epochs", "batch_size", "base_channels", "checkpoint_every"):
-        _need(getattr(cfg, key) >= 1, f"{where}.{key}", f"must be ≥ 1, got {getattr(cfg, key)}")
-    _need(_finite(cfg.lr) and cfg.lr > 0, f"{where}.lr", f"must be > 0, got {cfg.lr}")
-    _need(
-        _finite(cfg.weight_decay) and cfg.weight_decay >= 0,
-        f"{where}.weight_decay",
-        f"must be ≥ 0, got {cfg.weight_decay}",
-    )
-    for key in ("early_stopping_patience", "min_epochs", "num_workers"):
-        _need(getattr(cfg, key) >= 0, f"{where}.{key}", f"must be ≥ 0, got {getattr(cfg, key)}")
-    _need(
-        cfg.min_epochs <= cfg.epochs,
-        f"{where}.min_epochs",
-        f"{cfg.min_epochs} is more than train.epochs ({cfg.epochs}): no epoch could be kept as best.pt",
-    )
-    _need(0 <= cfg.seed < 2**32, f"{where}.seed", f"must lie in [0, 2^32), got {cfg.seed}")
-    _need(
-        _finite(cfg.progress_every_s) and cfg.progress_every_s > 0,
-        f"{where}.progress_every_s",
-        f"must be > 0 (seconds), got {cfg.progress_every_s}",
-    )
-    _one_of(cfg.preset, PRESETS, f"{where}.preset", "preset")
-    _one_of(cfg.scheduler, SCHEDULERS, f"{where}.scheduler", "schedule")
-    _one_of(cfg.device, DEVICES, f"{where}.device", "device")
-    _need(
-        isinstance(cfg.sync_batchnorm, bool),
-        f"{where}.sync_batchnorm",
-        f"expected true/false, got {cfg.sync_batchnorm!r}",
-    )
-    _need(
-        isinstance(cfg.data_on_device, bool) or cfg.data_on_device == "auto",
-        f"{where}.data_on_device",
-        f"expected auto, true or false, got {cfg.data_on_device!r}",
-    )
-    _need(
-        isinstance(cfg.checkpoint_async, bool),
-        f"{where}.checkpoint_async",
-        f"expected true/false, got {cfg.checkpoint_async!r}",
-    )
-    if cfg.loss != "auto":
-        from lungseg.losses import list_losses
-
-        _one_of(cfg.loss, ["auto", *list_losses()], f"{where}.loss", "loss")
-    model_options(cfg, where)  # raises for options that no model takes
+def _written(section: Section) -> dict[str, Any]:
+    """The keys of ``section`` that were given (read from the file, passed in code, or updated by
+    ``model_copy``) with their values as they are (not serialised: they may be unchecked)."""
+    return {key: getattr(section, key) for key in section.model_fields_set}
 
 
 def model_options(cfg: TrainConfig, where: str = "train") -> tuple[dict[str, Any], list[str]]:
@@ -390,8 +591,17 @@ def model_options(cfg: TrainConfig, where: str = "train") -> tuple[dict[str, Any
 
     ``ignored`` lists the flat options that ``cfg.model`` does not take but another model does
     (the caller warns); an option no model takes, a per-model entry for an unknown model, or an
-    option that model does not take is a :class:`ConfigError` naming the key.
+    option that model does not take (or a value of a type its constructor does not accept) is a
+    :class:`ConfigError` naming the key.
     """
+    try:
+        return _model_options(cfg)
+    except Problem as exc:
+        raise exc.config_error(where) from exc
+
+
+def _model_options(cfg: TrainConfig) -> tuple[dict[str, Any], list[str]]:
+    """:func:`model_options`, raising :class:`Problem` (keys relative to ``train``)."""
     from lungseg.models import list_models
 
     kwargs = cfg.model_kwargs or {}
@@ -401,113 +611,98 @@ def model_options(cfg: TrainConfig, where: str = "train") -> tuple[dict[str, Any
     keyed = [k for k in kwargs if k in models]
     if keyed and len(keyed) < len(kwargs):
         other = sorted(k for k in kwargs if k not in models)
-        raise ConfigError(
-            f"{where}.model_kwargs: mixes per-model entries ({', '.join(keyed)}) with "
-            f"option(s) {', '.join(other)}: write every option under its model, e.g. "
-            f"{{{keyed[0]}: {{{other[0]}: ...}}}}"
+        raise Problem(
+            "model_kwargs",
+            f"mixes per-model entries ({', '.join(keyed)}) with option(s) {', '.join(other)}: write every "
+            f"option under its model, e.g. {{{keyed[0]}: {{{other[0]}: ...}}}}",
         )
     if keyed:  # per model
         for name in keyed:
-            opts = kwargs[name] or {}
-            _need(
-                isinstance(opts, dict),
-                f"{where}.model_kwargs.{name}",
-                f"expected a mapping of {name}'s options, got {opts!r}",
-            )
-            takes = _options_of(name)
-            bad = sorted(set(opts) - set(takes))
-            _need(
-                not bad,
-                f"{where}.model_kwargs.{name}",
-                f"{name} takes no option(s) {', '.join(bad)} (its options: {', '.join(takes) or 'none'})",
-            )
+            _check_entry(name, kwargs[name] or {})
         return dict(kwargs.get(cfg.model) or {}), []
-    takes = _options_of(cfg.model)
+    return _flat_options(cfg.model, kwargs, models)
+
+
+def _check_entry(name: str, opts: Any) -> None:
+    """Model ``name``'s entry of ``train.model_kwargs``: a mapping of options it takes, of its types."""
+    where = f"model_kwargs.{name}"
+    if not isinstance(opts, dict):
+        raise Problem(where, f"expected a mapping of {name}'s options, got {opts!r}")
+    takes = _options_of(name)
+    bad = sorted(set(opts) - set(takes))
+    if bad:
+        raise Problem(where, f"{name} takes no option(s) {', '.join(bad)} (its options: {', '.join(takes) or 'none'})")
+    _check_option_values(name, opts, where)
+
+
+def _flat_options(model: str, kwargs: dict[str, Any], models: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """A flat ``train.model_kwargs``: ``model``'s options, and those only another model takes (ignored)."""
+    takes = _options_of(model)
     used, ignored = {}, []
     for key, value in kwargs.items():
         if key in takes:
             used[key] = value
             continue
-        others = [m for m in models if key in _options_of(m)]
-        _need(
-            bool(others),
-            f"{where}.model_kwargs.{key}",
-            f"no model takes option {key!r} ({cfg.model}'s options: {', '.join(takes) or 'none'})",
-        )
+        if not any(key in _options_of(m) for m in models):
+            raise Problem(
+                f"model_kwargs.{key}",
+                f"no model takes option {key!r} ({model}'s options: {', '.join(takes) or 'none'})",
+            )
         ignored.append(key)
+    _check_option_values(model, used, "model_kwargs")
     return used, ignored
 
 
 def _options_of(model: str) -> list[str]:
     """The keyword options of ``model``'s constructor beyond the common ones (read from its
     signature; the model is not built)."""
+    return list(_options_model(model).model_fields)
+
+
+@cache
+def _options_model(model: str) -> type[BaseModel]:
+    """A strict pydantic model of ``model``'s constructor options (names, annotated types and
+    defaults from its signature): checks option values at load time without building the model."""
     import inspect
+
+    from pydantic import create_model
 
     from lungseg.models import model_class
 
-    sig = inspect.signature(model_class(model))
-    return [
-        n
-        for n, p in sig.parameters.items()
+    cls = model_class(model)
+    hints = typing.get_type_hints(cls.__init__)
+    fields = {
+        n: (hints.get(n, Any), p.default)
+        for n, p in inspect.signature(cls).parameters.items()
         if n not in COMMON_MODEL_ARGS and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
+    }
+    config = ConfigDict(extra="forbid", strict=True, arbitrary_types_allowed=True)
+    return create_model(f"{cls.__name__}Options", __config__=config, **fields)
 
 
-def _check_evaluate(cfg: EvaluateConfig, where: str) -> None:
-    _one_of(cfg.split, SPLITS, f"{where}.split", "split")
-    _need(
-        _finite(cfg.threshold) and 0.0 <= cfg.threshold <= 1.0,
-        f"{where}.threshold",
-        f"must lie in [0, 1] (a probability), got {cfg.threshold}",
-    )
-    _need(cfg.n_overlays >= 1, f"{where}.n_overlays", f"must be ≥ 1, got {cfg.n_overlays}")
+def _check_option_values(model: str, options: dict[str, Any], where: str) -> None:
+    try:
+        _options_model(model).model_validate(options)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        key = str(err["loc"][0])
+        value = err.get("input")
+        if err["type"] in _TYPE_TEXT:
+            text = f"{_TYPE_TEXT[err['type']]}"
+        else:
+            text = f"{err['msg'][:1].lower()}{err['msg'][1:]}"
+        raise Problem(f"{where}.{key}", f"{text}, got {value!r} ({model}'s constructor)") from exc
 
 
-def _check_register(cfg: RegisterConfig, where: str) -> None:
-    import re
-
-    _need(bool(cfg.metric.strip()), f"{where}.metric", "is empty")
-    for key in ("champion_alias", "challenger_alias"):
-        alias = getattr(cfg, key)
-        _need(
-            bool(re.fullmatch(r"[\w\-]{1,255}", alias))
-            and alias.lower() != "latest"
-            and not re.fullmatch(r"[vV]\d+", alias),
-            f"{where}.{key}",
-            f"{alias!r} is not a usable MLflow alias (letters, digits, _ and -; not 'latest' or v<number>)",
-        )
-    _need(
-        cfg.champion_alias != cfg.challenger_alias,
-        where,
-        f"champion_alias and challenger_alias are both {cfg.champion_alias!r}",
-    )
-    if isinstance(cfg.min_metric, str):
-        _need(
-            cfg.min_metric == "auto", f"{where}.min_metric", f"must be a number, auto or null, got {cfg.min_metric!r}"
-        )
-    elif cfg.min_metric is not None:
-        _need(
-            _finite(cfg.min_metric),
-            f"{where}.min_metric",
-            f"must be a finite number, auto or null, got {cfg.min_metric}",
-        )
-
-
-def _check_mlflow(cfg: MlflowConfig, where: str) -> None:
-    _need(bool(cfg.tracking_uri.strip()), f"{where}.tracking_uri", "is empty")
-    _need(bool(cfg.experiment.strip()), f"{where}.experiment", "is empty")
-
-
-def params_from_dict(data: dict[str, Any], source: str = "params") -> Params:
-    """Build :class:`Params` from a parsed mapping and :func:`validate` it; ``source`` names it in
-    error messages."""
-    params = _build(Params, data, source)
-    validate(params, source, set(data) if isinstance(data, dict) else None)
-    return params
+# ----------------------------------------------------------------------------------- loading
+def params_from_dict(data: dict[str, Any] | None, source: str = "params") -> Params:
+    """:class:`Params` from a parsed mapping, every value checked; ``source`` names it in error
+    messages. The sections and keys ``data`` holds are the ones the config records as written."""
+    return _validated(Params, {} if data is None else data, source)
 
 
 def load_params(path: str | Path) -> Params:
-    """Parse ``params.yaml`` once into typed config; errors name the file and key."""
+    """Parse ``params.yaml`` once into typed, checked config; errors name the file and key."""
     import yaml
 
     path = Path(path)
@@ -518,6 +713,18 @@ def load_params(path: str | Path) -> Params:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     return params_from_dict(data, str(path))
+
+
+def params_json_schema() -> dict[str, Any]:
+    """The JSON schema of ``params.yaml`` (committed as ``docs/params.schema.json``): every key, its
+    type, bounds, allowed names (the model and loss registries' at generation time) and description."""
+    schema = Params.model_json_schema()
+    schema["title"] = "params.yaml"
+    schema["description"] = (
+        "lungseg's parameter file (lungseg.config.Params): one section per stage. Generated by "
+        "scripts/params_schema.py; the library's checks are the reference (lungseg.config)."
+    )
+    return schema
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -119,12 +119,12 @@ def test_the_loop_settings_have_defaults_that_train_as_before_and_accept_their_v
         assert params_from_dict({"train": {"data_on_device": value}}).train.data_on_device == value
     set_ = params_from_dict({"train": {"checkpoint_every": 5, "checkpoint_async": True}}).train
     assert (set_.checkpoint_every, set_.checkpoint_async) == (5, True)
-    import dataclasses
-
     from lungseg.config import check_train
 
     with pytest.raises(ConfigError, match=r"train\.data_on_device: expected auto, true or false, got 'gpu'"):
-        check_train(dataclasses.replace(default, data_on_device="gpu"), "train")  # a config built in code
+        check_train(default.model_copy(update={"data_on_device": "gpu"}), "train")  # model_copy does not check
+    with pytest.raises(ConfigError, match=r"^train\.data_on_device: expected auto, true or false, got 'gpu'$"):
+        TrainConfig(data_on_device="gpu")  # a config built in code is checked like the file, one line
 
 
 def test_checks_across_sections_only_when_both_are_given():
@@ -217,3 +217,189 @@ def test_cli_answers_a_bad_value_with_one_line(tmp_path, capsys, command, sectio
     err = capsys.readouterr().err
     assert err.startswith(f"error: {path}.{section}.") and len(err.strip().splitlines()) == 1, err
     assert not (Path("o").exists() or Path("o.json").exists())
+
+
+# ------------------------------------------------------------------ pydantic: one set of rules, at load
+def test_integers_are_numbers_and_lists_are_pairs_but_nothing_else_is_converted():
+    """The contract of the hand-written parser, kept by strict pydantic models: an integer where a
+    number is expected, a list where a pair is; a string is never a number, 0/1 never a bool."""
+    params = params_from_dict({"train": {"lr": 1, "progress_every_s": 30}, "preprocess": {"hu_window": [-1000, 400]}})
+    assert params.train.lr == 1.0 and isinstance(params.train.lr, float)
+    assert isinstance(params.train.progress_every_s, float)
+    assert params.preprocess.hu_window == (-1000.0, 400.0) and all(
+        isinstance(v, float) for v in params.preprocess.hu_window
+    )
+    assert params_from_dict({"register": {"min_metric": 0}}).register.min_metric == 0.0
+    for section, key, value, message in [
+        ("train", "lr", "0.1", r"params\.train\.lr: expected a number, got '0\.1'$"),
+        ("train", "lr", True, r"params\.train\.lr: expected a number, got True$"),
+        ("train", "epochs", 2.0, r"params\.train\.epochs: expected an integer, got 2\.0$"),
+        ("train", "epochs", True, r"params\.train\.epochs: expected an integer, got True$"),
+        ("train", "model", 3, r"params\.train\.model: expected a string, got 3$"),
+        ("train", "model_kwargs", [1], r"params\.train\.model_kwargs: expected a mapping, got \[1\]$"),
+        ("preprocess", "hu_window", [-1000, "x"], r"params\.preprocess\.hu_window\[1\]: expected a number, got 'x'$"),
+        ("preprocess", "hu_window", [1, 2, 3], r"params\.preprocess\.hu_window: expected a list of 2 values"),
+        ("preprocess", "hu_window", "wide", r"params\.preprocess\.hu_window: expected a list of 2 values"),
+        ("register", "min_metric", True, r"params\.register\.min_metric: must be a number, auto or null, got True$"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            params_from_dict({section: {key: value}})
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            {"training": {}},
+            r"^params: unknown key\(s\) training \(allowed: evaluate, mlflow, preprocess, register, train\)$",
+        ),
+        ({"train": [1]}, r"^params\.train: expected a mapping, got list$"),
+        ({"train": {"lr": float("inf")}}, r"^params\.train\.lr: must be > 0, got inf$"),
+        ({"train": {"weight_decay": float("nan")}}, r"^params\.train\.weight_decay: must be ≥ 0, got nan$"),
+        ({"train": {"epochs": 5, "min_epochs": 6}}, r"^params\.train\.min_epochs: 6 is more than train\.epochs \(5\)"),
+        ({"train": {"seed": 2**32}}, r"^params\.train\.seed: must lie in \[0, 2\^32\), got 4294967296$"),
+        (
+            {"preprocess": {"test_fraction": -0.1}},
+            r"^params\.preprocess\.test_fraction: must lie in \[0, 1\), got -0\.1$",
+        ),
+        ({"preprocess": {"hu_window": [0, float("inf")]}}, r"^params\.preprocess\.hu_window: must be \[low, high\]"),
+        ({"evaluate": {"threshold": -0.5}}, r"^params\.evaluate\.threshold: must lie in \[0, 1\] \(a probability\)"),
+        (
+            {"register": {"champion_alias": "v3"}},
+            r"^params\.register\.champion_alias: 'v3' is not a usable MLflow alias",
+        ),
+        (
+            {"register": {"challenger_alias": "champion"}},
+            r"^params\.register: champion_alias and challenger_alias are both",
+        ),
+        ({"register": {"metric": " "}}, r"^params\.register\.metric: is empty$"),
+        ({"mlflow": {"tracking_uri": ""}}, r"^params\.mlflow\.tracking_uri: is empty$"),
+        (
+            {"train": {"model": "lgnet", "learning_rate": 1, "batch": 2}},
+            r"^params\.train: unknown key\(s\) batch, learning_rate",
+        ),
+    ],
+)
+def test_each_rule_is_one_line_naming_the_key(data, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        params_from_dict(data)
+    assert "\n" not in str(info.value)
+
+
+def test_a_section_built_in_code_is_checked_and_model_copy_is_checked_by_check_train():
+    from lungseg.config import PreprocessConfig, check_train, validate
+
+    with pytest.raises(ConfigError, match=r"^train\.epochs: must be ≥ 1, got 0$"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ConfigError, match=r"^preprocess\.image_size: must be ≥ 8, got 4$"):
+        PreprocessConfig(image_size=4)
+    with pytest.raises(ConfigError, match=r"^params\.train\.scheduler: unknown schedule 'step'"):
+        Params(train={"scheduler": "step"})
+    unchecked = TrainConfig(epochs=3).model_copy(update={"scheduler": "step"})  # pydantic: update is not checked
+    with pytest.raises(ConfigError, match=r"^train \(copied\)\.scheduler: unknown schedule 'step'"):
+        check_train(unchecked, "train (copied)")
+    again = check_train(TrainConfig(epochs=3), "train")
+    assert again == TrainConfig(epochs=3) and again.model_fields_set == {"epochs"}  # written keys kept
+    params = params_from_dict({"preprocess": {"image_size": 48}})
+    bad = params.model_copy(update={"train": TrainConfig(model="segnet")})
+    assert validate(bad, "p", {"preprocess"}).preprocess.image_size == 48  # train not given: not compared
+    with pytest.raises(ConfigError, match=r"^p\.preprocess\.image_size: 48 is not a multiple of 32"):
+        validate(bad, "p")
+    with pytest.raises(ValueError, match="frozen"):  # a changed value: model_copy or a new section
+        params.train.lr = 0.1  # type: ignore[misc]
+
+
+def test_the_keys_the_file_wrote_are_recorded():
+    params = params_from_dict({"train": {"lr": 0.001, "model": "lgnet"}, "evaluate": None})
+    assert params.model_fields_set == {"train", "evaluate"}
+    assert params.train.model_fields_set == {"lr", "model"}  # 0.001 is the default, and it was written
+    assert params.evaluate == params_from_dict({}).evaluate and params.evaluate.model_fields_set == set()
+    committed = load_params(REPO / "params.yaml")
+    import yaml
+
+    assert committed.train.model_fields_set == set(
+        yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))["train"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("model", "size", "ok"),
+    [("lgnet", 48, True), ("lgnet", 40, False), ("unet", 24, False), ("infnet", 48, False), ("infnet", 64, True)],
+)
+def test_the_image_size_divisor_is_the_chosen_models(model, size, ok):
+    """``preprocess.image_size`` must suit ``train.model`` (its ``size_divisor``: 16 or 32), not a
+    fixed 16 (preprocess re-checked "multiple of 16" while config took any size ≥ 8)."""
+    from lungseg.models import model_class
+
+    data = {"preprocess": {"image_size": size}, "train": {"model": model}}
+    divisor = model_class(model).size_divisor
+    if ok:
+        assert params_from_dict(data).preprocess.image_size == size
+    else:
+        with pytest.raises(
+            ConfigError, match=rf"image_size: {size} is not a multiple of {divisor}, which {model} needs"
+        ):
+            params_from_dict(data)
+
+
+def test_model_option_values_are_checked_against_the_constructor_at_load():
+    """``max_tokens: many`` fails when the file is read (it failed when the model was built, after
+    the data was loaded); per-model entries, the flat form and every model's entry alike."""
+    bad = [
+        (
+            {"model": "lgnet", "model_kwargs": {"lgnet": {"max_tokens": "many"}}},
+            r"model_kwargs\.lgnet\.max_tokens: expected an integer, got 'many' \(lgnet's constructor\)",
+        ),
+        (
+            {"model": "unet", "model_kwargs": {"prnet": {"dsa_scaled": "no"}}},
+            r"model_kwargs\.prnet\.dsa_scaled: expected true/false, got 'no'",
+        ),
+        ({"model": "lgnet", "model_kwargs": {"use_ff": 0}}, r"model_kwargs\.use_ff: expected true/false, got 0"),
+        (
+            {"model": "unet", "model_kwargs": {"unet": {"up": "nearest"}}},
+            r"model_kwargs\.unet\.up: input should be 'transpose' or 'bilinear', got 'nearest'",
+        ),
+    ]
+    for train, message in bad:
+        with pytest.raises(ConfigError, match=rf"^params\.train\.{message}"):
+            params_from_dict({"train": train})
+    ok = params_from_dict(
+        {"train": {"model": "lgnet", "model_kwargs": {"lgnet": {"max_tokens": None, "rse_dropout": 0}}}}
+    )
+    from lungseg.config import model_options
+
+    assert model_options(ok.train) == ({"max_tokens": None, "rse_dropout": 0}, [])  # the values as written
+
+
+def test_the_committed_json_schema_is_current():
+    """docs/params.schema.json is generated (python scripts/params_schema.py): a changed section,
+    model option or registry needs it regenerated."""
+    import json
+
+    from lungseg.config import params_json_schema
+
+    committed = json.loads((REPO / "docs" / "params.schema.json").read_text(encoding="utf-8"))
+    assert committed == params_json_schema(), "run: python scripts/params_schema.py"
+    train = committed["$defs"]["TrainConfig"]
+    assert train["additionalProperties"] is False and train["properties"]["scheduler"]["enum"] == [
+        "cosine",
+        "plateau",
+        "none",
+    ]
+    assert (
+        "lgnet" in train["properties"]["model"]["enum"]
+        and "max_tokens" in train["properties"]["model_kwargs"]["properties"]["lgnet"]["properties"]
+    )
+    assert train["properties"]["lr"]["exclusiveMinimum"] == 0
+
+
+def test_the_committed_params_file_validates_against_the_json_schema():
+    import json
+
+    import jsonschema
+    import yaml
+
+    schema = json.loads((REPO / "docs" / "params.schema.json").read_text(encoding="utf-8"))
+    jsonschema.validate(yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8")), schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"train": {"learning_rate": 0.1}}, schema)

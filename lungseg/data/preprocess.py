@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from lungseg.errors import ConfigError, DataError
+from lungseg.errors import DataError
 
 
 @dataclass
@@ -61,16 +61,6 @@ def _sha256(arr: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
 
 
-def _check_config(cfg) -> None:
-    if cfg.image_size < 16 or cfg.image_size % 16:
-        raise ConfigError(
-            f"preprocess.image_size: must be a positive multiple of 16 (the models' size divisor), got {cfg.image_size}"
-        )
-    low, high = cfg.hu_window
-    if not high > low:
-        raise ConfigError(f"preprocess.hu_window: expected [low, high] with high > low, got {list(cfg.hu_window)}")
-
-
 def preprocess(
     dataset: str, input_dir: str | Path, output_dir: str | Path, cfg, data_version: dict[str, Any] | None = None
 ) -> PreprocessSummary:
@@ -80,7 +70,9 @@ def preprocess(
     its DVC content hash, and path/rev/commit when known). ``data_version`` is the version a pipeline
     resolved and staged for this run: the input must hash to it (``DataError`` otherwise).
 
-    Raises ``DataError`` (bad/missing input, unknown dataset), ``ConfigError`` (bad parameters) or
+    ``cfg`` is a :class:`lungseg.config.PreprocessConfig`: its values were checked when it was built
+    (:mod:`lungseg.config`; ``image_size`` against the model's ``size_divisor`` where ``params.yaml``
+    names one), not again here. Raises ``DataError`` (bad/missing input, unknown dataset) or
     ``ValidationFailed`` (Great Expectations checks; report at ``<output_dir>.validation-failed.json``).
     """
     import pandas as pd
@@ -91,7 +83,6 @@ def preprocess(
 
     t0 = time.perf_counter()
     info = readers.get_reader(dataset)
-    _check_config(cfg)
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not input_dir.is_dir():
         raise DataError(input_dir, "input folder not found")

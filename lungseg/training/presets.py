@@ -1,7 +1,7 @@
 """Training presets: ``default`` (``params.yaml`` as written) and ``paper`` (the papers' recipe).
 
-``paper`` sets every hyper-parameter the papers state (``/work/shared/seeds``; the design note
-``architecture.md`` fixes the ambiguous ones). One recipe serves every model:
+``paper`` sets every hyper-parameter the papers state (``../shared/seeds`` beside the repository; the
+design note ``../shared/design/architecture.md`` fixes the ambiguous ones). One recipe serves every model:
 
 - **Training** (LG-Net §3, 实验设置: "Adam 优化器 …批尺寸设置为 4, 图片尺寸设置为 512×512, 初始学习率为
   0.01, 执行 120 次迭代"): Adam, lr 0.01, batch 4, 120 epochs, 512² images. The paper names no
@@ -22,14 +22,25 @@ epochs, loss, resolution), and the baselines appear in the papers' comparison ta
 of their own. A baseline in a paper's comparison trains with that paper's recipe; the only stated
 recipe is LG-Net's, so ``paper`` trains **every** model with it (PR-Net adds its own Eq. 1).
 
-The rule (:func:`resolve_preset`): the preset supplies the paper's value for every key the user left
-at its **library default** (the default of :class:`lungseg.config.TrainConfig`, or of the model's
-constructor for a model option); a key the user set to another value is **honoured and recorded**
-as a deviation — the MLflow tag and param ``preset_deviations``, the checkpoint's
+The rule (:func:`resolve_preset`): the preset supplies the paper's value for every key the user did
+**not write** (the default of :class:`lungseg.config.TrainConfig`, or of the model's constructor for a
+model option); a key the user wrote is **honoured**, and **recorded** as a deviation when it differs
+from the paper — the MLflow tag and param ``preset_deviations``, the checkpoint's
 ``preset_deviations`` and a ``lungseg: paper preset: …`` line on stderr — never silently replaced.
 The data's image size is not a training setting (``preprocess.image_size`` fixes it): a paper-preset
 run on data of another size than 512² is refused (:func:`check_paper_size`, a ``ConfigError``)
 unless ``train.allow_non_paper_size: true``, and then recorded as a deviation too.
+
+**Written, not equal to the default.** What the user wrote is what :func:`lungseg.config.load_params`
+found in the file: pydantic records the keys a section was given (``TrainConfig.model_fields_set``;
+for a config built in code, the keyword arguments; for ``model_copy(update=...)``, the updated
+keys too), and a model option is written when its model's entry of ``train.model_kwargs`` (or the
+flat mapping) holds it. So ``train: {preset: paper, lr: 0.001}`` trains at 0.001 — the library
+default, written — and records ``lr=0.001 (paper 0.01)``; the same for ``base_channels: 8``. (The
+rule once decided by value — a value equal to the library default counted as left — which silently
+replaced a written default.) A file that writes every key, as the committed ``params.yaml`` does,
+therefore keeps all of them under ``preset: paper``: write only the keys you mean to set. The
+preset's result is checked like the file (:func:`lungseg.config.check_train`) before it is returned.
 """
 
 from __future__ import annotations
@@ -40,7 +51,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from lungseg.config import TrainConfig, model_options
+from lungseg.config import TrainConfig, check_train, model_options
 from lungseg.errors import ConfigError
 
 PAPER_IMAGE_SIZE = 512
@@ -110,18 +121,17 @@ def _show(v: Any) -> str:
 
 def resolve_preset(cfg: TrainConfig) -> PresetResult:
     """``cfg`` with its preset applied, and what the preset filled in or found changed (see the
-    module docstring for the rule). ``default`` returns ``cfg`` as it is."""
+    module docstring for the rule: keys ``cfg`` was given are kept). ``default`` returns ``cfg`` as
+    it is; ``paper``'s result is checked like the file's ``train`` section."""
     if cfg.preset == "default":
         return PresetResult(cfg)
-    if cfg.preset != "paper":
-        raise ConfigError(f"train.preset: unknown preset {cfg.preset!r} (allowed: default, paper)")
-    library = TrainConfig()
+    written = cfg.model_fields_set
     changes: dict[str, Any] = {}
     filled: dict[str, Any] = {}
     deviations: dict[str, dict[str, Any]] = {}
     for key, paper in PAPER_TRAIN.items():
         value = getattr(cfg, key)
-        if value == getattr(library, key):
+        if key not in written:
             if value != paper:
                 changes[key] = filled[key] = paper
         elif not _as_paper(key, value, paper):
@@ -135,11 +145,9 @@ def resolve_preset(cfg: TrainConfig) -> PresetResult:
         defaults = {n: p.default for n, p in inspect.signature(model_class(cfg.model)).parameters.items()}
         for key, paper in paper_options.items():
             name = f"model_kwargs.{cfg.model}.{key}"
-            if key not in options or options[key] == defaults.get(key):
+            if key not in options:
                 if defaults.get(key) != paper:  # a paper value the constructor does not default to
                     options[key] = filled[name] = paper
-                else:
-                    options.pop(key, None)  # the default is the paper's: leave the identity as it was
             elif not _as_paper(key, options[key], paper):
                 deviations[name] = {"value": options[key], "paper": paper}
     kwargs = dict(cfg.model_kwargs or {})
@@ -148,7 +156,8 @@ def resolve_preset(cfg: TrainConfig) -> PresetResult:
     per_model = {k: v for k, v in kwargs.items() if k in list_models()}
     if options or per_model:
         changes["model_kwargs"] = {**per_model, cfg.model: options}
-    return PresetResult(dataclasses.replace(cfg, **changes), deviations, filled)
+    config = check_train(cfg.model_copy(update=changes), "train (preset applied)")
+    return PresetResult(config, deviations, filled)
 
 
 def check_paper_size(result: PresetResult, size: int, data_dir: Any) -> PresetResult:

@@ -13,7 +13,7 @@ from lungseg.data import readers
 from lungseg.data.dataset import load_split, read_meta
 from lungseg.data.preprocess import preprocess
 from lungseg.data.readers import RawDataset, RawSlice
-from lungseg.errors import DataError, ValidationFailed
+from lungseg.errors import ConfigError, DataError, ValidationFailed
 
 CONTRACT_FILES = {"images.npy", "masks.npy", "manifest.csv", "meta.json", "validation.json", ".lungseg-output"}
 
@@ -310,3 +310,37 @@ def test_meta_records_the_raw_datas_version(tmp_path, sample_dir):
     assert not (tmp_path / "other").exists()
     ok = preprocess("medseg", sample_dir, tmp_path / "declared", cfg, data_version={**declared, "md5": source["md5"]})
     assert read_meta(ok.output_dir)["source"]["rev"] == "v1" and read_meta(ok.output_dir)["source"]["versioned"]
+
+
+def test_the_size_and_window_rules_are_the_configs_not_preprocess(tmp_path, shared_data, monkeypatch, capsys):
+    """``preprocess`` does not check its config again (it refused sizes that are not multiples of 16
+    while the config took any size ≥ 8): 24² is preprocessed when no model is named, and a params
+    file whose ``train.model`` needs a multiple of 16 is refused when it is read, before any work."""
+    from PIL import Image
+
+    src = shared_data / "medseg-covid100"
+
+    def reader(input_dir, cfg):
+        def slices():
+            for i in range(1, 11):
+                image = np.asarray(Image.open(src / f"tr_im/tr_im_{i:04d}.png"), dtype=np.float32)[:64, :64] / 255
+                mask = np.asarray(Image.open(src / f"tr_mask_new/tr_mask_{i:04d}.png"))[:64, :64]
+                yield RawSlice(id=f"s{i}", source=f"tr_im_{i:04d}.png", image=image, mask=mask)
+
+        return RawDataset(slices=slices())
+
+    monkeypatch.setitem(readers.READERS, "crops", readers.ReaderInfo("crops", reader, "test reader"))
+    summary = preprocess("crops", src, tmp_path / "o24", PreprocessConfig(image_size=24))
+    assert summary.image_size == 24 and np.load(tmp_path / "o24" / "images.npy").shape[-2:] == (24, 24)
+    params_file = tmp_path / "p.yaml"
+    params_file.write_text("preprocess: {image_size: 24}\ntrain: {model: lgnet}\n", encoding="utf-8")
+    args = ["preprocess", "--dataset", "crops", "--input", str(src), "--output", str(tmp_path / "o")]
+    assert main([*args, "--params", str(params_file)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err
+        == f"error: {params_file}.preprocess.image_size: 24 is not a multiple of 16, which lgnet needs (train.model)\n"
+    )
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(ConfigError, match=r"^preprocess\.hu_window: must be \[low, high\] with low < high"):
+        PreprocessConfig(hu_window=(400.0, -1000.0))  # refused where it is built, before preprocess sees it

@@ -3,13 +3,14 @@ data of another size refused unless ``train.allow_non_paper_size``."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import mlflow
 import pytest
 
 from lungseg.artifacts.checkpoint import load_checkpoint, model_identity
-from lungseg.config import TrainConfig, load_params
+from lungseg.config import TrainConfig, load_params, params_from_dict
 from lungseg.errors import ConfigError
 from lungseg.losses import DiceFocalLoss
 from lungseg.models import model_class
@@ -107,6 +108,84 @@ def test_a_changed_setting_is_honoured_and_recorded_never_replaced():
     five = resolve_preset(TrainConfig(model="lgnet", preset="paper", model_kwargs={"mrc_levels": 5}))
     assert five.deviations == {"model_kwargs.lgnet.mrc_levels": {"value": 5, "paper": 4}}
     assert resolve_preset(TrainConfig(preset="default", epochs=2)).config == TrainConfig(epochs=2)  # untouched
+
+
+def test_a_written_value_equal_to_the_library_default_survives_the_paper_preset():
+    """The rule decides by the keys the file wrote (``model_fields_set``), not by value: lr 0.001 and
+    base_channels 8 are the library defaults, written, so they are kept and recorded (they were
+    silently replaced by the paper's 0.01 and 64 when the rule compared values)."""
+    for written, key, value, paper in [
+        ({"lr": 0.001}, "lr", 0.001, 0.01),
+        ({"base_channels": 8}, "base_channels", 8, 64),
+    ]:
+        assert getattr(TrainConfig(), key) == value  # the library default
+        train = params_from_dict({"train": {"preset": "paper", **written}}).train
+        result = resolve_preset(train)
+        assert getattr(result.config, key) == value
+        assert result.deviations == {key: {"value": value, "paper": paper}}
+        assert key not in result.filled and {"epochs", "weight_decay"} <= set(result.filled)  # the rest: the paper
+    # a model option written with the constructor's default is kept too (PR-Net's default dsa_scaled=True)
+    pr = params_from_dict(
+        {"train": {"model": "prnet", "preset": "paper", "model_kwargs": {"prnet": {"dsa_scaled": True}}}}
+    )
+    result = resolve_preset(pr.train)
+    assert result.config.model_kwargs["prnet"]["dsa_scaled"] is True
+    assert result.deviations["model_kwargs.prnet.dsa_scaled"] == {"value": True, "paper": False}
+    # left out, the same option gets the paper's value
+    assert (
+        resolve_preset(TrainConfig(model="prnet", preset="paper")).config.model_kwargs["prnet"]["dsa_scaled"] is False
+    )
+
+
+def test_the_pipeline_passes_the_written_keys_so_a_component_resolves_the_preset_alike():
+    """KFP components receive the sections as JSON: only the keys the file wrote travel, so the train
+    component fills (and keeps) the same keys as ``lungseg train`` on the same file."""
+    from components.runtime import stage_params
+    from pipelines import ops
+
+    params = params_from_dict({"train": {"preset": "paper", "lr": 0.001}, "mlflow": {"experiment": "x"}})
+    args = ops.pipeline_arguments(params, dataset="medseg", input_uri="s3://b/raw")
+    assert json.loads(args["train_params"]) == {"preset": "paper", "lr": 0.001}
+    staged = stage_params(train=args["train_params"], mlflow=args["mlflow_params"])
+    here, there = resolve_preset(params.train), resolve_preset(staged.train)
+    assert there.config == here.config and there.deviations == here.deviations == {
+        "lr": {"value": 0.001, "paper": 0.01}
+    }
+    assert there.config.epochs == 120 and params_from_dict(params.written()) == params
+
+
+def test_the_preset_result_is_checked_like_the_file():
+    result = resolve_preset(params_from_dict({"train": {"preset": "paper", "epochs": 2}}).train)
+    assert result.config.model_fields_set >= {"preset", "epochs", "lr"}  # the filled keys count as written
+    assert resolve_preset(result.config).deviations == result.deviations  # resolving again changes nothing
+    unchecked = TrainConfig(preset="paper").model_copy(update={"min_epochs": 200})  # model_copy: not checked
+    with pytest.raises(ConfigError, match=r"^train \(preset applied\)\.min_epochs: 200 is more than train\.epochs"):
+        resolve_preset(unchecked)
+
+
+@pytest.mark.slow
+def test_training_keeps_a_written_default_under_the_paper_preset(tmp_path, tiny_data):
+    """``train: {preset: paper, lr: 0.001, base_channels: 8}`` trains at 0.001 with width 8, and the
+    run records both as deviations from the paper."""
+    import yaml
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    train_cfg = {"preset": "paper", "lr": 0.001, "base_channels": 8, "epochs": 1, "allow_non_paper_size": True}
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        yaml.safe_dump({"train": {**train_cfg, "model": "unet", "device": "cpu"}, "mlflow": {"tracking_uri": uri}}),
+        encoding="utf-8",
+    )
+    result = train(load_params(path), tiny_data, tmp_path / "out")
+    ckpt = load_checkpoint(tmp_path / "out" / "checkpoint.pt")
+    assert ckpt["optimizer_state"]["param_groups"][0]["lr"] == 0.001 and ckpt["config"]["lr"] == 0.001
+    assert ckpt["model_identity"]["kwargs"]["base_channels"] == 8
+    assert {"lr", "base_channels"} <= set(ckpt["preset_deviations"])
+    tags = mlflow.MlflowClient(uri).get_run(result.run_id).data.tags
+    assert (
+        "lr=0.001 (paper 0.01)" in tags["preset_deviations"]
+        and "base_channels=8 (paper 64)" in tags["preset_deviations"]
+    )
 
 
 def test_data_of_another_size_is_refused_unless_allowed(tmp_path):
