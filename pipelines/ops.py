@@ -64,7 +64,7 @@ class PipelineFailed(LungsegError):
 def pipeline_arguments(params, *, dataset: str, input_uri: str, data_version=None) -> dict[str, Any]:
     """The pipeline's arguments: the input, the reader, the input's data version (JSON; empty when
     unversioned) and one JSON string per params section."""
-    sections = params.to_dict()
+    sections = params.written()  # the keys the file wrote: the paper preset decides by them
     args: dict[str, Any] = {
         "input_uri": input_uri,
         "dataset": dataset,
@@ -258,8 +258,6 @@ def run_local(
     unchanged. MLflow: ``tracking_uri`` if given (a relative sqlite path is relative to the current
     folder), else the trial store :func:`trial_tracking_uri`.
     """
-    import dataclasses
-
     from kfp import local
 
     from lungseg.tracking import absolute_sqlite
@@ -281,7 +279,7 @@ def run_local(
     workdir = Path(workdir).resolve()
     trial = tracking_uri is None
     uri = trial_tracking_uri(workdir) if trial else absolute_sqlite(tracking_uri)
-    params = dataclasses.replace(params, mlflow=dataclasses.replace(params.mlflow, tracking_uri=uri))
+    params = params.model_copy(update={"mlflow": params.mlflow.model_copy(update={"tracking_uri": uri})})
     if runner == "docker":
         from components.image import CPU_IMAGE, check_reference
 

@@ -269,7 +269,7 @@ def prepare_dataset(
     from lungseg.config import PreprocessConfig
 
     cfg = PreprocessConfig(image_size=prof.image_size, seed=0)
-    cfg_dict = dataclasses.asdict(cfg)
+    cfg_dict = cfg.model_dump()
     cfg_dict["hu_window"] = list(cfg_dict["hu_window"])
     out = Path(workdir) / "data" / f"{spec.dataset}-{prof.image_size}"
     source_file = out.parent / f"{out.name}.source.json"

@@ -4,7 +4,6 @@ report to the evaluated weights, the preprocessing check, atomic output and clea
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 
@@ -26,7 +25,7 @@ def trained(tmp_path_factory, tiny_data):
     root = tmp_path_factory.mktemp("eval")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     params = load_params(write_params(root / "p.yaml", uri, epochs=2))
-    params = dataclasses.replace(params, evaluate=dataclasses.replace(params.evaluate, n_overlays=2))
+    params = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"n_overlays": 2})})
     train(params, tiny_data, root / "model")
     return root, params, uri
 
@@ -117,7 +116,7 @@ def test_failed_evaluation_keeps_previous_report(trained, tiny_data):
     root, params, _ = trained
     evaluate(params, root / "model", tiny_data, root / "report2")
     before = (root / "report2" / "metrics.json").read_bytes()
-    bad = dataclasses.replace(params, evaluate=dataclasses.replace(params.evaluate, split="no-such-split"))
+    bad = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"split": "no-such-split"})})
     with pytest.raises(DataError, match="no-such-split"):
         evaluate(bad, root / "model", tiny_data, root / "report2")
     assert (root / "report2" / "metrics.json").read_bytes() == before
@@ -159,7 +158,7 @@ def test_a_second_evaluation_never_overwrites_the_first(trained, tiny_data, tmp_
     own numbers; the training run's metrics are untouched (they held two values at one step)."""
     root, params, uri = trained
     evaluate(params, root / "model", tiny_data, tmp_path / "a")
-    other = dataclasses.replace(params, evaluate=dataclasses.replace(params.evaluate, threshold=0.2))
+    other = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"threshold": 0.2})})
     evaluate(other, root / "model", tiny_data, tmp_path / "b")
     client = MlflowClient(uri)
     runs = [
