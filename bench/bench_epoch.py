@@ -37,7 +37,6 @@ Results are written only with ``--record``: ``bench/results/epoch/<device>[-<tag
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import json
 import os
@@ -136,7 +135,7 @@ class Bench:
         )
         self.info = RunInfo(
             model_identity=model_identity(self.cfg, 1, 1),
-            config=dataclasses.asdict(self.cfg),
+            config=self.cfg.model_dump(),
             params={},
             num_classes=1,
             data_hash="bench",
