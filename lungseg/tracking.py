@@ -10,6 +10,9 @@
   repository* (``sqlite:///mlflow.db``, ``data/processed/medseg``), and is resolved against the
   repository of the file that recorded it: a clone or copy of the repository uses its own store,
   never the original's.
+* :func:`store_record` — the store in use as a small file (``lungseg
+  store``, the first stage of ``dvc.yaml``) that every MLflow-logging stage depends on: switching the
+  store re-runs them into it, the same store twice re-runs nothing.
 * :func:`mark_stale_run` — a run left ``RUNNING`` by a killed process is set to ``KILLED``.
 * :class:`ResilientRun` — every logging call goes through :meth:`ResilientRun.call`. A call that
   fails (server down, network error, artifact store error) does **not** stop training: it is
@@ -98,6 +101,35 @@ def resolve_tracking_uri(params) -> str:
     sqlite path is made absolute against the repository root (the working directory outside one)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow.tracking_uri
     return absolute_sqlite(uri, repo_root() or Path.cwd())
+
+
+#: what ``lungseg store`` writes (``dvc.yaml``'s ``store`` stage): the tracking store the MLflow-logging stages use
+STORE_RECORD_KEY = "tracking_uri"
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` without a password (``https://user:secret@host`` → ``https://user@host``): what may be
+    written into a file DVC tracks. A token in the query string is dropped too."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if not parts.netloc or (parts.password is None and not parts.query):
+        return uri
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    if parts.username:
+        netloc = f"{parts.username}@{netloc}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", parts.fragment))
+
+
+def store_record(params, anchor: str | Path) -> dict[str, str]:
+    """The tracking store in use, as a DVC-tracked record at ``anchor`` (the record's path) names it:
+    :func:`resolve_tracking_uri` (``MLFLOW_TRACKING_URI`` over ``params.mlflow.tracking_uri``), an
+    sqlite store inside the repository relative to it (:func:`portable_uri`: a clone or copy of the
+    repository records the same text), a server without its password (:func:`redact_uri`).
+
+    Same store, same bytes: the stages that log to MLflow depend on this file, so ``dvc repro`` re-runs
+    them when the store changes (by the variable or by ``params.yaml``) and only then."""
+    return {STORE_RECORD_KEY: redact_uri(portable_uri(resolve_tracking_uri(params), anchor))}
 
 
 def _is_relative_sqlite(uri: str) -> bool:

@@ -175,6 +175,82 @@ def test_repo_root_and_repository_relative_uris(tmp_path, monkeypatch):
     assert portable_path(tmp_path / "x") == str((tmp_path / "x").resolve())
 
 
+def test_redact_uri_drops_passwords_only():
+    from lungseg.tracking import redact_uri
+
+    assert redact_uri("https://alice:s3cret@mlflow.example.org/x") == "https://alice@mlflow.example.org/x"
+    assert redact_uri("https://mlflow.example.org?token=abc") == "https://mlflow.example.org"
+    assert redact_uri("postgresql://u:pw@db:5432/mlflow") == "postgresql://u@db:5432/mlflow"
+    for kept in ("http://127.0.0.1:5000", "sqlite:///mlflow.db", "sqlite:////abs/mlflow.db", "databricks"):
+        assert redact_uri(kept) == kept
+
+
+def test_store_record_names_the_store_in_use(tmp_path, monkeypatch):
+    """dvc.yaml's store stage: the variable wins over params.yaml, a store inside the repository is
+    recorded relative to it (a clone records the same bytes), a server without its password."""
+    from types import SimpleNamespace
+
+    from lungseg.tracking import store_record
+
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    anchor = repo / "reports" / "tracking-store.json"
+    params = SimpleNamespace(mlflow=SimpleNamespace(tracking_uri="sqlite:///mlflow.db"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(repo)
+    assert store_record(params, anchor) == {"tracking_uri": "sqlite:///mlflow.db"}
+    clone = tmp_path / "clone"
+    (clone / ".git").mkdir(parents=True)
+    monkeypatch.chdir(clone)
+    assert store_record(params, clone / "reports" / "tracking-store.json") == {"tracking_uri": "sqlite:///mlflow.db"}
+    monkeypatch.chdir(repo)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/other.db")  # outside the repository
+    assert store_record(params, anchor) == {"tracking_uri": f"sqlite:///{tmp_path.resolve()}/other.db"}
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///stores/second.db")  # relative: to the repository
+    assert store_record(params, anchor) == {"tracking_uri": "sqlite:///stores/second.db"}
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://bob:pw@127.0.0.1:5000")
+    assert store_record(params, anchor) == {"tracking_uri": "http://bob@127.0.0.1:5000"}
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    params.mlflow.tracking_uri = "http://127.0.0.1:5001"  # params.yaml switches the store too
+    assert store_record(params, anchor) == {"tracking_uri": "http://127.0.0.1:5001"}
+
+
+def test_lungseg_store_writes_the_record_idempotently(tmp_path):
+    """`lungseg store --output F`: the same store gives the same bytes; another store other bytes; a file
+    that is not such a record is refused in one line, never overwritten."""
+    import sys
+
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    (repo / "params.yaml").write_text("mlflow:\n  tracking_uri: sqlite:///mlflow.db\n", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+
+    def store(**variables):
+        return subprocess.run(
+            [sys.executable, "-m", "lungseg.cli", "store", "--output", "reports/tracking-store.json"],
+            cwd=repo,
+            env={**env, **variables},
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            timeout=120,
+        )
+
+    out = repo / "reports" / "tracking-store.json"
+    first = store()
+    assert first.returncode == 0, first.stderr
+    assert json.loads(out.read_text(encoding="utf-8")) == {"tracking_uri": "sqlite:///mlflow.db"}
+    written = out.read_bytes()
+    assert store().returncode == 0 and out.read_bytes() == written
+    assert store(MLFLOW_TRACKING_URI="http://127.0.0.1:5000").returncode == 0
+    assert json.loads(out.read_text(encoding="utf-8")) == {"tracking_uri": "http://127.0.0.1:5000"}
+    out.write_text('{"something": "else"}\n', encoding="utf-8")
+    refused = store()
+    assert refused.returncode == 2 and out.read_text(encoding="utf-8") == '{"something": "else"}\n'
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "not a tracking-store record" in lines[0]
+
+
 @pytest.mark.slow
 def test_experiment_artifacts_live_beside_a_local_store_and_stale_runs_are_marked(tmp_path, monkeypatch):
     """Artifacts of a new experiment in a local sqlite store go to mlruns/ beside the database (MLflow's

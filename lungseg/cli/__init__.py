@@ -28,6 +28,7 @@ SUBCOMMANDS = {
     "predict": "predict",
     "export": "export",
     "lineage": "lineage",
+    "store": "store",
 }
 
 #: entry-point group through which other packages add subcommands (``pipelines`` adds ``pipeline``)
