@@ -19,8 +19,10 @@ got instead of trusting a folder name.
 * :func:`check_remote` — can the version still be fetched from the DVC remote, and does it hash to
   the same value? (fetches into a throw-away cache, so a local cache cannot mask a missing remote).
 * :func:`input_version` — what ``lungseg preprocess`` records of its input folder (``meta.json``
-  ``source``): the folder's hash, plus the path/rev/commit when a pipeline handed it a DVC version,
-  ``versioned: false`` for anything else (a plain ``s3://`` prefix, a folder of unknown origin).
+  ``source``): the folder's hash, plus the path/rev/commit when a pipeline handed it a DVC version
+  or the folder is ``dvc add``-ed, or the path and commit when git itself versions it (``tracked_by:
+  git``, :func:`git_version`: the bundled sample), ``versioned: false`` for anything else (a plain
+  ``s3://`` prefix, a folder of unknown origin, uncommitted changes).
 
 Why a staged copy rather than DVC inside the pipeline: the cluster's tasks then need only S3
 read access (no git checkout, no DVC credentials or remote config in the image), KFP's importer
@@ -53,6 +55,8 @@ from lungseg.provenance import (
 STAGED_MARKER = ".json"
 #: MLflow tag prefix of everything lineage records on runs and model versions
 TAG = "lungseg.data."
+#: ``DataVersion.tracked_by`` of a folder versioned by git itself
+GIT = "git"
 
 
 @dataclass(frozen=True)
@@ -72,8 +76,16 @@ class DataVersion:
     """Where the git/DVC repository is (a URL, or ``.`` for the project itself)."""
     staged_uri: str | None = None
     versioned: bool = True
-    """False for input whose origin is not a DVC version (a plain folder or ``s3://`` prefix)."""
+    """False for input whose origin is not a version (a plain folder or ``s3://`` prefix, uncommitted changes)."""
+    tracked_by: str | None = None
+    """``"git"`` for a folder versioned by git itself (``rev`` is then the commit); DVC otherwise (None:
+    records made before git versions existed)."""
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def in_git(self) -> bool:
+        """A folder committed to git (not ``dvc add``-ed): fetched back with git, not from a DVC remote."""
+        return self.versioned and self.tracked_by == GIT
 
     @property
     def key(self) -> str:
@@ -82,6 +94,14 @@ class DataVersion:
 
     def spec(self) -> str:
         return f"{self.path}@{self.rev}" if self.path else self.md5
+
+    def where(self) -> str:
+        """How the version is named in a lineage record (one line)."""
+        if not self.path:
+            return "unversioned input"
+        if self.in_git:
+            return f"{self.path} at commit {self.commit} (tracked by git)"
+        return f"{self.path}@{self.rev} (commit {self.commit})"
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v not in (None, {})}
@@ -109,11 +129,13 @@ def input_version(input_dir: str | Path, declared: dict[str, Any] | None = None)
     version a pipeline resolved and staged), its path/rev/commit too — after checking the folder
     really holds that version (a :class:`DataError` otherwise). Without ``declared``, a folder that
     is ``dvc add``-ed in a git checkout (``<folder>.dvc`` beside it, committed, and the folder
-    unchanged since) is recorded as that path at the checked-out commit; anything else is
-    ``versioned: false``."""
+    unchanged since) is recorded as that path at the checked-out commit; a folder committed to git
+    itself (every file tracked, none changed, its committed tree hashing to the folder's content; the
+    bundled ``data/sample``) as that path at the last commit that changed it (:func:`git_version`);
+    anything else is ``versioned: false``."""
     actual = folder_hash(input_dir)
     if not declared:
-        return _workspace_version(Path(input_dir), actual) or actual
+        return _workspace_version(Path(input_dir), actual) or _git_workspace_version(Path(input_dir), actual) or actual
     want = DataVersion.from_dict(declared)
     if want.md5 != actual.md5:
         raise DataError(
@@ -152,6 +174,73 @@ def _workspace_version(folder: Path, actual: DataVersion) -> DataVersion | None:
     path = folder.resolve().relative_to(Path(top.stdout.strip()).resolve()).as_posix()
     return DataVersion(
         md5=actual.md5, nfiles=actual.nfiles, size=actual.size, path=path, rev="HEAD", commit=head, repo="."
+    )
+
+
+def _git_out(folder: Path, *args: str) -> str | None:
+    """``git -C folder ARGS`` stdout, or None when git fails (not a checkout, no such revision)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(folder), *args], capture_output=True, text=True, check=False, encoding="utf-8"
+        )
+    except OSError:  # no git on this machine
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def _git_workspace_version(folder: Path, actual: DataVersion) -> DataVersion | None:
+    """``folder`` as a git version: every file in it tracked and unchanged (nothing untracked or ignored
+    either), recorded at the last commit that changed it, whose tree must hash to ``actual``."""
+    top = _git_out(folder, "rev-parse", "--show-toplevel")
+    if top is None or _git_out(folder, "ls-files", "--", ".") in (None, ""):
+        return None
+    status = _git_out(folder, "status", "--porcelain", "--ignored", "--untracked-files=all", "--", ".")
+    if status is None or status.strip():
+        return None  # uncommitted, untracked or ignored files: the folder is not what a commit holds
+    commit = (_git_out(folder, "log", "-1", "--format=%H", "HEAD", "--", ".") or "").strip()
+    if len(commit) != 40:
+        return None
+    path = folder.resolve().relative_to(Path(top.strip()).resolve()).as_posix()
+    try:
+        committed = git_version(top.strip(), path, commit)
+    except DataError:
+        return None
+    if committed.md5 != actual.md5:
+        return None  # a filter (line endings, LFS) makes the checkout differ from the commit's content
+    return committed
+
+
+def git_version(repo: str | Path, path: str, commit: str) -> DataVersion:
+    """The folder ``path`` as committed at ``commit`` in the git repository ``repo``: its files taken from
+    git (``git archive``, never the working tree) and hashed as DVC hashes a folder. A
+    :class:`DataError` when the commit is not in ``repo`` (another repository, a shallow clone) or
+    holds no such folder."""
+    import io
+    import subprocess
+    import tarfile
+
+    repo = Path(repo)
+    if _git_out(repo, "cat-file", "-e", f"{commit}^{{commit}}") is None:
+        raise DataError(repo, f"commit {commit} is not in this git repository (another repository or a shallow clone?)")
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(repo), "archive", "--format=tar", commit, "--", path], capture_output=True, check=False
+        )
+    except OSError as exc:
+        raise DataError(repo, f"cannot run git: {exc}") from exc
+    if out.returncode:
+        first = out.stderr.decode("utf-8", "replace").strip().splitlines()[:1]
+        raise DataError(path, f"not found at commit {commit} ({first[0] if first else 'git archive failed'})")
+    with tempfile.TemporaryDirectory(prefix="lungseg-git-") as tmp:
+        with tarfile.open(fileobj=io.BytesIO(out.stdout)) as tar:
+            tar.extractall(tmp, filter="data")
+        if not (Path(tmp) / path).is_dir():
+            raise DataError(path, f"is not a folder at commit {commit}: a dataset version must be a folder")
+        got = folder_hash(Path(tmp) / path)
+    return DataVersion(
+        md5=got.md5, nfiles=got.nfiles, size=got.size, path=path, rev=commit, commit=commit, repo=".", tracked_by=GIT
     )
 
 
@@ -374,8 +463,7 @@ class Lineage:
         if d is None:
             lines.append("  data:      not recorded")
         else:
-            where = f"{d.path}@{d.rev} (commit {d.commit})" if d.path else "unversioned input"
-            lines.append(f"  data:      {where}, DVC hash {d.md5}" + (f", {d.nfiles} files" if d.nfiles else ""))
+            lines.append(f"  data:      {d.where()}, DVC hash {d.md5}" + (f", {d.nfiles} files" if d.nfiles else ""))
             if d.staged_uri:
                 lines.append(f"  staged:    {d.staged_uri}")
         lines += [
@@ -457,19 +545,64 @@ def describe(target: str, tracking_uri: str) -> Lineage:
     )
 
 
+def decision_target(record: str | Path, tracking_uri: str) -> tuple[str, dict[str, Any]]:
+    """The registry URI (``models:/NAME/VERSION``) a decision record of ``lungseg register --output``
+    names, and the record — only when the record was made in the store in use, ``tracking_uri``: a
+    decision is valid for the store it names, never for another (a :class:`DataError` then, naming
+    both stores and the fix)."""
+    from lungseg.io import read_json_object
+    from lungseg.tracking import redact_uri, resolve_recorded_uri
+
+    path = Path(record)
+    data = read_json_object(path, "not found (a decision record is what `lungseg register --output` writes)")
+    missing = [k for k in ("model_name", "version", "tracking_uri") if not data.get(k)]
+    if missing:
+        raise DataError(path, f"not a decision record of `lungseg register`: no {', '.join(missing)}")
+    made_in = resolve_recorded_uri(str(data["tracking_uri"]), path)
+    if redact_uri(made_in) != redact_uri(tracking_uri):
+        raise DataError(
+            path,
+            f"a decision made in the tracking store {redact_uri(made_in)}, not in the store in use "
+            f"({redact_uri(tracking_uri)}): it is not valid there — `dvc repro` trains, evaluates and "
+            "registers into the store in use (or set MLFLOW_TRACKING_URI to the record's store)",
+        )
+    return f"models:/{data['model_name']}/{data['version']}", data
+
+
+def check_decision(lineage: Lineage, record: dict[str, Any], path: str | Path, tracking_uri: str) -> None:
+    """The version a decision record names still is that decision in the store: its run is the record's
+    run. A :class:`DataError` otherwise (the store was wiped or rebuilt at the same address since)."""
+    run_id = record.get("run_id")
+    if run_id and run_id not in (lineage.run_id, lineage.evaluation.get("train_run_id")):
+        raise DataError(
+            path,
+            f"{record['model_name']} v{record['version']} in {tracking_uri} is run {lineage.run_id}, not the "
+            f"record's run {run_id}: the store was wiped or rebuilt since the decision — `dvc repro --force` "
+            "trains, evaluates and registers into it again",
+        )
+
+
 def check(lineage: Lineage, repo: str | Path = ".", *, remote: str | None = None) -> DataVersion:
-    """``lungseg lineage --check``: the data behind the recorded hash can still be fetched from the
-    DVC remote and hashes to the same value (:func:`check_remote`); a :class:`DataError` otherwise."""
+    """``lungseg lineage --check``: the data behind the recorded hash can still be got back and hashes to
+    the same value — a DVC version fetched from the DVC remote (:func:`check_remote`), a folder tracked
+    by git taken from the recorded commit of ``repo`` (:func:`git_version`); a :class:`DataError` otherwise."""
     d = lineage.data
     if d is None:
         raise DataError(None, f"run {lineage.run_id}: no data version recorded: nothing to check")
     if not d.versioned or not d.path or not d.commit:
         raise DataError(
             None,
-            f"run {lineage.run_id}: its data ({d.md5}) was not a DVC version (a plain folder or "
-            "s3:// prefix): it cannot be fetched back from a DVC remote",
+            f"run {lineage.run_id}: its data ({d.md5}) was not a version (a plain folder, an s3:// prefix, "
+            "or a git-tracked folder with uncommitted changes): it cannot be fetched back",
         )
-    return check_remote(d, repo, remote=remote)
+    if not d.in_git:
+        return check_remote(d, repo, remote=remote)
+    got = git_version(repo, d.path, d.commit)
+    if got.md5 != d.md5:
+        raise DataError(
+            d.path, f"at commit {d.commit} hashes to {got.md5}, not to the recorded {d.md5}: not the data of this model"
+        )
+    return got
 
 
 __all__ = [
@@ -484,10 +617,13 @@ __all__ = [
     "DataVersion",
     "Lineage",
     "check",
+    "check_decision",
     "check_remote",
+    "decision_target",
     "describe",
     "fetch",
     "folder_hash",
+    "git_version",
     "input_version",
     "parse_data_spec",
     "resolve",

@@ -191,3 +191,114 @@ def test_describe_reads_a_registered_versions_lineage(tmp_path, dvc_repo):
         L.check(lin, dvc_repo)
     sh("dvc", "push", "-q", cwd=dvc_repo)
     assert L.check(lin, dvc_repo).md5 == v.md5
+
+
+# ------------------------------------------------------------------------ data versioned by git itself
+@pytest.fixture
+def git_repo(tmp_path, sample_dir):
+    """A plain git repository (no DVC) holding 4 real MedSeg slices under data/sample/medseg, committed,
+    then a later commit that does not touch them — as the project versions its bundled sample."""
+    repo = tmp_path / "repo"
+    (repo / "data" / "sample" / "medseg" / "tr_im").mkdir(parents=True)
+    for src in sorted((sample_dir / "tr_im").glob("*.png"))[:4]:
+        shutil.copy(src, repo / "data" / "sample" / "medseg" / "tr_im" / src.name)
+    sh("git", "init", "-q", cwd=repo)
+    sh(*GIT, "add", "-A", cwd=repo)
+    sh(*GIT, "commit", "-qm", "sample", cwd=repo)
+    (repo / "README.md").write_text("later\n", encoding="utf-8")
+    sh(*GIT, "add", "README.md", cwd=repo)
+    sh(*GIT, "commit", "-qm", "later", cwd=repo)
+    return repo
+
+
+def _rev(repo, rev):
+    out = subprocess.run(["git", "rev-parse", rev], cwd=repo, capture_output=True, text=True, encoding="utf-8")
+    return out.stdout.strip()
+
+
+@pytest.mark.slow
+def test_a_folder_committed_to_git_is_a_version_checked_on_a_fresh_clone(git_repo, tmp_path):
+    """`--check` exited 2 for the README's champion: data/sample is versioned by git, not DVC. It is a
+    version too (path + commit + content hash), checked from git on a clone, and a changed file is not it."""
+    folder = git_repo / "data" / "sample" / "medseg"
+    got = L.input_version(folder)
+    assert got.versioned and got.in_git and got.tracked_by == "git" and got.path == "data/sample/medseg"
+    assert got.commit == _rev(git_repo, "HEAD~1")  # the last commit that changed the folder, not HEAD
+    assert got.md5 == L.folder_hash(folder).md5 and got.nfiles == 4
+    assert "data/sample/medseg at commit" in got.where() and "tracked by git" in got.where()
+    assert L.DataVersion.from_dict(got.to_dict()) == got and got.tags()["lungseg.data.tracked_by"] == "git"
+
+    clone = tmp_path / "clone"
+    sh("git", "clone", "-q", str(git_repo), str(clone), cwd=tmp_path)
+    record = L.Lineage(run_id="r1", data=got)
+    assert L.check(record, clone) == got  # from the commit, not from a workspace or a DVC remote
+    # a file changed in the workspace does not change the committed version, but is not that version
+    victim = sorted(folder.rglob("*.png"))[0]
+    victim.write_bytes(victim.read_bytes()[:-10] + b"0123456789")
+    dirty = L.input_version(folder)
+    assert not dirty.versioned and dirty.md5 != got.md5
+    with pytest.raises(DataError, match="was not a version.*cannot be fetched back"):
+        L.check(L.Lineage(run_id="r2", data=dirty), clone)
+    # committed, it is a new version at a new commit; the old record still checks out at its own commit
+    sh(*GIT, "commit", "-qam", "one sample file changed", cwd=git_repo)
+    new = L.input_version(folder)
+    assert new.in_git and new.commit == _rev(git_repo, "HEAD") and new.md5 == dirty.md5
+    assert L.check(record, git_repo) == got
+    # a record whose hash is not what its commit holds fails, naming both hashes
+    forged = L.DataVersion(**{**new.to_dict(), "md5": got.md5})
+    with pytest.raises(DataError, match=f"hashes to {new.md5}, not to the recorded {got.md5}"):
+        L.check(L.Lineage(run_id="r3", data=forged), git_repo)
+    with pytest.raises(DataError, match="is not in this git repository"):  # the clone predates that commit
+        L.check(L.Lineage(run_id="r3", data=new), clone)
+
+
+@pytest.mark.slow
+def test_untracked_or_ignored_files_make_a_git_folder_unversioned(git_repo):
+    folder = git_repo / "data" / "sample" / "medseg"
+    (folder / "extra.txt").write_text("not committed\n", encoding="utf-8")
+    assert not L.input_version(folder).versioned
+    (git_repo / ".gitignore").write_text("extra.txt\n", encoding="utf-8")  # ignored: still not in the commit
+    assert not L.input_version(folder).versioned
+    (folder / "extra.txt").unlink()
+    assert L.input_version(folder).in_git
+    outside = git_repo.parent / "plain"
+    shutil.copytree(folder, outside)
+    assert not L.input_version(outside).versioned  # not in any git repository
+
+
+def _decision(path, **fields):
+    record = {
+        "model_name": "lungseg-lgnet",
+        "version": "1",
+        "decision": "champion",
+        "run_id": "run-a",
+        "tracking_uri": "sqlite:///mlflow.db",
+        **fields,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record), encoding="utf-8")
+    return path
+
+
+def test_a_decision_record_is_valid_only_in_the_store_it_names(tmp_path):
+    """With MLFLOW_TRACKING_URI at another store the decision record still said "champion": a record is
+    read only in the store it was made in (repository-relative: the record's own repository's)."""
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    path = _decision(repo / "reports" / "medseg-registration.json")
+    own = f"sqlite:///{repo.resolve()}/mlflow.db"
+    target, record = L.decision_target(path, own)
+    assert target == "models:/lungseg-lgnet/1" and record["decision"] == "champion"
+    other = f"sqlite:///{tmp_path.resolve()}/other.db"
+    with pytest.raises(DataError, match=r"a decision made in the tracking store .*repo/mlflow.db, not in the store in"):
+        L.decision_target(path, other)
+    with pytest.raises(DataError, match="not valid there"):
+        L.decision_target(path, "http://127.0.0.1:5000")
+    server = _decision(tmp_path / "server.json", tracking_uri="http://u:pw@127.0.0.1:5000")
+    assert L.decision_target(server, "http://u:pw@127.0.0.1:5000")[0] == "models:/lungseg-lgnet/1"
+    with pytest.raises(DataError, match="not a decision record.*tracking_uri"):
+        L.decision_target(_decision(tmp_path / "old.json", tracking_uri=None), own)
+    # the store at that address was wiped and rebuilt: its version 1 is another run
+    L.check_decision(L.Lineage(run_id="run-a"), record, path, own)
+    with pytest.raises(DataError, match=r"is run run-b, not the record's run run-a.*dvc repro --force"):
+        L.check_decision(L.Lineage(run_id="run-b"), record, path, own)
