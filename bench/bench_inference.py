@@ -20,6 +20,12 @@ brought back. Reported: seconds for the whole volume (median of ``--repeats`` in
 lungseg, MONAI simple, MONAI sliding window, again — after a warm-up),
 slices/s, the ratio lungseg / MONAI (> 1 = lungseg faster), and the agreement of the label volumes.
 
+Every run prints the ratios. ``--cohort N`` also measures the cohort path of ``lungseg predict``: N NIfTI
+cases (``--slices`` slices each, uint8 like the real slices) predicted by one ``lungseg predict --input
+FOLDER`` call (the model loaded once) against N calls of one case each (a process, the imports and a
+model load per case), both as the user runs them (subprocesses of the installed command, a checkpoint
+folder of the same model): cases/s and the ratio.
+
 Results are written only with ``--record``: ``bench/results/inference/<device>[-<tag>].json``, and
 ``bench/results/INFERENCE.md`` is re-rendered from every JSON there (``--render-only`` re-renders).
 Usage::
@@ -158,6 +164,9 @@ def measure(args) -> dict:
     for r in rows:
         r["ratio_lungseg_over_this"] = ours / r["slices_per_s"]
         r["label_agreement_with_lungseg"] = float((labels[r["method"]] == labels["lungseg"]).mean())
+        if r["method"] != "lungseg":
+            print(f"lungseg / {r['method']}: {r['ratio_lungseg_over_this']:.2f}x (> 1 = lungseg faster)", flush=True)
+    cohort = measure_cohort(args, net, identity) if args.cohort else None
     name, slug = device_name(device)
     return {
         "device": name,
@@ -180,9 +189,66 @@ def measure(args) -> dict:
             "data": Path(os.path.relpath(Path(args.data).resolve(), ROOT)).as_posix(),  # committed: no machine path
         },
         "rows": rows,
+        "cohort": cohort,
         "tag": args.tag,
         "note": args.note,
     }
+
+
+def measure_cohort(args, net: torch.nn.Module, identity: dict) -> dict:
+    """Cases/s of one ``lungseg predict`` call over a cohort folder vs one call per case (module docstring)."""
+    import subprocess
+    import tempfile
+
+    import nibabel as nib
+
+    from lungseg.artifacts.checkpoint import BEST, save_checkpoint
+
+    with tempfile.TemporaryDirectory(prefix="bench-cohort-") as tmp:
+        root = Path(tmp)
+        (root / "model").mkdir()
+        preprocess = {"image_size": args.size, "dataset": "medseg", "hu_window": [-1000.0, 400.0]}
+        save_checkpoint(
+            {"model_identity": identity, "model_state": net.state_dict(), "preprocess": preprocess},
+            root / "model" / BEST,
+        )
+        cases = root / "cases"
+        cases.mkdir()
+        volume = real_volume(args.data, args.slices, args.size)
+        for i in range(args.cohort):
+            grey = np.round(volume * 255).astype(np.uint8)  # (z, rows, cols), the real slices' own domain
+            img = nib.Nifti1Image(np.ascontiguousarray(np.transpose(grey, (2, 1, 0))), np.diag([0.7, 0.7, 5.0, 1]))
+            img.set_data_dtype(np.uint8)
+            nib.save(img, cases / f"case_{i}.nii.gz")
+        command = [sys.executable, "-m", "lungseg", "predict", "--model", str(root / "model"), "--device", args.device]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+        def call(extra: list[str]) -> float:
+            t = time.perf_counter()
+            subprocess.run(command + extra, check=True, capture_output=True, env=env, cwd=root)
+            return time.perf_counter() - t
+
+        once = call(["--input", str(cases), "--output", str(root / "cohort")])
+        per_call = sum(
+            call(["--input", str(cases / f"case_{i}.nii.gz"), "--output", str(root / f"one-{i}")])
+            for i in range(args.cohort)
+        )
+    result = {
+        "cases": args.cohort,
+        "slices_per_case": args.slices,
+        "cohort_seconds": once,
+        "per_call_seconds": per_call,
+        "cohort_cases_per_s": args.cohort / once,
+        "per_call_cases_per_s": args.cohort / per_call,
+        "ratio_cohort_over_per_call": per_call / once,
+    }
+    print(
+        f"cohort of {args.cohort} x {args.slices} slices: one call {once:.1f} s ({result['cohort_cases_per_s']:.2f} "
+        f"cases/s), one call per case {per_call:.1f} s ({result['per_call_cases_per_s']:.2f} cases/s): "
+        f"{result['ratio_cohort_over_per_call']:.2f}x",
+        flush=True,
+    )
+    return result
 
 
 def _without_note(argv: list[str]) -> list[str]:
@@ -230,6 +296,19 @@ def render(results_dir: Path) -> Path:
                 f"| {r['method']} | {r['seconds']:.3f} | {r['slices_per_s']:.1f} | "
                 f"{r['ratio_lungseg_over_this']:.2f} | {100 * r['label_agreement_with_lungseg']:.3f} % |"
             )
+        c = d.get("cohort")
+        if c:
+            parts += [
+                "",
+                f"Cohort path (`lungseg predict` as a command, {c['cases']} NIfTI cases of {c['slices_per_case']} "
+                "slices): one call over the folder (model loaded once) vs one call per case.",
+                "",
+                "| path | seconds | cases/s |",
+                "| --- | --- | --- |",
+                f"| one call, model loaded once | {c['cohort_seconds']:.1f} | {c['cohort_cases_per_s']:.2f} |",
+                f"| one call per case | {c['per_call_seconds']:.1f} | {c['per_call_cases_per_s']:.2f} |",
+                f"| ratio | {c['ratio_cohort_over_per_call']:.2f}x | |",
+            ]
     target = results_dir / "INFERENCE.md"
     atomic_write_text(target, "\n".join(parts) + "\n")
     return target
@@ -245,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slices", type=int, default=32)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--cohort", type=int, default=0, help="also time the cohort path with this many cases")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--record", action="store_true", help="write the JSON and re-render INFERENCE.md")

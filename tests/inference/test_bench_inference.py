@@ -66,3 +66,34 @@ def test_a_tiny_run_measures_every_method_on_real_slices(bench, tmp_path, capsys
         assert r["slices_per_s"] > 0 and r["label_agreement_with_lungseg"] == 1.0  # same model, same labels
     assert "--note" not in d["command"] and d["note"] == "a test run"
     assert "## " in (tmp_path / "INFERENCE.md").read_text(encoding="utf-8")
+
+
+def _tiny(tmp_path, *extra: str) -> list[str]:
+    return [
+        "--device", "cpu", "--data", str(ROOT / "data" / "sample" / "medseg-covid100" / "tr_im"),
+        "--slices", "2", "--size", "32", "--base", "4", "--batch", "2", "--repeats", "1",
+        "--results", str(tmp_path), *extra,
+    ]  # fmt: skip
+
+
+def test_a_plain_run_prints_the_ratios_and_writes_nothing(bench, tmp_path, capsys):
+    """The ratio vs MONAI was printed only with --record."""
+    assert bench.main(_tiny(tmp_path)) == 0
+    out = capsys.readouterr().out
+    assert (
+        "lungseg / monai-simple: " in out
+        and "lungseg / monai-sliding-window: " in out
+        and "x (> 1 = lungseg faster)" in out
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_the_cohort_path_is_timed_against_one_call_per_case(bench, tmp_path, capsys):
+    assert bench.main(_tiny(tmp_path, "--cohort", "2", "--record", "--tag", "cohort")) == 0
+    assert "cohort of 2 x 2 slices: one call" in capsys.readouterr().out
+    (path,) = (tmp_path / "inference").glob("*-cohort.json")
+    c = json.loads(path.read_text(encoding="utf-8"))["cohort"]
+    assert c["cases"] == 2 and c["cohort_seconds"] > 0 and c["per_call_seconds"] > 0
+    assert c["ratio_cohort_over_per_call"] == pytest.approx(c["per_call_seconds"] / c["cohort_seconds"])
+    assert "one call, model loaded once" in (tmp_path / "INFERENCE.md").read_text(encoding="utf-8")
