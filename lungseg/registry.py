@@ -8,25 +8,45 @@
    its ``run_id`` is the run's, its checkpoint is ``best.pt`` (the weights logged as ``model_uri``)
    and its ``model_sha256`` is the sha256 of ``model_dir/best.pt`` (and of the ``best.pt`` training
    recorded, ``best_sha256``). Otherwise: :class:`~lungseg.errors.DataError`, nothing registered;
-2. registers ``model_uri`` as a new version of ``params.register.model_name`` (``{model}`` filled
-   with the run's architecture, e.g. ``lungseg-lgnet``) and waits until it is
-   ``READY`` (a repeated run of the same run + evaluation set reuses its existing version);
+   It also checks that the training run (and the evaluation's own run, when it logged one) **exists in
+   the tracking store being used** (:func:`check_runs_in_store`): a record of another store is refused
+   in one line naming the fix;
+2. **the served model is the evaluated one, by construction**: it logs the portable model
+   (:func:`lungseg.artifacts.pyfunc.log_model`) from ``best.pt``'s weights **with the serving settings
+   the evaluation recorded** (``metrics.json["serving"]``: threshold, preprocessing, post-processing,
+   TTA; :mod:`lungseg.artifacts.serving`) to the training run, registers *that* logged model as a new
+   version of ``params.register.model_name`` (``{model}`` filled with the run's architecture, e.g.
+   ``lungseg-lgnet``) and waits until it is ``READY``. There is no second copy of the settings that could
+   disagree: the version serves at the evaluated threshold. **Every evaluation is its own version**:
+   a version is reused only when the very same evaluation (same ``metrics.json`` bytes, same evaluation
+   run) is registered again — a repeated ``dvc repro`` — so a version's evaluation tags are always the
+   ones of the evaluation it was decided on, never those of an older one;
 3. under a registry-wide lock, reads the current champion, decides, re-checks that the champion
    has not moved, and only then sets the alias (``champion`` or ``challenger``) — aliases, never
    the deprecated stages — then verifies the alias points where it was set;
-4. records the decision, both numbers and the fingerprints as tags on the version and writes the
-   decision JSON atomically.
+4. records the decision, both numbers and the fingerprints as tags on the version, writes the model
+   card (Markdown: :func:`model_card`) into the version's description, and writes the decision JSON
+   atomically to ``output`` — a file that must not exist yet (DVC deletes a stage's outputs before it
+   runs it).
 
-Policy (also in docs/pipeline.md, "Registry policy"):
+Policy (also in docs/pipeline.md, "Registry policy"), checked in this order:
 
+* evaluated with ``--allow-preprocessing-mismatch`` (``metrics.json["preprocessing_mismatch"]``
+  non-empty) → tagged ``lungseg.preprocessing_mismatch`` and never promoted unless ``register`` is
+  given ``allow_preprocessing_mismatch`` too (``lungseg register --allow-preprocessing-mismatch``);
+* not better than the best **trivial predictor** (all background / all foreground, scored by the
+  evaluation on the same set: ``metrics.json["baselines"]``) by at least ``min_margin_over_trivial``
+  (default :data:`MIN_MARGIN_OVER_TRIVIAL`) → never promoted; the decision line prints both numbers;
 * below the floor ``register.min_metric`` (a worse score than it; ``null`` = no floor) → never
   promoted, whatever the champion (even when there is none): registered as challenger, ``reason``
   says so;
 * no champion (or its alias dangles) → the candidate becomes champion;
 * champion evaluated on the **same** evaluation set (same fingerprint, same metric) → the candidate
   becomes champion only if it is strictly better (``greater_is_better``); a tie keeps the champion;
-* candidate is the champion's own run (same ``run_id``) re-evaluated → the alias follows it (same
-  weights, the newest evaluation record) — this is how a champion is moved onto a new set;
+* candidate is the champion's own run (same ``run_id``) re-evaluated on a **different** set → the
+  alias follows it (same weights, the newest evaluation record) — this is how a champion is moved onto
+  a new set. On the **same** set it is compared like any candidate (another threshold that scores
+  worse never moves the alias);
 * champion evaluated on a **different** set (or with no recorded fingerprint, or another metric) →
   not compared: the candidate becomes challenger, ``reason`` says so and what to do (re-evaluate
   the champion on this set and register it; see above).
@@ -59,6 +79,18 @@ TAG = "lungseg."
 #: seconds after which a registry lock whose holder vanished is taken over
 LOCK_STALE_AFTER_S = 120.0
 LOCK_TIMEOUT_S = 300.0
+#: how much a promoted model must beat the best trivial predictor by, in units of ``register.metric``.
+#: On the bundled sample the all-foreground predictor scores Dice ~0.24 and the demo LG-Net ~0.65; a
+#: model that predicts all-foreground except a handful of pixels (an untrained net at lr 1e-9) lands
+#: within ~0.01 of the constant predictor. 0.05 Dice is five times that and far below any model that
+#: learned something.
+MIN_MARGIN_OVER_TRIVIAL = 0.05
+REGISTERED_MODEL_DESCRIPTION = (
+    "lungseg lung CT segmentation model: each version is a portable MLflow pyfunc (network, weights, "
+    "preprocessing and the serving settings it was evaluated with). The alias `champion` is the model the "
+    "register step promoted; each version's description is its model card (evaluation, trivial baselines, "
+    "serving settings, how to predict). See docs/pipeline.md."
+)
 
 
 class RegistryError(LungsegError):
@@ -83,6 +115,12 @@ class Decision:
     model_uri: str
     tracking_uri: str
     reused_version: bool = False
+    best_trivial: float | None = None
+    best_trivial_name: str | None = None
+    min_margin_over_trivial: float | None = None
+    serving_fingerprint: str | None = None
+    eval_run_id: str | None = None
+    training_model_uri: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,9 +129,14 @@ class Decision:
         before = "none" if self.champion_before is None else f"{self.champion_before:.4f}"
         return (
             f"{self.model_name} v{self.version}: {self.decision} ({self.metric} {self.candidate:.4f} vs champion "
-            f"{before}{'' if self.champion_before_version is None else f' v{self.champion_before_version}'}) — "
-            f"{self.reason}"
+            f"{before}{'' if self.champion_before_version is None else f' v{self.champion_before_version}'}"
+            f"{self._trivial()}) — {self.reason}"
         )
+
+    def _trivial(self) -> str:
+        if self.best_trivial is None:
+            return ""
+        return f", best trivial {self.best_trivial_name} {self.best_trivial:.4f}"
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -171,13 +214,19 @@ def _is_code(exc: Exception, *codes: str) -> bool:
 
 
 def _ensure_registered_model(client, name: str) -> None:
+    """The registered model ``name`` with :data:`REGISTERED_MODEL_DESCRIPTION` (created quietly: the
+    versions are created with the client, not ``mlflow.register_model``, which prints "Registered model
+    … already exists." even on a new store)."""
     from mlflow.exceptions import MlflowException
 
     try:
-        client.create_registered_model(name, description="lungseg lung CT segmentation (see docs/pipeline.md)")
+        client.create_registered_model(name, description=REGISTERED_MODEL_DESCRIPTION)
+        return
     except MlflowException as exc:
         if not _is_code(exc, "RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
             raise
+    if not (client.get_registered_model(name).description or "").strip():
+        client.update_registered_model(name, description=REGISTERED_MODEL_DESCRIPTION)
 
 
 def _wait_ready(client, name: str, version: str, timeout: float = 300.0):
@@ -206,10 +255,10 @@ def _alias_version(client, name: str, alias: str):
     return mv if mv is not None and mv.status == "READY" else None
 
 
-def _existing_version(client, name: str, run_id: str, model_uri: str, fingerprint: str | None):
-    """A READY version of this very run + model + evaluation set, so a repeated run is idempotent."""
-    if fingerprint is None:
-        return None
+def _existing_version(client, name: str, run_id: str, evaluation_id: str):
+    """A READY version registered from this very evaluation (``lungseg.evaluation_id``: the sha256 of
+    ``metrics.json`` and the evaluation run), so a repeated run is idempotent. Another evaluation of the
+    same weights — another threshold, set or run — is never matched: it gets its own version."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -218,11 +267,7 @@ def _existing_version(client, name: str, run_id: str, model_uri: str, fingerprin
         return None
     for mv in sorted(versions, key=lambda v: int(v.version), reverse=True):
         tags = mv.tags or {}
-        if (
-            mv.status == "READY"
-            and tags.get(TAG + "model_uri") == model_uri
-            and tags.get(TAG + "eval_fingerprint") == fingerprint
-        ):
+        if mv.status == "READY" and tags.get(TAG + "evaluation_id") == evaluation_id:
             return mv
     return None
 
@@ -275,15 +320,14 @@ def registry_lock(client, name: str, timeout: float = LOCK_TIMEOUT_S) -> Iterato
 scoped_mlflow_uri = scoped_tracking_uri
 
 
-def _create_version(tracking_uri: str, name: str, model_uri: str, tags: dict[str, str]):
-    """A new version of ``name`` from ``model_uri`` (``models:/m-…`` logged model or ``runs:/…``).
+def _create_version(client, tracking_uri: str, name: str, model_uri: str, run_id: str, tags: dict[str, str]):
+    """A new version of ``name`` from the logged model ``model_uri`` (``models:/m-…``) of run ``run_id``.
 
-    ``mlflow.register_model`` resolves both kinds, and a sqlite registry resolves a ``models:/``
-    source through the *global* tracking URI, so both are scoped to ``tracking_uri`` meanwhile."""
-    import mlflow
-
+    Created with the client (``mlflow.register_model`` prints its own lines on stderr); a sqlite registry
+    resolves a ``models:/`` source through the *global* tracking URI, so it is scoped meanwhile."""
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
     with scoped_mlflow_uri(tracking_uri):
-        return mlflow.register_model(model_uri, name, tags=tags, await_registration_for=300)
+        return client.create_model_version(name, model_uri, run_id=run_id, tags=tags, model_id=model_id)
 
 
 def below_floor(cfg, candidate: float) -> bool:
@@ -294,21 +338,46 @@ def below_floor(cfg, candidate: float) -> bool:
     return candidate < floor if cfg.greater_is_better else candidate > floor
 
 
-def _decide(cfg, candidate: float, fingerprint: str | None, run_id: str, champion) -> tuple[bool, float | None, str]:
-    """(promote?, champion's number or None, reason)."""
-    if below_floor(cfg, candidate):
-        before = None
-        if champion is not None:
-            with contextlib.suppress(KeyError, ValueError):
-                before = float((champion.tags or {})[TAG + "metric_value"])
+def _champion_value(champion) -> float | None:
+    if champion is None:
+        return None
+    with contextlib.suppress(KeyError, ValueError):
+        return float((champion.tags or {})[TAG + "metric_value"])
+    return None
+
+
+def _barrier(cfg, cand: _Candidate) -> str | None:
+    """Why ``cand`` can never be promoted whatever the champion (None: it may be): evaluated on
+    mismatched preprocessing without the register-time permission, below ``register.min_metric``, or no
+    better than the best trivial predictor by the margin."""
+    if cand.preprocessing_mismatch and not cand.allow_preprocessing_mismatch:
         return (
-            False,
-            before,
-            (
-                f"{cfg.metric} {candidate:.4f} is {'below' if cfg.greater_is_better else 'above'} register.min_metric "
-                f"{cfg.floor}: registered, not promoted"
-            ),
+            f"evaluated with --allow-preprocessing-mismatch ({'; '.join(cand.preprocessing_mismatch)}): registered, "
+            "not promoted; pass `lungseg register --allow-preprocessing-mismatch` to promote it anyway"
         )
+    if below_floor(cfg, cand.value):
+        return (
+            f"{cfg.metric} {cand.value:.4f} is {'below' if cfg.greater_is_better else 'above'} register.min_metric "
+            f"{cfg.floor}: registered, not promoted"
+        )
+    if cand.best_trivial is not None and cand.margin is not None:
+        sign = 1.0 if cfg.greater_is_better else -1.0
+        needed = cand.best_trivial + sign * cand.margin
+        if sign * (cand.value - needed) < 0:
+            return (
+                f"{cfg.metric} {cand.value:.4f} does not beat the best trivial predictor ({cand.best_trivial_name} "
+                f"{cand.best_trivial:.4f}) by register.min_margin_over_trivial {cand.margin:g} (needs "
+                f"{'≥' if sign > 0 else '≤'} {needed:.4f}): registered, not promoted"
+            )
+    return None
+
+
+def _decide(cfg, cand: _Candidate, champion) -> tuple[bool, float | None, str]:
+    """(promote?, champion's number or None, reason)."""
+    candidate, fingerprint, run_id = cand.value, cand.fingerprint, cand.run_id
+    barrier = _barrier(cfg, cand)
+    if barrier is not None:
+        return False, _champion_value(champion), barrier
     if champion is None:
         return True, None, "no champion yet"
     tags = champion.tags or {}
@@ -316,8 +385,13 @@ def _decide(cfg, candidate: float, fingerprint: str | None, run_id: str, champio
         before = float(tags[TAG + "metric_value"])
     except (KeyError, ValueError):
         before = None
-    if champion.run_id and champion.run_id == run_id:
-        return True, before, f"same run as champion v{champion.version} (re-evaluated): the alias follows it"
+    same_set = fingerprint is not None and tags.get(TAG + "eval_fingerprint") == fingerprint
+    if champion.run_id and champion.run_id == run_id and not same_set:
+        return (
+            True,
+            before,
+            f"same run as champion v{champion.version} re-evaluated on another set: the alias follows it",
+        )
     if tags.get(TAG + "metric") != cfg.metric or before is None:
         return (
             False,
@@ -327,7 +401,7 @@ def _decide(cfg, candidate: float, fingerprint: str | None, run_id: str, champio
                 "re-evaluate and register the champion's run on this set to compare"
             ),
         )
-    if fingerprint is None or tags.get(TAG + "eval_fingerprint") != fingerprint:
+    if not same_set:
         return (
             False,
             before,
@@ -391,6 +465,18 @@ class _Candidate:
     metrics: dict[str, Any]
     eval_run: str | None
     """The evaluation's own MLflow run, if it logged one."""
+    best_trivial: float | None = None
+    """The best trivial predictor's ``register.metric`` on the same set (``metrics.json["baselines"]``)."""
+    best_trivial_name: str | None = None
+    margin: float | None = None
+    """``min_margin_over_trivial``: how much ``value`` must beat ``best_trivial`` by."""
+    preprocessing_mismatch: tuple[str, ...] = ()
+    allow_preprocessing_mismatch: bool = False
+    serving: dict[str, Any] | None = None
+    serving_fingerprint: str | None = None
+    evaluation_id: str = ""
+    """sha256 of ``metrics.json`` and the evaluation run: a version is reused only for the same one."""
+    training_model_uri: str | None = None
 
 
 class _Outcome(NamedTuple):
@@ -414,23 +500,32 @@ def _version_tags(cfg, cand: _Candidate) -> dict[str, str]:
         TAG + "eval_fingerprint_source": cand.fingerprint_source,
         TAG + "eval_split": str(metrics.get("split")),
         TAG + "eval_n_images": str(metrics.get("n_images")),
-        TAG + "model_uri": cand.model_uri,
         TAG + "model_sha256": str(metrics.get("model_sha256")),
         TAG + "eval_run_id": cand.eval_run or "none",
+        TAG + "evaluation_id": cand.evaluation_id,
+        TAG + "serving_fingerprint": cand.serving_fingerprint or "none",
+        TAG + "serving_threshold": str((cand.serving or {}).get("threshold")),
+        TAG + "best_trivial_value": "none" if cand.best_trivial is None else repr(cand.best_trivial),
+        TAG + "best_trivial": cand.best_trivial_name or "none",
+        TAG + "min_margin_over_trivial": "none" if cand.margin is None else repr(cand.margin),
+        TAG + "preprocessing_mismatch": "; ".join(cand.preprocessing_mismatch) or "none",
+        TAG + "training_model_uri": cand.training_model_uri or "none",
     }
 
 
-def _ready_version(client, tracking_uri: str, name: str, cfg, cand: _Candidate) -> tuple[str, bool]:
-    """``(version, reused)``: the READY version of ``name`` for this run + evaluation set — the one
-    a repeated run registered (``reused``) or a new one, tagged (an alias is set only on a READY version)."""
+def _ready_version(client, tracking_uri: str, name: str, cfg, cand: _Candidate, log_served) -> tuple[str, bool, str]:
+    """``(version, reused, model_uri)``: the READY version of ``name`` for this evaluation — the one a
+    repeated run registered (``reused``) or a new one of the model ``log_served()`` logs with the
+    evaluated serving settings, tagged (an alias is set only on a READY version)."""
     _ensure_registered_model(client, name)
-    mv = _existing_version(client, name, cand.run_id, cand.model_uri, cand.fingerprint)
+    mv = _existing_version(client, name, cand.run_id, cand.evaluation_id)
     reused = mv is not None
     if mv is None:
-        tags = {**_version_tags(cfg, cand), **_lineage_tags(client, cand.run_id)}
-        mv = _create_version(tracking_uri, name, cand.model_uri, tags)
+        model_uri = log_served()
+        tags = {**_version_tags(cfg, cand), TAG + "model_uri": model_uri, **_lineage_tags(client, cand.run_id)}
+        mv = _create_version(client, tracking_uri, name, model_uri, cand.run_id, tags)
     mv = _wait_ready(client, name, mv.version)
-    return str(mv.version), reused
+    return str(mv.version), reused, (mv.tags or {}).get(TAG + "model_uri") or str(mv.source)
 
 
 def _version_of(mv) -> str | None:
@@ -442,7 +537,7 @@ def _judge(client, name: str, cfg, version: str, cand: _Candidate) -> tuple[bool
     champion = _alias_version(client, name, cfg.champion_alias)
     if champion is not None and str(champion.version) == version:
         return True, cand.value, "already champion (repeated run)", version
-    promote, before, reason = _decide(cfg, cand.value, cand.fingerprint, cand.run_id, champion)
+    promote, before, reason = _decide(cfg, cand, champion)
     return promote, before, reason, _version_of(champion)
 
 
@@ -473,7 +568,7 @@ def _move_alias(client, name: str, cfg, version: str, cand: _Candidate, attempts
 
 
 def _decision(
-    name: str, version: str, cfg, cand: _Candidate, outcome: _Outcome, tracking_uri: str, reused: bool
+    name: str, version: str, cfg, cand: _Candidate, outcome: _Outcome, tracking_uri: str, reused: bool, model_uri: str
 ) -> Decision:
     return Decision(
         model_name=name,
@@ -489,9 +584,15 @@ def _decision(
         fingerprint_source=cand.fingerprint_source,
         split=cand.metrics.get("split"),
         run_id=cand.run_id,
-        model_uri=cand.model_uri,
+        model_uri=model_uri,
         tracking_uri=tracking_uri,
         reused_version=reused,
+        best_trivial=cand.best_trivial,
+        best_trivial_name=cand.best_trivial_name,
+        min_margin_over_trivial=cand.margin,
+        serving_fingerprint=cand.serving_fingerprint,
+        eval_run_id=cand.eval_run,
+        training_model_uri=cand.training_model_uri,
     )
 
 
@@ -530,14 +631,241 @@ def _lineage_tags(client, run_id: str) -> dict[str, str]:
     return tags
 
 
-def register(params, model_dir: str | Path, evaluation_dir: str | Path, output: str | Path) -> Decision:
-    """Register the evaluated model, move ``champion`` only if it is better; write the decision."""
-    from lungseg.io import atomic_write_json, check_output_file
+def check_runs_in_store(client, tracking_uri: str, run_id: str, run_file: Path, eval_run: str | None, eval_dir: Path):
+    """:class:`DataError` (one line naming the fix) unless the training run ``run_id`` — and the
+    evaluation's run ``eval_run``, when it logged one — exists in the tracking store ``tracking_uri``:
+    a model trained or evaluated into another store (another ``MLFLOW_TRACKING_URI``, a server that was
+    reset) is never registered into this one."""
+    from mlflow.exceptions import MlflowException
+
+    for what, rid, where, fix in (
+        ("training run", run_id, run_file, "train it into this store (`lungseg train` / `dvc repro`)"),
+        ("evaluation run", eval_run, eval_dir / "mlflow_logging.json", "evaluate it again into this store"),
+    ):
+        if not rid:
+            continue
+        try:
+            run = client.get_run(rid)
+        except MlflowException as exc:
+            if not _is_code(exc, "RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
+                raise RegistryError(f"MLflow store at {tracking_uri}: {exc.message}") from exc
+            run = None
+        if run is None or run.info.lifecycle_stage == "deleted":
+            raise DataError(
+                where,
+                f"names {what} {rid}, which is not in the tracking store being used ({tracking_uri}): {fix}, "
+                "or point MLFLOW_TRACKING_URI at the store it was logged to",
+            )
+
+
+def _serving_of(metrics: dict[str, Any], metrics_path: Path):
+    """The :class:`~lungseg.artifacts.serving.ServingSettings` the evaluation recorded, checked against
+    its recorded fingerprint; an evaluation without them is refused (evaluate again)."""
+    from lungseg.artifacts.serving import ServingSettings
+
+    recorded = metrics.get("serving")
+    if not isinstance(recorded, dict) or not metrics.get("serving_fingerprint"):
+        raise DataError(
+            metrics_path,
+            "does not record the serving settings it evaluated with (written by an older lungseg evaluate): "
+            "run `lungseg evaluate` again",
+        )
+    try:
+        settings = ServingSettings.from_dict(recorded)
+    except (TypeError, ValueError) as exc:
+        raise DataError(metrics_path, f"serving: {exc}") from exc
+    if settings.fingerprint() != metrics["serving_fingerprint"]:
+        raise DataError(
+            metrics_path,
+            f"serving settings do not match their fingerprint ({settings.fingerprint()[:19]}… vs "
+            f"{str(metrics['serving_fingerprint'])[:19]}…): the file was edited; run `lungseg evaluate` again",
+        )
+    return settings
+
+
+def _best_trivial(cfg, metrics: dict[str, Any], metrics_path: Path) -> tuple[float | None, str | None]:
+    """The best trivial predictor's ``register.metric`` (``metrics.json["baselines"]``) and its name."""
+    baselines = metrics.get("baselines")
+    if not isinstance(baselines, dict) or not baselines:
+        raise DataError(
+            metrics_path,
+            "does not record the trivial baselines (all background / all foreground; written by an older "
+            "lungseg evaluate): run `lungseg evaluate` again",
+        )
+    scored = [
+        (float(b[cfg.metric]), name)
+        for name, b in baselines.items()
+        if isinstance(b, dict) and isinstance(b.get(cfg.metric), (int, float)) and math.isfinite(b[cfg.metric])
+    ]
+    if not scored:
+        return None, None
+    best = max(scored) if cfg.greater_is_better else min(scored)
+    return best[0], best[1]
+
+
+def _evaluation_id(metrics_path: Path, eval_run: str | None) -> str:
+    import hashlib
+
+    digest = hashlib.sha256(metrics_path.read_bytes())
+    digest.update(f"\0{eval_run or ''}".encode())
+    return "sha256:" + digest.hexdigest()
+
+
+def _served_model_logger(model_dir: Path, settings, tracking_uri: str, run_id: str):
+    """A function that logs the portable model of ``model_dir/best.pt`` with ``settings`` to the training
+    run ``run_id`` and returns its ``models:/m-…`` URI (called only when a new version is needed), and
+    the network's parameter count."""
+    from lungseg.artifacts.checkpoint import BEST, build_model, load_checkpoint
+    from lungseg.artifacts.pyfunc import log_model
+
+    ckpt = load_checkpoint(model_dir / BEST)
+    preprocess = dict(ckpt.get("preprocess") or {})
+    if "image_size" not in preprocess:
+        if ckpt.get("image_size") is None:
+            raise DataError(model_dir / BEST, "records no image_size: cannot serve it (train it again)")
+        preprocess["image_size"] = ckpt["image_size"]
+    if settings.image_size is not None and int(settings.image_size) != int(preprocess["image_size"]):
+        raise DataError(
+            model_dir / BEST,
+            f"was trained at {preprocess['image_size']}² but evaluated with serving image_size "
+            f"{settings.image_size}: evaluate this model again",
+        )
+    net = build_model(ckpt["model_identity"])
+    net.load_state_dict(ckpt["model_state"])
+    net.eval()
+
+    def log_served() -> str:
+        with scoped_mlflow_uri(tracking_uri):
+            return log_model(
+                net, identity=ckpt["model_identity"], preprocess=preprocess, serving=settings, run_id=run_id
+            )
+
+    card = {
+        "identity": ckpt["model_identity"],
+        "parameters": sum(int(p.numel()) for p in net.parameters()),
+        "preprocess": preprocess,
+        "epoch": ckpt.get("epoch"),
+    }
+    return log_served, card
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "–" if value is None else str(value)
+
+
+def _card_evaluation(decision: Decision, cand: _Candidate) -> list[str]:
+    """The card's evaluation section: the decision, and the model beside the trivial predictors."""
+    m = cand.metrics
+    baselines = {k: v for k, v in (m.get("baselines") or {}).items() if isinstance(v, dict)}
+    rows = [k for k in ("dice_mean", "iou_mean", "sen_mean", "spe_mean", "hd95_mean") if k in m]
+    if decision.metric not in rows:
+        rows.insert(0, decision.metric)
+    before = decision.champion_before
+    champ = "none" if before is None else f"{before:.4f} (v{decision.champion_before_version})"
+    lines = [
+        "## Evaluation it was decided on",
+        f"Decision: **{decision.decision}** — {decision.reason}.",
+        "",
+        f"{decision.metric} {decision.candidate:.4f}; champion before: {champ}; best trivial predictor: "
+        f"{decision.best_trivial_name} {_fmt(decision.best_trivial)} (required margin "
+        f"{_fmt(decision.min_margin_over_trivial)}).",
+        "",
+        f"Split **{m.get('split')}**, {m.get('n_images')} images "
+        f"({m.get('split_level') or 'split level not recorded'}), evaluation set "
+        f"`{cand.fingerprint or 'unknown'}`; training run `{cand.run_id}`, evaluation run "
+        f"`{cand.eval_run or 'not logged'}`.",
+        "",
+        "| metric | this model | " + " | ".join(baselines) + " |",
+        "|" + " --- |" * (2 + len(baselines)),
+    ]
+    for k in rows:
+        lines.append(f"| {k} | {_fmt(m.get(k))} | " + " | ".join(_fmt(b.get(k)) for b in baselines.values()) + " |")
+    return lines
+
+
+def _card_data(tags: dict[str, str]) -> list[str]:
+    from lungseg import lineage
+
+    data = {k[len(lineage.TAG) :]: v for k, v in tags.items() if k.startswith(lineage.TAG)}
+    raw = "not recorded"
+    if data:
+        raw = f"`{data.get('path', '?')}` @ {data.get('rev', '?')} (commit {data.get('commit', '?')}, "
+        raw += f"DVC hash {data.get('md5', '?')})"
+    return [
+        "## Data",
+        f"* raw data: {raw}",
+        f"* processed data: `{tags.get(lineage.PROCESSED_HASH_TAG, 'not recorded')}`",
+        f"* code: commit `{tags.get(lineage.CODE_COMMIT_TAG, 'not recorded')}`",
+    ]
+
+
+def model_card(name: str, version: str, decision: Decision, cand: _Candidate, model: dict[str, Any], tags: dict) -> str:
+    """The Markdown model card written into the version's description (see docs/pipeline.md): what it
+    segments, architecture and size, data, the evaluation it was decided on beside the trivial
+    predictors, the serving settings, intended use and limits, how to predict with it."""
+    from lungseg.artifacts.checkpoint import fmt_identity
+
+    pre, serving = model["preprocess"], cand.serving or {}
+    labels = ", ".join(pre.get("label_names") or []) or "foreground"
+    mismatch = cand.preprocessing_mismatch
+    lines = [
+        f"# {name} v{version} — lung CT segmentation",
+        "",
+        f"**Segments** {labels} on axial CT slices (dataset {pre.get('dataset') or 'not recorded'}, "
+        f"{pre.get('image_size')}² model input, HU window {pre.get('hu_window')}).",
+        "",
+        f"**Architecture** `{fmt_identity(model['identity'])}`: {model['parameters']:,} parameters "
+        f"(best epoch {model.get('epoch')}).",
+        "",
+        *_card_data(tags),
+        "",
+        *_card_evaluation(decision, cand),
+        "",
+        "## Serving settings",
+        f"This version serves exactly as it was evaluated (fingerprint `{cand.serving_fingerprint}`):",
+        "",
+        "| setting | value |",
+        "| --- | --- |",
+        *(f"| {k} | `{v}` |" for k, v in serving.items()),
+        "",
+        "## Intended use and limits",
+        "Research and demonstration of the lungseg pipeline: **not a medical device**, not for diagnosis. "
+        "Trained and evaluated on the data above only; expect a rough mask on other scanners, protocols or "
+        "resolutions. Input slices are preprocessed as recorded (HU window to [0, 1], resized to the model "
+        "input; `lungseg predict` does both).",
+        *([f"Evaluated on differently preprocessed data: {'; '.join(mismatch)}."] if mismatch else []),
+        "",
+        "## How to predict",
+        "```bash",
+        f"lungseg predict --model models:/{name}/{version} --input SCAN --output DIR",
+        "```",
+        f'In Python: `mlflow.pyfunc.load_model("models:/{name}/{version}")` '
+        '`.predict(slices, params={"output": "labels"})` (slices float32 (N, H, W) in [0, 1]).',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def register(
+    params,
+    model_dir: str | Path,
+    evaluation_dir: str | Path,
+    output: str | Path,
+    *,
+    allow_preprocessing_mismatch: bool = False,
+    min_margin_over_trivial: float | None = MIN_MARGIN_OVER_TRIVIAL,
+) -> Decision:
+    """Register the evaluated model as it was evaluated, move ``champion`` only if it is better; write
+    the decision. ``allow_preprocessing_mismatch``: an evaluation made with
+    ``--allow-preprocessing-mismatch`` may be promoted; ``min_margin_over_trivial``: how much the model
+    must beat the best trivial predictor by (None: no margin check)."""
+    from lungseg.io import atomic_write_json
     from lungseg.tracking import portable_uri, resolve_tracking_uri
 
     cfg = params.register
     model_dir, evaluation_dir, output = Path(model_dir), Path(evaluation_dir), Path(output)
-    check_output_file(output)  # before anything is registered
+    _check_new_output(output)  # before anything is registered
     run_file = model_dir / "mlflow_run.json"
     run = RunFile.from_file(run_file).require("model_uri")
     run_info = run.to_dict()
@@ -545,22 +873,58 @@ def register(params, model_dir: str | Path, evaluation_dir: str | Path, output: 
     metrics = _read_json(metrics_path, "written by `lungseg evaluate`")
     check_binding(run_info, metrics, model_dir, metrics_path)
     candidate = _candidate_value(metrics, cfg.metric, metrics_path)
+    serving = _serving_of(metrics, metrics_path)
+    trivial, trivial_name = _best_trivial(cfg, metrics, metrics_path)
     fingerprint, fp_source = evaluation_fingerprint(metrics, evaluation_dir)
     tracking_uri = run.resolved_tracking_uri() or resolve_tracking_uri(params)
-    run_id, model_uri = run_info["run_id"], run_info["model_uri"]
+    run_id = run_info["run_id"]
     eval_run = _evaluation_run_id(evaluation_dir)
 
     from mlflow.exceptions import MlflowException
 
     client = _client(tracking_uri)
-    name = _model_name(cfg, client, run_info, model_dir / "mlflow_run.json")
-    cand = _Candidate(run_id, model_uri, candidate, fingerprint, fp_source, metrics, eval_run)
+    check_runs_in_store(client, tracking_uri, run_id, run_file, eval_run, evaluation_dir)
+    log_served, model = _served_model_logger(model_dir, serving, tracking_uri, run_id)
+    name = _model_name(cfg, client, run_info, run_file)
+    cand = _Candidate(
+        run_id,
+        run_info["model_uri"],
+        candidate,
+        fingerprint,
+        fp_source,
+        metrics,
+        eval_run,
+        best_trivial=trivial,
+        best_trivial_name=trivial_name,
+        margin=None if min_margin_over_trivial is None else float(min_margin_over_trivial),
+        preprocessing_mismatch=tuple(metrics.get("preprocessing_mismatch") or ()),
+        allow_preprocessing_mismatch=allow_preprocessing_mismatch,
+        serving=serving.to_dict(),
+        serving_fingerprint=serving.fingerprint(),
+        evaluation_id=_evaluation_id(metrics_path, eval_run),
+        training_model_uri=run_info["model_uri"],
+    )
     try:
-        version, reused = _ready_version(client, tracking_uri, name, cfg, cand)
+        version, reused, model_uri = _ready_version(client, tracking_uri, name, cfg, cand, log_served)
         outcome = _move_alias(client, name, cfg, version, cand)
-        decision = _decision(name, version, cfg, cand, outcome, portable_uri(tracking_uri, output), reused)
+        decision = _decision(name, version, cfg, cand, outcome, portable_uri(tracking_uri, output), reused, model_uri)
         _tag_decision(client, name, version, decision, below_floor(cfg, candidate))
+        tags = dict(client.get_model_version(name, version).tags or {})
+        client.update_model_version(name, version, description=model_card(name, version, decision, cand, model, tags))
     except MlflowException as exc:
         raise RegistryError(f"MLflow registry at {tracking_uri}: {exc.message}") from exc
     atomic_write_json(output, decision.to_dict())
     return decision
+
+
+def _check_new_output(output: Path) -> None:
+    """``output`` must be a new file: a decision record is never overwritten (``dvc repro`` deletes the
+    stage's output before running it)."""
+    from lungseg.io import check_output_file
+
+    check_output_file(output)
+    if output.exists():
+        raise DataError(
+            output,
+            "exists: a decision record is never overwritten; remove it or name another --output file",
+        )

@@ -23,8 +23,10 @@ Contract (the signature)
     uint8 labels ``(N, H, W)`` instead (``p ≥ threshold`` / arg-max), the labels ``lungseg predict``
     writes.
     *Metadata* (``MLmodel`` → ``metadata.lungseg``): ``identity``, ``preprocess`` (``image_size``,
-    ``hu_window``, ``dataset``, ``label_names``, …), ``threshold``, ``label_names``, ``input``,
-    ``output``, ``lungseg_version``.
+    ``hu_window``, ``dataset``, ``label_names``, …), ``threshold``, ``serving`` (every setting that
+    changes the output: :class:`~lungseg.artifacts.serving.ServingSettings`) and ``serving_fingerprint``,
+    ``label_names``, ``input``, ``output``, ``lungseg_version``. The labels output goes through
+    :func:`lungseg.artifacts.serving.apply` with the recorded ``serving``.
 
 The input example is a synthetic phantom (:func:`synthetic_slices`: an elliptic body with two dark
 lungs and a brighter patch), never patient data.
@@ -62,6 +64,7 @@ CODE_FILES = (
     "artifacts/core.py",
     "artifacts/pyfunc.py",
     "artifacts/pyfunc_entry.py",
+    "artifacts/serving.py",
 )
 CODE_DIRS = ("models",)
 
@@ -79,11 +82,19 @@ class LungsegModel(mlflow.pyfunc.PythonModel):
         self.net = build_network(self.info["identity"], state)
         self.size = int(self.info["preprocess"]["image_size"])
         self.threshold = float(self.info["threshold"])
+        from lungseg.artifacts.serving import ServingSettings
+
+        # the settings it was evaluated with (register logs them); older models: their threshold only
+        recorded = self.info.get("serving")
+        self.serving = (
+            ServingSettings.from_dict(recorded)
+            if recorded
+            else ServingSettings.for_model(self.info["preprocess"], self.threshold)
+        )
 
     def predict(self, context, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
-        import torch
-
-        from lungseg.artifacts.core import predict_array, to_labels
+        from lungseg.artifacts.core import predict_array
+        from lungseg.artifacts.serving import apply
 
         output = (params or {}).get("output", "probabilities")
         if output not in OUTPUTS:
@@ -91,7 +102,7 @@ class LungsegModel(mlflow.pyfunc.PythonModel):
         x = check_input(model_input)
         probs = predict_array(self.net, x, self.size, batch_size=8)
         if output == "labels":
-            return to_labels(torch.from_numpy(probs), self.threshold).numpy()
+            return apply(probs, self.serving)
         return probs[:, 0] if probs.shape[1] == 1 else probs
 
 
@@ -153,14 +164,21 @@ def _requirements() -> list[str]:
     ]
 
 
-def model_info(identity: dict[str, Any], preprocess: dict[str, Any], threshold: float) -> dict[str, Any]:
-    """What ``lungseg_model.json`` and the MLmodel metadata record."""
+def model_info(identity: dict[str, Any], preprocess: dict[str, Any], threshold: float, serving=None) -> dict[str, Any]:
+    """What ``lungseg_model.json`` and the MLmodel metadata record. ``serving``
+    (:class:`~lungseg.artifacts.serving.ServingSettings`; default: ``preprocess`` at ``threshold``) is
+    recorded whole with its fingerprint, and its threshold is the model's ``threshold``."""
     from lungseg import __version__
+    from lungseg.artifacts.serving import ServingSettings
 
+    if serving is None:
+        serving = ServingSettings.for_model(preprocess, threshold)
     return {
         "identity": identity,
         "preprocess": preprocess,
-        "threshold": float(threshold),
+        "threshold": serving.threshold,
+        "serving": serving.to_dict(),
+        "serving_fingerprint": serving.fingerprint(),
         "label_names": list(preprocess.get("label_names") or []),
         "input": INPUT_DOC,
         "output": OUTPUT_DOC,
@@ -181,7 +199,9 @@ def signature_for(num_classes: int):
     )
 
 
-def _prepare(tmp: Path, net, identity: dict[str, Any], preprocess: dict[str, Any], threshold: float) -> dict[str, Any]:
+def _prepare(
+    tmp: Path, net, identity: dict[str, Any], preprocess: dict[str, Any], threshold: float, serving=None
+) -> dict[str, Any]:
     """The arguments of ``pyfunc.save_model`` / ``Model.log`` shared by :func:`save_model` and :func:`log_model`."""
     import torch
 
@@ -189,7 +209,7 @@ def _prepare(tmp: Path, net, identity: dict[str, Any], preprocess: dict[str, Any
         raise ValueError("preprocess must record image_size (the model's input size)")
     state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
     torch.save(state, tmp / WEIGHTS)
-    info = model_info(identity, preprocess, threshold)
+    info = model_info(identity, preprocess, threshold, serving)
     (tmp / CONFIG).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return dict(
         python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
@@ -203,11 +223,17 @@ def _prepare(tmp: Path, net, identity: dict[str, Any], preprocess: dict[str, Any
 
 
 def save_model(
-    path: str | Path, net, *, identity: dict[str, Any], preprocess: dict[str, Any], threshold: float = 0.5
+    path: str | Path,
+    net,
+    *,
+    identity: dict[str, Any],
+    preprocess: dict[str, Any],
+    threshold: float = 0.5,
+    serving=None,
 ) -> Path:
-    """Write the MLflow model folder to ``path`` (must not exist or be empty)."""
+    """Write the MLflow model folder to ``path`` (must not exist or be empty); ``serving`` as in :func:`log_model`."""
     with tempfile.TemporaryDirectory(prefix="lungseg-pyfunc-") as tmp:
-        mlflow.pyfunc.save_model(str(path), **_prepare(Path(tmp), net, identity, preprocess, threshold))
+        mlflow.pyfunc.save_model(str(path), **_prepare(Path(tmp), net, identity, preprocess, threshold, serving))
     return Path(path)
 
 
@@ -217,6 +243,7 @@ def log_model(
     identity: dict[str, Any],
     preprocess: dict[str, Any],
     threshold: float = 0.5,
+    serving=None,
     run_id: str | None = None,
     name: str = "model",
 ) -> str:
@@ -224,7 +251,10 @@ def log_model(
     current tracking store; returns its model URI (``models:/m-…``) to register.
 
     ``identity`` and ``preprocess`` are what training records in ``best.pt`` (``model_identity``,
-    ``preprocess``); ``threshold`` is the binary decision threshold of the labels output. The logged
+    ``preprocess``); ``threshold`` is the binary decision threshold of the labels output, or ``serving``
+    (:class:`~lungseg.artifacts.serving.ServingSettings`, what ``lungseg register`` passes: the settings
+    the model was evaluated with) gives it and every other setting that changes the output — recorded
+    in the metadata as ``serving`` and ``serving_fingerprint``. The logged
     model is created in **the run's experiment** first: MLflow's ``log_model(run_id=…)`` alone puts it
     in the *active* experiment (``Default``, whose artifacts live in the working directory's
     ``mlruns/``).
@@ -243,7 +273,7 @@ def log_model(
             flavor=mlflow.pyfunc,
             run_id=run_id,
             model_id=model_id,
-            **_prepare(Path(tmp), net, identity, preprocess, threshold),
+            **_prepare(Path(tmp), net, identity, preprocess, threshold, serving),
         )
     return info.model_uri
 

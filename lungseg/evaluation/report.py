@@ -21,6 +21,21 @@ Outputs (written to a temporary folder, renamed into ``output_dir`` at the end):
   over every pixel of the split (DVC plots), drawn in ``curves.png``; ``roc_auc_pooled`` in metrics.json.
 * ``mlflow_logging.json`` — the training run it was logged to and what logging was lost (if any).
 
+Serving settings (issue #20)
+    The evaluation is of the model *as it will be served*: :class:`~lungseg.artifacts.serving.ServingSettings`
+    built from the checkpoint's ``preprocess`` and ``evaluate.threshold`` (post-processing and TTA:
+    ``"none"`` until implemented). ``metrics.json`` records them (``serving``) and their fingerprint
+    (``serving_fingerprint``); the MLflow run has them as params ``serving.*`` and the tag
+    ``lungseg.serving_fingerprint``. ``lungseg register`` logs the registered model with exactly these
+    settings, so the registered version serves as it was evaluated.
+
+Trivial predictors
+    The same metric code also scores the constant predictors on the same set — ``all_background``
+    (no pixel is foreground) and ``all_foreground`` (every pixel is; multi-class: ``all_<label>`` per
+    class) — into ``metrics.json["baselines"]`` (each: the ``*_mean`` / ``*_pooled`` numbers) and
+    ``best_trivial_dice_mean`` (also in ``headline.json``); MLflow metrics ``baseline.<name>.<metric>``.
+    ``lungseg register`` never promotes a model that does not beat the best of them by a margin.
+
 Preprocessing check
     The data must be preprocessed as the model's training data was (``preprocess`` recorded in the
     checkpoint by training: ``image_size``, ``hu_window``, ``multiclass``, ``num_labels``,
@@ -65,9 +80,10 @@ import torch
 
 from lungseg.artifacts.checkpoint import BEST, CHECKPOINT, build_model, load_checkpoint
 from lungseg.artifacts.run_file import RunFile
+from lungseg.artifacts.serving import ServingSettings
 from lungseg.config import Params
 from lungseg.data.dataset import load_split
-from lungseg.errors import CheckpointError, DataError, TrainingError
+from lungseg.errors import CheckpointError, ConfigError, DataError, TrainingError
 from lungseg.io import atomic_dir, atomic_write_json, check_output_dir, sha256_file
 from lungseg.metrics import aggregate, per_image_metrics, per_image_metrics_multiclass
 from lungseg.provenance import manifest_fingerprint
@@ -86,6 +102,8 @@ HEADLINE = (
     "roc_auc_pooled",
     "dice_mean_fg_mean",
     "iou_mean_fg_mean",
+    "threshold",
+    "best_trivial_dice_mean",
 )
 #: preprocessing settings a model's data and the evaluated data must share
 CHECKED_PREPROCESSING = ("image_size", "hu_window", "multiclass", "num_labels", "label_names")
@@ -212,8 +230,11 @@ def evaluate(
     output_dir: str | Path,
     *,
     allow_preprocessing_mismatch: bool = False,
+    postprocess: str = "none",
+    tta: str = "none",
 ) -> EvalResult:
-    """Evaluate the model trained into ``model_dir`` on ``params.evaluate.split`` of ``data_dir``."""
+    """Evaluate the model trained into ``model_dir`` on ``params.evaluate.split`` of ``data_dir``, served
+    with ``evaluate.threshold`` and ``postprocess``/``tta`` (:mod:`lungseg.artifacts.serving`)."""
     t0 = time.perf_counter()
     cfg = params.evaluate
     model_dir, data_dir, output_dir = Path(model_dir), Path(data_dir), Path(output_dir)
@@ -241,6 +262,7 @@ def evaluate(
             f"lungseg: warning: {ckpt_path} does not record the training data's {', '.join(unchecked)}: "
             "not checked against this data (re-train to record them)"
         )
+    serving = _serving_settings(ckpt, cfg.threshold, postprocess, tta)
     model = build_model(ckpt["model_identity"])
     try:
         model.load_state_dict(ckpt["model_state"])
@@ -269,6 +291,7 @@ def evaluate(
     else:
         df = per_image_metrics_multiclass(probs, masks, ids=ids)
     summary = _finite_or_none(aggregate(df))
+    baselines = trivial_baselines(probs.shape, masks, serving.threshold, spacing, ids, split.meta.get("label_names"))
     summary.update(
         {
             "split": cfg.split,
@@ -285,6 +308,11 @@ def evaluate(
             "hd_unit": "mm" if spacing else "pixel",
             "preprocessing_mismatch": mismatch,
             "preprocessing_unchecked": unchecked,
+            "allow_preprocessing_mismatch": bool(mismatch),
+            "serving": serving.to_dict(),
+            "serving_fingerprint": serving.fingerprint(),
+            "baselines": baselines,
+            "best_trivial_dice_mean": _best_trivial(baselines, "dice_mean"),
             **({"checkpoint_fallback": fallback} if fallback else {}),
         }
     )
@@ -300,6 +328,71 @@ def evaluate(
     logging = _log_evaluation_run(run_info, run_file, output_dir, summary, cfg.split, split.meta)
     atomic_write_json(output_dir / "mlflow_logging.json", logging)
     return EvalResult(output_dir, cfg.split, len(df), summary, time.perf_counter() - t0, logging)
+
+
+def _serving_settings(ckpt: dict[str, Any], threshold: float, postprocess: str, tta: str) -> ServingSettings:
+    """The settings this evaluation serves the model with; a value outside the vocabulary, or one not
+    implemented yet, is a :class:`ConfigError` (never evaluated as something else)."""
+    pre = dict(ckpt.get("preprocess") or {})
+    if not pre and ckpt.get("image_size") is not None:
+        pre = {"image_size": ckpt["image_size"]}
+    try:
+        settings = ServingSettings.for_model(pre, threshold, postprocess=postprocess, tta=tta)
+    except ValueError as exc:
+        raise ConfigError(f"evaluate: {exc}") from exc
+    if settings.postprocess != "none" or settings.tta != "none":
+        raise ConfigError(
+            f"evaluate: postprocess {settings.postprocess!r} / tta {settings.tta!r}: only 'none' is implemented yet"
+        )
+    return settings
+
+
+#: the numbers of a trivial predictor's summary kept in ``metrics.json["baselines"]``
+def _kept(key: str) -> bool:
+    return key == "n_images" or key.endswith("_mean") or key.endswith("_pooled")
+
+
+def trivial_baselines(
+    shape: tuple[int, ...],
+    masks: np.ndarray,
+    threshold: float,
+    spacing,
+    ids: list[str],
+    label_names: list[str] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The constant predictors scored with the model's own metric code on the same images: binary
+    ``all_background`` / ``all_foreground`` (probability 0 / 1 everywhere); multi-class
+    ``all_background`` and ``all_<label>`` per foreground class (one-hot)."""
+    out: dict[str, dict[str, Any]] = {}
+    if len(shape) == 3:
+        for name, value in (("all_background", 0.0), ("all_foreground", 1.0)):
+            probs = np.full(shape, value, np.float32)
+            df = per_image_metrics(probs, masks, threshold=threshold, spacing=spacing, ids=ids)
+            out[name] = {k: v for k, v in _finite_or_none(aggregate(df)).items() if _kept(k)}
+        return out
+    n_classes = shape[1]
+    names = list(label_names or []) + [f"class_{c}" for c in range(len(label_names or []), n_classes)]
+    for c in range(n_classes):
+        probs = np.zeros(shape, np.float32)
+        probs[:, c] = 1.0
+        df = per_image_metrics_multiclass(probs, masks, ids=ids)
+        name = "all_background" if c == 0 else f"all_{names[c]}"
+        out[name] = {k: v for k, v in _finite_or_none(aggregate(df)).items() if _kept(k)}
+    return out
+
+
+def _best_trivial(baselines: dict[str, dict[str, Any]], metric: str) -> float | None:
+    values = [b[metric] for b in baselines.values() if isinstance(b.get(metric), (int, float))]
+    return max(values) if values else None
+
+
+def _baseline_metrics(baselines: dict[str, dict[str, Any]]) -> dict[str, float]:
+    return {
+        f"baseline.{name}.{k}": float(v)
+        for name, numbers in baselines.items()
+        for k, v in numbers.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 def _read_run_file(run_file: Path) -> dict[str, Any] | None:
@@ -347,6 +440,8 @@ def _log_evaluation_run(
         "model_sha256": str(summary.get("model_sha256")),
         "checkpoint": str(summary.get("checkpoint")),
         "model": str(summary.get("model")),
+        "lungseg.serving_fingerprint": str(summary.get("serving_fingerprint")),
+        "lungseg.preprocessing_mismatch": "; ".join(summary.get("preprocessing_mismatch") or []) or "none",
     }
     # lineage (#16): the code that evaluated, the raw data version of the evaluated set, the image/KFP run
     from lungseg import lineage
@@ -376,6 +471,8 @@ def _log_evaluation_run(
         run.log_metrics(
             {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}, step=0
         )
+        run.log_metrics(_baseline_metrics(summary.get("baselines") or {}), step=0)
+        run.log_params({f"serving.{k}": v for k, v in (summary.get("serving") or {}).items()})
         for name in (
             "per_image.csv",
             "metrics.json",
