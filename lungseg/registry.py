@@ -854,16 +854,18 @@ def register(
     output: str | Path,
     *,
     allow_preprocessing_mismatch: bool = False,
-    min_margin_over_trivial: float | None = MIN_MARGIN_OVER_TRIVIAL,
+    min_margin_over_trivial: float | None | str = "config",
 ) -> Decision:
     """Register the evaluated model as it was evaluated, move ``champion`` only if it is better; write
     the decision. ``allow_preprocessing_mismatch``: an evaluation made with
     ``--allow-preprocessing-mismatch`` may be promoted; ``min_margin_over_trivial``: how much the model
-    must beat the best trivial predictor by (None: no margin check)."""
+    must beat the best trivial predictor by (None: no margin check; default ``register.min_margin_over_trivial``)."""
     from lungseg.io import atomic_write_json
     from lungseg.tracking import portable_uri, resolve_tracking_uri
 
     cfg = params.register
+    if min_margin_over_trivial == "config":
+        min_margin_over_trivial = getattr(cfg, "min_margin_over_trivial", MIN_MARGIN_OVER_TRIVIAL)
     model_dir, evaluation_dir, output = Path(model_dir), Path(evaluation_dir), Path(output)
     _check_new_output(output)  # before anything is registered
     run_file = model_dir / "mlflow_run.json"
