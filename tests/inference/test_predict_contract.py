@@ -11,14 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lungseg.cli import main
-from train_helpers import write_params
-
-
-@pytest.fixture(scope="module")
-def params_file(tmp_path_factory, store) -> Path:
-    return write_params(tmp_path_factory.mktemp("params") / "params.yaml", store)
-
 
 def _nifti(path: Path, zyx: np.ndarray) -> Path:
     vol = np.ascontiguousarray(np.transpose(zyx, (2, 1, 0)))
@@ -33,24 +25,14 @@ def grey(sample_pngs) -> np.ndarray:
     return np.stack([np.asarray(Image.open(p)) for p in sample_pngs[:3]])
 
 
-def _predict(capsys, *args):
-    code = main(["predict", *map(str, args)])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 @pytest.mark.slow
-def test_the_report_states_the_intensity_domain_and_the_conversion(
-    infection_model, params_file, grey, tmp_path, capsys
-):
+def test_the_report_states_the_intensity_domain_and_the_conversion(infection_model, predict, grey, tmp_path):
     u8 = _nifti(tmp_path / "u8.nii.gz", grey)
     hu = _nifti(tmp_path / "hu.nii.gz", ((grey / 255.0) * 1400.0 - 1000.0).astype(np.int16))
     reports = {}
     for name, path in (("u8", u8), ("hu", hu)):
         out = tmp_path / f"out-{name}"
-        code, _, err = _predict(
-            capsys, "--model", infection_model, "--input", path, "--output", out, "--params", params_file
-        )
+        code, _, err = predict(infection_model, path, out)
         assert code == 0, err
         reports[name] = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert reports["u8"]["intensity"]["domain"] == "uint8"
@@ -65,78 +47,50 @@ def test_the_report_states_the_intensity_domain_and_the_conversion(
 
 @pytest.mark.slow
 def test_an_ambiguous_nifti_is_one_line_before_inference_and_predicts_when_stated(
-    infection_model, params_file, grey, tmp_path, capsys
+    infection_model, predict, grey, tmp_path
 ):
     wide = _nifti(tmp_path / "wide.nii.gz", grey.astype(np.int16))
     out = tmp_path / "out"
-    code, stdout, err = _predict(
-        capsys, "--model", infection_model, "--input", wide, "--output", out, "--params", params_file
-    )
+    code, stdout, err = predict(infection_model, wide, out)
     assert code == 2 and not out.exists() and stdout == ""
     assert err.count("\n") == 1 and "wide.nii.gz: cannot tell the intensity domain" in err and "--intensity" in err
-    code, _, err = _predict(
-        capsys,
-        "--model",
-        infection_model,
-        "--input",
-        wide,
-        "--output",
-        out,
-        "--params",
-        params_file,
-        "--intensity",
-        "uint8",
-    )
+    code, _, err = predict(infection_model, wide, out, "--intensity", "uint8")
     assert code == 0, err
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["intensity"]["domain"] == "uint8" and report["intensity"]["decided_by"].startswith("--intensity")
 
 
 @pytest.mark.slow
-def test_a_users_folder_is_never_replaced_and_a_previous_output_is(
-    infection_model, params_file, grey, tmp_path, capsys
-):
+def test_a_users_folder_is_never_replaced_and_a_previous_output_is(infection_model, predict, grey, tmp_path):
     scan = _nifti(tmp_path / "u8.nii.gz", grey)
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "keepme.txt").write_text("precious", encoding="utf-8")
-    code, _, err = _predict(
-        capsys, "--model", infection_model, "--input", scan, "--output", mine, "--params", params_file
-    )
+    code, _, err = predict(infection_model, scan, mine)
     assert code == 2 and "not written by lungseg" in err and "--overwrite" in err
     assert [p.name for p in mine.iterdir()] == ["keepme.txt"]
     # a previous lungseg output is replaced without asking
     out = tmp_path / "out"
     for _ in range(2):
-        code, _, err = _predict(
-            capsys, "--model", infection_model, "--input", scan, "--output", out, "--params", params_file
-        )
+        code, _, err = predict(infection_model, scan, out)
         assert code == 0, err
     # the folder holding the input is refused even with --overwrite
-    code, _, err = _predict(
-        capsys,
-        "--model",
+    code, _, err = predict(
         infection_model,
-        "--input",
         scan,
-        "--output",
         tmp_path,
-        "--params",
-        params_file,
         "--overwrite",
     )
     assert code == 2 and "holds the input" in err and scan.is_file()
     # --overwrite replaces the user's folder, as asked
-    code, _, err = _predict(
-        capsys, "--model", infection_model, "--input", scan, "--output", mine, "--params", params_file, "--overwrite"
-    )
+    code, _, err = predict(infection_model, scan, mine, "--overwrite")
     assert code == 0, err
     assert not (mine / "keepme.txt").exists() and (mine / "report.json").is_file()
 
 
 @pytest.mark.slow
 def test_the_report_ties_the_masks_to_one_model_version_and_run(
-    champion, store, infection_model, params_file, grey, tmp_path, capsys, monkeypatch
+    champion, store, infection_model, predict, grey, tmp_path, monkeypatch
 ):
     """report.json named `models:/…@champion` but no version, run, weights hash, date or device: once the
     alias moved, a report could not be tied to its model."""
@@ -147,7 +101,7 @@ def test_the_report_ties_the_masks_to_one_model_version_and_run(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     scan = _nifti(tmp_path / "u8.nii.gz", grey)
     out = tmp_path / "out"
-    code, stdout, err = _predict(capsys, "--model", champion, "--input", scan, "--output", out, "--params", params_file)
+    code, stdout, err = predict(champion, scan, out)
     assert code == 0, err
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     model = report["models"]["infection"]
@@ -168,8 +122,6 @@ def test_the_report_ties_the_masks_to_one_model_version_and_run(
     assert "(read, predict, write)" in stdout and "with model loading" in stdout
     # a training folder names the file its weights came from and its run
     out2 = tmp_path / "out2"
-    assert (
-        _predict(capsys, "--model", infection_model, "--input", scan, "--output", out2, "--params", params_file)[0] == 0
-    )
+    assert predict(infection_model, scan, out2)[0] == 0
     local = json.loads((out2 / "report.json").read_text(encoding="utf-8"))["models"]["infection"]
     assert local["weights_sha256"] == sha256_file(infection_model / "best.pt") and local["run_id"]
