@@ -1,5 +1,6 @@
 # The two commands of the README:
 #   make repro   install (once) and run the whole pipeline with `dvc repro` on the bundled sample
+#                (TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu: torch's CPU wheel without a pip config)
 #   make test    install (once), lint, and run the whole test suite on 2 workers (what .ci/run calls)
 # For the edit loop:
 #   make test-fast   the tests not marked slow or integration (under a minute on 2 cores)
@@ -25,10 +26,15 @@ export LANG := C.UTF-8
 install: $(VENV)/.installed
 
 # torch first and alone: an unpinned torch pulled in by another package would be a multi-GB CUDA build.
+# torch 2.13.0 comes from pip's configured index: the CPU wheel where pip is configured to find it (this
+# machine's pip.conf), else PyPI's Linux wheel, which is the CUDA build (a ~6 GB venv). For the CPU wheel
+# from a bare environment: make install TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# (as `make image-cuda` takes TORCH_INDEX_URL for another CUDA build).
 # requirements.txt is the runtime (what the image installs), requirements-dev.txt the test/dev tools.
+TORCH_INDEX_URL ?=
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
