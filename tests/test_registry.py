@@ -372,3 +372,103 @@ def test_register_output_naming_a_folder_is_refused_before_registering(tmp_path,
     with pytest.raises(DataError, match=r"out\.json: is a folder"):
         register(params, model_dir, eval_dir, tmp_path / "out.json")
     assert _versions(client, params.register.model_name) == []
+
+
+# ------------------------------------------------------------------ issue #20: every decision its own version
+@pytest.mark.slow
+def test_each_evaluation_is_its_own_version_and_the_champion_never_flips(tmp_path, tracking_uri, params):
+    """Issue #20, 2: A (0.2377 at threshold 0.5) → champion; B (0.2707) beats it; A re-evaluated at
+    threshold 0.55 (0.4017) is a NEW version with its own tags and beats B; registering B and A's
+    0.55 evaluation again moves nothing (the v2 → v3 → v2 flip-flop of stale tags cannot happen)."""
+    name = params.register.model_name
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    run_a, run_b = log_tiny_model(tracking_uri), log_tiny_model(tracking_uri)
+    a50 = write_candidate(tmp_path / "a50", run_a, dice=0.2377, fingerprint=SET_A)
+    b = write_candidate(tmp_path / "b", run_b, dice=0.2707, fingerprint=SET_A)
+    a55 = write_candidate(tmp_path / "a55", run_a, dice=0.4017, fingerprint=SET_A, threshold=0.55)
+
+    first = register(params, *a50, tmp_path / "1.json")
+    second = register(params, *b, tmp_path / "2.json")
+    third = register(params, *a55, tmp_path / "3.json")
+    assert [d.decision for d in (first, second, third)] == ["champion", "champion", "champion"]
+    assert len({first.version, second.version, third.version}) == 3, "a new evaluation reused an older version"
+    assert not third.reused_version and third.champion_before == pytest.approx(0.2707)
+
+    again_b = register(params, *b, tmp_path / "4.json")
+    again_a = register(params, *a55, tmp_path / "5.json")
+    assert again_b.reused_version and again_b.version == second.version and again_b.decision == "challenger"
+    assert again_a.reused_version and again_a.version == third.version and again_a.decision == "champion"
+    assert _alias(client, name, "champion").version == third.version
+    assert len(client.search_model_versions(f"name = '{name}'")) == 3
+
+    # every version's tags are those of its own evaluation and agree with where the alias is
+    for decision, dice, threshold in ((first, 0.2377, "0.5"), (again_b, 0.2707, "0.5"), (again_a, 0.4017, "0.55")):
+        tags = client.get_model_version(name, decision.version).tags
+        assert float(tags["lungseg.metric_value"]) == pytest.approx(dice)
+        assert float(tags["lungseg.candidate_value"]) == pytest.approx(dice)
+        assert tags["lungseg.serving_threshold"] == threshold
+    champion_tags = client.get_model_version(name, third.version).tags
+    assert champion_tags["lungseg.decision"] == "champion"
+    assert client.get_model_version(name, second.version).tags["lungseg.decision"] == "challenger"
+
+    from lungseg.lineage import describe
+
+    text = describe(f"models:/{name}@champion", tracking_uri).describe()
+    assert "promoted on: dice_mean = 0.4017" in text and "(champion:" in text
+
+
+@pytest.mark.slow
+def test_the_champions_run_reevaluated_worse_on_the_same_set_does_not_move_the_alias(tmp_path, tracking_uri, params):
+    """The alias follows the champion's own run only onto ANOTHER set; on the same set another
+    threshold that scores worse is compared like any candidate."""
+    name = params.register.model_name
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    run = log_tiny_model(tracking_uri)
+    good = register(params, *write_candidate(tmp_path / "g", run, dice=0.40, fingerprint=SET_A), tmp_path / "g.json")
+    worse = register(
+        params,
+        *write_candidate(tmp_path / "w", run, dice=0.24, fingerprint=SET_A, threshold=0.9),
+        tmp_path / "w.json",
+    )
+    assert good.decision == "champion" and worse.decision == "challenger" and worse.version != good.version
+    assert _alias(client, name, "champion").version == good.version
+
+
+@pytest.mark.slow
+def test_register_output_naming_an_existing_file_is_refused_before_registering(tmp_path, tracking_uri, params):
+    """Issue #20: `lungseg register --output FILE` overwrote an existing file (the README says it is refused)."""
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    model_dir, eval_dir, _ = _candidate(tmp_path, tracking_uri, "a", dice=0.5)
+    (tmp_path / "out.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(DataError, match=r"out\.json: exists: a decision record is never overwritten"):
+        register(params, model_dir, eval_dir, tmp_path / "out.json")
+    assert (tmp_path / "out.json").read_text(encoding="utf-8") == "{}"
+    assert _versions(client, params.register.model_name) == []
+
+
+@pytest.mark.slow
+def test_a_preprocessing_mismatch_evaluation_is_tagged_and_promotes_only_when_allowed_again(
+    tmp_path, tracking_uri, params, capsys
+):
+    """Issue #20: an evaluation made with --allow-preprocessing-mismatch became champion untagged."""
+    name = params.register.model_name
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    mismatch = ["image_size: data 32, model 16"]
+    m1 = write_candidate(
+        tmp_path / "m1", log_tiny_model(tracking_uri), dice=0.8, fingerprint=SET_A, preprocessing_mismatch=mismatch
+    )
+    refused = register(params, *m1, tmp_path / "m1.json")
+    assert refused.decision == "challenger" and "--allow-preprocessing-mismatch" in refused.reason
+    assert client.get_model_version(name, refused.version).tags["lungseg.preprocessing_mismatch"] == mismatch[0]
+    assert "champion" not in client.get_registered_model(name).aliases
+
+    model_dir, eval_dir = write_candidate(
+        tmp_path / "m2", log_tiny_model(tracking_uri), dice=0.8, fingerprint=SET_A, preprocessing_mismatch=mismatch
+    )
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(json.dumps({k: params.to_dict()[k] for k in ("register", "mlflow")}), encoding="utf-8")
+    args = ["register", "--model", str(model_dir), "--evaluation", str(eval_dir), "--params", str(params_file)]
+    assert main([*args, "--output", str(tmp_path / "m2.json"), "--allow-preprocessing-mismatch"]) == 0
+    allowed = json.loads((tmp_path / "m2.json").read_text(encoding="utf-8"))
+    assert allowed["decision"] == "champion"
+    assert client.get_model_version(name, allowed["version"]).tags["lungseg.preprocessing_mismatch"] == mismatch[0]

@@ -5,6 +5,7 @@ cases are in tests/test_registry.py.)"""
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -127,3 +128,35 @@ def test_the_champion_itself_registered_again_stays_champion():
     client = ScriptedClient(champion_reads=["3"])
     out = registry._move_alias(client, "m", CFG, "3", _candidate(value=0.7))
     assert out == registry._Outcome(True, 0.7, "already champion (repeated run)", "3", "champion")
+
+
+def test_a_candidate_within_the_margin_of_a_trivial_predictor_is_never_promoted_even_without_a_champion():
+    """Issue #20, 3: Dice 0.2403 vs the all-foreground predictor's 0.2390 (margin 0.05) → challenger
+    with both numbers in the reason, on an empty registry too; 0.30 passes."""
+    cand = dataclasses.replace(
+        _candidate(value=0.2403), best_trivial=0.2390, best_trivial_name="all_foreground", margin=0.05
+    )
+    client = ScriptedClient()
+    out = registry._move_alias(client, "m", CFG, "1", cand)
+    assert not out.promote and out.alias == "challenger"
+    assert "0.2403 does not beat the best trivial predictor (all_foreground 0.2390)" in out.reason
+    assert "min_margin_over_trivial 0.05 (needs ≥ 0.2890)" in out.reason
+    ok = dataclasses.replace(cand, value=0.30)
+    assert registry._move_alias(ScriptedClient(), "m", CFG, "2", ok).promote
+
+
+def test_a_mismatch_evaluation_needs_the_permission_again():
+    cand = dataclasses.replace(_candidate(value=0.9), preprocessing_mismatch=("image_size: data 32, model 64",))
+    out = registry._move_alias(ScriptedClient(), "m", CFG, "1", cand)
+    assert not out.promote and "`lungseg register --allow-preprocessing-mismatch`" in out.reason
+    allowed = dataclasses.replace(cand, allow_preprocessing_mismatch=True)
+    assert registry._move_alias(ScriptedClient(), "m", CFG, "1", allowed).promote
+
+
+def test_the_champions_own_run_is_compared_on_the_same_set_and_followed_onto_another():
+    client = ScriptedClient(champion_reads=["1"])  # v1: run-old, 0.5 on SET_A
+    worse = registry._move_alias(client, "m", CFG, "2", _candidate(value=0.3, run_id="run-old"))
+    assert not worse.promote and "does not beat champion v1" in worse.reason
+    other_set = dataclasses.replace(_candidate(value=0.3, run_id="run-old"), fingerprint="sha256:" + "b" * 64)
+    moved = registry._move_alias(ScriptedClient(champion_reads=["1"]), "m", CFG, "3", other_set)
+    assert moved.promote and "re-evaluated on another set" in moved.reason

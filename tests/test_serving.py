@@ -1,0 +1,90 @@
+"""lungseg.artifacts.serving: the one value of every setting that changes a served model's output
+(issue #20), its fingerprint, its vocabulary, the apply() entry point, and the portable model that
+carries it and labels with it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import mlflow
+import numpy as np
+import pytest
+
+from lungseg.artifacts.serving import POSTPROCESS, TTA, ServingSettings, apply
+
+PRE = {"image_size": 16, "hu_window": [-1000, 400], "dataset": "medseg", "num_labels": 2, "label_names": ["bg", "inf"]}
+
+
+def test_round_trip_fingerprint_and_what_it_covers():
+    s = ServingSettings.for_model(PRE, 0.55)
+    assert s.to_dict() == {
+        "threshold": 0.55,
+        "image_size": 16,
+        "hu_window": [-1000.0, 400.0],
+        "dataset": "medseg",
+        "postprocess": "none",
+        "tta": "none",
+    }
+    assert ServingSettings.from_dict(json.loads(json.dumps(s.to_dict()))) == s
+    assert s.fingerprint() == ServingSettings.from_dict(s.to_dict()).fingerprint()
+    assert s.fingerprint().startswith("sha256:") and len(s.fingerprint()) == 7 + 64
+    others = [
+        ServingSettings.for_model(PRE, 0.5),
+        ServingSettings.for_model({**PRE, "image_size": 32}, 0.55),
+        ServingSettings.for_model({**PRE, "hu_window": [-1000, 300]}, 0.55),
+        ServingSettings.for_model({**PRE, "dataset": "kaggle"}, 0.55),
+        ServingSettings.for_model(PRE, 0.55, postprocess="largest_components+fill_holes"),
+        ServingSettings.for_model(PRE, 0.55, tta="flips"),
+    ]
+    assert len({o.fingerprint() for o in others} | {s.fingerprint()}) == 7, "a setting is not in the fingerprint"
+    assert s.differences(others[0]) == ["threshold: 0.55 vs 0.5"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.threshold = 0.5
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"threshold": 1.5}, r"threshold must be a probability in \[0, 1\], got 1.5"),
+        ({"threshold": float("nan")}, "threshold must be a probability"),
+        ({"postprocess": "crf"}, "postprocess must be one of none, largest_components\\+fill_holes, got 'crf'"),
+        ({"tta": "rot90"}, "tta must be one of none, flips, got 'rot90'"),
+    ],
+)
+def test_values_outside_the_vocabulary_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ServingSettings(**kwargs)
+    with pytest.raises(ValueError, match="unknown serving setting"):
+        ServingSettings.from_dict({"threshold": 0.5, "crf": True})
+    assert POSTPROCESS[0] == TTA[0] == "none"
+
+
+def test_apply_thresholds_binary_and_argmaxes_classes_and_refuses_what_is_not_implemented():
+    p = np.array([[[0.54, 0.55], [0.56, 0.1]]], np.float32)
+    assert apply(p, ServingSettings(threshold=0.55)).tolist() == [[[0, 1], [1, 0]]]
+    assert apply(p[:, None], ServingSettings(threshold=0.5)).tolist() == [[[1, 1], [1, 0]]]
+    classes = np.stack([1 - p, p * 0.5, p * 0.5], axis=1)
+    assert apply(classes, ServingSettings()).tolist() == [[[0, 0], [0, 0]]]
+    for s in (ServingSettings(postprocess="largest_components+fill_holes"), ServingSettings(tta="flips")):
+        with pytest.raises(NotImplementedError, match="not implemented yet"):
+            apply(p, s)
+
+
+@pytest.mark.slow
+def test_the_portable_model_records_its_serving_settings_and_labels_with_them(tmp_path):
+    from lungseg.artifacts.pyfunc import save_model, synthetic_slices
+    from registry_helpers import IDENTITY, tiny_network
+
+    net = tiny_network()
+    serving = ServingSettings.for_model(PRE, 0.55)
+    path = save_model(tmp_path / "m", net, identity=IDENTITY, preprocess=PRE, serving=serving)
+    model = mlflow.pyfunc.load_model(str(path))
+    meta = model.metadata.metadata["lungseg"]
+    assert meta["threshold"] == 0.55 and meta["serving"] == serving.to_dict()
+    assert meta["serving_fingerprint"] == serving.fingerprint()
+    x = synthetic_slices(2, 16)
+    probs = model.predict(x)
+    assert np.array_equal(model.predict(x, params={"output": "labels"}), (probs >= 0.55).astype(np.uint8))
+    # the code the model carries holds the serving module (it loads where lungseg is not installed)
+    assert (path / "code" / "lungseg" / "artifacts" / "serving.py").is_file()
