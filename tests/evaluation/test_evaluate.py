@@ -86,6 +86,8 @@ def test_report_files_numbers_and_mlflow(trained, tiny_data):
         "spe_mean",
         "hd95_mean",
         "roc_auc_pooled",
+        "threshold",
+        "best_trivial_dice_mean",
     }
     assert all(headline[k] == m[k] for k in headline)
 
@@ -250,3 +252,48 @@ def test_output_naming_a_file_is_refused_before_evaluating(trained, tiny_data, t
     with pytest.raises(DataError, match="afile: exists and is not a folder"):
         evaluate(params, root / "model", tiny_data, afile)
     assert afile.read_text(encoding="utf-8") == "keep" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+@pytest.mark.slow
+def test_serving_settings_and_trivial_baselines_are_recorded(trained, tiny_data, tmp_path):
+    """Issue #20: the evaluation is of the model as served (its serving settings and their fingerprint
+    in metrics.json and the MLflow run) and scores the trivial predictors with the same metric code."""
+    root, params, uri = trained
+    from lungseg.artifacts.checkpoint import load_checkpoint
+    from lungseg.artifacts.serving import ServingSettings
+    from lungseg.metrics import aggregate, per_image_metrics
+
+    p55 = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"threshold": 0.55})})
+    evaluate(p55, root / "model", tiny_data, tmp_path / "r55")
+    m = json.loads((tmp_path / "r55" / "metrics.json").read_text(encoding="utf-8"))
+    pre = load_checkpoint(root / "model" / "best.pt")["preprocess"]
+    expected = ServingSettings.for_model(pre, 0.55)
+    assert m["serving"] == expected.to_dict() and m["serving_fingerprint"] == expected.fingerprint()
+    assert m["serving"]["threshold"] == m["threshold"] == 0.55
+
+    test = load_split(tiny_data, "test")
+    masks = np.asarray(test.masks)
+    for name, value in (("all_background", 0.0), ("all_foreground", 1.0)):
+        probs = np.full(masks.shape, value, np.float32)
+        ref = aggregate(per_image_metrics(probs, masks, threshold=0.55))
+        assert m["baselines"][name]["dice_mean"] == pytest.approx(ref["dice_mean"])
+        assert m["baselines"][name]["sen_mean"] == pytest.approx(ref["sen_mean"])
+    assert m["baselines"]["all_foreground"]["sen_mean"] == 1.0 and m["baselines"]["all_background"]["dice_mean"] < 1
+    assert m["best_trivial_dice_mean"] == max(b["dice_mean"] for b in m["baselines"].values())
+
+    run = MlflowClient(uri).get_run(
+        json.loads((tmp_path / "r55" / "mlflow_logging.json").read_text(encoding="utf-8"))["run_id"]
+    )
+    assert run.data.tags["lungseg.serving_fingerprint"] == expected.fingerprint()
+    assert run.data.params["serving.threshold"] == "0.55" and run.data.params["serving.postprocess"] == "none"
+    assert run.data.metrics["baseline.all_foreground.dice_mean"] == pytest.approx(
+        m["baselines"]["all_foreground"]["dice_mean"]
+    )
+    assert run.data.tags["lungseg.preprocessing_mismatch"] == "none"
+
+    # a setting outside the vocabulary, or not implemented yet, is refused before any output
+    from lungseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="tta 'flips': only 'none' is implemented yet"):
+        evaluate(params, root / "model", tiny_data, tmp_path / "rt", tta="flips")
+    assert not (tmp_path / "rt").exists()
