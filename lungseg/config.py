@@ -142,6 +142,11 @@ class PreprocessConfig(Section):
     seed: Seed = 0
     multiclass: bool = False
     """Inf-Net COVID-SemiSeg only: keep ground-glass / consolidation as classes 1 / 2."""
+    label_names: list[str] | None = None
+    """Names of the label values 0..K-1 for readers whose labels are generic (``pairs``, ``nifti``,
+    ``dicom``: ``background``/``foreground``), e.g. ``[background, lung]`` for a lung-field model that
+    then serves in ``lungseg predict``'s cascade; recorded with the data and the model. Default: a
+    ``labels.json`` beside the raw data, else the reader's names."""
 
     @field_validator("hu_window", mode="before")
     @classmethod

@@ -36,6 +36,23 @@ def processed_sample(tmp_path_factory, size: int = 32) -> Path:
     return out
 
 
+def kaggle_pairs(shared_data: Path, folder: Path, n: int = 40) -> Path:
+    """The first ``n`` real Kaggle lung-field images and masks (64 px) as a ``pairs`` folder of PNGs
+    (``images/kNNN.png`` + ``masks/kNNN.png``): a user's own labelled data, whose labels the reader
+    does not know."""
+    import numpy as np
+    from PIL import Image
+
+    x = np.load(shared_data / "kaggle-lungs" / "64px" / "x_train.npy", mmap_mode="r")
+    y = np.load(shared_data / "kaggle-lungs" / "64px" / "y_train.npy", mmap_mode="r")
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    for i in range(n):
+        Image.fromarray(np.round(x[i, :, :, 0] * 255).astype(np.uint8)).save(folder / "images" / f"k{i:03d}.png")
+        Image.fromarray((y[i, :, :, 0] > 0.5).astype(np.uint8) * 255).save(folder / "masks" / f"k{i:03d}.png")
+    return folder
+
+
 def write_params(path: Path, tracking_uri: str | None, **train) -> Path:
     """A params.yaml with tiny training settings; ``tracking_uri=None`` keeps the default store."""
     mlflow = {"experiment": "tests"} if tracking_uri is None else {"tracking_uri": tracking_uri, "experiment": "tests"}

@@ -302,7 +302,12 @@ def test_meta_records_the_raw_datas_version(tmp_path, sample_dir):
     preprocess("medseg", sample_dir, out, cfg)
     source = read_meta(out)["source"]
     assert source["md5"] == folder_hash(sample_dir).md5 and source["nfiles"] > 0
-    assert source["versioned"] is False  # the bundled sample is git-tracked, not a DVC version
+    # the bundled sample is tracked by git: a version too (path + commit + content hash)
+    assert (
+        source["versioned"] is True
+        and source["tracked_by"] == "git"
+        and source["path"] == "data/sample/medseg-covid100"
+    )
     # a pipeline that declares another version for this folder is refused before anything is written
     declared = {"md5": "0" * 32 + ".dir", "path": "data/raw/medseg", "rev": "v1", "commit": "f" * 40}
     with pytest.raises(DataError, match="not that version"):
