@@ -19,11 +19,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _changes(status: dict, produced: set[str]) -> list[str]:
     """What ``dvc status --json`` says changed in each stage, leaving out outputs and the deps that
-    are outputs of earlier stages (a clone has no outputs: that is not staleness)."""
+    are outputs of earlier stages (a clone has no outputs: that is not staleness), and "always changed"
+    (declared by the stage — dvc.yaml's ``store``, which asks for the tracking store every time — not
+    staleness either)."""
     found = []
     for stage, entries in status.items():
         for entry in entries:
-            if isinstance(entry, str):  # "changed command", "always changed", ...
+            if entry == "always changed":
+                continue
+            if isinstance(entry, str):  # "changed command", ...
                 found.append(f"{stage}: {entry}")
                 continue
             for dep, state in (entry.get("changed deps") or {}).items():
@@ -78,3 +82,19 @@ def test_dvc_lock_matches_the_code_and_params(tmp_path):
         "dvc.lock does not match the code and params.yaml — run `make repro` (dvc repro) and "
         "commit dvc.lock:\n  " + "\n  ".join(changed)
     )
+
+
+def test_every_stage_logging_to_mlflow_depends_on_the_tracking_store():
+    """The MLflow store is state outside DVC's cache: with MLFLOW_TRACKING_URI at another store (the
+    docs' server workflow), `dvc repro` answered "Data and pipelines are up to date" and registered
+    nothing there. The store stage asks for the store every time; what logs to MLflow depends on its record."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    store = stages["store"]
+    assert store.get("always_changed") is True and store["cmd"].startswith("lungseg store --output ")
+    record = store["cmd"].split("--output ", 1)[1].split()[0]
+    assert store["outs"] == [record] and "mlflow" in store["params"]
+    assert [name for name, s in stages.items() if s.get("always_changed")] == ["store"]  # nothing else re-runs
+    logging = [name for name, s in stages.items() if "mlflow" in (s.get("params") or []) and name != "store"]
+    assert sorted(logging) == ["evaluate", "register", "train"]
+    for name in logging:
+        assert record in stages[name]["deps"], name

@@ -45,7 +45,7 @@ def test_repro_produces_every_stage_output(project):
     ):
         assert (project / out).is_file(), out
     lock = yaml.safe_load((project / "dvc.lock").read_text(encoding="utf-8"))
-    assert set(lock["stages"]) == {"preprocess", "train", "evaluate", "register"}
+    assert set(lock["stages"]) == {"store", "preprocess", "train", "evaluate", "register"}
     # each stage depends on its own params section only (+ mlflow where it logs)
     assert set(lock["stages"]["preprocess"]["params"]["params.yaml"]) == {"preprocess"}
     assert set(lock["stages"]["train"]["params"]["params.yaml"]) == {"train", "mlflow"}
