@@ -44,6 +44,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import mlflow.exceptions
+import mlflow.protos.databricks_pb2
 import mlflow.pyfunc
 import numpy as np
 
@@ -97,13 +99,36 @@ class LungsegModel(mlflow.pyfunc.PythonModel):
         from lungseg.artifacts.serving import apply
 
         output = (params or {}).get("output", "probabilities")
-        if output not in OUTPUTS:
-            raise ValueError(f"params.output must be one of {', '.join(OUTPUTS)}, got {output!r}")
-        x = check_input(model_input)
+        try:
+            if output not in OUTPUTS:
+                raise ValueError(f"params.output must be one of {', '.join(OUTPUTS)}, got {output!r}")
+            x = check_input(model_input)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from None
         probs = predict_array(self.net, x, self.size, batch_size=8)
         if output == "labels":
             return apply(probs, self.serving)
         return probs[:, 0] if probs.shape[1] == 1 else probs
+
+
+class InvalidInput(mlflow.exceptions.MlflowException, ValueError):
+    """A bad request, answered over REST as a 400 whose message is the one-line reason — no stack trace
+    (which exposed server paths), and not MLflow's rewrite ``Failed to predict data '<the whole input>'``:
+    the scoring server reassigns ``message``, and this exception keeps its first one. In process it is a
+    ``ValueError`` too."""
+
+    def __init__(self, reason: str):
+        self._reason: str | None = None
+        super().__init__(reason, error_code=mlflow.protos.databricks_pb2.INVALID_PARAMETER_VALUE)
+
+    @property
+    def message(self) -> str | None:
+        return self._reason
+
+    @message.setter
+    def message(self, value: str) -> None:
+        if self._reason is None:
+            self._reason = str(value)
 
 
 def check_input(model_input) -> np.ndarray:
