@@ -17,6 +17,7 @@ import signal
 import subprocess
 import time
 import warnings
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -223,7 +224,10 @@ def test_lungseg_store_writes_the_record_idempotently(tmp_path):
     repo = tmp_path / "repo"
     (repo / ".git").mkdir(parents=True)
     (repo / "params.yaml").write_text("mlflow:\n  tracking_uri: sqlite:///mlflow.db\n", encoding="utf-8")
+    import lungseg
+
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = str(Path(lungseg.__file__).resolve().parents[1])  # this lungseg, not the installed one
 
     def store(**variables):
         return subprocess.run(
@@ -400,9 +404,8 @@ def test_scoped_tracking_uri_restores_mlflow_exactly(before, raised, tmp_path, m
         elif before.startswith("set_"):
             mlflow.set_tracking_uri("sqlite:////set/tracking.db")
             mlflow.set_registry_uri("sqlite:////set/registry.db")
-            if before == "set_then_variable_removed":
-                monkeypatch.delenv("MLFLOW_TRACKING_URI")
-                monkeypatch.delenv("MLFLOW_REGISTRY_URI")
+            if before == "set_then_variable_removed":  # not monkeypatch: it would put them back afterwards
+                del os.environ["MLFLOW_TRACKING_URI"], os.environ["MLFLOW_REGISTRY_URI"]
         expected = _mlflow_state()
         inside = "sqlite:////scoped/mlflow.db"
         with pytest.raises(ValueError) if raised else contextlib.nullcontext():
@@ -412,6 +415,7 @@ def test_scoped_tracking_uri_restores_mlflow_exactly(before, raised, tmp_path, m
                 if raised:
                     raise ValueError("inside the block")
         assert _mlflow_state() == expected
-    finally:
+    finally:  # MLflow as the test found it (the variables are monkeypatch's to restore)
         mlflow.set_tracking_uri(None)
         mlflow.set_registry_uri(None)
+    assert _mlflow_state()[3:] == (None, None)  # nothing leaks into the tests that follow
