@@ -639,7 +639,7 @@ def check_runs_in_store(client, tracking_uri: str, run_id: str, run_file: Path, 
     from mlflow.exceptions import MlflowException
 
     for what, rid, where, fix in (
-        ("training run", run_id, run_file, "train it into this store (`lungseg train` / `dvc repro`)"),
+        ("training run", run_id, run_file, "train it into this store (`lungseg train` / `dvc repro --force`)"),
         ("evaluation run", eval_run, eval_dir / "mlflow_logging.json", "evaluate it again into this store"),
     ):
         if not rid:
