@@ -327,7 +327,10 @@ def _create_version(client, tracking_uri: str, name: str, model_uri: str, run_id
     resolves a ``models:/`` source through the *global* tracking URI, so it is scoped meanwhile."""
     model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
     with scoped_mlflow_uri(tracking_uri):
-        return client.create_model_version(name, model_uri, run_id=run_id, tags=tags, model_id=model_id)
+        # await_creation_for=0: _wait_ready polls (MLflow's own wait logs a line on stderr)
+        return client.create_model_version(
+            name, model_uri, run_id=run_id, tags=tags, model_id=model_id, await_creation_for=0
+        )
 
 
 def below_floor(cfg, candidate: float) -> bool:
@@ -735,7 +738,7 @@ def _served_model_logger(model_dir: Path, settings, tracking_uri: str, run_id: s
     net.eval()
 
     def log_served() -> str:
-        with scoped_mlflow_uri(tracking_uri):
+        with scoped_mlflow_uri(tracking_uri), _quiet_mlflow():
             return log_model(
                 net, identity=ckpt["model_identity"], preprocess=preprocess, serving=settings, run_id=run_id
             )
@@ -747,6 +750,26 @@ def _served_model_logger(model_dir: Path, settings, tracking_uri: str, run_id: s
         "epoch": ckpt.get("epoch"),
     }
     return log_served, card
+
+
+@contextlib.contextmanager
+def _quiet_mlflow() -> Iterator[None]:
+    """No progress bars and no INFO lines ("Validating input example …") from MLflow while register
+    logs the served model: the command prints its decision line, warnings and errors only."""
+    import logging
+
+    from lungseg.envvars import scoped_environ
+
+    loggers = [logging.getLogger(n) for n in ("mlflow.pyfunc", "mlflow.models", "mlflow.store")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+        with scoped_environ({"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def _fmt(value: Any) -> str:
