@@ -3,7 +3,9 @@
 ``lungseg results run --table NAME [--profile cpu|cpu-long|cpu-paper|gpu] [--seeds 0 1 2] [--data-root DIR]
 [--workdir DIR] [--results-dir DIR]`` trains and evaluates every missing cell (row × seed) of a table and
 writes one JSON record a run; ``lungseg results report`` regenerates the tables of the results page from
-those records alone; ``lungseg results list`` shows the tables, rows and profiles.
+those records alone; ``lungseg results check`` compares every record's identity with what today's code
+builds for its cell (``--mark`` marks records made by older code); ``lungseg results list`` shows the
+tables, rows and profiles.
 
 Paths are arguments. Their defaults are resolved here, at the command line, from the working directory
 (run from the repository root) or the environment — never from where the package is installed:
@@ -117,8 +119,52 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     rep.add_argument("--print", action="store_true", help="print the generated blocks instead of writing")
 
+    chk = rsub.add_parser(
+        "check",
+        help="compare every record's identity with what today's code builds for its cell; --mark marks older ones",
+    )
+    chk.add_argument(
+        "--results-dir",
+        type=Path,
+        default=default_path("results_dir"),
+        help=_path_help("results_dir", "where the run records are"),
+    )
+    chk.add_argument(
+        "--mark",
+        action="store_true",
+        help="write the mark into records made by older code: no identity → 'unrecorded' with what git "
+        "history says of their commit; a recorded identity that differs → 'stale' (needs --stale-reason)",
+    )
+    chk.add_argument("--stale-reason", default=None, help="why recorded identities differ (e.g. the commit)")
+
     rsub.add_parser("list", help="the tables, their rows and profiles")
     return p
+
+
+def _check(args: argparse.Namespace) -> int:
+    """``lungseg results check``: one line per record not current; exit 1 while any is neither current
+    nor marked as made by older code."""
+    from lungseg.experiments import identity
+
+    results_dir = _require_results_dir(args.results_dir)
+    if args.mark:
+        written = identity.mark_records(results_dir, Path.cwd(), args.stale_reason)
+        print(f"marked {len(written)} record(s)")
+    found = identity.check_records(results_dir)
+    for status in ("unrecorded", "stale", "differs", "missing"):
+        for record, note in found.get(status, []):
+            print(f"{status}: {record.table}/{record.profile}/{record.cell}: {note}")
+    counts = ", ".join(f"{len(v)} {k}" for k, v in sorted(found.items()))
+    print(f"{sum(len(v) for v in found.values())} records: {counts}")
+    bad = len(found.get("differs", [])) + len(found.get("missing", []))
+    if bad:
+        print(
+            f"error: {results_dir}: {bad} record(s) neither current nor marked as made by older code "
+            "(re-run them, or lungseg results check --mark)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 def _command(args: argparse.Namespace, table: str) -> str:
@@ -185,6 +231,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.results_command == "list":
         return _list()
+    if args.results_command == "check":
+        return _check(args)
 
     if args.results_command == "report":
         results_dir = _require_results_dir(args.results_dir)

@@ -8,6 +8,10 @@ so the schema below *is* the file format:
 
 ``record_version, table, profile, row, label, model, model_kwargs, seed``
     which cell this is;
+``identity`` (record_version 2)
+    the fully resolved model (every constructor argument), training settings, loss and preset with
+    its deviations — or, for a record made before they were stored, ``{"status": "unrecorded",
+    "note": …}`` (:mod:`lungseg.experiments.identity`; absent only in files no command has marked);
 ``settings`` (:class:`Settings`)
     what must agree between the records of one cell (the effective profile + model);
 ``overrides``
@@ -45,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2
 
 P = TypeVar("P", bound="_Part")
 
@@ -213,6 +217,7 @@ class RunRecord(_Part):
 
     NESTED = {"settings": Settings, "device": Device, "git": GitInfo, "data": DataProvenance, "wall_time_s": WallTime}
     LOCAL = frozenset({"path"})
+    OPTIONAL = frozenset({"identity"})
 
     record_version: int = RECORD_VERSION
     table: str | None = None
@@ -223,6 +228,9 @@ class RunRecord(_Part):
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     seed: int | None = None
     settings: Settings = field(default_factory=Settings)
+    identity: dict[str, Any] | None = None
+    """What the run trained, fully resolved (:mod:`lungseg.experiments.identity`); ``status``
+    ``unrecorded`` with a ``note`` for a record of older code."""
     overrides: dict[str, Any] = field(default_factory=dict)
     params: dict[str, Any] | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -250,6 +258,17 @@ class RunRecord(_Part):
         except (TypeError, ValueError):
             return None
         return value if math.isfinite(value) else None
+
+    @property
+    def made_by_older_code(self) -> str | None:
+        """How a record marked as made by older code is marked (``unrecorded``, or a recorded identity
+        marked ``stale``), else None."""
+        ident = self.identity or {}
+        if ident.get("status") == "unrecorded":
+            return "identity unrecorded (" + str(ident.get("note") or "made by older code") + ")"
+        if ident.get("stale"):
+            return f"stale: {ident['stale']}"
+        return None
 
     @property
     def cell(self) -> str:

@@ -366,6 +366,34 @@ def existing_record(path: Path, settings: dict[str, Any]) -> dict[str, Any] | No
     return rec
 
 
+def trained_identity(request: CellRequest, train_dir: Path) -> dict[str, Any]:
+    """The identity the run trained (its ``best.pt``: model identity, effective settings, preset
+    deviations; the loss as the training resolves it), which must be what today's code builds for the
+    cell (:func:`lungseg.experiments.identity.expected_identity`): a ``DataError`` naming what differs
+    otherwise, so no record is written that the committed-records test would call stale."""
+    from lungseg.artifacts.checkpoint import BEST, load_checkpoint
+    from lungseg.config import TrainConfig
+    from lungseg.experiments.identity import differences, expected_identity, loss_of, make_identity
+
+    ckpt = load_checkpoint(train_dir / BEST)
+    cfg = TrainConfig.model_validate(ckpt["config"])
+    ident = ckpt["model_identity"]
+    num_classes = int(ckpt.get("num_classes", ident["kwargs"].get("num_classes", 1)))
+    identity = make_identity(ident, ckpt["config"], ckpt.get("preset_deviations") or {}, loss_of(cfg, num_classes))
+    expected = expected_identity(
+        request.spec,
+        request.profile,
+        request.row,
+        overrides=request.options.overrides,
+        in_channels=int(ident["kwargs"].get("in_channels", 1)),
+        num_classes=num_classes,
+    )
+    diff = differences(identity, expected)
+    if diff:
+        raise DataError(train_dir / BEST, f"trained identity differs from the cell's spec: {'; '.join(diff)}")
+    return identity
+
+
 def run_cell(request: CellRequest) -> RunRecord:
     """Train + evaluate one cell from scratch and write its record (citing :func:`code_at_start`)."""
     from lungseg.evaluation import evaluate
@@ -389,6 +417,7 @@ def run_cell(request: CellRequest) -> RunRecord:
     metrics = _read_json(eval_dir / "metrics.json")
     if not isinstance(metrics, dict):
         raise DataError(eval_dir / "metrics.json", "evaluation wrote no metrics")
+    identity = trained_identity(request, train_dir)
     record = RunRecord.from_dict(
         clean_json(
             {
@@ -401,6 +430,7 @@ def run_cell(request: CellRequest) -> RunRecord:
                 "model_kwargs": prof.model_kwargs(row),
                 "seed": request.seed,
                 "settings": settings_of(prof, row),
+                "identity": identity,
                 "overrides": {k: v for k, v in opts.overrides.items() if v is not None},
                 "params": params.to_dict(),
                 "metrics": metrics,

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from lungseg.experiments import report, runner
+from lungseg.experiments import identity, report, runner
 from lungseg.experiments.specs import TABLES
 
 SPEC = TABLES["prnet-kaggle"]
@@ -53,6 +53,12 @@ def test_tiny_cell_records_real_metrics_and_resumes(tmp_path, shared_data, track
     assert sum(per_image_dice) / 54 == pytest.approx(m["dice_mean"], abs=1e-6)  # the record agrees with itself
     assert rec["device"]["type"] == "cpu" and rec["device"]["name"]
     assert rec["wall_time_s"]["total"] > 0
+    # the record carries the fully resolved identity it trained, which is what today's code builds
+    ident = rec["identity"]
+    assert ident["status"] == "recorded" and rec["record_version"] == 2
+    assert ident == identity.expected_identity(SPEC, "cpu", SPEC.row("unet"), overrides=rec["overrides"])
+    assert ident["model"]["kwargs"]["base_channels"] == 4 and ident["train"]["epochs"] == 1
+    assert ident["loss"] == {"name": "bce_dice", "options": {}, "form": "foreground-only Dice"}
 
     data_dir = work / "data" / "kaggle-64-64"
     sha = hashlib.sha256((data_dir / "masks.npy").read_bytes()).hexdigest()

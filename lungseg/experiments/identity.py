@@ -1,0 +1,254 @@
+"""The fully resolved identity of a results cell: what today's code builds for it, what a run recorded,
+and whether a committed record still describes today's code.
+
+A record (record_version ≥ 2) carries ``identity``:
+
+``status``
+    ``recorded`` — the fields below are what the run trained (read from its ``best.pt``);
+    ``unrecorded`` — a record made by older code that did not store them: ``note`` says what is
+    known (e.g. ``made before mrc_levels 5 → 4, commit 4ccf5a1``). Nothing is filled in for it.
+``model``
+    the checkpoint's ``model_identity`` (name + constructor options as
+    :func:`lungseg.artifacts.checkpoint.model_identity` records them);
+``constructor``
+    **every** constructor argument of the model, defaults included (so a changed default of any
+    option shows);
+``train``
+    the effective ``train`` settings (the preset applied), without the keys that do not change what
+    is trained (:data:`RUN_ONLY_KEYS`) and without the model and its options (in ``model``);
+``loss``
+    ``{name, options, form}``: the loss the run trained with, its options, and for Dice-based
+    losses which Dice (:func:`loss_form`);
+``preset``, ``preset_deviations``
+    ``train.preset`` and what the run changed of the paper's recipe.
+
+:func:`expected_identity` is what today's code builds for a cell's spec (the same library functions
+the training uses: :func:`lungseg.training.presets.resolve_preset`,
+:func:`lungseg.artifacts.checkpoint.model_identity`, ...). :func:`staleness` compares a record with it:
+``tests/experiments/test_committed_records.py`` requires every committed record to be current or
+marked ``unrecorded``, and the page renders the marked ones as made by older code.
+"""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+#: ``train`` keys that do not change what is trained (where and how often it writes, how it reports)
+RUN_ONLY_KEYS = frozenset(
+    {
+        "seed",
+        "device",
+        "progress_every_s",
+        "num_workers",
+        "checkpoint_every",
+        "checkpoint_async",
+        "data_on_device",
+        "model",
+        "model_kwargs",
+    }
+)
+#: commits that changed what a results cell trains, oldest first: (commit, models it concerns or
+#: None for every model, what changed). A record made before one of them is marked with it.
+LANDMARKS: tuple[tuple[str, frozenset[str] | None, str], ...] = (
+    ("4ccf5a1", frozenset({"lgnet"}), "mrc_levels 5 → 4"),
+    ("4ccf5a1", frozenset({"prnet"}), "PR-Net dsa_scaled option"),
+)
+RECORDED = "recorded"
+UNRECORDED = "unrecorded"
+
+
+def constructor_arguments(name: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Every argument of model ``name``'s constructor, ``kwargs`` bound over its defaults."""
+    from lungseg.models import model_class
+
+    sig = inspect.signature(model_class(name))
+    bound = sig.bind_partial(**kwargs)
+    bound.apply_defaults()
+    return {k: v for k, v in bound.arguments.items() if sig.parameters[k].kind is not inspect.Parameter.VAR_KEYWORD}
+
+
+def loss_form(name: str, options: Mapping[str, Any]) -> str:
+    """Which Dice a loss optimises: ``Eq. 14–15`` (LG-Net's sum over all classes, background included)
+    or ``foreground-only Dice``; ``-`` for a loss without Dice."""
+    if "dice" not in name:
+        return "-"
+    if options.get("binary_background") and options.get("class_reduction") == "sum":
+        return "Eq. 14–15 (all classes, background included)"
+    return "foreground-only Dice"
+
+
+def loss_of(cfg, num_classes: int) -> dict[str, Any]:
+    """``{name, options, form}`` of the loss a run of ``cfg`` (preset applied) trains with."""
+    from lungseg.losses import default_loss_for
+    from lungseg.training.presets import paper_loss_options
+
+    name = default_loss_for(cfg.model) if cfg.loss == "auto" else cfg.loss
+    options = paper_loss_options(num_classes) if cfg.preset == "paper" and name == "dice_focal" else {}
+    return {"name": name, "options": dict(options), "form": loss_form(name, options)}
+
+
+def train_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The effective ``train`` settings without :data:`RUN_ONLY_KEYS`."""
+    return {k: v for k, v in sorted(config.items()) if k not in RUN_ONLY_KEYS}
+
+
+def _clean(value: Any) -> Any:
+    """JSON-equal form (tuples → lists, numpy scalars → Python)."""
+    from lungseg.experiments.runner import clean_json
+
+    return clean_json(value)
+
+
+def make_identity(
+    model_identity: Mapping[str, Any], config: Mapping[str, Any], deviations: Mapping[str, Any], loss: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The ``identity`` of a record: the model identity (and every constructor argument), the
+    effective train settings, the loss and the preset with its deviations."""
+    kwargs = dict(model_identity["kwargs"])
+    return _clean(
+        {
+            "status": RECORDED,
+            "model": {"name": model_identity["name"], "kwargs": dict(sorted(kwargs.items()))},
+            "constructor": constructor_arguments(model_identity["name"], kwargs),
+            "train": train_settings(config),
+            "loss": dict(loss),
+            "preset": config.get("preset", "default"),
+            "preset_deviations": dict(deviations),
+        }
+    )
+
+
+def expected_identity(spec, profile: str, row, *, overrides=None, in_channels: int = 1, num_classes: int = 1):
+    """What today's code builds for cell ``spec``/``profile``/``row`` (the profile with the record's
+    command-line ``overrides``); ``in_channels``/``num_classes`` are the data's."""
+    from lungseg.artifacts.checkpoint import model_identity
+    from lungseg.experiments.runner import build_params, effective_profile
+    from lungseg.training.presets import check_paper_size, resolve_preset
+
+    prof = effective_profile(spec, profile, overrides)
+    params = build_params(spec, row, prof, 0, device="cpu")
+    preset = check_paper_size(resolve_preset(params.train), prof.image_size, f"<{spec.dataset}>")
+    cfg = preset.config
+    return make_identity(
+        model_identity(cfg, in_channels, num_classes), cfg.model_dump(), preset.deviations, loss_of(cfg, num_classes)
+    )
+
+
+def expected_for(record) -> dict[str, Any]:
+    """:func:`expected_identity` of a record's cell (its data's channels and classes when recorded)."""
+    from lungseg.experiments.specs import get_table
+
+    spec = get_table(record.table)
+    kwargs = (record.identity or {}).get("model", {}).get("kwargs", {})
+    return expected_identity(
+        spec,
+        record.profile,
+        spec.row(record.row),
+        overrides=record.overrides,
+        in_channels=int(kwargs.get("in_channels", 1)),
+        num_classes=int(kwargs.get("num_classes", 1)),
+    )
+
+
+def differences(recorded: Mapping[str, Any], expected: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """``key: recorded → expected`` for every leaf where they differ."""
+    out = []
+    for key in sorted(set(recorded) | set(expected), key=str):
+        a, b = recorded.get(key, "<absent>"), expected.get(key, "<absent>")
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} → {b!r}")
+    return out
+
+
+def staleness(record) -> tuple[str, str]:
+    """``("current", "")``, ``("unrecorded", note)`` or ``("stale", note)`` (marked, made by older
+    code), ``("differs", what differs)`` (unmarked: the test fails) or ``("missing", …)`` (neither
+    recorded nor marked) for a record against what today's code builds for its cell."""
+    ident = record.identity
+    if not ident:
+        return "missing", "no identity (neither recorded nor marked unrecorded)"
+    if ident.get("status") == UNRECORDED:
+        return UNRECORDED, str(ident.get("note") or "")
+    if ident.get("stale"):  # recorded, and marked as made by older code (mark_records)
+        return "stale", str(ident["stale"])
+    expected = expected_for(record)
+    diff = differences(
+        {k: v for k, v in ident.items() if k != "status"}, {k: v for k, v in expected.items() if k != "status"}
+    )
+    return ("current", "") if not diff else ("differs", "; ".join(diff))
+
+
+# ------------------------------------------------------------------------------------ older records
+
+
+def _is_ancestor(commit: str, of: str, repo: Path) -> bool | None:
+    """Whether ``commit`` is ``of`` or comes before it in ``repo``'s history (None: git cannot tell)."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(repo), "merge-base", "--is-ancestor", commit, of], capture_output=True, check=False
+        )
+    except OSError:
+        return None
+    return {0: True, 1: False}.get(out.returncode)
+
+
+def unrecorded_note(record, repo: Path) -> str:
+    """What is known of an older record's identity: the commit it was made at and each
+    :data:`LANDMARKS` change of its model it predates (decided by git history)."""
+    commit = record.git.commit or "unknown commit"
+    dirty = " (lungseg/ dirty)" if record.git.dirty else ""
+    parts = [f"made at {commit[:10]}{dirty}, before records carried the resolved identity"]
+    for landmark, models, what in LANDMARKS:
+        if (models is None or record.model in models) and record.git.commit:
+            before = _is_ancestor(record.git.commit, landmark, repo)
+            if before and not record.git.commit.startswith(landmark):
+                parts.append(f"made before {what}, commit {landmark}")
+    return "; ".join(parts)
+
+
+def unrecorded_identity(note: str) -> dict[str, Any]:
+    return {"status": UNRECORDED, "note": note}
+
+
+def check_records(results_dir: str | Path) -> dict[str, list[tuple[Any, str]]]:
+    """Every record under ``results_dir`` by :func:`staleness`: ``{"current"|"unrecorded"|"stale"|
+    "differs"|"missing": [(record, note), ...]}``."""
+    from lungseg.experiments.records import load_records
+
+    out: dict[str, list[tuple[Any, str]]] = {}
+    for record in load_records(results_dir):
+        status, note = staleness(record)
+        out.setdefault(status, []).append((record, note))
+    return out
+
+
+def mark_records(results_dir: str | Path, repo: Path, stale_reason: str | None = None) -> list[Any]:
+    """Mark what :func:`check_records` cannot accept: a record without identity is marked
+    ``unrecorded`` (:func:`unrecorded_note`, nothing invented); a recorded identity that differs from
+    today's code is marked ``stale: <stale_reason> (differs: …)`` — only with a ``stale_reason``
+    (``ConfigError`` otherwise). Returns the records rewritten."""
+    import dataclasses
+
+    from lungseg.errors import ConfigError
+    from lungseg.io import atomic_write_json
+
+    found = check_records(results_dir)
+    if found.get("differs") and not stale_reason:
+        names = ", ".join(f"{r.table}/{r.profile}/{r.cell}" for r, _ in found["differs"])
+        raise ConfigError(f"records differ from today's code ({names}): say why with --stale-reason")
+    written = []
+    for record, _note in found.get("missing", []):
+        new = dataclasses.replace(record, identity=unrecorded_identity(unrecorded_note(record, repo)))
+        atomic_write_json(record.path, new.to_dict())
+        written.append(new)
+    for record, diff in found.get("differs", []):
+        new = dataclasses.replace(record, identity={**record.identity, "stale": f"{stale_reason} (differs: {diff})"})
+        atomic_write_json(record.path, new.to_dict())
+        written.append(new)
+    return written
