@@ -263,24 +263,7 @@ def evaluate(
             "not checked against this data (re-train to record them)"
         )
     serving = _serving_settings(ckpt, cfg.threshold, postprocess, tta)
-    model = build_model(ckpt["model_identity"])
-    try:
-        model.load_state_dict(ckpt["model_state"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"{ckpt_path}: weights do not fit {ckpt['model_identity']['name']}: {exc}") from exc
-    divisor = int(getattr(model, "size_divisor", 1))
-    if split.images.shape[-1] % divisor or split.images.shape[-2] % divisor:
-        raise DataError(
-            data_dir,
-            f"images are {split.images.shape[-2]}x{split.images.shape[-1]} but "
-            f"{ckpt['model_identity']['name']} needs multiples of {divisor}",
-        )
-    num_labels = int(split.meta["num_labels"])
-    if (ckpt["model_identity"]["kwargs"]["num_classes"] == 1) != (num_labels == 2):
-        raise CheckpointError(
-            f"{ckpt_path}: model has {ckpt['model_identity']['kwargs']['num_classes']} output "
-            f"channel(s) but {data_dir} has {num_labels} labels"
-        )
+    model = _network(ckpt, ckpt_path, split, data_dir)
 
     probs = predict(model, split.images)
     masks = np.asarray(split.masks)
@@ -393,6 +376,29 @@ def _baseline_metrics(baselines: dict[str, dict[str, Any]]) -> dict[str, float]:
         for k, v in numbers.items()
         if isinstance(v, (int, float)) and not isinstance(v, bool)
     }
+
+
+def _network(ckpt: dict[str, Any], ckpt_path: Path, split, data_dir: Path) -> torch.nn.Module:
+    """The checkpoint's network with its weights, checked against the split (size divisor, labels)."""
+    model = build_model(ckpt["model_identity"])
+    try:
+        model.load_state_dict(ckpt["model_state"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{ckpt_path}: weights do not fit {ckpt['model_identity']['name']}: {exc}") from exc
+    divisor = int(getattr(model, "size_divisor", 1))
+    if split.images.shape[-1] % divisor or split.images.shape[-2] % divisor:
+        raise DataError(
+            data_dir,
+            f"images are {split.images.shape[-2]}x{split.images.shape[-1]} but "
+            f"{ckpt['model_identity']['name']} needs multiples of {divisor}",
+        )
+    num_labels = int(split.meta["num_labels"])
+    if (ckpt["model_identity"]["kwargs"]["num_classes"] == 1) != (num_labels == 2):
+        raise CheckpointError(
+            f"{ckpt_path}: model has {ckpt['model_identity']['kwargs']['num_classes']} output "
+            f"channel(s) but {data_dir} has {num_labels} labels"
+        )
+    return model
 
 
 def _read_run_file(run_file: Path) -> dict[str, Any] | None:
