@@ -176,3 +176,62 @@ def test_a_run_from_a_dvc_version_leads_back_to_it(tmp_path, data_repo, mlflow_s
     )
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "no-such-rev" in bad.stderr and not (tmp_path / "kfp-bad").exists()
+
+
+def _tiny_promotable() -> dict:
+    """tiny_params whose 1-epoch model may still become champion (these tests are about lineage, not the
+    promotion rules): no floor, and no margin over the trivial predictors where the config has one."""
+    base = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))["register"]
+    register = {"min_metric": None, **({"min_margin_over_trivial": None} if "min_margin_over_trivial" in base else {})}
+    return tiny_params(register=register)
+
+
+def test_the_repro_champion_of_the_git_tracked_sample_passes_check_on_a_fresh_clone(tmp_path):
+    """`lungseg lineage … --check` always exited 2 for the README's champion: data/sample is versioned by
+    git, not DVC. The sample at its commit is a version: the check passes on a fresh clone; a model made
+    from the sample with one file changed (uncommitted) has no version, and its check fails in one line."""
+    from pipeline_helpers import copy_project, run
+
+    project = copy_project(tmp_path / "project", _tiny_promotable())
+    e = env()
+    done = run([sys.executable, "-m", "dvc", "repro"], project)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    clone = tmp_path / "clone"
+    sh("git", "clone", "-q", str(project), str(clone), cwd=tmp_path, e=e)
+    store = {**e, "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}", "PYTHONPATH": str(project)}
+    commit = sh("git", "log", "-1", "--format=%H", "--", "data/sample/medseg-covid100", cwd=project, e=e).stdout.strip()
+    params_file = project / "params.yaml"
+
+    def check(target: str, cwd) -> subprocess.CompletedProcess:
+        return lungseg(
+            "lineage",
+            target,
+            "--check",
+            "--repo",
+            str(clone),
+            "--params",
+            str(params_file),
+            cwd=cwd,
+            e=store,
+            check=False,
+        )
+
+    ok = check("models:/lungseg-lgnet@champion", clone)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert f"data/sample/medseg-covid100 at commit {commit} (tracked by git)" in ok.stdout
+    assert "taken from git at that commit and hashes to" in ok.stdout and "(as recorded)" in ok.stdout
+    meta = json.loads((project / "data/processed/medseg/meta.json").read_text(encoding="utf-8"))["source"]
+    assert meta["tracked_by"] == "git" and meta["commit"] == commit and meta["versioned"] is True
+
+    # one sample file changed (not committed): the next model's data is no version, its check fails
+    victim = sorted((project / "data/sample/medseg-covid100").rglob("*.png"))[0]
+    victim.write_bytes(victim.read_bytes()[:-16] + bytes(16))
+    again = run([sys.executable, "-m", "dvc", "repro"], project)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "Running stage 'preprocess'" in again.stdout and "Running stage 'train'" in again.stdout
+    new_run = json.loads((project / "models/medseg/mlflow_run.json").read_text(encoding="utf-8"))["run_id"]
+    failed = check(new_run, clone)
+    lines = failed.stderr.strip().splitlines()
+    assert failed.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), failed.stderr
+    assert "was not a version" in lines[0] and "uncommitted changes" in lines[0]
+    assert check("models:/lungseg-lgnet/1", clone).returncode == 0  # the first model's data still checks out
