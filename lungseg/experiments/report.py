@@ -175,10 +175,13 @@ def render_metric_table(
     with_published: bool = True,
     seed_metric: str | None = "dice",
     pooled_beside: Sequence[str] | None = None,
+    paired_metric: str | None = None,
 ) -> str:
     """One row per table row (and per paper-only row): ``ours`` columns, the per-seed values of
-    ``seed_metric``, then the paper's columns. ``pooled_beside`` (default: the spec's) adds a pooled
-    column after the per-image column of those metrics."""
+    ``seed_metric``, the paired per-image comparison of ``paired_metric`` with the reference row
+    (:mod:`lungseg.experiments.stats`), then the paper's columns. ``pooled_beside`` (default: the
+    spec's) adds a pooled column after the per-image column of those metrics. A row whose records
+    were made by older code (:attr:`RunRecord.made_by_older_code`) is marked ``‡``."""
     records = as_records(records)
     metrics = list(metrics or spec.metrics)
     cols = _columns(metrics, suffix, spec.pooled_beside if pooled_beside is None else pooled_beside)
@@ -188,8 +191,12 @@ def render_metric_table(
     label_pooled = len({c.suffix for c in cols}) > 1
     head = ["model", "seeds"] + [c.header(label_pooled=label_pooled) for c in cols]
     head += [f"ours: {detail.label} per seed"] if detail is not None else []
+    pair = next((m for m in metrics if m.name == paired_metric), None)
+    ref = spec.rows[0]
+    head += [f"ours: Δ {pair.label} vs {ref.label} [95 % CI], Wilcoxon p, n images"] if pair is not None else []
     head += [f"paper†: {m.label} ({pub.units[m.name]})" for m in pub_metrics] if pub else []
-    n_ours = len(cols) + (detail is not None)
+    n_ours = len(cols) + (detail is not None) + (pair is not None)
+    ref_recs = _of_row(records, ref.key)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     used_pub = set()
     for row in spec.rows:
@@ -198,6 +205,7 @@ def render_metric_table(
             seeds = ",".join(str(s) for s in sorted(r.seed for r in recs))
             cells = [c.format(recs) for c in cols]
             cells += [per_seed(recs, detail, suffix)] if detail is not None else []
+            cells += [_paired_cell(ref_recs, recs, pair, row.key == ref.key)] if pair is not None else []
         else:
             seeds, cells = "—", ["not run"] * n_ours
         pcells = []
@@ -206,13 +214,27 @@ def render_metric_table(
             if vals is not None:
                 used_pub.add(row.published_as)
             pcells = [_fmt_published((vals or {}).get(m.name)) for m in pub_metrics]
-        lines.append("| " + " | ".join([row.label, seeds] + cells + pcells) + " |")
+        label = row.label + (" ‡" if any(r.made_by_older_code for r in recs) else "")
+        lines.append("| " + " | ".join([label, seeds] + cells + pcells) + " |")
     if pub is not None:
         for label, vals in pub.values.items():
             if label not in used_pub:
                 pcells = [_fmt_published(vals.get(m.name)) for m in pub_metrics]
                 lines.append("| " + " | ".join([f"{label} (paper only)", "—"] + ["not run"] * n_ours + pcells) + " |")
     return "\n".join(lines)
+
+
+def _paired_cell(ref_recs: Sequence[RunRecord], recs: Sequence[RunRecord], metric: Metric, is_ref: bool) -> str:
+    """The paired comparison of ``recs`` with the reference row's records (``reference`` for itself)."""
+    if is_ref:
+        return "reference"
+    from lungseg.experiments.stats import paired
+
+    result = paired(ref_recs, recs, metric.name) if ref_recs else None
+    if result is None:
+        return "n/a (no common seed)"
+    seeds = "" if len(result.seeds) == 3 else f", seeds {','.join(map(str, result.seeds))}"
+    return result.format(metric.scale, metric.digits) + seeds
 
 
 def _fmt_published(value: float | None) -> str:
@@ -253,6 +275,7 @@ def _render_provenance(spec: TableSpec, profile: str, records: Sequence[RunRecor
             kw_lines.append(f"{row.label} `{row.model}` {' / '.join(kws)}")
     if kw_lines:
         out.append(f"- **Model arguments**: {'; '.join(kw_lines)}")
+    out.append(f"- **Model identity and loss**: {_identity_line(spec, records)}")
     out.append(f"- **Profile `{profile}` as specified**: {prof.note}")
     if profile != "gpu" and "gpu" in spec.profiles:
         out.append(f"- **Paper-size (`gpu`) profile for comparison**: {spec.profiles['gpu'].describe()}")
@@ -268,10 +291,53 @@ def _render_provenance(spec: TableSpec, profile: str, records: Sequence[RunRecor
     out.append(f"- **Device**: {'; '.join(_unique(r.device.describe() for r in records))}")
     out.append(f"- **Code**: git {', '.join(_unique(r.git.short() for r in records))}")
     out.append(_render_time(spec, records))
+    older = _unique(r.made_by_older_code for r in records if r.made_by_older_code)
+    if older:
+        out.append(
+            f"- **‡ Made by older code** ({sum(1 for r in records if r.made_by_older_code)} of {len(records)} "
+            "records; not re-run at today's code, so these rows may not describe today's models):"
+        )
+        for note in older:
+            cells = ", ".join(r.cell for r in records if r.made_by_older_code == note)
+            out.append(f"  - {note}: {cells}")
+    both = [
+        row.label for row in spec.rows if len({r.made_by_older_code is None for r in _of_row(records, row.key)}) > 1
+    ]
+    if both:
+        out.append(f"- **WARNING**: rows mixing records of today's and of older code: {both} — their ± mixes code")
     mixed = mixed_settings(records)
     if mixed:
         out.append(f"- **WARNING**: rows with records of different settings: {sorted(mixed)} — their ± mixes settings")
     return out
+
+
+def _identity_line(spec: TableSpec, records: Sequence[RunRecord]) -> str:
+    """LG-Net's ``mrc_levels`` and the loss with its Dice form, from the records' identities; for
+    records made by older code what they do not record is said to be unrecorded."""
+    parts = []
+    for row in spec.rows:
+        recs = _of_row(records, row.key)
+        if not recs:
+            continue
+        texts = _unique(_identity_text(r) for r in recs)
+        parts.append(f"{row.label}: {' / '.join(texts)}")
+    return "; ".join(parts)
+
+
+def _identity_text(r: RunRecord) -> str:
+    ident = r.identity or {}
+    if ident.get("status") != "recorded":
+        loss = (r.params or {}).get("train", {}).get("loss") or r.settings.extra_train.get("loss") or "?"
+        levels = ""
+        if (r.model or r.settings.model) == "lgnet":
+            before = "mrc_levels 5 → 4" in (ident.get("note") or "")
+            levels = "mrc_levels unrecorded (5: made before 4ccf5a1), " if before else "mrc_levels unrecorded, "
+        return f"{levels}loss {loss}, Dice form unrecorded ‡"
+    ctor = ident.get("constructor") or {}
+    levels = f"mrc_levels {ctor['mrc_levels']}, " if "mrc_levels" in ctor and ctor.get("use_mrc", True) else ""
+    loss = ident.get("loss") or {}
+    opts = f" {json.dumps(loss['options'], sort_keys=True)}" if loss.get("options") else ""
+    return f"{levels}loss {loss.get('name')}{opts} ({loss.get('form')})"
 
 
 def _render_time(spec: TableSpec, records: Sequence[RunRecord]) -> str:
@@ -302,7 +368,17 @@ def _render_tables(spec: TableSpec, records: Sequence[RunRecord]) -> list[str]:
         )
     else:
         intro = "Mean over the test images, then mean ± sample std over seeds:\n"
-    out = ["", intro, render_metric_table(spec, records, suffix="mean")]
+    paired_metric = "dice" if any(m.name == "dice" for m in spec.metrics) else None
+    out = ["", intro, render_metric_table(spec, records, suffix="mean", paired_metric=paired_metric)]
+    if paired_metric:
+        out += [
+            "",
+            f"Δ column: the row minus the reference row ({spec.rows[0].label}), per test image (each image's "
+            "value averaged over the seeds both rows ran), then the mean over images; bracket = bootstrap 95 % "
+            "CI of that mean (10 000 resamples of the images, seed 0); p = two-sided Wilcoxon signed-rank "
+            "test of the per-image differences; n = test images defined in both rows (see *How the paired "
+            "statistics are computed* at the top of the page).",
+        ]
     pool = [
         m for m in spec.metrics if m.name in POOLABLE and any(r.metric(f"{m.name}_pooled") is not None for r in records)
     ]
@@ -430,11 +506,74 @@ def render_blocks(results_dir: str | Path, tables: Mapping[str, TableSpec] | Non
     return out
 
 
+#: a number quoted in hand-written prose: ``<!--=KEY-->62.0 ± 1.0<!--/-->`` (the comments do not show)
+QUOTE = re.compile(r"<!--=(?P<key>[^>]*?)-->(?P<value>.*?)<!--/-->")
+#: what a quote may show of a cell: the mean, mean ± std, the pooled mean (± std), one seed's value,
+#: and the paired comparison with the reference row (or the row named after ``vs=``)
+QUOTE_KINDS = ("mean", "pm", "pooled", "pooled-pm", "seed0", "seed1", "seed2", "delta", "ci", "p", "n")
+
+
+def quote(key: str, results_dir: str | Path, tables: Mapping[str, TableSpec] | None = None, _cache=None) -> str:
+    """The generated value a quote ``<table>/<profile>/<row>/<metric>/<kind>[/vs=<row>]`` stands for,
+    formatted as the tables print it (``ConfigError`` naming the key when it names nothing)."""
+    from lungseg.errors import ConfigError
+
+    tables = TABLES if tables is None else tables
+    parts = key.split("/")
+    vs = parts.pop()[3:] if parts and parts[-1].startswith("vs=") else None
+    if len(parts) != 5 or parts[0] not in tables or parts[4] not in QUOTE_KINDS:
+        raise ConfigError(
+            f"quote {key!r}: expected <table>/<profile>/<row>/<metric>/<{'|'.join(QUOTE_KINDS)}>[/vs=<row>]"
+        )
+    table, profile, row, metric_name, kind = parts
+    spec = tables[table]
+    metric = next((m for m in spec.metrics if m.name == metric_name), None)
+    keys = {r.key for r in spec.rows}
+    if metric is None or row not in keys or (vs is not None and vs not in keys):
+        raise ConfigError(f"quote {key!r}: no such row or metric in table {table}")
+    cache = {} if _cache is None else _cache
+    if (table, profile) not in cache:
+        cache[(table, profile)] = load_records(results_dir, table, profile)
+    records = cache[(table, profile)]
+    recs = _of_row(records, row)
+    if not recs:
+        raise ConfigError(f"quote {key!r}: no records")
+    scale, d = metric.scale, metric.digits
+    if kind in ("mean", "pm", "pooled", "pooled-pm"):
+        summary = Column(metric, "pooled" if kind.startswith("pooled") else "mean").summary(recs)
+        return summary.format(scale, d) if kind.endswith("pm") else f"{summary.mean * scale:.{d}f}"
+    if kind.startswith("seed"):
+        value = next((r.metric(f"{metric.name}_mean") for r in recs if r.seed == int(kind[4:])), None)
+        if value is None:
+            raise ConfigError(f"quote {key!r}: no value")
+        return f"{value * scale:.{d}f}"
+    from lungseg.experiments.stats import paired
+
+    result = paired(_of_row(records, vs or spec.rows[0].key), recs, metric.name)
+    if result is None or result.n == 0:
+        raise ConfigError(f"quote {key!r}: no paired images")
+    if kind == "delta":
+        return f"{result.mean_diff * scale:+.{d}f}"
+    if kind == "ci":
+        return f"[{result.ci_low * scale:+.{d}f}, {result.ci_high * scale:+.{d}f}]"
+    if kind == "n":
+        return str(result.n)
+    return result.format().split(", p ")[1].split(",")[0]
+
+
+def fill_quotes(text: str, results_dir: str | Path, tables: Mapping[str, TableSpec] | None = None) -> str:
+    """``text`` with every quote (:data:`QUOTE`) showing its generated value (:func:`quote`)."""
+    cache: dict = {}
+    return QUOTE.sub(lambda m: f"<!--={m['key']}-->{quote(m['key'], results_dir, tables, cache)}<!--/-->", text)
+
+
 def update_report(report: str | Path, results_dir: str | Path, tables: Mapping[str, TableSpec] | None = None) -> Path:
-    """Rewrite the generated blocks of ``report`` from the records; append missing blocks at the end."""
+    """Rewrite the generated blocks of ``report`` from the records, and the numbers the hand-written
+    prose quotes through :data:`QUOTE` markers; append missing blocks at the end."""
     report = Path(report)
     blocks = render_blocks(results_dir, tables)
     text = report.read_text(encoding="utf-8") if report.is_file() else "# Reproduced comparison tables\n"
+    text = fill_quotes(text, results_dir, tables)
     seen = set()
 
     def sub(m: re.Match) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lungseg.experiments import runner
+from lungseg.experiments import identity, runner
 from lungseg.experiments.records import RunRecord
 from lungseg.experiments.specs import TABLES
 
@@ -66,3 +66,28 @@ def test_record_is_consistent(path):
     iou_bg = tn.sum() / (tn.sum() + fp.sum() + fn.sum())
     assert rec.metric("miou_pooled") == pytest.approx((iou_fg + iou_bg) / 2, abs=1e-9)
     assert rec.git.commit and rec.device.type in ("cpu", "cuda")
+
+
+@pytest.mark.parametrize("path", RECORDS, ids=lambda p: "/".join(p.parts[-3:]))
+def test_record_identity_is_todays_or_marked_as_older_code(path):
+    """A committed record either carries the identity today's code builds for its cell (every
+    constructor argument, the effective train settings, the loss and its options, the preset and its
+    deviations), or is explicitly marked as made by older code (``lungseg results check --mark``) —
+    so a changed default can never again leave the page describing another model unnoticed."""
+    rec = RunRecord.read(path)
+    status, note = identity.staleness(rec)
+    assert status in ("current", "unrecorded", "stale"), f"{path}: {status}: {note}"
+    if status != "current":
+        assert note and rec.made_by_older_code
+
+
+def test_records_made_by_older_code_are_named_in_their_block_of_the_page():
+    page = (RESULTS.parent / "results.md").read_text(encoding="utf-8")
+    for path in RECORDS:
+        rec = RunRecord.read(path)
+        if rec.made_by_older_code:
+            block = page.split(f"<!-- BEGIN GENERATED: {rec.table}/{rec.profile} -->")[1].split("<!-- END")[0]
+            line = next(x for x in block.splitlines() if x.startswith(f"  - {rec.made_by_older_code}: "))
+            assert rec.cell in line.split(": ")[-1].split(", ")
+            label = TABLES[rec.table].row(rec.row).label
+            assert f"| {label} ‡ |" in block

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 from pathlib import Path
 
@@ -309,3 +310,102 @@ def test_paper_preset_is_shown_in_the_block_and_the_budget_note():
     )
     budget = rep.render_budget_block(SPEC, {"cpu": [make_record("lgnet", 0, 0.6)], "cpu-paper": paper})
     assert "- `cpu-paper`: image 64², base 8, 2 epochs, batch 4, lr 0.001, preset paper; 2 runs" in budget
+
+
+# ------------------------------------------------------------------------------------ issue 22
+
+
+def _per_image(values):
+    return [{"id": f"im{i}", "dice": v} for i, v in enumerate(values)]
+
+
+def test_main_table_shows_the_paired_comparison_with_the_reference_row_beside_the_means():
+    from lungseg.experiments import stats
+
+    lg = [dict(make_record("lgnet", s, 0.6), per_image=_per_image([0.5, 0.6, 0.7, 0.6])) for s in (0, 1, 2)]
+    un = [dict(make_record("unet", s, 0.7), per_image=_per_image([0.6, 0.8, 0.7, 0.7])) for s in (0, 1)]
+    block = render_block(SPEC, "cpu", lg + un)
+    header = next(line for line in block.splitlines() if line.startswith("| model |"))
+    assert "ours: Δ Dice vs LG-Net [95 % CI], Wilcoxon p, n images" in header
+    lines = block.splitlines()
+    assert next(x for x in lines if x.startswith("| LG-Net |")).split(" | ")[10] == "reference"
+    # U-Net ran seeds 0, 1: per image (averaged over those) +0.1, +0.2, 0, +0.1 → mean +0.1 (×100, 1 digit)
+    expected = stats.Paired(
+        4, (0, 1), 0.1, *stats.bootstrap_ci([0.1, 0.2, 0.0, 0.1]), stats.wilcoxon_p([0.1, 0.2, 0.1])
+    )
+    cell = next(x for x in lines if x.startswith("| U-Net |")).split(" | ")[10]
+    assert cell == expected.format(100, 1) + ", seeds 0,1" and cell.startswith("+10.0 [")
+    assert "bootstrap 95 % CI of that mean (10 000 resamples" in block
+
+
+def test_rows_made_by_older_code_are_marked_and_named():
+    note = "made before mrc_levels 5 → 4, commit 4ccf5a1"
+    old = [dict(make_record("lgnet", s, 0.6), identity={"status": "unrecorded", "note": note}) for s in (0, 1)]
+    new = [make_record("unet", 0, 0.7)]
+    block = render_block(SPEC, "cpu", old + new)
+    assert "| LG-Net ‡ | 0,1 |" in block and "| U-Net | 0 |" in block
+    assert f"  - identity unrecorded ({note}): lgnet-seed0, lgnet-seed1" in block
+    assert "- **‡ Made by older code** (2 of 3 records;" in block
+    assert "LG-Net: mrc_levels unrecorded (5: made before 4ccf5a1), loss ?, Dice form unrecorded ‡" in block
+
+
+def test_settings_line_names_mrc_levels_and_the_loss_form():
+    from lungseg.experiments import identity
+
+    paper = identity.expected_identity(SPEC, "cpu-paper", SPEC.row("lgnet"))
+    rec = dict(make_record("lgnet", 0, 0.5), profile="cpu-paper", identity=paper)
+    block = render_block(SPEC, "cpu-paper", [rec])
+    line = next(x for x in block.splitlines() if x.startswith("- **Model identity and loss**"))
+    assert "LG-Net: mrc_levels 4, loss dice_focal" in line
+    assert "(Eq. 14–15 (all classes, background included))" in line
+    unet = identity.expected_identity(SPEC, "cpu", SPEC.row("unet"))
+    block = render_block(SPEC, "cpu", [dict(make_record("unet", 0, 0.5), identity=unet)])
+    assert "- **Model identity and loss**: U-Net: loss dice_focal (foreground-only Dice)" in block
+
+
+def test_quotes_are_filled_from_the_records(tmp_path):
+    from lungseg.errors import ConfigError
+
+    results = tmp_path / "results"
+    for s, d in enumerate([0.60, 0.62, 0.64]):
+        write(results, dict(make_record("lgnet", s, d), per_image=_per_image([d, d, d])))
+        write(results, dict(make_record("unet", s, d + 0.1), per_image=_per_image([d + 0.1, d + 0.2, d])))
+    text = (
+        "LG-Net <!--=lgnet-table1/cpu/lgnet/dice/pm-->99 ± 9<!--/--> vs "
+        "<!--=lgnet-table1/cpu/unet/dice/mean-->?<!--/-->, seed 1 <!--=lgnet-table1/cpu/unet/dice/seed1-->?<!--/-->, "
+        "Δ <!--=lgnet-table1/cpu/unet/dice/delta-->?<!--/--> (n <!--=lgnet-table1/cpu/unet/dice/n-->?<!--/-->), "
+        "back <!--=lgnet-table1/cpu/lgnet/dice/delta/vs=unet-->?<!--/-->"
+    )
+    filled = rep.fill_quotes(text, results)
+    plain = rep.QUOTE.sub(lambda m: m["value"], filled)
+    assert plain == "LG-Net 62.0 ± 2.0 vs 72.0, seed 1 72.0, Δ +10.0 (n 3), back -10.0"
+    with pytest.raises(ConfigError, match="no such row"):
+        rep.fill_quotes("<!--=lgnet-table1/cpu/nope/dice/mean-->1<!--/-->", results)
+
+
+def _discussions(page: str) -> list[str]:
+    """The hand-written prose of each table section (from its ``## `` title to its first block)."""
+    out = []
+    for title in ("## LG-Net Table 1", "## LG-Net Table 2", "## Inf-Net protocol", "## PR-Net Table 1"):
+        start = page.index(title)
+        out.append(page[start : page.index("\n### ", start)])
+    return out
+
+
+def test_the_discussions_quote_generated_numbers():
+    page = REPORT.read_text(encoding="utf-8")
+    quotes = list(rep.QUOTE.finditer(page))
+    assert len(quotes) >= 60
+    cache: dict = {}
+    for m in quotes:  # each quoted number is the generated one
+        assert m["value"] == rep.quote(m["key"], RESULTS, None, cache), m["key"]
+    for text in _discussions(page):  # and no mean ± std is quoted without a marker
+        bare = rep.QUOTE.sub("", text)
+        assert not re.findall(r"\d+\.\d+ ± \d+\.\d+", bare)
+    for claim in (
+        "every model reaches 93–97 %",
+        "UNet++ (96.7 ± 0.3) and PR-Net (96.1 ± 1.5) lead",
+        "holds at\nboth budgets",
+        "PR-Net is\nthe best row",
+    ):  # the overclaims of issue 22 the numbers do not carry
+        assert claim not in page
