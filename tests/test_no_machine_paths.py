@@ -33,6 +33,7 @@ ALLOWED = [
     ("Dockerfile", "/home/lungseg", "the home folder of the image's own user (useradd --home-dir)"),
     ("tests/components/test_dockerfile.py", "/tmp/build/", "asserts the Dockerfile's build-container folder"),
     ("docs/pipeline.md", "/tmp/p", "example commands writing a compiled pipeline to a scratch file of the reader's"),
+    ("docs/inference.md", "/tmp/lgnet", "an example command downloading a model to a scratch folder of the reader's"),
     (
         "docs/results/gpu_sweep.sh",
         "/dev/shm/lungseg-w",
