@@ -383,12 +383,20 @@ def test_quotes_are_filled_from_the_records(tmp_path):
         rep.fill_quotes("<!--=lgnet-table1/cpu/nope/dice/mean-->1<!--/-->", results)
 
 
-def _discussions(page: str) -> list[str]:
-    """The hand-written prose of each table section (from its ``## `` title to its first block)."""
+SECTIONS = {
+    "## LG-Net Table 1": "lgnet-table1",
+    "## LG-Net Table 2": "lgnet-ablation",
+    "## Inf-Net protocol": "infnet-protocol",
+    "## PR-Net Table 1": "prnet-kaggle",
+}
+
+
+def _discussions(page: str) -> list[tuple[str, str]]:
+    """``(table, prose)``: the hand-written prose of each table section (its ``## `` title to its first block)."""
     out = []
-    for title in ("## LG-Net Table 1", "## LG-Net Table 2", "## Inf-Net protocol", "## PR-Net Table 1"):
+    for title, table in SECTIONS.items():
         start = page.index(title)
-        out.append(page[start : page.index("\n### ", start)])
+        out.append((table, page[start : page.index("\n### ", start)]))
     return out
 
 
@@ -399,9 +407,17 @@ def test_the_discussions_quote_generated_numbers():
     cache: dict = {}
     for m in quotes:  # each quoted number is the generated one
         assert m["value"] == rep.quote(m["key"], RESULTS, None, cache), m["key"]
-    for text in _discussions(page):  # and no mean ± std is quoted without a marker
+    for table, text in _discussions(page):
         bare = rep.QUOTE.sub("", text)
+        # no mean ± std is quoted without a marker
         assert not re.findall(r"\d+\.\d+ ± \d+\.\d+", bare)
+        # nor a number in our tables' format (the table's Dice digits) right after one of its row names
+        # (the papers' numbers are printed with other digits: 98.84, 0.581 is never after a row name)
+        spec = TABLES[table]
+        names = [r.label for r in spec.rows] + ["U²-Net-P"] * (table == "lgnet-table1")
+        digits = next(m.digits for m in spec.metrics if m.name == "dice")
+        alt = "|".join(map(re.escape, sorted(names, key=len, reverse=True)))
+        assert not re.findall(rf"(?:{alt}) \(?\d+\.\d{{{digits}}}(?!\d)", bare), table
     for claim in (
         "every model reaches 93–97 %",
         "UNet++ (96.7 ± 0.3) and PR-Net (96.1 ± 1.5) lead",
