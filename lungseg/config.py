@@ -305,6 +305,13 @@ class EvaluateConfig(Section):
     """Probability above which a pixel is foreground (binary models)."""
     n_overlays: int = Field(3, ge=1)
     """Best and worst cases drawn in the overlay figure (each)."""
+    postprocess: Literal["auto", "none", "largest_components+fill_holes"] = "auto"
+    """Post-processing of the labels, part of the served model (:mod:`lungseg.artifacts.serving`):
+    ``auto`` = ``largest_components+fill_holes`` for a lung-field model (its only foreground label is
+    ``lung``; lungmask's default), ``none`` for any other."""
+    tta: Literal["none", "flips"] = "none"
+    """Test-time augmentation, part of the served model: ``flips`` averages the probabilities over the
+    four horizontal/vertical mirrorings (nnU-Net's mirroring in 2-D)."""
 
 
 def _placeholders(template: str) -> list[str]:

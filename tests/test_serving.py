@@ -11,7 +11,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from lungseg.artifacts.serving import POSTPROCESS, TTA, ServingSettings, apply
+from lungseg.artifacts.serving import POSTPROCESS, TTA, ServingSettings, apply, resolve_postprocess
 
 PRE = {"image_size": 16, "hu_window": [-1000, 400], "dataset": "medseg", "num_labels": 2, "label_names": ["bg", "inf"]}
 
@@ -60,15 +60,56 @@ def test_values_outside_the_vocabulary_are_refused(kwargs, message):
     assert POSTPROCESS[0] == TTA[0] == "none"
 
 
-def test_apply_thresholds_binary_and_argmaxes_classes_and_refuses_what_is_not_implemented():
+def test_apply_thresholds_binary_and_argmaxes_classes():
     p = np.array([[[0.54, 0.55], [0.56, 0.1]]], np.float32)
     assert apply(p, ServingSettings(threshold=0.55)).tolist() == [[[0, 1], [1, 0]]]
     assert apply(p[:, None], ServingSettings(threshold=0.5)).tolist() == [[[1, 1], [1, 0]]]
     classes = np.stack([1 - p, p * 0.5, p * 0.5], axis=1)
     assert apply(classes, ServingSettings()).tolist() == [[[0, 0], [0, 0]]]
-    for s in (ServingSettings(postprocess="largest_components+fill_holes"), ServingSettings(tta="flips")):
-        with pytest.raises(NotImplementedError, match="not implemented yet"):
-            apply(p, s)
+    with pytest.raises(ValueError, match="for binary models"):
+        apply(classes, ServingSettings(postprocess="largest_components+fill_holes"))
+
+
+def test_the_post_processing_keeps_the_large_components_and_fills_their_holes():
+    """Hand-made slice: two 'lungs' (one with a hole), a speck (< 10 % of the largest) and an empty slice."""
+    m = np.zeros((2, 12, 12), np.float32)
+    m[0, 1:9, 1:5] = 1.0  # left lung, 32 px, with a hole
+    m[0, 4, 2] = 0.0
+    m[0, 1:7, 7:11] = 1.0  # right lung, 24 px (≥ 10 % of 32)
+    m[0, 10, 10] = 1.0  # a speck, 1 px (< 10 % of 32)
+    m[0, 10, 1] = 1.0  # a speck touching nothing
+    s = ServingSettings(postprocess="largest_components+fill_holes")
+    got = apply(m, s)
+    want = np.zeros((2, 12, 12), np.uint8)
+    want[0, 1:9, 1:5] = 1  # hole filled
+    want[0, 1:7, 7:11] = 1
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(apply(m, ServingSettings()), (m >= 0.5).astype(np.uint8))  # none: as thresholded
+    assert resolve_postprocess("auto", ["background", "lung"]) == "largest_components+fill_holes"
+    assert resolve_postprocess("auto", ["background", "infection"]) == "none"
+    assert resolve_postprocess("none", ["background", "lung"]) == "none"
+
+
+def test_flips_average_the_mirrored_probabilities():
+    """TTA by hand: a net that is not mirror-symmetric gives the mean of its four mirrored answers."""
+    import torch
+
+    from lungseg.artifacts.core import FLIPS, forward_probabilities
+
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(1, 1, 3, padding=1, bias=True).eval()
+    x = torch.rand(2, 1, 8, 8)
+    with torch.no_grad():
+        want = (
+            sum(
+                torch.flip(torch.sigmoid(net(torch.flip(x, d) if d else x)), d) if d else torch.sigmoid(net(x))
+                for d in FLIPS
+            )
+            / 4
+        )
+        got = forward_probabilities(net, x, "flips")
+        assert torch.allclose(got, want, atol=1e-7)
+        assert not torch.allclose(got, forward_probabilities(net, x, "none"), atol=1e-4)  # it does change the answer
 
 
 @pytest.mark.slow

@@ -68,6 +68,25 @@ def to_probabilities(logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
 
 
+#: the mirrorings ``tta="flips"`` averages over: identity, columns, rows, both (nnU-Net's 2-D mirroring)
+FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
+
+
+def forward_probabilities(net: nn.Module, x: torch.Tensor, tta: str = "none") -> torch.Tensor:
+    """Probabilities of ``net`` on ``x`` ``(N, 1, s, s)`` (:func:`to_probabilities`); ``tta="flips"``:
+    the mean of the probabilities over the mirrorings of :data:`FLIPS`, each flipped back."""
+    if tta == "none":
+        return to_probabilities(net(x))
+    if tta != "flips":
+        raise ValueError(f"tta must be 'none' or 'flips', got {tta!r}")
+    total = None
+    for dims in FLIPS:
+        p = to_probabilities(net(torch.flip(x, dims) if dims else x))
+        p = torch.flip(p, dims) if dims else p
+        total = p if total is None else total + p
+    return total / len(FLIPS)
+
+
 def to_labels(probs: torch.Tensor, threshold: float) -> torch.Tensor:
     """Probabilities ``(N, C, H, W)`` → uint8 labels ``(N, H, W)``: ``p ≥ threshold`` (one channel)
     or the arg-max class (C > 1)."""
@@ -92,22 +111,34 @@ class ProbabilityNet(nn.Module):
 
 
 def predict_batch(
-    net: nn.Module, images: torch.Tensor, size: int, *, amp: bool = False, channels_last: bool = False
+    net: nn.Module,
+    images: torch.Tensor,
+    size: int,
+    *,
+    amp: bool = False,
+    channels_last: bool = False,
+    tta: str = "none",
 ) -> torch.Tensor:
     """Probabilities ``(N, C, H, W)`` of one batch ``(N, 1, H, W)`` in [0, 1] at its own size: resize to
-    the model, run it (bf16 autocast when ``amp``), resize the probabilities back. Call it inside
-    ``torch.inference_mode()``; ``images`` must be on the model's device."""
+    the model, run it (bf16 autocast when ``amp``; mirrored and averaged with ``tta="flips"``), resize the
+    probabilities back. Call it inside ``torch.inference_mode()``; ``images`` must be on the model's device."""
     hw = tuple(images.shape[-2:])
     x = resize_to_model(images.float(), size)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-        logits = net(x)
-    return resize_back(to_probabilities(logits), hw)
+        probs = forward_probabilities(net, x, tta)
+    return resize_back(probs.float(), hw)
 
 
 def predict_array(
-    net: nn.Module, images: np.ndarray, size: int, *, batch_size: int = 8, device: torch.device | str = "cpu"
+    net: nn.Module,
+    images: np.ndarray,
+    size: int,
+    *,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+    tta: str = "none",
 ) -> np.ndarray:
     """Probabilities ``(N, C, H, W)`` float32 for ``images`` ``(N, H, W)`` float32 in [0, 1] (one size):
     the plain loop of the MLflow model and the export parity check (fp32)."""
@@ -116,7 +147,7 @@ def predict_array(
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
             x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size], dtype=np.float32))
-            out.append(predict_batch(net, x[:, None].to(device), size).cpu().numpy())
+            out.append(predict_batch(net, x[:, None].to(device), size, tta=tta).cpu().numpy())
     if not out:
         return np.zeros((0, 1, *images.shape[1:]), np.float32)
     return np.concatenate(out)

@@ -105,7 +105,7 @@ class LungsegModel(mlflow.pyfunc.PythonModel):
             x = check_input(model_input)
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
-        probs = predict_array(self.net, x, self.size, batch_size=8)
+        probs = predict_array(self.net, x, self.size, batch_size=8, tta=self.serving.tta)
         if output == "labels":
             return apply(probs, self.serving)
         return probs[:, 0] if probs.shape[1] == 1 else probs

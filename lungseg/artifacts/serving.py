@@ -18,12 +18,21 @@ The contract (issue #20, "the served model behaves exactly as it was evaluated")
   labels through :func:`apply`, the one place the threshold, post-processing and TTA plug in.
 
 Vocabulary (kept tiny and explicit; anything else is a ``ValueError`` naming the allowed values):
-``postprocess``: ``"none"`` | ``"largest_components+fill_holes"``; ``tta``: ``"none"`` | ``"flips"``.
-Only ``"none"`` is implemented today: :func:`apply` refuses the others instead of silently skipping
-them (another change implements them for predict, then evaluation and serving get them at once).
 
-This module imports numpy only: the portable MLflow model carries a copy of it (see
-:data:`lungseg.artifacts.pyfunc.CODE_FILES`).
+* ``postprocess``: ``"none"`` | ``"largest_components+fill_holes"`` — per slice, the connected
+  components (8-connectivity) of at least :data:`MIN_COMPONENT_SHARE` of the largest one are kept
+  (one or two lungs; specks dropped) and their holes filled (lungmask's post-processing, in 2-D:
+  evaluation scores slices). Binary models only. ``evaluate.postprocess: auto`` resolves to it for a
+  lung-field model (:func:`resolve_postprocess`), to ``none`` otherwise.
+* ``tta``: ``"none"`` | ``"flips"`` — the probabilities averaged over the four mirrorings
+  (:func:`lungseg.artifacts.core.forward_probabilities`; it needs the network, so it acts before
+  :func:`apply`).
+
+Evaluation scores the labels :func:`apply` makes, the portable model and ``lungseg predict`` serve the
+labels :func:`apply` makes: one function, so what is served is what was measured.
+
+This module imports numpy (and scipy for the post-processing, an MLflow dependency): the portable
+MLflow model carries a copy of it (see :data:`lungseg.artifacts.pyfunc.CODE_FILES`).
 """
 
 from __future__ import annotations
@@ -38,6 +47,21 @@ import numpy as np
 
 POSTPROCESS = ("none", "largest_components+fill_holes")
 TTA = ("none", "flips")
+#: components smaller than this share of the slice's largest one are dropped by the post-processing
+MIN_COMPONENT_SHARE = 0.1
+#: foreground label names of a lung-field model (``postprocess: auto`` turns the post-processing on)
+LUNG_LABELS = frozenset({"lung", "lungs", "lung field", "lung-field"})
+
+
+def resolve_postprocess(setting: str, label_names: list[str] | None) -> str:
+    """``auto`` → ``largest_components+fill_holes`` for a lung-field model (its only foreground label is
+    a lung), ``none`` for any other; an explicit value is returned as it is."""
+    if setting != "auto":
+        return setting
+    fg = [str(n).lower() for n in (label_names or [])[1:]]
+    return "largest_components+fill_holes" if len(fg) == 1 and fg[0] in LUNG_LABELS else "none"
+
+
 #: the preprocessing keys that change a served model's input (from the model's recorded ``preprocess``)
 PREPROCESS_KEYS = ("image_size", "hu_window", "dataset")
 
@@ -122,20 +146,51 @@ def apply(probabilities: np.ndarray, settings: ServingSettings) -> np.ndarray:
     """Labels uint8 ``(N, H, W)`` from probabilities — ``(N, H, W)`` foreground (binary: ``p ≥ threshold``)
     or ``(N, C, H, W)`` classes (arg-max) — then the post-processing of ``settings``.
 
-    TTA acts on the probabilities before this step (it needs the network), so a ``tta`` other than
-    ``"none"`` and a ``postprocess`` other than ``"none"`` are refused here until implemented."""
-    if settings.tta != "none":
-        raise NotImplementedError(f"serving tta {settings.tta!r} is not implemented yet (only 'none')")
-    if settings.postprocess != "none":
-        raise NotImplementedError(f"serving postprocess {settings.postprocess!r} is not implemented yet (only 'none')")
+    TTA acts on the probabilities before this step (it needs the network:
+    :func:`lungseg.artifacts.core.forward_probabilities`)."""
     p = np.asarray(probabilities)
+    if p.ndim == 4 and p.shape[1] == 1:
+        p = p[:, 0]
     if p.ndim == 3:
-        return (p >= settings.threshold).astype(np.uint8)
-    if p.ndim == 4:
-        if p.shape[1] == 1:
-            return (p[:, 0] >= settings.threshold).astype(np.uint8)
-        return p.argmax(axis=1).astype(np.uint8)
-    raise ValueError(f"expected probabilities (N, H, W) or (N, C, H, W), got shape {p.shape}")
+        labels = (p >= settings.threshold).astype(np.uint8)
+    elif p.ndim == 4:
+        labels = p.argmax(axis=1).astype(np.uint8)
+    else:
+        raise ValueError(f"expected probabilities (N, H, W) or (N, C, H, W), got shape {p.shape}")
+    if p.ndim == 4 and settings.postprocess != "none":
+        raise ValueError(f"serving postprocess {settings.postprocess!r} is for binary models, not {p.shape[1]} classes")
+    return postprocess_labels(labels, settings)
 
 
-__all__ = ["POSTPROCESS", "PREPROCESS_KEYS", "TTA", "ServingSettings", "apply"]
+def postprocess_labels(labels: np.ndarray, settings: ServingSettings) -> np.ndarray:
+    """The post-processing step of :func:`apply` on labels ``(N, H, W)`` already thresholded by its rule
+    (``lungseg predict`` thresholds on the device, then calls this)."""
+    if settings.postprocess == "none" or not len(labels):
+        return labels
+    return np.stack([keep_large_components(s) for s in labels])
+
+
+def keep_large_components(mask: np.ndarray) -> np.ndarray:
+    """One binary slice: its 8-connected components of at least :data:`MIN_COMPONENT_SHARE` of the
+    largest one, holes filled (uint8)."""
+    from scipy import ndimage
+
+    lab, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if n == 0:
+        return mask.astype(np.uint8)
+    sizes = np.bincount(lab.ravel())[1:]
+    keep = np.flatnonzero(sizes >= MIN_COMPONENT_SHARE * sizes.max()) + 1
+    return ndimage.binary_fill_holes(np.isin(lab, keep)).astype(np.uint8)
+
+
+__all__ = [
+    "MIN_COMPONENT_SHARE",
+    "POSTPROCESS",
+    "PREPROCESS_KEYS",
+    "TTA",
+    "ServingSettings",
+    "apply",
+    "keep_large_components",
+    "postprocess_labels",
+    "resolve_postprocess",
+]

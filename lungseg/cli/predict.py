@@ -51,6 +51,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--dicom-seg", action="store_true", help="also write a DICOM SEG (DICOM input only)")
     p.add_argument(
+        "--no-postprocess",
+        action="store_true",
+        help="serve without the model's post-processing (largest lung components + filled holes for a "
+        "lung-field model); the report says the masks differ from what the model was evaluated with",
+    )
+    p.add_argument(
         "--save-probabilities",
         action="store_true",
         help="also write each model's foreground probability map (float32, on the masks' grid)",
@@ -92,17 +98,23 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     uri = resolve_tracking_uri(params)
-    threshold = params.evaluate.threshold
+    ev = params.evaluate
+    serving = {"tracking_uri": uri, "threshold": ev.threshold, "postprocess": ev.postprocess, "tta": ev.tta}
+    specs = [(None, args.model)] if args.model else [("lung", args.lung_model), ("infection", args.infection_model)]
     models = {}
-    if args.model:
-        model = load_model(args.model, tracking_uri=uri, threshold=threshold)
+    for role, spec in specs:
+        if not spec:
+            continue
+        model = load_model(spec, **serving)
+        if role is not None and model.role != role:
+            raise ConfigError(f"--{role}-model {spec}: its labels are {model.label_names}, a {model.role} model")
+        if args.no_postprocess:
+            model = model.served_as(
+                postprocess="none",
+                note=f"served without its post-processing {model.serving.postprocess!r} (--no-postprocess): "
+                "the masks differ from what the model was evaluated with",
+            )
         models[model.role] = model
-    for role, spec in (("lung", args.lung_model), ("infection", args.infection_model)):
-        if spec:
-            model = load_model(spec, tracking_uri=uri, threshold=threshold)
-            if model.role != role:
-                raise ConfigError(f"--{role}-model {spec}: its labels are {model.label_names}, a {model.role} model")
-            models[role] = model
     options = {
         "device": args.device,
         "batch_size": args.batch_size,

@@ -80,7 +80,8 @@ import torch
 
 from lungseg.artifacts.checkpoint import BEST, CHECKPOINT, build_model, load_checkpoint
 from lungseg.artifacts.run_file import RunFile
-from lungseg.artifacts.serving import ServingSettings
+from lungseg.artifacts.serving import ServingSettings, resolve_postprocess
+from lungseg.artifacts.serving import apply as apply_serving
 from lungseg.config import Params
 from lungseg.data.dataset import load_split
 from lungseg.errors import CheckpointError, ConfigError, DataError, TrainingError
@@ -145,14 +146,18 @@ class EvalResult:
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
-    """Probabilities: ``(N, H, W)`` foreground (sigmoid) for 1-channel models, else ``(N, C, H, W)`` softmax."""
+def predict(model: torch.nn.Module, images: np.ndarray, batch_size: int = 8, tta: str = "none") -> np.ndarray:
+    """Probabilities: ``(N, H, W)`` foreground (sigmoid) for 1-channel models, else ``(N, C, H, W)`` softmax;
+    with ``tta="flips"`` averaged over the mirrorings (:func:`lungseg.artifacts.core.forward_probabilities`,
+    what the served model does)."""
+    from lungseg.artifacts.core import forward_probabilities
+
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
-        logits = model(torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))).float()
-        probs = torch.sigmoid(logits[:, 0]) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
-        out.append(probs.numpy())
+        x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
+        probs = forward_probabilities(model, x, tta).float()
+        out.append((probs[:, 0] if probs.shape[1] == 1 else probs).numpy())
     return np.concatenate(out)
 
 
@@ -230,11 +235,10 @@ def evaluate(
     output_dir: str | Path,
     *,
     allow_preprocessing_mismatch: bool = False,
-    postprocess: str = "none",
-    tta: str = "none",
 ) -> EvalResult:
     """Evaluate the model trained into ``model_dir`` on ``params.evaluate.split`` of ``data_dir``, served
-    with ``evaluate.threshold`` and ``postprocess``/``tta`` (:mod:`lungseg.artifacts.serving`)."""
+    with ``evaluate.threshold``, ``evaluate.postprocess`` and ``evaluate.tta``
+    (:mod:`lungseg.artifacts.serving`): the metrics are those of the labels the served model makes."""
     t0 = time.perf_counter()
     cfg = params.evaluate
     model_dir, data_dir, output_dir = Path(model_dir), Path(data_dir), Path(output_dir)
@@ -262,15 +266,16 @@ def evaluate(
             f"lungseg: warning: {ckpt_path} does not record the training data's {', '.join(unchecked)}: "
             "not checked against this data (re-train to record them)"
         )
-    serving = _serving_settings(ckpt, cfg.threshold, postprocess, tta)
+    serving = _serving_settings(ckpt, split.meta, cfg.threshold, cfg.postprocess, cfg.tta)
     model = _network(ckpt, ckpt_path, split, data_dir)
 
-    probs = predict(model, split.images)
+    probs = predict(model, split.images, tta=serving.tta)
     masks = np.asarray(split.masks)
     ids = split.manifest["id"].astype(str).tolist()
     spacing = split.meta.get("spacing_mm")
     if probs.ndim == 3:
-        df = per_image_metrics(probs, masks, threshold=cfg.threshold, spacing=spacing, ids=ids)
+        served = apply_serving(probs, serving)  # the labels the served model makes
+        df = per_image_metrics(probs, masks, threshold=serving.threshold, spacing=spacing, ids=ids, labels=served)
     else:
         df = per_image_metrics_multiclass(probs, masks, ids=ids)
     summary = _finite_or_none(aggregate(df))
@@ -313,21 +318,22 @@ def evaluate(
     return EvalResult(output_dir, cfg.split, len(df), summary, time.perf_counter() - t0, logging)
 
 
-def _serving_settings(ckpt: dict[str, Any], threshold: float, postprocess: str, tta: str) -> ServingSettings:
-    """The settings this evaluation serves the model with; a value outside the vocabulary, or one not
-    implemented yet, is a :class:`ConfigError` (never evaluated as something else)."""
+def _serving_settings(
+    ckpt: dict[str, Any], meta: dict[str, Any], threshold: float, postprocess: str, tta: str
+) -> ServingSettings:
+    """The settings this evaluation serves the model with (``postprocess: auto`` resolved by the model's
+    labels); a value outside the vocabulary is a :class:`ConfigError` (never evaluated as something else)."""
     pre = dict(ckpt.get("preprocess") or {})
     if not pre and ckpt.get("image_size") is not None:
         pre = {"image_size": ckpt["image_size"]}
+    names = pre.get("label_names") or meta.get("label_names")
     try:
-        settings = ServingSettings.for_model(pre, threshold, postprocess=postprocess, tta=tta)
+        post = resolve_postprocess(postprocess, names)
+        if post != "none" and int(ckpt["model_identity"]["kwargs"].get("num_classes", 1)) != 1:
+            raise ValueError(f"postprocess {post!r} is for binary models")
+        return ServingSettings.for_model(pre, threshold, postprocess=post, tta=tta)
     except ValueError as exc:
         raise ConfigError(f"evaluate: {exc}") from exc
-    if settings.postprocess != "none" or settings.tta != "none":
-        raise ConfigError(
-            f"evaluate: postprocess {settings.postprocess!r} / tta {settings.tta!r}: only 'none' is implemented yet"
-        )
-    return settings
 
 
 #: the numbers of a trivial predictor's summary kept in ``metrics.json["baselines"]``

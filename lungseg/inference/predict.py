@@ -48,7 +48,7 @@ from lungseg.artifacts import core
 from lungseg.errors import CheckpointError, ConfigError, DataError
 
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
-LUNG_LABELS = frozenset({"lung", "lungs", "lung field", "lung-field"})
+from lungseg.artifacts.serving import LUNG_LABELS  # noqa: E402  (one definition of a lung-field model)
 
 
 @dataclass
@@ -66,6 +66,38 @@ class LoadedModel:
     """What ties a prediction to this exact model once an alias moves: ``weights_sha256`` (of the file
     the weights were read from), ``run_id`` (the training run), and for a registered model
     ``registered_model`` + ``model_version`` (an alias is resolved to its version before loading)."""
+    serving: Any = None
+    """The :class:`~lungseg.artifacts.serving.ServingSettings` it serves with: a registered model's own
+    (what its evaluation measured), a training folder's from ``evaluate.*`` (default: its preprocessing at
+    ``threshold``, post-processing ``auto``)."""
+    notes: list[str] = field(default_factory=list)
+    """Warnings about how it is served (e.g. without the post-processing it was evaluated with)."""
+
+    def __post_init__(self) -> None:
+        from lungseg.artifacts.serving import ServingSettings, resolve_postprocess
+
+        if self.serving is None:
+            post = resolve_postprocess("auto", self.label_names) if self.num_classes == 1 else "none"
+            self.serving = ServingSettings.for_model(self.preprocess, self.threshold, postprocess=post)
+        self.threshold = self.serving.threshold
+
+    def served_as(self, *, postprocess: str | None = None, tta: str | None = None, note: str = "") -> LoadedModel:
+        """This model with other serving settings (``evaluate.*`` of a folder model, ``--no-postprocess``);
+        ``note`` is kept for the report's warnings."""
+        import dataclasses
+
+        from lungseg.artifacts.serving import resolve_postprocess
+
+        changes: dict[str, str] = {}
+        if postprocess is not None:
+            changes["postprocess"] = (
+                resolve_postprocess(postprocess, self.label_names) if self.num_classes == 1 else "none"
+            )
+        if tta is not None:
+            changes["tta"] = tta
+        serving = dataclasses.replace(self.serving, **changes)
+        notes = self.notes + ([note] if note and serving != self.serving else [])
+        return dataclasses.replace(self, serving=serving, notes=notes)
 
     @property
     def image_size(self) -> int:
@@ -96,6 +128,8 @@ class LoadedModel:
             "identity": self.identity,
             "preprocess": self.preprocess,
             "threshold": self.threshold,
+            "serving": self.serving.to_dict(),
+            "serving_fingerprint": self.serving.fingerprint(),
             "label_names": self.label_names,
             "role": self.role,
             **self.provenance,
@@ -106,12 +140,23 @@ def is_mlflow_uri(spec: str | Path) -> bool:
     return isinstance(spec, str) and spec.startswith(MLFLOW_SCHEMES)
 
 
-def load_model(spec: str | Path, *, tracking_uri: str | None = None, threshold: float = 0.5) -> LoadedModel:
+def load_model(
+    spec: str | Path,
+    *,
+    tracking_uri: str | None = None,
+    threshold: float = 0.5,
+    postprocess: str = "auto",
+    tta: str = "none",
+) -> LoadedModel:
     """The model named by ``spec`` (a training folder / checkpoint file, or an MLflow URI); see the
-    module docstring. ``threshold`` is used unless the MLflow model records its own."""
+    module docstring. A registered model serves with the settings it was evaluated with (its metadata);
+    a training folder, or a model logged before serving settings were recorded, with ``threshold``,
+    ``postprocess`` (``auto``: by its labels) and ``tta`` (the CLI passes ``evaluate.*``)."""
     if is_mlflow_uri(spec):
-        return _from_mlflow(str(spec), tracking_uri, threshold)
-    return _from_checkpoint(Path(spec), threshold)
+        model = _from_mlflow(str(spec), tracking_uri, threshold)
+        recorded = model.serving.fingerprint() if model.provenance.get("serving_recorded") else None
+        return model if recorded else model.served_as(postprocess=postprocess, tta=tta)
+    return _from_checkpoint(Path(spec), threshold).served_as(postprocess=postprocess, tta=tta)
 
 
 def _require_preprocess(ckpt: dict[str, Any], where: str) -> dict[str, Any]:
@@ -231,6 +276,10 @@ def _from_mlflow(uri: str, tracking_uri: str | None, threshold: float) -> Loaded
             state = torch.load(weights, map_location="cpu", weights_only=True)
             net = _network(meta["identity"], state, uri)
             provenance = {"run_id": model.run_id, **provenance, "weights_sha256": sha256_file(weights)}
+            from lungseg.artifacts.serving import ServingSettings
+
+            recorded = meta.get("serving")  # what the registered version was evaluated with
+            provenance["serving_recorded"] = bool(recorded)
             return LoadedModel(
                 net,
                 meta["identity"],
@@ -239,6 +288,7 @@ def _from_mlflow(uri: str, tracking_uri: str | None, threshold: float) -> Loaded
                 uri,
                 f"{pinned} (lungseg pyfunc)",
                 provenance,
+                ServingSettings.from_dict(recorded) if recorded else None,
             )
         if not model.run_id:
             raise CheckpointError(
@@ -322,6 +372,8 @@ class SliceInference:
         several: 1 − p(background)) on the same grid."""
         from tqdm import tqdm
 
+        from lungseg.artifacts.serving import postprocess_labels
+
         out: list[np.ndarray] = []
         fg: list[np.ndarray] | None = [] if probabilities else None
         cuda = self.device.type == "cuda"
@@ -334,9 +386,16 @@ class SliceInference:
                 if cuda:
                     batch = batch.pin_memory().to(self.device, non_blocking=True)
                 probs = core.predict_batch(
-                    self.net, batch, self.model.image_size, amp=self.amp, channels_last=self.channels_last
+                    self.net,
+                    batch,
+                    self.model.image_size,
+                    amp=self.amp,
+                    channels_last=self.channels_last,
+                    tta=self.model.serving.tta,
                 )
-                out.extend(core.to_labels(probs, self.model.threshold).cpu().numpy())
+                # the threshold/arg-max rule of serving.apply on the device, then its post-processing
+                labels = core.to_labels(probs, self.model.threshold).cpu().numpy()
+                out.extend(postprocess_labels(labels, self.model.serving))
                 if fg is not None:
                     p = probs[:, 0] if probs.shape[1] == 1 else 1.0 - probs[:, 0]
                     fg.extend(p.float().cpu().numpy())
@@ -413,6 +472,7 @@ def _infer(scan, models: dict[str, LoadedModel], device: torch.device, batch_siz
     images01 = None
     warnings = list(scan.warnings)
     for role, model in models.items():
+        warnings += [f"{role} model: {x}" for x in model.notes]
         slices01, w = volumes.to_model_range(scan, model.preprocess)
         warnings += [f"{role} model: {x}" for x in w]
         if images01 is None or role == "infection":

@@ -58,8 +58,13 @@ def per_image_metrics(
     threshold: float = 0.5,
     spacing=None,
     ids: Sequence | None = None,
+    labels=None,
 ) -> pd.DataFrame:
     """One row of metrics per image (columns :data:`COLUMNS`, see the module docstring).
+
+    ``labels``: the predicted masks ``(N, H, W)`` in {0, 1} when they are not ``probs ≥ threshold`` (a
+    post-processed prediction, :func:`lungseg.artifacts.serving.apply`); the overlap and distance metrics
+    use them, MAE and AUC the probabilities.
 
     ``probs``: ``(N, H, W)`` foreground probabilities in [0, 1] (numpy or torch; not logits).
     ``masks``: ``(N, H, W)`` labels in {0, 1}. ``spacing``: ``(row_mm, col_mm)`` for all images or an
@@ -79,10 +84,14 @@ def per_image_metrics(
     n = probs.shape[0]
     ids = check_ids(ids, n)
     spacings = spacing_per_image(spacing, n)
+    if labels is not None:
+        labels = check_labels(to_numpy(labels, "labels"), 2).astype(bool)
+        if labels.shape != probs.shape:
+            raise ValueError(f"labels must have the shape of probs {probs.shape}, got {labels.shape}")
     rows = []
     for i in range(n):
         p, g = probs[i], gts[i]
-        pred = p >= threshold
+        pred = p >= threshold if labels is None else labels[i]
         tp = int(np.count_nonzero(pred & g))
         fp = int(np.count_nonzero(pred & ~g))
         fn = int(np.count_nonzero(~pred & g))

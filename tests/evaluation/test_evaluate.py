@@ -291,9 +291,14 @@ def test_serving_settings_and_trivial_baselines_are_recorded(trained, tiny_data,
     )
     assert run.data.tags["lungseg.preprocessing_mismatch"] == "none"
 
-    # a setting outside the vocabulary, or not implemented yet, is refused before any output
+    # the settings come from evaluate.*: test-time flips are evaluated as they will be served
+    from lungseg.config import params_from_dict
     from lungseg.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="tta 'flips': only 'none' is implemented yet"):
-        evaluate(params, root / "model", tiny_data, tmp_path / "rt", tta="flips")
-    assert not (tmp_path / "rt").exists()
+    flips = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"tta": "flips"})})
+    evaluate(flips, root / "model", tiny_data, tmp_path / "rt")
+    mt = json.loads((tmp_path / "rt" / "metrics.json").read_text(encoding="utf-8"))
+    assert mt["serving"]["tta"] == "flips" and mt["serving_fingerprint"] != m["serving_fingerprint"]
+    # a name outside the vocabulary is refused when params.yaml is read
+    with pytest.raises(ConfigError, match=r"evaluate\.tta"):
+        params_from_dict({"evaluate": {"tta": "rotations"}})

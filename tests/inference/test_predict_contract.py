@@ -125,3 +125,52 @@ def test_the_report_ties_the_masks_to_one_model_version_and_run(
     assert predict(infection_model, scan, out2)[0] == 0
     local = json.loads((out2 / "report.json").read_text(encoding="utf-8"))["models"]["infection"]
     assert local["weights_sha256"] == sha256_file(infection_model / "best.pt") and local["run_id"]
+
+
+@pytest.mark.slow
+def test_a_lung_model_serves_with_its_post_processing_and_says_when_not(lung_model, nifti_scan, predict, tmp_path):
+    """Post-processing is part of the served model (evaluate.postprocess: auto → largest components +
+    filled holes for a lung-field model); --no-postprocess serves the raw masks and the report says so."""
+    from lungseg.artifacts.serving import keep_large_components
+
+    on, off = tmp_path / "on", tmp_path / "off"
+    code, _, err = predict(lung_model, nifti_scan, on)
+    assert code == 0, err
+    code, _, err = predict(lung_model, nifti_scan, off, "--no-postprocess")
+    assert code == 0, err
+    r_on = json.loads((on / "report.json").read_text(encoding="utf-8"))
+    r_off = json.loads((off / "report.json").read_text(encoding="utf-8"))
+    assert r_on["models"]["lung"]["serving"]["postprocess"] == "largest_components+fill_holes"
+    assert r_off["models"]["lung"]["serving"]["postprocess"] == "none"
+    assert r_on["models"]["lung"]["serving_fingerprint"] != r_off["models"]["lung"]["serving_fingerprint"]
+    assert any(
+        "--no-postprocess" in w and "differ from what the model was evaluated with" in w for w in r_off["warnings"]
+    )
+    assert not any("--no-postprocess" in w for w in r_on["warnings"])
+    raw = np.asarray(nib.load(off / "lung_mask.nii.gz").dataobj)
+    post = np.asarray(nib.load(on / "lung_mask.nii.gz").dataobj)
+    # the served masks are the raw ones post-processed slice by slice (axial slices: the last axis here)
+    want = np.stack([keep_large_components(raw[:, :, z]) for z in range(raw.shape[2])], axis=2)
+    np.testing.assert_array_equal(post, want)
+
+
+@pytest.mark.slow
+def test_test_time_flips_are_served_when_evaluate_says_so(infection_model, nifti_scan, tmp_path, store, capsys):
+    import yaml
+
+    from lungseg.cli import main
+    from train_helpers import write_params
+
+    params = write_params(tmp_path / "p.yaml", store)
+    data = yaml.safe_load(params.read_text(encoding="utf-8"))
+    data["evaluate"]["tta"] = "flips"
+    params.write_text(yaml.safe_dump(data), encoding="utf-8")
+    outs = {}
+    for name, extra in (("flips", ["--params", str(params)]), ("plain", [])):
+        outs[name] = tmp_path / name
+        args = ["predict", "--model", str(infection_model), "--input", str(nifti_scan), "--output", str(outs[name])]
+        assert main(args + (extra or ["--params", str(write_params(tmp_path / "q.yaml", store))])) == 0
+    capsys.readouterr()
+    reports = {k: json.loads((v / "report.json").read_text(encoding="utf-8")) for k, v in outs.items()}
+    assert reports["flips"]["models"]["infection"]["serving"]["tta"] == "flips"
+    assert reports["plain"]["models"]["infection"]["serving"]["tta"] == "none"
