@@ -97,6 +97,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     for name, tp in (("image-size", int), ("base-channels", int), ("epochs", int), ("batch-size", int), ("lr", float)):
         r.add_argument(f"--{name}", type=tp, default=None, help=f"override the profile's {name} (recorded in each run)")
     r.add_argument("--keep-checkpoints", action="store_true", help="keep *.pt files in the workdir")
+    r.add_argument(
+        "--score-at-source",
+        action="store_true",
+        help="also score the test masks at their source resolution (probabilities resized back and "
+        "thresholded, as lungseg predict does; stored as source_resolution in each record)",
+    )
     r.add_argument("--no-report", action="store_true", help="do not regenerate the results page afterwards")
     r.add_argument(
         "--report", type=Path, default=default_path("report"), help=_path_help("report", "results page to regenerate")
@@ -182,6 +188,8 @@ def _command(args: argparse.Namespace, table: str) -> str:
             parts += [f"--{name.replace('_', '-')}", str(value)]
     if args.device != "auto":
         parts += ["--device", args.device]
+    if getattr(args, "score_at_source", False):
+        parts += ["--score-at-source"]
     return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -268,6 +276,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             command=_command(args, name),
             keep_checkpoints=args.keep_checkpoints,
+            score_at_source=args.score_at_source,
         )
         failed += sum(o.status == "failed" for o in outcomes)
         done = sum(o.status == "done" for o in outcomes)

@@ -25,6 +25,8 @@ so the schema below *is* the file format:
     the rows of ``per_image.csv`` (incl. the confusion counts ``tp, fp, tn, fn``);
 ``train_metrics``, ``mlflow``
     the training's ``train_metrics.json`` and ``mlflow_run.json``, verbatim;
+``source_resolution`` (optional)
+    with ``--score-at-source``, the same model scored against the masks at their source size;
 ``wall_time_s`` (:class:`WallTime`), ``started_at``, ``finished_at``, ``device`` (:class:`Device`),
 ``git`` (:class:`GitInfo`), ``data`` (:class:`DataProvenance`), ``command``, ``host``.
 
@@ -217,7 +219,7 @@ class RunRecord(_Part):
 
     NESTED = {"settings": Settings, "device": Device, "git": GitInfo, "data": DataProvenance, "wall_time_s": WallTime}
     LOCAL = frozenset({"path"})
-    OPTIONAL = frozenset({"identity"})
+    OPTIONAL = frozenset({"identity", "source_resolution"})
 
     record_version: int = RECORD_VERSION
     table: str | None = None
@@ -245,6 +247,9 @@ class RunRecord(_Part):
     data: DataProvenance = field(default_factory=DataProvenance)
     command: str | None = None
     host: str | None = None
+    source_resolution: dict[str, Any] | None = None
+    """With ``--score-at-source``: the test masks scored at their source size (``threshold``,
+    ``sizes``, ``metrics``, ``per_image``; :mod:`lungseg.experiments.source_scoring`)."""
     path: Path | None = field(default=None, compare=False)
     """The file it was read from (not stored in the file)."""
 

@@ -118,6 +118,11 @@ class RunOptions:
     command: str | None = None
     """The command line that reproduces the run (stored in each record)."""
     keep_checkpoints: bool = False
+    score_at_source: bool = False
+    """Also score the test masks at their source resolution (:mod:`lungseg.experiments.source_scoring`),
+    stored as ``source_resolution`` in each record."""
+    data_root: Path | None = None
+    """The raw data root (read again by ``score_at_source``)."""
 
 
 @dataclass(frozen=True)
@@ -418,6 +423,19 @@ def run_cell(request: CellRequest) -> RunRecord:
     if not isinstance(metrics, dict):
         raise DataError(eval_dir / "metrics.json", "evaluation wrote no metrics")
     identity = trained_identity(request, train_dir)
+    source = None
+    if opts.score_at_source:
+        from lungseg.experiments.source_scoring import score_cell_at_source
+
+        if opts.data_root is None:
+            raise ConfigError("score_at_source needs the raw data root")
+        source = score_cell_at_source(
+            train_dir,
+            request.data.data_dir,
+            spec.dataset,
+            spec.input_dir(opts.data_root),
+            threshold=params.evaluate.threshold,
+        )
     record = RunRecord.from_dict(
         clean_json(
             {
@@ -447,6 +465,7 @@ def run_cell(request: CellRequest) -> RunRecord:
                 "data": request.data.provenance,
                 "command": opts.command,
                 "host": platform.node(),
+                **({"source_resolution": source} if source is not None else {}),
             }
         )
     )
@@ -473,6 +492,7 @@ def run_table(
     command: str | None = None,
     keep_going: bool = True,
     keep_checkpoints: bool = False,
+    score_at_source: bool = False,
     log: Callable[[str], None] = print,
 ) -> list[CellOutcome]:
     """Run every missing cell of ``spec`` (rows × seeds); returns one outcome a cell."""
@@ -489,6 +509,8 @@ def run_table(
         overrides={k: v for k, v in (overrides or {}).items() if v is not None},
         command=command,
         keep_checkpoints=keep_checkpoints,
+        score_at_source=score_at_source,
+        data_root=Path(data_root),
     )
 
     todo: list[tuple[Row, int, Path]] = []
