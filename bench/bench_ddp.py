@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """DDP scaling of lungseg's training loop: images/s at world size 1 vs N, and DDP's overhead on one GPU (not a test).
 
-What runs is lungseg's own epoch (:func:`lungseg.training.loop._train_epoch`: the ``(seed, epoch)``
+What runs is lungseg's own epoch (:func:`lungseg.training.epoch.train_epoch`: the ``(seed, epoch)``
 permutation, augmentation of the global batch, forward, loss, backward, Adam step, the per-step
 loss/Dice all-reduce) with the hooks of :mod:`lungseg.training.distributed`, on real CT slices (the
 bundled MedSeg sample preprocessed at ``--size``², repeated to ``--images``). Three kinds of rows:
@@ -81,7 +81,8 @@ def _worker(rank: int, world: int, port: int, args: dict, data: str, out: str) -
     from lungseg.losses import create_loss
     from lungseg.models import create_model
     from lungseg.training import distributed
-    from lungseg.training.loop import _epoch_seed, _train_epoch, deterministic
+    from lungseg.training.epoch import train_epoch
+    from lungseg.training.setup import deterministic, epoch_seed
 
     if args["threads"]:
         torch.set_num_threads(args["threads"])
@@ -106,7 +107,7 @@ def _worker(rank: int, world: int, port: int, args: dict, data: str, out: str) -
         reps = -(-args["images"] // len(split.images))
         x = torch.from_numpy(np.concatenate([split.images] * reps)[: args["images"]])
         y = torch.from_numpy(np.concatenate([split.masks] * reps)[: args["images"]]).long()
-        torch.manual_seed(_epoch_seed(0, 0))
+        torch.manual_seed(epoch_seed(0, 0))
         model = create_model(cfg.model, base_channels=cfg.base_channels).to(device)
         if device.type == "cuda" and cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -118,7 +119,7 @@ def _worker(rank: int, world: int, port: int, args: dict, data: str, out: str) -
         with deterministic():
             for epoch in range(1, cfg.epochs + 1):
                 ddp.barrier()
-                row = _train_epoch(net, loss_fn, optimizer, x, y, cfg, device, epoch, Path(os.devnull), ddp=ddp)
+                row = train_epoch(net, loss_fn, optimizer, x, y, cfg, device, epoch, ddp=ddp)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 seconds.append(row["seconds"])

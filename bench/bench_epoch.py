@@ -6,17 +6,17 @@ For one model, image size, width and batch, on real CT slices (the bundled MedSe
 preprocessed at ``--size``² and its training split repeated to ``--images``):
 
 * **steps** — the epoch's batches (the same ``(seed, epoch)`` permutation and augmentation the
-  loop draws, made with :func:`lungseg.training.loop.epoch_batches`) are built first and kept on the
+  loop draws, made with :func:`lungseg.training.epoch.epoch_batches`) are built first and kept on the
   device; then only forward + loss + ``zero_grad`` + backward + Adam step for each, timed as one
   block (CUDA: ``torch.cuda.synchronize()`` before and after, none in between);
-* **epoch** — lungseg's own training epoch, :func:`lungseg.training.loop._train_epoch`, on the
-  data as :func:`lungseg.training.train` stages it (:func:`lungseg.training.loop.stage_data`: on the
+* **epoch** — lungseg's own training epoch, :func:`lungseg.training.epoch.train_epoch`, on the
+  data as :func:`lungseg.training.train` stages it (:func:`lungseg.training.epoch.stage_data`: on the
   GPU when it fits, ``--data-on-device``): indexing, augmentation, the step, the loss/Dice kept on
   the device and read back at progress points, progress — same batches, same timing;
 * **ratio = epoch ÷ steps**: what the loop costs beyond the steps it has to run (issue #11's goal on
   a GPU: ≤ 1.15);
 * and per epoch of :func:`~lungseg.training.train` besides the training pass: the validation pass
-  (``_validate`` over the validation split) and one write of the full ``checkpoint.pt``
+  (``validate`` over the validation split) and one write of the full ``checkpoint.pt``
   (:meth:`TrainState.save`, synchronous), giving the **whole-epoch ratio** ``(epoch + validation +
   checkpoint ÷ --checkpoint-every) ÷ steps``.
 
@@ -99,7 +99,8 @@ class Bench:
         from lungseg.data.dataset import load_split
         from lungseg.losses import DeepSupervisionLoss, create_loss, default_loss_for
         from lungseg.models import create_model
-        from lungseg.training.loop import _epoch_seed, stage_data
+        from lungseg.training.epoch import stage_data
+        from lungseg.training.setup import epoch_seed
 
         self.device = device
         self.cfg = TrainConfig(
@@ -120,7 +121,7 @@ class Bench:
         )
         self.x, self.y, self.x_val, self.y_val = stage_data(train, val, self.cfg, device, announce=False)
         self.data_on_device = (self.x.device.type == "cuda") if device.type == "cuda" else None  # None: CPU
-        torch.manual_seed(_epoch_seed(0, 0))
+        torch.manual_seed(epoch_seed(0, 0))
         model = create_model(args.model, base_channels=args.base).to(device)
         if device.type == "cuda" and self.cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -145,11 +146,12 @@ class Bench:
 
     def steps(self, epoch: int) -> float:
         """Seconds of the pure train steps over ``epoch``'s batches (built and staged first, untimed)."""
-        from lungseg.training.loop import _epoch_seed, epoch_batches
+        from lungseg.training.epoch import epoch_batches
+        from lungseg.training.setup import epoch_seed
 
         cfg, device, model = self.cfg, self.device, self.model
-        gen = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
-        torch.manual_seed(_epoch_seed(cfg.seed, epoch))
+        gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
+        torch.manual_seed(epoch_seed(cfg.seed, epoch))
         batches = [(xb, yb) for xb, yb, _ in epoch_batches(self.x, self.y, cfg, device, gen)]
         model.train()
         amp = device.type == "cuda" and cfg.amp
@@ -167,22 +169,20 @@ class Bench:
 
     def epoch(self, epoch: int) -> float:
         """Seconds of lungseg's training epoch ``epoch``."""
-        from lungseg.training.loop import _train_epoch
+        from lungseg.training.epoch import train_epoch
 
         _sync(self.device)
         t0 = time.perf_counter()
-        _train_epoch(
-            self.model, self.loss_fn, self.optimizer, self.x, self.y, self.cfg, self.device, epoch, Path(os.devnull)
-        )
+        train_epoch(self.model, self.loss_fn, self.optimizer, self.x, self.y, self.cfg, self.device, epoch)
         _sync(self.device)
         return time.perf_counter() - t0
 
     def validate(self) -> float:
-        from lungseg.training.loop import _validate
+        from lungseg.training.epoch import validate
 
         _sync(self.device)
         t0 = time.perf_counter()
-        _validate(self.model, self.loss_fn, self.x_val, self.y_val, self.cfg, self.device)
+        validate(self.model, self.loss_fn, self.x_val, self.y_val, self.cfg, self.device)
         _sync(self.device)
         return time.perf_counter() - t0
 
@@ -198,7 +198,7 @@ class Bench:
 
 
 def measure(args: argparse.Namespace, device: torch.device) -> dict:
-    from lungseg.training.loop import deterministic
+    from lungseg.training.setup import deterministic
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-epoch-") as tmp:
@@ -235,9 +235,9 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict:
         (r["epoch_s"] + r["validate_s"] + r["checkpoint_s"] / args.checkpoint_every) / r["steps_s"] for r in rows
     )
     from lungseg.training.distributed import SINGLE
-    from lungseg.training.loop import _batch_starts
+    from lungseg.training.epoch import batch_starts
 
-    trained = sum(min(args.batch, n_images - s) for s in _batch_starts(n_images, args.batch, SINGLE))
+    trained = sum(min(args.batch, n_images - s) for s in batch_starts(n_images, args.batch, SINGLE))
     return {
         "rows": rows,
         "summary": {
@@ -292,7 +292,7 @@ def render(results_dir: Path) -> Path:
         "# Epoch overhead results",
         "",
         "Generated by `bench/bench_epoch.py` from every `epoch/*.json` here (do not edit by hand). lungseg's own",
-        "training epoch (`_train_epoch`) against the sum of its pure train steps (the same batches built first and",
+        "training epoch (`train_epoch`) against the sum of its pure train steps (the same batches built first and",
         "kept on the device; forward + loss + backward + Adam step) on real CT slices. Goal on a GPU (issue #11):",
         "epoch ÷ steps ≤ 1.15. The whole-epoch ratio adds the validation pass and the checkpoint write of one",
         "epoch of `train()`. CPU runs share 2 cores with other jobs: rough.",

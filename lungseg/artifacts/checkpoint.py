@@ -28,9 +28,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import logging
 import os
 import random
-import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +42,8 @@ import torch
 from lungseg.config import TrainConfig, model_options
 from lungseg.errors import CheckpointError
 from lungseg.models import complete_options, create_recorded
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
@@ -224,7 +226,7 @@ class CheckpointWriter:
     :meth:`write` first waits for the previous batch and raises its error, if any (the exception
     of the failed write, e.g. ``OSError(28, 'No space left on device')``); :meth:`wait` (called at
     the end of the run) does the same for the last one. :meth:`abandon` is for a run that already
-    failed: it waits and reports a write error on stderr, leaving the run's own error to propagate.
+    failed: it waits and logs a write error as a warning, leaving the run's own error to propagate.
     What is handed over must not change afterwards (:func:`snapshot`)."""
 
     def __init__(self, background: bool = False):
@@ -261,7 +263,7 @@ class CheckpointWriter:
         try:
             self.wait()
         except Exception as exc:  # noqa: BLE001 - reported; the run's own error is the one raised
-            print(f"lungseg: warning: a checkpoint write failed too: {type(exc).__name__}: {exc}", file=sys.stderr)
+            log.warning(f"lungseg: warning: a checkpoint write failed too: {type(exc).__name__}: {exc}")
 
 
 # ------------------------------------------------------------------------------------ state

@@ -40,7 +40,7 @@ Who writes
 
 Failures
     The losses are all-reduced when they are read back — every step on the CPU, at the end of
-    the epoch on CUDA (no per-step host sync; :func:`lungseg.training.loop._train_epoch`) — so a
+    the epoch on CUDA (no per-step host sync; :func:`lungseg.training.epoch.train_epoch`) — so a
     non-finite loss stops every rank at the same point with the same :class:`TrainingError`. A rank that dies
     (an error, an OOM kill, a lost node) makes ``torchrun``
     end the others; a rank blocked in a collective whose peer vanished gives up — at once on gloo,
@@ -62,11 +62,20 @@ Resume
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from lungseg.errors import ConfigError, LungsegError, TrainingError
+
+log = logging.getLogger(__name__)
 
 #: seconds a collective waits for a missing peer before the group is declared broken
 TIMEOUT_ENV = "LUNGSEG_DDP_TIMEOUT_S"
@@ -105,8 +114,6 @@ class Distributed:
     # ------------------------------------------------------------------ setup
     def device(self, device):
         """The device of this rank: ``cuda:LOCAL_RANK`` (made current) under DDP on CUDA."""
-        import torch
-
         if self.active and device.type == "cuda":
             torch.cuda.set_device(self.local_rank)
             return torch.device("cuda", self.local_rank)
@@ -114,8 +121,6 @@ class Distributed:
 
     def check(self, cfg, device) -> None:
         """Settings DDP cannot honour, as :class:`ConfigError` before any work."""
-        from lungseg.errors import ConfigError
-
         if not self.active:
             return
         if cfg.batch_size % self.world_size:
@@ -144,9 +149,6 @@ class Distributed:
         step of every run — fresh or resumed — uses the same gradient-bucket layout."""
         if not self.active:
             return model
-        import torch
-        from torch.nn.parallel import DistributedDataParallel
-
         if cfg.sync_batchnorm:
             converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
             assert converted is model, "a model that is itself a BatchNorm layer"  # never for lungseg models
@@ -172,8 +174,6 @@ class Distributed:
         second epoch after the resume; with it, equal train losses and weights off by up to 1.5e-8
         (a remaining difference whose cause was not found). The torch RNG is reseeded at every
         epoch, so the dropout this draws changes nothing."""
-        import torch
-
         saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
         net.train()
         x = torch.zeros((2, *sample_shape), device=device)
@@ -199,8 +199,6 @@ class Distributed:
         as rank 0 has them. (The weights and buffers are broadcast by DDP when it wraps the model.)"""
         if not self.active:
             return counters
-        import torch.distributed as dist
-
         payload = [None]
         if self.is_main:
             payload = [
@@ -237,9 +235,6 @@ class Distributed:
         With equal parts per rank, the mean of the ranks' batch means is the global batch's mean."""
         if not self.active:
             return value.item()
-        import torch
-        import torch.distributed as dist
-
         t = value.detach().reshape(1).to(torch.float64)
         self._collective(dist.all_reduce, t)
         return float(t.item()) / self.world_size
@@ -249,9 +244,6 @@ class Distributed:
         in one collective (``values.tolist()`` when not distributed)."""
         if not self.active:
             return values.tolist()
-        import torch
-        import torch.distributed as dist
-
         t = values.detach().to(torch.float64).contiguous()
         self._collective(dist.all_reduce, t)
         return (t / self.world_size).tolist()
@@ -269,9 +261,6 @@ class Distributed:
         after every rank has taken rank 0's buffers (BatchNorm running statistics)."""
         if not self.active:
             return fn(model, loss_fn, x, y, cfg, device)
-        import torch
-        import torch.distributed as dist
-
         self.sync_buffers(model)
         n = len(x)
         lo, hi = n * self.rank // self.world_size, n * (self.rank + 1) // self.world_size
@@ -288,8 +277,6 @@ class Distributed:
         of the batch) on every rank."""
         if not self.active:
             return
-        import torch.distributed as dist
-
         for buf in model.buffers():
             self._collective(dist.broadcast, buf, src=0)
 
@@ -301,33 +288,26 @@ class Distributed:
         """Warn when a checkpoint is resumed under another world size (allowed: same global batches)."""
         before = int((ckpt.get("distributed") or {}).get("world_size", 1))
         if before != self.world_size:
-            print(
+            log.warning(
                 f"lungseg: warning: {path} was written by {before} process(es), resuming with {self.world_size}: the "
                 "global batches and augmentations are the same, but BatchNorm statistics (per process unless "
                 "train.sync_batchnorm) and reduction order differ, so the result will differ from an "
-                "uninterrupted run",
-                file=sys.stderr,
+                "uninterrupted run"
             )
 
     # ------------------------------------------------------------------ end
     def barrier(self) -> None:
         if self.active:
-            import torch.distributed as dist
-
             self._collective(dist.barrier)
 
     def close(self) -> None:
         if self.active:
-            import torch.distributed as dist
-
             if dist.is_initialized():
                 dist.destroy_process_group()
 
     def broken(self, exc: BaseException) -> BaseException:
         """A collective's failure (a peer died, or the timeout passed) as a one-line
         :class:`TrainingError` naming this rank; other exceptions unchanged."""
-        from lungseg.errors import LungsegError, TrainingError
-
         if not self.active or isinstance(exc, LungsegError) or not _is_collective_failure(exc):
             return exc
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -350,7 +330,6 @@ SINGLE = Distributed()
 
 def _heads_module(model):
     """``model`` behind a module whose ``forward`` is ``model.forward_heads`` (same parameters)."""
-    import torch
 
     class ForwardHeads(torch.nn.Module):
         def __init__(self, inner):
@@ -384,10 +363,6 @@ NO_RUN = _NoRun()
 def setup(cfg, environ: dict[str, str] | None = None) -> Distributed:
     """Join the ``torchrun`` process group when launched by it (see the module docstring); else
     :data:`SINGLE`. ``cfg`` (the train section) chooses the device and so the backend."""
-    from datetime import timedelta
-
-    from lungseg.errors import ConfigError
-
     env = os.environ if environ is None else environ
     if not launched(env):
         return SINGLE
@@ -404,9 +379,6 @@ def setup(cfg, environ: dict[str, str] | None = None) -> Distributed:
         raise ConfigError(f"RANK/WORLD_SIZE/LOCAL_RANK: not integers ({exc})") from exc
     if not (world >= 1 and 0 <= rank < world):
         raise ConfigError(f"RANK={rank}, WORLD_SIZE={world}: the rank must lie in [0, WORLD_SIZE)")
-    import torch
-    import torch.distributed as dist
-
     cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     backend = "nccl" if cuda else "gloo"
     if cuda:
@@ -435,8 +407,6 @@ def _timeout_s(environ: dict[str, str] | None = None) -> int:
     except ValueError:
         value = -1
     if value <= 0:
-        from lungseg.errors import ConfigError
-
         raise ConfigError(f"{TIMEOUT_ENV}={raw!r}: expected a positive number of seconds")
     return value
 
@@ -444,8 +414,6 @@ def _timeout_s(environ: dict[str, str] | None = None) -> int:
 def _is_collective_failure(exc: BaseException) -> bool:
     """torch.distributed's own errors (``DistError`` and subclasses: backend, network, store,
     timeouts) and gloo's ``RuntimeError``s for a vanished peer."""
-    import torch.distributed as dist
-
     if isinstance(exc, getattr(dist, "DistError", ())):
         return True
     text = str(exc)
@@ -465,8 +433,6 @@ def _is_collective_failure(exc: BaseException) -> bool:
 
 def _to_cpu(obj):
     """``obj`` (a state dict) with every tensor on the CPU, for pickling to other ranks."""
-    import torch
-
     if isinstance(obj, torch.Tensor):
         return obj.detach().cpu()
     if isinstance(obj, dict):

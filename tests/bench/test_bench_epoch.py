@@ -73,7 +73,7 @@ def test_record_writes_the_json_and_renders_it(bench, tmp_path):
 def test_the_timed_steps_are_the_loops_steps(bench, tiny_data):
     """What is timed as "steps" is the loop's own training minus its bookkeeping: from the same start,
     the pure steps over the staged batches and lungseg's epoch end with bitwise the same weights and
-    Adam state (same batches — epoch_batches, which _train_epoch iterates — same updates)."""
+    Adam state (same batches — epoch_batches, which train_epoch iterates — same updates)."""
     import argparse
     import copy
 

@@ -15,7 +15,7 @@ from lungseg.artifacts.checkpoint import (
     model_identity,
 )
 from lungseg.config import TrainConfig, load_params
-from lungseg.training import loop, train
+from lungseg.training import rundir, train
 from train_helpers import write_params
 
 
@@ -92,9 +92,9 @@ def test_a_format_1_checkpoint_resumes_exactly(tmp_path, tiny_data, monkeypatch)
     assert "scaler_state" in torch.load(tmp_path / "old" / "checkpoint.pt", weights_only=False)
 
     writes = []
-    real = loop._write_history
+    real = rundir.write_history
     monkeypatch.setattr(
-        loop, "_write_history", lambda path, history: (writes.append(len(history)), real(path, history))
+        rundir, "write_history", lambda path, history: (writes.append(len(history)), real(path, history))
     )
     train(two, tiny_data, tmp_path / "old", resume=True)  # continue the finished (format-1) run to epoch 2
     assert writes == [2]  # one history write per epoch, none extra at the end

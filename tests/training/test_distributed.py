@@ -252,10 +252,10 @@ def _bn_free_model() -> torch.nn.Module:
 
 
 def _ds_epoch(ddp) -> dict:
-    """One epoch of the training loop itself (``_train_epoch``: 2 global batches of 4, no augmentation)
+    """One epoch of the training loop itself (``train_epoch``: 2 global batches of 4, no augmentation)
     on a deep-supervised BatchNorm-free model, wrapped as ``train()`` wraps it; the row and the weights."""
     from lungseg.losses import create_loss
-    from lungseg.training.loop import _train_epoch
+    from lungseg.training.epoch import train_epoch
 
     torch.manual_seed(0)
     model = _bn_free_model()
@@ -265,9 +265,7 @@ def _ds_epoch(ddp) -> dict:
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)  # (Adam's first steps ≈ sign(grad): too touchy)
     g = torch.Generator().manual_seed(2)
     x, y = torch.rand(8, 1, 8, 8, generator=g), (torch.rand(8, 8, 8, generator=g) > 0.5).long()  # masks: (N, H, W)
-    row = _train_epoch(
-        net, create_loss("bce_dice"), optimizer, x, y, cfg, torch.device("cpu"), 1, Path(os.devnull), ddp=ddp
-    )
+    row = train_epoch(net, create_loss("bce_dice"), optimizer, x, y, cfg, torch.device("cpu"), 1, ddp=ddp)
     return {"row": row, "state": {k: v.clone() for k, v in model.state_dict().items()}}
 
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from lungseg.errors import TrainingError
-from lungseg.training.loop import _clock, _read_back
+from lungseg.training.epoch import NonFiniteLoss, read_back
+from lungseg.training.progress import Progress, clock
 from train_helpers import cli_env, lungseg_cmd, write_params
 
 LINE = re.compile(
@@ -54,22 +55,23 @@ def test_no_progress_line_before_the_interval(tmp_path, tiny_data, capsys):
     assert "epoch 1/1  loss" in err and " step " not in err
 
 
-def test_values_read_back_together_name_the_first_non_finite_step(tmp_path):
+def test_values_read_back_together_name_the_first_non_finite_step():
     """On CUDA the losses of several steps are read back at once (no per-step host sync): a NaN among
     them is still reported at the step where it occurred."""
     pending = [(torch.tensor(v), torch.tensor(0.5)) for v in (0.7, 0.6, float("nan"), 0.4)]
     losses, dices = [0.9], [0.1]
     optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
-    with pytest.raises(TrainingError, match=r"loss became nan at epoch 3, step 7 \(lr 0.01\); no checkpoint"):
-        _read_back(pending, losses, dices, epoch=3, step=8, optimizer=optimizer, ckpt_path=tmp_path / "none.pt")
+    with pytest.raises(NonFiniteLoss, match=r"^loss became nan at epoch 3, step 7 \(lr 0.01\)$") as err:
+        read_back(pending, losses, dices, epoch=3, step=8, optimizer=optimizer)
+    assert isinstance(err.value, TrainingError) and (err.value.epoch, err.value.step) == (3, 7)
     ok = [(torch.tensor(v), torch.tensor(d)) for v, d in ((0.7, 0.25), (0.6, 0.5))]
     losses, dices = [], []
-    _read_back(ok, losses, dices, epoch=1, step=2, optimizer=optimizer, ckpt_path=tmp_path / "none.pt")
+    read_back(ok, losses, dices, epoch=1, step=2, optimizer=optimizer)
     assert losses == [torch.tensor(0.7).item(), torch.tensor(0.6).item()] and dices == [0.25, 0.5] and ok == []
 
 
 def test_clock():
-    assert [_clock(s) for s in (0, 75.4, 3725)] == ["0:00", "1:15", "1:02:05"]
+    assert [clock(s) for s in (0, 75.4, 3725)] == ["0:00", "1:15", "1:02:05"]
 
 
 def test_under_ddp_the_read_back_does_not_follow_the_clock(capsys):
@@ -79,14 +81,13 @@ def test_under_ddp_the_read_back_does_not_follow_the_clock(capsys):
     import time
 
     from lungseg.config import TrainConfig
-    from lungseg.training.loop import _Progress
 
     cfg = TrainConfig(epochs=1, progress_every_s=1e-9)  # a line would be due at every step
-    clock = _Progress(1, cfg, 5, 20, sync_every_step=False)  # one process on CUDA: follows the clock
-    cuda_ddp = _Progress(1, cfg, 5, 20, sync_every_step=False, sync_on_clock=False)
-    cpu_ddp = _Progress(1, cfg, 5, 20, sync_every_step=True, sync_on_clock=False, show=False)
+    single = Progress(1, cfg, 5, 20, sync_every_step=False)  # one process on CUDA: follows the clock
+    cuda_ddp = Progress(1, cfg, 5, 20, sync_every_step=False, sync_on_clock=False)
+    cpu_ddp = Progress(1, cfg, 5, 20, sync_every_step=True, sync_on_clock=False, show=False)
     time.sleep(0.01)
-    assert clock.sync_due(1)
+    assert single.sync_due(1)
     assert not any(cuda_ddp.sync_due(step) for step in range(1, 6))  # the loop reads back after the last step
     assert all(cpu_ddp.sync_due(step) for step in range(1, 6))
     cpu_ddp.show(1, 4, [0.5], [0.25])
@@ -95,7 +96,7 @@ def test_under_ddp_the_read_back_does_not_follow_the_clock(capsys):
     assert "epoch 1/1  step 1/5  loss 0.5000  dice 0.250" in capsys.readouterr().err  # rank 0 does
 
 
-def test_read_back_averages_over_the_ranks_in_one_collective(tmp_path):
+def test_read_back_averages_over_the_ranks_in_one_collective():
     """Under DDP the values read back are the global batch's: each rank's losses and Dice go through
     one ``mean_many`` (an all-reduce); a non-finite mean is named by its step on every rank."""
     calls = []
@@ -108,13 +109,9 @@ def test_read_back_averages_over_the_ranks_in_one_collective(tmp_path):
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     losses, dices = [], []
     pending = [(torch.tensor(0.25), torch.tensor(0.75))]
-    _read_back(
-        pending, losses, dices, epoch=1, step=1, optimizer=optimizer, ckpt_path=tmp_path / "none.pt", ddp=TwoRanks()
-    )
+    read_back(pending, losses, dices, epoch=1, step=1, optimizer=optimizer, ddp=TwoRanks())
     assert (losses, dices, len(calls)) == ([0.375], [0.5], 1) and not pending
     pending = [(torch.tensor(0.25), torch.tensor(0.75)), (torch.tensor(0.5), torch.tensor(0.5))]
     with pytest.raises(TrainingError, match="loss became nan at epoch 2, step 5"):
-        _read_back(
-            pending, losses, dices, epoch=2, step=5, optimizer=optimizer, ckpt_path=tmp_path / "none.pt", ddp=TwoRanks()
-        )
+        read_back(pending, losses, dices, epoch=2, step=5, optimizer=optimizer, ddp=TwoRanks())
     assert len(calls) == 2 and calls[1].numel() == 4  # both steps' loss and Dice in one collective

@@ -200,24 +200,45 @@ def test_a_run_killed_between_checkpoints_re_runs_the_lost_epochs_exactly(tmp_pa
 
 
 def test_a_non_finite_loss_names_the_checkpoint_the_run_can_resume_from(tmp_path):
-    """With checkpoint_every > 1 the last checkpoint is not always the previous epoch's."""
-    from lungseg.training.loop import _non_finite
+    """With checkpoint_every > 1 the last checkpoint is not always the previous epoch's: the epoch
+    names the step (NonFiniteLoss), the loop adds the checkpoint it knows was written."""
+    from lungseg.training.epoch import NonFiniteLoss, non_finite
+    from lungseg.training.rundir import last_good
 
     optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    with pytest.raises(NonFiniteLoss, match=r"^loss became nan at epoch 5, step 2 \(lr 0.01\)$"):
+        non_finite(float("nan"), 5, 2, optimizer)
     ckpt = tmp_path / "checkpoint.pt"
-    with pytest.raises(TrainingError, match=rf"epoch 5, step 2 .*; the last good checkpoint is {ckpt} \(epoch 3\)"):
-        _non_finite(float("nan"), 5, 2, optimizer, ckpt, saved=3)  # (a background write may still be finishing)
-    with pytest.raises(TrainingError, match="no checkpoint was written yet"):
-        _non_finite(float("inf"), 2, 1, optimizer, ckpt, saved=0)
-    ckpt.write_bytes(b"x")
-    with pytest.raises(TrainingError, match=r"\(epoch 4\)"):
-        _non_finite(float("nan"), 5, 1, optimizer, ckpt)  # without saved: the previous epoch, if the file exists
+    assert last_good(ckpt, 3) == f"the last good checkpoint is {ckpt} (epoch 3)"  # (its write may be finishing)
+    assert last_good(ckpt, 0) == "no checkpoint was written yet"
+
+
+@pytest.mark.slow
+def test_the_loop_names_the_last_written_checkpoint_of_a_non_finite_epoch(tmp_path, tiny_data, monkeypatch):
+    """checkpoint_every 2: a loss going NaN in epoch 4 points back to epoch 2's checkpoint.pt."""
+    import lungseg.training.loop as loop
+    from lungseg.training.epoch import NonFiniteLoss
+
+    real = loop.train_epoch
+
+    def nan_in_epoch_4(net, loss_fn, optimizer, *args, **kwargs):
+        if args[-1] == 4:
+            raise NonFiniteLoss(float("nan"), 4, 3, optimizer.param_groups[0]["lr"])
+        return real(net, loss_fn, optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_epoch", nan_in_epoch_4)
+    params = load_params(write_params(tmp_path / "p.yaml", _uri(tmp_path), epochs=5, checkpoint_every=2))
+    ckpt = tmp_path / "out.partial" / "checkpoint.pt"
+    with pytest.raises(TrainingError, match=rf"epoch 4, step 3 \(lr .*\); the last good checkpoint is {ckpt}") as err:
+        train(params, tiny_data, tmp_path / "out")
+    saved = load_checkpoint(ckpt)["epoch"]  # 2, or 3 when its Dice improved (best.pt goes with checkpoint.pt)
+    assert saved in (2, 3) and str(err.value).endswith(f"(epoch {saved})")
 
 
 def test_the_data_stays_where_it_was_on_the_cpu_and_goes_to_the_gpu_when_it_fits(tiny_data):
     from lungseg.config import TrainConfig
     from lungseg.data.dataset import load_split
-    from lungseg.training.loop import DATA_ON_DEVICE_SHARE, keep_on_device, stage_data
+    from lungseg.training.epoch import DATA_ON_DEVICE_SHARE, keep_on_device, stage_data
 
     train_set, val_set = load_split(tiny_data, "train"), load_split(tiny_data, "val")
     for setting in ("auto", True, False):  # the CPU trains where the arrays are: today's tensors, no copy
@@ -275,7 +296,8 @@ def test_nan_loss_stops_with_clear_error_and_keeps_previous_output(tmp_path, tin
     images = np.load(poisoned / "images.npy")
     images[0, 0, 0, 0] = np.nan  # a NaN pixel that slipped past validation
     np.save(poisoned / "images.npy", images)
-    with pytest.raises(TrainingError, match=r"loss became nan at epoch 1"):
+    nan_at = r"loss became nan at epoch 1, step \d+ \(lr .*\); no checkpoint was written yet"
+    with pytest.raises(TrainingError, match=nan_at):
         train(
             load_params(write_params(tmp_path / "p2.yaml", _uri(tmp_path), epochs=1, augment=False)),
             poisoned,
@@ -291,12 +313,12 @@ def test_nan_loss_stops_with_clear_error_and_keeps_previous_output(tmp_path, tin
 def test_a_failure_after_the_last_epoch_ends_the_run_failed(tmp_path, tiny_data, monkeypatch):
     """The run is ended by its ``with`` block: an error while the results are logged (here the disk
     filling up as the curves are drawn) marks it FAILED, not left RUNNING, and nothing is published."""
-    import lungseg.training.loop as loop
+    from lungseg.training import rundir
 
     def full_disk(path, history):
         raise OSError(28, "No space left on device", str(path))
 
-    monkeypatch.setattr(loop, "_plot_history", full_disk)
+    monkeypatch.setattr(rundir, "plot_history", full_disk)
     params = load_params(write_params(tmp_path / "p.yaml", _uri(tmp_path), epochs=1))
     with pytest.raises(OSError, match="No space left on device"):
         train(params, tiny_data, tmp_path / "out")

@@ -12,7 +12,7 @@ from lungseg.config import load_params
 from lungseg.data.dataset import load_split
 from lungseg.losses import DeepSupervisionLoss, create_loss
 from lungseg.training import train
-from lungseg.training.loop import _epoch_seed, seed_everything
+from lungseg.training.setup import epoch_seed, seed_everything
 from train_helpers import write_params
 
 
@@ -34,12 +34,12 @@ def test_infnet_trains_its_edge_head_and_logs_the_deep_supervision_loss(tmp_path
     assert not torch.equal(init.state_dict()[key], best["model_state"][key])  # moved by the DS loss
 
     train_set = load_split(tiny_data, "train")
-    order = torch.randperm(len(train_set.images), generator=torch.Generator().manual_seed(_epoch_seed(0, 1)))
+    order = torch.randperm(len(train_set.images), generator=torch.Generator().manual_seed(epoch_seed(0, 1)))
     x = torch.from_numpy(train_set.images)[order]
     y = torch.from_numpy(train_set.masks).long()[order]
     base = create_loss("bce_dice")  # loss: auto for infnet
     init.train()
-    torch.manual_seed(_epoch_seed(0, 1))
+    torch.manual_seed(epoch_seed(0, 1))
     with torch.no_grad():
         outputs = init.forward_heads(x)
         ds_loss = DeepSupervisionLoss(base, init.deep_supervision_weights, init.deep_supervision_targets)(outputs, y)

@@ -1,0 +1,183 @@
+"""The training's MLflow run: opened (or re-opened on resume) and tagged, its params, its results and
+the portable model logged, and ``mlflow_run.json`` written (see ``docs/training.md``, "MLflow")."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lungseg.artifacts.checkpoint import BEST, CHECKPOINT, TrainState, build_model, load_checkpoint
+from lungseg.artifacts.pyfunc import log_model
+from lungseg.artifacts.run_file import RUN_FILE, RunFile
+from lungseg.config import Params, TrainConfig, flatten
+from lungseg.errors import TrainingError
+from lungseg.io import atomic_write_json, sha256_file
+from lungseg.lineage import run_context_tags, source_tags
+from lungseg.tracking import ResilientRun, git_commit, portable_path, portable_uri, scoped_tracking_uri
+from lungseg.training import rundir
+from lungseg.training.setup import Setup
+
+log = logging.getLogger(__name__)
+
+
+def log_params(run, params: Params, cfg: TrainConfig, extra: dict[str, Any]) -> None:
+    """The ``train`` and ``mlflow`` sections as given, the effective values the preset changed
+    (``effective.<key>``) and ``extra``."""
+    given = flatten({"train": params.train.model_dump(), "mlflow": params.mlflow.model_dump()})
+    eff = {f"effective.{k}": v for k, v in cfg.model_dump().items() if getattr(params.train, k) != v}
+    run.log_params({**given, **eff, **extra})
+
+
+def start_run(params: Params, tracking_uri: str, run_id: str | None, cfg: TrainConfig, tags: dict[str, str]):
+    """``(run, is_new)``: the run ``run_id`` re-opened (a resume), else — or when it cannot be — a new one."""
+    if run_id is not None:
+        try:
+            return ResilientRun.start(tracking_uri, params.mlflow.experiment, run_id=run_id), False
+        except TrainingError as exc:
+            log.warning(f"lungseg: warning: cannot re-open MLflow run {run_id} ({exc}); starting a new run")
+            tags = {**tags, "resumed_from_run": run_id}
+    run = ResilientRun.start(tracking_uri, params.mlflow.experiment, run_name=f"{cfg.model}-seed{cfg.seed}", tags=tags)
+    return run, True
+
+
+def run_tags(s: Setup, data_dir: Path) -> dict[str, str]:
+    """The tags of the training run: code and data versions, the model, the preset, the pipeline run."""
+    cfg = s.cfg
+    tags = {
+        "git_commit": git_commit(),
+        "data_hash": s.info.data_hash,
+        "data_hash_source": s.data_hash_source,
+        "data_dir": portable_path(data_dir),
+        "dataset": str(s.meta.get("dataset")),
+        "model": cfg.model,
+        "preset": cfg.preset,
+        "lungseg.stage": "train",
+    }
+    if cfg.preset == "paper":
+        tags["preset_deviations"] = s.preset.describe_deviations()
+    tags.update(source_tags(s.meta))  # the raw data version the processed set came from (#16)
+    tags.update(run_context_tags())  # the image and KFP run this stage ran in, when a pipeline set them
+    return tags
+
+
+def open_run(
+    params: Params,
+    s: Setup,
+    data_dir: Path,
+    tracking_uri: str,
+    state: TrainState,
+    *,
+    work: Path,
+    output_dir: Path,
+    model: torch.nn.Module,
+    continued: bool,
+):
+    """Start (or re-open) the MLflow run, tag it, log the params of a new one (``model``'s size
+    among them); ``mlflow_run.json`` is written at once so that even a run killed in its first epoch
+    can be found. ``continued``: a finished run goes on (tagged)."""
+    cfg = s.cfg
+    tags = run_tags(s, data_dir)
+    run, is_new = start_run(params, tracking_uri, state.run_id, cfg, tags)
+    state.run_id = run.run_id
+    if continued:
+        run.set_tags({"lungseg.continued_to_epochs": str(cfg.epochs)})
+    if not is_new and cfg.preset == "paper":
+        run.set_tags({"preset_deviations": tags["preset_deviations"]})  # this session's (a resume may change them)
+    write_run_file(work, run, params, cfg, None, output_dir, final=False)  # findable even if killed in epoch 1
+    if is_new:
+        run.set_tags(tags)
+        log_params(run, params, cfg, _run_params(s, model, tags))
+        for row in state.history:  # a new run for a resumed training: carry the earlier epochs over
+            run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+    return run
+
+
+def _run_params(s: Setup, model: torch.nn.Module, tags: dict[str, str]) -> dict[str, Any]:
+    """The params of a new run besides the settings: the data, the model's size, the device."""
+    return {
+        "train.loss_resolved": s.loss_name,
+        "data.dataset": s.meta.get("dataset"),
+        "data.image_size": s.size,
+        "data.n_train": len(s.train_set),
+        "data.n_val": len(s.val_set),
+        "data.hash_source": s.data_hash_source,
+        "model.n_parameters": sum(p.numel() for p in model.parameters()),
+        "device": str(s.device),
+        **({"train.loss_options": json.dumps(s.loss_options, sort_keys=True)} if s.loss_options else {}),
+        **({"preset_deviations": tags["preset_deviations"]} if s.cfg.preset == "paper" else {}),
+    }
+
+
+def log_results(params: Params, s: Setup, state: TrainState, run, work: Path, t0: float) -> str | None:
+    """Summary, curves, artifacts and the portable model (inside the run's block); the model's URI."""
+    history = state.history
+    epochs_run = history[-1]["epoch"] if history else 0
+    if not (work / BEST).is_file():
+        raise TrainingError(f"{work}: no epoch was trained (train.epochs = {s.cfg.epochs}), nothing to save")
+    summary = {
+        "best_val_dice": state.best,
+        "best_epoch": state.best_epoch,
+        "epochs_run": epochs_run,
+        "final_train_loss": history[-1]["train_loss"],
+        "final_val_dice": history[-1]["val_dice"],
+        "stopped_early": state.stopped_early,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    atomic_write_json(work / "train_metrics.json", summary)
+    curves = rundir.plot_history(work / "learning_curves.png", history)
+    run.log_metrics({"best_val_dice": state.best, "best_epoch": state.best_epoch}, step=epochs_run)
+    run.log_artifact(work / "history.csv")
+    run.log_artifact(work / "train_metrics.json")
+    run.log_artifact(curves, "plots")
+    run.log_artifact(work / BEST, "checkpoints")
+    run.log_artifact(work / CHECKPOINT, "checkpoints")
+    best_model = build_model(s.identity)
+    best_model.load_state_dict(load_checkpoint(work / BEST, s.identity)["model_state"])
+    best_model.eval()
+    return log_portable_model(run, best_model, s.identity, s.info.preprocess, params.evaluate.threshold)
+
+
+def log_portable_model(
+    run, model: torch.nn.Module, identity: dict[str, Any], preprocessing: dict[str, Any], threshold: float
+) -> str | None:
+    """Log ``model`` (the ``best.pt`` weights) to ``run`` as the portable MLflow pyfunc model of
+    :mod:`lungseg.artifacts.pyfunc` (its code, weights, preprocessing and a synthetic input example:
+    no patient data); its model URI, or None when the call was queued (the store is unreachable)."""
+    result: dict[str, str] = {}
+
+    def fn():
+        with scoped_tracking_uri(run.tracking_uri):
+            result["uri"] = log_model(
+                model, identity=identity, preprocess=preprocessing, threshold=threshold, run_id=run.run_id
+            )
+
+    return result.get("uri") if run.call("log_model(model)", fn) else None
+
+
+def write_run_file(
+    work: Path, run, params: Params, cfg: TrainConfig, model_uri: str | None, output_dir: Path, *, final: bool
+) -> None:
+    """``mlflow_run.json`` (:class:`lungseg.artifacts.run_file.RunFile`): the run (its store as a
+    repository-relative URI where it is local to the repository the output lives in,
+    :func:`lungseg.tracking.portable_uri`), the logged model and, at the end (``final``), the sha256
+    of ``best.pt`` — the weights behind ``model_uri``, which registration checks the evaluation
+    against. Before the end it says ``status: running``."""
+    RunFile(
+        run_id=run.run_id,
+        experiment_id=run.experiment_id,
+        experiment=params.mlflow.experiment,
+        tracking_uri=portable_uri(run.tracking_uri, output_dir),
+        model_uri=model_uri,
+        model=cfg.model,
+        **run.summary(),
+        best_sha256=sha256_file(work / BEST) if final else None,
+        status=None if final else "running",
+    ).to_file(work / RUN_FILE)
+
+
+__all__ = ["log_params", "log_portable_model", "log_results", "open_run", "run_tags", "start_run", "write_run_file"]

@@ -1,0 +1,215 @@
+"""Before the first epoch: the settings checked against the data, the run's constants, the device,
+seeding and determinism, the model, its loss, optimizer and schedule (see ``docs/training.md``)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lungseg.artifacts.checkpoint import (
+    RunInfo,
+    build_model,
+    fmt_identity,
+    model_identity,
+    optimizer_to_params,
+    training_preprocessing,
+)
+from lungseg.config import Params, TrainConfig, check_train, model_options
+from lungseg.data.dataset import load_split, read_meta
+from lungseg.errors import ConfigError
+from lungseg.losses import create_loss, default_loss_for
+from lungseg.tracking import data_hash
+from lungseg.training.presets import PresetResult, check_paper_size, paper_loss_options, resolve_preset
+
+log = logging.getLogger(__name__)
+
+
+def effective_config(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with its preset applied (:func:`lungseg.training.presets.resolve_preset`: ``paper``
+    fills the paper's value into every key left at its library default)."""
+    return resolve_preset(cfg).config
+
+
+def pick_device(cfg: TrainConfig) -> torch.device:
+    """``train.device`` (auto, cpu or cuda: checked at load): ``auto`` is CUDA when available."""
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: cuda requested but no CUDA device is available")
+    return torch.device(cfg.device)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch ``epoch``'s generators (shuffling, augmentation, dropout)."""
+    return seed * 100_003 + epoch
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def deterministic() -> Any:
+    """``torch.use_deterministic_algorithms(True, warn_only=True)`` inside the block only."""
+    prev, prev_warn = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    prev_bench = torch.backends.cudnn.benchmark
+    if torch.cuda.is_available():
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
+        torch.backends.cudnn.benchmark = prev_bench
+
+
+def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer):
+    """``train.scheduler`` (checked at load): ``cosine`` over ``train.epochs``, ``plateau`` on the
+    validation Dice, or None (``none``)."""
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
+    if cfg.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=3)
+    return None
+
+
+def step_scheduler(scheduler, val_dice: float) -> None:
+    """The end-of-epoch step: ``plateau`` follows the validation Dice, the others the epoch count."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(val_dice)
+    elif scheduler is not None:
+        scheduler.step()
+
+
+def describe_preset(preset: PresetResult) -> str:
+    """The message of a paper-preset run: what it filled in and what it honours against the paper."""
+    filled = ", ".join(f"{k.rsplit('.', 1)[-1]} {v}" for k, v in preset.filled.items()) or "nothing"
+    text = f"set {filled} (the paper's values for settings left at their defaults)"
+    if preset.deviations:
+        text += f"; honouring settings that differ from the paper: {preset.describe_deviations()}"
+    return text
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """The load-time checks of :mod:`lungseg.config` again, for a config changed in code with
+    ``model_copy(update=...)`` (which pydantic does not check); warns about model options that do not
+    apply to ``cfg.model``."""
+    check_train(cfg, "train")
+    _, ignored = model_options(cfg)
+    if ignored:
+        log.warning(
+            f"lungseg: warning: train.model_kwargs {', '.join(ignored)}: not an option of {cfg.model}, ignored "
+            f"(write options per model: model_kwargs: {{<model>: {{...}}}})"
+        )
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What :func:`lungseg.training.train` derives from params and data before anything is written."""
+
+    cfg: TrainConfig
+    preset: PresetResult
+    meta: dict[str, Any]
+    train_set: Any
+    val_set: Any
+    size: int
+    identity: dict[str, Any]
+    info: RunInfo
+    device: torch.device
+    data_hash_source: str
+    loss_name: str
+    loss_options: dict[str, Any]
+
+
+def prepare(params: Params, data_dir: Path, ddp) -> Setup:
+    """Check the settings against the data and derive the run's constants (nothing is written);
+    under DDP the device is this rank's and the settings DDP cannot honour are refused."""
+    validate_config(params.train)  # the user's settings (warnings name their keys)
+    preset = resolve_preset(params.train)  # (a preset's result is checked there)
+    cfg = preset.config
+    meta = read_meta(data_dir)
+    train_set, val_set = load_split(data_dir, "train"), load_split(data_dir, "val")
+    size = int(train_set.images.shape[-1])
+    preset = check_paper_size(preset, size, data_dir)  # refused unless train.allow_non_paper_size
+    num_labels = int(meta["num_labels"])
+    num_classes = 1 if num_labels == 2 else num_labels
+    identity = model_identity(cfg, int(train_set.images.shape[1]), num_classes)
+    device = ddp.device(pick_device(cfg))
+    ddp.check(cfg, device)
+    dhash, dhash_source = data_hash(data_dir)
+    loss_name = default_loss_for(cfg.model) if cfg.loss == "auto" else cfg.loss
+    loss_options = paper_loss_options(num_classes) if cfg.preset == "paper" and loss_name == "dice_focal" else {}
+    info = RunInfo(
+        model_identity=identity,
+        config=cfg.model_dump(),
+        params=params.to_dict(),
+        num_classes=num_classes,
+        data_hash=dhash,
+        image_size=size,
+        preprocess=training_preprocessing(meta),
+        preset_deviations=preset.deviations,
+        distributed=ddp.checkpoint_info(cfg),
+    )
+    return Setup(
+        cfg, preset, meta, train_set, val_set, size, identity, info, device, dhash_source, loss_name, loss_options
+    )
+
+
+def build_training(s: Setup, data_dir: Path):
+    """``(model, loss_fn, optimizer, scheduler)`` of the run, the model's weights drawn from the seeded
+    RNG (call :func:`seed_everything` first); ``ConfigError`` when the model cannot be built from the
+    settings or does not fit the data's image size."""
+    try:
+        model = build_model(s.identity)
+    except (TypeError, ValueError) as exc:  # a value the model rejects: a config error, not a traceback
+        raise ConfigError(f"train.model_kwargs: {fmt_identity(s.identity)} cannot be built: {exc}") from exc
+    divisor = int(getattr(model, "size_divisor", 1))
+    if s.size % divisor:
+        raise ConfigError(
+            f"{data_dir}: images are {s.size}² but {s.cfg.model} needs a multiple of {divisor} "
+            "(set preprocess.image_size)"
+        )
+    loss_fn = create_loss(s.loss_name, num_classes=s.info.num_classes, **s.loss_options)
+    optimizer = torch.optim.Adam(model.parameters(), lr=s.cfg.lr, weight_decay=s.cfg.weight_decay)
+    return model, loss_fn, optimizer, make_scheduler(s.cfg, optimizer)
+
+
+def to_device(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig, device: torch.device):
+    """``model`` moved to ``device`` (channels_last on CUDA when asked) and the optimizer's state put
+    where the parameters now are (a restored state was loaded while the model was still on the CPU)."""
+    model.to(device)
+    if device.type == "cuda" and cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer_to_params(optimizer)
+    return model
+
+
+__all__ = [
+    "Setup",
+    "build_training",
+    "deterministic",
+    "describe_preset",
+    "effective_config",
+    "epoch_seed",
+    "make_scheduler",
+    "pick_device",
+    "prepare",
+    "seed_everything",
+    "step_scheduler",
+    "to_device",
+    "validate_config",
+]
