@@ -142,6 +142,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "history says of their commit; a recorded identity that differs → 'stale' (needs --stale-reason)",
     )
     chk.add_argument("--stale-reason", default=None, help="why recorded identities differ (e.g. the commit)")
+    chk.add_argument(
+        "--renote", action="store_true", help="with --mark: write the notes of records marked unrecorded again"
+    )
 
     rsub.add_parser("list", help="the tables, their rows and profiles")
     return p
@@ -154,7 +157,7 @@ def _check(args: argparse.Namespace) -> int:
 
     results_dir = _require_results_dir(args.results_dir)
     if args.mark:
-        written = identity.mark_records(results_dir, Path.cwd(), args.stale_reason)
+        written = identity.mark_records(results_dir, Path.cwd(), args.stale_reason, renote=args.renote)
         print(f"marked {len(written)} record(s)")
     found = identity.check_records(results_dir)
     for status in ("unrecorded", "stale", "differs", "missing"):

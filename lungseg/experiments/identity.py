@@ -56,6 +56,7 @@ RUN_ONLY_KEYS = frozenset(
 LANDMARKS: tuple[tuple[str, frozenset[str] | None, str], ...] = (
     ("4ccf5a1", frozenset({"lgnet"}), "mrc_levels 5 → 4"),
     ("4ccf5a1", frozenset({"prnet"}), "PR-Net dsa_scaled option"),
+    ("4ccf5a1", None, "the Eq. 14–15 Dice form (foreground-only Dice before)"),
 )
 RECORDED = "recorded"
 UNRECORDED = "unrecorded"
@@ -228,11 +229,14 @@ def check_records(results_dir: str | Path) -> dict[str, list[tuple[Any, str]]]:
     return out
 
 
-def mark_records(results_dir: str | Path, repo: Path, stale_reason: str | None = None) -> list[Any]:
+def mark_records(
+    results_dir: str | Path, repo: Path, stale_reason: str | None = None, *, renote: bool = False
+) -> list[Any]:
     """Mark what :func:`check_records` cannot accept: a record without identity is marked
     ``unrecorded`` (:func:`unrecorded_note`, nothing invented); a recorded identity that differs from
     today's code is marked ``stale: <stale_reason> (differs: …)`` — only with a ``stale_reason``
-    (``ConfigError`` otherwise). Returns the records rewritten."""
+    (``ConfigError`` otherwise). ``renote``: the note of every record already marked ``unrecorded`` is
+    written again from today's :data:`LANDMARKS`. Returns the records rewritten."""
     import dataclasses
 
     from lungseg.errors import ConfigError
@@ -243,7 +247,8 @@ def mark_records(results_dir: str | Path, repo: Path, stale_reason: str | None =
         names = ", ".join(f"{r.table}/{r.profile}/{r.cell}" for r, _ in found["differs"])
         raise ConfigError(f"records differ from today's code ({names}): say why with --stale-reason")
     written = []
-    for record, _note in found.get("missing", []):
+    again = found.get(UNRECORDED, []) if renote else []
+    for record, _note in [*found.get("missing", []), *again]:
         new = dataclasses.replace(record, identity=unrecorded_identity(unrecorded_note(record, repo)))
         atomic_write_json(record.path, new.to_dict())
         written.append(new)

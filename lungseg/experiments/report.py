@@ -332,7 +332,11 @@ def _identity_text(r: RunRecord) -> str:
         if (r.model or r.settings.model) == "lgnet":
             before = "mrc_levels 5 → 4" in (ident.get("note") or "")
             levels = "mrc_levels unrecorded (5: made before 4ccf5a1), " if before else "mrc_levels unrecorded, "
-        return f"{levels}loss {loss}, Dice form unrecorded ‡"
+        note = ident.get("note") or ""
+        form = "Dice form unrecorded"
+        if "Eq. 14–15 Dice form" in note and "dice" in str(loss):
+            form = "foreground-only Dice (made before 4ccf5a1 added Eq. 14–15)"
+        return f"{levels}loss {loss}, {form} ‡"
     ctor = ident.get("constructor") or {}
     levels = f"mrc_levels {ctor['mrc_levels']}, " if "mrc_levels" in ctor and ctor.get("use_mrc", True) else ""
     loss = ident.get("loss") or {}

@@ -76,6 +76,7 @@ def test_unrecorded_note_says_what_git_history_knows():
     note = identity.unrecorded_note(_record(None), REPO)
     assert note.startswith("made at 50bcfe78ff, before records carried the resolved identity")
     assert "made before mrc_levels 5 → 4, commit 4ccf5a1" in note
+    assert "made before the Eq. 14–15 Dice form (foreground-only Dice before), commit 4ccf5a1" in note
     unet = dataclasses.replace(_record(None), model="unet", row="unet")
     assert "mrc_levels" not in identity.unrecorded_note(unet, REPO)
 
@@ -88,7 +89,7 @@ def _write(folder: Path, rec: RunRecord) -> Path:
 
 
 def _check(results, **kw):
-    return cli._check(argparse.Namespace(results_dir=results, mark=False, stale_reason=None, **kw))
+    return cli._check(argparse.Namespace(results_dir=results, mark=False, stale_reason=None, renote=False, **kw))
 
 
 def test_check_command_fails_until_older_records_are_marked(tmp_path, capsys, monkeypatch):
@@ -99,7 +100,7 @@ def test_check_command_fails_until_older_records_are_marked(tmp_path, capsys, mo
     older = _write(results, dataclasses.replace(_record(None), seed=1))
     assert _check(results) == 1
     assert "missing: lgnet-table1/cpu/lgnet-seed1" in capsys.readouterr().out
-    assert cli._check(argparse.Namespace(results_dir=results, mark=True, stale_reason=None)) == 0
+    assert cli._check(argparse.Namespace(results_dir=results, mark=True, stale_reason=None, renote=False)) == 0
     marked = RunRecord.read(older)
     assert marked.identity["status"] == "unrecorded" and "4ccf5a1" in marked.identity["note"]
     assert RunRecord.read(current).identity == expected  # a current record is left as it is
@@ -110,9 +111,18 @@ def test_check_command_fails_until_older_records_are_marked(tmp_path, capsys, mo
     assert _check(results) == 1
     with pytest.raises(ConfigError, match="--stale-reason"):
         identity.mark_records(results, REPO)
-    assert cli._check(argparse.Namespace(results_dir=results, mark=True, stale_reason="before X")) == 0
+    assert cli._check(argparse.Namespace(results_dir=results, mark=True, stale_reason="before X", renote=False)) == 0
     stale = RunRecord.read(results / "lgnet-table1" / "cpu" / "lgnet-seed2.json")
     assert stale.made_by_older_code.startswith("stale: before X (differs: train.weight_decay: 0.5 → 1e-05")
+    # --renote writes the notes of the unrecorded ones again (from today's landmarks), nothing else
+    path = results / "lgnet-table1" / "cpu" / "lgnet-seed1.json"
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    raw["identity"]["note"] = "an older note"
+    path.write_text(json.dumps(raw), encoding="utf-8")
+    ns = argparse.Namespace(results_dir=results, mark=True, stale_reason=None, renote=True)
+    assert cli._check(ns) == 0
+    assert RunRecord.read(path).identity == marked.identity
+    assert RunRecord.read(results / "lgnet-table1" / "cpu" / "lgnet-seed2.json") == stale
 
 
 def test_committed_results_folder_is_fully_judged():

@@ -425,3 +425,11 @@ def test_the_discussions_quote_generated_numbers():
         "PR-Net is\nthe best row",
     ):  # the overclaims of issue 22 the numbers do not carry
         assert claim not in page
+
+
+def test_older_records_state_the_dice_form_git_history_fixes():
+    note = "made at 50bcfe78ff; made before the Eq. 14–15 Dice form (foreground-only Dice before), commit 4ccf5a1"
+    rec = dict(make_record("unet", 0, 0.6), identity={"status": "unrecorded", "note": note})
+    rec["settings"]["extra_train"] = {"loss": "dice_focal"}
+    block = render_block(SPEC, "cpu", [rec])
+    assert "U-Net: loss dice_focal, foreground-only Dice (made before 4ccf5a1 added Eq. 14–15) ‡" in block
