@@ -63,3 +63,27 @@ def test_the_benchmarks_use_public_names_only():
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lungseg.training"):
                 private += [f"{path.relative_to(repo)}: {a.name}" for a in node.names if a.name.startswith("_")]
     assert private == []
+
+
+def test_the_library_logs_its_lines_and_a_caller_can_silence_them(caplog, capsys):
+    """Training's lines go to ``logging`` (``lungseg.training.*``), not to print: the command line's
+    handler shows them as the message alone; a program embedding lungseg can raise the level."""
+    import logging
+
+    from lungseg.config import TrainConfig
+    from lungseg.training.progress import Progress
+
+    cfg = TrainConfig(epochs=1, progress_every_s=1e-9)
+    with caplog.at_level(logging.INFO, logger="lungseg.training"):
+        Progress(1, cfg, 5, 20, sync_every_step=True).show(1, 4, [0.5], [0.25])
+    (record,) = [r for r in caplog.records if r.name == "lungseg.training.progress"]
+    assert record.levelno == logging.INFO and record.getMessage().startswith("epoch 1/1  step 1/5  loss 0.5000")
+    assert capsys.readouterr().err.startswith("epoch 1/1  step 1/5")  # the handler: the text alone
+    root = logging.getLogger("lungseg")
+    level = root.level
+    root.setLevel(logging.WARNING)
+    try:
+        Progress(1, cfg, 5, 20, sync_every_step=True).show(1, 4, [0.5], [0.25])
+    finally:
+        root.setLevel(level)
+    assert capsys.readouterr().err == ""
