@@ -456,7 +456,8 @@ def render_budget_block(spec: TableSpec, records_by_profile: Mapping[str, Record
             else "not run"
             for p, agg in cols
         ]
-        lines.append("| " + " | ".join([row.label] + cells) + " |")
+        older = any(r.made_by_older_code for recs in by_profile.values() for r in _of_row(recs, row.key))
+        lines.append("| " + " | ".join([row.label + (" ‡" if older else "")] + cells) + " |")
     notes = []
     for p, recs in by_profile.items():
         settings = _unique(_budget_settings(r) for r in recs)
@@ -466,6 +467,8 @@ def render_budget_block(spec: TableSpec, records_by_profile: Mapping[str, Record
             f"- `{p}`: {'; '.join(settings)}; {len(recs)} runs, seeds {', '.join(map(str, seeds))}, "
             f"device {', '.join(str(d) for d in devices)}"
         )
+    if any(r.made_by_older_code for recs in by_profile.values() for r in recs):
+        notes.append("- ‡ records made by older code (listed in each profile's block)")
     return (
         "Mean over the test images, then mean ± std over seeds; [rank] = place among the rows run "
         "under that profile (1 = best), ordered by the unrounded means: rows whose means lie within one "

@@ -128,3 +128,42 @@ def test_check_command_fails_until_older_records_are_marked(tmp_path, capsys, mo
 def test_committed_results_folder_is_fully_judged():
     found = identity.check_records(REPO / "docs" / "results")
     assert not found.get("differs") and not found.get("missing")
+
+
+def _request(tmp_path, profile="cpu", row="lgnet"):
+    from lungseg.experiments import runner
+
+    prof = runner.effective_profile(T1, profile)
+    options = runner.RunOptions(workdir=tmp_path, results_dir=tmp_path / "results")
+    data = runner.PreparedData(tmp_path / "data", {})
+    return runner.CellRequest(spec=T1, profile=profile, prof=prof, row=T1.row(row), seed=0, data=data, options=options)
+
+
+def _checkpoint(train_dir, model_kwargs):
+    import torch
+
+    from lungseg.experiments import runner
+    from lungseg.training.presets import resolve_preset
+
+    cfg = resolve_preset(runner.build_params(T1, T1.row("lgnet"), runner.effective_profile(T1, "cpu"), 0).train).config
+    ident = {"name": "lgnet", "kwargs": {"in_channels": 1, "num_classes": 1, "base_channels": 8, **model_kwargs}}
+    train_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {"model_identity": ident, "model_state": {}, "config": cfg.model_dump(), "num_classes": 1},
+        train_dir / "best.pt",
+    )
+
+
+def test_the_runner_records_what_best_pt_trained_and_refuses_another_model(tmp_path):
+    from lungseg.errors import DataError
+    from lungseg.experiments import runner
+
+    train = tmp_path / "train"
+    _checkpoint(train, {"max_tokens": 256, "mrc_levels": 4})
+    ident = runner.trained_identity(_request(tmp_path), train)
+    assert ident == identity.expected_identity(T1, "cpu", T1.row("lgnet"))
+    # a checkpoint identity without mrc_levels was written before the option: it loads as 5 levels,
+    # which is not what the cell's spec builds today — no record is written for it
+    _checkpoint(train, {"max_tokens": 256})
+    with pytest.raises(DataError, match=r"constructor\.mrc_levels: 5 → 4"):
+        runner.trained_identity(_request(tmp_path), train)

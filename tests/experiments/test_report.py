@@ -433,3 +433,12 @@ def test_older_records_state_the_dice_form_git_history_fixes():
     rec["settings"]["extra_train"] = {"loss": "dice_focal"}
     block = render_block(SPEC, "cpu", [rec])
     assert "U-Net: loss dice_focal, foreground-only Dice (made before 4ccf5a1 added Eq. 14–15) ‡" in block
+
+
+def test_budget_block_marks_rows_made_by_older_code():
+    old = {"status": "unrecorded", "note": "made before mrc_levels 5 → 4, commit 4ccf5a1"}
+    cpu = [dict(make_record("lgnet", 0, 0.6), identity=old), make_record("unet", 0, 0.7)]
+    long = [dict(make_record("lgnet", 0, 0.8, image_size=128), profile="cpu-long")]
+    block = rep.render_budget_block(SPEC, {"cpu": cpu, "cpu-long": long})
+    assert "| LG-Net ‡ | 60.0 (n=1) [2] | 80.0 (n=1) [1] |" in block and "| U-Net | 70.0 (n=1) [1] | not run |" in block
+    assert "- ‡ records made by older code (listed in each profile's block)" in block
