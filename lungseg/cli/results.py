@@ -51,11 +51,19 @@ def _path_help(name: str, what: str) -> str:
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    from lungseg.experiments.specs import TABLES
-    from lungseg.experiments.tables import PROFILES
-
     p = sub.add_parser("results", help="re-run the papers' comparison tables; regenerate docs/results.md")
     rsub = p.add_subparsers(dest="results_command", metavar="ACTION", required=True)
+
+    _add_run(rsub)
+    _add_report(rsub)
+    _add_check(rsub)
+    rsub.add_parser("list", help="the tables, their rows and profiles")
+    return p
+
+
+def _add_run(rsub) -> None:
+    from lungseg.experiments.specs import TABLES
+    from lungseg.experiments.tables import PROFILES
 
     r = rsub.add_parser("run", help="train + evaluate the missing cells of a table (resumable)")
     r.add_argument(
@@ -108,6 +116,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "--report", type=Path, default=default_path("report"), help=_path_help("report", "results page to regenerate")
     )
 
+
+def _add_report(rsub) -> None:
     rep = rsub.add_parser("report", help="regenerate the tables of docs/results.md from the JSON records")
     rep.add_argument(
         "--results-dir",
@@ -125,6 +135,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     rep.add_argument("--print", action="store_true", help="print the generated blocks instead of writing")
 
+
+def _add_check(rsub) -> None:
     chk = rsub.add_parser(
         "check",
         help="compare every record's identity with what today's code builds for its cell; --mark marks older ones",
@@ -145,9 +157,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
     chk.add_argument(
         "--renote", action="store_true", help="with --mark: write the notes of records marked unrecorded again"
     )
-
-    rsub.add_parser("list", help="the tables, their rows and profiles")
-    return p
 
 
 def _check(args: argparse.Namespace) -> int:

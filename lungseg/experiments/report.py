@@ -27,7 +27,7 @@ import math
 import re
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -184,44 +184,72 @@ def render_metric_table(
     were made by older code (:attr:`RunRecord.made_by_older_code`) is marked ``‡``."""
     records = as_records(records)
     metrics = list(metrics or spec.metrics)
-    cols = _columns(metrics, suffix, spec.pooled_beside if pooled_beside is None else pooled_beside)
-    pub = spec.published if with_published else None
-    pub_metrics = [m for m in metrics if pub is not None and m.name in pub.units]
-    detail = next((m for m in metrics if m.name == seed_metric), None)
-    label_pooled = len({c.suffix for c in cols}) > 1
-    head = ["model", "seeds"] + [c.header(label_pooled=label_pooled) for c in cols]
-    head += [f"ours: {detail.label} per seed"] if detail is not None else []
-    pair = next((m for m in metrics if m.name == paired_metric), None)
-    ref = spec.rows[0]
-    head += [f"ours: Δ {pair.label} vs {ref.label} [95 % CI], Wilcoxon p, n images"] if pair is not None else []
-    head += [f"paper†: {m.label} ({pub.units[m.name]})" for m in pub_metrics] if pub else []
-    n_ours = len(cols) + (detail is not None) + (pair is not None)
-    ref_recs = _of_row(records, ref.key)
+    layout = _TableLayout(
+        cols=_columns(metrics, suffix, spec.pooled_beside if pooled_beside is None else pooled_beside),
+        pub=spec.published if with_published else None,
+        detail=next((m for m in metrics if m.name == seed_metric), None),
+        pair=next((m for m in metrics if m.name == paired_metric), None),
+        suffix=suffix,
+    )
+    layout.pub_metrics = [m for m in metrics if layout.pub is not None and m.name in layout.pub.units]
+    head = layout.header(spec.rows[0].label)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    used_pub = set()
+    ref_recs = _of_row(records, spec.rows[0].key)
+    used_pub: set[str] = set()
     for row in spec.rows:
         recs = _of_row(records, row.key)
-        if recs:
-            seeds = ",".join(str(s) for s in sorted(r.seed for r in recs))
-            cells = [c.format(recs) for c in cols]
-            cells += [per_seed(recs, detail, suffix)] if detail is not None else []
-            cells += [_paired_cell(ref_recs, recs, pair, row.key == ref.key)] if pair is not None else []
-        else:
-            seeds, cells = "—", ["not run"] * n_ours
-        pcells = []
-        if pub is not None:
-            vals = pub.values.get(row.published_as or "", None)
-            if vals is not None:
-                used_pub.add(row.published_as)
-            pcells = [_fmt_published((vals or {}).get(m.name)) for m in pub_metrics]
+        cells = layout.our_cells(recs, ref_recs, row.key == spec.rows[0].key)
         label = row.label + (" ‡" if any(r.made_by_older_code for r in recs) else "")
-        lines.append("| " + " | ".join([label, seeds] + cells + pcells) + " |")
-    if pub is not None:
-        for label, vals in pub.values.items():
+        lines.append("| " + " | ".join([label, *cells, *layout.paper_cells(row.published_as, used_pub)]) + " |")
+    if layout.pub is not None:
+        for label, vals in layout.pub.values.items():
             if label not in used_pub:
-                pcells = [_fmt_published(vals.get(m.name)) for m in pub_metrics]
-                lines.append("| " + " | ".join([f"{label} (paper only)", "—"] + ["not run"] * n_ours + pcells) + " |")
+                pcells = [_fmt_published(vals.get(m.name)) for m in layout.pub_metrics]
+                not_run = ["not run"] * layout.n_ours
+                lines.append("| " + " | ".join([f"{label} (paper only)", "—", *not_run, *pcells]) + " |")
     return "\n".join(lines)
+
+
+@dataclass
+class _TableLayout:
+    """The columns of one metric table: ours (per column, per seed, paired) and the paper's."""
+
+    cols: list[Column]
+    pub: Any
+    detail: Metric | None
+    pair: Metric | None
+    suffix: str
+    pub_metrics: list[Metric] = field(default_factory=list)
+
+    @property
+    def n_ours(self) -> int:
+        return len(self.cols) + (self.detail is not None) + (self.pair is not None)
+
+    def header(self, ref_label: str) -> list[str]:
+        label_pooled = len({c.suffix for c in self.cols}) > 1
+        head = ["model", "seeds"] + [c.header(label_pooled=label_pooled) for c in self.cols]
+        head += [f"ours: {self.detail.label} per seed"] if self.detail is not None else []
+        if self.pair is not None:
+            head += [f"ours: Δ {self.pair.label} vs {ref_label} [95 % CI], Wilcoxon p, n images"]
+        head += [f"paper†: {m.label} ({self.pub.units[m.name]})" for m in self.pub_metrics] if self.pub else []
+        return head
+
+    def our_cells(self, recs: Sequence[RunRecord], ref_recs: Sequence[RunRecord], is_ref: bool) -> list[str]:
+        """``seeds`` and our cells of one row (``not run`` when it has no record)."""
+        if not recs:
+            return ["—"] + ["not run"] * self.n_ours
+        cells = [",".join(str(s) for s in sorted(r.seed for r in recs))] + [c.format(recs) for c in self.cols]
+        cells += [per_seed(recs, self.detail, self.suffix)] if self.detail is not None else []
+        cells += [_paired_cell(ref_recs, recs, self.pair, is_ref)] if self.pair is not None else []
+        return cells
+
+    def paper_cells(self, published_as: str | None, used: set[str]) -> list[str]:
+        if self.pub is None:
+            return []
+        vals = self.pub.values.get(published_as or "", None)
+        if vals is not None:
+            used.add(published_as)
+        return [_fmt_published((vals or {}).get(m.name)) for m in self.pub_metrics]
 
 
 def _paired_cell(ref_recs: Sequence[RunRecord], recs: Sequence[RunRecord], metric: Metric, is_ref: bool) -> str:
@@ -255,19 +283,27 @@ def _render_empty(spec: TableSpec, profile: str) -> str:
 
 def _render_provenance(spec: TableSpec, profile: str, records: Sequence[RunRecord]) -> list[str]:
     """Command(s), settings, model arguments, profile, seeds, data, device, code and time of the runs."""
-    prof = spec.profiles[profile]
     commands = _unique(r.command for r in records if r.command)
     out = [
         "**Command(s)** (records in `docs/results/" + f"{spec.name}/{profile}/`):\n",
         "```\n" + "\n".join(commands or ["(not recorded)"]) + "\n```",
         "",
     ]
+    out += _settings_lines(spec, profile, records)
+    out += _origin_lines(spec, records)
+    out += _warning_lines(spec, records)
+    return out
+
+
+def _settings_lines(spec: TableSpec, profile: str, records: Sequence[RunRecord]) -> list[str]:
+    """Settings used, model arguments, identity and loss, the profile, seeds."""
+    prof = spec.profiles[profile]
     settings = _unique(r.settings.without_model() for r in records)
     overrides = _unique(json.dumps(r.overrides or {}, sort_keys=True) for r in records)
-    out.append(
+    out = [
         f"- **Settings used**: {'; '.join(s.describe() for s in settings)}"
         + ("" if overrides == ["{}"] else f" (command-line overrides of the profile: {', '.join(overrides)})")
-    )
+    ]
     kw_lines = []
     for row in spec.rows:
         kws = _unique(json.dumps(r.settings.model_kwargs or {}, sort_keys=True) for r in _of_row(records, row.key))
@@ -284,13 +320,24 @@ def _render_provenance(spec: TableSpec, profile: str, records: Sequence[RunRecor
         f"- **Seeds**: {', '.join(str(s) for s in seeds)} (the seed changes initialisation, augmentation and "
         "batch order; the data split is fixed)"
     )
+    return out
+
+
+def _origin_lines(spec: TableSpec, records: Sequence[RunRecord]) -> list[str]:
+    """Data, device, code and time."""
     data = {}
     for r in records:
         data.setdefault(r.data.identity(), r.data)
-    out += [f"- **Data**: {d.describe()}" for d in data.values()]
+    out = [f"- **Data**: {d.describe()}" for d in data.values()]
     out.append(f"- **Device**: {'; '.join(_unique(r.device.describe() for r in records))}")
     out.append(f"- **Code**: git {', '.join(_unique(r.git.short() for r in records))}")
     out.append(_render_time(spec, records))
+    return out
+
+
+def _warning_lines(spec: TableSpec, records: Sequence[RunRecord]) -> list[str]:
+    """Records made by older code (‡), rows mixing code versions or settings."""
+    out = []
     older = _unique(r.made_by_older_code for r in records if r.made_by_older_code)
     if older:
         out.append(

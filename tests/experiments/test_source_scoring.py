@@ -122,7 +122,7 @@ def test_tiny_medseg_cell_scored_at_512(tmp_path, shared_data, monkeypatch):
         log=lambda s: None,
     )
     assert [o.status for o in outcomes] == ["done"]
-    rec = json.loads((tmp_path / "results" / "lgnet-table1" / "cpu" / "unet-seed0.json").read_text())
+    rec = json.loads((tmp_path / "results" / "lgnet-table1" / "cpu" / "unet-seed0.json").read_text(encoding="utf-8"))
     src = rec["source_resolution"]
     assert src["sizes"] == [[512, 512]] and src["metrics"]["n_images"] == 20 == len(src["per_image"])
     assert all(r["tp"] + r["fp"] + r["tn"] + r["fn"] == 512 * 512 for r in src["per_image"])
