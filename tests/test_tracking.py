@@ -216,6 +216,7 @@ def test_store_record_names_the_store_in_use(tmp_path, monkeypatch):
     assert store_record(params, anchor) == {"tracking_uri": "http://127.0.0.1:5001"}
 
 
+@pytest.mark.slow
 def test_lungseg_store_writes_the_record_idempotently(tmp_path):
     """`lungseg store --output F`: the same store gives the same bytes; another store other bytes; a file
     that is not such a record is refused in one line, never overwritten."""

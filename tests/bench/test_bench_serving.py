@@ -33,6 +33,7 @@ def test_committed_rendering_is_the_rendering_of_the_committed_json(bench, tmp_p
     ).read_text(encoding="utf-8"), "run `python bench/bench_serving.py --render-only` and commit SERVING.md"
 
 
+@pytest.mark.slow
 def test_a_tiny_run_scores_every_variant_against_none(bench, tmp_path_factory, tmp_path, capsys):
     import torch
 
