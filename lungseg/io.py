@@ -28,11 +28,12 @@ from typing import Any
 
 from lungseg.provenance import file_sha256
 
-#: the file every lungseg output folder carries; a folder with it may be replaced as a whole
+#: the file every lungseg output folder carries (JSON: which command wrote it); such a folder may be
+#: replaced as a whole by the same command
 MARKER = ".lungseg-output"
-MARKER_TEXT = "This folder was written by lungseg; lungseg may replace it as a whole.\n"
 
 _OVERWRITE: contextvars.ContextVar[bool] = contextvars.ContextVar("lungseg_overwrite", default=False)
+_WRITER: contextvars.ContextVar[str] = contextvars.ContextVar("lungseg_writer", default="lungseg")
 
 
 @contextlib.contextmanager
@@ -46,6 +47,60 @@ def overwrite_allowed(allowed: bool = True) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def written_by(command: str) -> Iterator[None]:
+    """Within the block, output folders are marked as written by ``command`` (``lungseg predict`` …),
+    and only a folder of that command is replaced without ``--overwrite`` (the CLI sets it)."""
+    token = _WRITER.set(command)
+    try:
+        yield
+    finally:
+        _WRITER.reset(token)
+
+
+def marker_text() -> str:
+    return json.dumps({"written_by": _WRITER.get(), "replaced_as_a_whole_by": _WRITER.get()}) + "\n"
+
+
+def _writer_of(folder: Path) -> str | None:
+    """Which command wrote ``folder`` (its :data:`MARKER`), ``None`` when it has none."""
+    marker = folder / MARKER
+    if not marker.is_file():
+        return None
+    try:
+        return str(json.loads(marker.read_text(encoding="utf-8"))["written_by"])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return "lungseg"
+
+
+def _fresh_dir(parent: Path, name: str) -> Path:
+    """A new private temporary folder ``.<name>.tmp-<pid>-…`` in ``parent``; temporaries of this
+    name left by a process that no longer runs (a kill) are removed first."""
+    for old in parent.glob(f".{name}.tmp-*"):
+        pid = old.name[len(f".{name}.tmp-") :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)) and old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f".{name}.tmp-{os.getpid()}-", dir=parent))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _public(path: Path) -> None:
+    """Give a finished temporary file or folder the permissions of a normally created one (mkdtemp and
+    mkstemp make them private: 0700 / 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+@contextlib.contextmanager
 def atomic_dir(target: str | Path, *, keep: tuple[str | Path, ...] = ()) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``target``; on success it replaces ``target``.
 
@@ -56,7 +111,7 @@ def atomic_dir(target: str | Path, *, keep: tuple[str | Path, ...] = ()) -> Iter
     target = Path(target)
     check_output_dir(target, keep=keep)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = _fresh_dir(target.parent, target.name)
     try:
         yield tmp
     except BaseException:
@@ -87,7 +142,8 @@ def replace_dir(
     src, target = Path(src), Path(target)
     check_output_dir(target, keep=keep, overwrite=overwrite)
     if mark:
-        (src / MARKER).write_text(MARKER_TEXT, encoding="utf-8")
+        (src / MARKER).write_text(marker_text(), encoding="utf-8")
+    _public(src)
     backup = None
     if target.exists():
         backup = target.parent / f".{target.name}.old-{os.getpid()}"
@@ -106,22 +162,29 @@ def replace_dir(
 
 def check_output_dir(path: str | Path, *, keep: tuple[str | Path, ...] = (), overwrite: bool | None = None) -> Path:
     """``path`` as an output *folder*, checked before any work (module docstring): absent, empty, or a
-    previous lungseg output (it holds :data:`MARKER`); another non-empty folder only when ``overwrite``
-    (default: :func:`overwrite_allowed`'s setting). Never a file, the current folder or a folder that
-    holds it, nor a folder holding one of the paths in ``keep`` (the command's inputs). Each refusal is
-    a :class:`~lungseg.errors.DataError` naming the path."""
+    previous output of the same command (its :data:`MARKER`); another non-empty folder — a user's, or
+    another command's output such as a trained model — only when ``overwrite`` (default:
+    :func:`overwrite_allowed`'s setting). Never a file or a symbolic link, the current folder or a
+    folder that holds it, a folder holding one of the paths in ``keep`` (the command's inputs) or one
+    inside an input folder. Each refusal is a :class:`~lungseg.errors.DataError` naming the path."""
     from lungseg.errors import DataError
 
     path = Path(path)
+    if path.is_symlink():
+        raise DataError(path, "is a symbolic link: name the folder itself (the output is replaced as a whole)")
     if path.exists() and not path.is_dir():
         raise DataError(
             path, "exists and is not a folder: the output is a folder; name another path or move the file away"
         )
     if path.parent.exists() and not path.parent.is_dir():
         raise DataError(path.parent, "is a file, not a folder: cannot write an output inside it")
+    resolved = path.resolve()
+    for item in keep:
+        item_path = Path(item).resolve()
+        if item_path.is_dir() and _inside(resolved, item_path) and resolved != item_path:
+            raise DataError(path, f"is inside the input {item}: write outputs beside an input, not into it")
     if not path.is_dir():
         return path
-    resolved = path.resolve()
     if _inside(Path.cwd().resolve(), resolved):
         raise DataError(
             path, "is the current folder or holds it: the output folder is replaced as a whole; name a new sub-folder"
@@ -133,13 +196,20 @@ def check_output_dir(path: str | Path, *, keep: tuple[str | Path, ...] = (), ove
             )
     if overwrite is None:
         overwrite = _OVERWRITE.get()
-    if not overwrite and not (path / MARKER).is_file() and any(path.iterdir()):
+    writer = _writer_of(path)
+    if overwrite or writer == _WRITER.get() or not any(path.iterdir()):
+        return path
+    if writer is None:
         raise DataError(
             path,
             "exists, is not empty and was not written by lungseg: it would be replaced as a whole; "
             "name a new folder, or pass --overwrite to replace it",
         )
-    return path
+    raise DataError(
+        path,
+        f"holds the output of `{writer}`, not of `{_WRITER.get()}`: it would be replaced as a whole; "
+        "name a new folder, or pass --overwrite to replace it",
+    )
 
 
 def _inside(inner: Path, outer: Path) -> bool:
@@ -173,6 +243,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+        _public(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -211,3 +211,69 @@ def test_every_output_folder_command_refuses_a_user_folder_before_any_work(tmp_p
     assert [p.name for p in out.iterdir()] == ["keepme.txt"]
     assert main([command, *args, "--output", "."]) == 2
     assert "is the current folder or holds it" in capsys.readouterr().err
+
+
+def test_another_commands_output_is_not_replaced_without_overwrite(tmp_path):
+    """`lungseg predict --output <a trained model>` deleted best.pt: a marker names the command that wrote
+    the folder, and only that command replaces it without --overwrite."""
+    from lungseg.errors import DataError
+    from lungseg.io import MARKER, overwrite_allowed, written_by
+
+    model = tmp_path / "model"
+    with written_by("lungseg train"), atomic_dir(model) as tmp:
+        (tmp / "best.pt").write_bytes(b"weights")
+    assert json.loads((model / MARKER).read_text(encoding="utf-8"))["written_by"] == "lungseg train"
+    with written_by("lungseg predict"):
+        with pytest.raises(DataError, match=r"model: holds the output of `lungseg train`, not of `lungseg predict`"):
+            with atomic_dir(model):
+                raise AssertionError("refused before the block")
+        assert (model / "best.pt").read_bytes() == b"weights"
+        with overwrite_allowed(), atomic_dir(model) as tmp:
+            (tmp / "report.json").write_text("{}", encoding="utf-8")
+    assert sorted(p.name for p in model.iterdir()) == [MARKER, "report.json"]
+    with written_by("lungseg train"), atomic_dir(tmp_path / "again") as tmp:
+        (tmp / "x").write_text("1", encoding="utf-8")
+    with written_by("lungseg train"), atomic_dir(tmp_path / "again") as tmp:  # the same command: replaced
+        (tmp / "y").write_text("2", encoding="utf-8")
+    assert sorted(p.name for p in (tmp_path / "again").iterdir()) == [MARKER, "y"]
+
+
+def test_an_output_inside_an_input_folder_or_a_symlink_is_refused(tmp_path):
+    from lungseg.errors import DataError
+    from lungseg.io import check_output_dir, overwrite_allowed
+
+    cases = tmp_path / "cases"
+    (cases / "dcm").mkdir(parents=True)
+    (cases / "dcm" / "1.dcm").write_bytes(b"x")
+    with overwrite_allowed():
+        for out in (cases / "dcm", cases / "new"):
+            with pytest.raises(DataError, match=r"is inside the input .*cases: write outputs beside an input"):
+                check_output_dir(out, keep=(cases,))
+        real = tmp_path / "real"
+        real.mkdir()
+        link = tmp_path / "link"
+        link.symlink_to(real, target_is_directory=True)
+        with pytest.raises(DataError, match="link: is a symbolic link"):
+            check_output_dir(link)
+
+
+def test_outputs_get_normal_permissions_and_stale_temporaries_of_a_killed_run_go(tmp_path):
+    """mkdtemp/mkstemp made outputs private (0700/0600); a SIGKILL left .NAME.tmp-* folders for ever."""
+    import os
+    import stat
+
+    from lungseg.io import atomic_write_text
+
+    umask = os.umask(0o022)
+    try:
+        dead = tmp_path / ".out.tmp-999999999-abc"  # a pid that does not run
+        dead.mkdir()
+        alive = tmp_path / f".out.tmp-{os.getpid()}-abc"  # this process: kept
+        alive.mkdir()
+        with atomic_dir(tmp_path / "out") as tmp:
+            atomic_write_text(tmp / "report.json", "{}")
+        assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
+        assert stat.S_IMODE((tmp_path / "out" / "report.json").stat().st_mode) == 0o644
+        assert not dead.exists() and alive.exists()
+    finally:
+        os.umask(umask)

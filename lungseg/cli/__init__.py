@@ -85,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        from lungseg.io import overwrite_allowed
+        from lungseg.io import overwrite_allowed, written_by
 
-        with overwrite_allowed(getattr(args, "overwrite", False)):
+        with overwrite_allowed(getattr(args, "overwrite", False)), written_by(f"lungseg {args.command}"):
             _check_output_folder(args)
             return int(args._run(args) or 0)
     except LungsegError as exc:

@@ -132,7 +132,7 @@ def _models_record(models: dict[str, Any]) -> dict[str, Any]:
 
 def _prepare_output(output_dir: Path, input_dir: Path, models_record: dict[str, Any], resume: bool) -> dict:
     """Check and create ``output_dir``; with ``resume`` the previous cohort record (same models only)."""
-    from lungseg.io import MARKER, MARKER_TEXT, check_output_dir
+    from lungseg.io import MARKER, check_output_dir, marker_text
 
     check_output_dir(output_dir, keep=(input_dir,))
     record_path = output_dir / RECORD
@@ -148,7 +148,7 @@ def _prepare_output(output_dir: Path, input_dir: Path, models_record: dict[str, 
     if output_dir.exists():
         shutil.rmtree(output_dir)  # empty, a previous lungseg output, or --overwrite: checked above
     output_dir.mkdir(parents=True)
-    (output_dir / MARKER).write_text(MARKER_TEXT, encoding="utf-8")
+    (output_dir / MARKER).write_text(marker_text(), encoding="utf-8")
     return {}
 
 
