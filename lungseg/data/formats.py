@@ -81,6 +81,18 @@ def read_nifti(path: str | Path):
     return data, affine, zooms
 
 
+def nifti_storage(path: str | Path) -> tuple[np.dtype, bool]:
+    """``(stored dtype, scaled)`` of a NIfTI: whether its values go through scl_slope/scl_inter (read
+    from the data proxy: nibabel clears the header fields once it has taken them over)."""
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    slope = getattr(img.dataobj, "slope", 1.0)
+    inter = getattr(img.dataobj, "inter", 0.0)
+    scaled = not (slope in (None, 1.0) or np.isnan(slope)) or not (inter in (None, 0.0) or np.isnan(inter))
+    return np.dtype(img.get_data_dtype()), bool(scaled)
+
+
 @dataclass(frozen=True)
 class DicomSeries:
     """One DICOM series read by :func:`read_dicom_series_files` (slices sorted along the normal)."""

@@ -55,6 +55,69 @@ def to_unit_range(arr: np.ndarray, *, source, window: tuple[float, float]) -> np
     raise DataError(source, f"unsupported image dtype {arr.dtype}")
 
 
+#: the domains an input's values can be in, and what ``--intensity`` may state
+DOMAINS = ("hu", "hu+1024", "unit", "uint8", "uint16")
+STATABLE = ("hu", "hu+1024", "unit", "uint8")
+#: the lowest value a volume in Hounsfield units must reach somewhere (air is about -1000 HU)
+HU_AIR_BELOW = -100.0
+
+
+def nifti_domain(data: np.ndarray, dtype, scaled: bool, source, stated: str | None = None) -> tuple[str, str]:
+    """``(domain, how it was decided)`` of a NIfTI's values (``data`` after scl_slope/scl_inter;
+    ``dtype`` as stored; ``scaled``: the file has a slope or intercept). The one rule the training
+    reader ``nifti`` and ``lungseg predict`` share (docs/inference.md, "Intensity"): uint8 without
+    scaling → ``uint8``; values reaching below :data:`HU_AIR_BELOW` → ``hu``; floats within [0, 1] →
+    ``unit``; anything else cannot be told apart and is a ``DataError`` asking for ``stated``."""
+    lo, hi = float(np.min(data)), float(np.max(data))
+    if stated is not None:
+        return check_stated(stated, lo, hi, np.asarray(data), source), f"--intensity {stated} (values {lo:g}..{hi:g})"
+    dtype = np.dtype(dtype)
+    stored = f"stored as {dtype}{' with scl_slope/scl_inter' if scaled else ''}, values {lo:g}..{hi:g}"
+    if dtype == np.uint8 and not scaled:
+        return "uint8", f"{stored}: 8-bit grey levels"
+    if lo < HU_AIR_BELOW:
+        return "hu", f"{stored}: air below {HU_AIR_BELOW:g}, Hounsfield units"
+    if np.issubdtype(dtype, np.floating) and lo >= 0.0 and hi <= 1.0:
+        return "unit", f"{stored}: already in [0, 1]"
+    raise DataError(
+        source,
+        f"cannot tell the intensity domain ({stored}): 8-bit grey levels, CT numbers shifted by +1024 or "
+        "normalised values look alike; pass --intensity hu|hu+1024|unit|uint8",
+    )
+
+
+def check_stated(stated: str, lo: float, hi: float, values: np.ndarray, source) -> str:
+    """``stated`` (``--intensity``) when the values agree with it, else a ``DataError`` saying why."""
+    if stated not in STATABLE:
+        raise DataError(source, f"--intensity {stated!r}: allowed {', '.join(STATABLE)}")
+    if stated == "hu" and lo >= HU_AIR_BELOW:
+        raise DataError(
+            source,
+            f"--intensity hu, but the values span [{lo:g}, {hi:g}]: no air (below {HU_AIR_BELOW:g}); "
+            "CT numbers shifted by +1024 are --intensity hu+1024",
+        )
+    if stated == "hu+1024" and (lo < 0.0 or lo >= 1024 + HU_AIR_BELOW):
+        raise DataError(source, f"--intensity hu+1024, but the values span [{lo:g}, {hi:g}] (air would be near 0)")
+    if stated == "unit" and (lo < 0.0 or hi > 1.0):
+        raise DataError(source, f"--intensity unit, but the values span [{lo:g}, {hi:g}], outside [0, 1]")
+    if stated == "uint8" and (lo < 0.0 or hi > 255.0 or not np.all(values == np.round(values))):
+        raise DataError(
+            source, f"--intensity uint8, but the values span [{lo:g}, {hi:g}] (not whole numbers in 0..255)"
+        )
+    return stated
+
+
+def to_unit_by_domain(arr: np.ndarray, domain: str, window: tuple[float, float]) -> np.ndarray:
+    """A slice of ``domain`` to float32 [0, 1]: HU (or HU + 1024) through ``window``, grey levels divided
+    by their range, [0, 1] kept."""
+    if domain == "hu":
+        return hu_window(arr, window)
+    if domain == "hu+1024":
+        return hu_window(np.asarray(arr, dtype=np.float32) - np.float32(1024.0), window)
+    scale = {"uint8": 255.0, "uint16": 65535.0, "unit": 1.0}[domain]
+    return np.clip(np.asarray(arr, dtype=np.float32) / np.float32(scale), 0.0, 1.0)
+
+
 def unit_float(arr: np.ndarray, *, source) -> np.ndarray:
     """Float image that must already be in [0, 1] (no rescale); else ``DataError``."""
     arr = np.asarray(arr, dtype=np.float32)

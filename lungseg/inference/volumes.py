@@ -70,7 +70,7 @@ EIGHT_BIT_WINDOWED = frozenset({"medseg", "covid-semiseg"})
 #: datasets read from Hounsfield units through ``hu_window``
 HU_DATASETS = frozenset({"kaggle-tiff", "nifti", "dicom"})
 #: what ``--intensity`` may state about an input
-INTENSITY_CHOICES = ("hu", "unit", "uint8")
+INTENSITY_CHOICES = transforms.STATABLE
 
 
 @dataclass(frozen=True)
@@ -192,35 +192,16 @@ def read_scan(
 
 
 def _stated_intensity(values: np.ndarray, stated: str, path: Path) -> Intensity:
-    """``--intensity`` checked against the values it describes (a contradiction is a ``DataError``)."""
+    """``--intensity`` checked against the values it describes (:func:`lungseg.data.transforms.check_stated`)."""
     lo, hi = float(np.min(values)), float(np.max(values))
-    if stated == "unit" and (lo < 0.0 or hi > 1.0):
-        raise DataError(path, f"--intensity unit, but the values span [{lo:g}, {hi:g}], outside [0, 1]")
-    if stated == "uint8" and (lo < 0.0 or hi > 255.0 or not np.all(np.asarray(values) == np.round(values))):
-        raise DataError(path, f"--intensity uint8, but the values span [{lo:g}, {hi:g}] (not whole numbers in 0..255)")
+    transforms.check_stated(stated, lo, hi, np.asarray(values), path)
     return Intensity(stated, f"--intensity {stated} (values {lo:g}..{hi:g})")
 
 
-def _nifti_intensity(data: np.ndarray, header, path: Path, stated: str | None) -> Intensity:
-    """The intensity domain of a NIfTI's (scaled) values (module docstring)."""
-    if stated is not None:
-        return _stated_intensity(data, stated, path)
-    dtype = np.dtype(header.get_data_dtype())
-    slope, inter = header.get_slope_inter()
-    scaled = slope not in (None, 1.0) or inter not in (None, 0.0)
-    lo, hi = float(data.min()), float(data.max())
-    stored = f"stored as {dtype}{' with scl_slope/scl_inter' if scaled else ''}, values {lo:g}..{hi:g}"
-    if dtype == np.uint8 and not scaled:
-        return Intensity("uint8", f"{stored}: 8-bit grey levels")
-    if lo < 0.0:
-        return Intensity("hu", f"{stored}: negative values, Hounsfield units")
-    if np.issubdtype(dtype, np.floating) and hi <= 1.0:
-        return Intensity("unit", f"{stored}: already in [0, 1]")
-    raise DataError(
-        path,
-        f"cannot tell the intensity domain ({stored}): 8-bit grey levels or CT numbers shifted by +1024 "
-        "look alike; pass --intensity hu|unit|uint8",
-    )
+def _nifti_intensity(data: np.ndarray, path: Path, stated: str | None) -> Intensity:
+    """The intensity domain of a NIfTI's (scaled) values: the rule the training reader ``nifti`` uses
+    (:func:`lungseg.data.transforms.nifti_domain`)."""
+    return Intensity(*transforms.nifti_domain(data, *formats.nifti_storage(path), path, stated))
 
 
 # ------------------------------------------------------------------------------------------ NIfTI
@@ -252,6 +233,14 @@ def _read_nifti(path: Path, given, require_spacing: bool = True, intensity: str 
             "is not a size in mm); pass --spacing ROW COL SLICE in mm to state it",
         )
     warnings = []
+    if has_geometry:
+        from_affine = np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(axis=0))
+        if not np.allclose(from_affine, zooms, rtol=1e-3, atol=1e-4):
+            warnings.append(
+                f"pixdim says voxels of {tuple(round(float(z), 4) for z in zooms)} mm but the affine "
+                f"{tuple(round(float(z), 4) for z in from_affine)} mm: the affine's are used"
+            )
+            zooms = from_affine
     read_affine = affine
     if not has_geometry:
         # no orientation recorded: the stored voxel order, read as RAS (never nibabel's ANALYZE
@@ -291,7 +280,7 @@ def _read_nifti(path: Path, given, require_spacing: bool = True, intensity: str 
             "to_ras": to_ras,
         },
         warnings=warnings,
-        intensity=_nifti_intensity(data, header, path, intensity),
+        intensity=_nifti_intensity(data, path, intensity),
     )
 
 
@@ -421,6 +410,7 @@ def conversion(scan: Scan, preprocess: dict[str, Any]) -> str:
     domain = scan.intensity.domain if scan.intensity else "hu"
     return {
         "hu": f"HU window {list(_window(preprocess))} → [0, 1]",
+        "hu+1024": f"value − 1024, then HU window {list(_window(preprocess))} → [0, 1]",
         "uint8": "grey level / 255",
         "uint16": "value / 65535",
         "unit": "as is (already in [0, 1])",
@@ -439,26 +429,19 @@ def to_model_range(scan: Scan, preprocess: dict[str, Any]) -> tuple[list[np.ndar
     dataset = preprocess.get("dataset")
     domain = scan.intensity.domain if scan.intensity else "hu"
     warnings = []
-    if dataset in EIGHT_BIT_WINDOWED and domain == "hu":
+    if dataset in EIGHT_BIT_WINDOWED and domain in ("hu", "hu+1024"):
         warnings.append(
             f"the model was trained on {dataset}: 8-bit slices windowed by the dataset's authors (window "
             f"not published); this HU input is windowed with the recorded hu_window {list(window)}"
         )
-    if dataset in HU_DATASETS and domain != "hu":
+    if dataset in HU_DATASETS and domain not in ("hu", "hu+1024"):
         warnings.append(
             f"the model was trained on {dataset} (HU through hu_window {list(window)}); this input is "
             f"{domain} data, already windowed by whoever exported it"
         )
     if intensity_rule(preprocess) == "minmax":
         return [_minmax(s) for s in scan.slices], warnings
-    scale = {"uint8": 255.0, "uint16": 65535.0, "unit": 1.0}
-    out = []
-    for s in scan.slices:
-        if domain == "hu":
-            out.append(transforms.hu_window(s, window))
-        else:
-            out.append(np.clip(np.asarray(s, dtype=np.float32) / np.float32(scale[domain]), 0.0, 1.0))
-    return out, warnings
+    return [transforms.to_unit_by_domain(s, domain, window) for s in scan.slices], warnings
 
 
 def _minmax(s: np.ndarray) -> np.ndarray:

@@ -204,7 +204,7 @@ def test_an_ambiguous_nifti_is_refused_until_its_domain_is_stated(tmp_path, samp
     hu = _save_nifti(tmp_path / "hu.nii.gz", (grey - 1000).astype(np.int16))
     with pytest.raises(DataError, match=r"--intensity uint8, but the values span"):
         volumes.read_scan(hu, intensity="uint8")
-    with pytest.raises(DataError, match=r"--intensity 'grey': allowed hu, unit, uint8"):
+    with pytest.raises(DataError, match=r"--intensity 'grey': allowed hu, hu\+1024, unit, uint8"):
         volumes.read_scan(path, intensity="grey")
     floats = _save_nifti(tmp_path / "unit.nii.gz", grey.astype(np.float32) / 255.0)
     assert volumes.read_scan(floats).intensity.domain == "unit"
@@ -242,3 +242,66 @@ def test_a_non_image_file_in_a_slice_folder_is_named(tmp_path, sample_pngs):
     scan = volumes.read_scan(tmp_path)
     assert scan.names == ["a"] and scan.intensity.domain == "uint8"
     assert any(w == "not a PNG/JPG/TIFF slice, left out: notes.txt" for w in scan.warnings)
+
+
+def test_review_findings_on_intensity(tmp_path, sample_pngs):
+    """A review found answers wrong without an error: a uint8 NIfTI with scl_slope/scl_inter read as grey
+    levels; --intensity hu accepted on data without air; no way to read CT numbers shifted by +1024; a
+    z-scored volume taken as HU; a uint8 NIfTI windowed as HU by the training reader ``nifti``."""
+    grey = _medseg_slices(sample_pngs)
+    hu = (grey.astype(np.float32) / 255.0) * 1400.0 - 1000.0
+    reference = np.stack(
+        volumes.to_model_range(volumes.read_scan(_save_nifti(tmp_path / "hu.nii.gz", hu.astype(np.int16))), MEDSEG)[0]
+    )
+    # HU stored as uint8 with a slope and an intercept: scaled values, Hounsfield units
+    vol = np.ascontiguousarray(np.transpose(np.round((hu + 1024) / 8), (2, 1, 0))).astype(np.uint8)
+    img = nib.Nifti1Image(vol, np.diag([0.7, 0.8, 2.5, 1.0]))
+    img.set_data_dtype(np.uint8)
+    img.header.set_slope_inter(8.0, -1024.0)
+    nib.save(img, tmp_path / "u8_slope.nii.gz")
+    scan = volumes.read_scan(tmp_path / "u8_slope.nii.gz")
+    assert scan.intensity.domain == "hu" and "scl_slope" in scan.intensity.decided_by
+    np.testing.assert_allclose(np.stack(volumes.to_model_range(scan, MEDSEG)[0]), reference, atol=8 / 1400 + 1e-6)
+    # CT numbers shifted by +1024: refused, then read with --intensity hu+1024; hu is refused on them
+    shifted = _save_nifti(tmp_path / "u16.nii.gz", (hu + 1024).astype(np.uint16))
+    with pytest.raises(DataError, match=r"hu\+1024"):
+        volumes.read_scan(shifted)
+    with pytest.raises(DataError, match=r"--intensity hu, but the values span \[\d+, \d+\]: no air"):
+        volumes.read_scan(shifted, intensity="hu")
+    np.testing.assert_allclose(
+        np.stack(volumes.to_model_range(volumes.read_scan(shifted, intensity="hu+1024"), MEDSEG)[0]),
+        reference,
+        atol=1 / 1400 + 1e-6,  # int16 and uint16 truncate in opposite directions below 0
+    )
+    # a z-scored volume has negative values but no air: not HU, refused
+    z = (hu - hu.mean()) / hu.std()
+    with pytest.raises(DataError, match="cannot tell the intensity domain"):
+        volumes.read_scan(_save_nifti(tmp_path / "z.nii.gz", z.astype(np.float32)))
+
+
+def test_the_nifti_training_reader_reads_intensities_as_predict_does(tmp_path, sample_pngs):
+    """The reader ``nifti`` HU-windowed a uint8 volume ([0.74, 0.90]) where predict divides by 255: one rule now."""
+    grey = _medseg_slices(sample_pngs)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    _save_nifti(tmp_path / "images" / "a.nii.gz", grey)
+    _save_nifti(tmp_path / "masks" / "a.nii.gz", (grey > 200).astype(np.uint8))
+    trained_on = [r.image for r in readers.read_nifti(tmp_path, PreprocessConfig()).slices]
+    served = volumes.to_model_range(
+        volumes.read_scan(tmp_path / "images" / "a.nii.gz"), {**MEDSEG, "dataset": "nifti"}
+    )[0]
+    for a, b in zip(trained_on, served):
+        np.testing.assert_array_equal(a, b)
+    assert max(float(a.max()) for a in trained_on) == pytest.approx(grey.max() / 255)
+
+
+def test_pixdim_and_affine_that_disagree_use_the_affine(tmp_path, sample_pngs):
+    grey = _medseg_slices(sample_pngs)
+    vol = np.ascontiguousarray(np.transpose(grey, (2, 1, 0)))
+    img = nib.Nifti1Image(vol, None)
+    img.set_sform(np.diag([0.7, 0.7, 5.0, 1.0]), code=1)  # sform only; pixdim stays 1 mm
+    img.set_data_dtype(np.uint8)
+    nib.save(img, tmp_path / "sform.nii.gz")
+    scan = volumes.read_scan(tmp_path / "sform.nii.gz")
+    assert scan.spacing == pytest.approx((5.0, 0.7, 0.7))
+    assert any("pixdim says" in w and "the affine's are used" in w for w in scan.warnings)

@@ -247,11 +247,11 @@ def read_nifti(input_dir: Path, cfg) -> RawDataset:
             )
             vol, spacing = axial_nifti(data, affine)
             mvol, _ = axial_nifti(mdata, affine)
+            # one intensity rule with lungseg predict (transforms.nifti_domain): a uint8 volume is grey levels
+            domain, _ = transforms.nifti_domain(data, *formats.nifti_storage(img_path), img_path)
             for z in range(vol.shape[2]):
                 src = f"{rel(img_path, input_dir)}#z={z}"
-                image = transforms.to_unit_range(
-                    np.ascontiguousarray(vol[:, :, z]), source=img_path, window=cfg.hu_window
-                )
+                image = transforms.to_unit_by_domain(np.ascontiguousarray(vol[:, :, z]), domain, cfg.hu_window)
                 mask = transforms.binarize_mask(np.rint(mvol[:, :, z]), source=f"{mask_path}#z={z}")
                 yield RawSlice(
                     id=f"{stem}-z{z:04d}", source=src, image=image, mask=mask, patient_id=stem, spacing=spacing
