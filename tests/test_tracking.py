@@ -256,6 +256,24 @@ def test_lungseg_store_writes_the_record_idempotently(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: ") and "not a tracking-store record" in lines[0]
 
 
+def test_lungseg_store_reads_the_mlflow_section_only(tmp_path):
+    """The store stage runs first on every `dvc repro`: a bad value in another section must stay the error
+    of the stage that reads it (dvc said "failed to reproduce 'store'" for a bad evaluate.split)."""
+    from lungseg.cli.store import load_mlflow_section
+    from lungseg.errors import ConfigError
+
+    params = tmp_path / "params.yaml"
+    params.write_text("evaluate: {split: no-such-split}\nmlflow: {tracking_uri: 'http://h:1'}\n", encoding="utf-8")
+    assert load_mlflow_section(params).mlflow.tracking_uri == "http://h:1"
+    params.write_text("train: {epochs: many}\n", encoding="utf-8")
+    assert load_mlflow_section(params).mlflow.tracking_uri == "sqlite:///mlflow.db"  # the default
+    params.write_text("mlflow: {tracking_ur: 'http://h:1'}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"params.yaml.mlflow: unknown key\(s\) tracking_ur"):
+        load_mlflow_section(params)
+    with pytest.raises(ConfigError, match="parameter file not found"):
+        load_mlflow_section(tmp_path / "none.yaml")
+
+
 @pytest.mark.slow
 def test_experiment_artifacts_live_beside_a_local_store_and_stale_runs_are_marked(tmp_path, monkeypatch):
     """Artifacts of a new experiment in a local sqlite store go to mlruns/ beside the database (MLflow's

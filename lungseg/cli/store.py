@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from types import SimpleNamespace
 
-from lungseg.cli._common import add_params_argument, load
+from lungseg.cli._common import add_params_argument
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -27,6 +28,30 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     add_params_argument(p)
     return p
+
+
+def load_mlflow_section(path: Path) -> SimpleNamespace:
+    """``params.yaml``'s ``mlflow`` section alone, checked (``.mlflow``, as :func:`lungseg.tracking.store_record`
+    reads it): the store stage depends on that section only, so a bad value in another section is left to
+    the stage that reads it (its one-line error names it), as with every other stage."""
+    import yaml
+    from pydantic import ValidationError
+
+    from lungseg.config import MlflowConfig, config_error
+    from lungseg.errors import ConfigError
+
+    if not path.is_file():
+        raise ConfigError(f"{path}: parameter file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    try:
+        return SimpleNamespace(mlflow=MlflowConfig.model_validate(data.get("mlflow") or {}))
+    except ValidationError as exc:
+        raise config_error(exc, f"{path}.mlflow", MlflowConfig) from exc
 
 
 def write_store_record(params, path: Path) -> dict[str, str]:
@@ -52,7 +77,7 @@ def write_store_record(params, path: Path) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    params = load(args)
+    params = load_mlflow_section(args.params)
     record = write_store_record(params, args.output)
     print(f"tracking store: {record['tracking_uri']}")
     return 0
