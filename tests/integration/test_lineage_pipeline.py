@@ -178,21 +178,13 @@ def test_a_run_from_a_dvc_version_leads_back_to_it(tmp_path, data_repo, mlflow_s
     assert "no-such-rev" in bad.stderr and not (tmp_path / "kfp-bad").exists()
 
 
-def _tiny_promotable() -> dict:
-    """tiny_params whose 1-epoch model may still become champion (these tests are about lineage, not the
-    promotion rules): no floor, and no margin over the trivial predictors where the config has one."""
-    base = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))["register"]
-    register = {"min_metric": None, **({"min_margin_over_trivial": None} if "min_margin_over_trivial" in base else {})}
-    return tiny_params(register=register)
-
-
 def test_the_repro_champion_of_the_git_tracked_sample_passes_check_on_a_fresh_clone(tmp_path):
     """`lungseg lineage … --check` always exited 2 for the README's champion: data/sample is versioned by
     git, not DVC. The sample at its commit is a version: the check passes on a fresh clone; a model made
     from the sample with one file changed (uncommitted) has no version, and its check fails in one line."""
     from pipeline_helpers import copy_project, run
 
-    project = copy_project(tmp_path / "project", _tiny_promotable())
+    project = copy_project(tmp_path / "project")
     e = env()
     done = run([sys.executable, "-m", "dvc", "repro"], project)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

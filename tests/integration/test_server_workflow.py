@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow import MlflowClient
-from pipeline_helpers import REPO, copy_project, env, run, tiny_params
+from pipeline_helpers import REPO, copy_project, env, run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -78,13 +78,7 @@ def lineage(project: Path, target: str, **variables: str) -> subprocess.Complete
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A project copy after its local `dvc repro` (the embedded sqlite store), with scripts/servers.py."""
-    # a 1-epoch model may still become champion: these tests are about where it is registered, not about
-    # the promotion rules (no floor, no margin over the trivial predictors where the config has one)
-    register = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))["register"]
-    no_bar = {"min_metric": None}
-    if "min_margin_over_trivial" in register:
-        no_bar["min_margin_over_trivial"] = None
-    repo = copy_project(tmp_path_factory.mktemp("server-workflow") / "project", tiny_params(register=no_bar))
+    repo = copy_project(tmp_path_factory.mktemp("server-workflow") / "project")
     (repo / "scripts").mkdir()
     shutil.copy2(REPO / "scripts" / "servers.py", repo / "scripts" / "servers.py")
     first = run([*DVC, "repro"], repo)
