@@ -573,7 +573,7 @@ def check_decision(lineage: Lineage, record: dict[str, Any], path: str | Path, t
     """The version a decision record names still is that decision in the store: its run is the record's
     run. A :class:`DataError` otherwise (the store was wiped or rebuilt at the same address since)."""
     run_id = record.get("run_id")
-    if run_id and run_id not in (lineage.run_id, lineage.evaluation.get("train_run_id")):
+    if run_id and run_id != lineage.run_id:
         raise DataError(
             path,
             f"{record['model_name']} v{record['version']} in {tracking_uri} is run {lineage.run_id}, not the "
