@@ -4,8 +4,8 @@ Cases (:func:`find_cases`)
     A folder is a *cohort* when it holds NIfTI files and/or sub-folders (each sub-folder one DICOM
     series or one folder of PNG/TIFF slices) and no slice or DICOM file of its own; a folder that holds
     slices or DICOM files directly is *one scan*, as before. A case is named by its NIfTI file's stem or
-    its sub-folder's name; two cases of one name are an error. Other files (a README) are named in the
-    cohort record and left out.
+    its sub-folder's name; two cases of one name, or a folder holding both cases and slice/DICOM files,
+    are errors. Other files (a README) are named in the cohort record and left out.
 
 Output (:func:`predict_cohort`)
     ``<output>/<case>/`` — each case exactly what a one-scan prediction writes (written atomically, so a
@@ -19,8 +19,10 @@ Output (:func:`predict_cohort`)
     tells the caller (the CLI exits 1). A bug (any other exception) stops the run, as everywhere.
 
     ``resume=True`` (``--continue``, as ``nnUNetv2_predict --continue_prediction``) keeps the cases
-    already done in ``<output>`` and predicts the others — only when ``cohort.json`` records the same
-    models (weights sha256 and serving settings); a cohort of other models is refused in one line.
+    already done in ``<output>`` whose input is unchanged (name, size, modification time of its files)
+    and predicts the others — only when ``cohort.json`` records the same input folder, the same models
+    (weights sha256, identity, preprocessing, serving settings) and the same scan options (``--spacing``,
+    ``--intensity``, ``--save-probabilities``, ``--dicom-seg``); anything else is refused in one line.
     Without it a previous output is replaced (the rules of :func:`lungseg.io.check_output_dir`).
 
 Progress: one log line per case (``[3/20] case_03: … 4.1 s, ETA 1:10``), on a terminal or not.
@@ -83,17 +85,24 @@ def find_cases(folder: str | Path) -> tuple[list[Case], list[str]] | None:
         return None
     entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
     files = [p for p in entries if p.is_file()]
-    if any(_is_scan_file(p) for p in files):
-        return None
     niftis = [p for p in files if p.name.lower().endswith(formats.NIFTI_SUFFIXES)]
     dirs = [p for p in entries if p.is_dir()]
+    scan_files = [p.name for p in files if _is_scan_file(p)]
     if not niftis and not dirs:
         return None
+    if scan_files:
+        raise DataError(
+            folder,
+            f"holds both slices/DICOM files ({', '.join(scan_files[:3])}{' …' if len(scan_files) > 3 else ''}) and "
+            f"cases ({', '.join(p.name for p in (niftis + dirs)[:3])}): give one scan, or one case per entry",
+        )
     cases = [Case(formats.strip_suffix(p), p) for p in niftis] + [Case(p.name, p) for p in dirs]
     seen: dict[str, Path] = {}
     for case in cases:
         if case.name in seen:
             raise DataError(folder, f"two cases named {case.name!r}: {seen[case.name].name} and {case.path.name}")
+        if case.name in (TABLE, RECORD):
+            raise DataError(case.path, f"a case may not be named {case.name!r}: the cohort's own file has that name")
         seen[case.name] = case.path
     others = [p.name for p in files if p not in niftis]
     return sorted(cases, key=lambda c: c.name), others
@@ -117,17 +126,36 @@ class CohortResult:
         return f"{s} in {self.seconds:.1f} s\n  → {self.output_dir / TABLE}"
 
 
-def _models_record(models: dict[str, Any]) -> dict[str, Any]:
-    """What must be equal for ``--continue`` to add cases to a cohort: each role's weights and settings."""
-    return {
+#: the options of a prediction that change its output, recorded so that ``--continue`` adds cases alike
+RECORDED_OPTIONS = ("spacing", "intensity", "save_probabilities", "dicom_seg")
+
+
+def _models_record(models: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """What must be equal for ``--continue`` to add cases to a cohort: each role's weights, identity,
+    preprocessing and serving settings (threshold, post-processing, TTA), and the scan options."""
+    record: dict[str, Any] = {
         role: {
             "weights_sha256": m.provenance.get("weights_sha256"),
             "identity": m.identity,
             "preprocess": m.preprocess,
-            "threshold": m.threshold,
+            "serving_fingerprint": m.serving.fingerprint(),
         }
         for role, m in models.items()
     }
+    record["options"] = {k: options.get(k) for k in RECORDED_OPTIONS}
+    return record
+
+
+def case_fingerprint(path: Path) -> str:
+    """What identifies a case's input between runs: name, size and modification time of its file(s)."""
+    import hashlib
+
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(path.parent)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
 
 
 def _prepare_output(output_dir: Path, input_dir: Path, models_record: dict[str, Any], resume: bool) -> dict:
@@ -138,11 +166,17 @@ def _prepare_output(output_dir: Path, input_dir: Path, models_record: dict[str, 
     record_path = output_dir / RECORD
     if resume and record_path.is_file():
         previous = json.loads(record_path.read_text(encoding="utf-8"))
+        if previous.get("input") != str(input_dir.resolve()):
+            raise DataError(
+                record_path,
+                f"--continue: the cohort was predicted from {previous.get('input')}, not {input_dir.resolve()}; "
+                "name a new --output, or run without --continue to replace it",
+            )
         if json.loads(json.dumps(models_record, default=str)) != previous.get("models"):
             raise DataError(
                 record_path,
-                "--continue: the cohort was predicted with other models (weights or settings differ); "
-                "name a new --output, or run without --continue to replace it",
+                "--continue: the cohort was predicted with other models or settings (weights, serving "
+                "settings, --spacing, --intensity …); name a new --output, or run without --continue to replace it",
             )
         return previous
     if output_dir.exists():
@@ -212,21 +246,19 @@ def predict_cohort(
     if found is None:
         raise DataError(input_dir, "not a cohort folder (NIfTI files and/or one sub-folder per case)")
     cases, others = found
-    models_record = _models_record(models)
+    models_record = _models_record(models, scan_options)
     previous = _prepare_output(output_dir, input_dir, models_record, resume)
-    record = {"input": str(input_dir), "models": models_record, "left_out": others, "cases": {}}
+    record = {"input": str(input_dir.resolve()), "models": models_record, "left_out": others, "cases": {}}
     rows: dict[str, dict[str, Any]] = {}
     result = CohortResult(output_dir)
     spent: list[float] = []
     for i, case in enumerate(cases, start=1):
         out = output_dir / case.name
-        if (
-            resume
-            and previous.get("cases", {}).get(case.name, {}).get("status") == "done"
-            and (out / CASE_REPORT).is_file()
-        ):
+        seen = case_fingerprint(case.path)
+        before = previous.get("cases", {}).get(case.name, {})
+        if resume and before.get("status") == "done" and before.get("input") == seen and (out / CASE_REPORT).is_file():
             report = json.loads((out / CASE_REPORT).read_text(encoding="utf-8"))
-            rows[case.name], record["cases"][case.name] = burden_row(case.name, report), {"status": "done"}
+            rows[case.name], record["cases"][case.name] = burden_row(case.name, report), before
             result.skipped.append(case.name)
             log.info("[%d/%d] %s: already done (--continue)", i, len(cases), case.name)
             continue
@@ -235,12 +267,12 @@ def predict_cohort(
             done = predict_scan(case.path, out, models, **scan_options)
         except LungsegError as exc:
             rows[case.name] = burden_row(case.name, None, str(exc))
-            record["cases"][case.name] = {"status": "failed", "error": str(exc)}
+            record["cases"][case.name] = {"status": "failed", "error": str(exc), "input": seen}
             result.failed[case.name] = str(exc)
             line = f"FAILED: {exc}"
         else:
             rows[case.name] = burden_row(case.name, done.report)
-            record["cases"][case.name] = {"status": "done", "seconds": round(done.seconds, 3)}
+            record["cases"][case.name] = {"status": "done", "seconds": round(done.seconds, 3), "input": seen}
             result.done.append(case.name)
             line = done.summary
         spent.append(time.perf_counter() - t)

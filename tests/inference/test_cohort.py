@@ -158,3 +158,41 @@ def test_the_readme_cohort_is_the_sample_slices_in_their_own_domain(tmp_path, lu
         np.testing.assert_array_equal(s, np.asarray(Image.open(p).convert("L")))
     with pytest.raises(SystemExit, match="exists and is not empty"):
         mod.build(out, sample=SAMPLE / "tr_im", spacing=(0.7, 0.8, 5.0), cases=3, dicom=None)
+
+
+def test_a_folder_of_cases_and_slices_is_refused_and_cases_cannot_take_the_tables_name(cohort, sample_pngs, tmp_path):
+    """A stray image turned the whole cohort into a one-slice scan (the NIfTI cases 'left out')."""
+    from lungseg.errors import DataError
+
+    shutil.copyfile(sample_pngs[0], cohort / "overview.png")
+    with pytest.raises(DataError, match=r"cohort: holds both slices/DICOM files \(overview\.png\) and cases"):
+        find_cases(cohort)
+    (cohort / "overview.png").unlink()
+    shutil.copyfile(cohort / "case_a.nii.gz", cohort / "burden.csv.nii.gz")
+    with pytest.raises(DataError, match=r"a case may not be named 'burden\.csv'"):
+        find_cases(cohort)
+
+
+@pytest.mark.slow
+def test_continue_refuses_another_input_or_settings_and_repredicts_a_changed_case(
+    infection_model, cohort, predict, tmp_path, nifti_scan
+):
+    """--continue mixed serving settings and --spacing in one burden.csv, reused another folder's cases,
+    and kept a case whose file had changed."""
+    (cohort / "case_d.nii.gz").unlink()
+    shutil.rmtree(cohort / "case_c")
+    out = tmp_path / "out"
+    assert predict(infection_model, cohort, out)[0] == 0
+    other = tmp_path / "other"
+    shutil.copytree(cohort, other)
+    code, _, err = predict(infection_model, other, out, "--continue")
+    assert code == 2 and "--continue: the cohort was predicted from" in err
+    code, _, err = predict(infection_model, cohort, out, "--continue", "--save-probabilities")
+    assert code == 2 and "predicted with other models or settings" in err
+    # a case whose file changed is predicted again; the unchanged one is kept
+    img = nib.load(cohort / "case_b.nii.gz")
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[:, :, :2], img.affine), cohort / "case_b.nii.gz")
+    code, stdout, err = predict(infection_model, cohort, out, "--continue")
+    assert code == 0, err
+    assert "1 already done (--continue)" in stdout and "1 predicted" in stdout
+    assert json.loads((out / "case_b" / "report.json").read_text(encoding="utf-8"))["n_slices"] == 2
