@@ -61,6 +61,36 @@ def read_image_2d(path: str | Path) -> np.ndarray:
     return arr
 
 
+def read_slice_image(path: str | Path) -> np.ndarray:
+    """A CT slice stored as an image: :func:`read_image_2d`, except that a palette image is read as the
+    grey levels its palette shows (not its indices, which are for label maps) and a colour TIFF keeps
+    its sample type (luminance rounded to it; float64 means would be read as Hounsfield units)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        try:
+            import tifffile
+
+            raw = np.squeeze(np.asarray(tifffile.imread(path)))
+        except Exception as exc:  # noqa: BLE001 - tifffile raises many types for corrupt data
+            raise DataError(path, f"cannot decode image ({type(exc).__name__}: {_one_line(exc)})") from exc
+        if raw.ndim == 3 and raw.shape[-1] in (3, 4) and np.issubdtype(raw.dtype, np.integer):
+            grey = raw[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+            return np.round(grey).astype(raw.dtype)
+        return read_image_2d(path)
+    if suffix in IMAGE_SUFFIXES and path.is_file():
+        from PIL import Image
+
+        try:
+            with Image.open(path) as im:
+                if im.mode == "P":
+                    im.load()
+                    return np.asarray(im.convert("L"))
+        except Exception:  # noqa: BLE001 - read_image_2d names the problem
+            pass
+    return read_image_2d(path)
+
+
 def read_nifti(path: str | Path):
     """``(data (X, Y, Z) float32, affine 4×4, zooms (3,))`` of a NIfTI volume via nibabel."""
     path = Path(path)

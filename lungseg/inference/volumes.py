@@ -360,7 +360,7 @@ def _slices_intensity(arrays: list[np.ndarray], files: list[Path], stated: str |
 
 
 def _read_slices(path: Path, files: list[Path], given, intensity: str | None = None, skipped=()) -> Scan:
-    arrays = [formats.read_image_2d(f) for f in files]
+    arrays = [formats.read_slice_image(f) for f in files]
     sp = None if given is None else (given[2], given[0], given[1])
     warnings = [
         "PNG/TIFF slices carry no orientation: left/right assumes the radiological view "

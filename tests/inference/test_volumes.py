@@ -305,3 +305,27 @@ def test_pixdim_and_affine_that_disagree_use_the_affine(tmp_path, sample_pngs):
     scan = volumes.read_scan(tmp_path / "sform.nii.gz")
     assert scan.spacing == pytest.approx((5.0, 0.7, 0.7))
     assert any("pixdim says" in w and "the affine's are used" in w for w in scan.warnings)
+
+
+def test_palette_pngs_and_colour_tiffs_are_read_as_the_grey_levels_they_show(tmp_path, sample_pngs):
+    """A palette PNG's indices were read as grey levels (182.2 mL instead of 64.1) and an RGB TIFF averaged to
+    float64, then windowed as Hounsfield units."""
+    import tifffile
+
+    grey = np.asarray(Image.open(sample_pngs[0]).convert("L"))
+    pal = Image.fromarray(grey).convert("P", palette=Image.Palette.ADAPTIVE, colors=256)
+    (tmp_path / "pal").mkdir()
+    pal.save(tmp_path / "pal" / "s.png")
+    shown = np.asarray(pal.convert("L"))
+    assert not np.array_equal(np.asarray(pal), shown)  # indices are not grey levels
+    scan = volumes.read_scan(tmp_path / "pal")
+    np.testing.assert_array_equal(scan.slices[0], shown)
+    assert scan.intensity.domain == "uint8"
+    (tmp_path / "rgb").mkdir()
+    tifffile.imwrite(tmp_path / "rgb" / "s.tif", np.stack([grey] * 3, axis=-1))
+    scan = volumes.read_scan(tmp_path / "rgb")
+    assert scan.slices[0].dtype == np.uint8 and scan.intensity.domain == "uint8"
+    np.testing.assert_array_equal(scan.slices[0], grey)
+    # the training readers read images the same way (a label map keeps its indices: read_image_2d)
+    assert np.array_equal(formats.read_slice_image(tmp_path / "pal" / "s.png"), shown)
+    assert np.array_equal(formats.read_image_2d(tmp_path / "pal" / "s.png"), np.asarray(pal))

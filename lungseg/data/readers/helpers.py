@@ -86,7 +86,7 @@ def pair_slices(
 ) -> Iterator[RawSlice]:
     """One :class:`RawSlice` per 2-D image/mask pair (id = ``id_prefix + key``, source relative to ``root``)."""
     for key, img_path, mask_path in pairs:
-        image = transforms.to_unit_range(formats.read_image_2d(img_path), source=img_path, window=cfg.hu_window)
+        image = transforms.to_unit_range(formats.read_slice_image(img_path), source=img_path, window=cfg.hu_window)
         mask = mask_fn(formats.read_image_2d(mask_path), mask_path)
         check_same_shape(image, mask, img_path, mask_path)
         yield RawSlice(id=f"{id_prefix}{key}", source=rel(img_path, root), image=image, mask=mask, split=split)

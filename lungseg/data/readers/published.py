@@ -98,7 +98,7 @@ def read_medseg(input_dir: Path, cfg) -> RawDataset:
             r = rel[img]
             in_train, in_test = r in train_list, r in test_list
             jcs = "both" if in_train and in_test else "train" if in_train else "test" if in_test else "neither"
-            image = transforms.to_unit_range(formats.read_image_2d(img), source=img, window=cfg.hu_window)
+            image = transforms.to_unit_range(formats.read_slice_image(img), source=img, window=cfg.hu_window)
             mask = transforms.check_labels(formats.read_image_2d(mask_path), 2, source=mask_path)
             check_same_shape(image, mask, img, mask_path)
             yield RawSlice(
