@@ -21,7 +21,7 @@ from lungseg.artifacts.checkpoint import (
 from lungseg.artifacts.run_file import RUN_FILE, RunFile
 from lungseg.config import TrainConfig
 from lungseg.errors import CheckpointError, ConfigError, DataError
-from lungseg.io import atomic_write_text
+from lungseg.io import MARKER, atomic_write_text, check_output_dir, marker_text
 from lungseg.tracking import mark_stale_run
 from lungseg.training.setup import Setup
 
@@ -39,6 +39,11 @@ NEUTRAL_SETTINGS = (
     "checkpoint_every",
     "checkpoint_async",
 )
+
+
+#: settings a resume cannot change: the optimizer and schedule states it restores carry their values
+#: (a changed lr was warned about but trained at the old one, while the checkpoint recorded the new)
+RESTORED_SETTINGS = ("lr", "weight_decay", "scheduler")
 
 
 def work_dir(output_dir: Path) -> Path:
@@ -68,12 +73,15 @@ def open_work(
     if work.exists():
         discard_partial(work, tracking_uri)
     work.mkdir(parents=True)
+    (work / MARKER).write_text(marker_text(), encoding="utf-8")  # lungseg's: a later run may discard it
     return TrainState(s.info), continued
 
 
 def discard_partial(work: Path, tracking_uri: str) -> None:
     """Say what a ``.partial`` left by a killed run holds before it is deleted, and mark its MLflow
-    run (still ``RUNNING``: the process died before it could end it) ``KILLED``."""
+    run (still ``RUNNING``: the process died before it could end it) ``KILLED``. A folder of that name
+    that lungseg did not write is refused unless ``--overwrite`` (:func:`lungseg.io.check_output_dir`)."""
+    check_output_dir(work)
     epoch, run_id = None, None
     with contextlib.suppress(CheckpointError):
         ckpt = load_checkpoint(work / CHECKPOINT)
@@ -124,6 +132,7 @@ def restore(ckpt_path: Path, s: Setup, data_dir: Path, model, optimizer, schedul
     """The state of ``ckpt_path`` loaded into ``model``/``optimizer``/``scheduler`` and the RNGs, with
     a warning for each setting or data that changed since it was written."""
     ckpt = load_checkpoint(ckpt_path, s.identity)
+    _refuse_restored_changes(ckpt, s, ckpt_path)
     model.load_state_dict(ckpt["model_state"])
     optimizer.load_state_dict(ckpt["optimizer_state"])
     if scheduler is not None and ckpt.get("scheduler_state"):
@@ -137,6 +146,18 @@ def restore(ckpt_path: Path, s: Setup, data_dir: Path, model, optimizer, schedul
         state.stopped_early = False  # the patience was raised (or switched off): go on
     log.info(f"lungseg: resuming {ckpt_path} after epoch {state.epoch}")
     return state
+
+
+def _refuse_restored_changes(ckpt: dict[str, Any], s: Setup, ckpt_path: Path) -> None:
+    """A :data:`RESTORED_SETTINGS` value changed since ``ckpt``: a ``ConfigError`` (the restored optimizer
+    and schedule would train at the old value while the run records the new one)."""
+    saved, now = ckpt.get("config") or {}, s.cfg.model_dump()
+    changed = [f"{k} {saved[k]!r} → {now[k]!r}" for k in RESTORED_SETTINGS if k in saved and saved[k] != now.get(k)]
+    if changed:
+        raise ConfigError(
+            f"{ckpt_path}: --resume restores the optimizer and schedule of the run, so train.{', '.join(changed)} "
+            "cannot take effect; resume with the run's values, or train without --resume to start over"
+        )
 
 
 def _warn_changes(ckpt: dict[str, Any], s: Setup, data_dir: Path) -> None:

@@ -457,3 +457,49 @@ def test_min_epochs_is_a_warm_up_for_best_and_early_stopping(tmp_path, tiny_data
     result = train(params, tiny_data, tmp_path / "out")
     assert result.epochs_run == 3 and result.best_epoch == 3 and not result.stopped_early
     assert load_checkpoint(tmp_path / "out" / "best.pt")["epoch"] == 3
+
+
+# ------------------------------------------------------------------------- review findings (#23, #21)
+def test_a_users_folder_named_like_the_work_folder_is_not_discarded(tmp_path, tiny_data, capsys):
+    """`lungseg train --output out` deleted a user's `out.partial` (it took it for a killed run's)."""
+    from lungseg.cli import main
+
+    mine = tmp_path / "out.partial"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious", encoding="utf-8")
+    params = write_params(tmp_path / "p.yaml", _uri(tmp_path), epochs=1)
+    assert main(["train", "--data", str(tiny_data), "--output", str(tmp_path / "out"), "--params", str(params)]) == 2
+    err = capsys.readouterr().err
+    assert "out.partial: exists, is not empty and was not written by lungseg" in err and err.count("\n") == 1
+    assert (mine / "notes.txt").read_text(encoding="utf-8") == "precious" and not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_resume_that_changes_what_the_restored_optimizer_carries_is_refused(tmp_path, tiny_data):
+    """A resume with another lr warned, trained at the old lr and recorded the new one in checkpoint.pt."""
+    train(load_params(write_params(tmp_path / "p.yaml", _uri(tmp_path), epochs=1)), tiny_data, tmp_path / "out")
+    partial = tmp_path / "out.partial"
+    shutil.copytree(tmp_path / "out", partial)  # as a killed run leaves it (with its marker)
+    changed = load_params(write_params(tmp_path / "q.yaml", _uri(tmp_path), epochs=2, lr=0.005))
+    with pytest.raises(
+        ConfigError, match=r"checkpoint\.pt: --resume restores the optimizer .* train\.lr 0\.003 → 0\.005"
+    ):
+        train(changed, tiny_data, tmp_path / "out", resume=True)
+    same = load_params(write_params(tmp_path / "r.yaml", _uri(tmp_path), epochs=2))
+    assert train(same, tiny_data, tmp_path / "out", resume=True).epochs_run == 2
+
+
+def test_a_bad_attention_option_is_one_line_before_training(tmp_path, tiny_data, capsys):
+    """max_tokens: -5 passed the load check and crashed the first forward pass with a traceback (exit 1)."""
+    import yaml
+
+    from lungseg.cli import main
+
+    params = write_params(tmp_path / "p.yaml", _uri(tmp_path), epochs=1, model="lgnet")
+    data = yaml.safe_load(params.read_text(encoding="utf-8"))
+    data["train"]["model_kwargs"] = {"lgnet": {"max_tokens": -5}}
+    params.write_text(yaml.safe_dump(data), encoding="utf-8")
+    assert main(["train", "--data", str(tiny_data), "--output", str(tmp_path / "out"), "--params", str(params)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "max_tokens must be >= 1 or None, got -5" in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()

@@ -27,7 +27,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from ..blocks import cbr
-from .tokens import DEFAULT_MAX_TOKENS, pool, token_grid, unpool
+from .tokens import DEFAULT_MAX_TOKENS, pool, positive_or_none, token_grid, unpool
 
 DSA_IMPLS = ("auto", "reference", "blocked")
 """Valid ``dsa_impl`` values; see :func:`resolve_dsa_impl`."""
@@ -254,10 +254,10 @@ class DilatedSelfAttention(nn.Module):
         self.qkv = nn.ModuleList(
             [nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation) for _ in range(3)]
         )
-        self.max_tokens = max_tokens
+        self.max_tokens = positive_or_none("max_tokens", max_tokens)
         self.scaled = bool(scaled)
         self.dsa_impl = check_dsa_impl(dsa_impl)
-        self.block_rows = block_rows
+        self.block_rows = positive_or_none("block_rows", block_rows)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .tokens import DEFAULT_MAX_TOKENS, pool, token_grid, unpool
+from .tokens import DEFAULT_MAX_TOKENS, pool, positive_or_none, token_grid, unpool
 
 PCM_IMPLS = ("auto", "reference", "blocked", "flex")
 """Valid ``pcm_impl`` values; see :func:`resolve_pcm_impl`."""
@@ -370,11 +370,11 @@ class LGAttention(nn.Module):
     ):
         super().__init__()
         self.theta = nn.Conv2d(channels, max(1, channels // 2), 1)
-        self.max_tokens = max_tokens
-        self.chunk_rows = chunk_rows
+        self.max_tokens = positive_or_none("max_tokens", max_tokens)
+        self.chunk_rows = positive_or_none("chunk_rows", chunk_rows)
         self.eps = eps
         self.pcm_impl = check_pcm_impl(pcm_impl)
-        self.block_rows = block_rows
+        self.block_rows = positive_or_none("block_rows", block_rows)
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         t = self.theta(f)  # (B, C/2, H, W)

@@ -23,6 +23,14 @@ import torch.nn.functional as F
 DEFAULT_MAX_TOKENS = 64 * 64
 
 
+def positive_or_none(name: str, value: int | None) -> int | None:
+    """``value`` when it is ``None`` or an int >= 1; else a ``ValueError`` at construction (a bad option
+    must fail when the model is built, not at its first forward pass)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name} must be >= 1 or None, got {value!r}")
+    return value
+
+
 def token_grid(h: int, w: int, max_tokens: int | None) -> tuple[int, int]:
     """The grid attention runs on: ``(h, w)`` itself when it fits, else the largest aspect-keeping
     grid within ``max_tokens`` tokens."""
