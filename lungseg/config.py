@@ -163,6 +163,13 @@ class PreprocessConfig(Section):
             raise Problem("", f"must be [low, high] with low < high, got {[low, high]}").pydantic()
         return value
 
+    @field_validator("label_names")
+    @classmethod
+    def _unique_names(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and (len(set(value)) != len(value) or not all(n.strip() for n in value)):
+            raise Problem("", f"label names must be unique, non-empty strings, got {value}").pydantic()
+        return value
+
     @model_validator(mode="after")
     def _something_left_to_train_on(self) -> PreprocessConfig:
         if self.val_fraction + self.test_fraction >= 1.0:

@@ -151,7 +151,7 @@ def label_names(raw, cfg, input_dir: Path, dataset: str) -> tuple[list[str], str
     where_path = file if where == LABELS_FILE else input_dir
     if len(names) != raw.num_labels:
         raise DataError(where_path, f"{where}: {len(names)} names {names} for {raw.num_labels} label values")
-    if len(set(names)) != len(names) or not all(isinstance(n, str) and n.strip() for n in names):
+    if where == LABELS_FILE and (len(set(names)) != len(names) or not all(n.strip() for n in names)):
         raise DataError(where_path, f"{where}: label names must be unique, non-empty strings, got {names}")
     from lungseg.data.readers.base import BINARY_LABELS
 

@@ -41,14 +41,21 @@ def test_params_name_them_and_bad_names_are_one_line(pairs, tmp_path):
     cfg = PreprocessConfig(image_size=32, label_names=["background", "lung"])
     preprocess("pairs", pairs, tmp_path / "out", cfg)
     assert read_meta(tmp_path / "out")["label_names_source"] == "params preprocess.label_names"
-    for names, problem in (
-        (["lung"], r"1 names \['lung'\] for 2 label values"),
-        (["lung", "lung"], "unique, non-empty"),
-        (["background", " "], "unique, non-empty"),
-    ):
-        with pytest.raises(DataError, match=problem):
-            preprocess("pairs", pairs, tmp_path / "bad", PreprocessConfig(image_size=32, label_names=names))
-        assert not (tmp_path / "bad").exists()
+    with pytest.raises(DataError, match=r"1 names \['lung'\] for 2 label values"):
+        preprocess("pairs", pairs, tmp_path / "bad", PreprocessConfig(image_size=32, label_names=["lung"]))
+    assert not (tmp_path / "bad").exists()
+    from lungseg.config import params_from_dict
+    from lungseg.errors import ConfigError
+
+    for names in (["lung", "lung"], ["background", " "]):  # refused when params.yaml is read
+        with pytest.raises(ConfigError, match=r"preprocess\.label_names: label names must be unique, non-empty"):
+            params_from_dict({"preprocess": {"label_names": names}})
+    (pairs / "labels.json").write_text('["lung", "lung"]', encoding="utf-8")
+    try:
+        with pytest.raises(DataError, match=r"labels\.json: labels\.json: label names must be unique"):
+            preprocess("pairs", pairs, tmp_path / "bad", PreprocessConfig(image_size=32))
+    finally:
+        (pairs / "labels.json").unlink()
     (pairs / "labels.json").write_text('["background", "lungs"]', encoding="utf-8")
     try:
         with pytest.raises(DataError, match=r"labels\.json: names the labels \['background', 'lungs'\], but"):
