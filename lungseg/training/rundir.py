@@ -80,15 +80,18 @@ def open_work(
 def discard_partial(work: Path, tracking_uri: str) -> None:
     """Say what a ``.partial`` left by a killed run holds before it is deleted, and mark its MLflow
     run (still ``RUNNING``: the process died before it could end it) ``KILLED``. A folder of that name
-    that lungseg did not write is refused unless ``--overwrite`` (:func:`lungseg.io.check_output_dir`)."""
-    check_output_dir(work)
-    epoch, run_id = None, None
+    that is not a training's work folder — no lungseg marker, no readable lungseg checkpoint or run
+    file (an older lungseg's) — is refused unless ``--overwrite`` (:func:`lungseg.io.check_output_dir`)."""
+    epoch, run_id, ours = None, None, False
     with contextlib.suppress(CheckpointError):
         ckpt = load_checkpoint(work / CHECKPOINT)
-        epoch, run_id = ckpt.get("epoch"), ckpt.get("mlflow_run_id")
+        epoch, run_id, ours = ckpt.get("epoch"), ckpt.get("mlflow_run_id"), True
     with contextlib.suppress(DataError):  # a run file half-written or unreadable: the checkpoint's run id
         run_file = RunFile.find(work / RUN_FILE)
         run_id = run_file.run_id if run_file else run_id
+        ours = ours or run_file is not None
+    if not ours:
+        check_output_dir(work)
     marked = mark_stale_run(tracking_uri, run_id) if run_id else ""
     what = f"{epoch} finished epoch(s)" if epoch else "no finished epoch"
     log.info(

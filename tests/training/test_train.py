@@ -472,6 +472,11 @@ def test_a_users_folder_named_like_the_work_folder_is_not_discarded(tmp_path, ti
     err = capsys.readouterr().err
     assert "out.partial: exists, is not empty and was not written by lungseg" in err and err.count("\n") == 1
     assert (mine / "notes.txt").read_text(encoding="utf-8") == "precious" and not (tmp_path / "out").exists()
+    # the work folder of a run killed under an older lungseg (no marker, but its mlflow_run.json) is still ours
+    (mine / "notes.txt").unlink()
+    (mine / "mlflow_run.json").write_text('{"run_id": "0123456789abcdef"}', encoding="utf-8")
+    assert main(["train", "--data", str(tiny_data), "--output", str(tmp_path / "out"), "--params", str(params)]) == 0
+    assert "discarding" in capsys.readouterr().err and (tmp_path / "out" / "best.pt").is_file()
 
 
 @pytest.mark.slow
