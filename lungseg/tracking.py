@@ -165,12 +165,17 @@ def portable_uri(uri: str, anchor: str | Path) -> str:
 
 
 def portable_path(path: str | Path) -> str:
-    """``path`` relative to the repository root when it lies inside the repository, else absolute."""
+    """``path`` relative to the repository root when it lies inside the repository, else absolute. A
+    path inside a DVC experiment's temporary workspace (``.dvc/tmp/exps/<name>/…``, deleted afterwards)
+    is recorded as the same path in the experiment's own tree (``data/processed/medseg``)."""
     path = Path(path).resolve()
     root = repo_root()
     if root is not None:
         with contextlib.suppress(ValueError):
-            return path.relative_to(root).as_posix()
+            rel = path.relative_to(root).parts
+            if rel[:3] == (".dvc", "tmp", "exps") and len(rel) > 4:
+                rel = rel[4:]
+            return Path(*rel).as_posix() if rel else "."
     return str(path)
 
 

@@ -439,3 +439,17 @@ def test_scoped_tracking_uri_restores_mlflow_exactly(before, raised, tmp_path, m
         mlflow.set_registry_uri(None)
         os.environ.pop("MLFLOW_TRACKING_URI", None)
         os.environ.pop("MLFLOW_REGISTRY_URI", None)
+
+
+def test_a_queued_experiments_paths_are_recorded_as_in_its_own_tree(tmp_path, monkeypatch):
+    """A queued DVC experiment's run carried data_dir=.dvc/tmp/exps/tmp…/data/processed/medseg, a folder DVC deletes."""
+    from lungseg.tracking import portable_path
+
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".dvc").mkdir()
+    workspace = tmp_path / ".dvc" / "tmp" / "exps" / "tmpab12"
+    (workspace / "data" / "processed" / "medseg").mkdir(parents=True)
+    monkeypatch.chdir(workspace)
+    assert portable_path(workspace / "data" / "processed" / "medseg") == "data/processed/medseg"
+    monkeypatch.chdir(tmp_path)
+    assert portable_path(tmp_path / "data") == "data"

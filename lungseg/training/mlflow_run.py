@@ -27,8 +27,12 @@ log = logging.getLogger(__name__)
 
 def log_params(run, params: Params, cfg: TrainConfig, extra: dict[str, Any]) -> None:
     """The ``train`` and ``mlflow`` sections as given, the effective values the preset changed
-    (``effective.<key>``) and ``extra``."""
+    (``effective.<key>``) and ``extra``; ``mlflow.tracking_uri`` is the store actually used (the
+    environment's ``MLFLOW_TRACKING_URI`` wins over params.yaml), ``mlflow.tracking_uri_in_params``
+    what params.yaml says."""
     given = flatten({"train": params.train.model_dump(), "mlflow": params.mlflow.model_dump()})
+    given["mlflow.tracking_uri_in_params"] = given.get("mlflow.tracking_uri")
+    given["mlflow.tracking_uri"] = portable_uri(run.tracking_uri, Path.cwd())
     eff = {f"effective.{k}": v for k, v in cfg.model_dump().items() if getattr(params.train, k) != v}
     run.log_params({**given, **eff, **extra})
 

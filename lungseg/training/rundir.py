@@ -62,6 +62,7 @@ def open_work(
     ckpt_path = work / CHECKPOINT
     continued = False
     if resume and not ckpt_path.is_file() and (output_dir / CHECKPOINT).is_file():
+        refuse_registered(output_dir, tracking_uri)
         if work.exists():
             discard_partial(work, tracking_uri)
         continue_finished(output_dir, work, s.cfg, s.identity)
@@ -99,6 +100,25 @@ def discard_partial(work: Path, tracking_uri: str) -> None:
         f"{f'; MLflow run {run_id} {marked}' if run_id else ''}); use --resume to continue such a run instead"
     )
     shutil.rmtree(work)
+
+
+def refuse_registered(output_dir: Path, tracking_uri: str) -> None:
+    """A finished run whose weights are a registered model version is not continued: its metrics
+    (``best_val_dice``, ``best_epoch``) would change under that version. ``ConfigError`` naming it."""
+    from mlflow import MlflowClient
+
+    run = RunFile.find(output_dir / RUN_FILE)
+    if run is None:
+        return
+    versions = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).search_model_versions(
+        f"run_id = '{run.run_id}'"
+    )
+    if versions:
+        named = ", ".join(sorted(f"{v.name} v{v.version}" for v in versions))
+        raise ConfigError(
+            f"{output_dir}: its run {run.run_id} is registered ({named}): continuing it would change the "
+            "metrics under that version; train into a new --output instead"
+        )
 
 
 def continue_finished(output_dir: Path, work: Path, cfg: TrainConfig, identity: dict[str, Any]) -> None:

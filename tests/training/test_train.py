@@ -508,3 +508,25 @@ def test_a_bad_attention_option_is_one_line_before_training(tmp_path, tiny_data,
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "max_tokens must be >= 1 or None, got -5" in err
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+@pytest.mark.slow
+def test_the_store_used_is_logged_and_a_registered_run_is_not_continued(tmp_path, tiny_data, monkeypatch):
+    """The logged mlflow.tracking_uri was params.yaml's even when MLFLOW_TRACKING_URI chose another store;
+    --resume of a finished run whose weights are a registered version moved its best_val_dice/best_epoch."""
+    from mlflow import MlflowClient
+
+    used = f"sqlite:///{tmp_path / 'used.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", used)
+    params = load_params(write_params(tmp_path / "p.yaml", _uri(tmp_path), epochs=1))
+    result = train(params, tiny_data, tmp_path / "out")
+    client = MlflowClient(tracking_uri=used, registry_uri=used)
+    logged = client.get_run(result.run_id).data.params
+    assert logged["mlflow.tracking_uri"] == used and logged["mlflow.tracking_uri_in_params"] == _uri(tmp_path)
+    client.create_registered_model("lungseg-unet")
+    client.create_model_version("lungseg-unet", f"runs:/{result.run_id}/model", run_id=result.run_id)
+    more = load_params(write_params(tmp_path / "q.yaml", _uri(tmp_path), epochs=2))
+    with pytest.raises(ConfigError, match=rf"out: its run {result.run_id} is registered \(lungseg-unet v1\)"):
+        train(more, tiny_data, tmp_path / "out", resume=True)
+    assert client.get_run(result.run_id).data.params["train.epochs"] == "1"
+    assert load_checkpoint(tmp_path / "out" / "checkpoint.pt")["epoch"] == 1  # untouched
