@@ -367,3 +367,24 @@ def test_settings_ddp_cannot_honour_are_config_errors():
                 "LUNGSEG_DDP_TIMEOUT_S": "soon",
             },
         )
+
+
+def test_one_image_per_rank_with_batchnorm_is_warned(caplog):
+    """batch_size 2 on 2 ranks gave BatchNorm one image per rank, silently."""
+    import logging
+
+    from lungseg.config import TrainConfig
+    from lungseg.models import create_model
+
+    bn_model, in_model = create_model("unet", base_channels=4), create_model("prnet", base_channels=4)
+    two = Distributed(rank=0, world_size=2, backend="gloo")
+    with caplog.at_level(logging.WARNING, logger="lungseg"):
+        assert two.warn_small_batchnorm(bn_model, TrainConfig(batch_size=2)) is True
+        assert "each 1 image per step" in caplog.text and "sync_batchnorm" in caplog.text
+        caplog.clear()
+        assert two.warn_small_batchnorm(bn_model, TrainConfig(batch_size=4)) is False
+        assert two.warn_small_batchnorm(bn_model, TrainConfig(batch_size=2, sync_batchnorm=True)) is False
+        assert not caplog.text
+    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in in_model.modules())
+    assert two.warn_small_batchnorm(in_model, TrainConfig(batch_size=2)) is has_bn
+    assert Distributed(rank=1, world_size=2, backend="gloo").warn_small_batchnorm(bn_model, TrainConfig(batch_size=2))
