@@ -43,10 +43,11 @@ Policy (also in docs/pipeline.md, "Registry policy"), checked in this order:
 * no champion (or its alias dangles) → the candidate becomes champion;
 * champion evaluated on the **same** evaluation set (same fingerprint, same metric) → the candidate
   becomes champion only if it is strictly better (``greater_is_better``); a tie keeps the champion;
-* candidate is the champion's own run (same ``run_id``) re-evaluated on a **different** set → the
-  alias follows it (same weights, the newest evaluation record) — this is how a champion is moved onto
-  a new set. On the **same** set it is compared like any candidate (another threshold that scores
-  worse never moves the alias);
+* candidate is the champion's own run (same ``run_id``) re-evaluated on a **different** set with the
+  **same serving settings** (fingerprint) → the alias follows it (same served model, the newest
+  evaluation record) — this is how a champion is moved onto a new set. On the same set, or with other
+  serving settings (another threshold, post-processing or TTA: another served model), it is compared
+  like any candidate (a detour through another split cannot move the alias to worse settings);
 * champion evaluated on a **different** set (or with no recorded fingerprint, or another metric) →
   not compared: the candidate becomes challenger, ``reason`` says so and what to do (re-evaluate
   the champion on this set and register it; see above).
@@ -389,7 +390,8 @@ def _decide(cfg, cand: _Candidate, champion) -> tuple[bool, float | None, str]:
     except (KeyError, ValueError):
         before = None
     same_set = fingerprint is not None and tags.get(TAG + "eval_fingerprint") == fingerprint
-    if champion.run_id and champion.run_id == run_id and not same_set:
+    same_serving = tags.get(TAG + "serving_fingerprint") == (cand.serving_fingerprint or "none")
+    if champion.run_id and champion.run_id == run_id and not same_set and same_serving:
         return (
             True,
             before,

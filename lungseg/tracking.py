@@ -173,8 +173,9 @@ def portable_path(path: str | Path) -> str:
     if root is not None:
         with contextlib.suppress(ValueError):
             rel = path.relative_to(root).parts
-            if rel[:3] == (".dvc", "tmp", "exps") and len(rel) > 4:
-                rel = rel[4:]
+            if rel[:3] == (".dvc", "tmp", "exps"):  # <name>/ (--queue) or run/<name>/ (--temp): up to tmp*
+                tmp = next((i for i in range(3, len(rel)) if rel[i].startswith("tmp")), None)
+                rel = rel[tmp + 1 :] if tmp is not None else rel
             return Path(*rel).as_posix() if rel else "."
     return str(path)
 

@@ -472,3 +472,33 @@ def test_a_preprocessing_mismatch_evaluation_is_tagged_and_promotes_only_when_al
     allowed = json.loads((tmp_path / "m2.json").read_text(encoding="utf-8"))
     assert allowed["decision"] == "champion"
     assert client.get_model_version(name, allowed["version"]).tags["lungseg.preprocessing_mismatch"] == mismatch[0]
+
+
+@pytest.mark.slow
+def test_a_detour_through_another_set_cannot_move_the_alias_to_other_serving_settings(tmp_path, tracking_uri, params):
+    """Review finding: the champion (threshold 0.54 on test) re-evaluated at threshold 0.5 on val followed
+    the alias ('same run … on another set'), and back on test at 0.5 it became champion although it
+    scores worse there than the champion's own settings. The alias follows the run only with the same
+    serving settings; other settings are another served model, compared like any candidate."""
+    name = params.register.model_name
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    run = log_tiny_model(tracking_uri)
+    test54 = register(
+        params,
+        *write_candidate(tmp_path / "t54", run, dice=0.62, fingerprint=SET_A, threshold=0.54),
+        tmp_path / "1.json",
+    )
+    val50 = register(
+        params,
+        *write_candidate(tmp_path / "v50", run, dice=0.70, fingerprint=SET_B, threshold=0.5),
+        tmp_path / "2.json",
+    )
+    assert test54.decision == "champion"
+    assert val50.decision == "challenger" and "different evaluation set" in val50.reason
+    assert _alias(client, name, "champion").version == test54.version
+    val54 = register(
+        params,
+        *write_candidate(tmp_path / "v54", run, dice=0.66, fingerprint=SET_B, threshold=0.54),
+        tmp_path / "3.json",
+    )
+    assert val54.decision == "champion" and "re-evaluated on another set" in val54.reason  # same served model

@@ -451,5 +451,9 @@ def test_a_queued_experiments_paths_are_recorded_as_in_its_own_tree(tmp_path, mo
     (workspace / "data" / "processed" / "medseg").mkdir(parents=True)
     monkeypatch.chdir(workspace)
     assert portable_path(workspace / "data" / "processed" / "medseg") == "data/processed/medseg"
+    temp = tmp_path / ".dvc" / "tmp" / "exps" / "run" / "tmptu_j0f_f"  # dvc exp run --temp
+    (temp / "data").mkdir(parents=True)
+    monkeypatch.chdir(temp)
+    assert portable_path(temp / "data" / "processed") == "data/processed"
     monkeypatch.chdir(tmp_path)
     assert portable_path(tmp_path / "data") == "data"
