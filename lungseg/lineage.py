@@ -212,6 +212,24 @@ def _git_workspace_version(folder: Path, actual: DataVersion) -> DataVersion | N
     return committed
 
 
+def _extract_files(tar, dest: Path) -> None:
+    """The regular files and folders of ``tar`` (``git archive``'s) into ``dest``, none outside it. Python's
+    ``filter="data"`` does this from 3.11.4 (Debian 12's python3 is 3.11.2): members are checked here."""
+    import tarfile
+
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(dest, filter="data")
+        return
+    root = dest.resolve()
+    members = []
+    for m in tar.getmembers():
+        target = (dest / m.name).resolve()
+        if not (m.isfile() or m.isdir()) or (target != root and root not in target.parents):
+            continue  # git archive of a data folder: links or paths outside are not data files
+        members.append(m)
+    tar.extractall(dest, members=members)  # noqa: S202 - members checked above
+
+
 def git_version(repo: str | Path, path: str, commit: str) -> DataVersion:
     """The folder ``path`` as committed at ``commit`` in the git repository ``repo``: its files taken from
     git (``git archive``, never the working tree) and hashed as DVC hashes a folder. A
@@ -235,7 +253,7 @@ def git_version(repo: str | Path, path: str, commit: str) -> DataVersion:
         raise DataError(path, f"not found at commit {commit} ({first[0] if first else 'git archive failed'})")
     with tempfile.TemporaryDirectory(prefix="lungseg-git-") as tmp:
         with tarfile.open(fileobj=io.BytesIO(out.stdout)) as tar:
-            tar.extractall(tmp, filter="data")
+            _extract_files(tar, Path(tmp))
         if not (Path(tmp) / path).is_dir():
             raise DataError(path, f"is not a folder at commit {commit}: a dataset version must be a folder")
         got = folder_hash(Path(tmp) / path)

@@ -302,3 +302,30 @@ def test_a_decision_record_is_valid_only_in_the_store_it_names(tmp_path):
     L.check_decision(L.Lineage(run_id="run-a"), record, path, own)
     with pytest.raises(DataError, match=r"is run run-b, not the record's run run-a.*dvc repro --force"):
         L.check_decision(L.Lineage(run_id="run-b"), record, path, own)
+
+
+def test_a_git_archive_is_extracted_safely_without_tarfiles_data_filter(tmp_path, monkeypatch):
+    """Debian 12's python3 (3.11.2) has no extractall(filter="data"): a fresh clone's `make repro` under
+    `env -i` stopped with a TypeError in preprocess. The members are checked by hand there."""
+    import io
+    import tarfile
+
+    from lungseg.lineage import _extract_files
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name in ("data/a.png", "../outside.png"):
+            info = tarfile.TarInfo(name)
+            info.size = 3
+            tar.addfile(info, io.BytesIO(b"abc"))
+        link = tarfile.TarInfo("data/link")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    buf.seek(0)
+    dest = tmp_path / "x"
+    dest.mkdir()
+    with tarfile.open(fileobj=buf) as tar:
+        _extract_files(tar, dest)
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*")) == ["data", "data/a.png"]
+    assert not (tmp_path / "outside.png").exists()
