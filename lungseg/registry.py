@@ -390,7 +390,7 @@ def _decide(cfg, cand: _Candidate, champion) -> tuple[bool, float | None, str]:
     except (KeyError, ValueError):
         before = None
     same_set = fingerprint is not None and tags.get(TAG + "eval_fingerprint") == fingerprint
-    same_serving = tags.get(TAG + "serving_fingerprint") == (cand.serving_fingerprint or "none")
+    same_serving = tags.get(TAG + "serving_fingerprint", "none") == (cand.serving_fingerprint or "none")
     if champion.run_id and champion.run_id == run_id and not same_set and same_serving:
         return (
             True,

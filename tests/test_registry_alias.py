@@ -160,3 +160,7 @@ def test_the_champions_own_run_is_compared_on_the_same_set_and_followed_onto_ano
     other_set = dataclasses.replace(_candidate(value=0.3, run_id="run-old"), fingerprint="sha256:" + "b" * 64)
     moved = registry._move_alias(ScriptedClient(champion_reads=["1"]), "m", CFG, "3", other_set)
     assert moved.promote and "re-evaluated on another set" in moved.reason
+    # another served model (other serving settings) is not followed onto another set: not comparable there
+    other_serving = dataclasses.replace(other_set, serving_fingerprint="sha256:" + "c" * 64)
+    kept = registry._move_alias(ScriptedClient(champion_reads=["1"]), "m", CFG, "4", other_serving)
+    assert not kept.promote and "different evaluation set" in kept.reason

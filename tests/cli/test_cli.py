@@ -41,7 +41,7 @@ def test_config_error_is_one_line_and_nonzero(tmp_path, capsys):
             "--input",
             str(tmp_path),
             "--output",
-            str(tmp_path / "o"),
+            str(tmp_path.parent / f"{tmp_path.name}-o"),  # beside the input: never inside it
             "--params",
             str(bad),
         ]
@@ -81,7 +81,7 @@ def test_python_dash_m_lungseg_is_the_cli(tmp_path):
             "--input",
             str(tmp_path),
             "--output",
-            str(tmp_path / "out"),
+            str(tmp_path.parent / f"{tmp_path.name}-out"),  # beside the input: never inside it
         ],
         capture_output=True,
         text=True,
