@@ -72,6 +72,7 @@ def test_one_gpu_in_all_compiles_the_one_gpu_pipeline(tmp_path):
     assert "comp-train-distributed-op" not in one["components"]
 
 
+@pytest.mark.slow  # compiles the multi-GPU pipeline (~5 s): make test-fast stays under a minute
 def test_more_gpus_make_the_train_step_a_trainjob_launcher(multi):
     tasks = multi["root"]["dag"]["tasks"]
     assert set(tasks) == {"importer", "preprocess-op", "train-distributed-op", "evaluate-op", "register-op"}
@@ -90,6 +91,7 @@ def test_more_gpus_make_the_train_step_a_trainjob_launcher(multi):
     assert "submit_and_wait(job" in source and "download_prefix(staging, model.path)" in source
 
 
+@pytest.mark.slow  # compiles the multi-GPU pipeline (~5 s): make test-fast stays under a minute
 def test_the_trainjob_manifest(multi):
     job = _manifest(multi)
     assert job["apiVersion"] == "trainer.kubeflow.org/v1alpha1" and job["kind"] == "TrainJob"
