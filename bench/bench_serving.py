@@ -32,6 +32,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _report import add_record_arguments, check_tag  # noqa: E402
 
 from lungseg.io import atomic_write_text  # noqa: E402
 
@@ -176,12 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--results", type=Path, default=RESULTS)
-    ap.add_argument("--record", action="store_true", help="write the JSON and re-render SERVING.md")
-    ap.add_argument("--tag", default="run")
-    ap.add_argument("--note", default=None)
-    ap.add_argument("--render-only", action="store_true")
+    add_record_arguments(ap, RESULTS, "SERVING.md", "name of the result file (default: run)")
     args = ap.parse_args(argv)
+    check_tag(ap, args.tag)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.render_only:
         print(f"wrote {render(args.results)}")
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.record:
         folder = args.results / "serving"
         folder.mkdir(parents=True, exist_ok=True)
-        target = folder / f"{args.tag}.json"
+        target = folder / f"{args.tag or 'run'}.json"
         atomic_write_text(target, json.dumps(result, indent=2) + "\n")
         print(f"wrote {target} and {render(args.results)}")
     return 0
