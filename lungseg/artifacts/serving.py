@@ -53,13 +53,18 @@ MIN_COMPONENT_SHARE = 0.1
 LUNG_LABELS = frozenset({"lung", "lungs", "lung field", "lung-field"})
 
 
+def is_lung_field(label_names: list[str] | None) -> bool:
+    """A lung-field model: its only foreground label is a lung (:data:`LUNG_LABELS`)."""
+    fg = [str(n).lower() for n in (label_names or [])[1:]]
+    return len(fg) == 1 and fg[0] in LUNG_LABELS
+
+
 def resolve_postprocess(setting: str, label_names: list[str] | None) -> str:
-    """``auto`` → ``largest_components+fill_holes`` for a lung-field model (its only foreground label is
-    a lung), ``none`` for any other; an explicit value is returned as it is."""
+    """``auto`` → ``largest_components+fill_holes`` for a lung-field model (:func:`is_lung_field`),
+    ``none`` for any other; an explicit value is returned as it is."""
     if setting != "auto":
         return setting
-    fg = [str(n).lower() for n in (label_names or [])[1:]]
-    return "largest_components+fill_holes" if len(fg) == 1 and fg[0] in LUNG_LABELS else "none"
+    return "largest_components+fill_holes" if is_lung_field(label_names) else "none"
 
 
 #: the preprocessing keys that change a served model's input (from the model's recorded ``preprocess``)
@@ -190,6 +195,7 @@ __all__ = [
     "TTA",
     "ServingSettings",
     "apply",
+    "is_lung_field",
     "keep_large_components",
     "postprocess_labels",
     "resolve_postprocess",

@@ -48,7 +48,7 @@ from lungseg.artifacts import core
 from lungseg.errors import CheckpointError, ConfigError, DataError
 
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
-from lungseg.artifacts.serving import LUNG_LABELS  # noqa: E402  (one definition of a lung-field model)
+from lungseg.artifacts.serving import is_lung_field  # noqa: E402  (one definition of a lung-field model)
 
 
 @dataclass
@@ -117,8 +117,7 @@ class LoadedModel:
     @property
     def role(self) -> str:
         """``"lung"`` for a lung-field model (its only foreground label is lung), else ``"infection"``."""
-        fg = [n.lower() for n in self.label_names[1:]]
-        return "lung" if len(fg) == 1 and fg[0] in LUNG_LABELS else "infection"
+        return "lung" if is_lung_field(self.label_names) else "infection"
 
     def describe(self) -> dict[str, Any]:
         return {
