@@ -42,6 +42,7 @@ The JSON schema of ``params.yaml`` (:func:`params_json_schema`) is committed as
 
 from __future__ import annotations
 
+import re
 import typing
 import warnings
 from functools import cache
@@ -729,16 +730,70 @@ def params_from_dict(data: dict[str, Any] | None, source: str = "params") -> Par
 
 def load_params(path: str | Path) -> Params:
     """Parse ``params.yaml`` once into typed, checked config; errors name the file and key."""
+    path = Path(path)
+    return params_from_dict(read_params_file(path), str(path))
+
+
+def read_params_file(path: Path) -> Any:
+    """``path`` parsed the way DVC reads and writes it, and checked for what PyYAML lets through:
+
+    - numbers as YAML 1.2 reads them: ``1e-3`` is a float (PyYAML's YAML 1.1 wants ``1.0e-3`` and
+      reads ``1e-3`` as a string; DVC's ``dvc exp run -S train.lr=1e-9`` writes ``1e-09``);
+    - a key written twice in one mapping is a :class:`ConfigError` naming both lines (PyYAML keeps
+      the last silently, so a second ``train:`` section would replace the first without a word).
+
+    A missing file or invalid YAML is a one-line :class:`ConfigError` naming the file."""
     import yaml
 
-    path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: parameter file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_params_loader(str(path))) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    return params_from_dict(data, str(path))
+
+
+def _params_loader(source: str):
+    """A ``yaml.SafeLoader`` with YAML 1.2 floats and duplicate keys refused (:func:`read_params_file`)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                seen: dict[Any, int] = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key = self.construct_object(key_node, deep=True)
+                    line = key_node.start_mark.line + 1
+                    if isinstance(key, typing.Hashable) and key in seen:
+                        raise ConfigError(
+                            f"{source}: line {line}: key {key!r} is written twice in one mapping (first on "
+                            f"line {seen[key]}); YAML would keep only the last: remove one"
+                        )
+                    if isinstance(key, typing.Hashable):
+                        seen[key] = line
+            return super().construct_mapping(node, deep=deep)
+
+    float_tag = "tag:yaml.org,2002:float"
+    Loader.yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag != float_tag]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    Loader.add_implicit_resolver(float_tag, _YAML12_FLOAT, list("-+0123456789."))
+    return Loader
+
+
+#: YAML 1.2 core schema floats (``1e-3``, ``1.5``, ``.5``, ``-1E+4``, ``.inf``, ``.nan``; ``_`` digit
+#: groups as PyYAML allows them)
+_YAML12_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+    |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
 
 
 def params_json_schema() -> dict[str, Any]:

@@ -34,18 +34,12 @@ def load_mlflow_section(path: Path) -> SimpleNamespace:
     """``params.yaml``'s ``mlflow`` section alone, checked (``.mlflow``, as :func:`lungseg.tracking.store_record`
     reads it): the store stage depends on that section only, so a bad value in another section is left to
     the stage that reads it (its one-line error names it), as with every other stage."""
-    import yaml
     from pydantic import ValidationError
 
-    from lungseg.config import MlflowConfig, config_error
+    from lungseg.config import MlflowConfig, config_error, read_params_file
     from lungseg.errors import ConfigError
 
-    if not path.is_file():
-        raise ConfigError(f"{path}: parameter file not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    data = read_params_file(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
     try:
