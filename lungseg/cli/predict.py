@@ -45,9 +45,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--intensity",
-        choices=("hu", "unit", "uint8"),
-        help="the input's intensity domain where its data cannot tell it (Hounsfield units, [0, 1], "
-        "8-bit grey levels); checked against the values (docs/inference.md, 'Intensity')",
+        choices=("hu", "hu+1024", "unit", "uint8", "uint16"),  # lungseg.data.transforms.STATABLE (a test checks)
+        help="the input's intensity domain where its data cannot tell it (Hounsfield units, CT numbers + 1024, "
+        "[0, 1], 8-bit or 16-bit grey levels); checked against the values (docs/inference.md, 'Intensity')",
     )
     p.add_argument("--dicom-seg", action="store_true", help="also write a DICOM SEG (DICOM input only)")
     p.add_argument(
@@ -68,6 +68,19 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="cohort input: keep the cases already done in --output (same models only) and predict the rest",
     )
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        help="auto (default: the model's serving setting; a model without one: fp32 on the CPU, bf16 "
+        "autocast on CUDA), fp32 or bf16 (a CPU without native bf16 runs fp32, with a note); another "
+        "value than the model was evaluated with is noted in the report's warnings",
+    )
+    p.add_argument(
+        "--backend",
+        default="torch",
+        help="torch (default) or onnxruntime (CPU, fp32: the ONNX export the model folder carries, else "
+        "one exported at load and checked against PyTorch on slices of the scan)",
+    )
     p.add_argument("--batch-size", type=int, default=None, help="slices per batch (default 16 on CUDA, 4 on CPU)")
     add_params_argument(p)
     return p
@@ -82,6 +95,20 @@ def params_or_defaults(args: argparse.Namespace):
     if not args.params.is_file() and args.params == Path("params.yaml"):
         return Params()
     return load(args)
+
+
+def _precision_and_backend(args: argparse.Namespace) -> tuple[str, str]:
+    """``--precision`` and ``--backend``, checked (one-line :class:`ConfigError` naming the allowed values)."""
+    from lungseg.errors import ConfigError
+
+    precisions, backends = ("auto", "fp32", "bf16"), ("torch", "onnxruntime")
+    if args.precision not in precisions:
+        raise ConfigError(f"--precision: unknown precision {args.precision!r} (allowed: {', '.join(precisions)})")
+    if args.backend not in backends:
+        raise ConfigError(f"--backend: unknown backend {args.backend!r} (allowed: {', '.join(backends)})")
+    if args.backend == "onnxruntime" and args.precision == "bf16":
+        raise ConfigError("--backend onnxruntime runs the fp32 export: give --precision fp32 or auto, or --backend torch")
+    return args.precision, args.backend
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
     uri = resolve_tracking_uri(params)
     ev = params.evaluate
     serving = {"tracking_uri": uri, "threshold": ev.threshold, "postprocess": ev.postprocess, "tta": ev.tta}
+    serving["precision"] = ev.precision
+    precision, backend = _precision_and_backend(args)
     specs = [(None, args.model)] if args.model else [("lung", args.lung_model), ("infection", args.infection_model)]
     models = {}
     for role, spec in specs:
@@ -114,6 +143,11 @@ def run(args: argparse.Namespace) -> int:
                 note=f"served without its post-processing {model.serving.postprocess!r} (--no-postprocess): "
                 "the masks differ from what the model was evaluated with",
             )
+        if precision != "auto":
+            model = model.served_as(
+                precision=precision,
+                note=f"served in {precision} (--precision), evaluated with precision {model.serving.precision!r}",
+            )
         models[model.role] = model
     options = {
         "device": args.device,
@@ -122,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
         "spacing": tuple(args.spacing) if args.spacing else None,
         "intensity": args.intensity,
         "save_probabilities": args.save_probabilities,
+        "backend": backend,
     }
     from lungseg.inference.cohort import find_cases, predict_cohort
 

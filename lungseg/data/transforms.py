@@ -57,7 +57,10 @@ def to_unit_range(arr: np.ndarray, *, source, window: tuple[float, float]) -> np
 
 #: the domains an input's values can be in, and what ``--intensity`` may state
 DOMAINS = ("hu", "hu+1024", "unit", "uint8", "uint16")
-STATABLE = ("hu", "hu+1024", "unit", "uint8")
+STATABLE = ("hu", "hu+1024", "unit", "uint8", "uint16")
+#: the largest value of 12-bit data: 16-bit slices whose values all fit under it are CT numbers shifted
+#: by +1024 (air near 0) as often as full-range 16-bit grey levels, and are not divided by 65535 unstated
+TWELVE_BITS = 4095
 #: the lowest value a volume in Hounsfield units must reach somewhere (air is about -1000 HU)
 HU_AIR_BELOW = -100.0
 
@@ -103,6 +106,10 @@ def check_stated(stated: str, lo: float, hi: float, values: np.ndarray, source) 
     if stated == "uint8" and (lo < 0.0 or hi > 255.0 or not np.all(values == np.round(values))):
         raise DataError(
             source, f"--intensity uint8, but the values span [{lo:g}, {hi:g}] (not whole numbers in 0..255)"
+        )
+    if stated == "uint16" and (lo < 0.0 or hi > 65535.0 or not np.all(values == np.round(values))):
+        raise DataError(
+            source, f"--intensity uint16, but the values span [{lo:g}, {hi:g}] (not whole numbers in 0..65535)"
         )
     return stated
 

@@ -24,7 +24,9 @@ recorded in its ``preprocess``: ``dataset``, ``hu_window``), with the functions 
   negative values is ``hu``; anything else (non-negative values above 1 in another type: 8-bit grey
   levels stored as int16 or float, or CT numbers shifted by +1024) cannot be told apart and is refused
   with a one-line error asking for ``--intensity hu|unit|uint8``. PNG/TIFF slices: by dtype (uint8,
-  uint16, signed → ``hu``, float within [0, 1] → ``unit``, other float → ``hu``). ``--intensity`` states
+  uint16 using more than 12 bits — one whose values all fit in 12 bits is refused unstated, as CT
+  numbers shifted by +1024 look the same —, signed → ``hu``, float within [0, 1] → ``unit``, other
+  float → ``hu``). ``--intensity`` states
   the domain instead; values that contradict it (a ``uint8`` claim with values outside 0..255, ``unit``
   outside [0, 1]) are refused.
 * the conversion: ``hu`` → HU window (``hu_window``); ``uint8`` → / 255; ``uint16`` → / 65535;
@@ -355,8 +357,24 @@ def _slices_intensity(arrays: list[np.ndarray], files: list[Path], stated: str |
             domains.add("hu")
     if len(domains) > 1:
         raise DataError(files[0].parent, f"the slices mix intensity domains {sorted(domains)}: give one kind of file")
+    if domains == {"uint16"}:
+        _check_full_range_16_bit(arrays, files)
     dtypes = ", ".join(sorted({str(a.dtype) for a in arrays}))
     return Intensity(domains.pop(), f"PNG/TIFF pixel type {dtypes}")
+
+
+def _check_full_range_16_bit(arrays: list[np.ndarray], files: list[Path]) -> None:
+    """16-bit slices are divided by 65535 only when their values use more than 12 bits: CT exported as
+    16-bit PNG usually holds CT numbers + 1024 (0..~4095, air near 0), which / 65535 would turn into a
+    nearly black image and an empty mask without a word."""
+    top = max(int(a.max()) for a in arrays if a.size)
+    if top <= transforms.TWELVE_BITS:
+        where = files[0] if len(files) == 1 else files[0].parent
+        raise DataError(
+            where,
+            f"16-bit slices whose values ({top} at most) fit in 12 bits: CT numbers shifted by +1024 and "
+            "full-range 16-bit grey levels look alike; pass --intensity hu+1024 (or uint16 to divide by 65535)",
+        )
 
 
 def _read_slices(path: Path, files: list[Path], given, intensity: str | None = None, skipped=()) -> Scan:
