@@ -72,6 +72,59 @@ def _writer_of(folder: Path) -> str | None:
         return "lungseg"
 
 
+#: the outputs this process (or a lungseg process above it: a launcher, ``torchrun``'s parent) holds the
+#: lock of, ``os.pathsep``-joined resolved paths; a child writing the same output does not lock it again
+LOCKS_ENV = "LUNGSEG_OUTPUT_LOCKS"
+
+
+@contextlib.contextmanager
+def output_lock(path: str | Path) -> Iterator[None]:
+    """Hold the one-writer lock of output ``path`` for the block: a second lungseg command writing the
+    same output while this one runs is a :class:`~lungseg.errors.DataError` naming the path and the
+    other command (two writers would swap the folder under each other: a traceback, or one's cases in
+    the other's table). An advisory ``flock`` on a file named by the resolved path in a per-user folder
+    of the temporary directory (nothing is written beside the output); the lock ends with the process,
+    so a killed command leaves none behind. The ranks of a ``torchrun`` group other than 0 (``RANK``),
+    which write nothing, and children of the holder (:data:`LOCKS_ENV`) do not take it."""
+    import fcntl
+    import hashlib
+    import time
+
+    from lungseg.errors import DataError
+
+    key = str(Path(path).resolve())
+    held = os.environ.get(LOCKS_ENV, "")
+    if key in held.split(os.pathsep) or os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    folder = Path(tempfile.gettempdir()) / f"lungseg-{os.getuid()}-locks"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    lock = folder / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.lock"
+    with open(lock, "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise DataError(
+                path,
+                f"is being written by another lungseg command ({holder}): wait for it to end or name another folder",
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{_WRITER.get()}, pid {os.getpid()}, since {time.strftime('%H:%M:%S')}")
+        f.flush()
+        os.environ[LOCKS_ENV] = os.pathsep.join(x for x in (held, key) if x)
+        try:
+            yield
+        finally:
+            os.environ[LOCKS_ENV] = held
+            if not held:
+                del os.environ[LOCKS_ENV]
+            f.seek(0)
+            f.truncate()
+
+
 def _fresh_dir(parent: Path, name: str) -> Path:
     """A new private temporary folder ``.<name>.tmp-<pid>-…`` in ``parent``; temporaries of this
     name left by a process that no longer runs (a kill) are removed first."""

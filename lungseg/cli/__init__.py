@@ -76,6 +76,18 @@ def _check_output_folder(args: argparse.Namespace) -> None:
     check_output_dir(args.output, keep=keep)
 
 
+def _output_lock(args: argparse.Namespace):
+    """The output folder's one-writer lock for the whole command (:func:`lungseg.io.output_lock`): a
+    second command writing the same output meanwhile is refused in one line."""
+    import contextlib
+
+    if not hasattr(args, "overwrite") or getattr(args, "output", None) is None:
+        return contextlib.nullcontext()
+    from lungseg.io import output_lock
+
+    return output_lock(args.output)
+
+
 def main(argv: list[str] | None = None) -> int:
     from lungseg.cli._logging import configure_logging
     from lungseg.errors import LungsegError
@@ -89,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
 
         with overwrite_allowed(getattr(args, "overwrite", False)), written_by(f"lungseg {args.command}"):
             _check_output_folder(args)
-            return int(args._run(args) or 0)
+            with _output_lock(args):
+                return int(args._run(args) or 0)
     except LungsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
