@@ -13,9 +13,13 @@ Structure (widths ``base·(1,2,4,8,16)``, four 2×2 average-pool down-samplings,
   CBR 3×3. Head Conv 1×1 → logits.
 
 Choices and deviations:
-- DSA uses the standard key-softmax (``scaled_dot_product_attention``), not Eq. 1's query-index
-  normalisation (architecture.md §PR-Net 4). ``heads=None`` → the most heads ≤ 8 with head dim ≥ 8
-  (1 head when C < 16). q/k/v convs have a bias (no norm follows); no output projection.
+- ``dsa_softmax`` (default ``"key"``): DSA normalises its weights over the keys (the standard
+  softmax, ``scaled_dot_product_attention``; architecture.md §PR-Net 4 — a deviation from Eq. 1,
+  kept as the default so every recorded result keeps its model, bitwise); ``"query"`` = Eq. 1 as
+  written, ``B_ij = exp(M_i·N_j) / Σ_k exp(M_k·N_j)`` (each key's weights over the queries sum to 1,
+  DANet style), in both ``dsa_impl`` kernels (the paper preset's choice).
+- ``heads=None`` → the most heads ≤ 8 with head dim ≥ 8 (1 head when C < 16). q/k/v convs have a
+  bias (no norm follows); no output projection.
 - ``dsa_scaled`` (default True): DSA logits are ``q·k/√d`` (d = head dim), the transformer
   scaling DSA always used here; Eq. 1 has no ``1/√d`` (``dsa_scaled=False``, the paper preset's
   choice). The default keeps the scaling: the logits' standard deviation grows as √d (d = 8 to 64
@@ -77,12 +81,15 @@ class PRNet(SegmentationModel):
         max_tokens: int | None = DEFAULT_MAX_TOKENS,
         dsa_scaled: bool = True,
         dsa_impl: str = "auto",
+        dsa_softmax: str = "key",
     ):
         super().__init__(in_channels, num_classes, base_channels)
         self.use_pam = use_pam
         w = widths(base_channels)
         self.encoder = encoder_levels(in_channels, w, INResidualBlock)
-        pam = dict(heads=heads, max_tokens=max_tokens, dsa_scaled=dsa_scaled, dsa_impl=dsa_impl)
+        pam = dict(
+            heads=heads, max_tokens=max_tokens, dsa_scaled=dsa_scaled, dsa_impl=dsa_impl, dsa_softmax=dsa_softmax
+        )
         self.skip_enhance = nn.ModuleList(
             [
                 nn.Sequential(

@@ -13,7 +13,14 @@ DSA attention kernels (``dsa_impl``; the same softmax attention computed two way
   SDPA is to float64 itself (tested). The default on one CPU thread, where PyTorch's flash backward
   at head dim 8 dominated a PR-Net train step (:func:`resolve_dsa_impl`).
 
-Layout: the kernel, then :class:`DilatedSelfAttention`, :class:`GatedConv` and
+Normalisation (``softmax``, PR-Net's ``dsa_softmax``): ``"key"`` (default) = the standard attention
+``y_i = Σ_j softmax_j(s_ij) v_j`` (each query's weights sum to 1); ``"query"`` = PR-Net's Eq. 1 as
+written, ``B_ij = exp(M_i·N_j) / Σ_k exp(M_k·N_j)`` (DANet style: each *key*'s weights over the
+queries sum to 1) and ``y = B·T``, i.e. ``y_i = Σ_j softmax_i(s_ij) v_j``. Both kernels compute both:
+the reference with an explicit N×N softmax over the query axis (:func:`query_softmax_attention`),
+the blocked one with :class:`_BlockedQuerySoftmaxAttention` (never N×N).
+
+Layout: the kernels, then :class:`DilatedSelfAttention`, :class:`GatedConv` and
 :class:`ProgressiveAttention` (which composes them).
 """
 
@@ -38,6 +45,17 @@ DSA_IMPLS = ("auto", "reference", "blocked")
 DSA_BLOCK_ELEMS = 1 << 18
 
 _LOG2E = math.log2(math.e)
+
+
+DSA_SOFTMAX = ("key", "query")
+"""Valid ``softmax`` (PR-Net ``dsa_softmax``) values: the axis the attention weights are normalised over."""
+
+
+def check_dsa_softmax(axis: str) -> str:
+    """``axis`` itself, or ``ValueError`` naming the valid values."""
+    if axis not in DSA_SOFTMAX:
+        raise ValueError(f"unknown dsa_softmax {axis!r} (valid: {', '.join(DSA_SOFTMAX)})")
+    return axis
 
 
 def check_dsa_impl(impl: str) -> str:
@@ -176,8 +194,102 @@ class _BlockedSoftmaxAttention(torch.autograd.Function):
         return dqt * scale, dkt, dvt, None, None, None
 
 
+def _transposed(a: torch.Tensor) -> torch.Tensor:
+    """The flat block buffer view ``([g',] n, w)`` re-viewed as ``([g',] w, n)`` (same elements)."""
+    return a.view(*a.shape[:-2], a.shape[-1], a.shape[-2])
+
+
+class _BlockedQuerySoftmaxAttention(torch.autograd.Function):
+    """PR-Net's Eq. 1, ``y_i = Σ_j P_ij v_j`` with ``P_ij = exp(s_ij − lse_j)``, ``lse_j = log Σ_i
+    exp(s_ij)`` (softmax over the **query** index i, ``s = scale·QKᵀ``), on channel-major head-maps
+    ``qt, kt, vt`` (G,d,N) like :class:`_BlockedSoftmaxAttention`; never holds N×N.
+
+    Forward: pass 1 over blocks of keys (rows × all queries) gives ``lse₂`` per key (base 2); pass 2
+    over blocks of queries computes ``Pᵀ = exp2([K, −lse₂]·[q₂; 1])`` (the subtraction inside the
+    GEMM) and ``Oᵀ = VᵀPᵀ`` (no row normalisation). Saved: ``qt, kt, vt, lse₂`` (O(N·d)).
+    Backward (softmax over i for each key j): ``dV_j = Σ_i P_ij dO_i``, ``E_j = Σ_i P_ij dP_ij =
+    v_j·dV_j``, ``dS_ij = P_ij (dO_i·v_j − E_j)`` — a pass for ``dVᵀ`` (then ``E``), a pass for
+    ``dSᵀ = Pᵀ ⊙ ([V, −E]·[dOᵀ; 1])``, ``dQᵀ = scale·KᵀdSᵀ``, ``dKᵀ += (scale·Q)ᵀdS``.
+    """
+
+    @staticmethod
+    def forward(ctx, qt, kt, vt, scale: float, rows: int, group: int):
+        g, d, n = qt.shape
+        q2t = qt * (scale * _LOG2E)  # (G, d, N)   queries, logits in base 2
+        ktt = kt.transpose(1, 2)  # (G, N, d)
+        lse2 = qt.new_empty(g, n, 1)  # (G, N, 1)   log₂ Σ_i 2^(S₂_ij) per key j
+        buf = qt.new_empty(min(g, group) * min(n, rows) * n)
+        for i, cols in _blocks(g, n, rows, group, [buf]):
+            ktg, q2g, lg = ktt[i], q2t[i], lse2[i]
+            for r, (a,) in cols:  # r: a block of keys
+                a = _transposed(a)  # ([g',] n', N)   keys × queries
+                _mm(ktg[..., r, :], q2g, out=a)
+                m = torch.amax(a, -1, keepdim=True)  # ([g',] n', 1)
+                lg[..., r, :] = m + torch.log2(a.sub_(m).exp2_().sum(-1, keepdim=True))
+        kl = torch.cat([ktt, -lse2], dim=2)  # (G, N, d+1)   [K, −lse₂]
+        q1 = torch.cat([q2t, qt.new_ones(g, 1, n)], dim=1)  # (G, d+1, N)   [q₂; 1]
+        out = qt.new_empty(g, d, n)  # (G, d, N)   Oᵀ
+        for i, cols in _blocks(g, n, rows, group, [buf]):
+            klg, q1g, vg, og = kl[i], q1[i], vt[i], out[i]
+            for r, (a,) in cols:  # r: a block of queries
+                _mm(klg, q1g[..., r], out=a).exp2_()  # ([g',] N, n')   Pᵀ
+                _mm(vg, a, out=og[..., r])  # ([g',] d, n')
+        ctx.save_for_backward(qt, kt, vt, lse2)
+        ctx.scale, ctx.rows, ctx.group = scale, rows, group
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gout):
+        qt, kt, vt, lse2 = ctx.saved_tensors
+        scale, rows, group = ctx.scale, ctx.rows, ctx.group
+        g, d, n = qt.shape
+        gout = gout.to(qt.dtype).contiguous()  # (G, d, N)   dOᵀ
+        ones = qt.new_ones(g, 1, n)
+        kl = torch.cat([kt.transpose(1, 2), -lse2], dim=2)  # (G, N, d+1)
+        q1 = torch.cat([qt * (scale * _LOG2E), ones], dim=1)  # (G, d+1, N)
+        dvt = qt.new_zeros(g, d, n)
+        size = min(g, group) * min(n, rows) * n
+        bufs = [qt.new_empty(size), qt.new_empty(size)]
+        for i, cols in _blocks(g, n, rows, group, bufs):
+            klg, q1g, goutg, dvtg = kl[i], q1[i], gout[i], dvt[i]
+            for r, (pt, _) in cols:
+                _mm(klg, q1g[..., r], out=pt).exp2_()  # ([g',] N, n')   Pᵀ
+                _mm_acc(dvtg, goutg[..., r], pt.transpose(-1, -2))  # dVᵀ += dO_rᵀ P_r
+        ve = torch.cat([vt, -(dvt * vt).sum(1, keepdim=True)], dim=1).transpose(1, 2)  # (G, N, d+1)   [V, −E]
+        g1 = torch.cat([gout, ones], dim=1)  # (G, d+1, N)   [dOᵀ; 1]
+        qst = qt * scale  # (G, d, N)
+        dqt, dkt = qt.new_empty(g, d, n), qt.new_zeros(g, d, n)
+        for i, cols in _blocks(g, n, rows, group, bufs):
+            klg, q1g, veg, g1g, ktg = kl[i], q1[i], ve[i], g1[i], kt[i]
+            qstg, dqtg, dktg = qst[i], dqt[i], dkt[i]
+            for r, (pt, dst) in cols:
+                _mm(klg, q1g[..., r], out=pt).exp2_()  # Pᵀ
+                _mm(veg, g1g[..., r], out=dst).mul_(pt)  # dSᵀ = Pᵀ ⊙ (dPᵀ − E)
+                _mm(ktg, dst, out=dqtg[..., r])  # ([g',] d, n')   dQ_rᵀ / scale
+                _mm_acc(dktg, qstg[..., r], dst.transpose(-1, -2))  # dKᵀ += (scale·Q_r)ᵀ dS_r
+        return dqt * scale, dkt, dvt, None, None, None
+
+
+def query_softmax_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None
+) -> torch.Tensor:
+    """PR-Net's Eq. 1 written out: ``softmax(scale·q kᵀ, dim=−2) v`` — the weights of each key
+    normalised over the queries — with an explicit N×N score matrix (the reference kernel's form).
+    ``q, k, v`` (…, N, d); ``scale=None`` is ``1/√d``."""
+    sc = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * sc  # (…, N queries, N keys)
+    return torch.matmul(scores.softmax(dim=-2), v)  # (…, N, d)
+
+
 def softmax_attention_blocked(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None, block_rows: int | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float | None = None,
+    block_rows: int | None = None,
+    softmax: str = "key",
 ) -> torch.Tensor:
     """``softmax(scale·q kᵀ) v`` (the function of :func:`torch.nn.functional.scaled_dot_product_attention`
     without mask or dropout) as one autograd op that never holds N×N; see :class:`_BlockedSoftmaxAttention`.
@@ -185,7 +297,9 @@ def softmax_attention_blocked(
     ``q, k, v`` (…, N, d) with the same leading dims (cheapest as transposed views of channel-major
     (…, d, N) tensors, which is what the result is too); ``scale=None`` is SDPA's ``1/√d``;
     ``block_rows=None`` sizes blocks by :func:`dsa_block_shape` (a number: that many query rows, one
-    head-map per block). Computes in float32 at least (float64 stays float64; half precision, e.g.
+    head-map per block). ``softmax="query"``: Eq. 1's normalisation over the queries instead
+    (:class:`_BlockedQuerySoftmaxAttention`; :func:`query_softmax_attention` written out).
+    Computes in float32 at least (float64 stays float64; half precision, e.g.
     under autocast, is computed in float32 like SDPA's CPU kernels accumulate) with autocast off,
     and returns the dtype of ``q``.
     """
@@ -197,8 +311,9 @@ def softmax_attention_blocked(
     sc = d**-0.5 if scale is None else float(scale)
     dt = torch.promote_types(torch.promote_types(q.dtype, k.dtype), torch.promote_types(v.dtype, torch.float32))
     qkv_t = [t.transpose(-1, -2).reshape(g, d, n).to(dt).contiguous() for t in (q, k, v)]  # (G, d, N) each
+    op = _BlockedSoftmaxAttention if check_dsa_softmax(softmax) == "key" else _BlockedQuerySoftmaxAttention
     with torch.autocast(q.device.type, enabled=False):
-        yt = _BlockedSoftmaxAttention.apply(*qkv_t, sc, rows, group)  # (G, d, N)
+        yt = op.apply(*qkv_t, sc, rows, group)  # (G, d, N)
     return yt.reshape(*lead, d, n).transpose(-1, -2).to(q.dtype)  # (…, N, d)
 
 
@@ -232,8 +347,11 @@ class DilatedSelfAttention(nn.Module):
 
     Under a tracer (TorchScript, ONNX export) or torch.compile the reference runs.
 
-    Deviation: PR-Net's Eq. 1 normalises over the query index (DANet style); the standard
-    key-softmax is used (architecture.md §PR-Net 4). No output projection (the paper has none).
+    ``softmax``: ``"key"`` (default; the standard softmax over keys, architecture.md §PR-Net 4 — a
+    deviation from Eq. 1) or ``"query"`` (Eq. 1 as written: each key's weights normalised over the
+    queries, DANet style; the reference computes it with an explicit N×N softmax,
+    :func:`query_softmax_attention`, the blocked kernel without N×N). No output projection (the
+    paper has none).
     """
 
     def __init__(
@@ -246,8 +364,10 @@ class DilatedSelfAttention(nn.Module):
         scaled: bool = True,
         dsa_impl: str = "auto",
         block_rows: int | None = None,
+        softmax: str = "key",
     ):
         super().__init__()
+        self.softmax = check_dsa_softmax(softmax)
         self.heads = default_heads(channels) if heads is None else heads
         if channels % self.heads:
             raise ValueError(f"channels {channels} not divisible by heads {self.heads}")
@@ -275,7 +395,10 @@ class DilatedSelfAttention(nn.Module):
             def heads(t: torch.Tensor) -> torch.Tensor:  # (B, C, h', w') → (B, heads, N', C/heads), contiguous
                 return t.reshape(b, self.heads, c // self.heads, n).transpose(2, 3).contiguous()
 
-            y = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), scale=scale)  # (B, heads, N', C/heads)
+            if self.softmax == "query":  # Eq. 1: explicit N×N softmax over the query axis
+                y = query_softmax_attention(heads(q), heads(k), heads(v), scale=scale)  # (B, heads, N', C/heads)
+            else:
+                y = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), scale=scale)  # (B, heads, N', C/heads)
         else:
             # the three convs as one conv of 3C outputs (their parameters concatenated, so the
             # state_dict is unchanged): one pass over x instead of three
@@ -285,12 +408,15 @@ class DilatedSelfAttention(nn.Module):
             qkv = F.conv2d(x, weight, bias, padding=conv.padding, dilation=conv.dilation)  # (B, 3C, H, W)
             qkv = pool(qkv, grid).reshape(b, 3, self.heads, c // self.heads, n)  # (B, 3, heads, C/heads, N')
             q, k, v = (t.transpose(2, 3) for t in qkv.unbind(1))  # 3 × (B, heads, N', C/heads), channel-major
-            y = softmax_attention_blocked(q, k, v, scale=scale, block_rows=self.block_rows)  # (B, heads, N', C/heads)
+            y = softmax_attention_blocked(
+                q, k, v, scale=scale, block_rows=self.block_rows, softmax=self.softmax
+            )  # (B, heads, N', C/heads)
         y = y.transpose(2, 3).reshape(b, c, *grid)  # (B, C, h', w')
         return unpool(y, (h, w))  # (B, C, H, W)
 
     def extra_repr(self) -> str:
-        return f"heads={self.heads}, max_tokens={self.max_tokens}, scaled={self.scaled}, dsa_impl={self.dsa_impl!r}"
+        text = f"heads={self.heads}, max_tokens={self.max_tokens}, scaled={self.scaled}, dsa_impl={self.dsa_impl!r}"
+        return text + (f", softmax={self.softmax!r}" if self.softmax != "key" else "")
 
 
 class GatedConv(nn.Module):
@@ -307,8 +433,9 @@ class GatedConv(nn.Module):
 
 class ProgressiveAttention(nn.Module):
     """PAM(x): ``c = CBR3×3(x)``, ``d2 = DSA(x, 2)``, ``d3 = DSA(x, 3)``, ``g1 = GC(c, d2)``,
-    ``g2 = GC(g1, d3)``, output ``CBR1×1(concat(c, g1, g2))`` with C channels. ``dsa_scaled`` and
-    ``dsa_impl`` are :class:`DilatedSelfAttention`'s ``scaled`` and ``dsa_impl`` for both DSAs."""
+    ``g2 = GC(g1, d3)``, output ``CBR1×1(concat(c, g1, g2))`` with C channels. ``dsa_scaled``,
+    ``dsa_impl`` and ``dsa_softmax`` are :class:`DilatedSelfAttention`'s ``scaled``, ``dsa_impl`` and
+    ``softmax`` for both DSAs."""
 
     def __init__(
         self,
@@ -318,10 +445,11 @@ class ProgressiveAttention(nn.Module):
         max_tokens: int | None = DEFAULT_MAX_TOKENS,
         dsa_scaled: bool = True,
         dsa_impl: str = "auto",
+        dsa_softmax: str = "key",
     ):
         super().__init__()
         self.conv = cbr(channels, channels, 3)
-        dsa = dict(heads=heads, max_tokens=max_tokens, scaled=dsa_scaled, dsa_impl=dsa_impl)
+        dsa = dict(heads=heads, max_tokens=max_tokens, scaled=dsa_scaled, dsa_impl=dsa_impl, softmax=dsa_softmax)
         self.dsa2 = DilatedSelfAttention(channels, 2, **dsa)
         self.dsa3 = DilatedSelfAttention(channels, 3, **dsa)
         self.gc1 = GatedConv(channels)
