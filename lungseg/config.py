@@ -141,6 +141,12 @@ class PreprocessConfig(Section):
     test_fraction: Fraction = 0.15
     """Fraction held out for testing when the source has no published test split."""
     seed: Seed = 0
+    # issue #22 item 4: a seeded split of the whole set instead of the source's published test set
+    split: Literal["published", "seeded"] = "published"
+    """``published``: a source's published test set is kept (the training pool split into train/val);
+    ``seeded``: every slice is split by ``test_fraction`` then ``val_fraction`` of the rest with
+    ``seed``, the published test set ignored (e.g. the PR-Net paper's 211/26/27 proportions on the
+    Kaggle lung fields; :mod:`lungseg.data.splits`). Sources without a published split: the same."""
     multiclass: bool = False
     """Inf-Net COVID-SemiSeg only: keep ground-glass / consolidation as classes 1 / 2."""
     label_names: list[str] | None = None
@@ -230,6 +236,12 @@ class TrainConfig(Section):
     """``preset: paper`` refuses data that is not 512² (the paper's size, fixed by
     ``preprocess.image_size``) unless this is true; the size is then recorded as a deviation.
     No effect under ``preset: default``."""
+    # issue #22 item 4: which paper's training recipe ``preset: paper`` applies
+    paper_recipe: Literal["auto", "lgnet", "prnet"] = "auto"
+    """``preset: paper`` only (:mod:`lungseg.training.presets`): ``auto`` = the model's own paper
+    (PR-Net: the PR-Net recipe; every other model LG-Net's, the one paper that states a training
+    setup); ``lgnet`` / ``prnet`` = that paper's recipe for any model (a comparison table trains
+    all its rows with its paper's recipe). No effect under ``preset: default``."""
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(4, ge=1)
     lr: float = Field(1e-3, gt=0, allow_inf_nan=False)
@@ -244,7 +256,18 @@ class TrainConfig(Section):
     would be kept as the best model and end the run). 0 = from the first epoch; at most ``epochs``."""
     augment: bool = True
     amp: bool = True
-    """Mixed precision (bf16) — used only on CUDA."""
+    """Deprecated spelling of ``precision`` (kept working): ``false`` = ``precision: fp32``; ``true``
+    (the default) leaves the choice to ``precision``. ``amp: false`` with ``precision: bf16``, or an
+    ``amp: true`` written beside ``precision: fp32``, is a ``ConfigError``."""
+    # issue #24: the one precision setting (resolved per device by lungseg.training.setup.resolve_precision)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Training (and validation) arithmetic: ``bf16`` = ``torch.autocast`` to bfloat16 (on CUDA; on a
+    CPU only with native bf16 — AVX-512 BF16/AMX — else a note and fp32), ``fp32`` = none, ``auto`` =
+    bf16 on CUDA, fp32 on a CPU. The run records the resolved value (``effective.precision``)."""
+    # issue #24: torch.compile (inductor) of the model the train step runs; opt-in (compile time)
+    compile: bool = False
+    """Compile the model's forward (and so its backward) with ``torch.compile`` (inductor) before the
+    first epoch: a one-off compile time per process (also after ``--resume``) for faster steps."""
     channels_last: bool = True
     """channels_last memory format — used only on CUDA."""
     seed: Seed = 0
@@ -270,6 +293,17 @@ class TrainConfig(Section):
     """Write ``checkpoint.pt``/``best.pt`` in a background thread from a CPU snapshot taken at the end
     of the epoch, while the next epoch trains (same files, same atomic rename; a write error stops
     the run at the next write or at the end)."""
+    # precise BN (#22): BatchNorm statistics recomputed before each validation
+    precise_bn: Annotated[bool | Literal["auto"], Says("expected auto, true or false")] = "auto"
+    """Before each validation (so before ``best.pt``/``checkpoint.pt`` are written) recompute the
+    BatchNorm running statistics over training batches (no gradients, un-augmented, a cumulative
+    average; :mod:`lungseg.training.precise_bn`). ``auto``/``true``: for every model with BatchNorm
+    layers (a no-op for the others); ``false``: the running averages of the training steps."""
+    precise_bn_images: Annotated[
+        Annotated[int, Field(ge=1)] | Literal["auto"], Says("must be an integer >= 1 or auto")
+    ] = "auto"
+    """How many training images precise BN passes over (a seeded subset drawn per epoch when fewer
+    than the split): ``auto`` = the whole training split, at most 1024 images."""
 
     @field_validator("model")
     @classmethod
@@ -288,6 +322,12 @@ class TrainConfig(Section):
 
     @model_validator(mode="after")
     def _across_keys(self) -> TrainConfig:
+        if {"amp", "precision"} <= self.model_fields_set and self.amp == (self.precision == "fp32"):  # issue #24
+            raise Problem(
+                "amp",
+                f"{str(self.amp).lower()} contradicts train.precision: {self.precision} (drop amp: it is "
+                "the deprecated spelling of precision, false = fp32)",
+            ).pydantic()
         if self.min_epochs > self.epochs:
             raise Problem(
                 "min_epochs",
@@ -320,6 +360,11 @@ class EvaluateConfig(Section):
     tta: Literal["none", "flips"] = "none"
     """Test-time augmentation, part of the served model: ``flips`` averages the probabilities over the
     four horizontal/vertical mirrorings (nnU-Net's mirroring in 2-D)."""
+    # issue #24: the served model's arithmetic (lungseg.artifacts.serving, part of the fingerprint)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Arithmetic of the forward pass, part of the served model: ``bf16`` = bf16 autocast (evaluation
+    scores with it, on any CPU; ``lungseg predict`` serves it where the device has bf16, else fp32 with
+    a note), ``fp32``, ``auto`` = fp32 on the CPU and bf16 on CUDA (as before the setting)."""
 
 
 def _placeholders(template: str) -> list[str]:

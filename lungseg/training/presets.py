@@ -1,7 +1,12 @@
-"""Training presets: ``default`` (``params.yaml`` as written) and ``paper`` (the papers' recipe).
+"""Training presets: ``default`` (``params.yaml`` as written) and ``paper`` (the papers' recipes).
 
 ``paper`` sets every hyper-parameter the papers state (``../shared/seeds`` beside the repository; the
-design note ``../shared/design/architecture.md`` fixes the ambiguous ones). One recipe serves every model:
+design note ``../shared/design/architecture.md`` fixes the ambiguous ones and, where both are silent,
+asks for "what a careful reviewer would expect", written here). A recipe per paper
+(:data:`RECIPES`), picked by ``train.paper_recipe`` (``auto`` = the model's own paper: PR-Net's for
+``prnet``, LG-Net's for every other model, see "Which recipe" below):
+
+**LG-Net's recipe** (``lgnet``; every value stated by the LG-Net paper or the design note):
 
 - **Training** (LG-Net §3, 实验设置: "Adam 优化器 …批尺寸设置为 4, 图片尺寸设置为 512×512, 初始学习率为
   0.01, 执行 120 次迭代"): Adam, lr 0.01, batch 4, 120 epochs, 512² images. The paper names no
@@ -11,31 +16,59 @@ design note ``../shared/design/architecture.md`` fixes the ambiguous ones). One 
 - **Loss** (LG-Net Eq. 14–16): ``dice_focal`` = 0.3·Dice + 0.7·Focal, α = β = 0.5, focusing 2, with
   the sum over **all** classes as written (``binary_background=True, class_reduction="sum"`` of
   :class:`lungseg.losses.DiceFocalLoss`; multi-class: ``class_reduction="sum"``).
-- **Model options**: LG-Net ``mrc_levels`` 4 (design note: MRC on the four levels followed by a
-  max-pool) and attention on at most 4096 tokens, exact below (the paper's PCM is exact; at 512² the
-  first skip has 262 144 tokens, which no device holds as an N×N affinity — the design note's
-  ``max_tokens`` rule; a user value ``≥ 4096`` or ``null`` (exact) is as close to the paper and is no
-  deviation); PR-Net ``dsa_scaled: false`` (Eq. 1 has no 1/√d) and the same attention rule.
 
-Which models: the PR-Net paper states its data split but no training setting (optimiser, lr, batch,
-epochs, loss, resolution), and the baselines appear in the papers' comparison tables without recipes
-of their own. A baseline in a paper's comparison trains with that paper's recipe; the only stated
-recipe is LG-Net's, so ``paper`` trains **every** model with it (PR-Net adds its own Eq. 1).
+**PR-Net's recipe** (``prnet``). The PR-Net paper (§3.1) states its data — 264 images, "分为 211 张用于
+训练, 26 张用于验证, 27 张用于测试" — and its metrics, and that every model of its comparison was
+"在相同的配置下进行评估, 使用相同的参数设置重新训练" (retrained with the same settings), but no
+optimiser, lr, batch, epochs, loss or image size. Each value, with its source:
 
-The rule (:func:`resolve_preset`): the preset supplies the paper's value for every key the user did
+- ``loss: bce_dice`` — design note §PR-Net 7: "Loss: not stated in the paper; default BCE + soft Dice
+  (equal weights)".
+- ``base_channels: 64`` — design note, common frame: "the papers use the classic U-Net widths, base 64".
+- ``lr: 0.001``, Adam (the optimiser lungseg trains with), ``scheduler: none``, ``weight_decay: 0`` —
+  paper silent; design note silent on PR-Net's optimiser, so its rule for that case ("Where both are
+  silent, choose what a careful reviewer would expect"): Adam at its standard step size 1e-3
+  (Kingma & Ba's default, the common one for U-Net variants), constant since no schedule is stated,
+  no weight decay since none is stated. LG-Net's 0.01 is not carried over: it is that paper's own
+  setting, and at 0.01 the BatchNorm statistics PR-Net's skips and decoder also use lagged the weights
+  (issue #22 item 1).
+- ``batch_size: 4``, ``epochs: 120``, ``early_stopping_patience: 0`` — paper and design note silent;
+  the careful reviewer's choice is the stated budget of the sibling paper (LG-Net §3, the same school
+  and year: 贵州大学大数据与信息工程学院, 2023), all epochs run; ``best.pt`` is the best validation Dice,
+  the use the paper's 26-image validation split implies.
+- Image size: not stated (the Kaggle source slices are 512², the npy set 64²), so the recipe checks
+  none (:func:`check_paper_size` passes every size).
+- The split (211 / 26 / 27 of 264) is data, not a training setting: ``preprocess.split: seeded`` with
+  those proportions, the ``prnet-kaggle`` table's default (:mod:`lungseg.experiments.specs`).
+
+**Model options** (the model's own paper, whichever recipe trains it): LG-Net ``mrc_levels`` 4 (design
+note: MRC on the four levels followed by a max-pool) and attention on at most 4096 tokens, exact
+below (the paper's PCM is exact; at 512² the first skip has 262 144 tokens, which no device holds as
+an N×N affinity — the design note's ``max_tokens`` rule; a user value ``≥ 4096`` or ``null`` (exact)
+is as close to the paper and is no deviation); PR-Net ``dsa_scaled: false`` and
+``dsa_softmax: query`` (Eq. 1: ``B_ij = exp(M_i·N_j) / Σ_k exp(M_k·N_j)``, no 1/√d, normalised over
+the query index) and the same attention rule (design note §PR-Net 4).
+
+Which recipe: ``paper_recipe: auto`` gives PR-Net its own and every other model LG-Net's (the baselines
+appear in the papers' comparison tables without recipes of their own; the only stated training
+setup is LG-Net's). A comparison table trains all its rows with one paper's recipe by writing
+``paper_recipe`` (PR-Net's Table 1: ``prnet``, as the paper says it retrained every model alike).
+
+The rule (:func:`resolve_preset`): the preset supplies the recipe's value for every key the user did
 **not write** (the default of :class:`lungseg.config.TrainConfig`, or of the model's constructor for a
 model option); a key the user wrote is **honoured**, and **recorded** as a deviation when it differs
-from the paper — the MLflow tag and param ``preset_deviations``, the checkpoint's
+from the recipe — the MLflow tag and param ``preset_deviations``, the checkpoint's
 ``preset_deviations`` and a ``lungseg: paper preset: …`` line on stderr — never silently replaced.
-The data's image size is not a training setting (``preprocess.image_size`` fixes it): a paper-preset
-run on data of another size than 512² is refused (:func:`check_paper_size`, a ``ConfigError``)
-unless ``train.allow_non_paper_size: true``, and then recorded as a deviation too.
+The resolved recipe is written into the effective config (``paper_recipe``). The data's image size
+is not a training setting (``preprocess.image_size`` fixes it): a run of LG-Net's recipe on data of
+another size than 512² is refused (:func:`check_paper_size`, a ``ConfigError``) unless
+``train.allow_non_paper_size: true``, and then recorded as a deviation too.
 
 **Written, not equal to the default.** What the user wrote is what :func:`lungseg.config.load_params`
 found in the file: pydantic records the keys a section was given (``TrainConfig.model_fields_set``;
 for a config built in code, the keyword arguments; for ``model_copy(update=...)``, the updated
 keys too), and a model option is written when its model's entry of ``train.model_kwargs`` (or the
-flat mapping) holds it. So ``train: {preset: paper, lr: 0.001}`` trains at 0.001 — the library
+flat mapping) holds it. So ``train: {preset: paper, lr: 0.001}`` trains LG-Net at 0.001 — the library
 default, written — and records ``lr=0.001 (paper 0.01)``; the same for ``base_channels: 8``. (The
 rule once decided by value — a value equal to the library default counted as left — which silently
 replaced a written default.) A file that writes every key, as the committed ``params.yaml`` does,
@@ -68,13 +101,48 @@ PAPER_TRAIN: dict[str, Any] = {
     "base_channels": 64,  # the classic U-Net widths (design note, common frame)
     "loss": "dice_focal",  # Eq. 14–16
 }
+#: ``train`` key → PR-Net's recipe (the paper states none of them: each source in the module docstring)
+PRNET_TRAIN: dict[str, Any] = {
+    "lr": 0.001,  # silent: Adam's standard step size (design note: "what a careful reviewer would expect")
+    "batch_size": 4,  # silent: the sibling paper's stated batch (LG-Net §3)
+    "epochs": 120,  # silent: the sibling paper's stated budget (LG-Net §3)
+    "scheduler": "none",  # silent: no schedule stated, constant
+    "weight_decay": 0.0,  # silent: none stated
+    "early_stopping_patience": 0,  # silent: all epochs; best.pt by the paper's validation split
+    "base_channels": 64,  # design note, common frame: base 64
+    "loss": "bce_dice",  # design note §PR-Net 7: BCE + soft Dice, equal weights
+}
 #: attention token budget of the paper preset: exact up to 64×64 tokens (the design note's default)
 PAPER_MAX_TOKENS = 4096
-#: model → option → the paper's value
+#: model → option → the paper's value (the model's own paper, whichever recipe trains it)
 PAPER_MODEL_OPTIONS: dict[str, dict[str, Any]] = {
     "lgnet": {"mrc_levels": 4, "max_tokens": PAPER_MAX_TOKENS},
-    "prnet": {"dsa_scaled": False, "max_tokens": PAPER_MAX_TOKENS},
+    "prnet": {"dsa_scaled": False, "dsa_softmax": "query", "max_tokens": PAPER_MAX_TOKENS},
 }
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One paper's training recipe: the ``train`` values and the image size it states (None: none)."""
+
+    name: str
+    paper: str
+    train: dict[str, Any]
+    image_size: int | None
+
+
+#: ``train.paper_recipe`` → the recipe
+RECIPES: dict[str, Recipe] = {
+    "lgnet": Recipe("lgnet", "LG-Net §3", PAPER_TRAIN, PAPER_IMAGE_SIZE),
+    "prnet": Recipe("prnet", "PR-Net (design note where the paper is silent)", PRNET_TRAIN, None),
+}
+
+
+def recipe_for(cfg: TrainConfig) -> Recipe:
+    """The recipe ``preset: paper`` applies to ``cfg``: ``train.paper_recipe``, or for ``auto`` the
+    model's own paper (PR-Net's for ``prnet``, LG-Net's for every other model)."""
+    name = cfg.paper_recipe if cfg.paper_recipe != "auto" else ("prnet" if cfg.model == "prnet" else "lgnet")
+    return RECIPES[name]
 
 
 def paper_loss_options(num_classes: int) -> dict[str, Any]:
@@ -95,7 +163,8 @@ class PresetResult:
     """A preset applied to the user's ``train`` section."""
 
     config: TrainConfig
-    """The effective settings (the model options of ``config.model`` under its own key)."""
+    """The effective settings (the model options of ``config.model`` under its own key; under
+    ``paper``, ``paper_recipe`` is the recipe applied)."""
     deviations: dict[str, dict[str, Any]] = field(default_factory=dict)
     """``key → {"value": used, "paper": the paper's}`` for every paper setting the user changed."""
     filled: dict[str, Any] = field(default_factory=dict)
@@ -126,10 +195,11 @@ def resolve_preset(cfg: TrainConfig) -> PresetResult:
     if cfg.preset == "default":
         return PresetResult(cfg)
     written = cfg.model_fields_set
-    changes: dict[str, Any] = {}
+    recipe = recipe_for(cfg)
+    changes: dict[str, Any] = {"paper_recipe": recipe.name}
     filled: dict[str, Any] = {}
     deviations: dict[str, dict[str, Any]] = {}
-    for key, paper in PAPER_TRAIN.items():
+    for key, paper in recipe.train.items():
         value = getattr(cfg, key)
         if key not in written:
             if value != paper:
@@ -162,9 +232,10 @@ def resolve_preset(cfg: TrainConfig) -> PresetResult:
 
 def check_paper_size(result: PresetResult, size: int, data_dir: Any) -> PresetResult:
     """Refuse (``ConfigError``) a ``paper`` run on ``size``² data unless ``allow_non_paper_size``;
-    with it, the size is recorded as a deviation. ``default`` runs pass unchanged."""
+    with it, the size is recorded as a deviation. ``default`` runs, and a recipe that states no size
+    (PR-Net's), pass unchanged."""
     cfg = result.config
-    if cfg.preset != "paper" or size == PAPER_IMAGE_SIZE:
+    if cfg.preset != "paper" or recipe_for(cfg).image_size in (None, size):
         return result
     if not cfg.allow_non_paper_size:
         raise ConfigError(
@@ -181,8 +252,12 @@ __all__ = [
     "PAPER_MAX_TOKENS",
     "PAPER_MODEL_OPTIONS",
     "PAPER_TRAIN",
+    "PRNET_TRAIN",
+    "RECIPES",
     "PresetResult",
+    "Recipe",
     "check_paper_size",
     "paper_loss_options",
+    "recipe_for",
     "resolve_preset",
 ]

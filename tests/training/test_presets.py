@@ -29,21 +29,64 @@ PAPER_TRAIN = [
     ("base_channels", 64, "classic U-Net widths 64…1024 (architecture.md, common frame)"),
     ("loss", "dice_focal", "LG-Net Eq. 14–16: 0.3·Dice + 0.7·Focal"),
 ]
+#: PR-Net's recipe: (train key, value, source) — the paper states none of them (§3.1 gives the split
+#: and that every model was retrained alike); the design note's reading, or its "careful reviewer" rule
+PRNET_TRAIN = [
+    ("lr", 0.001, "silent: Adam's standard step size (design note: what a careful reviewer expects)"),
+    ("batch_size", 4, "silent: the sibling paper's stated batch (LG-Net §3)"),
+    ("epochs", 120, "silent: the sibling paper's stated budget (LG-Net §3)"),
+    ("scheduler", "none", "silent: no schedule stated"),
+    ("weight_decay", 0.0, "silent: none stated"),
+    ("early_stopping_patience", 0, "silent: every epoch, best.pt by the validation split"),
+    ("base_channels", 64, "architecture.md common frame: base 64"),
+    ("loss", "bce_dice", "architecture.md PR-Net 7: BCE + soft Dice, equal weights"),
+]
 #: (model, option, the paper's value, where stated)
 PAPER_MODEL = [
     ("lgnet", "mrc_levels", 4, "LG-Net §2.2 + architecture.md 1: MRC on the 4 levels followed by a max-pool"),
     ("lgnet", "max_tokens", 4096, "LG-Net §2.3 PCM exact; architecture.md 3: ≥ 64·64 tokens exact"),
     ("prnet", "dsa_scaled", False, "PR-Net Eq. 1: softmax(QKᵀ) without 1/√d"),
+    ("prnet", "dsa_softmax", "query", "PR-Net Eq. 1: B_ij = exp(M_i·N_j) / Σ_k exp(M_k·N_j)"),
     ("prnet", "max_tokens", 4096, "architecture.md PR-Net 4: same max_tokens rule as LG-Attention"),
 ]
 
 
 @pytest.mark.parametrize(("key", "value", "where"), PAPER_TRAIN, ids=[k for k, _, _ in PAPER_TRAIN])
 def test_the_paper_preset_sets_every_stated_training_value(key, value, where):
-    for model in ("lgnet", "prnet", "unet", "infnet"):  # one recipe for every model (presets docstring)
-        result = resolve_preset(TrainConfig(model=model, preset="paper"))
+    # LG-Net's recipe: LG-Net and every baseline (auto), and PR-Net when a table asks for it
+    for model, recipe in (("lgnet", "auto"), ("unet", "auto"), ("infnet", "auto"), ("prnet", "lgnet")):
+        result = resolve_preset(TrainConfig(model=model, preset="paper", paper_recipe=recipe))
         assert getattr(result.config, key) == value, (model, where)
-        assert not result.deviations
+        assert result.config.paper_recipe == "lgnet" and not result.deviations
+
+
+@pytest.mark.parametrize(("key", "value", "where"), PRNET_TRAIN, ids=[k for k, _, _ in PRNET_TRAIN])
+def test_the_paper_preset_gives_prnet_its_own_recipe(key, value, where):
+    # PR-Net's recipe: PR-Net (auto), and any model of a table that asks for it (the PR-Net paper's
+    # comparison retrained every model with the same settings)
+    for model, recipe in (("prnet", "auto"), ("prnet", "prnet"), ("unet", "prnet"), ("lgnet", "prnet")):
+        result = resolve_preset(TrainConfig(model=model, preset="paper", paper_recipe=recipe))
+        assert getattr(result.config, key) == value, (model, where)
+        assert result.config.paper_recipe == "prnet" and not result.deviations
+    # the model options stay the model's own paper's, whichever recipe trains it
+    from lungseg.experiments.identity import constructor_arguments
+
+    for model, options in (("lgnet", {"mrc_levels": 4, "max_tokens": 4096}), ("prnet", {"dsa_softmax": "query"})):
+        for recipe in ("lgnet", "prnet"):
+            cfg = resolve_preset(TrainConfig(model=model, preset="paper", paper_recipe=recipe)).config
+            args = constructor_arguments(model, model_identity(cfg, 1, 1)["kwargs"])
+            assert {k: args[k] for k in options} == options, (model, recipe)
+    assert resolve_preset(TrainConfig(model="prnet", preset="default")).config.paper_recipe == "auto"  # untouched
+
+
+def test_the_prnet_recipe_states_no_image_size(tmp_path):
+    """The PR-Net paper states no resolution: its recipe refuses no size and records none; LG-Net's
+    recipe on PR-Net (a table that asks for it) still refuses 64²."""
+    pr = resolve_preset(TrainConfig(model="prnet", preset="paper"))
+    for size in (64, 256, 512):
+        assert check_paper_size(pr, size, tmp_path) is pr
+    with pytest.raises(ConfigError, match="trains at 512²"):
+        check_paper_size(resolve_preset(TrainConfig(model="prnet", preset="paper", paper_recipe="lgnet")), 64, tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -87,18 +130,30 @@ def test_a_changed_setting_is_honoured_and_recorded_never_replaced():
     )
     result = resolve_preset(cfg)
     assert (result.config.epochs, result.config.lr, result.config.base_channels) == (2, 0.002, 4)  # honoured
-    assert result.config.model_kwargs["prnet"] == {"max_tokens": 256, "dsa_scaled": False}
+    assert result.config.model_kwargs["prnet"] == {"max_tokens": 256, "dsa_scaled": False, "dsa_softmax": "query"}
     assert result.config.model_kwargs["lgnet"] == {"max_tokens": 256}  # another model's entry kept
-    assert result.deviations == {
+    assert result.deviations == {  # against PR-Net's own recipe
         "epochs": {"value": 2, "paper": 120},
-        "lr": {"value": 0.002, "paper": 0.01},
+        "lr": {"value": 0.002, "paper": 0.001},
         "base_channels": {"value": 4, "paper": 64},
         "model_kwargs.prnet.max_tokens": {"value": 256, "paper": 4096},
     }
     assert result.describe_deviations() == (
-        "lr=0.002 (paper 0.01); epochs=2 (paper 120); base_channels=4 (paper 64); "
+        "lr=0.002 (paper 0.001); epochs=2 (paper 120); base_channels=4 (paper 64); "
         "model_kwargs.prnet.max_tokens=256 (paper 4096)"
     )
+    # the same keys against LG-Net's recipe (a table that trains PR-Net with it)
+    lg = resolve_preset(cfg.model_copy(update={"paper_recipe": "lgnet"}))
+    assert lg.config.lr == 0.002 and lg.deviations["lr"] == {"value": 0.002, "paper": 0.01}
+    # PR-Net's Eq. 1 softmax written as the key softmax: honoured and recorded
+    key = resolve_preset(TrainConfig(model="prnet", preset="paper", model_kwargs={"prnet": {"dsa_softmax": "key"}}))
+    assert key.config.model_kwargs["prnet"]["dsa_softmax"] == "key"
+    assert key.deviations == {"model_kwargs.prnet.dsa_softmax": {"value": "key", "paper": "query"}}
+    # a loss written against PR-Net's recipe (bce_dice) is honoured and recorded
+    focal = resolve_preset(TrainConfig(model="prnet", preset="paper", loss="dice_focal"))
+    assert focal.config.loss == "dice_focal" and focal.deviations == {
+        "loss": {"value": "dice_focal", "paper": "bce_dice"}
+    }
     # exact attention, or more tokens than the preset's budget, is as close to the paper: no deviation
     for tokens in (None, 16384):
         exact = resolve_preset(
