@@ -233,6 +233,7 @@ def _assign_splits(df, cfg, input_dir: Path):
         test_fraction=cfg.test_fraction,
         seed=cfg.seed,
         where=input_dir,
+        ignore_published=cfg.split == "seeded",
     )
     df.insert(0, "index", np.arange(len(df)))
     df.insert(4, "split", plan.splits)
@@ -266,7 +267,10 @@ def _meta(dataset: str, raw, df, plan, cfg, input_dir: Path, source: dict[str, A
         "label_names": raw.label_names,
         "image_size": cfg.image_size,
         "spacing_mm": spacing_mm,
-        "split_protocol": raw.split_protocol,
+        "split_protocol": raw.split_protocol
+        if cfg.split == "published"
+        else f"seeded (preprocess.split): test {cfg.test_fraction:g}, val {cfg.val_fraction:g} of the rest, seed "
+        f"{cfg.seed}; the source's split not used ({raw.split_protocol})",
         "split_level": plan.level,
         "counts": plan.counts,
         "warnings": warnings,
@@ -279,6 +283,7 @@ def _meta(dataset: str, raw, df, plan, cfg, input_dir: Path, source: dict[str, A
             "val_fraction": cfg.val_fraction,
             "test_fraction": cfg.test_fraction,
             "seed": cfg.seed,
+            **({"split": cfg.split} if cfg.split != "published" else {}),
             "multiclass": cfg.multiclass,
         },
         "foreground_fraction": float(df["foreground_fraction"].mean()),

@@ -3,7 +3,10 @@
 Rules, in order:
 
 1. A published test set is kept as it is (MedSeg JCS ``test.txt``, Inf-Net ``TestingSet``, Kaggle
-   ``x_test``); the published training pool is split into train / val only.
+   ``x_test``); the published training pool is split into train / val only — unless
+   ``ignore_published`` (``preprocess.split: seeded``): then every unit is split as in rule 2, the
+   published assignment ignored (a paper's own proportions on a set published with another split,
+   e.g. PR-Net's 211 / 26 / 27 of 264 on the Kaggle lung fields).
 2. Without a published split, ``test_fraction`` of the units go to test, then ``val_fraction`` of the
    remaining units to val.
 3. A *unit* is a patient when every slice has a patient id (so no patient is in two splits), else a
@@ -57,6 +60,7 @@ def assign_splits(
     test_fraction: float,
     seed: int,
     where=None,
+    ignore_published: bool = False,
 ) -> SplitPlan:
     """Split names (``train``/``val``/``test``) for every slice; see the module docstring."""
     for name, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
@@ -71,6 +75,7 @@ def assign_splits(
     published = any(h is not None for h in hints)
     if published and any(h is None for h in hints):
         raise ValueError("reader mixed published and unassigned slices")  # programming error
+    published = published and not ignore_published
     patient_level = all(p not in (None, "") for p in patient_ids)
     units = list(patient_ids) if patient_level else list(slice_ids)
     what = "patients" if patient_level else "slices"
