@@ -167,21 +167,40 @@ def differences(recorded: Mapping[str, Any], expected: Mapping[str, Any], prefix
     return out
 
 
+def split_difference(record) -> str:
+    """How the data split ``record`` ran differs from its table's today (``""`` when it does not):
+    ``data split published (seed 0, {...}) → prnet-211-26-27 (seed 0)``. A record without a stored
+    split ran the source's published one (:meth:`lungseg.experiments.records.DataProvenance.split_used`)."""
+    from lungseg.experiments.specs import get_table
+    from lungseg.experiments.tables import split_record
+
+    ran, want = record.data.split_used(), split_record(get_table(record.table))
+    if ran == want:
+        return ""
+    counts = dict(sorted(record.data.counts.items())) if isinstance(record.data.counts, dict) else None
+    return f"data split {ran.get('name')} (seed {ran.get('seed')}, {counts}) → {want['name']} (seed {want['seed']})"
+
+
 def staleness(record) -> tuple[str, str]:
     """``("current", "")``, ``("unrecorded", note)`` or ``("stale", note)`` (marked, made by older
     code), ``("differs", what differs)`` (unmarked: the test fails) or ``("missing", …)`` (neither
-    recorded nor marked) for a record against what today's code builds for its cell."""
+    recorded nor marked) for a record against what today's code builds for its cell — the model,
+    training and loss (:func:`expected_for`) and the data split (:func:`split_difference`; a record
+    marked ``unrecorded`` whose note does not name a split change it predates differs too)."""
     ident = record.identity
     if not ident:
         return "missing", "no identity (neither recorded nor marked unrecorded)"
+    split = split_difference(record)
     if ident.get("status") == UNRECORDED:
-        return UNRECORDED, str(ident.get("note") or "")
+        note = str(ident.get("note") or "")
+        return ("differs", split) if split and split not in note else (UNRECORDED, note)
     if ident.get("stale"):  # recorded, and marked as made by older code (mark_records)
         return "stale", str(ident["stale"])
     expected = expected_for(record)
     diff = differences(
         {k: v for k, v in ident.items() if k != "status"}, {k: v for k, v in expected.items() if k != "status"}
     )
+    diff += [split] if split else []
     return ("current", "") if not diff else ("differs", "; ".join(diff))
 
 
@@ -210,7 +229,8 @@ def unrecorded_note(record, repo: Path) -> str:
             before = _is_ancestor(record.git.commit, landmark, repo)
             if before and not record.git.commit.startswith(landmark):
                 parts.append(f"made before {what}, commit {landmark}")
-    return "; ".join(parts)
+    split = split_difference(record)
+    return "; ".join([*parts, split] if split else parts)
 
 
 def unrecorded_identity(note: str) -> dict[str, Any]:
@@ -243,16 +263,20 @@ def mark_records(
     from lungseg.io import atomic_write_json
 
     found = check_records(results_dir)
-    if found.get("differs") and not stale_reason:
-        names = ", ".join(f"{r.table}/{r.profile}/{r.cell}" for r, _ in found["differs"])
+    # an unrecorded record whose note misses the data split it predates is noted again (a fact of
+    # the record and its table, no reason needed); a recorded identity that differs needs a reason
+    renoted = [(r, n) for r, n in found.get("differs", []) if (r.identity or {}).get("status") == UNRECORDED]
+    differs = [(r, n) for r, n in found.get("differs", []) if (r.identity or {}).get("status") != UNRECORDED]
+    if differs and not stale_reason:
+        names = ", ".join(f"{r.table}/{r.profile}/{r.cell}" for r, _ in differs)
         raise ConfigError(f"records differ from today's code ({names}): say why with --stale-reason")
     written = []
     again = found.get(UNRECORDED, []) if renote else []
-    for record, _note in [*found.get("missing", []), *again]:
+    for record, _note in [*found.get("missing", []), *again, *renoted]:
         new = dataclasses.replace(record, identity=unrecorded_identity(unrecorded_note(record, repo)))
         atomic_write_json(record.path, new.to_dict())
         written.append(new)
-    for record, diff in found.get("differs", []):
+    for record, diff in differs:
         new = dataclasses.replace(record, identity={**record.identity, "stale": f"{stale_reason} (differs: {diff})"})
         atomic_write_json(record.path, new.to_dict())
         written.append(new)

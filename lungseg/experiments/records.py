@@ -170,6 +170,8 @@ class GitInfo(_Part):
 
 @dataclass(frozen=True, kw_only=True)
 class DataProvenance(_Part):
+    OPTIONAL = frozenset({"split"})
+
     dataset: str | None = None
     input_subdir: str | None = None
     raw_sha256: str | None = None
@@ -182,15 +184,27 @@ class DataProvenance(_Part):
     warnings: list[str] = field(default_factory=list)
     preprocess: dict[str, Any] | None = None
     preprocess_seconds: float | None = None
+    split: dict[str, Any] | None = None
+    """The table's split (:func:`lungseg.experiments.tables.split_record`: ``name``, ``seed`` and for a
+    table's own split its fractions); absent in records made before it was stored, which ran the
+    source's published split (:meth:`split_used`)."""
+
+    def split_used(self) -> dict[str, Any]:
+        """:attr:`split`, or for a record without one the published split at its preprocess seed."""
+        if self.split is not None:
+            return dict(self.split)
+        return {"name": "published", "seed": (self.preprocess or {}).get("seed", 0)}
 
     def identity(self) -> tuple:
-        """What says two records ran on the same data (reader, folder, checksums, split, size)."""
+        """What says two records ran on the same data (reader, folder, checksums, the split — its name,
+        seed and sizes — and the size)."""
         return (
             self.dataset,
             self.input_subdir,
             self.raw_sha256,
             self.raw_n_files,
             json.dumps(self.processed_sha256, sort_keys=True),
+            json.dumps(self.split_used(), sort_keys=True),
             json.dumps(self.counts, sort_keys=True),
             self.image_size,
             self.split_level,
@@ -199,10 +213,12 @@ class DataProvenance(_Part):
     def describe(self) -> str:
         processed = ", ".join(f"`{k}` `{str(v)[:12]}…`" for k, v in sorted(self.processed_sha256.items()))
         counts = dict(sorted(self.counts.items())) if isinstance(self.counts, dict) else self.counts
+        split = self.split_used()
         return (
             f"reader `{self.dataset}` on `<data-root>/{self.input_subdir}` (raw sha256 "
-            f"`{str(self.raw_sha256)[:16]}…` over {self.raw_n_files} files); split {counts} "
-            f"({self.split_level}-level) at {self.image_size}²; processed {processed}"
+            f"`{str(self.raw_sha256)[:16]}…` over {self.raw_n_files} files); split `{split['name']}` "
+            f"(seed {split.get('seed')}) {counts} ({self.split_level}-level) at {self.image_size}²; "
+            f"processed {processed}"
         )
 
 

@@ -383,12 +383,22 @@ def _identity_text(r: RunRecord) -> str:
         form = "Dice form unrecorded"
         if "Eq. 14–15 Dice form" in note and "dice" in str(loss):
             form = "foreground-only Dice (made before 4ccf5a1 added Eq. 14–15)"
-        return f"{levels}loss {loss}, {form} ‡"
+        # before dsa_softmax existed DSA had the key softmax only
+        dsa = "DSA softmax over keys (not Eq. 1's; the only form then), " if _is_prnet(r) else ""
+        return f"{levels}{dsa}loss {loss}, {form} ‡"
     ctor = ident.get("constructor") or {}
     levels = f"mrc_levels {ctor['mrc_levels']}, " if "mrc_levels" in ctor and ctor.get("use_mrc", True) else ""
+    dsa = ""
+    if _is_prnet(r) and ctor.get("use_pam", True):
+        axis = ctor.get("dsa_softmax", "key")
+        dsa = "DSA softmax over queries (Eq. 1), " if axis == "query" else "DSA softmax over keys (not Eq. 1's), "
     loss = ident.get("loss") or {}
     opts = f" {json.dumps(loss['options'], sort_keys=True)}" if loss.get("options") else ""
-    return f"{levels}loss {loss.get('name')}{opts} ({loss.get('form')})"
+    return f"{levels}{dsa}loss {loss.get('name')}{opts} ({loss.get('form')})"
+
+
+def _is_prnet(r: RunRecord) -> bool:
+    return (r.model or r.settings.model) == "prnet"
 
 
 def _render_time(spec: TableSpec, records: Sequence[RunRecord]) -> str:

@@ -51,7 +51,7 @@ from lungseg.experiments.records import (
     portable_record,
     record_path,
 )
-from lungseg.experiments.tables import PROFILES, Profile, Row, TableSpec
+from lungseg.experiments.tables import PROFILES, Profile, Row, TableSpec, split_record
 from lungseg.io import atomic_write_json
 from lungseg.provenance import code_version as git_commit  # the code's commit and dirtiness (one definition)
 from lungseg.provenance import file_sha256 as sha256_file
@@ -255,7 +255,7 @@ def build_params(spec: TableSpec, row: Row, prof: Profile, seed: int, *, device:
     }
     return params_from_dict(
         {
-            "preprocess": {"image_size": prof.image_size, "seed": 0},
+            "preprocess": {"image_size": prof.image_size, "seed": 0, **_split_preprocess(spec)},
             "train": train,
             "evaluate": {"split": "test", "n_overlays": 2},
             "mlflow": {"experiment": MLFLOW_EXPERIMENT},
@@ -267,16 +267,24 @@ def build_params(spec: TableSpec, row: Row, prof: Profile, seed: int, *, device:
 # ------------------------------------------------------------------------------------ data
 
 
+def _split_preprocess(spec: TableSpec) -> dict[str, Any]:
+    """The ``preprocess`` settings of ``spec``'s own split (none for the published one)."""
+    return spec.split.preprocess() if spec.split is not None else {}
+
+
 def prepare_dataset(
     spec: TableSpec, prof: Profile, *, data_root: str | Path, workdir: str | Path, log: Callable[[str], None] = print
 ) -> PreparedData:
     """The processed folder for ``spec.dataset`` at ``prof.image_size`` (cached) and its provenance."""
     from lungseg.config import PreprocessConfig
 
-    cfg = PreprocessConfig(image_size=prof.image_size, seed=0)
+    cfg = PreprocessConfig(**{"image_size": prof.image_size, "seed": 0, **_split_preprocess(spec)})
     cfg_dict = cfg.model_dump()
     cfg_dict["hu_window"] = list(cfg_dict["hu_window"])
-    out = Path(workdir) / "data" / f"{spec.dataset}-{prof.image_size}"
+    if spec.split is None:
+        cfg_dict.pop("split")  # the published split: the cache key (and records) of before the option
+    own = f"-{spec.split.name}" if spec.split is not None else ""
+    out = Path(workdir) / "data" / f"{spec.dataset}-{prof.image_size}{own}"
     source_file = out.parent / f"{out.name}.source.json"
     input_dir = spec.input_dir(data_root)
     cached = (
@@ -328,6 +336,7 @@ def prepare_dataset(
         warnings=meta.get("warnings", []),
         preprocess=cfg_dict,
         preprocess_seconds=cached.get("preprocess_seconds"),
+        split=split_record(spec),
     )
     return PreparedData(out, provenance.to_dict())
 
@@ -355,8 +364,9 @@ def _read_per_image(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def existing_record(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
-    """The finished record at ``path`` if it has ``settings``; ``ConfigError`` if it has others."""
+def existing_record(path: Path, settings: dict[str, Any], split: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The finished record at ``path`` if it has ``settings`` (and, given, ran the data ``split``,
+    :func:`lungseg.experiments.tables.split_record`); ``ConfigError`` if it has others."""
     if not path.is_file():
         return None
     try:
@@ -367,6 +377,12 @@ def existing_record(path: Path, settings: dict[str, Any]) -> dict[str, Any] | No
         raise ConfigError(
             f"{path}: recorded with settings {rec.get('settings')}, now asked for {settings}; "
             "use --force to replace it (or another --results-dir): one mean ± std never mixes settings"
+        )
+    ran = DataProvenance.from_dict(rec.get("data")).split_used()
+    if split is not None and ran != split:
+        raise ConfigError(
+            f"{path}: made on the data split {ran}, the table's is now {split}; use --force to replace "
+            "it (or another --results-dir): one mean ± std never mixes splits"
         )
     return rec
 
@@ -519,7 +535,7 @@ def run_table(
         settings = settings_of(prof, row)
         for seed in seeds:
             path = record_path(options.results_dir, spec.name, profile, row.key, seed)
-            if not force and existing_record(path, settings) is not None:
+            if not force and existing_record(path, settings, split_record(spec)) is not None:
                 outcomes.append(CellOutcome(spec.name, profile, row.key, seed, "skipped", path))
                 log(outcomes[-1].describe())
             else:

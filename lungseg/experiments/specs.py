@@ -5,15 +5,17 @@ in :mod:`lungseg.experiments.published`). :data:`TABLES` maps a table name to it
 :class:`~lungseg.experiments.tables.TableSpec`; :func:`get_table` looks one up with a
 ``ConfigError`` for an unknown name.
 
-Split note: the data split is fixed per dataset (``preprocess.seed`` = 0, the reader's published
-test split); the run seed changes only model initialisation, augmentation and batch order, so the
-± in our tables is training variance on one split, not split variance.
+Split note: the data split is fixed per table (``preprocess.seed`` = 0: the reader's published
+test split, or the table's own :class:`~lungseg.experiments.tables.DataSplit` — ``prnet-kaggle``:
+the PR-Net paper's 211 / 26 / 27 proportions, :data:`PRNET_SPLIT`); the run seed changes only model
+initialisation, augmentation and batch order, so the ± in our tables is training variance on one
+split, not split variance.
 """
 
 from __future__ import annotations
 
 from lungseg.experiments.published import INFNET_TABLE, LGNET_TABLE1, LGNET_TABLE2, PRNET_TABLE
-from lungseg.experiments.tables import Metric, Profile, Row, TableSpec
+from lungseg.experiments.tables import DataSplit, Metric, Profile, Row, TableSpec
 
 # ------------------------------------------------------------------------------------ metrics
 
@@ -47,6 +49,16 @@ LUNG_LOSS = {"loss": "bce_dice"}
 #: profile that runs the recipe at another size says so with this ``train`` setting (stored in the
 #: run's params and settings).
 NON_PAPER_SIZE = {"allow_non_paper_size": True}
+#: PR-Net §3.1: "这 264 张图像随后被分为 211 张用于训练, 26 张用于验证, 27 张用于测试" — the same
+#: proportions, seeded, on the whole Kaggle lung-field set (267 slices: 214 / 26 / 27; the source's
+#: own x_train / x_test split, 213 / 54, is not used): test 27/264 of all, val 26/237 of the rest
+PRNET_SPLIT = DataSplit(
+    name="prnet-211-26-27",
+    test_fraction=27 / 264,
+    val_fraction=26 / 237,
+    seed=0,
+    source="PR-Net §3.1: 264 images, 211 train / 26 val / 27 test",
+)
 
 _MEDSEG_CPU = Profile(
     image_size=64,
@@ -234,7 +246,8 @@ _register(
                 batch_size=4,
                 lr=1e-2,
                 preset="paper",
-                extra_train={**INFECTION_LOSS, **NON_PAPER_SIZE},
+                # every row with LG-Net's recipe, PR-Net's too (auto would give PR-Net its own)
+                extra_train={**INFECTION_LOSS, **NON_PAPER_SIZE, "paper_recipe": "lgnet"},
                 note="the LG-Net paper's recipe at Inf-Net's training size 352² (explicitly allowed: "
                 f"`allow_non_paper_size`), no pretrained backbone — `train.preset: paper`: {_PAPER_RECIPE}",
             ),
@@ -279,8 +292,9 @@ _register(
                 note="64² (the only resolution of the npy set), base 8, 8 epochs, attention max_tokens 256",
             ),
             # The PR-Net paper states its data and split (211/26/27) but no training setting (optimiser,
-            # lr, batch, epochs, resolution): there is no PR-Net recipe to run, so this profile keeps the
-            # library's default preset and says which values are ours.
+            # lr, batch, epochs, resolution). This profile predates PR-Net's recipe (`train.preset: paper`,
+            # `paper_recipe: prnet`: the design note's reading, lungseg.training.presets) and keeps the
+            # settings its records were made with (the library's default preset; which values are ours).
             "gpu": Profile(
                 image_size=64,
                 base_channels=64,
@@ -295,9 +309,11 @@ _register(
             ),
         },
         published=PRNET_TABLE,
+        split=PRNET_SPLIT,
         notes=(
-            "Split: the source repository's 213 / 54 (train pool / test); val carved from the 213, "
-            "slice-level (no patient ids). The paper used 211 / 26 / 27 of 264 images.",
+            "Split: the PR-Net paper's proportions (211 / 26 / 27 of its 264 images), seeded (seed 0) over "
+            "all 267 slices of the npy set: 214 train / 26 val / 27 test, slice-level (no patient ids); the "
+            "source repository's 213 / 54 split is not used (records made before ran it: marked below).",
             "Inf-Net and AWSnet train on all their outputs (deep supervision: Inf-Net's five maps incl. the edge "
             "map with equal weights; AWSnet's four fine maps with the authors' initial weights, not the "
             "reinforcement-learning search, plus its coarse stage); metrics are on the main output. Inf-Net's "

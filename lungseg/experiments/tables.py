@@ -132,6 +132,47 @@ class Published:
     caveats: tuple[str, ...] = ()
 
 
+#: the split of a table without a :class:`DataSplit` of its own: the source's published one
+#: (``preprocess.seed`` 0); records made before splits were recorded ran it
+PUBLISHED_SPLIT: dict[str, Any] = {"name": "published", "seed": 0}
+
+
+@dataclass(frozen=True)
+class DataSplit:
+    """A table's own seeded split of its whole dataset (``preprocess.split: seeded``), instead of the
+    source's published one: ``test_fraction`` of all slices, then ``val_fraction`` of the rest."""
+
+    name: str
+    test_fraction: float
+    val_fraction: float
+    seed: int = 0
+    source: str = ""
+    """Where the proportions come from."""
+
+    def preprocess(self) -> dict[str, Any]:
+        """The ``preprocess`` settings that make this split."""
+        return {
+            "split": "seeded",
+            "val_fraction": self.val_fraction,
+            "test_fraction": self.test_fraction,
+            "seed": self.seed,
+        }
+
+    def record(self) -> dict[str, Any]:
+        """What a run record stores of it (``data.split``)."""
+        return {
+            "name": self.name,
+            "seed": self.seed,
+            "test_fraction": self.test_fraction,
+            "val_fraction": self.val_fraction,
+        }
+
+
+def split_record(spec: TableSpec) -> dict[str, Any]:
+    """The ``data.split`` a run of ``spec`` records: its :class:`DataSplit`, or :data:`PUBLISHED_SPLIT`."""
+    return spec.split.record() if spec.split is not None else dict(PUBLISHED_SPLIT)
+
+
 @dataclass(frozen=True)
 class TableSpec:
     name: str
@@ -150,6 +191,8 @@ class TableSpec:
     beside the per-image mean; the paper's columns of these metrics are compared with the pooled
     value (the paper computes them from one confusion matrix over its test set)."""
     notes: tuple[str, ...] = ()
+    split: DataSplit | None = None
+    """The table's own seeded split of the data (None: the source's published split)."""
 
     def row(self, key: str) -> Row:
         for r in self.rows:
