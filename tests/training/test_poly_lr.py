@@ -30,8 +30,9 @@ def test_polynomial_lr_stepped_per_epoch_equals_nnunets_formula(num_epochs):
 
 def test_values_by_hand():
     assert poly_lr.poly_lr(0.01, 0, 1000) == 0.01
-    assert poly_lr.poly_lr(0.01, 500, 1000) == pytest.approx(0.01 * 0.5**0.9)  # 0.005359
-    assert poly_lr.poly_lr(0.01, 500, 1000) == pytest.approx(0.0053589838, rel=1e-8)
+    # halfway: 0.01 · 0.5^0.9 = 0.01 · exp(−0.9 · ln 2) = 0.01 · exp(−0.6238325) = 0.0053588673
+    assert poly_lr.poly_lr(0.01, 500, 1000) == pytest.approx(0.0053588673, rel=1e-8)
+    assert poly_lr.poly_lr(0.01, 999, 1000) == pytest.approx(0.01 * 0.001**0.9)  # the last epoch, 2.0e-5
 
 
 def test_optimizer_is_nnunets_sgd():
