@@ -93,3 +93,23 @@ def test_real_medseg_masks_every_batch_meets_the_rule(shared_data, batch_size):
     rate = torch.from_numpy(has_fg)[plan].double().mean().item()
     expected = (forced.sum() + (~forced).sum() * base) / batch_size
     assert abs(rate - expected) < 0.03, (rate, expected)
+
+
+def test_a_batch_of_the_processed_arrays_holds_foreground_where_forced(tiny_data):
+    """On the arrays training reads (images.npy / masks.npy of the preprocessed real sample, whose 22
+    slices all hold infection), cut into their 16² quadrants as patches: the masks of the batch the plan
+    indexes hold foreground at every forced position."""
+    masks = np.load(tiny_data / "masks.npy")
+    images = np.load(tiny_data / "images.npy")
+    assert sampling.foreground_slices(masks).all()
+    n, s = masks.shape[0], masks.shape[-1] // 2
+    quads = masks.reshape(n, 2, s, 2, s).transpose(0, 1, 3, 2, 4).reshape(-1, s, s)
+    quad_x = images.reshape(n, -1, 2, s, 2, s).transpose(0, 2, 4, 1, 3, 5).reshape(n * 4, -1, s, s)
+    has_fg = sampling.foreground_slices(quads)
+    assert 0 < has_fg.sum() < len(has_fg)
+    plan = sampling.batch_plan(seed=0, epoch=1, n_iters=50, batch_size=4, has_fg=has_fg)
+    forced = sampling.forced_positions(4)
+    for row in plan.numpy():
+        batch_x, batch_y = quad_x[row], quads[row]
+        assert batch_x.shape == (4, images.shape[1], s, s) and batch_y.shape == (4, s, s)
+        assert all(batch_y[j].any() for j in np.flatnonzero(forced))
