@@ -34,7 +34,12 @@ def holder(tmp_path):
     """A lungseg process writing ``tmp_path/out``, killed at the end."""
     out = tmp_path / "out"
     proc = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True, env=_env(), start_new_session=True
+        [sys.executable, "-c", HOLD, str(out)],
+        stdout=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+        env=_env(),
+        start_new_session=True,
     )
     assert proc.stdout.readline().strip() == "locked"
     yield out, proc
@@ -59,7 +64,7 @@ def test_a_second_command_on_the_same_output_is_refused_in_one_line(tmp_path, ho
         "--output",
         str(out),
     ]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=tmp_path)
+    res = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", env=_env(), cwd=tmp_path)
     assert res.returncode == 2
     assert res.stderr.count("\n") == 1
     assert res.stderr.startswith(
@@ -69,7 +74,7 @@ def test_a_second_command_on_the_same_output_is_refused_in_one_line(tmp_path, ho
     # the holder killed (no clean-up ran): the lock is gone with it, the command now fails on its input instead
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    res = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=tmp_path)
+    res = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", env=_env(), cwd=tmp_path)
     assert res.returncode != 0 and "being written" not in res.stderr
 
 
@@ -98,13 +103,19 @@ def test_a_child_of_the_holder_and_other_ranks_do_not_lock_again(tmp_path, monke
     with written_by("lungseg train"), output_lock(out):
         assert os.environ[LOCKS_ENV] == str(out.resolve())
         env = dict(os.environ)
-        res = subprocess.run([sys.executable, "-c", child, str(out)], capture_output=True, text=True, env=env)
+        res = subprocess.run(
+            [sys.executable, "-c", child, str(out)], capture_output=True, text=True, encoding="utf-8", env=env
+        )
         assert res.returncode == 0 and res.stdout.strip() == "child wrote", res.stderr
         env = {**_env(), "RANK": "1"}  # a torchrun worker: writes nothing, takes no lock
-        res = subprocess.run([sys.executable, "-c", child, str(out)], capture_output=True, text=True, env=env)
+        res = subprocess.run(
+            [sys.executable, "-c", child, str(out)], capture_output=True, text=True, encoding="utf-8", env=env
+        )
         assert res.returncode == 0, res.stderr
         env = _env()  # an unrelated command on the same output
-        res = subprocess.run([sys.executable, "-c", child, str(out)], capture_output=True, text=True, env=env)
+        res = subprocess.run(
+            [sys.executable, "-c", child, str(out)], capture_output=True, text=True, encoding="utf-8", env=env
+        )
         assert res.returncode != 0 and "is being written by another lungseg command (lungseg train" in res.stderr
     assert LOCKS_ENV not in os.environ
     with output_lock(out):  # released

@@ -81,6 +81,7 @@ def test_the_store_stage_reads_the_file_the_same_way(tmp_path):
         [sys.executable, "-m", "lungseg", "store", "--params", str(f), "--output", str(tmp_path / "store.json")],
         capture_output=True,
         text=True,
+        encoding="utf-8",
         cwd=tmp_path,
     )
     assert out.returncode != 0

@@ -64,7 +64,9 @@ def test_stated_uint16_is_checked_against_the_values(tmp_path):
 
 
 def test_the_cli_offers_every_domain_the_library_can_check():
-    out = subprocess.run([sys.executable, "-m", "lungseg", "predict", "--help"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "lungseg", "predict", "--help"], capture_output=True, text=True, encoding="utf-8"
+    )
     assert out.returncode == 0
     text = " ".join(out.stdout.split())
     assert "--intensity {" + ",".join(transforms.STATABLE) + "}" in text
