@@ -20,7 +20,7 @@ from lungseg.config import Params
 from lungseg.errors import TrainingError
 from lungseg.io import check_output_dir, replace_dir
 from lungseg.tracking import resolve_tracking_uri
-from lungseg.training import distributed, mlflow_run, rundir
+from lungseg.training import distributed, mlflow_run, precise_bn, rundir
 from lungseg.training.distributed import NO_RUN
 from lungseg.training.epoch import NonFiniteLoss, stage_data, train_epoch, validate
 from lungseg.training.setup import (
@@ -80,8 +80,8 @@ class Writer:
         self.run = NO_RUN
 
     def announce(self) -> None:
-        if self.s.cfg.preset == "paper":
-            log.info(f"lungseg: paper preset: {describe_preset(self.s.preset)}")
+        if self.s.cfg.preset != "default":  # paper, nnunet (#25)
+            log.info(f"lungseg: {self.s.cfg.preset} preset: {describe_preset(self.s.preset)}")
 
     def open_work(self, resume: bool, model, optimizer, scheduler) -> tuple[TrainState, bool]:
         return rundir.open_work(
@@ -231,6 +231,8 @@ def _epochs(s: Setup, state: TrainState, out: Writer, parts: tuple, data: tuple,
     cfg = s.cfg
     ckpts = CheckpointWriter(background=cfg.checkpoint_async)
     saved = state.epoch  # the epoch of the checkpoint.pt on disk (0: none yet)
+    if out.reports:
+        log.info(f"lungseg: precise BN: {precise_bn.describe(cfg, model, len(x_train))}")
     try:
         with deterministic():
             for epoch in range(state.epoch + 1, cfg.epochs + 1):
@@ -240,6 +242,8 @@ def _epochs(s: Setup, state: TrainState, out: Writer, parts: tuple, data: tuple,
                     row = train_epoch(net, loss_fn, optimizer, x_train, y_train, cfg, s.device, epoch, ddp=ddp)
                 except NonFiniteLoss as exc:  # the last good checkpoint is what the run can resume from
                     raise TrainingError(f"{exc}; {rundir.last_good(out.work / CHECKPOINT, saved)}") from exc
+                # the BatchNorm statistics of these weights, before they are validated and saved
+                precise_bn.run(model, x_train, cfg, s.device, epoch, ddp=ddp)
                 val_loss, val_dice = ddp.validate(validate, model, loss_fn, x_val, y_val, cfg, s.device)
                 row.update(val_loss=val_loss, val_dice=val_dice)
                 step_scheduler(scheduler, val_dice)

@@ -19,7 +19,7 @@ from lungseg.errors import TrainingError
 from lungseg.io import atomic_write_json, sha256_file
 from lungseg.lineage import run_context_tags, source_tags
 from lungseg.tracking import ResilientRun, git_commit, portable_path, portable_uri, scoped_tracking_uri
-from lungseg.training import rundir
+from lungseg.training import precise_bn, rundir
 from lungseg.training.setup import Setup
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def run_tags(s: Setup, data_dir: Path) -> dict[str, str]:
         "preset": cfg.preset,
         "lungseg.stage": "train",
     }
-    if cfg.preset == "paper":
+    if cfg.preset != "default":  # paper, nnunet (#25)
         tags["preset_deviations"] = s.preset.describe_deviations()
     tags.update(source_tags(s.meta))  # the raw data version the processed set came from (#16)
     tags.update(run_context_tags())  # the image and KFP run this stage ran in, when a pipeline set them
@@ -90,7 +90,7 @@ def open_run(
     state.run_id = run.run_id
     if continued:
         run.set_tags({"lungseg.continued_to_epochs": str(cfg.epochs)})
-    if not is_new and cfg.preset == "paper":
+    if not is_new and cfg.preset != "default":
         run.set_tags({"preset_deviations": tags["preset_deviations"]})  # this session's (a resume may change them)
     write_run_file(work, run, params, cfg, None, output_dir, final=False)  # findable even if killed in epoch 1
     if is_new:
@@ -105,6 +105,7 @@ def _run_params(s: Setup, model: torch.nn.Module, tags: dict[str, str]) -> dict[
     """The params of a new run besides the settings: the data, the model's size, the device."""
     return {
         "train.loss_resolved": s.loss_name,
+        "train.precise_bn_resolved": precise_bn.describe(s.cfg, model, len(s.train_set)),  # (#22)
         "data.dataset": s.meta.get("dataset"),
         "data.image_size": s.size,
         "data.n_train": len(s.train_set),
@@ -113,7 +114,7 @@ def _run_params(s: Setup, model: torch.nn.Module, tags: dict[str, str]) -> dict[
         "model.n_parameters": sum(p.numel() for p in model.parameters()),
         "device": str(s.device),
         **({"train.loss_options": json.dumps(s.loss_options, sort_keys=True)} if s.loss_options else {}),
-        **({"preset_deviations": tags["preset_deviations"]} if s.cfg.preset == "paper" else {}),
+        **({"preset_deviations": tags["preset_deviations"]} if s.cfg.preset != "default" else {}),
     }
 
 
