@@ -43,6 +43,62 @@ def test_round_trip_fingerprint_and_what_it_covers():
         s.threshold = 0.5
 
 
+def test_precision_round_trips_and_is_in_the_fingerprint():
+    """#24: ``precision`` is one more setting; ``auto`` (the behaviour before it) is left out of the dict."""
+    auto, fp32, bf16 = (ServingSettings.for_model(PRE, 0.55, precision=p) for p in ("auto", "fp32", "bf16"))
+    assert bf16.to_dict() == {**auto.to_dict(), "precision": "bf16"} and "precision" not in auto.to_dict()
+    for s in (auto, fp32, bf16):
+        back = ServingSettings.from_dict(json.loads(json.dumps(s.to_dict())))
+        assert back == s and back.fingerprint() == s.fingerprint()
+    assert len({auto.fingerprint(), fp32.fingerprint(), bf16.fingerprint()}) == 3
+    assert bf16.differences(auto) == ["precision: 'bf16' vs 'auto'"]
+    assert bf16.describe().endswith(", precision bf16") and "precision" not in auto.describe()
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16, got 'fp16'"):
+        ServingSettings(precision="fp16")
+
+
+def test_settings_recorded_before_precision_load_and_keep_their_fingerprint(tmp_path):
+    """A metrics.json / model metadata written before the field: no ``precision`` key. It loads as ``auto``
+    (fp32 on the CPU, bf16 autocast on CUDA: what lungseg did then) with the fingerprint it was recorded
+    with — computed with the serving.py of commit 795eb6a (before the field), written out here."""
+    old = {
+        "threshold": 0.55,
+        "image_size": 16,
+        "hu_window": [-1000.0, 400.0],
+        "dataset": "medseg",
+        "postprocess": "largest_components+fill_holes",
+        "tta": "flips",
+    }
+    old_fingerprint = "sha256:7dcede23dc90703f42722b31ca7c76134ef1149f489e98a6fa9d24239f6bd3d2"
+    f = tmp_path / "metrics.json"
+    f.write_text(json.dumps({"serving": old, "serving_fingerprint": old_fingerprint}), encoding="utf-8")
+    recorded = json.loads(f.read_text(encoding="utf-8"))
+    s = ServingSettings.from_dict(recorded["serving"])
+    assert s.precision == "auto" and s.to_dict() == old
+    assert s.fingerprint() == recorded["serving_fingerprint"]
+
+
+def test_evaluation_scores_with_the_precision_it_records():
+    """evaluate.precision goes into the evaluated settings and into the forward pass that is scored."""
+    import torch
+
+    from lungseg.evaluation.report import _serving_settings, predict
+
+    ckpt = {"preprocess": PRE, "model_identity": {"name": "unet", "kwargs": {"num_classes": 1}}}
+    s = _serving_settings(ckpt, {}, 0.5, "none", "none", "bf16")
+    assert s.precision == "bf16" and _serving_settings(ckpt, {}, 0.5, "none", "none").precision == "auto"
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(1, 1, 3, padding=1).eval()
+    x = np.random.default_rng(0).random((3, 1, 8, 8), dtype=np.float32)
+    with torch.no_grad():
+        want32 = torch.sigmoid(net(torch.from_numpy(x)))[:, 0].numpy()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            want16 = torch.sigmoid(net(torch.from_numpy(x)).float())[:, 0].numpy()
+    np.testing.assert_array_equal(predict(net, x), want32)
+    np.testing.assert_array_equal(predict(net, x, precision="bf16"), want16)
+    assert not np.array_equal(want16, want32)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -129,3 +185,27 @@ def test_the_portable_model_records_its_serving_settings_and_labels_with_them(tm
     assert np.array_equal(model.predict(x, params={"output": "labels"}), (probs >= 0.55).astype(np.uint8))
     # the code the model carries holds the serving module (it loads where lungseg is not installed)
     assert (path / "code" / "lungseg" / "artifacts" / "serving.py").is_file()
+
+
+@pytest.mark.slow
+def test_the_portable_model_serves_its_recorded_precision(tmp_path, monkeypatch):
+    """#24: a version evaluated with ``precision: bf16`` serves bf16 on a CPU with it (simulated here: the
+    arithmetic is bf16 autocast either way), fp32 on one without (the fallback of lungseg predict)."""
+    from lungseg.artifacts import core
+    from lungseg.artifacts.pyfunc import save_model, synthetic_slices
+    from registry_helpers import IDENTITY, tiny_network
+
+    net = tiny_network()
+    serving = ServingSettings.for_model(PRE, 0.5, precision="bf16")
+    model = mlflow.pyfunc.load_model(
+        str(save_model(tmp_path / "m", net, identity=IDENTITY, preprocess=PRE, serving=serving))
+    )
+    assert model.metadata.metadata["lungseg"]["serving"]["precision"] == "bf16"
+    x = synthetic_slices(2, 16)
+    fp32 = core.predict_array(net.eval(), x, 16)[:, 0]
+    bf16 = core.predict_array(net.eval(), x, 16, precision="bf16")[:, 0]
+    assert not np.array_equal(fp32, bf16)
+    monkeypatch.setattr(core, "cpu_supports_bf16", lambda *a: True)
+    np.testing.assert_array_equal(model.predict(x), bf16)
+    monkeypatch.setattr(core, "cpu_supports_bf16", lambda *a: False)
+    np.testing.assert_array_equal(model.predict(x), fp32)

@@ -87,6 +87,45 @@ def forward_probabilities(net: nn.Module, x: torch.Tensor, tta: str = "none") ->
     return total / len(FLIPS)
 
 
+def cpu_supports_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bf16 natively — the x86 flags ``avx512_bf16`` or ``amx_bf16``, or an Arm
+    CPU's ``bf16`` (``/proc/cpuinfo``); where there is no ``/proc/cpuinfo``, oneDNN's own check
+    (``torch.ops.mkldnn._is_mkldnn_bf16_supported``). Without it ``torch.autocast("cpu", bfloat16)``
+    still runs, emulated and slower than fp32, so bf16 is only worth it where this is true."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as fh:
+            flags = set()
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip().lower() in ("flags", "features"):
+                    flags.update(value.split())
+        return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    except OSError:
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+
+
+def resolve_precision(precision: str, device_type: str) -> tuple[str, str | None]:
+    """The arithmetic a forward pass on ``device_type`` runs in for a serving ``precision``
+    (:data:`lungseg.artifacts.serving.PRECISION`): ``("fp32" | "bf16", note)``. ``auto`` = fp32 on the CPU,
+    bf16 on CUDA (lungseg's behaviour before the setting); ``bf16`` on a CPU without bf16 support
+    (:func:`cpu_supports_bf16`) or a GPU without it falls back to fp32, and ``note`` says so in one line."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision must be one of auto, fp32, bf16, got {precision!r}")
+    cuda = device_type == "cuda"
+    if precision == "auto":
+        return ("bf16" if cuda else "fp32"), None
+    if precision == "fp32":
+        return "fp32", None
+    if cuda and not torch.cuda.is_bf16_supported():
+        return "fp32", "bf16 asked, but this GPU has no bf16: ran in fp32"
+    if not cuda and not cpu_supports_bf16():
+        return "fp32", "bf16 asked, but this CPU has no native bf16 (avx512_bf16 / AMX / Arm bf16): ran in fp32"
+    return "bf16", None
+
+
 def to_labels(probs: torch.Tensor, threshold: float) -> torch.Tensor:
     """Probabilities ``(N, C, H, W)`` → uint8 labels ``(N, H, W)``: ``p ≥ threshold`` (one channel)
     or the arg-max class (C > 1)."""
@@ -139,15 +178,18 @@ def predict_array(
     batch_size: int = 8,
     device: torch.device | str = "cpu",
     tta: str = "none",
+    precision: str = "fp32",
 ) -> np.ndarray:
     """Probabilities ``(N, C, H, W)`` float32 for ``images`` ``(N, H, W)`` float32 in [0, 1] (one size):
-    the plain loop of the MLflow model and the export parity check (fp32)."""
+    the plain loop of the MLflow model and the export parity check (fp32; ``precision="bf16"``: under
+    bf16 autocast — the caller resolves a serving precision with :func:`resolve_precision`)."""
     device = torch.device(device)
     out = []
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
             x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size], dtype=np.float32))
-            out.append(predict_batch(net, x[:, None].to(device), size, tta=tta).cpu().numpy())
+            probs = predict_batch(net, x[:, None].to(device), size, tta=tta, amp=precision == "bf16")
+            out.append(probs.cpu().numpy())
     if not out:
         return np.zeros((0, 1, *images.shape[1:]), np.float32)
     return np.concatenate(out)

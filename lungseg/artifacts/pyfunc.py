@@ -95,7 +95,7 @@ class LungsegModel(mlflow.pyfunc.PythonModel):
         )
 
     def predict(self, context, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
-        from lungseg.artifacts.core import predict_array
+        from lungseg.artifacts.core import predict_array, resolve_precision
         from lungseg.artifacts.serving import apply
 
         output = (params or {}).get("output", "probabilities")
@@ -105,7 +105,8 @@ class LungsegModel(mlflow.pyfunc.PythonModel):
             x = check_input(model_input)
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
-        probs = predict_array(self.net, x, self.size, batch_size=8, tta=self.serving.tta)
+        precision = resolve_precision(self.serving.precision, "cpu")[0]  # bf16 only on a CPU with it (#24)
+        probs = predict_array(self.net, x, self.size, batch_size=8, tta=self.serving.tta, precision=precision)
         if output == "labels":
             return apply(probs, self.serving)
         return probs[:, 0] if probs.shape[1] == 1 else probs

@@ -27,6 +27,12 @@ Vocabulary (kept tiny and explicit; anything else is a ``ValueError`` naming the
 * ``tta``: ``"none"`` | ``"flips"`` — the probabilities averaged over the four mirrorings
   (:func:`lungseg.artifacts.core.forward_probabilities`; it needs the network, so it acts before
   :func:`apply`).
+* ``precision``: ``"auto"`` | ``"fp32"`` | ``"bf16"`` — the arithmetic of the network's forward pass
+  (:func:`lungseg.artifacts.core.resolve_precision`). ``auto`` is what lungseg did before the field
+  existed — fp32 on the CPU, bf16 autocast on CUDA — and is what settings without the field mean; it
+  is left out of :meth:`ServingSettings.to_dict` and the fingerprint, so every fingerprint recorded
+  before the field existed is unchanged. ``bf16``: bf16 autocast on either device (a CPU without bf16
+  support serves fp32 with a note: :func:`lungseg.artifacts.core.cpu_supports_bf16`).
 
 Evaluation scores the labels :func:`apply` makes, the portable model and ``lungseg predict`` serve the
 labels :func:`apply` makes: one function, so what is served is what was measured.
@@ -47,6 +53,8 @@ import numpy as np
 
 POSTPROCESS = ("none", "largest_components+fill_holes")
 TTA = ("none", "flips")
+#: the forward pass's arithmetic; ``auto`` = fp32 on the CPU, bf16 autocast on CUDA (the behaviour before the field)
+PRECISION = ("auto", "fp32", "bf16")
 #: components smaller than this share of the slice's largest one are dropped by the post-processing
 MIN_COMPONENT_SHARE = 0.1
 #: foreground label names of a lung-field model (``postprocess: auto`` turns the post-processing on)
@@ -81,6 +89,9 @@ class ServingSettings:
     dataset: str | None = None
     postprocess: str = "none"
     tta: str = "none"
+    precision: str = "auto"
+    """Left out of :meth:`to_dict` (and so of the fingerprint) while ``auto``: settings recorded before
+    the field existed read back, and fingerprint, exactly as they did."""
 
     def __post_init__(self) -> None:
         t = self.threshold
@@ -91,6 +102,8 @@ class ServingSettings:
             raise ValueError(f"serving postprocess must be one of {', '.join(POSTPROCESS)}, got {self.postprocess!r}")
         if self.tta not in TTA:
             raise ValueError(f"serving tta must be one of {', '.join(TTA)}, got {self.tta!r}")
+        if self.precision not in PRECISION:
+            raise ValueError(f"serving precision must be one of {', '.join(PRECISION)}, got {self.precision!r}")
         if self.image_size is not None:
             object.__setattr__(self, "image_size", int(self.image_size))
         if self.hu_window is not None:
@@ -99,7 +112,13 @@ class ServingSettings:
 
     @classmethod
     def for_model(
-        cls, preprocess: dict[str, Any] | None, threshold: float, *, postprocess: str = "none", tta: str = "none"
+        cls,
+        preprocess: dict[str, Any] | None,
+        threshold: float,
+        *,
+        postprocess: str = "none",
+        tta: str = "none",
+        precision: str = "auto",
     ) -> ServingSettings:
         """The settings of a model trained with ``preprocess`` (its checkpoint's record) served at ``threshold``."""
         pre = dict(preprocess or {})
@@ -110,11 +129,14 @@ class ServingSettings:
             dataset=pre.get("dataset"),
             postprocess=postprocess,
             tta=tta,
+            precision=precision,
         )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["hu_window"] = None if self.hu_window is None else list(self.hu_window)
+        if self.precision == "auto":  # the behaviour before the field: recorded (and fingerprinted) as before
+            del d["precision"]
         return d
 
     @classmethod
@@ -137,13 +159,15 @@ class ServingSettings:
 
     def differences(self, other: ServingSettings) -> list[str]:
         """``key: a vs b`` for each setting that differs."""
-        a, b = self.to_dict(), other.to_dict()
+        a = {**self.to_dict(), "precision": self.precision}
+        b = {**other.to_dict(), "precision": other.precision}
         return [f"{k}: {a[k]!r} vs {b[k]!r}" for k in a if a[k] != b[k]]
 
     def describe(self) -> str:
         return (
             f"threshold {self.threshold:g}, image_size {self.image_size}, hu_window {self.hu_window}, "
             f"dataset {self.dataset}, postprocess {self.postprocess}, tta {self.tta}"
+            + ("" if self.precision == "auto" else f", precision {self.precision}")
         )
 
 
@@ -191,6 +215,7 @@ def keep_large_components(mask: np.ndarray) -> np.ndarray:
 __all__ = [
     "MIN_COMPONENT_SHARE",
     "POSTPROCESS",
+    "PRECISION",
     "PREPROCESS_KEYS",
     "TTA",
     "ServingSettings",

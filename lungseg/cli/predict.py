@@ -107,7 +107,9 @@ def _precision_and_backend(args: argparse.Namespace) -> tuple[str, str]:
     if args.backend not in backends:
         raise ConfigError(f"--backend: unknown backend {args.backend!r} (allowed: {', '.join(backends)})")
     if args.backend == "onnxruntime" and args.precision == "bf16":
-        raise ConfigError("--backend onnxruntime runs the fp32 export: give --precision fp32 or auto, or --backend torch")
+        raise ConfigError(
+            "--backend onnxruntime runs the fp32 export: give --precision fp32 or auto, or --backend torch"
+        )
     return args.precision, args.backend
 
 

@@ -146,17 +146,20 @@ class EvalResult:
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, images: np.ndarray, batch_size: int = 8, tta: str = "none") -> np.ndarray:
+def predict(
+    model: torch.nn.Module, images: np.ndarray, batch_size: int = 8, tta: str = "none", precision: str = "auto"
+) -> np.ndarray:
     """Probabilities: ``(N, H, W)`` foreground (sigmoid) for 1-channel models, else ``(N, C, H, W)`` softmax;
     with ``tta="flips"`` averaged over the mirrorings (:func:`lungseg.artifacts.core.forward_probabilities`,
-    what the served model does)."""
+    what the served model does); ``precision="bf16"``: under bf16 autocast (the served arithmetic, #24)."""
     from lungseg.artifacts.core import forward_probabilities
 
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
-        probs = forward_probabilities(model, x, tta).float()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            probs = forward_probabilities(model, x, tta).float()
         out.append((probs[:, 0] if probs.shape[1] == 1 else probs).numpy())
     return np.concatenate(out)
 
@@ -266,10 +269,10 @@ def evaluate(
             f"lungseg: warning: {ckpt_path} does not record the training data's {', '.join(unchecked)}: "
             "not checked against this data (re-train to record them)"
         )
-    serving = _serving_settings(ckpt, split.meta, cfg.threshold, cfg.postprocess, cfg.tta)
+    serving = _serving_settings(ckpt, split.meta, cfg.threshold, cfg.postprocess, cfg.tta, cfg.precision)
     model = _network(ckpt, ckpt_path, split, data_dir)
 
-    probs = predict(model, split.images, tta=serving.tta)
+    probs = predict(model, split.images, tta=serving.tta, precision=serving.precision)
     masks = np.asarray(split.masks)
     ids = split.manifest["id"].astype(str).tolist()
     spacing = split.meta.get("spacing_mm")
@@ -319,7 +322,7 @@ def evaluate(
 
 
 def _serving_settings(
-    ckpt: dict[str, Any], meta: dict[str, Any], threshold: float, postprocess: str, tta: str
+    ckpt: dict[str, Any], meta: dict[str, Any], threshold: float, postprocess: str, tta: str, precision: str = "auto"
 ) -> ServingSettings:
     """The settings this evaluation serves the model with (``postprocess: auto`` resolved by the model's
     labels); a value outside the vocabulary is a :class:`ConfigError` (never evaluated as something else)."""
@@ -331,7 +334,7 @@ def _serving_settings(
         post = resolve_postprocess(postprocess, names)
         if post != "none" and int(ckpt["model_identity"]["kwargs"].get("num_classes", 1)) != 1:
             raise ValueError(f"postprocess {post!r} is for binary models")
-        return ServingSettings.for_model(pre, threshold, postprocess=post, tta=tta)
+        return ServingSettings.for_model(pre, threshold, postprocess=post, tta=tta, precision=precision)
     except ValueError as exc:
         raise ConfigError(f"evaluate: {exc}") from exc
 

@@ -302,10 +302,98 @@ def _export_info(model, fmt, file, exporter, batch, parity, failed, size, check_
         "threshold": model.threshold,
         "label_names": model.label_names,
         "source": model.source,
+        "weights_sha256": model.provenance.get("weights_sha256"),
         "parity": {**parity, "check_input": check_input},
         "failed_attempts": failed,
         "versions": versions,
     }
 
 
-__all__ = ["ExportError", "ExportResult", "FORMATS", "check_batch", "dice", "export_model"]
+def carried_onnx(model) -> tuple[Path, dict[str, Any]] | None:
+    """The ONNX export a model's folder carries: ``export.json`` + ``model.onnx`` in the training folder
+    itself or one folder below it (``lungseg export --output <model folder>/onnx``), exported from these
+    very weights (its ``weights_sha256`` equals the loaded model's; an export without it is not used).
+    None for an MLflow model (a registered version carries no export) or when there is none."""
+    import json
+
+    sha = model.provenance.get("weights_sha256")
+    where = Path(model.resolved_from or "")
+    if not sha or not where.is_file():
+        return None
+    folder = where.parent
+    for info_file in [folder / "export.json", *sorted(folder.glob("*/export.json"))]:
+        try:
+            info = json.loads(info_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        onnx_file = info_file.parent / str(info.get("file", ""))
+        if (
+            isinstance(info, dict)
+            and info.get("format") == "onnx"
+            and info.get("weights_sha256") == sha
+            and (info.get("parity") or {}).get("passed")
+            and onnx_file.is_file()
+        ):
+            return onnx_file, info
+    return None
+
+
+def onnxruntime_runner(model, check_slices: list[np.ndarray], *, threads: int | None = None, tolerance: float = 1e-3):
+    """``(run, record)``: ``run`` maps float32 ``(N, 1, s, s)`` in [0, 1] to the probabilities
+    ``(N, C, s, s)`` of ``model``'s ONNX export in an onnxruntime ``InferenceSession`` (CPU, ``threads``
+    intra-op threads, default torch's ``torch.get_num_threads()``, which follows ``OMP_NUM_THREADS``).
+    The export is the one the model's folder carries (:func:`carried_onnx`), else made now by
+    :func:`export_model` and checked against PyTorch on ``check_slices`` (:class:`ExportError` when no
+    export passes ``tolerance``). ``record``: where the file came from, exporter, batch, parity, threads."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    n_threads = int(threads or torch.get_num_threads())
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = n_threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3  # errors only: onnxruntime's warnings go to the C++ stderr
+    carried = carried_onnx(model)
+    t0 = time.perf_counter()
+    if carried is not None:
+        path, info = carried
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        origin, exporter, batch, parity = str(path), info.get("exporter"), info.get("batch"), info.get("parity")
+    else:
+        with tempfile.TemporaryDirectory(prefix="lungseg-onnx-") as tmp:
+            result = export_model(model, "onnx", Path(tmp) / "onnx", check_slices, tolerance=tolerance)
+            path = result.output_dir / result.file
+            session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        origin, exporter, batch, parity = "exported at load", result.exporter, result.batch, result.parity
+    step = None if batch == "dynamic" else int(batch)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if step is None:
+            return session.run(None, {INPUT_NAME: x})[0]
+        return _run_chunks(lambda c: session.run(None, {INPUT_NAME: c})[0], x, step)
+
+    record = {
+        "file": origin,
+        "exporter": exporter,
+        "batch": batch,
+        "parity": parity,
+        "threads": n_threads,
+        "onnxruntime": ort.__version__,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    return run, record
+
+
+__all__ = [
+    "ExportError",
+    "ExportResult",
+    "FORMATS",
+    "carried_onnx",
+    "check_batch",
+    "dice",
+    "export_model",
+    "onnxruntime_runner",
+]

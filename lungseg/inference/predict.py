@@ -34,6 +34,7 @@ one-line summary) and ``overlay.png``.
 
 from __future__ import annotations
 
+import logging
 import sys
 import tempfile
 import time
@@ -48,6 +49,7 @@ from lungseg.artifacts import core
 from lungseg.errors import CheckpointError, ConfigError, DataError
 
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
+log = logging.getLogger(__name__)
 from lungseg.artifacts.serving import is_lung_field  # noqa: E402  (one definition of a lung-field model)
 
 
@@ -81,9 +83,11 @@ class LoadedModel:
             self.serving = ServingSettings.for_model(self.preprocess, self.threshold, postprocess=post)
         self.threshold = self.serving.threshold
 
-    def served_as(self, *, postprocess: str | None = None, tta: str | None = None, note: str = "") -> LoadedModel:
-        """This model with other serving settings (``evaluate.*`` of a folder model, ``--no-postprocess``);
-        ``note`` is kept for the report's warnings."""
+    def served_as(
+        self, *, postprocess: str | None = None, tta: str | None = None, precision: str | None = None, note: str = ""
+    ) -> LoadedModel:
+        """This model with other serving settings (``evaluate.*`` of a folder model, ``--no-postprocess``,
+        ``--precision``); ``note`` is kept for the report's warnings."""
         import dataclasses
 
         from lungseg.artifacts.serving import resolve_postprocess
@@ -95,7 +99,12 @@ class LoadedModel:
             )
         if tta is not None:
             changes["tta"] = tta
-        serving = dataclasses.replace(self.serving, **changes)
+        if precision is not None:
+            changes["precision"] = precision
+        try:
+            serving = dataclasses.replace(self.serving, **changes)
+        except ValueError as exc:  # a value outside the vocabulary (serving.ServingSettings)
+            raise ConfigError(str(exc)) from exc
         notes = self.notes + ([note] if note and serving != self.serving else [])
         return dataclasses.replace(self, serving=serving, notes=notes)
 
@@ -146,16 +155,17 @@ def load_model(
     threshold: float = 0.5,
     postprocess: str = "auto",
     tta: str = "none",
+    precision: str = "auto",
 ) -> LoadedModel:
     """The model named by ``spec`` (a training folder / checkpoint file, or an MLflow URI); see the
     module docstring. A registered model serves with the settings it was evaluated with (its metadata);
     a training folder, or a model logged before serving settings were recorded, with ``threshold``,
-    ``postprocess`` (``auto``: by its labels) and ``tta`` (the CLI passes ``evaluate.*``)."""
+    ``postprocess`` (``auto``: by its labels), ``tta`` and ``precision`` (the CLI passes ``evaluate.*``)."""
     if is_mlflow_uri(spec):
         model = _from_mlflow(str(spec), tracking_uri, threshold)
         recorded = model.serving.fingerprint() if model.provenance.get("serving_recorded") else None
-        return model if recorded else model.served_as(postprocess=postprocess, tta=tta)
-    return _from_checkpoint(Path(spec), threshold).served_as(postprocess=postprocess, tta=tta)
+        return model if recorded else model.served_as(postprocess=postprocess, tta=tta, precision=precision)
+    return _from_checkpoint(Path(spec), threshold).served_as(postprocess=postprocess, tta=tta, precision=precision)
 
 
 def _require_preprocess(ckpt: dict[str, Any], where: str) -> dict[str, Any]:
@@ -323,8 +333,27 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+#: inference backends of ``lungseg predict --backend``
+BACKENDS = ("torch", "onnxruntime")
+#: slices of the scan the onnxruntime export is checked on against PyTorch (spread over the scan)
+ONNX_CHECK_SLICES = 4
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend: unknown backend {backend!r} (allowed: {', '.join(BACKENDS)})")
+    return backend
+
+
 class SliceInference:
-    """Batched slice inference of one model on one device (see the module docstring)."""
+    """Batched slice inference of one model on one device (see the module docstring).
+
+    ``backend="torch"``: the network in PyTorch, in the arithmetic of the model's serving ``precision``
+    (:func:`lungseg.artifacts.core.resolve_precision`: ``auto`` = fp32 on the CPU, bf16 autocast on CUDA;
+    ``bf16`` where the device lacks it falls back to fp32 with a note). ``backend="onnxruntime"`` (CPU):
+    the model's ONNX export run by an onnxruntime ``InferenceSession`` with torch's thread count
+    (:func:`lungseg.inference.export.onnxruntime_runner`: the export the model folder carries, else one
+    made and checked against PyTorch on slices of the scan at the first call); always fp32."""
 
     def __init__(
         self,
@@ -334,20 +363,52 @@ class SliceInference:
         batch_size: int | None = None,
         amp: bool = True,
         channels_last: bool = True,
+        backend: str = "torch",
     ):
         self.model = model
+        self.backend = check_backend(backend)
         self.device = resolve_device(device) if isinstance(device, str) else device
         cuda = self.device.type == "cuda"
+        if backend == "onnxruntime" and cuda:
+            raise ConfigError("--backend onnxruntime runs on the CPU: use --device cpu (or --backend torch on CUDA)")
         if batch_size is not None and int(batch_size) < 1:
             raise ConfigError(f"--batch-size: must be ≥ 1, got {batch_size}")
         self.batch_size = int(batch_size) if batch_size is not None else (16 if cuda else 4)
-        self.amp = amp and cuda
+        self.notes: list[str] = []
+        setting = model.serving.precision
+        if backend == "onnxruntime":
+            self.precision = "fp32"
+            if setting == "bf16":
+                self.notes.append("onnxruntime runs the fp32 export: served in fp32, not the model's bf16")
+        else:
+            self.precision, note = core.resolve_precision(setting, self.device.type)
+            self.notes += [note] if note else []
+        for note in self.notes:
+            log.warning(f"lungseg: note: {model.identity['name']}: {note}")
+        self.amp = amp and self.precision == "bf16"
         self.channels_last = channels_last and cuda
         self.net = model.net.to(self.device).eval()
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         if cuda:
             torch.backends.cudnn.benchmark = True
+        self.onnx: dict[str, Any] | None = None
+        self._runner = None
+
+    def describe(self) -> dict[str, Any]:
+        """What ran, for the report: backend, precision (asked and effective), device, threads, batch size,
+        and for onnxruntime the export and its parity with PyTorch."""
+        out: dict[str, Any] = {
+            "backend": self.backend,
+            "precision": self.precision,
+            "precision_setting": self.model.serving.precision,
+            "device": self.device.type,
+            "threads": torch.get_num_threads(),
+            "batch_size": self.batch_size,
+        }
+        if self.onnx is not None:
+            out["onnx"] = self.onnx
+        return out
 
     def _batches(self, slices: list[np.ndarray]):
         """``[start, stop)`` runs of at most ``batch_size`` consecutive slices of one size."""
@@ -358,6 +419,30 @@ class SliceInference:
                 stop += 1
             yield start, stop
             start = stop
+
+    def _onnx_runner(self, slices: list[np.ndarray]):
+        if self._runner is None:
+            from lungseg.inference.export import onnxruntime_runner
+
+            picks = np.unique(np.linspace(0, len(slices) - 1, min(ONNX_CHECK_SLICES, len(slices))).round().astype(int))
+            self._runner, self.onnx = onnxruntime_runner(self.model, [slices[i] for i in picks])
+        return self._runner
+
+    def _probabilities(self, batch: torch.Tensor, runner) -> torch.Tensor:
+        """Probabilities ``(N, C, H, W)`` of one batch at its own size, by the backend."""
+        size, tta = self.model.image_size, self.model.serving.tta
+        if runner is None:
+            return core.predict_batch(self.net, batch, size, amp=self.amp, channels_last=self.channels_last, tta=tta)
+        hw = tuple(batch.shape[-2:])
+        x = core.resize_to_model(batch.float(), size)
+        total = None
+        for dims in core.FLIPS if tta == "flips" else ((),):
+            xi = torch.flip(x, dims) if dims else x
+            p = torch.from_numpy(runner(np.ascontiguousarray(xi.numpy())))
+            p = torch.flip(p, dims) if dims else p
+            total = p if total is None else total + p
+        n = len(core.FLIPS) if tta == "flips" else 1
+        return core.resize_back(total / n if n > 1 else total, hw)
 
     def labels(self, slices: list[np.ndarray], *, desc: str = "") -> list[np.ndarray]:
         """uint8 labels per slice (each at its own size) for float32 slices in [0, 1]."""
@@ -376,6 +461,7 @@ class SliceInference:
         out: list[np.ndarray] = []
         fg: list[np.ndarray] | None = [] if probabilities else None
         cuda = self.device.type == "cuda"
+        runner = self._onnx_runner(slices) if self.backend == "onnxruntime" and slices else None
         bar = tqdm(
             total=len(slices), desc=desc or "predict", unit="slice", leave=False, disable=not sys.stderr.isatty()
         )
@@ -384,14 +470,7 @@ class SliceInference:
                 batch = torch.from_numpy(np.stack(slices[start:stop]).astype(np.float32, copy=False))[:, None]
                 if cuda:
                     batch = batch.pin_memory().to(self.device, non_blocking=True)
-                probs = core.predict_batch(
-                    self.net,
-                    batch,
-                    self.model.image_size,
-                    amp=self.amp,
-                    channels_last=self.channels_last,
-                    tta=self.model.serving.tta,
-                )
+                probs = self._probabilities(batch, runner)
                 # the threshold/arg-max rule of serving.apply on the device, then its post-processing
                 labels = core.to_labels(probs, self.model.threshold).cpu().numpy()
                 out.extend(postprocess_labels(labels, self.model.serving))
@@ -433,6 +512,7 @@ def predict_scan(
     intensity: str | None = None,
     load_seconds: float | None = None,
     save_probabilities: bool = False,
+    backend: str = "torch",
 ) -> PredictResult:
     """Masks, report, summary and overlay for the scan at ``input_path`` (module docstring).
 
@@ -440,7 +520,9 @@ def predict_scan(
     slice)`` mm for an input that records none; ``intensity`` (``hu``, ``unit``, ``uint8``) the input's
     intensity domain where the data cannot tell it (:mod:`lungseg.inference.volumes`);
     ``load_seconds``: how long loading the models took, for the report; ``save_probabilities``: also
-    write each model's foreground probability map (float32, on the masks' grid) as ``<role>_probabilities``.
+    write each model's foreground probability map (float32, on the masks' grid) as ``<role>_probabilities``;
+    ``backend``: ``torch`` or ``onnxruntime`` (:class:`SliceInference`). The precision is each model's serving
+    setting (``LoadedModel.served_as(precision=…)``); what ran is in the report's ``inference``.
     """
     from lungseg.inference import volumes
     from lungseg.io import check_output_dir
@@ -448,27 +530,37 @@ def predict_scan(
     t0 = time.perf_counter()
     if not models:
         raise ConfigError("give a model: --model, or --lung-model and/or --infection-model")
+    check_backend(backend)
     output_dir = check_output_dir(output_dir, keep=(input_path,))  # before reading or inference
     scan = volumes.read_scan(input_path, spacing=spacing, intensity=intensity)
     if dicom_seg:
         volumes.check_dicom_seg_source(scan)  # before inference: fail fast
     dev = resolve_device(device)
-    labels, probs, images01, warnings = _infer(scan, models, dev, batch_size, save_probabilities)
+    labels, probs, images01, warnings, ran = _infer(scan, models, dev, batch_size, save_probabilities, backend)
     t_infer = time.perf_counter() - t0
     report = _report(scan, models, labels, warnings, dev)
+    report["inference"] = ran
     report["timing_s"] = {"load_models": load_seconds, "read_and_predict": t_infer}  # writing follows
     files = _write_outputs(output_dir, input_path, scan, models, labels, probs, images01, report, dicom_seg)
     return PredictResult(output_dir, report, report["summary"], time.perf_counter() - t0, files, load_seconds)
 
 
-def _infer(scan, models: dict[str, LoadedModel], device: torch.device, batch_size: int | None, probabilities: bool):
+def _infer(
+    scan,
+    models: dict[str, LoadedModel],
+    device: torch.device,
+    batch_size: int | None,
+    probabilities: bool,
+    backend: str = "torch",
+):
     """Labels per role, foreground probabilities per role (``probabilities``), the [0, 1] slices the
-    infection model saw (for the overlay), the warnings."""
+    infection model saw (for the overlay), the warnings, what ran per role (:meth:`SliceInference.describe`)."""
     from lungseg.inference import volumes
 
     labels: dict[str, list[np.ndarray]] = {}
     probs: dict[str, list[np.ndarray]] = {}
     images01 = None
+    ran: dict[str, dict[str, Any]] = {}
     warnings = list(scan.warnings)
     for role, model in models.items():
         warnings += [f"{role} model: {x}" for x in model.notes]
@@ -476,11 +568,13 @@ def _infer(scan, models: dict[str, LoadedModel], device: torch.device, batch_siz
         warnings += [f"{role} model: {x}" for x in w]
         if images01 is None or role == "infection":
             images01 = slices01  # the overlay shows what the infection model saw
-        engine = SliceInference(model, device=device, batch_size=batch_size)
+        engine = SliceInference(model, device=device, batch_size=batch_size, backend=backend)
         labels[role], fg = engine.run(slices01, desc=f"{scan.stem} ({role})", probabilities=probabilities)
+        warnings += [f"{role} model: {x}" for x in engine.notes]
+        ran[role] = engine.describe()
         if fg is not None:
             probs[role] = fg
-    return labels, probs, images01, warnings
+    return labels, probs, images01, warnings, ran
 
 
 def _environment(device: torch.device) -> dict[str, Any]:
@@ -579,9 +673,11 @@ def _write_outputs(output_dir, input_path, scan, models, labels, probs, images01
 
 
 __all__ = [
+    "BACKENDS",
     "LoadedModel",
     "PredictResult",
     "SliceInference",
+    "check_backend",
     "is_mlflow_uri",
     "load_model",
     "predict_scan",
