@@ -74,6 +74,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from lungseg.errors import ConfigError, LungsegError, TrainingError
+from lungseg.training.setup import autocast
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ class Distributed:
         x = torch.zeros((2, *sample_shape), device=device)
         if device.type == "cuda" and cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.amp):
+        with autocast(cfg, device):  # train.precision, as the train step (#24)
             out = net(x)
         outs = out if isinstance(out, (list, tuple)) else [out]
         sum(o.float().mean() for o in outs).backward()

@@ -21,7 +21,7 @@ from lungseg.metrics import dice_per_image_torch
 from lungseg.training.augment import augment
 from lungseg.training.distributed import SINGLE
 from lungseg.training.progress import Progress
-from lungseg.training.setup import epoch_seed
+from lungseg.training.setup import autocast, epoch_seed
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +75,9 @@ def train_epoch(model, loss_fn, optimizer, x, y, cfg: TrainConfig, device, epoch
     pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (loss, Dice) on the device, not yet read
     t0 = time.perf_counter()
     for step, (xb, yb, size) in enumerate(epoch_batches(x, y, cfg, device, gen, ddp), 1):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_cuda and cfg.amp):
-            # under DDP the wrapped module's forward returns the heads (never model.module.forward_heads:
-            # DDP synchronises the gradients only of what runs through its own forward)
-            outputs = model(xb) if ddp.active or not heads else model.forward_heads(xb)
+        # under DDP the wrapped module's forward returns the heads (never model.module.forward_heads:
+        # DDP synchronises the gradients only of what runs through its own forward)
+        outputs = forward(model if ddp.active or not heads else model.forward_heads, xb, cfg, device)
         logits = outputs[0] if heads else outputs
         loss = loss_fn([o.float() for o in outputs] if heads else logits.float(), yb)
         if not use_cuda:  # CPU: caught before the update (reading is free); DDP: the global batch's loss
@@ -103,6 +102,39 @@ def train_epoch(model, loss_fn, optimizer, x, y, cfg: TrainConfig, device, epoch
         "lr": optimizer.param_groups[0]["lr"],
         "seconds": round(time.perf_counter() - t0, 3),
     }
+
+
+def forward(fn, xb: torch.Tensor, cfg: TrainConfig, device: torch.device):
+    """``fn(xb)`` (the model or its ``forward_heads``) at ``train.precision``. With ``train.compile``
+    the first call of each batch shape compiles; a compile failure is a :class:`TrainingError` naming
+    the setting (never a silent fall-back to eager)."""
+    try:
+        with autocast(cfg, device):
+            return fn(xb)
+    except Exception as exc:
+        if cfg.compile and _compile_error(exc):
+            root = exc  # the backend's own error (dynamo wraps it)
+            while (inner := getattr(root, "inner_exception", None) or root.__cause__) is not None:
+                root = inner
+            first = (str(root).strip().splitlines() or [""])[0]
+            raise TrainingError(
+                f"train.compile: torch.compile failed ({type(root).__name__}: {first}); set train.compile: false"
+            ) from exc
+        raise
+
+
+def _compile_error(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from torch.compile (dynamo or a backend such as inductor)."""
+    import torch._dynamo.exc as dynamo_exc
+
+    kinds = [dynamo_exc.TorchDynamoException]
+    try:
+        from torch._inductor.exc import InductorError
+
+        kinds.append(InductorError)
+    except ImportError:  # older torch
+        pass
+    return isinstance(exc, tuple(kinds))
 
 
 def batch_starts(n: int, batch_size: int, ddp) -> list[int]:
@@ -175,9 +207,7 @@ def validate(model, loss_fn, x, y, cfg: TrainConfig, device) -> tuple[float, flo
         yb = y[start : start + bs].to(device, non_blocking=True).long()
         if device.type == "cuda" and cfg.channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.amp):
-            logits = model(xb)
-        logits = logits.float()
+        logits = forward(model, xb, cfg, device).float()  # at the training's precision (docs/training.md)
         losses.append(loss_fn(logits, yb).detach())
         sizes.append(len(xb))
         dices.append(dice_per_image_torch(logits, yb))
@@ -232,6 +262,7 @@ __all__ = [
     "NonFiniteLoss",
     "batch_starts",
     "epoch_batches",
+    "forward",
     "keep_on_device",
     "non_finite",
     "read_back",

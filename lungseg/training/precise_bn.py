@@ -37,7 +37,7 @@ from lungseg.config import TrainConfig
 from lungseg.training.augment import augment as augment_batch
 from lungseg.training.distributed import SINGLE
 from lungseg.training.epoch import batch_starts
-from lungseg.training.setup import epoch_seed
+from lungseg.training.setup import autocast, epoch_seed
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def recompute(model: torch.nn.Module, x, cfg: TrainConfig, device: torch.device,
     images = 0
     try:
         for xb in batches(x, cfg, device, epoch, ddp, **kw):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.amp):
+            with autocast(cfg, device):  # train.precision, as the train step (#24)
                 forward(xb)
             images += len(xb)
         _average_over_ranks(layers, ddp)

@@ -4,6 +4,7 @@ seeding and determinism, the model, its loss, optimizer and schedule (see ``docs
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -45,6 +46,60 @@ def pick_device(cfg: TrainConfig) -> torch.device:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device: cuda requested but no CUDA device is available")
     return torch.device(cfg.device)
+
+
+@functools.cache
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU computes in bfloat16 natively (oneDNN's check: AVX-512 BF16 or AMX). Without
+    it ``torch.autocast("cpu", bfloat16)`` still runs, emulated — measured ~20× slower than fp32 for a
+    U-Net train step on an AVX2-only EPYC (``docs/training.md``, "Precision and compilation")."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
+def resolve_precision(cfg: TrainConfig, device: torch.device, *, announce: bool = False) -> str:
+    """``train.precision`` (with the deprecated ``amp``) on ``device``: ``"bf16"`` or ``"fp32"``.
+
+    ``auto``: bf16 on CUDA (the former ``amp: true``), fp32 on a CPU (:data:`AUTO_CPU_BF16`);
+    ``bf16`` on a CPU without native bf16 (:func:`cpu_bf16_supported`): fp32, with a note
+    (``announce``) — emulated bf16 would be many times slower, never faster."""
+    asked = cfg.precision if cfg.amp else "fp32"  # amp: false is the deprecated spelling of fp32
+    if asked == "fp32":
+        return "fp32"
+    if device.type == "cuda":
+        return "bf16"
+    if asked == "auto":
+        return "bf16" if AUTO_CPU_BF16 and cpu_bf16_supported() else "fp32"
+    if cpu_bf16_supported():
+        return "bf16"
+    if announce:
+        log.info("lungseg: note: train.precision: bf16, but this CPU has no native bf16 (AVX-512 BF16/AMX): fp32")
+    return "fp32"
+
+
+#: ``train.precision: auto`` on a CPU with native bf16: fp32 (see ``docs/training.md``, "Precision
+#: and compilation": bf16 is made the CPU default only where the test Dice holds)
+AUTO_CPU_BF16 = False
+
+
+def autocast(cfg: TrainConfig, device: torch.device):
+    """The ``torch.autocast`` block of a train step or validation at ``cfg``'s precision (resolved
+    here when it is still ``auto``: what :func:`prepare` hands the loop is resolved already)."""
+    bf16 = resolve_precision(cfg, device) == "bf16"  # (a resolved setting resolves to itself)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def compile_model(model: torch.nn.Module) -> torch.nn.Module:
+    """``train.compile``: ``model`` compiled in place (``nn.Module.compile``, inductor, static shapes:
+    one graph per batch size and mode), so its state keys and the saved files stay the same; a deep
+    supervision model's ``forward_heads`` (what its train step calls) is compiled too. A compile
+    error is raised where it happens, at the first step — never a silent fall-back to eager."""
+    model.compile(backend="inductor", dynamic=False)
+    if callable(getattr(model, "forward_heads", None)) and getattr(model, "deep_supervision_weights", None):
+        model.forward_heads = torch.compile(model.forward_heads, backend="inductor", dynamic=False)
+    return model
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -150,6 +205,7 @@ def prepare(params: Params, data_dir: Path, ddp) -> Setup:
     identity = model_identity(cfg, int(train_set.images.shape[1]), num_classes)
     device = ddp.device(pick_device(cfg))
     ddp.check(cfg, device)
+    cfg = cfg.model_copy(update={"precision": resolve_precision(cfg, device, announce=ddp.is_main)})  # recorded
     dhash, dhash_source = data_hash(data_dir)
     loss_name = default_loss_for(cfg.model) if cfg.loss == "auto" else cfg.loss
     loss_options = paper_loss_options(num_classes) if cfg.preset == "paper" and loss_name == "dice_focal" else {}
@@ -190,17 +246,22 @@ def build_training(s: Setup, data_dir: Path):
 
 def to_device(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig, device: torch.device):
     """``model`` moved to ``device`` (channels_last on CUDA when asked) and the optimizer's state put
-    where the parameters now are (a restored state was loaded while the model was still on the CPU)."""
+    where the parameters now are (a restored state was loaded while the model was still on the CPU);
+    compiled in place with ``train.compile`` (:func:`compile_model`)."""
     model.to(device)
     if device.type == "cuda" and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer_to_params(optimizer)
-    return model
+    return compile_model(model) if cfg.compile else model
 
 
 __all__ = [
+    "AUTO_CPU_BF16",
     "Setup",
+    "autocast",
     "build_training",
+    "compile_model",
+    "cpu_bf16_supported",
     "deterministic",
     "describe_preset",
     "effective_config",
@@ -208,6 +269,7 @@ __all__ = [
     "make_scheduler",
     "pick_device",
     "prepare",
+    "resolve_precision",
     "seed_everything",
     "step_scheduler",
     "to_device",
