@@ -54,8 +54,8 @@ from pydantic_core import PydanticCustomError
 
 from lungseg.errors import ConfigError
 
-Preset = Literal["default", "paper"]
-Scheduler = Literal["cosine", "plateau", "none"]
+Preset = Literal["default", "paper", "nnunet"]  # issue #25: nnunet
+Scheduler = Literal["cosine", "plateau", "none", "poly"]  # issue #25: poly
 Device = Literal["auto", "cpu", "cuda"]
 Split = Literal["train", "val", "test", "all"]
 PRESETS: tuple[str, ...] = typing.get_args(Preset)
@@ -247,14 +247,27 @@ class TrainConfig(Section):
     lr: float = Field(1e-3, gt=0, allow_inf_nan=False)
     weight_decay: float = Field(1e-5, ge=0, allow_inf_nan=False)
     scheduler: Scheduler = "cosine"
-    """``cosine``, ``plateau`` or ``none``."""
+    """``cosine``, ``plateau``, ``none`` or ``poly`` (nnU-Net's ``lr · (1 − epoch/epochs)^0.9``)."""
+    # issue #25: nnU-Net's recipe (train.preset: nnunet; lungseg.training.nnunet_preset)
+    optimizer: Literal["adam", "sgd_nesterov"] = "adam"
+    """``adam`` or ``sgd_nesterov`` (SGD, Nesterov momentum 0.99, as nnU-Net); ``weight_decay`` either way."""
+    grad_clip: float = Field(0.0, ge=0, allow_inf_nan=False)
+    """Clip the gradients' global norm to this before each step (nnU-Net: 12); 0 = no clipping."""
+    iterations_per_epoch: int = Field(0, ge=0)
+    """0 = an epoch is one pass over the shuffled training split; N = N batches drawn with replacement
+    (nnU-Net: 250), a part of each forced to hold foreground by ``oversample_foreground``."""
+    oversample_foreground: float = Field(0.0, ge=0, le=1, allow_inf_nan=False)
+    """With ``iterations_per_epoch``: the share of each batch, its last positions, drawn among the slices
+    holding foreground (nnU-Net: 0.33, ``round(batch · (1 − p))`` positions free)."""
     early_stopping_patience: int = Field(10, ge=0)
     """Epochs without a better validation Dice before stopping; 0 disables."""
     min_epochs: int = Field(0, ge=0)
     """Warm-up: before this epoch the validation Dice neither selects ``best.pt`` nor counts towards
     early stopping (on a tiny validation set the first epochs' Dice is noise: a lucky early value
     would be kept as the best model and end the run). 0 = from the first epoch; at most ``epochs``."""
-    augment: bool = True
+    augment: Annotated[bool | Literal["light", "nnunet"], Says("expected light, nnunet, true or false")] = True
+    """``true``/``light``: flips, ±10°, 0.9–1.1 scale, mild intensity jitter (lungseg.training.augment);
+    ``nnunet``: nnU-Net's 2-D family (lungseg.training.nnunet_augment); ``false``: none."""
     amp: bool = True
     """Deprecated spelling of ``precision`` (kept working): ``false`` = ``precision: fp32``; ``true``
     (the default) leaves the choice to ``precision``. ``amp: false`` with ``precision: bf16``, or an
@@ -327,6 +340,10 @@ class TrainConfig(Section):
                 "amp",
                 f"{str(self.amp).lower()} contradicts train.precision: {self.precision} (drop amp: it is "
                 "the deprecated spelling of precision, false = fp32)",
+            ).pydantic()
+        if self.oversample_foreground and not self.iterations_per_epoch:  # issue #25
+            raise Problem(
+                "oversample_foreground", "needs train.iterations_per_epoch > 0 (batches drawn with replacement)"
             ).pydantic()
         if self.min_epochs > self.epochs:
             raise Problem(

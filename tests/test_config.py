@@ -385,6 +385,7 @@ def test_the_committed_json_schema_is_current():
         "cosine",
         "plateau",
         "none",
+        "poly",  # issue #25: nnU-Net's poly schedule
     ]
     assert (
         "lgnet" in train["properties"]["model"]["enum"]

@@ -85,10 +85,12 @@ def loss_form(name: str, options: Mapping[str, Any]) -> str:
 def loss_of(cfg, num_classes: int) -> dict[str, Any]:
     """``{name, options, form}`` of the loss a run of ``cfg`` (preset applied) trains with."""
     from lungseg.losses import default_loss_for
+    from lungseg.training.nnunet_preset import nnunet_loss_options
     from lungseg.training.presets import paper_loss_options
 
     name = default_loss_for(cfg.model) if cfg.loss == "auto" else cfg.loss
     options = paper_loss_options(num_classes) if cfg.preset == "paper" and name == "dice_focal" else {}
+    options = options or nnunet_loss_options(cfg, name)  # issue #25
     return {"name": name, "options": dict(options), "form": loss_form(name, options)}
 
 

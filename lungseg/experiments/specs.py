@@ -116,6 +116,34 @@ _MEDSEG_CPU_PAPER = Profile(
     "`train.preset: paper`: Adam lr 0.01, batch 4, base 64, attention exact up to 64×64 tokens",
 )
 
+#: issue #25: nnU-Net's 2-D recipe (``train.preset: nnunet``, lungseg.training.nnunet_preset) at the
+#: ``cpu`` profile's size, width, epochs and batch; the loss is the preset's (Dice + CE), not the
+#: table's Dice+Focal; ``iterations_per_epoch`` = ceil(n_train / batch), so an epoch shows as many images
+#: as a ``cpu`` epoch (nnU-Net: 250) — it and the epochs (nnU-Net: 1000) are recorded as deviations.
+_NNUNET_NOTE = (
+    "`train.preset: nnunet` (SGD Nesterov 0.99, lr 0.01, wd 3e-5, poly 0.9, grad clip 12, Dice+CE with batch Dice, "
+    "a third of each batch with foreground, nnU-Net's augmentation) at the cpu budget: 64², base 8, batch 4, "
+    "20 epochs instead of 1000, {iters} batches per epoch = ceil({n_train} training slices / 4) instead of 250, "
+    "attention max_tokens 256"
+)
+
+
+def _cpu_nnunet(n_train: int) -> Profile:
+    """The ``cpu-nnunet`` profile of a table whose training split holds ``n_train`` slices."""
+    iters = -(-n_train // 4)
+    return Profile(
+        image_size=64,
+        base_channels=8,
+        epochs=20,
+        batch_size=4,
+        lr=1e-2,
+        preset="nnunet",
+        extra_train={"iterations_per_epoch": iters},
+        model_overrides=CPU_ATTENTION,
+        note=_NNUNET_NOTE.format(iters=iters, n_train=n_train),
+    )
+
+
 # ------------------------------------------------------------------------------------ tables
 
 TABLES: dict[str, TableSpec] = {}
@@ -139,7 +167,13 @@ _register(
             Row("u2net_p", "U²-Net (U²-Net-P)", "u2net_p", published_as="U²-Net"),
         ),
         metrics=(ACC, MIOU, DICE, IOU, HD95_PX),
-        profiles={"cpu": _MEDSEG_CPU, "cpu-long": _MEDSEG_CPU_LONG, "cpu-paper": _MEDSEG_CPU_PAPER, "gpu": _MEDSEG_GPU},
+        profiles={
+            "cpu": _MEDSEG_CPU,
+            "cpu-long": _MEDSEG_CPU_LONG,
+            "cpu-paper": _MEDSEG_CPU_PAPER,
+            "cpu-nnunet": _cpu_nnunet(68),  # 68 training slices (80 − 12 val)
+            "gpu": _MEDSEG_GPU,
+        },
         published=LGNET_TABLE1,
         pooled_beside=("acc", "miou"),
         notes=(
@@ -239,6 +273,7 @@ _register(
                     paper="Inf-Net's 352²", epochs="120 (our gpu profile)", extra=", no pretrained backbone"
                 ),
             ),
+            "cpu-nnunet": _cpu_nnunet(42),  # 42 training slices (50 − 8 val)
             "gpu": Profile(
                 image_size=352,
                 base_channels=64,

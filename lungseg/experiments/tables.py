@@ -18,6 +18,9 @@ Profiles (:data:`PROFILES`, in report order):
 ``cpu-paper``
     The paper recipe (``train.preset: paper``) end to end at a size the CPU allows: proves the
     recipe runs, not what it scores.
+``cpu-nnunet``
+    ``cpu``'s size, width, epochs and batch under ``train.preset: nnunet`` (nnU-Net's 2-D recipe,
+    issue #25), with as many batches per epoch as ``cpu`` passes over the training split.
 ``gpu``
     The papers' recipe and sizes where the papers state them. A run may override single settings
     (e.g. fewer epochs to fit a device budget); the override is stored in every run record and
@@ -36,11 +39,11 @@ from pathlib import Path
 from typing import Any
 
 #: every profile a table may define, in report order
-PROFILES = ("cpu", "cpu-long", "cpu-paper", "gpu")
+PROFILES = ("cpu", "cpu-long", "cpu-paper", "cpu-nnunet", "gpu")  # cpu-nnunet: issue #25
 #: the profiles every table must define
 REQUIRED_PROFILES = ("cpu", "gpu")
 #: ``train.preset`` values a profile may ask for (:mod:`lungseg.training`)
-PRESETS = ("default", "paper")
+PRESETS = ("default", "paper", "nnunet")
 #: metrics that have a pooled (summed-confusion) value in ``lungseg.metrics.aggregate``
 POOLABLE = ("dice", "iou", "miou", "acc", "sen", "spe")
 

@@ -20,7 +20,9 @@ from lungseg.losses import DeepSupervisionLoss
 from lungseg.metrics import dice_per_image_torch
 from lungseg.training.augment import augment
 from lungseg.training.distributed import SINGLE
+from lungseg.training.nnunet_augment import augment as nnunet_augment
 from lungseg.training.progress import Progress
+from lungseg.training.sampling import planned_batches
 from lungseg.training.setup import autocast, epoch_seed
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,8 @@ def train_epoch(model, loss_fn, optimizer, x, y, cfg: TrainConfig, device, epoch
     if heads:  # Inf-Net, AWSnet: every head is trained (lungseg.losses.deep_supervision), metrics on the main one
         loss_fn = DeepSupervisionLoss(loss_fn, heads, getattr(inner, "deep_supervision_targets", None))
     images = sum(min(cfg.batch_size, n - s) for s in starts)
+    if cfg.iterations_per_epoch:  # issue #25: a fixed number of batches, drawn with replacement (nnunet)
+        starts, images = [0] * cfg.iterations_per_epoch, cfg.iterations_per_epoch * cfg.batch_size
     progress = Progress(
         epoch, cfg, len(starts), images, sync_every_step=not use_cuda, sync_on_clock=not ddp.active, show=ddp.is_main
     )
@@ -86,6 +90,8 @@ def train_epoch(model, loss_fn, optimizer, x, y, cfg: TrainConfig, device, epoch
                 non_finite(value, epoch, step, optimizer)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if cfg.grad_clip:  # issue #25: nnU-Net clips the gradients' norm at 12
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         pending.append((loss.detach(), dice_per_image_torch(logits.detach().float(), yb).mean()))
         if progress.sync_due(step):
@@ -158,14 +164,15 @@ def epoch_batches(x, y, cfg: TrainConfig, device: torch.device, gen: torch.Gener
     order = torch.randperm(n, generator=gen)
     if order.device != x.device:
         order = order.to(x.device, non_blocking=True)  # data on the GPU: index it there
-    for start in starts:
-        idx = order[start : start + cfg.batch_size]
+    plan = planned_batches(y, cfg, gen) if cfg.iterations_per_epoch else None  # issue #25 (sampling.py)
+    for step, start in enumerate(starts if plan is None else range(len(plan))):
+        idx = order[start : start + cfg.batch_size] if plan is None else plan[step]
         xb, yb = x[idx], y[idx]
         if xb.device != device:  # data in host memory, training on CUDA: the batch goes over first
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
         yb = yb.long()  # (masks on the GPU are kept as uint8)
         if cfg.augment:  # on the batch's device, with parameters drawn on the CPU from gen
-            xb, yb = augment(xb, yb, gen)
+            xb, yb = (nnunet_augment if cfg.augment == "nnunet" else augment)(xb, yb, gen)
         xb, yb = ddp.shard(xb), ddp.shard(yb)  # DDP: this rank's part of the (augmented) global batch
         if device.type == "cuda" and cfg.channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)

@@ -175,7 +175,7 @@ class PresetResult:
         if not self.deviations:
             return "none"
         return "; ".join(
-            f"{k}={_show(d['value'])} (paper {_show(d['paper'])}{d.get('note', '')})"
+            f"{k}={_show(d['value'])} ({d.get('source', 'paper')} {_show(d['paper'])}{d.get('note', '')})"
             for k, d in self.deviations.items()
         )
 
@@ -194,6 +194,10 @@ def resolve_preset(cfg: TrainConfig) -> PresetResult:
     it is; ``paper``'s result is checked like the file's ``train`` section."""
     if cfg.preset == "default":
         return PresetResult(cfg)
+    if cfg.preset == "nnunet":  # issue #25: nnU-Net's recipe (lungseg.training.nnunet_preset)
+        from lungseg.training.nnunet_preset import resolve_nnunet
+
+        return resolve_nnunet(cfg)
     written = cfg.model_fields_set
     recipe = recipe_for(cfg)
     changes: dict[str, Any] = {"paper_recipe": recipe.name}

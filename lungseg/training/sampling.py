@@ -54,19 +54,21 @@ def batch_plan(
     batch_size: int,
     has_fg: np.ndarray | torch.Tensor,
     percent: float = OVERSAMPLE_FOREGROUND_PERCENT,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """``(n_iters, batch_size)`` int64 slice indices for one epoch: every position drawn with
     replacement, uniformly among all slices, except the forced positions (:func:`forced_positions`),
     drawn uniformly among the slices where ``has_fg`` (one bool per slice) is true.
 
-    Deterministic from ``(seed, epoch)``; ``percent=0`` is uniform sampling with replacement."""
+    Deterministic from ``(seed, epoch)`` (or from ``generator``'s state when one is given: the
+    training loop's epoch generator); ``percent=0`` is uniform sampling with replacement."""
     fg = torch.as_tensor(np.asarray(has_fg, dtype=bool))
     n = fg.numel()
     if n == 0 or n_iters < 0 or batch_size < 1:
         raise ValueError(
             f"batch_plan needs slices, n_iters >= 0 and batch_size >= 1 (got {n}, {n_iters}, {batch_size})"
         )
-    gen = plan_generator(seed, epoch)
+    gen = generator if generator is not None else plan_generator(seed, epoch)
     plan = torch.randint(0, n, (n_iters, batch_size), generator=gen)
     fg_idx = torch.nonzero(fg).flatten()
     forced = torch.from_numpy(forced_positions(batch_size, percent))
@@ -79,3 +81,14 @@ def batch_plan(
 def foreground_slices(masks: np.ndarray) -> np.ndarray:
     """(N,) bool: slices of ``masks`` ``(N, H, W)`` with any non-background pixel."""
     return np.asarray(masks).reshape(len(masks), -1).any(axis=1)
+
+
+def planned_batches(y: torch.Tensor, cfg, gen: torch.Generator) -> torch.Tensor:
+    """``train.iterations_per_epoch`` > 0 (``train.preset: nnunet``): the epoch's ``(n_iters,
+    batch_size)`` slice indices on ``y``'s device — :func:`batch_plan` with
+    ``train.oversample_foreground``, the slices with foreground read from the masks ``y`` ``(N, H,
+    W)``, drawn from ``gen`` (the epoch's CPU generator, seeded with ``(seed, epoch)``: a resumed run
+    draws the same batches)."""
+    has_fg = (y.reshape(len(y), -1) > 0).any(dim=1).cpu().numpy()
+    plan = batch_plan(0, 0, cfg.iterations_per_epoch, cfg.batch_size, has_fg, cfg.oversample_foreground, gen)
+    return plan.to(y.device) if plan.device != y.device else plan

@@ -28,6 +28,8 @@ from lungseg.data.dataset import load_split, read_meta
 from lungseg.errors import ConfigError
 from lungseg.losses import create_loss, default_loss_for
 from lungseg.tracking import data_hash
+from lungseg.training.nnunet_preset import nnunet_loss_options
+from lungseg.training.poly_lr import nnunet_optimizer, poly_scheduler
 from lungseg.training.presets import PresetResult, check_paper_size, paper_loss_options, resolve_preset
 
 log = logging.getLogger(__name__)
@@ -139,6 +141,8 @@ def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer):
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
     if cfg.scheduler == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=3)
+    if cfg.scheduler == "poly":  # issue #25: nnU-Net's PolyLRScheduler, per epoch (lungseg.training.poly_lr)
+        return poly_scheduler(optimizer, cfg.epochs)
     return None
 
 
@@ -153,9 +157,10 @@ def step_scheduler(scheduler, val_dice: float) -> None:
 def describe_preset(preset: PresetResult) -> str:
     """The message of a paper-preset run: what it filled in and what it honours against the paper."""
     filled = ", ".join(f"{k.rsplit('.', 1)[-1]} {v}" for k, v in preset.filled.items()) or "nothing"
-    text = f"set {filled} (the paper's values for settings left at their defaults)"
+    whose = "nnU-Net" if preset.config.preset == "nnunet" else "the paper"  # (#25)
+    text = f"set {filled} ({whose}'s values for settings left at their defaults)"
     if preset.deviations:
-        text += f"; honouring settings that differ from the paper: {preset.describe_deviations()}"
+        text += f"; honouring settings that differ from {whose}: {preset.describe_deviations()}"
     return text
 
 
@@ -209,6 +214,7 @@ def prepare(params: Params, data_dir: Path, ddp) -> Setup:
     dhash, dhash_source = data_hash(data_dir)
     loss_name = default_loss_for(cfg.model) if cfg.loss == "auto" else cfg.loss
     loss_options = paper_loss_options(num_classes) if cfg.preset == "paper" and loss_name == "dice_focal" else {}
+    loss_options = loss_options or nnunet_loss_options(cfg, loss_name)  # issue #25: batch Dice under nnunet
     info = RunInfo(
         model_identity=identity,
         config=cfg.model_dump(),
@@ -240,7 +246,10 @@ def build_training(s: Setup, data_dir: Path):
             "(set preprocess.image_size)"
         )
     loss_fn = create_loss(s.loss_name, num_classes=s.info.num_classes, **s.loss_options)
-    optimizer = torch.optim.Adam(model.parameters(), lr=s.cfg.lr, weight_decay=s.cfg.weight_decay)
+    if s.cfg.optimizer == "sgd_nesterov":  # issue #25: nnU-Net's SGD, Nesterov momentum 0.99
+        optimizer = nnunet_optimizer(model.parameters(), s.cfg.lr, s.cfg.weight_decay)
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=s.cfg.lr, weight_decay=s.cfg.weight_decay)
     return model, loss_fn, optimizer, make_scheduler(s.cfg, optimizer)
 
 

@@ -43,7 +43,11 @@ def test_cpu_long_profile_is_defined_for_the_infection_tables_only():
             cpu.extra_train,
             cpu.model_overrides,
         )
-        assert [p for p in table_profiles(TABLES[name]) if p != "cpu-paper"] == ["cpu", "cpu-long", "gpu"]
+        assert [p for p in table_profiles(TABLES[name]) if p not in ("cpu-paper", "cpu-nnunet")] == [
+            "cpu",
+            "cpu-long",
+            "gpu",
+        ]
     assert table_profiles(TABLES["prnet-kaggle"]) == ["cpu", "gpu"]
 
 
@@ -77,7 +81,7 @@ def test_cpu_paper_profile_is_the_paper_recipe_at_a_cpu_size():
         gpu.base_channels,
         gpu.model_overrides,
     )
-    assert table_profiles(spec) == ["cpu", "cpu-long", "cpu-paper", "gpu"]
+    assert table_profiles(spec) == ["cpu", "cpu-long", "cpu-paper", "cpu-nnunet", "gpu"]
 
 
 def test_lgnet_tables_show_pooled_acc_and_miou_beside_the_means():
@@ -96,7 +100,7 @@ def test_validate_spec_checks_the_profiles():
     preset = dataclasses.replace(
         spec, profiles={**spec.profiles, "gpu": dataclasses.replace(spec.profiles["gpu"], preset="papr")}
     )
-    assert f"{spec.name}/gpu: unknown preset 'papr' (known: default, paper)" in validate_spec(preset)
+    assert f"{spec.name}/gpu: unknown preset 'papr' (known: default, paper, nnunet)" in validate_spec(preset)
     pooled = dataclasses.replace(spec, pooled_beside=("hd", "miou"))
     problems = validate_spec(pooled)
     assert any("pooled_beside 'hd'" in p for p in problems)  # HD has no pooled value
@@ -176,3 +180,39 @@ def test_get_table_unknown_name():
 def test_slug():
     assert slug("U²-Net (P)") == "u-net-p"
     assert slug("lgnet") == "lgnet"
+
+
+def test_cpu_nnunet_profile_is_cpus_budget_under_nnunets_recipe():
+    """Issue #25: the nnU-Net preset at the ``cpu`` profile's size, width, epochs and batch, with as
+    many batches per epoch as a ``cpu`` epoch (ceil of the training slices the committed ``cpu``
+    records trained on, over the batch), the preset's own loss; its deviations are epochs and
+    iterations only."""
+    import json
+    import math
+    from pathlib import Path
+
+    from lungseg.experiments import runner
+    from lungseg.training.presets import resolve_preset
+
+    have = {name for name, spec in TABLES.items() if "cpu-nnunet" in spec.profiles}
+    assert have == {"lgnet-table1", "infnet-protocol"}
+    root = Path(__file__).resolve().parents[2] / "docs" / "results"
+    for name in sorted(have):
+        spec = TABLES[name]
+        cpu, nn = spec.profiles["cpu"], spec.profiles["cpu-nnunet"]
+        assert nn.preset == "nnunet" and nn.lr == 0.01  # nnU-Net's initial lr: written, no deviation
+        assert (nn.image_size, nn.base_channels, nn.epochs, nn.batch_size, nn.model_overrides) == (
+            cpu.image_size,
+            cpu.base_channels,
+            cpu.epochs,
+            cpu.batch_size,
+            cpu.model_overrides,
+        )
+        record = json.loads((root / name / "cpu" / "unet-seed0.json").read_text(encoding="utf-8"))
+        n_train = record["data"]["counts"]["train"]
+        assert nn.extra_train == {"iterations_per_epoch": math.ceil(n_train / cpu.batch_size)}
+        for row in spec.rows:
+            params = runner.build_params(spec, row, nn, seed=0, device="cpu")
+            result = resolve_preset(params.train)
+            assert set(result.deviations) == {"epochs", "iterations_per_epoch"}, row.key
+            assert result.config.loss == "bce_dice" and result.config.augment == "nnunet"
