@@ -318,3 +318,36 @@ def test_cpu_paper_runs_the_recipe_end_to_end_and_records_its_deviations(tmp_pat
     assert (
         ckpt["model_identity"]["kwargs"]["base_channels"] == 4 and ckpt["model_identity"]["kwargs"]["mrc_levels"] == 4
     )
+
+
+@pytest.mark.slow
+def test_prnet_trains_with_its_own_recipe_end_to_end(tmp_path, tiny_data, capsys):
+    """PR-Net under ``preset: paper``: PR-Net's recipe (lr 1e-3, BCE+Dice, DSA as Eq. 1 with the
+    query softmax), no size refused (the paper states none: 32² data trains), the written keys
+    recorded as deviations from that recipe, Eq. 1's DSA in the trained model."""
+    import yaml
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    train_cfg = {"model": "prnet", "preset": "paper", "epochs": 1, "base_channels": 4, "device": "cpu"}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"train": train_cfg, "mlflow": {"tracking_uri": uri}}), encoding="utf-8")
+    result = train(load_params(path), tiny_data, tmp_path / "out")
+    err = capsys.readouterr().err
+    assert "honouring settings that differ from the paper: epochs=1 (paper 120); base_channels=4 (paper 64)" in err
+    ckpt = load_checkpoint(tmp_path / "out" / "checkpoint.pt")
+    cfg = ckpt["config"]
+    assert (cfg["lr"], cfg["batch_size"], cfg["loss"], cfg["scheduler"], cfg["paper_recipe"]) == (
+        0.001,
+        4,
+        "bce_dice",
+        "none",
+        "prnet",
+    )
+    assert ckpt["optimizer_state"]["param_groups"][0]["lr"] == 0.001
+    assert set(ckpt["preset_deviations"]) == {"epochs", "base_channels"}  # no image size: none stated
+    from lungseg.experiments.identity import constructor_arguments
+
+    args = constructor_arguments("prnet", ckpt["model_identity"]["kwargs"])
+    assert args["dsa_softmax"] == "query" and args["dsa_scaled"] is False and args["max_tokens"] == 4096
+    run = mlflow.MlflowClient(uri).get_run(result.run_id)
+    assert run.data.params["preset_deviations"] == "epochs=1 (paper 120); base_channels=4 (paper 64)"
