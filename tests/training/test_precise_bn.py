@@ -166,9 +166,9 @@ def _ddp_worker(rank: int, port: int, out: str) -> None:
 
 @pytest.mark.slow
 def test_every_ddp_rank_ends_with_the_same_statistics(tmp_path):
-    """Two gloo ranks, each its half of every batch: identical buffers on both, the means those of
-    one process over the whole batches (means of equal halves average exactly; the variances are of
-    each rank's half, as the BatchNorm layers normalise with in DDP training)."""
+    """Two gloo ranks, each its half of every batch: identical buffers on both; the first layer's means
+    those of one process over the whole batches (means of equal halves average exactly; the variances
+    are of each rank's half, as the BatchNorm layers normalise with in DDP training)."""
     import torch.multiprocessing as mp
 
     out = tmp_path / "bn"
@@ -179,8 +179,9 @@ def test_every_ddp_rank_ends_with_the_same_statistics(tmp_path):
     torch.manual_seed(0)
     one = _stale(_Net())
     precise_bn.recompute(one, _data(n=16), TrainConfig(batch_size=4, seed=2), CPU, epoch=1, ddp=SINGLE)
-    for key in ("body.1.running_mean", "body.5.running_mean"):
-        torch.testing.assert_close(r0[key], one.state_dict()[key], rtol=1e-5, atol=1e-6)
+    # the first layer's input does not depend on any normalisation: the means of its halves average to
+    # the whole batches' (a later layer's input is normalised with each half's statistics: it differs)
+    torch.testing.assert_close(r0["body.1.running_mean"], one.state_dict()["body.1.running_mean"], rtol=1e-5, atol=1e-6)
     assert float(r0["body.1.running_var"][0]) != pytest.approx(1e-3)
 
 
@@ -225,7 +226,7 @@ def test_the_paper_recipe_validates_with_fresh_statistics_and_trains_the_same(tm
 
     model = build_model(a["model_identity"])
     model.load_state_dict(a["model_state"])
-    cfg = TrainConfig(**{**a["config"], "precise_bn": True})
+    cfg = TrainConfig(seed=a["config"]["seed"], batch_size=a["config"]["batch_size"])  # what precise BN reads
     tr, va = load_split(sample64, "train"), load_split(sample64, "val")
     precise_bn.recompute(model, torch.from_numpy(tr.images), cfg, CPU, epoch=1)
     for key, value in model.state_dict().items():

@@ -121,6 +121,7 @@ def test_killed_run_resumes_exactly(tmp_path, tiny_data):
     log = resumed.communicate(timeout=300)[0]
     assert resumed.returncode == 0, log
     assert f"resuming {ckpt} after epoch {stopped_at}" in log
+    assert "precise BN: on, 14 images" in log  # lgnet has BatchNorm: its statistics recomputed every epoch (#22)
 
     straight = _run_cli(params, tiny_data, tmp_path / "straight")
     log2 = straight.communicate(timeout=300)[0]
@@ -128,7 +129,8 @@ def test_killed_run_resumes_exactly(tmp_path, tiny_data):
     a = load_checkpoint(killed / "checkpoint.pt")
     b = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
     assert a["epoch"] == b["epoch"] == 4
-    for key in b["model_state"]:
+    assert a["config"]["precise_bn"] == b["config"]["precise_bn"] == "auto"
+    for key in b["model_state"]:  # the recomputed BatchNorm statistics (running_mean/var) included
         assert torch.equal(a["model_state"][key], b["model_state"][key]), key
 
     def no_time(history):  # per-epoch wall time is the only field allowed to differ
@@ -180,6 +182,7 @@ def test_a_run_killed_between_checkpoints_re_runs_the_lost_epochs_exactly(tmp_pa
     assert resumed.returncode == 0, log
     assert f"resuming {partial / 'checkpoint.pt'} after epoch 3" in log and "changed train settings" not in log
     assert "epoch 4/6" in log  # re-run
+    assert "precise BN: on, 14 images" in log  # the re-run epoch's BatchNorm statistics recomputed too (#22)
 
     straight = _run_cli(write_params(tmp_path / "q.yaml", _uri(tmp_path), **common), tiny_data, tmp_path / "straight")
     log2 = straight.communicate(timeout=300)[0]
