@@ -147,6 +147,12 @@ class PreprocessConfig(Section):
     ``seeded``: every slice is split by ``test_fraction`` then ``val_fraction`` of the rest with
     ``seed``, the published test set ignored (e.g. the PR-Net paper's 211/26/27 proportions on the
     Kaggle lung fields; :mod:`lungseg.data.splits`). Sources without a published split: the same."""
+    # issue #25: nnU-Net's CT normalisation beside the window (lungseg.data.normalize, lungseg.models.input_norm)
+    normalization: Literal["window", "ct_zscore"] = "window"
+    """``window``: the model sees the slice as stored ([0, 1], the HU window); ``ct_zscore``: nnU-Net's
+    CTNormalization — the training split's foreground 0.5/99.5 percentiles, mean and std, computed at
+    preprocessing (meta.json), recorded with the model and applied by the network before every forward
+    (training, evaluate, predict, serving): clip, then z-score. The stored images stay in [0, 1]."""
     multiclass: bool = False
     """Inf-Net COVID-SemiSeg only: keep ground-glass / consolidation as classes 1 / 2."""
     label_names: list[str] | None = None

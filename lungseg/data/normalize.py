@@ -114,3 +114,31 @@ def apply_ct_norm(image: np.ndarray, stats: CTNormStats) -> np.ndarray:
 def apply_ct_norm_torch(image, stats: CTNormStats):
     """:func:`apply_ct_norm` for a float torch tensor on any device (same dtype out)."""
     return (image.clamp(stats.percentile_00_5, stats.percentile_99_5) - stats.mean) / max(stats.std, 1e-8)
+
+
+#: ``preprocess.normalization`` values (``window``: the images as the readers give them, [0, 1])
+NORMALIZATIONS = ("window", "ct_zscore")
+
+
+def preprocess_record(images: np.ndarray, masks: np.ndarray, train: np.ndarray, normalization: str) -> dict[str, Any]:
+    """What ``preprocess.normalization`` adds to ``meta.json``'s ``preprocess`` record: nothing for
+    ``window`` (so its meta.json stays as before), for ``ct_zscore`` ``{"normalization": "ct_zscore",
+    "ct_norm": CTNormStats}`` from the foreground of the training slices (``train``: one bool per
+    slice) — in the [0, 1] units the images are stored in (the HU window is linear, see docs/nnunet.md)."""
+    if normalization == "window":
+        return {}
+    if normalization not in NORMALIZATIONS:
+        raise DataError(
+            None, f"preprocess.normalization: unknown {normalization!r} (known: {', '.join(NORMALIZATIONS)})"
+        )
+    stats = compute_ct_stats(images[train], masks[train])
+    return {"normalization": normalization, "ct_norm": stats.to_dict()}
+
+
+def input_norm(preprocess: dict[str, Any] | None, source: str | None = None) -> dict[str, Any] | None:
+    """The ``input_norm`` record a model trained on data with this ``preprocess`` record (meta.json's,
+    or a checkpoint's) carries in its identity (:mod:`lungseg.models.input_norm`): None for ``window``."""
+    preprocess = preprocess or {}
+    if preprocess.get("normalization", "window") == "window":
+        return None
+    return CTNormStats.from_dict(preprocess.get("ct_norm"), source).to_dict()

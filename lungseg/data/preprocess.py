@@ -76,7 +76,7 @@ def preprocess(
     names one), not again here. Raises ``DataError`` (bad/missing input, unknown dataset) or
     ``ValidationFailed`` (Great Expectations checks; report at ``<output_dir>.validation-failed.json``).
     """
-    from lungseg.data import readers, validation
+    from lungseg.data import normalize, readers, validation
     from lungseg.io import atomic_dir, atomic_write_json
     from lungseg.lineage import input_version
 
@@ -100,6 +100,8 @@ def preprocess(
         mask_arr = np.stack(masks).astype(np.uint8, copy=False)
         del images, masks
         meta = _meta(dataset, raw, df, plan, cfg, input_dir, source)
+        train = (df["split"] == "train").to_numpy()  # issue #25: preprocess.normalization (ct_zscore: its statistics)
+        meta["preprocess"].update(normalize.preprocess_record(image_arr, mask_arr, train, cfg.normalization))
         meta.update(label_names=names, label_names_source=names_source)
         np.save(tmp / "images.npy", image_arr)
         np.save(tmp / "masks.npy", mask_arr)

@@ -283,6 +283,8 @@ def prepare_dataset(
     cfg_dict["hu_window"] = list(cfg_dict["hu_window"])
     if spec.split is None:
         cfg_dict.pop("split")  # the published split: the cache key (and records) of before the option
+    if cfg_dict.get("normalization") == "window":
+        cfg_dict.pop("normalization")  # (#25) the default: the cache key (and records) of before the option
     own = f"-{spec.split.name}" if spec.split is not None else ""
     out = Path(workdir) / "data" / f"{spec.dataset}-{prof.image_size}{own}"
     source_file = out.parent / f"{out.name}.source.json"

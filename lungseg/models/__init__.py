@@ -86,7 +86,12 @@ def create_recorded(identity: dict) -> nn.Module:
     """The network of a recorded identity ``{name, kwargs}`` (a checkpoint's or a logged model's),
     its versioned options filled as they were when it was recorded (:func:`complete_options`)."""
     name = identity["name"]
-    return create_model(name, **complete_options(name, identity["kwargs"], recorded=True))
+    net = create_model(name, **complete_options(name, identity["kwargs"], recorded=True))
+    if identity.get("input_norm"):  # issue #25: nnU-Net's CT normalisation, applied by the network itself
+        from lungseg.models.input_norm import attach
+
+        net = attach(net, identity["input_norm"])
+    return net
 
 
 __all__ = ["complete_options", "create_model", "create_recorded", "list_models", "model_class"]

@@ -25,6 +25,7 @@ from lungseg.artifacts.checkpoint import (
 )
 from lungseg.config import Params, TrainConfig, check_train, model_options
 from lungseg.data.dataset import load_split, read_meta
+from lungseg.data.normalize import input_norm
 from lungseg.errors import ConfigError
 from lungseg.losses import create_loss, default_loss_for
 from lungseg.tracking import data_hash
@@ -208,6 +209,8 @@ def prepare(params: Params, data_dir: Path, ddp) -> Setup:
     num_labels = int(meta["num_labels"])
     num_classes = 1 if num_labels == 2 else num_labels
     identity = model_identity(cfg, int(train_set.images.shape[1]), num_classes)
+    if (norm := input_norm(meta.get("preprocess"), str(data_dir))) is not None:  # #25: ct_zscore, in the network
+        identity = {**identity, "input_norm": norm}
     device = ddp.device(pick_device(cfg))
     ddp.check(cfg, device)
     cfg = cfg.model_copy(update={"precision": resolve_precision(cfg, device, announce=ddp.is_main)})  # recorded
