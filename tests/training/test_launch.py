@@ -42,9 +42,10 @@ def _uri(tmp_path: Path) -> str:
 
 
 # ------------------------------------------------------------------------------------------ the options
-def test_bad_group_options_are_one_line_errors(tmp_path, tiny_data, capsys, monkeypatch):
+def test_bad_group_options_are_one_line_errors(tmp_path, capsys, monkeypatch):
     params = write_params(tmp_path / "p.yaml", _uri(tmp_path))
-    base = ["train", "--data", str(tiny_data), "--output", str(tmp_path / "out"), "--params", str(params)]
+    (tmp_path / "data").mkdir()
+    base = ["train", "--data", str(tmp_path / "data"), "--output", str(tmp_path / "out"), "--params", str(params)]
     assert main([*base, "--nproc-per-node", "0"]) == 2
     err = capsys.readouterr().err
     assert err == "error: --nproc-per-node 0: expected a positive number of processes on this node (one per GPU)\n"
@@ -168,6 +169,7 @@ def test_rank_output_is_printed_line_by_line_and_error_lines_held_back(tmp_path)
     assert ranks.errors == {0: ["loss became nan"], 1: ["rank 1/2: the process group broke …"]}
 
 
+@pytest.mark.slow  # an MLflow sqlite store: seconds to create
 def test_the_run_left_running_is_marked(tmp_path):
     from lungseg.artifacts.run_file import RunFile
 
@@ -186,6 +188,27 @@ def test_the_run_left_running_is_marked(tmp_path):
     # a run file older than this launch names an earlier start's run, killed: KILLED
     RunFile(run_id=runs[1], tracking_uri=uri, status="running").to_file(tmp_path / "m.partial" / "mlflow_run.json")
     assert mark_run(out, time.time() + 60, "FAILED") == f"MLflow run {runs[1]} marked KILLED"
+
+
+def test_under_torchrun_sigterm_ends_a_rank_through_systemexit(monkeypatch):
+    """torchrun stops the other processes with SIGTERM when one fails: a rank turns it into SystemExit(143),
+    so rank 0's ``with run:`` block ends its MLflow run KILLED instead of leaving it RUNNING."""
+    from lungseg.cli import train as cli_train
+
+    previous = signal.getsignal(signal.SIGTERM)
+    monkeypatch.delenv("RANK", raising=False)
+    assert cli_train._stop_on_sigterm() is False and signal.getsignal(signal.SIGTERM) == previous
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    try:
+        assert cli_train._stop_on_sigterm() is True and signal.getsignal(signal.SIGTERM) != previous
+        with pytest.raises(SystemExit) as stopped:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler runs at the next bytecode
+        assert stopped.value.code == 128 + signal.SIGTERM
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # a second SIGTERM ends the process at once
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # ------------------------------------------------------------------------------------ real groups
