@@ -125,9 +125,12 @@ def make_identity(
     )
 
 
-def expected_identity(spec, profile: str, row, *, overrides=None, in_channels: int = 1, num_classes: int = 1):
+def expected_identity(
+    spec, profile: str, row, *, overrides=None, in_channels: int = 1, num_classes: int = 1, device_type: str = "cpu"
+):
     """What today's code builds for cell ``spec``/``profile``/``row`` (the profile with the record's
-    command-line ``overrides``); ``in_channels``/``num_classes`` are the data's."""
+    command-line ``overrides``); ``in_channels``/``num_classes`` are the data's, ``device_type`` the
+    run's (``train.precision`` is recorded as resolved there, #24)."""
     from lungseg.artifacts.checkpoint import model_identity
     from lungseg.experiments.runner import build_params, effective_profile
     from lungseg.training.presets import check_paper_size, resolve_preset
@@ -136,6 +139,11 @@ def expected_identity(spec, profile: str, row, *, overrides=None, in_channels: i
     params = build_params(spec, row, prof, 0, device="cpu")
     preset = check_paper_size(resolve_preset(params.train), prof.image_size, f"<{spec.dataset}>")
     cfg = preset.config
+    import torch
+
+    from lungseg.training.setup import resolve_precision
+
+    cfg = cfg.model_copy(update={"precision": resolve_precision(cfg, torch.device(device_type))})  # as recorded
     return make_identity(
         model_identity(cfg, in_channels, num_classes), cfg.model_dump(), preset.deviations, loss_of(cfg, num_classes)
     )
@@ -154,6 +162,7 @@ def expected_for(record) -> dict[str, Any]:
         overrides=record.overrides,
         in_channels=int(kwargs.get("in_channels", 1)),
         num_classes=int(kwargs.get("num_classes", 1)),
+        device_type=record.device.type or "cpu",
     )
 
 

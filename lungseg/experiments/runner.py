@@ -399,7 +399,8 @@ def trained_identity(request: CellRequest, train_dir: Path) -> dict[str, Any]:
     from lungseg.experiments.identity import differences, expected_identity, loss_of, make_identity
 
     ckpt = load_checkpoint(train_dir / BEST)
-    cfg = TrainConfig.model_validate(ckpt["config"])
+    # the recorded precision is the resolved one (#24): amp (its deprecated spelling, dumped at its default) left out
+    cfg = TrainConfig.model_validate({k: v for k, v in ckpt["config"].items() if k != "amp"})
     ident = ckpt["model_identity"]
     num_classes = int(ckpt.get("num_classes", ident["kwargs"].get("num_classes", 1)))
     identity = make_identity(ident, ckpt["config"], ckpt.get("preset_deviations") or {}, loss_of(cfg, num_classes))
@@ -410,6 +411,7 @@ def trained_identity(request: CellRequest, train_dir: Path) -> dict[str, Any]:
         overrides=request.options.overrides,
         in_channels=int(ident["kwargs"].get("in_channels", 1)),
         num_classes=num_classes,
+        device_type=device_info(request.options.device)["type"],
     )
     diff = differences(identity, expected)
     if diff:

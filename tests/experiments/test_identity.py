@@ -146,6 +146,7 @@ def _checkpoint(train_dir, model_kwargs):
     from lungseg.training.presets import resolve_preset
 
     cfg = resolve_preset(runner.build_params(T1, T1.row("lgnet"), runner.effective_profile(T1, "cpu"), 0).train).config
+    cfg = cfg.model_copy(update={"precision": "fp32"})  # training records the resolved precision (on a CPU: #24)
     ident = {"name": "lgnet", "kwargs": {"in_channels": 1, "num_classes": 1, "base_channels": 8, **model_kwargs}}
     train_dir.mkdir(parents=True, exist_ok=True)
     torch.save(
