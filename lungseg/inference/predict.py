@@ -16,9 +16,11 @@ Models (:func:`load_model`)
 
 Inference (:class:`SliceInference`)
     Batches of slices of one size go to the device as they are, are resized to the model there,
-    run under ``torch.inference_mode`` (CUDA: bf16 autocast + channels_last, ``cudnn.benchmark``),
-    and only uint8 labels come back (:mod:`lungseg.artifacts.core`). A tqdm progress bar per
-    volume on a terminal.
+    run under ``torch.inference_mode`` in the model's serving ``precision`` (``auto``: fp32 on the
+    CPU; CUDA: bf16 autocast + channels_last, ``cudnn.benchmark``; ``bf16`` on a CPU without native
+    bf16: fp32 and a note) or, with ``backend="onnxruntime"``, through the model's ONNX export, and
+    only uint8 labels come back (:mod:`lungseg.artifacts.core`). A tqdm progress bar per volume on a
+    terminal. What ran is the report's ``inference``.
 
 Roles and the cascade
     A model whose only foreground label is ``lung`` is a *lung-field* model, any other an
