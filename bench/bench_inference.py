@@ -26,12 +26,25 @@ FOLDER`` call (the model loaded once) against N calls of one case each (a proces
 model load per case), both as the user runs them (subprocesses of the installed command, a checkpoint
 folder of the same model): cases/s and the ratio.
 
+``--variants`` (issue #24) measures instead, per model of ``--models`` (default U-Net, LG-Net, PR-Net at
+``--size``/``--base``, the same initial weights for every method) and per thread count of ``--thread-counts``
+(default 1 and 2), in one process and interleaved rounds: lungseg's engine in fp32, in bf16 (autocast; on a
+CPU without native bf16 — this one: AVX2 — lungseg would fall back to fp32, so the bench forces the autocast
+to show what it would cost), with ``--backend onnxruntime`` (the ONNX export in an ``InferenceSession`` with
+the same thread count), and MONAI's ``SimpleInferer`` at MONAI's default (fp32). Printed: slices/s, the
+ratio of each against lungseg fp32 and against MONAI, the parity of each against lungseg fp32 (max |Δp| of
+the probabilities, Dice of the masks) and the load average before and after each model.
+``--e2e N`` also times ``lungseg predict`` as a user runs it (a subprocess, imports and model loading
+included) on an N-slice NIfTI of the real 512² MedSeg slices with ``--checkpoint`` (default the demo's
+LG-Net, ``models/medseg``), with each backend, per thread count; ``report.json``'s own timings are kept.
+
 Results are written only with ``--record``: ``bench/results/inference/<device>[-<tag>].json``, and
 ``bench/results/INFERENCE.md`` is re-rendered from every JSON there (``--render-only`` re-renders).
 Usage::
 
     python bench/bench_inference.py --device cpu --slices 32 --size 256 --base 16 --batch 4
     python bench/bench_inference.py --device cuda --slices 300 --size 512 --base 32 --batch 16 --record
+    nice -n 10 python bench/bench_inference.py --variants --slices 16 --size 128 --base 16 --e2e 100 --record
 """
 
 from __future__ import annotations
@@ -251,6 +264,261 @@ def measure_cohort(args, net: torch.nn.Module, identity: dict) -> dict:
     return result
 
 
+def _load() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _bench_model(name: str, base: int, size: int):
+    from lungseg.inference.predict import LoadedModel
+    from lungseg.models import create_model
+
+    torch.manual_seed(0)
+    net = create_model(name, base_channels=base).eval()
+    identity = {"name": name, "kwargs": {"in_channels": 1, "num_classes": 1, "base_channels": base}}
+    return LoadedModel(net, identity, {"image_size": size}, 0.5, f"bench:{name}", "", {})
+
+
+def _parity(ref: tuple, got: tuple) -> dict:
+    from lungseg.inference.export import dice
+
+    lab_r, p_r = (np.stack(x) for x in ref)
+    lab_g, p_g = (np.stack(x) for x in got)
+    return {"max_abs_dp": float(np.abs(p_g - p_r).max()), "dice_vs_fp32": dice(lab_g, lab_r)}
+
+
+def _variant_methods(model, volume: np.ndarray, batch: int, bf16: bool = True) -> dict:
+    """name → (engine or None, run()) for one model at the current thread count (module docstring)."""
+    from monai.inferers import SimpleInferer
+
+    from lungseg.inference.predict import SliceInference
+
+    cpu = torch.device("cpu")
+    engines = {
+        "lungseg-fp32": SliceInference(model.served_as(precision="fp32"), device=cpu, batch_size=batch),
+        "lungseg-bf16": SliceInference(model.served_as(precision="bf16"), device=cpu, batch_size=batch),
+        "lungseg-onnxruntime": SliceInference(model, device=cpu, batch_size=batch, backend="onnxruntime"),
+    }
+    if not bf16:
+        del engines["lungseg-bf16"]
+    methods = {k: (e, (lambda e=e: run_lungseg(e, volume))) for k, e in engines.items()}
+    methods["monai-simple-fp32"] = (None, lambda: run_monai(SimpleInferer(), model.net, volume, batch, cpu, False))
+    return methods
+
+
+def measure_variants(args) -> dict:
+    """fp32 / bf16 / onnxruntime / MONAI per model and thread count (module docstring: ``--variants``)."""
+    from lungseg.artifacts import core
+
+    native = core.cpu_supports_bf16()
+    detect, core.cpu_supports_bf16 = core.cpu_supports_bf16, lambda *a: True  # bf16 even where lungseg falls back
+    try:
+        return _measure_variants(args, native)
+    finally:
+        core.cpu_supports_bf16 = detect
+
+
+def _measure_variants(args, native: bool) -> dict:
+    volume = real_volume(args.data, args.slices, args.size)
+    rows, loads = [], []
+    for name in args.models.split(","):
+        model = _bench_model(name, args.base, args.size)
+        for threads in args.thread_counts:
+            torch.set_num_threads(threads)
+            loads.append(f"{name}, {threads} thread(s), before: {_load()}")
+            print(loads[-1], flush=True)
+            methods = _variant_methods(model, volume, args.batch, bf16=not args.no_bf16)
+            ref = methods["lungseg-fp32"][0].run(list(volume), probabilities=True)  # also the warm-up
+            parity = {k: _parity(ref, e.run(list(volume), probabilities=True)) for k, (e, _) in methods.items() if e}
+            run_monai_labels = methods["monai-simple-fp32"][1]()
+            parity["monai-simple-fp32"] = {"max_abs_dp": None, "dice_vs_fp32": _dice(run_monai_labels, ref[0])}
+            times: dict[str, list[float]] = {k: [] for k in methods}
+            for _ in range(args.repeats):
+                for k, (_, fn) in methods.items():
+                    times[k].append(timed(fn, torch.device("cpu"), 1)[0])
+            med = {k: statistics.median(v) for k, v in times.items()}
+            for k in methods:
+                rows.append(
+                    {
+                        "model": name,
+                        "threads": threads,
+                        "method": k,
+                        "seconds": med[k],
+                        "slices_per_s": len(volume) / med[k],
+                        "speed_vs_lungseg_fp32": med["lungseg-fp32"] / med[k],
+                        "speed_vs_monai_fp32": med["monai-simple-fp32"] / med[k],
+                        "all_seconds": times[k],
+                        **parity[k],
+                    }
+                )
+                r = rows[-1]
+                print(
+                    f"{name:6s} {threads}t {k:20s} {med[k]:7.3f} s {r['slices_per_s']:7.1f} sl/s  "
+                    f"x{r['speed_vs_lungseg_fp32']:.2f} vs fp32  x{r['speed_vs_monai_fp32']:.2f} vs MONAI  "
+                    f"max|dp| {r['max_abs_dp'] if r['max_abs_dp'] is not None else '-'}  Dice {r['dice_vs_fp32']:.5f}",
+                    flush=True,
+                )
+            loads.append(f"{name}, {threads} thread(s), after: {_load()}")
+            print(loads[-1], flush=True)
+    return {"rows": rows, "loads": loads, "bf16_native": native}
+
+
+def _dice(a, b) -> float:
+    from lungseg.inference.export import dice
+
+    return dice(np.asarray(a), np.stack(b))
+
+
+def measure_e2e(args) -> dict:
+    """``lungseg predict`` end to end on an ``args.e2e``-slice 512² NIfTI of real slices (module docstring)."""
+    import subprocess
+    import tempfile
+
+    import nibabel as nib
+    from PIL import Image
+
+    files = sorted(p for p in Path(args.data).iterdir() if p.suffix.lower() == ".png")[: args.e2e]
+    zyx = np.stack([np.asarray(Image.open(f).convert("L")) for f in files])
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
+        scan = Path(tmp) / "scan.nii.gz"
+        xyz = np.ascontiguousarray(np.flip(np.transpose(zyx, (2, 1, 0)), axis=(0, 1)))
+        img = nib.Nifti1Image(xyz, np.diag([0.7, 0.7, 5.0, 1.0]))
+        img.set_data_dtype(np.uint8)
+        nib.save(img, scan)
+        carried, export_s = _carried_copy(Path(args.checkpoint), Path(tmp), zyx)
+        runs = [("torch", args.checkpoint), ("onnxruntime", args.checkpoint), ("onnxruntime (carried)", carried)]
+        for threads in args.thread_counts:
+            for backend, model_dir in runs:
+                out = Path(tmp) / f"out-{backend.split()[0]}-{threads}-{len(rows)}"
+                env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)}
+                cmd = [sys.executable, "-m", "lungseg", "predict", "--model", str(model_dir), "--input"]
+                cmd += [str(scan), "--output", str(out), "--device", "cpu", "--backend", backend.split()[0]]
+                load = _load()
+                t = time.perf_counter()
+                done = subprocess.run(cmd, check=True, capture_output=True, env=env, cwd=tmp, text=True)
+                wall = time.perf_counter() - t
+                found = re.search(r"in ([0-9.]+) s \(read, predict, write\)", done.stdout)
+                rep = json.loads((out / "report.json").read_text(encoding="utf-8"))
+                rows.append(
+                    {
+                        "threads": threads,
+                        "backend": backend,
+                        "wall_seconds": wall,
+                        "read_predict_write_seconds": float(found.group(1)) if found else None,
+                        "report_timing_s": rep["timing_s"],
+                        "slices": len(zyx),
+                        "shape": list(zyx.shape[1:]),
+                        "load_before": load,
+                        "summary": rep["summary"],
+                    }
+                )
+                print(
+                    f"e2e {len(zyx)} x {zyx.shape[1]}² {backend} {threads}t: {wall:.1f} s wall, "
+                    f"{rows[-1]['read_predict_write_seconds']} s read+predict+write, "
+                    f"report {rep['timing_s']}, {load}",
+                    flush=True,
+                )
+    checkpoint = Path(os.path.relpath(Path(args.checkpoint).resolve(), ROOT)).as_posix()
+    return {"checkpoint": checkpoint, "rows": rows, "export_seconds": export_s}
+
+
+def _carried_copy(checkpoint: Path, tmp: Path, zyx: np.ndarray) -> tuple[Path, float]:
+    """A copy of the model folder carrying its ONNX export (``<copy>/onnx``, what ``lungseg export --output``
+    writes), checked on 4 of the real slices; the copy and the export's seconds."""
+    import shutil
+
+    from lungseg.inference.export import export_model
+    from lungseg.inference.predict import load_model
+
+    copy = tmp / "model-with-onnx"
+    shutil.copytree(checkpoint, copy)
+    model = load_model(copy)
+    t = time.perf_counter()
+    export_model(model, "onnx", copy / "onnx", [z.astype(np.float32) / 255.0 for z in zyx[::25][:4]])
+    return copy, time.perf_counter() - t
+
+
+def variants_record(args) -> dict:
+    """The record of a ``--variants`` run (``kind: variants``), with the e2e timings when ``--e2e``."""
+    import onnxruntime
+
+    record = measure_variants(args)
+    e2e = measure_e2e(args) if args.e2e else None
+    counts = " and ".join(map(str, args.thread_counts))
+    name = f"CPU {platform.processor() or platform.machine()} ({counts} thread{'s' if counts != '1' else ''})"
+    return {
+        "kind": "variants",
+        "device": name,
+        "slug": re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") + "-variants",
+        "date": dt.date.today().isoformat(),
+        "torch": torch.__version__,
+        "monai": __import__("monai").__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "python": platform.python_version(),
+        "command": "python bench/bench_inference.py " + shlex.join(_without_note(sys.argv[1:])),
+        "settings": {
+            "models": args.models,
+            "base": args.base,
+            "size": args.size,
+            "slices": args.slices,
+            "batch": args.batch,
+            "repeats": args.repeats,
+            "thread_counts": args.thread_counts,
+            "data": Path(os.path.relpath(Path(args.data).resolve(), ROOT)).as_posix(),
+        },
+        **record,
+        "e2e": e2e,
+        "tag": args.tag,
+        "note": args.note,
+    }
+
+
+def _render_variants(d: dict) -> list[str]:
+    s = d["settings"]
+    parts = [
+        "",
+        f"## {d['device']}: fp32 vs bf16 vs onnxruntime vs MONAI" + (f" ({d['tag']})" if d.get("tag") else ""),
+        "",
+        *([f"> {d['note']}", ""] if d.get("note") else []),
+        f"- date: {d['date']}; torch {d['torch']}, onnxruntime {d['onnxruntime']}, monai {d['monai']}, "
+        f"python {d['python']}; native bf16 on this CPU: {'yes' if d['bf16_native'] else 'no (bf16 emulated)'}",
+        f"- command: `{d['command']}`",
+        f"- settings: {s['models']} base {s['base']}, initial weights (the same for every method), {s['slices']} "
+        f"real slices at {s['size']}², batch {s['batch']}, median of {s['repeats']} interleaved rounds",
+        "- load: " + "; ".join(d["loads"]),
+        "",
+        "| model | threads | method | slices/s | speed vs lungseg fp32 | speed vs MONAI fp32 | max \\|Δp\\| vs fp32 "
+        "| Dice of masks vs fp32 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in d["rows"]:
+        dp = "—" if r["max_abs_dp"] is None else f"{r['max_abs_dp']:.2g}"
+        parts.append(
+            f"| {r['model']} | {r['threads']} | {r['method']} | {r['slices_per_s']:.1f} | "
+            f"{r['speed_vs_lungseg_fp32']:.2f}× | {r['speed_vs_monai_fp32']:.2f}× | {dp} | {r['dice_vs_fp32']:.5f} |"
+        )
+    e = d.get("e2e")
+    if e:
+        parts += [
+            "",
+            f"`lungseg predict` end to end (a subprocess: imports, model loading, read → masks → report) on a "
+            f"{e['rows'][0]['slices']}-slice {e['rows'][0]['shape'][0]}² NIfTI of real MedSeg slices with "
+            f"`{e['checkpoint']}` (onnxruntime: exported at load, or the export a copy of the folder carries — "
+            f"made once beforehand in {e['export_seconds']:.1f} s):",
+            "",
+            "| backend | threads | read → masks → report s | load models s | command wall s (with imports) "
+            "| load average before |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in e["rows"]:
+            t = r["report_timing_s"]
+            parts.append(
+                f"| {r['backend']} | {r['threads']} | {r['read_predict_write_seconds']:.1f} | {t['load_models']:.1f} | "
+                f"{r['wall_seconds']:.1f} | {r['load_before'].removeprefix('load average ')} |"
+            )
+    return parts
+
+
 def _without_note(argv: list[str]) -> list[str]:
     """The command line minus ``--note TEXT`` (the note is shown on its own)."""
     out, skip = [], False
@@ -275,6 +543,9 @@ def render(results_dir: Path) -> Path:
     ]
     for path in sorted((results_dir / "inference").glob("*.json")):
         d = json.loads(path.read_text(encoding="utf-8"))
+        if d.get("kind") == "variants":
+            parts += _render_variants(d)
+            continue
         s = d["settings"]
         parts += [
             "",
@@ -326,6 +597,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cohort", type=int, default=0, help="also time the cohort path with this many cases")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    ap.add_argument("--variants", action="store_true", help="fp32 / bf16 / onnxruntime / MONAI per model (CPU)")
+    ap.add_argument("--models", default="unet,lgnet,prnet", help="--variants: comma-separated models")
+    ap.add_argument("--thread-counts", type=int, nargs="+", default=[1, 2], help="--variants/--e2e: torch threads")
+    ap.add_argument("--no-bf16", action="store_true", help="--variants: leave the (emulated, slow) bf16 rows out")
+    ap.add_argument("--e2e", type=int, default=0, help="--variants: also time predict on an N-slice 512² NIfTI")
+    ap.add_argument("--checkpoint", type=Path, default=ROOT / "models" / "medseg", help="--e2e: the model")
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--record", action="store_true", help="write the JSON and re-render INFERENCE.md")
     ap.add_argument("--tag", default=None, help="suffix of the result file (keeps a re-run beside the first)")
@@ -341,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device")
-    result = measure(args)
+    result = variants_record(args) if args.variants else measure(args)
     if args.record:
         folder = args.results / "inference"
         folder.mkdir(parents=True, exist_ok=True)

@@ -97,3 +97,26 @@ def test_the_cohort_path_is_timed_against_one_call_per_case(bench, tmp_path, cap
     assert c["cases"] == 2 and c["cohort_seconds"] > 0 and c["per_call_seconds"] > 0
     assert c["ratio_cohort_over_per_call"] == pytest.approx(c["per_call_seconds"] / c["cohort_seconds"])
     assert "one call, model loaded once" in (tmp_path / "INFERENCE.md").read_text(encoding="utf-8")
+
+
+def test_a_tiny_variants_run_compares_fp32_bf16_onnxruntime_and_monai(bench, tmp_path, capsys):
+    """#24: one process, the same weights: lungseg fp32 / bf16 / onnxruntime and MONAI's SimpleInferer, with
+    the parity of each against fp32, rendered into INFERENCE.md (no timing asserted: a shared machine)."""
+    from lungseg.artifacts import core
+
+    detect = core.cpu_supports_bf16
+    sample = ROOT / "data" / "sample" / "medseg-covid100" / "tr_im"
+    args = ["--variants", "--models", "unet", "--data", str(sample), "--slices", "3", "--size", "32", "--base", "4"]
+    args += ["--batch", "2", "--repeats", "1", "--thread-counts", "1", "--results", str(tmp_path), "--record"]
+    assert bench.main(args) == 0
+    assert core.cpu_supports_bf16 is detect  # the forced bf16 does not leak out of the bench
+    (record,) = (tmp_path / "inference").glob("*-variants.json")
+    d = json.loads(record.read_text(encoding="utf-8"))
+    rows = {r["method"]: r for r in d["rows"]}
+    assert set(rows) == {"lungseg-fp32", "lungseg-bf16", "lungseg-onnxruntime", "monai-simple-fp32"}
+    assert rows["lungseg-fp32"]["max_abs_dp"] == 0 and rows["lungseg-onnxruntime"]["max_abs_dp"] <= 1e-5
+    assert 0 < rows["lungseg-bf16"]["max_abs_dp"] <= 0.1  # bf16 did run (forced where the CPU lacks it)
+    assert all(r["dice_vs_fp32"] > 0.99 for r in rows.values())
+    assert rows["monai-simple-fp32"]["speed_vs_monai_fp32"] == 1.0 and d["loads"]
+    page = (tmp_path / "INFERENCE.md").read_text(encoding="utf-8")
+    assert "fp32 vs bf16 vs onnxruntime vs MONAI" in page and "| unet | 1 | lungseg-onnxruntime |" in page
