@@ -319,7 +319,7 @@ def test_blocked_attention_never_saves_an_n_by_n_tensor():
 def test_dsa_impl_selector():
     cpu = torch.device("cpu")
     assert resolve_dsa_impl("auto", cpu, threads=1) == "blocked"
-    assert resolve_dsa_impl("auto", cpu, threads=2) == "reference"  # SDPA's flash parallelises over heads
+    assert resolve_dsa_impl("auto", cpu, threads=2) == "parallel"  # head-maps over the threads (#24, dsa_parallel)
     assert resolve_dsa_impl("auto", torch.device("cuda"), threads=1) == "reference"
     assert resolve_dsa_impl("auto", torch.device("meta"), threads=1) == "reference"  # FLOP counting
     for impl in DSA_IMPLS[1:]:

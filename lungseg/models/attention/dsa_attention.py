@@ -36,7 +36,7 @@ from torch.autograd.function import once_differentiable
 from ..blocks import cbr
 from .tokens import DEFAULT_MAX_TOKENS, pool, positive_or_none, token_grid, unpool
 
-DSA_IMPLS = ("auto", "reference", "blocked")
+DSA_IMPLS = ("auto", "reference", "blocked", "parallel")  # parallel: dsa_parallel.py (#24)
 """Valid ``dsa_impl`` values; see :func:`resolve_dsa_impl`."""
 
 #: Scores per block of the blocked DSA attention (2^18 fp32 = 1 MiB; backward holds two): 4096 keys ×
@@ -82,7 +82,9 @@ def resolve_dsa_impl(impl: str, device: torch.device, threads: int | None = None
         return impl
     if device.type != "cpu":
         return "reference"
-    return "blocked" if (torch.get_num_threads() if threads is None else threads) == 1 else "reference"
+    # several threads: the blocked kernel over chunks of head-maps, one thread each (#24, dsa_parallel.py;
+    # measured ahead of SDPA at 2 threads, bench/results/ATTENTION.md)
+    return "blocked" if (torch.get_num_threads() if threads is None else threads) == 1 else "parallel"
 
 
 def dsa_block_shape(n: int, maps: int, block_elems: int | None = None) -> tuple[int, int]:
@@ -408,9 +410,10 @@ class DilatedSelfAttention(nn.Module):
             qkv = F.conv2d(x, weight, bias, padding=conv.padding, dilation=conv.dilation)  # (B, 3C, H, W)
             qkv = pool(qkv, grid).reshape(b, 3, self.heads, c // self.heads, n)  # (B, 3, heads, C/heads, N')
             q, k, v = (t.transpose(2, 3) for t in qkv.unbind(1))  # 3 × (B, heads, N', C/heads), channel-major
-            y = softmax_attention_blocked(
-                q, k, v, scale=scale, block_rows=self.block_rows, softmax=self.softmax
-            )  # (B, heads, N', C/heads)
+            from .dsa_parallel import softmax_attention_parallel  # (#24; it imports this module)
+
+            kernel = softmax_attention_parallel if impl == "parallel" else softmax_attention_blocked
+            y = kernel(q, k, v, scale=scale, block_rows=self.block_rows, softmax=self.softmax)  # (B, heads, N', d)
         y = y.transpose(2, 3).reshape(b, c, *grid)  # (B, C, h', w')
         return unpool(y, (h, w))  # (B, C, H, W)
 

@@ -1,0 +1,116 @@
+"""The blocked DSA attention on several CPU threads (#24): the head-maps split into one chunk per
+thread, each chunk's forward and backward run by :class:`~lungseg.models.attention.dsa_attention.
+_BlockedSoftmaxAttention` (or its query-softmax twin) in its own Python thread, each thread's ops
+kept to one intra-op thread. ATen releases the GIL inside each op, so the chunks' GEMMs and exp2
+passes overlap; only the Python between them is serialised.
+
+Why a candidate: the blocked kernel is the default on one thread only, because its many small GEMMs
+and passes parallelise poorly inside each op, and SDPA's flash kernel (parallel over batch × heads
+in one region) wins on two (:func:`~lungseg.models.attention.dsa_attention.resolve_dsa_impl`).
+Whether this wins is measured by ``bench/bench_attention.py`` (``parallel`` rows) and written in
+``bench/results/ATTENTION.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
+
+import torch
+
+from .dsa_attention import (
+    _BlockedQuerySoftmaxAttention,
+    _BlockedSoftmaxAttention,
+    check_dsa_softmax,
+    dsa_block_shape,
+)
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_SIZE = 0
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    global _POOL, _POOL_SIZE
+    if _POOL is None or _POOL_SIZE < workers:
+        _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lungseg-dsa")
+        _POOL_SIZE = workers
+    return _POOL
+
+
+class _Ctx(SimpleNamespace):
+    """What the blocked kernels' ``forward``/``backward`` read and write on ``ctx``."""
+
+    def save_for_backward(self, *tensors):
+        self.saved_tensors = tensors
+
+
+def _no_grad(fn, *args):
+    with torch.no_grad():
+        return fn(*args)
+
+
+def _run_chunks(calls: list) -> list:
+    """``[fn(*args) for fn, *args in calls]``, one worker thread each, with torch's intra-op threads
+    at one meanwhile (the setting is process-wide: the chunks are the parallelism) and put back."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        pool = _pool(len(calls))
+        futures = [pool.submit(_no_grad, *call) for call in calls]
+        return [f.result() for f in futures]
+    finally:
+        torch.set_num_threads(threads)
+
+
+class _ParallelBlocked(torch.autograd.Function):
+    """The blocked kernel ``op`` over ``chunks`` of head-maps (G,d,N), one per worker thread."""
+
+    @staticmethod
+    def forward(ctx, qt, kt, vt, scale: float, rows: int, group: int, op, workers: int):
+        g = qt.shape[0]
+        size = math.ceil(g / workers)
+        bounds = [(s, min(s + size, g)) for s in range(0, g, size)]
+        ctxs = [_Ctx() for _ in bounds]
+        calls = [(op.forward, c, qt[a:b], kt[a:b], vt[a:b], scale, rows, group) for c, (a, b) in zip(ctxs, bounds)]
+        out = torch.cat(_run_chunks(calls))
+        ctx.chunks, ctx.op = list(zip(ctxs, bounds)), op
+        return out
+
+    @staticmethod
+    def backward(ctx, gout):
+        gout = gout.contiguous()
+        grads = [r[:3] for r in _run_chunks([(ctx.op.backward, c, gout[a:b]) for c, (a, b) in ctx.chunks])]
+        ctx.chunks = None  # free the saved tensors
+        return (*(torch.cat(parts) for parts in zip(*grads)), None, None, None, None, None)
+
+
+def softmax_attention_parallel(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float | None = None,
+    block_rows: int | None = None,
+    softmax: str = "key",
+    workers: int | None = None,
+) -> torch.Tensor:
+    """:func:`~lungseg.models.attention.dsa_attention.softmax_attention_blocked` with the head-maps
+    split over ``workers`` threads (default ``torch.get_num_threads()``); the same arguments, the
+    same values (each head-map is computed by the same blocked code, so the result equals the
+    blocked kernel's bitwise when the block shape is the same)."""
+    *lead, n, d = q.shape
+    g = math.prod(lead)
+    workers = max(1, min(torch.get_num_threads() if workers is None else workers, g))
+    per = math.ceil(g / workers)
+    rows, group = dsa_block_shape(n, per) if block_rows is None else (min(block_rows, n), 1)
+    sc = d**-0.5 if scale is None else float(scale)
+    dt = torch.promote_types(torch.promote_types(q.dtype, k.dtype), torch.promote_types(v.dtype, torch.float32))
+    qkv_t = [t.transpose(-1, -2).reshape(g, d, n).to(dt).contiguous() for t in (q, k, v)]  # (G, d, N) each
+    op = _BlockedSoftmaxAttention if check_dsa_softmax(softmax) == "key" else _BlockedQuerySoftmaxAttention
+    with torch.autocast(q.device.type, enabled=False):
+        yt = _ParallelBlocked.apply(*qkv_t, sc, rows, group, op, workers)  # (G, d, N)
+    return yt.reshape(*lead, d, n).transpose(-1, -2).to(q.dtype)  # (…, N, d)
+
+
+__all__ = ["softmax_attention_parallel"]
