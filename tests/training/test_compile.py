@@ -1,0 +1,90 @@
+"""``train.compile`` (#24): the model compiled in place (same state keys, the same files), a compile
+failure as one-line error naming the setting, and exact resume of a compiled run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch._inductor.compile_fx as compile_fx
+
+from lungseg.artifacts.checkpoint import load_checkpoint
+from lungseg.config import TrainConfig, load_params
+from lungseg.errors import TrainingError
+from lungseg.training import epoch as epoch_mod
+from lungseg.training import setup, train
+from train_helpers import write_params
+
+
+class Net(torch.nn.Module):  # (torch.nn containers themselves are not traced by Module.compile)
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 2, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(2)
+
+    def forward(self, x):
+        return torch.relu(self.bn(self.conv(x)))
+
+
+def test_compile_model_compiles_in_place_and_keeps_the_state_keys(monkeypatch):
+    torch._dynamo.reset()
+    graphs = []
+
+    def counting(gm, example_inputs, **kwargs):  # the inductor entry point, counted
+        graphs.append(gm)
+        return gm.forward
+
+    monkeypatch.setattr(compile_fx, "compile_fx", counting)
+    torch.manual_seed(0)
+    eager = Net()
+    model = Net()
+    model.load_state_dict(eager.state_dict())
+    assert setup.compile_model(model) is model
+    assert list(model.state_dict()) == list(eager.state_dict())  # no "_orig_mod." prefix: the files are the same
+    x = torch.randn(2, 1, 8, 8)
+    torch.testing.assert_close(model(x), eager(x), rtol=0, atol=0)  # (the counting backend runs the graph as is)
+    assert len(graphs) == 1
+
+
+def test_a_compile_failure_is_one_line_naming_the_setting(monkeypatch):
+    torch._dynamo.reset()
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found\nmore detail")
+
+    monkeypatch.setattr(compile_fx, "compile_fx", failing)
+    model, cpu = setup.compile_model(Net()), torch.device("cpu")
+    with pytest.raises(
+        TrainingError, match=r"^train.compile: torch.compile failed \(.*no C\+\+ compiler found"
+    ) as info:
+        epoch_mod.forward(model, torch.randn(2, 1, 8, 8), TrainConfig(compile=True), cpu)
+    assert "\n" not in str(info.value) and str(info.value).endswith("set train.compile: false")
+    with pytest.raises(RuntimeError, match="boom"):  # other errors are not re-labelled
+        epoch_mod.forward(lambda x: (_ for _ in ()).throw(RuntimeError("boom")), None, TrainConfig(compile=True), cpu)
+
+
+@pytest.mark.slow
+def test_a_compiled_run_resumes_exactly(tmp_path, tiny_data):
+    """Compiled: 2 epochs straight vs 1 epoch and a ``--resume`` in a fresh compile — bitwise the same
+    weights and history; and close to the eager run's losses (inductor fuses and reorders float
+    arithmetic, so not bitwise)."""
+    torch._dynamo.reset()
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    common = {"scheduler": "none", "compile": True, "batch_size": 7}  # 14 images: one batch shape to compile
+
+    def run(name: str, epochs: int, resume: bool = False, **extra):
+        params = load_params(write_params(tmp_path / f"{name}.yaml", uri, epochs=epochs, **{**common, **extra}))
+        train(params, tiny_data, tmp_path / name.rstrip("0123456789"), resume=resume)
+
+    run("straight", 2)
+    run("resumed1", 1)
+    torch._dynamo.reset()  # the resumed process compiles again
+    run("resumed2", 2, resume=True)
+    run("eager", 2, compile=False)
+    a, b, e = (load_checkpoint(tmp_path / n / "checkpoint.pt") for n in ("straight", "resumed", "eager"))
+    untimed = [[{k: v for k, v in row.items() if k != "seconds"} for row in c["history"]] for c in (a, b)]
+    assert untimed[0] == untimed[1] and len(untimed[0]) == 2
+    for key, value in a["model_state"].items():
+        assert torch.equal(value, b["model_state"][key]), key
+    eager = [row["train_loss"] for row in e["history"]]  # (the weights themselves drift apart under Adam)
+    assert [row["train_loss"] for row in a["history"]] == pytest.approx(eager, rel=1e-3)
+    assert a["config"]["compile"] is True
