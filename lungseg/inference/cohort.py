@@ -22,7 +22,7 @@ Output (:func:`predict_cohort`)
     already done in ``<output>`` whose input is unchanged (name, size, modification time of its files)
     and predicts the others — only when ``cohort.json`` records the same input folder, the same models
     (weights sha256, identity, preprocessing, serving settings) and the same scan options (``--spacing``,
-    ``--intensity``, ``--save-probabilities``, ``--dicom-seg``); anything else is refused in one line.
+    ``--intensity``, ``--save-probabilities``, ``--dicom-seg``, ``--backend``); anything else is refused in one line.
     Without it a previous output is replaced (the rules of :func:`lungseg.io.check_output_dir`).
 
 Progress: one log line per case (``[3/20] case_03: … 4.1 s, ETA 1:10``), on a terminal or not.
@@ -127,7 +127,10 @@ class CohortResult:
 
 
 #: the options of a prediction that change its output, recorded so that ``--continue`` adds cases alike
-RECORDED_OPTIONS = ("spacing", "intensity", "save_probabilities", "dicom_seg")
+RECORDED_OPTIONS = ("spacing", "intensity", "save_probabilities", "dicom_seg", "backend")
+#: recorded only when they differ from these (so the record of a cohort predicted before the option existed
+#: still matches a run with its default)
+UNRECORDED_DEFAULTS = {"backend": "torch"}
 
 
 def _models_record(models: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
@@ -142,7 +145,11 @@ def _models_record(models: dict[str, Any], options: dict[str, Any]) -> dict[str,
         }
         for role, m in models.items()
     }
-    record["options"] = {k: options.get(k) for k in RECORDED_OPTIONS}
+    record["options"] = {
+        k: options.get(k)
+        for k in RECORDED_OPTIONS
+        if k not in UNRECORDED_DEFAULTS or options.get(k, UNRECORDED_DEFAULTS[k]) != UNRECORDED_DEFAULTS[k]
+    }
     return record
 
 

@@ -189,6 +189,8 @@ def test_continue_refuses_another_input_or_settings_and_repredicts_a_changed_cas
     assert code == 2 and "--continue: the cohort was predicted from" in err
     code, _, err = predict(infection_model, cohort, out, "--continue", "--save-probabilities")
     assert code == 2 and "predicted with other models or settings" in err
+    code, _, err = predict(infection_model, cohort, out, "--continue", "--backend", "onnxruntime")
+    assert code == 2 and "predicted with other models or settings" in err  # the cases ran in torch
     # a case whose file changed is predicted again; the unchanged one is kept
     img = nib.load(cohort / "case_b.nii.gz")
     nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[:, :, :2], img.affine), cohort / "case_b.nii.gz")
