@@ -251,7 +251,154 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict:
     }
 
 
+VARIANTS = ("fp32", "bf16", "compiled")
+"""``--variants``: the train step in fp32, under bf16 autocast (emulated where the CPU has no native
+bf16: recorded), and compiled (``train.compile``: :func:`lungseg.training.setup.compile_model`, fp32)."""
+
+
+def variant_rows(args: argparse.Namespace, data_dir: Path) -> list[dict]:
+    """Per torch thread count, model and :data:`VARIANTS`: the first train step (with a compile, the
+    compile time) and the median of ``--repeats`` steps after it on real batches; FLOP/s from 3 × the
+    textbook forward FLOPs (``bench_attention.textbook_flops``, the same count for every kernel)."""
+    from bench_attention import textbook_flops
+
+    from lungseg.data.dataset import load_split
+    from lungseg.losses import create_loss, default_loss_for
+    from lungseg.models import create_model
+    from lungseg.training.setup import compile_model
+
+    train = load_split(data_dir, "train")
+    x = torch.from_numpy(train.images[: args.batch]).contiguous()
+    y = torch.from_numpy(train.masks[: args.batch]).long()
+    rows = []
+    for threads in args.thread_counts:
+        torch.set_num_threads(threads)
+        for name in args.models:
+            kw = {"max_tokens": args.max_tokens} if name in ("lgnet", "prnet") and args.max_tokens else {}
+            flops = textbook_flops(name, kw, args.size, args.base)
+            for variant in args.variant_list:
+                torch.manual_seed(0)
+                torch._dynamo.reset()
+                model = create_model(name, base_channels=args.base, **kw).train()
+                model = compile_model(model) if variant == "compiled" else model
+                times = _variant_steps(model, create_loss(default_loss_for(name)), x, y, variant, args.repeats)
+                step = statistics.median(times[1:])
+                rows.append(
+                    {
+                        "threads": threads,
+                        "model": name,
+                        "variant": variant,
+                        "first_s": times[0],
+                        "compile_s": times[0] - step if variant == "compiled" else None,
+                        "step_s": step,
+                        "img_s": args.batch / step,
+                        "gflops_per_img": flops / 1e9,
+                        "train_gflop_s": 3 * flops * args.batch / step / 1e9,
+                    }
+                )
+                print(f"variant {rows[-1]} load {loadavg()}", flush=True)
+    return rows
+
+
+def _variant_steps(model, loss_fn, x, y, variant: str, repeats: int) -> list[float]:
+    """Seconds of ``1 + repeats`` train steps (forward at ``variant``, loss, backward, Adam step)."""
+    from lungseg.training.setup import deterministic
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    heads = getattr(model, "deep_supervision_weights", None)
+    times = []
+    with deterministic():  # as the loop trains
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant == "bf16"):
+                out = model.forward_heads(x) if heads else model(x)
+            out = out[0] if heads else out
+            loss = loss_fn(out.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def render_variants(d: dict) -> list[str]:
+    """A ``--variants`` record: per threads and model, each variant's step, its speed-up over fp32 and
+    its training FLOP/s against U-Net's in the same variant and thread count."""
+    s, load = d["settings"], d["load"]
+    busy = " — **the machine was busy: numbers rough**" if load.get("busy") else ""
+    by = {(r["threads"], r["model"], r["variant"]): r for r in d["rows"]}
+    lines = [
+        "",
+        f"## {d['device']}" + (f" ({d['tag']})" if d.get("tag") else ""),
+        "",
+        *([f"> {d['note']}", ""] if d.get("note") else []),
+        f"- date: {d['date']}; torch {d['torch']}, python {d['python']}; bf16: "
+        + ("native (AVX-512 BF16/AMX)" if d["bf16_native"] else "**emulated** (this CPU has no native bf16)"),
+        f"- load: {load['before'][0]:.2f} before, {load['after'][0]:.2f} after (1-min load average, "
+        f"{load['cpu_count']} cores){busy}",
+        f"- command: `{d['command']}`",
+        f"- settings: train step (forward, loss, backward, Adam) at {s['size']}², base {s['base']}, batch "
+        f"{s['batch']}, LG-Net/PR-Net max_tokens {s['max_tokens']}, on real slices; median of {s['repeats']} "
+        "steps after the first (compiled: the first step's excess over the median = compile time)",
+        "",
+        "| threads | model | variant | first step s | compile s | step s | × fp32 speed | train GFLOP/s "
+        "| FLOP/s ÷ U-Net's |",
+        "|" + " --- |" * 9,
+    ]
+    for r in d["rows"]:
+        fp32 = by.get((r["threads"], r["model"], "fp32"))
+        unet = by.get((r["threads"], "unet", r["variant"]))
+        lines.append(
+            f"| {r['threads']} | {r['model']} | {r['variant']} | {r['first_s']:.3f} | "
+            + ("" if r["compile_s"] is None else f"{r['compile_s']:.1f}")
+            + f" | {r['step_s']:.3f} | {fp32['step_s'] / r['step_s']:.2f} | {r['train_gflop_s']:.2f} | "
+            + (f"**{r['train_gflop_s'] / unet['train_gflop_s']:.2f}**" if unet else "n/a")
+            + " |"
+        )
+    return lines
+
+
+def measure_variants(args: argparse.Namespace, argv: list[str] | None) -> dict:
+    """The ``--variants`` run and its record."""
+    from lungseg.training.setup import cpu_bf16_supported
+
+    load_before = loadavg()
+    print(f"load average {load_before} on {os.cpu_count()} cores; threads {args.thread_counts}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench-epoch-") as tmp:
+        rows = variant_rows(args, prepare_data(args.source, args.size, Path(tmp)))
+    load_after = loadavg()
+    threads = max(args.thread_counts)
+    busy = is_busy(load_before[0], threads) or is_busy(load_after[0], threads)
+    name, slug = device_label(torch.device("cpu"), threads)
+    name = name.replace(f"({threads} threads)", f"({' and '.join(map(str, args.thread_counts))} threads)")
+    return {
+        "kind": "variants",
+        "device": name,
+        "slug": slug.rsplit("-", 2)[0] + "-variants",
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "command": "python bench/bench_epoch.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "bf16_native": cpu_bf16_supported(),
+        "load": {"before": load_before, "after": load_after, "cpu_count": os.cpu_count(), "busy": busy},
+        "settings": {
+            "size": args.size,
+            "base": args.base,
+            "batch": args.batch,
+            "max_tokens": args.max_tokens,
+            "repeats": args.repeats,
+            "variants": args.variant_list,
+            "source": _portable(args.source),
+        },
+        "rows": rows,
+        "tag": args.tag,
+        "note": args.note,
+    }
+
+
 def render_section(d: dict) -> list[str]:
+    if d.get("kind") == "variants":
+        return render_variants(d)
     s, m = d["settings"], d["summary"]
     load = d.get("load") or {}
     busy = " — **the machine was busy: numbers not comparable**" if load.get("busy") else ""
@@ -325,12 +472,28 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--data-on-device", default="auto", choices=("auto", "true", "false"))
     ap.add_argument("--checkpoint-every", type=int, default=1, help="whole-epoch ratio: train.checkpoint_every")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads, pinned and recorded (default 1)")
+    ap.add_argument("--variants", action="store_true", help="fp32 vs bf16 vs compiled train steps (#24), CPU")
+    ap.add_argument("--models", default="unet,lgnet,prnet", help="--variants: comma-separated models")
+    ap.add_argument("--thread-counts", default="1,2", help="--variants: comma-separated torch thread counts")
+    ap.add_argument("--max-tokens", type=int, default=256, help="--variants: LG-Net/PR-Net max_tokens")
+    ap.add_argument("--variant-list", default=",".join(VARIANTS), help=f"--variants: a subset of {','.join(VARIANTS)}")
     add_record_arguments(ap, RESULTS, "EPOCH.md", "suffix of the result file (keeps a re-run beside the first)")
     args = ap.parse_args(argv)
     if args.render_only:
         print(f"wrote {render(args.results)}")
         return None
     check_tag(ap, args.tag)
+    if args.variants:
+        args.models = args.models.split(",")
+        args.thread_counts = [int(t) for t in args.thread_counts.split(",")]
+        args.variant_list = [v for v in args.variant_list.split(",") if v]
+        if "fp32" not in args.variant_list or set(args.variant_list) - set(VARIANTS):
+            ap.error(f"--variant-list: fp32 (the reference) and others of {', '.join(VARIANTS)}")
+        result = measure_variants(args, argv)
+        print("\n".join(render_variants(result)))
+        if args.record:
+            print(f"wrote {record(result, args.results)} and {render(args.results)}")
+        return result
     if args.model not in list_models():
         ap.error(f"--model {args.model!r}: unknown (valid: {', '.join(list_models())})")
     if min(args.threads, args.repeats, args.checkpoint_every, args.base) < 1 or args.batch < 2:
