@@ -52,6 +52,7 @@ import datetime as dt
 import gc
 import json
 import math
+import os
 import platform
 import subprocess
 import sys
@@ -71,6 +72,7 @@ from _report import add_record_arguments, check_tag, device_label, write_record 
 from lungseg.io import atomic_write_text  # noqa: E402
 from lungseg.models import create_model  # noqa: E402
 from lungseg.models.attention import flex_available, pcm, softmax_attention_blocked  # noqa: E402
+from lungseg.models.attention.dsa_parallel import softmax_attention_parallel  # noqa: E402
 
 MIB = 2**20
 
@@ -261,6 +263,7 @@ DSA_KERNELS = {
     "strided": (F.scaled_dot_product_attention, False),  # SDPA, per-head q/k/v strided (first version)
     "contiguous": (F.scaled_dot_product_attention, True),  # SDPA, contiguous (dsa_impl="reference")
     "blocked": (softmax_attention_blocked, True),  # dsa_impl="blocked" (the default on one CPU thread)
+    "parallel": (softmax_attention_parallel, True),  # dsa_impl="parallel": blocked, head-maps over the threads (#24)
 }
 
 
@@ -288,7 +291,7 @@ def dsa_rows(args, device, dtype) -> list[dict]:
 
             return run
 
-        runs = {k: make(k) for k in DSA_KERNELS}
+        runs = {k: make(k) for k in DSA_KERNELS if k in args.dsa_kernels or k == "contiguous"}
         want = runs["contiguous"]()
         err = {k: max((a - b).abs().max().item() for a, b in zip(f(), want)) for k, f in runs.items()}
         best = _best_times(runs, args.reps, device, warmup=False)
@@ -320,6 +323,8 @@ MODEL_VARIANTS = {
     "lgnet/auto": ("lgnet", {"pcm_impl": "auto"}),
     "prnet/reference": ("prnet", {"dsa_impl": "reference"}),
     "prnet/auto": ("prnet", {"dsa_impl": "auto"}),
+    "prnet/blocked": ("prnet", {"dsa_impl": "blocked"}),
+    "prnet/parallel": ("prnet", {"dsa_impl": "parallel"}),
     "prnet/heads1": ("prnet", {"heads": 1}),  # not the default: one head (d = C) shows what the head dim costs
 }
 DEFAULT_MODELS = ["unet", "lgnet/reference", "lgnet/auto", "prnet/reference", "prnet/auto"]
@@ -447,6 +452,8 @@ def render(results_dir: Path) -> None:
             f"{d['python']}, threads {d['threads']}, dtype {d['dtype']}",
             f"- command: `{d['command']}`",
         ]
+        if d.get("load"):
+            parts.append(f"- load average (1 min): {d['load']['before']} before, {d['load']['after']} after")
         if d.get("kernel"):
             parts += [
                 "",
@@ -468,7 +475,9 @@ def render(results_dir: Path) -> None:
                 "### PR-Net DSA attention (forward + backward)",
                 "",
                 "Kernels: SDPA with strided per-head q/k/v (`strided`) or contiguous ones (`contiguous`,",
-                '`dsa_impl="reference"`), and `blocked` (`dsa_impl="blocked"`, the default on one CPU thread).',
+                '`dsa_impl="reference"`), `blocked` (`dsa_impl="blocked"`, the default on one CPU thread) and,',
+                'where measured, `parallel` (`dsa_impl="parallel"`: the blocked kernel over chunks of head-maps,',
+                "one per torch thread; the default on several CPU threads, #24).",
                 "",
                 "| tokens N | heads | head dim | batch | kernel | train s | train GFLOP/s "
                 "| max abs diff vs contiguous |",
@@ -523,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kernel-batch", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions per kernel variant")
     ap.add_argument("--no-dsa", action="store_true", help="skip the DSA layout rows")
+    ap.add_argument("--dsa-kernels", nargs="*", default=list(DSA_KERNELS), help=f"subset of {list(DSA_KERNELS)}")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--base", type=int, default=16)
     ap.add_argument("--batch", type=int, default=2)
@@ -557,10 +567,14 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--models: unknown {sorted(unknown)}; valid: {list(MODEL_VARIANTS)}")
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else torch.float32
+    load_before = round(os.getloadavg()[0], 2)
+    print(f"torch threads {threads}; load average {os.getloadavg()} on {os.cpu_count()} cores", flush=True)
     result = {"kernel": kernel_rows(args, device, dtype) if args.kernel_tokens else []}
     result["dsa"] = [] if args.no_dsa else dsa_rows(args, device, dtype)
     result["models"] = model_rows(args, device) if args.models else []
     result["exact512"] = exact512_rows(args, device, dtype) if args.exact512 else []
+    load = {"before": load_before, "after": round(os.getloadavg()[0], 2)}
+    print(f"load average after: {os.getloadavg()}", flush=True)
     if not args.record:
         return 0
     name, label = device_label(device, threads)
@@ -579,6 +593,7 @@ def main(argv: list[str] | None = None) -> int:
             "iters": args.iters,
             "amp": "bf16 autocast + channels_last" if device.type == "cuda" else "fp32",
         },
+        "load": load,
         **result,
         **({"note": args.note} if args.note else {}),
         **({"tag": args.tag} if args.tag else {}),
