@@ -22,7 +22,9 @@ Files and folders
 Processed data and evaluation sets
     * :func:`data_hash` — ``(hash, source)`` of a processed dataset folder (the ``data_hash`` tag and
       checkpoint field): DVC's md5 of the folder from the nearest ``dvc.lock`` listing it as a stage
-      output (source ``"dvc.lock"``), else a sha256 over the manifest's
+      output, verified against the folder as it is (:func:`dvc_folder_hash`; source ``"dvc.lock"``) —
+      when the folder was rewritten since (``dvc status``: modified) DVC's md5 of what it holds now
+      (source ``"computed (dvc.lock is stale)"``), never dvc.lock's value — else a sha256 over the manifest's
       ``id, split, image_sha256, mask_sha256`` rows in row order (source ``"manifest"``; the split
       assignment is part of what was trained on).
     * :func:`manifest_fingerprint` — ``sha256:…`` of an *evaluation set*: its rows'
@@ -58,6 +60,10 @@ GIT_COMMIT_ENV = "LUNGSEG_GIT_COMMIT"
 CODE_COMMIT_TAG = "git_commit"
 PROCESSED_HASH_TAG = "data_hash"
 PROCESSED_HASH_SOURCE_TAG = "data_hash_source"
+#: ``data_hash_source`` values: dvc.lock's md5 of the folder, verified against the folder as it is
+DVC_LOCK_SOURCE = "dvc.lock"
+#: … and DVC's md5 of the folder as it is, when dvc.lock records another content (stale: `dvc status` says modified)
+STALE_LOCK_SOURCE = "computed (dvc.lock is stale)"
 IMAGE_TAG = "lungseg.image"
 KFP_RUN_TAG = "lungseg.kfp_run_id"
 #: environment variables through which a pipeline run hands its image and run id to the stages
@@ -188,8 +194,11 @@ def data_hash(data_dir: str | Path) -> tuple[str, str]:
 
     data_dir = Path(data_dir)
     md5 = dvc_lock_md5(data_dir)
-    if md5:
-        return md5, "dvc.lock"
+    if md5 and data_dir.is_dir():
+        # dvc.lock records what the folder held when the stage last ran: a folder rewritten since (another
+        # `lungseg preprocess`, `dvc status` says modified) is identified by what it holds now
+        actual = dvc_folder_hash(data_dir).md5
+        return (md5, DVC_LOCK_SOURCE) if actual == md5 else (actual, STALE_LOCK_SOURCE)
     manifest_path = data_dir / "manifest.csv"
     if not manifest_path.is_file():
         raise DataError(manifest_path, "not found: cannot identify the processed data")
@@ -272,6 +281,7 @@ def run_identity(data_dir: str | Path, repo: str | Path | None = None) -> RunIde
 
 __all__ = [
     "CODE_COMMIT_TAG",
+    "DVC_LOCK_SOURCE",
     "GIT_COMMIT_ENV",
     "IMAGE_ENV",
     "IMAGE_TAG",
@@ -279,6 +289,7 @@ __all__ = [
     "KFP_RUN_TAG",
     "PROCESSED_HASH_SOURCE_TAG",
     "PROCESSED_HASH_TAG",
+    "STALE_LOCK_SOURCE",
     "FolderHash",
     "RunIdentity",
     "code_version",

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -86,6 +88,37 @@ def test_dvc_folder_hash_is_dvcs_dir_hash(tmp_path):
         P.dvc_folder_hash(tmp_path / "missing")
 
 
+def test_data_hash_follows_the_folder_not_a_stale_dvc_lock(tmp_path, monkeypatch):
+    """F4 (#20): the processed folder rewritten after the stage ran (`lungseg preprocess --overwrite` with
+    another image size): dvc.lock still lists the old md5 (`dvc status`: modified); the run must record
+    the folder's content as it is, as DVC itself hashes it, never dvc.lock's old value."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    data = repo / "data" / "processed" / "medseg"
+    _manifest(data, [("a", "train", "i0", "m0"), ("b", "test", "i1", "m1")])
+    (data / "images.npy").write_bytes(b"old pixels " * 100)
+    sh("git", "init", "-q", cwd=repo)
+    dvc = shutil.which("dvc") or str(Path(sys.executable).with_name("dvc"))
+    sh(dvc, "init", "-q", cwd=repo)
+    (repo / "dvc.yaml").write_text(
+        "stages:\n  preprocess:\n    cmd: echo\n    outs:\n    - data/processed/medseg:\n        cache: false\n",
+        encoding="utf-8",
+    )
+    sh(dvc, "commit", "-q", "-f", "preprocess", cwd=repo)  # DVC writes dvc.lock's md5 of the folder
+    monkeypatch.chdir(repo)
+    old_md5 = P.dvc_lock_md5(data)
+    assert old_md5 and old_md5.endswith(".dir")
+    assert P.data_hash(data) == (old_md5, "dvc.lock")  # the folder is what dvc.lock says
+    (data / "images.npy").write_bytes(b"new pixels, another image size " * 50)  # preprocess --overwrite
+    assert "modified" in sh(dvc, "status", "preprocess", cwd=repo)
+    new_hash, source = P.data_hash(data)
+    assert source == "computed (dvc.lock is stale)" and new_hash != old_md5
+    sh(dvc, "commit", "-q", "-f", "preprocess", cwd=repo)  # DVC's own md5 of the new content: the same
+    assert P.dvc_lock_md5(data) == new_hash
+    assert P.data_hash(data) == (new_hash, "dvc.lock")
+
+
 def _manifest(folder, rows):
     folder.mkdir(parents=True, exist_ok=True)
     lines = ["index,id,split,image_sha256,mask_sha256"] + [",".join(map(str, (i, *r))) for i, r in enumerate(rows)]
@@ -112,7 +145,13 @@ def test_data_hash_from_the_manifest_or_dvc_lock(tmp_path, monkeypatch):
     }
     (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock), encoding="utf-8")
     assert P.dvc_lock_md5(data) == "0123456789abcdef0123456789abcdef.dir"
-    assert P.data_hash(data) == ("0123456789abcdef0123456789abcdef.dir", "dvc.lock")
+    # dvc.lock's md5 is used only when it is the folder's content: this one is not (stale lock)
+    actual = P.dvc_folder_hash(data).md5
+    assert actual != "0123456789abcdef0123456789abcdef.dir"
+    assert P.data_hash(data) == (actual, "computed (dvc.lock is stale)")
+    lock["stages"]["preprocess"]["outs"][0]["md5"] = actual
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock), encoding="utf-8")
+    assert P.data_hash(data) == (actual, "dvc.lock")
     other = tmp_path / "data" / "other"
     _manifest(other, [("a", "train", "i0", "m0")])
     assert P.dvc_lock_md5(other) is None and P.data_hash(other)[1] == "manifest"
