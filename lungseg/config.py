@@ -387,7 +387,7 @@ class EvaluateConfig(Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """Arithmetic of the forward pass, part of the served model: ``bf16`` = bf16 autocast (evaluation
     scores with it, on any CPU; ``lungseg predict`` serves it where the device has bf16, else fp32 with
-    a note), ``fp32``, ``auto`` = fp32 on the CPU and bf16 on CUDA (as before the setting)."""
+    a note), ``fp32``, ``auto`` = fp32 on every device (served as evaluated, #20)."""
 
 
 def _placeholders(template: str) -> list[str]:

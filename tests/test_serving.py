@@ -59,7 +59,7 @@ def test_precision_round_trips_and_is_in_the_fingerprint():
 
 def test_settings_recorded_before_precision_load_and_keep_their_fingerprint(tmp_path):
     """A metrics.json / model metadata written before the field: no ``precision`` key. It loads as ``auto``
-    (fp32 on the CPU, bf16 autocast on CUDA: what lungseg did then) with the fingerprint it was recorded
+    (fp32 on every device: what evaluation scored it in, #20) with the fingerprint it was recorded
     with — computed with the serving.py of commit 795eb6a (before the field), written out here."""
     old = {
         "threshold": 0.55,
@@ -97,6 +97,30 @@ def test_evaluation_scores_with_the_precision_it_records():
     np.testing.assert_array_equal(predict(net, x), want32)
     np.testing.assert_array_equal(predict(net, x, precision="bf16"), want16)
     assert not np.array_equal(want16, want32)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("precision", ["auto", "fp32", "bf16"])
+def test_the_served_arithmetic_is_the_evaluated_one(precision, device, monkeypatch):
+    """#20: for every serving precision, on either device (both with bf16), ``lungseg predict`` and the
+    portable model serve the arithmetic evaluation scored: the forward pass of
+    :func:`lungseg.evaluation.report.predict` equals :func:`lungseg.artifacts.core.predict_array` run in the
+    resolved precision. Before, ``auto`` on CUDA served bf16 autocast while evaluation scored it in fp32."""
+    import torch
+
+    from lungseg.artifacts import core
+    from lungseg.evaluation.report import predict
+
+    monkeypatch.setattr(core, "cpu_supports_bf16", lambda *a: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    served, note = core.resolve_precision(precision, device)
+    assert note is None and served == ("bf16" if precision == "bf16" else "fp32")
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(1, 1, 3, padding=1).eval()
+    x = np.random.default_rng(0).random((3, 8, 8), dtype=np.float32)
+    evaluated = predict(net, x[:, None], precision=precision)
+    # on the CPU here: the arithmetic of the resolved precision (bf16 autocast or fp32) is the same op either way
+    np.testing.assert_array_equal(core.predict_array(net, x, 8, precision=served)[:, 0], evaluated)
 
 
 @pytest.mark.parametrize(

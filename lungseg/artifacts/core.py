@@ -109,16 +109,16 @@ def cpu_supports_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
 
 def resolve_precision(precision: str, device_type: str) -> tuple[str, str | None]:
     """The arithmetic a forward pass on ``device_type`` runs in for a serving ``precision``
-    (:data:`lungseg.artifacts.serving.PRECISION`): ``("fp32" | "bf16", note)``. ``auto`` = fp32 on the CPU,
-    bf16 on CUDA (lungseg's behaviour before the setting); ``bf16`` on a CPU without bf16 support
-    (:func:`cpu_supports_bf16`) or a GPU without it falls back to fp32, and ``note`` says so in one line."""
+    (:data:`lungseg.artifacts.serving.PRECISION`): ``("fp32" | "bf16", note)``. ``auto`` = fp32 on every
+    device: evaluation scores ``auto`` in fp32 (on the CPU), so the served labels come from the arithmetic
+    that was scored (#20; bf16 on CUDA only when the settings say ``bf16``, i.e. it was evaluated in bf16,
+    or the user asks for it). ``bf16`` on a CPU without bf16 support (:func:`cpu_supports_bf16`) or a GPU
+    without it falls back to fp32, and ``note`` says so in one line."""
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"precision must be one of auto, fp32, bf16, got {precision!r}")
-    cuda = device_type == "cuda"
-    if precision == "auto":
-        return ("bf16" if cuda else "fp32"), None
-    if precision == "fp32":
+    if precision in ("auto", "fp32"):  # auto: what evaluation scored, fp32, on every device (#20)
         return "fp32", None
+    cuda = device_type == "cuda"
     if cuda and not torch.cuda.is_bf16_supported():
         return "fp32", "bf16 asked, but this GPU has no bf16: ran in fp32"
     if not cuda and not cpu_supports_bf16():

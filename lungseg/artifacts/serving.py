@@ -28,11 +28,13 @@ Vocabulary (kept tiny and explicit; anything else is a ``ValueError`` naming the
   (:func:`lungseg.artifacts.core.forward_probabilities`; it needs the network, so it acts before
   :func:`apply`).
 * ``precision``: ``"auto"`` | ``"fp32"`` | ``"bf16"`` — the arithmetic of the network's forward pass
-  (:func:`lungseg.artifacts.core.resolve_precision`). ``auto`` is what lungseg did before the field
-  existed — fp32 on the CPU, bf16 autocast on CUDA — and is what settings without the field mean; it
-  is left out of :meth:`ServingSettings.to_dict` and the fingerprint, so every fingerprint recorded
-  before the field existed is unchanged. ``bf16``: bf16 autocast on either device (a CPU without bf16
-  support serves fp32 with a note: :func:`lungseg.artifacts.core.cpu_supports_bf16`).
+  (:func:`lungseg.artifacts.core.resolve_precision`). ``auto`` is what settings without the field
+  mean and is served in fp32 on every device — the arithmetic evaluation scores it in (on the CPU),
+  so the served labels are the scored ones (#20; before, CUDA served ``auto`` in bf16 autocast, which
+  no evaluation had scored). It is left out of :meth:`ServingSettings.to_dict` and the fingerprint, so
+  every fingerprint recorded before the field existed is unchanged. ``bf16``: bf16 autocast on either
+  device (a CPU without bf16 support serves fp32 with a note:
+  :func:`lungseg.artifacts.core.cpu_supports_bf16`).
 
 Evaluation scores the labels :func:`apply` makes, the portable model and ``lungseg predict`` serve the
 labels :func:`apply` makes: one function, so what is served is what was measured.
@@ -53,7 +55,7 @@ import numpy as np
 
 POSTPROCESS = ("none", "largest_components+fill_holes")
 TTA = ("none", "flips")
-#: the forward pass's arithmetic; ``auto`` = fp32 on the CPU, bf16 autocast on CUDA (the behaviour before the field)
+#: the forward pass's arithmetic; ``auto`` = fp32 on every device (what evaluation scores it in, #20)
 PRECISION = ("auto", "fp32", "bf16")
 #: components smaller than this share of the slice's largest one are dropped by the post-processing
 MIN_COMPONENT_SHARE = 0.1

@@ -71,8 +71,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument(
         "--precision",
         default="auto",
-        help="auto (default: the model's serving setting; a model without one: fp32 on the CPU, bf16 "
-        "autocast on CUDA), fp32 or bf16 (a CPU without native bf16 runs fp32, with a note); another "
+        help="auto (default: the model's serving setting; a model without one, or auto: fp32 on every "
+        "device, the arithmetic it was evaluated in), fp32 or bf16 (a CPU without native bf16 runs fp32, "
+        "with a note); another "
         "value than the model was evaluated with is noted in the report's warnings",
     )
     p.add_argument(

@@ -16,11 +16,11 @@ Models (:func:`load_model`)
 
 Inference (:class:`SliceInference`)
     Batches of slices of one size go to the device as they are, are resized to the model there,
-    run under ``torch.inference_mode`` in the model's serving ``precision`` (``auto``: fp32 on the
-    CPU; CUDA: bf16 autocast + channels_last, ``cudnn.benchmark``; ``bf16`` on a CPU without native
-    bf16: fp32 and a note) or, with ``backend="onnxruntime"``, through the model's ONNX export, and
-    only uint8 labels come back (:mod:`lungseg.artifacts.core`). A tqdm progress bar per volume on a
-    terminal. What ran is the report's ``inference``.
+    run under ``torch.inference_mode`` in the model's serving ``precision`` (``auto``: fp32 on every
+    device, the arithmetic evaluation scored; CUDA: channels_last, ``cudnn.benchmark``; ``bf16``: bf16
+    autocast, on a CPU without native bf16 fp32 and a note) or, with ``backend="onnxruntime"``, through
+    the model's ONNX export, and only uint8 labels come back (:mod:`lungseg.artifacts.core`). A tqdm
+    progress bar per volume on a terminal. What ran is the report's ``inference``.
 
 Roles and the cascade
     A model whose only foreground label is ``lung`` is a *lung-field* model, any other an
@@ -351,7 +351,7 @@ class SliceInference:
     """Batched slice inference of one model on one device (see the module docstring).
 
     ``backend="torch"``: the network in PyTorch, in the arithmetic of the model's serving ``precision``
-    (:func:`lungseg.artifacts.core.resolve_precision`: ``auto`` = fp32 on the CPU, bf16 autocast on CUDA;
+    (:func:`lungseg.artifacts.core.resolve_precision`: ``auto`` = fp32 on every device, as evaluated;
     ``bf16`` where the device lacks it falls back to fp32 with a note). ``backend="onnxruntime"`` (CPU):
     the model's ONNX export run by an onnxruntime ``InferenceSession`` with torch's thread count
     (:func:`lungseg.inference.export.onnxruntime_runner`: the export the model folder carries, else one

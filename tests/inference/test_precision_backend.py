@@ -42,7 +42,7 @@ def _bf16_everywhere(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------ precision
-def test_resolve_precision_keeps_the_old_behaviour_for_auto(monkeypatch):
+def test_resolve_precision_serves_auto_in_fp32_everywhere(monkeypatch):
     assert core.resolve_precision("auto", "cpu") == ("fp32", None)
     assert core.resolve_precision("fp32", "cpu") == ("fp32", None)
     monkeypatch.setattr(core, "cpu_supports_bf16", lambda *a: True)
@@ -51,7 +51,11 @@ def test_resolve_precision_keeps_the_old_behaviour_for_auto(monkeypatch):
     got, note = core.resolve_precision("bf16", "cpu")
     assert got == "fp32" and "no native bf16" in note and "\n" not in note
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert core.resolve_precision("auto", "cuda") == ("bf16", None)  # CUDA: bf16 autocast, as before
+    # CUDA with bf16: auto is fp32 too — evaluation scored auto in fp32, so that is what is served (#20);
+    # bf16 only when the settings (what was evaluated) or the user say bf16
+    assert core.resolve_precision("auto", "cuda") == ("fp32", None)
+    assert core.resolve_precision("fp32", "cuda") == ("fp32", None)
+    assert core.resolve_precision("bf16", "cuda") == ("bf16", None)
     with pytest.raises(ValueError, match="auto, fp32, bf16"):
         core.resolve_precision("fp16", "cpu")
 
