@@ -529,6 +529,11 @@ def _ready_version(client, tracking_uri: str, name: str, cfg, cand: _Candidate, 
         model_uri = log_served()
         tags = {**_version_tags(cfg, cand), TAG + "model_uri": model_uri, **_lineage_tags(client, cand.run_id)}
         mv = _create_version(client, tracking_uri, name, model_uri, cand.run_id, tags)
+    else:  # the same evaluation decided again, maybe under another register policy (metric, margin): its tags
+        # describe this decision, never the first one's metric and value
+        for key, value in _version_tags(cfg, cand).items():
+            if (mv.tags or {}).get(key) != value:
+                client.set_model_version_tag(name, mv.version, key, value)
     mv = _wait_ready(client, name, mv.version)
     return str(mv.version), reused, (mv.tags or {}).get(TAG + "model_uri") or str(mv.source)
 
@@ -541,6 +546,9 @@ def _judge(client, name: str, cfg, version: str, cand: _Candidate) -> tuple[bool
     """``(promote, champion's number, reason, champion's version)`` against the champion read now."""
     champion = _alias_version(client, name, cfg.champion_alias)
     if champion is not None and str(champion.version) == version:
+        barrier = _barrier(cfg, cand)  # the policy as it is now, not as it was when the alias moved
+        if barrier is not None:
+            return False, cand.value, f"champion v{version} no longer passes the policy, demoted: {barrier}", version
         return True, cand.value, "already champion (repeated run)", version
     promote, before, reason = _decide(cfg, cand, champion)
     return promote, before, reason, _version_of(champion)
@@ -554,6 +562,8 @@ def _try_alias(client, name: str, cfg, version: str, cand: _Candidate) -> _Outco
     if _version_of(_alias_version(client, name, cfg.champion_alias)) != champion_version:
         return None
     alias = cfg.champion_alias if promote else cfg.challenger_alias
+    if not promote and champion_version == version:  # demoted: the alias never names a model the policy refuses
+        client.delete_registered_model_alias(name, cfg.champion_alias)
     client.set_registered_model_alias(name, alias, version)
     if _version_of(_alias_version(client, name, alias)) != version:
         return None
@@ -688,8 +698,11 @@ def _serving_of(metrics: dict[str, Any], metrics_path: Path):
     return settings
 
 
-def _best_trivial(cfg, metrics: dict[str, Any], metrics_path: Path) -> tuple[float | None, str | None]:
-    """The best trivial predictor's ``register.metric`` (``metrics.json["baselines"]``) and its name."""
+def _best_trivial(
+    cfg, metrics: dict[str, Any], metrics_path: Path, required: bool = True
+) -> tuple[float | None, str | None]:
+    """The best trivial predictor's ``register.metric`` (``metrics.json["baselines"]``) and its name; when
+    the baselines score no such metric, a ``DataError`` if the margin check is ``required``, else None."""
     baselines = metrics.get("baselines")
     if not isinstance(baselines, dict) or not baselines:
         raise DataError(
@@ -702,8 +715,16 @@ def _best_trivial(cfg, metrics: dict[str, Any], metrics_path: Path) -> tuple[flo
         for name, b in baselines.items()
         if isinstance(b, dict) and isinstance(b.get(cfg.metric), (int, float)) and math.isfinite(b[cfg.metric])
     ]
-    if not scored:
+    if not scored and not required:
         return None, None
+    if not scored:
+        scoring = sorted({k for b in baselines.values() if isinstance(b, dict) for k in b if k != "n_images"})
+        raise DataError(
+            metrics_path,
+            f"the trivial baselines score no register.metric {cfg.metric!r}, so a model could not be checked "
+            f"against them (a constant predictor would pass): choose a metric they score ({', '.join(scoring)}), "
+            "or set register.min_margin_over_trivial: null to register without the check",
+        )
     best = max(scored) if cfg.greater_is_better else min(scored)
     return best[0], best[1]
 
@@ -901,7 +922,7 @@ def register(
     check_binding(run_info, metrics, model_dir, metrics_path)
     candidate = _candidate_value(metrics, cfg.metric, metrics_path)
     serving = _serving_of(metrics, metrics_path)
-    trivial, trivial_name = _best_trivial(cfg, metrics, metrics_path)
+    trivial, trivial_name = _best_trivial(cfg, metrics, metrics_path, required=min_margin_over_trivial is not None)
     fingerprint, fp_source = evaluation_fingerprint(metrics, evaluation_dir)
     tracking_uri = run.resolved_tracking_uri() or resolve_tracking_uri(params)
     run_id = run_info["run_id"]

@@ -361,6 +361,7 @@ def trivial_baselines(
             probs = np.full(shape, value, np.float32)
             df = per_image_metrics(probs, masks, threshold=threshold, spacing=spacing, ids=ids)
             out[name] = {k: v for k, v in _finite_or_none(aggregate(df)).items() if _kept(k)}
+            out[name]["roc_auc_pooled"] = _pooled_auc(probs, masks)  # 0.5: a constant score ranks nothing
         return out
     n_classes = shape[1]
     names = list(label_names or []) + [f"class_{c}" for c in range(len(label_names or []), n_classes)]
@@ -371,6 +372,14 @@ def trivial_baselines(
         name = "all_background" if c == 0 else f"all_{names[c]}"
         out[name] = {k: v for k, v in _finite_or_none(aggregate(df)).items() if _kept(k)}
     return out
+
+
+def _pooled_auc(probs: np.ndarray, masks: np.ndarray) -> float | None:
+    """``roc_auc_pooled`` as :func:`_curves` computes it (sklearn, every pixel); None with one class only."""
+    from sklearn.metrics import roc_auc_score
+
+    y = (np.asarray(masks) > 0).reshape(-1)
+    return float(roc_auc_score(y, np.asarray(probs).reshape(-1))) if 0 < y.sum() < y.size else None
 
 
 def _best_trivial(baselines: dict[str, dict[str, Any]], metric: str) -> float | None:
