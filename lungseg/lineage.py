@@ -569,7 +569,7 @@ def decision_target(record: str | Path, tracking_uri: str) -> tuple[str, dict[st
     decision is valid for the store it names, never for another (a :class:`DataError` then, naming
     both stores and the fix)."""
     from lungseg.io import read_json_object
-    from lungseg.tracking import redact_uri, resolve_recorded_uri
+    from lungseg.tracking import redact_uri, resolve_recorded_uri, same_store
 
     path = Path(record)
     data = read_json_object(path, "not found (a decision record is what `lungseg register --output` writes)")
@@ -577,7 +577,7 @@ def decision_target(record: str | Path, tracking_uri: str) -> tuple[str, dict[st
     if missing:
         raise DataError(path, f"not a decision record of `lungseg register`: no {', '.join(missing)}")
     made_in = resolve_recorded_uri(str(data["tracking_uri"]), path)
-    if redact_uri(made_in) != redact_uri(tracking_uri):
+    if not same_store(made_in, tracking_uri):  # one comparison with register/evaluate's (tracking)
         raise DataError(
             path,
             f"a decision made in the tracking store {redact_uri(made_in)}, not in the store in use "

@@ -13,6 +13,9 @@
 * :func:`store_record` — the store in use as a small file (``lungseg
   store``, the first stage of ``dvc.yaml``) that every MLflow-logging stage depends on: switching the
   store re-runs them into it, the same store twice re-runs nothing.
+* :func:`check_store_in_use` — ``lungseg register``/``evaluate`` work in the store the training run
+  (``mlflow_run.json``) was logged to only when it is the store in use (:func:`resolve_tracking_uri`);
+  another one is refused in one line naming both stores and the fix, never used silently.
 * :func:`mark_stale_run` — a run left ``RUNNING`` by a killed process is set to ``KILLED``.
 * :class:`ResilientRun` — every logging call goes through :meth:`ResilientRun.call`. A call that
   fails (server down, network error, artifact store error) does **not** stop training: it is
@@ -58,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from lungseg.envvars import scoped_environ
-from lungseg.errors import TrainingError
+from lungseg.errors import DataError, TrainingError
 from lungseg.provenance import data_hash, git_commit  # noqa: F401  (re-exported: callers import them from here)
 
 HTTP_DEFAULTS = {
@@ -186,6 +189,40 @@ def resolve_recorded_uri(uri: str, recorded_in: str | Path) -> str:
     if not _is_relative_sqlite(uri):
         return uri
     return absolute_sqlite(uri, repo_root(Path(recorded_in).parent) or repo_root() or Path.cwd())
+
+
+def store_in_use_source(params) -> str:
+    """What chose the store :func:`resolve_tracking_uri` answers: the variable or ``params.yaml``."""
+    return "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "mlflow.tracking_uri (params)"
+
+
+def same_store(a: str, b: str) -> bool:
+    """Whether two resolved tracking URIs name one store (passwords and a trailing ``/`` aside;
+    sqlite files compared as resolved paths)."""
+    da, db = sqlite_path(a), sqlite_path(b)
+    if da is not None or db is not None:
+        return da is not None and db is not None and da.resolve() == db.resolve()
+    return redact_uri(a).rstrip("/") == redact_uri(b).rstrip("/")
+
+
+def check_store_in_use(params, recorded_uri: str | None, recorded_in: str | Path, command: str) -> str | None:
+    """The store ``command`` (``register``/``evaluate``) works in: the one the training run recorded in
+    ``recorded_in`` (``mlflow_run.json``) lives in, ``recorded_uri`` (resolved) — only when it is the store
+    in use (:func:`resolve_tracking_uri`: ``MLFLOW_TRACKING_URI`` over ``params.mlflow.tracking_uri``);
+    another one is refused in one line naming both stores and the fix, never used silently (a decision
+    or an evaluation made in a store other than the one the user named). ``None`` when nothing is recorded."""
+    if not recorded_uri:
+        return None
+    in_use = resolve_tracking_uri(params)
+    if same_store(in_use, recorded_uri):
+        return recorded_uri
+    raise DataError(
+        recorded_in,
+        f"the training run was logged to {redact_uri(recorded_uri)}, but {store_in_use_source(params)} names "
+        f"{redact_uri(in_use)}: `lungseg {command}` never works in another store than the one named — train "
+        f"and evaluate into {redact_uri(in_use)} (`dvc repro` re-runs them when the store changes), or name "
+        f"{redact_uri(recorded_uri)} as the store",
+    )
 
 
 def mark_stale_run(tracking_uri: str, run_id: str, status: str = "KILLED") -> str:

@@ -296,6 +296,7 @@ def test_a_decision_record_is_valid_only_in_the_store_it_names(tmp_path):
         L.decision_target(path, "http://127.0.0.1:5000")
     server = _decision(tmp_path / "server.json", tracking_uri="http://u:pw@127.0.0.1:5000")
     assert L.decision_target(server, "http://u:pw@127.0.0.1:5000")[0] == "models:/lungseg-lgnet/1"
+    assert L.decision_target(server, "http://u:pw@127.0.0.1:5000/")[0] == "models:/lungseg-lgnet/1"  # the same server
     with pytest.raises(DataError, match="not a decision record.*tracking_uri"):
         L.decision_target(_decision(tmp_path / "old.json", tracking_uri=None), own)
     # the store at that address was wiped and rebuilt: its version 1 is another run

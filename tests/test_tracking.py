@@ -216,6 +216,40 @@ def test_store_record_names_the_store_in_use(tmp_path, monkeypatch):
     assert store_record(params, anchor) == {"tracking_uri": "http://127.0.0.1:5001"}
 
 
+def test_check_store_in_use_refuses_a_store_other_than_the_one_named(tmp_path, monkeypatch):
+    """F5 (#20): register/evaluate use the training run's store only when it is the store in use;
+    the same store written differently (relative/absolute sqlite, a password, a trailing slash) is the same."""
+    from types import SimpleNamespace
+
+    from lungseg.errors import DataError
+    from lungseg.tracking import check_store_in_use, same_store
+
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    run_file = repo / "models" / "medseg" / "mlflow_run.json"
+    own = f"sqlite:///{repo.resolve()}/mlflow.db"
+    params = SimpleNamespace(mlflow=SimpleNamespace(tracking_uri="sqlite:///mlflow.db"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(repo / ".git")  # inside the repository: relative to its root
+    assert check_store_in_use(params, own, run_file, "register") == own
+    assert check_store_in_use(params, None, run_file, "register") is None  # nothing recorded: nothing to check
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///other.db")
+    with pytest.raises(DataError) as err:
+        check_store_in_use(params, own, run_file, "register")
+    msg = str(err.value)
+    assert msg.startswith(f"{run_file}: the training run was logged to {own}, but MLFLOW_TRACKING_URI names ")
+    assert f"sqlite:///{repo.resolve()}/other.db" in msg and "`dvc repro`" in msg and "\n" not in msg
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://bob:pw@127.0.0.1:5000/")
+    assert check_store_in_use(params, "http://bob@127.0.0.1:5000", run_file, "evaluate") == "http://bob@127.0.0.1:5000"
+    with pytest.raises(DataError, match=r"logged to http://127.0.0.1:5001, but MLFLOW_TRACKING_URI names http://bob@"):
+        check_store_in_use(params, "http://127.0.0.1:5001", run_file, "evaluate")  # the password never printed
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    params.mlflow.tracking_uri = "http://127.0.0.1:5000"
+    with pytest.raises(DataError, match=r"mlflow.tracking_uri \(params\) names http://127.0.0.1:5000"):
+        check_store_in_use(params, own, run_file, "register")
+    assert same_store(f"sqlite:///{repo}/./mlflow.db", own) and not same_store(own, "http://127.0.0.1:5000")
+
+
 @pytest.mark.slow
 def test_lungseg_store_writes_the_record_idempotently(tmp_path):
     """`lungseg store --output F`: the same store gives the same bytes; another store other bytes; a file

@@ -27,7 +27,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     params = load(args)  # config errors surface before heavy imports
+    from lungseg.artifacts.run_file import RunFile
     from lungseg.evaluation import evaluate
+    from lungseg.tracking import check_store_in_use
+
+    run_file = args.model / "mlflow_run.json"
+    if run_file.is_file():  # the evaluation is logged under the training run: only in the store named
+        check_store_in_use(params, RunFile.from_file(run_file).resolved_tracking_uri(), run_file, "evaluate")
 
     result = evaluate(
         params,
