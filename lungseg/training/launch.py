@@ -22,6 +22,13 @@ stops the ranks as torchrun does (the same signal, SIGKILL after 30 s). The agen
 (``PR_SET_PDEATHSIG``), so a killed launcher leaves no group training on. On success the log folder is
 removed: the files are those of a plain ``torchrun`` run.
 
+A rank that fails only after rank 0 finished — the output in place with its final ``mlflow_run.json`` of
+this launch, its MLflow run FINISHED (:func:`finished_output`), e.g. a worker killed during its shutdown —
+has cost nothing: that is a success, with one ``lungseg: warning:`` line naming the rank, the output and
+the run, exit 0, the log folder removed as on any success. When the output is not complete, the run
+marked is the one of this launch: ``.partial``'s, else the output's (rank 0 got that far), and "no MLflow
+run was started" is said only when neither exists.
+
 Module-level imports are the standard library only: the agent runs this file by path
 (:data:`AGENT_CODE`) without importing :mod:`lungseg.training`, whose import (torch, MLflow,
 matplotlib) the launcher has already paid.
@@ -274,24 +281,72 @@ def outcome_message(
     return f"torchrun {how} before reporting how the group ended", EXIT_AGENT, "FAILED"
 
 
+def _written_since(path: Path, started: float) -> bool:
+    """``path`` is a file written by this launch (not one an earlier run left)."""
+    return path.is_file() and path.stat().st_mtime >= started
+
+
+def run_status(tracking_uri: str | None, run_id: str) -> str | None:
+    """The MLflow status of ``run_id`` (``FINISHED``…), ``None`` when the store cannot tell (never raises)."""
+    if not tracking_uri:
+        return None
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from lungseg.tracking import short_http_retries
+
+    with short_http_retries():
+        try:
+            return str(MlflowClient(tracking_uri).get_run(run_id).info.status)
+        except (MlflowException, OSError):
+            return None
+
+
+def finished_output(output_dir: Path, started: float) -> str | None:
+    """The MLflow run id when rank 0 of this launch finished (:meth:`lungseg.training.loop.Writer.finish`):
+    ``output_dir`` in place with lungseg's marker and a final ``mlflow_run.json`` (no ``status: running``)
+    written since ``started``, whose run is FINISHED; else ``None``. A rank that fails after that (killed
+    during its shutdown) has lost nothing: the workers write nothing and rank 0 has written everything."""
+    from lungseg.artifacts.run_file import RUN_FILE, RunFile
+    from lungseg.errors import DataError
+    from lungseg.io import MARKER
+
+    path = output_dir / RUN_FILE
+    if not (output_dir / MARKER).is_file() or not _written_since(path, started):
+        return None
+    try:
+        run = RunFile.from_file(path)
+    except DataError:
+        return None
+    if run.status is not None or run_status(run.resolved_tracking_uri(), run.run_id) != "FINISHED":
+        return None
+    return run.run_id
+
+
 def mark_run(output_dir: Path, started: float, status: str) -> str:
-    """Mark the MLflow run of ``<output>.partial/mlflow_run.json`` ``status`` when it is still RUNNING
-    (a run file older than this launch names an earlier, killed run: KILLED); what was done, for the message."""
+    """Mark the MLflow run of this launch ``status`` when it is still RUNNING; what was done, for the
+    message. The run is that of ``<output>.partial/mlflow_run.json`` (one older than this launch names an
+    earlier, killed run: KILLED), else — rank 0 got as far as putting the output in place — that of
+    ``<output>/mlflow_run.json`` written by this launch; with neither, no run was started."""
     from lungseg.artifacts.run_file import RUN_FILE, RunFile
     from lungseg.errors import DataError
     from lungseg.tracking import mark_stale_run
     from lungseg.training.rundir import work_dir
 
-    path = work_dir(output_dir) / RUN_FILE
+    path, where = work_dir(output_dir) / RUN_FILE, ""
+    if not path.is_file() and _written_since(output_dir / RUN_FILE, started):
+        path, where = output_dir / RUN_FILE, f" of {output_dir}"
     try:
         run = RunFile.find(path)
     except DataError as exc:
         return f"the MLflow run could not be marked ({exc})"
-    if run is None or not run.tracking_uri:
+    if run is None:
         return "no MLflow run was started"
+    if not run.tracking_uri:
+        return f"MLflow run {run.run_id}{where} not marked ({path} names no tracking store)"
     if path.stat().st_mtime < started:
         status = "KILLED"  # not this launch's run: one a killed earlier start left
-    return f"MLflow run {run.run_id} {mark_stale_run(run.resolved_tracking_uri(), run.run_id, status)}"
+    return f"MLflow run {run.run_id}{where} {mark_stale_run(run.resolved_tracking_uri(), run.run_id, status)}"
 
 
 def _prepare_log_dir(folder: Path) -> None:
@@ -328,6 +383,14 @@ def launch(group: Group, train_args: list[str], output_dir: Path) -> int:
         shutil.rmtree(folder, ignore_errors=True)
         return 0
     message, code, status = outcome_message(outcome, returncode, received, group, ranks.errors)
+    run_id = finished_output(output_dir, started)
+    if run_id is not None:  # the training is complete: a success, with one warning line (exit 0)
+        shutil.rmtree(folder, ignore_errors=True)
+        log.warning(
+            f"lungseg: warning: {message} — after rank 0 had finished: {output_dir} is complete and "
+            f"MLflow run {run_id} FINISHED (the workers write nothing; nothing was lost)"
+        )
+        return 0
     parts = [message, mark_run(output_dir, started, status)]
     if (work_dir(output_dir) / "checkpoint.pt").is_file():
         parts.append(f"--resume continues {work_dir(output_dir)}")
@@ -390,10 +453,12 @@ __all__ = [
     "RankOutput",
     "agent_main",
     "describe_failure",
+    "finished_output",
     "launch",
     "log_dir",
     "mark_run",
     "root_cause",
+    "run_status",
 ]
 
 if __name__ == "__main__":

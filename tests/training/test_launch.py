@@ -29,6 +29,8 @@ from lungseg.training.launch import (
     Group,
     RankOutput,
     describe_failure,
+    finished_output,
+    launch,
     log_dir,
     mark_run,
     outcome_message,
@@ -190,6 +192,94 @@ def test_the_run_left_running_is_marked(tmp_path):
     assert mark_run(out, time.time() + 60, "FAILED") == f"MLflow run {runs[1]} marked KILLED"
 
 
+def _finished_output(tmp_path: Path, uri: str, *, run_status: str = "FINISHED", final: bool = True) -> str:
+    """What rank 0's :meth:`Writer.finish` leaves: ``<tmp>/m`` with lungseg's marker and its final run file;
+    the run's id."""
+    from lungseg.artifacts.run_file import RunFile
+    from lungseg.io import MARKER, marker_text
+
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name("t") or client.get_experiment(
+        client.create_experiment("t", artifact_location=(tmp_path / "mlruns").as_uri())
+    )
+    run_id = client.create_run(exp.experiment_id).info.run_id
+    if run_status != "RUNNING":
+        client.set_terminated(run_id, status=run_status)
+    out = tmp_path / "m"
+    out.mkdir(exist_ok=True)
+    (out / MARKER).write_text(marker_text(), encoding="utf-8")
+    RunFile(run_id=run_id, tracking_uri=uri, status=None if final else "running").to_file(out / "mlflow_run.json")
+    return run_id
+
+
+def _fake_group(monkeypatch, failures: list[dict], during=None) -> None:
+    """The agent replaced: ``during()`` runs while "the group runs" (after the launch started), then the
+    agent reports ``failures`` as torchrun's ChildFailedError would."""
+    import lungseg.training.launch as launch_module
+
+    def supervise(cmd, log_path, ranks):
+        if during is not None:
+            during()
+        (log_path.parent / "result.json").write_text(json.dumps({"failures": failures}), encoding="utf-8")
+        return 1, None
+
+    monkeypatch.setattr(launch_module, "supervise", supervise)
+
+
+KILLED_1 = [{"rank": 1, "local_rank": 1, "exitcode": -9, "signal": "SIGKILL"}]
+
+
+@pytest.mark.slow  # an MLflow sqlite store: seconds to create
+def test_a_rank_killed_after_rank_0_finished_is_a_warning_and_a_success(tmp_path, monkeypatch, caplog):
+    """#20 F6: rank 1 killed during its shutdown, after rank 0 had put the output in place and ended its
+    run FINISHED: the training is complete, so exit 0 with one warning naming the output and the run (not
+    "no MLflow run was started"), and ``<output>.torchrun`` removed as on any success."""
+    uri, out = _uri(tmp_path), tmp_path / "m"
+    ids: list[str] = []
+    _fake_group(monkeypatch, KILLED_1, during=lambda: ids.append(_finished_output(tmp_path, uri)))
+    with caplog.at_level("WARNING", logger="lungseg.training.launch"):
+        assert launch(Group(2), ["--output", str(out)], out) == 0
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "lungseg: warning: rank 1/2: killed by SIGKILL (exit -9) — after rank 0 had finished: "
+        f"{out} is complete and MLflow run {ids[0]} FINISHED (the workers write nothing; nothing was lost)"
+    ]
+    assert not log_dir(out).exists()
+    assert finished_output(out, time.time() - 60) == ids[0]
+    assert finished_output(out, time.time() + 60) is None  # an output older than the launch is not its result
+
+
+@pytest.mark.slow
+def test_an_incomplete_output_is_still_an_error_naming_the_run_it_marked(tmp_path, monkeypatch):
+    """#20 F6, the other cases: the output's run file is an earlier run's (older than this launch), or this
+    launch's but its run is not FINISHED: an error, the log folder kept; the run marked is this launch's —
+    the output's when ``.partial`` has none — and "no MLflow run was started" only when there is none."""
+    from lungseg.errors import TrainingError
+
+    uri, out = _uri(tmp_path), tmp_path / "m"
+    earlier = _finished_output(tmp_path, uri)
+    past = time.time() - 3600
+    os.utime(out / "mlflow_run.json", (past, past))
+    _fake_group(monkeypatch, KILLED_1)
+    with pytest.raises(TrainingError) as caught:
+        launch(Group(2), ["--output", str(out)], out)
+    assert str(caught.value) == (
+        "rank 1/2: killed by SIGKILL (exit -9); no MLflow run was started; "
+        f"torchrun's log: {log_dir(out) / 'torchrun.log'}"
+    )
+    assert caught.value.exit_code == 137 and log_dir(out).is_dir()
+    assert mlflow.MlflowClient(uri).get_run(earlier).info.status == "FINISHED"  # an earlier run: untouched
+
+    ids: list[str] = []  # rank 0 put the output in place but its run stayed RUNNING (it was killed then)
+    _fake_group(monkeypatch, KILLED_1, during=lambda: ids.append(_finished_output(tmp_path, uri, run_status="RUNNING")))
+    with pytest.raises(TrainingError) as caught:
+        launch(Group(2), ["--output", str(out)], out)
+    assert str(caught.value) == (
+        f"rank 1/2: killed by SIGKILL (exit -9); MLflow run {ids[0]} of {out} marked FAILED; "
+        f"torchrun's log: {log_dir(out) / 'torchrun.log'}"
+    )
+    assert mlflow.MlflowClient(uri).get_run(ids[0]).info.status == "FAILED"
+
+
 def test_under_torchrun_sigterm_ends_a_rank_through_systemexit(monkeypatch):
     """torchrun stops the other processes with SIGTERM when one fails: a rank turns it into SystemExit(143),
     so rank 0's ``with run:`` block ends its MLflow run KILLED instead of leaving it RUNNING."""
@@ -346,6 +436,37 @@ def test_sigkill_of_a_rank_is_one_line_the_run_failed_and_resumable(tmp_path, ti
     assert f"resuming {partial / 'checkpoint.pt'} after epoch {stopped_at}" in err and "error:" not in err
     assert load_checkpoint(out_dir / "checkpoint.pt")["epoch"] == 8
     assert _status(tmp_path, out_dir / "mlflow_run.json") == (run_id, "FINISHED")  # the same run, finished
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_sigkill_of_a_worker_after_rank_0_finished_is_a_success_with_a_warning(tmp_path, tiny_data):
+    """#20 F6 with a real group: rank 1 is stopped (SIGSTOP) as soon as rank 0 has put the output in place,
+    then killed (SIGKILL) — it dies during its shutdown, as a ``kill -9`` after "rank 0 wrote …" does."""
+    params = write_params(tmp_path / "p.yaml", _uri(tmp_path), epochs=1, batch_size=4)
+    out_dir = tmp_path / "m"
+    proc = _launcher(params, tiny_data, out_dir)
+    rank1, deadline = None, time.time() + 400
+    while time.time() < deadline and proc.poll() is None and not (out_dir / "mlflow_run.json").is_file():
+        rank1 = rank1 or _rank_pid(proc.pid, 1)
+        time.sleep(0.002)
+    assert rank1 is not None and (out_dir / "mlflow_run.json").is_file(), proc.communicate(timeout=60)
+    if not _alive([rank1]):
+        proc.communicate(timeout=120)
+        pytest.skip("rank 1 had already exited when rank 0's output appeared (nothing left to kill)")
+    os.kill(rank1, signal.SIGSTOP)
+    os.kill(rank1, signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    run_id, status = _status(tmp_path, out_dir / "mlflow_run.json")
+    assert status == "FINISHED" and "error:" not in err and "Traceback" not in err + out
+    warnings = [line for line in err.splitlines() if "warning:" in line and "after rank 0 had finished" in line]
+    assert warnings == [
+        "lungseg: warning: rank 1/2: killed by SIGKILL (exit -9) — after rank 0 had finished: "
+        f"{out_dir} is complete and MLflow run {run_id} FINISHED (the workers write nothing; nothing was lost)"
+    ], err
+    assert not log_dir(out_dir).exists() and not (tmp_path / "m.partial").exists()
+    assert load_checkpoint(out_dir / "checkpoint.pt")["epoch"] == 1
 
 
 @pytest.mark.slow
