@@ -907,7 +907,7 @@ def register(
     ``--allow-preprocessing-mismatch`` may be promoted; ``min_margin_over_trivial``: how much the model
     must beat the best trivial predictor by (None: no margin check; default ``register.min_margin_over_trivial``)."""
     from lungseg.io import atomic_write_json
-    from lungseg.tracking import portable_uri, resolve_tracking_uri
+    from lungseg.tracking import check_store_in_use, portable_uri, resolve_tracking_uri
 
     cfg = params.register
     if min_margin_over_trivial == "config":
@@ -924,7 +924,11 @@ def register(
     serving = _serving_of(metrics, metrics_path)
     trivial, trivial_name = _best_trivial(cfg, metrics, metrics_path, required=min_margin_over_trivial is not None)
     fingerprint, fp_source = evaluation_fingerprint(metrics, evaluation_dir)
-    tracking_uri = run.resolved_tracking_uri() or resolve_tracking_uri(params)
+    # the store named (MLFLOW_TRACKING_URI, else params) must be the runs' store: never decide in another one
+    # (the CLI, the KFP component and any caller of this function alike)
+    tracking_uri = check_store_in_use(params, run.resolved_tracking_uri(), run_file, "register") or (
+        resolve_tracking_uri(params)
+    )
     run_id = run_info["run_id"]
     eval_run = _evaluation_run_id(evaluation_dir)
 

@@ -91,3 +91,19 @@ def test_evaluate_refuses_another_store_before_evaluating(tmp_path, runs_store, 
     assert code == 2 and "\n" not in err
     assert f"logged to {uri}" in err and f"MLFLOW_TRACKING_URI names sqlite:///{other}" in err
     assert not out.exists() and not other.exists()
+
+
+def test_the_library_call_refuses_another_store_too(tmp_path, runs_store, monkeypatch):
+    """The KFP register component calls lungseg.registry.register, not the CLI: the check is in the library."""
+    from lungseg.config import params_from_dict
+    from lungseg.errors import DataError
+    from lungseg.registry import register
+
+    uri, info = runs_store
+    model_dir, eval_dir = write_candidate(tmp_path / "lib", info, dice=0.42, fingerprint="sha256:" + "a" * 64)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    other = tmp_path / "other.db"
+    params = params_from_dict({"register": {"model_name": "lsg-lib"}, "mlflow": {"tracking_uri": f"sqlite:///{other}"}})
+    with pytest.raises(DataError, match=f"the training run was logged to {uri}"):
+        register(params, model_dir, eval_dir, tmp_path / "x.json")
+    assert not other.exists() and not (tmp_path / "x.json").exists()

@@ -27,13 +27,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     params = load(args)  # config errors surface before heavy imports
-    from lungseg.artifacts.run_file import RunFile
     from lungseg.registry import register
-    from lungseg.tracking import check_store_in_use
-
-    run_file = args.model / "mlflow_run.json"
-    if run_file.is_file():  # the store named (variable/params) must be the runs' store: never decide in another
-        check_store_in_use(params, RunFile.from_file(run_file).resolved_tracking_uri(), run_file, "register")
 
     decision = register(
         params,
