@@ -45,12 +45,12 @@ def test_tiny_cell_records_real_metrics_and_resumes(tmp_path, shared_data, track
     assert rec["overrides"] == {"base_channels": 4, "epochs": 1}
     assert rec["params"]["train"]["model"] == "unet"
     m = rec["metrics"]
-    assert m["n_images"] == 54  # the source's x_test
+    assert m["n_images"] == 27  # the PR-Net paper's 27 test slices (split prnet-211-26-27, seed 0)
     for key in ("dice_mean", "iou_mean", "acc_mean", "spe_mean", "dice_pooled"):
         assert 0.0 <= m[key] <= 1.0
-    assert len(rec["per_image"]) == 54
+    assert len(rec["per_image"]) == 27
     per_image_dice = [r["dice"] for r in rec["per_image"]]
-    assert sum(per_image_dice) / 54 == pytest.approx(m["dice_mean"], abs=1e-6)  # the record agrees with itself
+    assert sum(per_image_dice) / 27 == pytest.approx(m["dice_mean"], abs=1e-6)  # the record agrees with itself
     assert rec["device"]["type"] == "cpu" and rec["device"]["name"]
     assert rec["wall_time_s"]["total"] > 0
     # the record carries the fully resolved identity it trained, which is what today's code builds
@@ -60,11 +60,11 @@ def test_tiny_cell_records_real_metrics_and_resumes(tmp_path, shared_data, track
     assert ident["model"]["kwargs"]["base_channels"] == 4 and ident["train"]["epochs"] == 1
     assert ident["loss"] == {"name": "bce_dice", "options": {}, "form": "foreground-only Dice"}
 
-    data_dir = work / "data" / "kaggle-64-64"
+    data_dir = work / "data" / "kaggle-64-64-prnet-211-26-27"  # the cache is named by size and split
     sha = hashlib.sha256((data_dir / "masks.npy").read_bytes()).hexdigest()
     assert rec["data"]["processed_sha256"]["masks.npy"] == sha
     assert len(rec["data"]["raw_sha256"]) == 64
-    assert rec["data"]["counts"]["test"] == 54
+    assert rec["data"]["counts"]["test"] == 27
 
     mtime = path.stat().st_mtime_ns
     again = runner.run_table(SPEC, **kw)
