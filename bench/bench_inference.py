@@ -395,7 +395,9 @@ def measure_e2e(args) -> dict:
                 cmd += [str(scan), "--output", str(out), "--device", "cpu", "--backend", backend.split()[0]]
                 load = _load()
                 t = time.perf_counter()
-                done = subprocess.run(cmd, check=True, capture_output=True, env=env, cwd=tmp, text=True)
+                done = subprocess.run(
+                    cmd, check=True, capture_output=True, env=env, cwd=tmp, text=True, encoding="utf-8"
+                )
                 wall = time.perf_counter() - t
                 found = re.search(r"in ([0-9.]+) s \(read, predict, write\)", done.stdout)
                 rep = json.loads((out / "report.json").read_text(encoding="utf-8"))

