@@ -5,7 +5,8 @@
 - :mod:`~lungseg.models.attention.pcm_attention`: PCM and LG-Attention (LG-Net), computed by the
   ``pcm_impl`` kernels ``reference`` / ``blocked`` / ``flex``;
 - :mod:`~lungseg.models.attention.dsa_attention`: DSA, gated conv and PAM (PR-Net), computed by the
-  ``dsa_impl`` kernels ``reference`` / ``blocked``;
+  ``dsa_impl`` kernels ``reference`` / ``blocked`` / ``parallel`` (the blocked kernel over chunks of
+  head-maps, one thread each: :mod:`~lungseg.models.attention.dsa_parallel`);
 - :mod:`~lungseg.models.attention.gate`: the additive attention gate (Attention U-Net).
 
 Every public name is re-exported here (``from lungseg.models.attention import LGAttention`` as

@@ -70,12 +70,14 @@ def resolve_dsa_impl(impl: str, device: torch.device, threads: int | None = None
 
     ``"auto"``: ``"blocked"`` on CPU when torch computes on one thread (``threads``, default
     ``torch.get_num_threads()``; e.g. each rank of a torchrun launch, which sets ``OMP_NUM_THREADS=1``),
-    ``"reference"`` otherwise. Measured (PR-Net's shapes at 128², base 16, N = 4096, d = 8): on one
-    thread the blocked kernel trains ~2× faster than SDPA, whose CPU flash backward is the slow part;
-    on two threads SDPA's flash kernel, parallel over batch × heads in one parallel region, was
-    ~2.3× faster than on one and ahead of the blocked kernel, whose many small GEMMs and passes
-    parallelise poorly. CUDA: SDPA's fused kernels; ``meta``: the FLOP counter sees SDPA's textbook
-    matmuls. Other values are returned as they are (``ValueError`` when unknown).
+    ``"parallel"`` on CPU with several threads, ``"reference"`` (SDPA) on other devices. Measured
+    (PR-Net's shapes at 128², base 16, N = 4096, d = 8): on one thread the blocked kernel trains ~2×
+    faster than SDPA, whose CPU flash backward is the slow part; on two threads the blocked kernel
+    itself parallelises poorly (many small GEMMs), SDPA's flash kernel was ~2.3× faster than on one
+    thread, and the ``parallel`` kernel (the blocked one over chunks of head-maps, one thread each)
+    1.36–1.56× faster than SDPA (bench/results/ATTENTION.md, a busy machine). CUDA: SDPA's fused
+    kernels; ``meta``: the FLOP counter sees SDPA's textbook matmuls. Other values are returned as they
+    are (``ValueError`` when unknown).
     """
     check_dsa_impl(impl)
     if impl != "auto":
