@@ -88,7 +88,9 @@ def resolve_nnunet(cfg: TrainConfig) -> PresetResult:
     (``model_fields_set``) takes nnU-Net's value (``filled``); a given key that differs is kept and
     recorded (``deviations[key] = {"value", "paper": nnU-Net's value, "source": "nnU-Net"}``). The
     result is checked like the file's ``train`` section."""
-    written = cfg.model_fields_set
+    from lungseg.training.presets import auto_left_to_preset
+
+    written = auto_left_to_preset(cfg)
     changes: dict[str, Any] = {}
     filled: dict[str, Any] = {}
     deviations: dict[str, dict[str, Any]] = {}

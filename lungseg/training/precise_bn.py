@@ -72,7 +72,15 @@ def describe(cfg: TrainConfig, model: torch.nn.Module, n_train: int) -> str:
         return "off (train.precise_bn: false)"
     if not batchnorm_layers(model):
         return "off (no BatchNorm layer)"
-    return f"on, {n_images(cfg, n_train)} images"
+    return f"on, {passed_images(cfg, n_train)} images"
+
+
+def passed_images(cfg: TrainConfig, n_train: int, ddp=None) -> int:
+    """How many images one recomputation passes through the model: the :func:`n_images` selected, less a
+    last batch of one image, which :func:`batches` drops as training does (the run records this number,
+    not the selection: a review found "on, 3 images" recorded for 2 passed)."""
+    m = n_images(cfg, n_train)
+    return sum(min(cfg.batch_size, m - start) for start in batch_starts(m, cfg.batch_size, ddp or SINGLE))
 
 
 def batches(x, cfg: TrainConfig, device: torch.device, epoch: int, ddp=None, *, y=None, augment: bool = False):

@@ -188,6 +188,14 @@ def _show(v: Any) -> str:
     return "null" if v is None else json.dumps(v) if isinstance(v, (dict, list)) else str(v)
 
 
+def auto_left_to_preset(cfg: TrainConfig) -> set[str]:
+    """The keys a preset treats as written: those the file gave, except ``loss: auto`` — "let the library
+    choose" — which under a preset is the preset's choice, not a deviation from it (``params.yaml`` writes
+    ``loss: auto``, and every paper-preset run from it listed "loss=auto (paper dice_focal)" although it
+    trained with exactly the paper's loss)."""
+    return {key for key in cfg.model_fields_set if not (key == "loss" and cfg.loss == "auto")}
+
+
 def resolve_preset(cfg: TrainConfig) -> PresetResult:
     """``cfg`` with its preset applied, and what the preset filled in or found changed (see the
     module docstring for the rule: keys ``cfg`` was given are kept). ``default`` returns ``cfg`` as
@@ -198,7 +206,7 @@ def resolve_preset(cfg: TrainConfig) -> PresetResult:
         from lungseg.training.nnunet_preset import resolve_nnunet
 
         return resolve_nnunet(cfg)
-    written = cfg.model_fields_set
+    written = auto_left_to_preset(cfg)
     recipe = recipe_for(cfg)
     changes: dict[str, Any] = {"paper_recipe": recipe.name}
     filled: dict[str, Any] = {}

@@ -241,3 +241,16 @@ def test_the_paper_recipe_validates_with_fresh_statistics_and_trains_the_same(tm
     assert params["train.precise_bn"] == "auto" and params["train.precise_bn_resolved"] == "on, 14 images"
     assert params["train.precise_bn_images"] == "auto"
     assert client.get_run(off.run_id).data.params["train.precise_bn_resolved"] == "off (train.precise_bn: false)"
+
+
+@pytest.mark.parametrize(
+    "images, batch, n_train, passed", [(3, 2, 14, 2), (5, 4, 14, 4), ("auto", 4, 5, 4), (6, 2, 14, 6)]
+)
+def test_the_recorded_image_count_is_the_number_passed(images, batch, n_train, passed):
+    """A last batch of one image is dropped as in training: the run recorded the selection ("on, 3 images")
+    where 2 were passed (review of #22)."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.BatchNorm2d(2))
+    cfg = TrainConfig(precise_bn_images=images, batch_size=batch, device="cpu")
+    x = torch.rand(n_train, 1, 8, 8)
+    got = precise_bn.recompute(model, x, cfg, torch.device("cpu"), epoch=1)
+    assert got == passed and precise_bn.describe(cfg, model, n_train) == f"on, {passed} images"

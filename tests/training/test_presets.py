@@ -351,3 +351,18 @@ def test_prnet_trains_with_its_own_recipe_end_to_end(tmp_path, tiny_data, capsys
     assert args["dsa_softmax"] == "query" and args["dsa_scaled"] is False and args["max_tokens"] == 4096
     run = mlflow.MlflowClient(uri).get_run(result.run_id)
     assert run.data.params["preset_deviations"] == "epochs=1 (paper 120); base_channels=4 (paper 64)"
+
+
+@pytest.mark.parametrize("preset, loss", [("paper", "dice_focal"), ("nnunet", "bce_dice")])
+def test_a_written_loss_auto_is_the_presets_choice_not_a_deviation(preset, loss):
+    """params.yaml writes `loss: auto`; every paper-preset run from it listed "loss=auto (paper dice_focal)"
+    as a deviation although it trained with the paper's loss (review of #22)."""
+    from lungseg.config import params_from_dict
+    from lungseg.training.presets import resolve_preset
+
+    cfg = params_from_dict({"train": {"preset": preset, "loss": "auto", "model": "lgnet"}}).train
+    result = resolve_preset(cfg)
+    assert result.config.loss == loss and result.filled["loss"] == loss and "loss" not in result.deviations
+    other = "bce_dice" if loss == "dice_focal" else "dice_focal"
+    written = params_from_dict({"train": {"preset": preset, "loss": other, "model": "lgnet"}}).train
+    assert resolve_preset(written).deviations["loss"]["value"] == other  # another written loss is still recorded
