@@ -307,17 +307,32 @@ def softmax_attention_blocked(
     under autocast, is computed in float32 like SDPA's CPU kernels accumulate) with autocast off,
     and returns the dtype of ``q``.
     """
+    qkv_t, sc, op = blocked_inputs(q, k, v, scale, block_rows, softmax)
+    n, g = q.shape[-2], qkv_t[0].shape[0]
+    rows, group = dsa_block_shape(n, g) if block_rows is None else (min(block_rows, n), 1)
+    with torch.autocast(q.device.type, enabled=False):
+        yt = op.apply(*qkv_t, sc, rows, group)  # (G, d, N)
+    return blocked_output(yt, q)
+
+
+def blocked_inputs(q, k, v, scale: float | None, block_rows: int | None, softmax: str):
+    """What the blocked kernels (this one and ``dsa_parallel``'s) compute on: ``q, k, v`` (…, N, d) as
+    channel-major (G, d, N) copies in float32 at least, the scale (``None``: ``1/√d``) and the autograd
+    op of ``softmax`` (key or Eq. 1's query normalisation); ``block_rows`` checked."""
     if block_rows is not None and block_rows < 1:
         raise ValueError(f"block_rows must be >= 1 or None, got {block_rows}")
     *lead, n, d = q.shape
     g = math.prod(lead)
-    rows, group = dsa_block_shape(n, g) if block_rows is None else (min(block_rows, n), 1)
     sc = d**-0.5 if scale is None else float(scale)
     dt = torch.promote_types(torch.promote_types(q.dtype, k.dtype), torch.promote_types(v.dtype, torch.float32))
     qkv_t = [t.transpose(-1, -2).reshape(g, d, n).to(dt).contiguous() for t in (q, k, v)]  # (G, d, N) each
     op = _BlockedSoftmaxAttention if check_dsa_softmax(softmax) == "key" else _BlockedQuerySoftmaxAttention
-    with torch.autocast(q.device.type, enabled=False):
-        yt = op.apply(*qkv_t, sc, rows, group)  # (G, d, N)
+    return qkv_t, sc, op
+
+
+def blocked_output(yt: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """A blocked kernel's (G, d, N) result back to ``q``'s layout (…, N, d) and dtype."""
+    *lead, n, d = q.shape
     return yt.reshape(*lead, d, n).transpose(-1, -2).to(q.dtype)  # (…, N, d)
 
 

@@ -19,12 +19,7 @@ from types import SimpleNamespace
 
 import torch
 
-from .dsa_attention import (
-    _BlockedQuerySoftmaxAttention,
-    _BlockedSoftmaxAttention,
-    check_dsa_softmax,
-    dsa_block_shape,
-)
+from .dsa_attention import blocked_inputs, blocked_output, dsa_block_shape
 
 _POOL: ThreadPoolExecutor | None = None
 _POOL_SIZE = 0
@@ -97,20 +92,17 @@ def softmax_attention_parallel(
 ) -> torch.Tensor:
     """:func:`~lungseg.models.attention.dsa_attention.softmax_attention_blocked` with the head-maps
     split over ``workers`` threads (default ``torch.get_num_threads()``); the same arguments, the
-    same values (each head-map is computed by the same blocked code, so the result equals the
-    blocked kernel's bitwise when the block shape is the same)."""
-    *lead, n, d = q.shape
-    g = math.prod(lead)
+    same values (each head-map is computed by the same blocked code; bitwise equal to the blocked
+    kernel at the same block shape when torch computes on one thread, else up to the GEMM's
+    thread-dependent rounding)."""
+    qkv_t, sc, op = blocked_inputs(q, k, v, scale, block_rows, softmax)
+    n, g = q.shape[-2], qkv_t[0].shape[0]
     workers = max(1, min(torch.get_num_threads() if workers is None else workers, g))
     per = math.ceil(g / workers)
     rows, group = dsa_block_shape(n, per) if block_rows is None else (min(block_rows, n), 1)
-    sc = d**-0.5 if scale is None else float(scale)
-    dt = torch.promote_types(torch.promote_types(q.dtype, k.dtype), torch.promote_types(v.dtype, torch.float32))
-    qkv_t = [t.transpose(-1, -2).reshape(g, d, n).to(dt).contiguous() for t in (q, k, v)]  # (G, d, N) each
-    op = _BlockedSoftmaxAttention if check_dsa_softmax(softmax) == "key" else _BlockedQuerySoftmaxAttention
     with torch.autocast(q.device.type, enabled=False):
         yt = _ParallelBlocked.apply(*qkv_t, sc, rows, group, op, workers)  # (G, d, N)
-    return yt.reshape(*lead, d, n).transpose(-1, -2).to(q.dtype)  # (…, N, d)
+    return blocked_output(yt, q)
 
 
 __all__ = ["softmax_attention_parallel"]
