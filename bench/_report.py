@@ -1,7 +1,9 @@
-"""What the benchmark scripts share: the device's name and file slug, and writing a run's record.
+"""What the benchmark scripts share: the device's name and file slug, writing a run's record, and
+the FLOPs of a model (:func:`textbook_flops`).
 
-Imported by ``bench_attention.py``, ``bench_ddp.py`` and ``bench_epoch.py`` (each puts ``bench/`` on
-``sys.path``, so it works when they run as scripts and when tests load them from their file).
+Imported by ``bench_attention.py``, ``bench_ddp.py``, ``bench_epoch.py`` and ``bench_models.py`` (each
+puts ``bench/`` on ``sys.path``, so it works when they run as scripts and when tests load them from
+their file).
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ import re
 from pathlib import Path
 
 from lungseg.io import atomic_write_text
+
+#: The attention-kernel options of the zoo's modules and the kernel the FLOPs are counted on: the
+#: reference (textbook matmuls), whatever kernel a model was built with or resolves to at run time.
+REFERENCE_KERNELS = {"dsa_impl": "reference", "pcm_impl": "reference"}
 
 
 def slug(name: str) -> str:
@@ -58,3 +64,31 @@ def check_tag(ap, tag: str | None) -> None:
     """``ap.error`` unless ``tag`` (the result file's suffix) is lower-case letters, digits and '-'."""
     if tag is not None and not re.fullmatch(r"[a-z0-9][a-z0-9-]*", tag):
         ap.error(f"--tag {tag!r}: use lower-case letters, digits and '-'")
+
+
+def textbook_flops(build, size: int, in_channels: int = 1) -> int:
+    """Forward FLOPs of one ``size``² image of the model ``build()`` makes: a property of its math,
+    the same for every attention kernel and torch thread count (#24).
+
+    The model is built on the ``meta`` device (nothing is computed), every module's ``dsa_impl`` /
+    ``pcm_impl`` is set to ``"reference"`` and SDPA runs its math kernel, and
+    :class:`torch.utils.flop_counter.FlopCounterMode` counts the forward in eval mode (2 FLOPs per
+    multiply-add of convolutions and matmuls). Counting the kernel that runs instead got the work
+    wrong: the blocked kernels' GEMMs carry an extra ones row and padding, and the ``parallel`` DSA
+    kernel's GEMMs run in worker threads, which the counter (a thread-local dispatch mode) never
+    sees — PR-Net at 128², base 16 counted 5.77 GFLOPs at 2 threads against 13.26 at one.
+    """
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = build().eval()
+    for module in model.modules():
+        for option, kernel in REFERENCE_KERNELS.items():
+            if hasattr(module, option):
+                setattr(module, option, kernel)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad(), sdpa_kernel([SDPBackend.MATH]):
+        model(torch.zeros(1, in_channels, size, size, device="meta"))
+    return counter.get_total_flops()

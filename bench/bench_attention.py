@@ -17,8 +17,9 @@ Three parts, all measured in one run:
 2. **Models**: train-step throughput (forward + BCE + backward + Adam, batch ``--batch``) of U-Net,
    LG-Net (``pcm_impl`` reference and auto) and PR-Net (``dsa_impl`` reference and auto) at
    ``--size``/``--base``. FLOPs per image are counted as ``bench/bench_models.py`` counts them
-   (:class:`torch.utils.flop_counter.FlopCounterMode` on a forward in eval mode), always on the
-   reference PCM / DSA and with SDPA's math kernel, so that every implementation is credited with
+   (``_report.textbook_flops``: :class:`torch.utils.flop_counter.FlopCounterMode` on a forward in
+   eval mode on the ``meta`` device), always on the reference PCM / DSA and with SDPA's math kernel,
+   so that every implementation (and thread count) is credited with
    the same textbook FLOPs; train FLOP/s = 3 × that × images/s.
    The ratio to U-Net's train FLOP/s is the issue's goal (≥ 0.5).
 3. **Exact attention at 512²** (``--exact512``): LG-Net base 64 at 512² has skips of 256², 128²
@@ -61,13 +62,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from _report import add_record_arguments, check_tag, device_label, write_record  # noqa: E402
+from _report import textbook_flops as _textbook_flops  # noqa: E402
 
 from lungseg.io import atomic_write_text  # noqa: E402
 from lungseg.models import create_model  # noqa: E402
@@ -331,18 +332,10 @@ DEFAULT_MODELS = ["unet", "lgnet/reference", "lgnet/auto", "prnet/reference", "p
 
 
 def textbook_flops(name: str, kwargs: dict, size: int, base: int) -> int:
-    """Forward FLOPs of one image, counted on the ``meta`` device with the reference PCM / DSA and
-    SDPA's math kernel (the textbook matmuls of every implementation)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    ref = {"lgnet": {"pcm_impl": "reference"}, "prnet": {"dsa_impl": "reference"}}
-    kw = {**kwargs, **ref.get(name, {})}
-    with torch.device("meta"):  # nothing is computed (as lungseg.models.summary counts)
-        m = create_model(name, base_channels=base, **kw).eval()
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad(), sdpa_kernel([SDPBackend.MATH]):
-        m(torch.zeros(1, 1, size, size, device="meta"))
-    return counter.get_total_flops()
+    """Forward FLOPs of one image of model ``name`` (``kwargs``): :func:`_report.textbook_flops`, counted
+    on the ``meta`` device with the reference PCM / DSA and SDPA's math kernel (the textbook matmuls
+    of every implementation)."""
+    return _textbook_flops(lambda: create_model(name, base_channels=base, **kwargs), size)
 
 
 def model_rows(args, device) -> list[dict]:

@@ -45,10 +45,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _report import textbook_flops  # noqa: E402
 
 from lungseg.io import atomic_write_text  # noqa: E402
 from lungseg.models import create_model, list_models  # noqa: E402
@@ -67,13 +69,12 @@ def make_peer(kind: str, base: int) -> torch.nn.Module:
     return cls(features=feats, act=("relu", {"inplace": True}), norm=("batch", {}), bias=False, **common)
 
 
-def flops(model: torch.nn.Module, size: int) -> int | None:
-    model.eval()
+def flops(build, size: int) -> int | None:
+    """Forward FLOPs of one image of ``build()``'s model, counted on its math (the reference attention
+    kernels on the ``meta`` device: :func:`_report.textbook_flops`), not on the kernel that runs here —
+    the same for every kernel and thread count (#24)."""
     try:
-        counter = FlopCounterMode(display=False)
-        with counter, torch.no_grad():
-            model(torch.zeros(1, 1, size, size, device=next(model.parameters()).device))
-        return counter.get_total_flops()
+        return textbook_flops(build, size)
     except Exception:  # noqa: BLE001 - a peer that cannot be counted just has no FLOPs entry
         return None
 
@@ -142,7 +143,7 @@ def run_one(build, size, args, device) -> dict:
     try:
         model = build()
         res = {"params": sum(p.numel() for p in model.parameters()), "gflops_per_img": None}
-        f = flops(model.to(device), size)
+        f = flops(build, size)
         res["gflops_per_img"] = None if f is None else f / 1e9
         res.update(measure(model, size, args.batch, args.iters, args.warmup, device))
     except torch.OutOfMemoryError as e:
@@ -181,6 +182,27 @@ def is_busy(load1: float, threads: int) -> bool:
     return load1 > max((os.cpu_count() or 1) - threads, 0) + 0.5
 
 
+#: How the FLOPs of a new record are counted (its ``flops`` field), and what a record without the field did.
+FLOPS_COUNTED = (
+    "the model's math: the reference attention kernels on the meta device (bench/_report.py textbook_flops), "
+    "the same for every kernel and thread count"
+)
+FLOPS_BEFORE = (
+    "counted on the kernel that ran (recorded before #24's fix: LG-Net's and PR-Net's counts depend on the "
+    "kernel, and the parallel DSA kernel's worker threads were not counted)"
+)
+
+
+def unet_flop_ratio(rows: list[dict], row: dict) -> float | None:
+    """``row``'s training FLOP/s (forward GFLOPs/img × train img/s) over U-Net's at the same size in the
+    same run (the issue's goal: ≥ 0.5 for LG-Net and PR-Net); ``None`` without both counts."""
+    unet = next((u["ours"] for u in rows if u["model"] == "unet" and u["size"] == row["size"]), None)
+    ours = row["ours"]
+    if unet is None or "error" in unet or not unet.get("gflops_per_img") or ours.get("gflops_per_img") is None:
+        return None
+    return ours["gflops_per_img"] * ours["train_img_s"] / (unet["gflops_per_img"] * unet["train_img_s"])
+
+
 def render_section(d: dict) -> list[str]:
     """One result file as its README section."""
     parts = [
@@ -194,15 +216,16 @@ def render_section(d: dict) -> list[str]:
         f"{'bf16 autocast + channels_last' if d['amp'] else 'fp32'}"
         + (f", torch threads {d['threads']} (pinned)" if d.get("threads") else ""),
         *([f"- load: {load_note(d.get('load'))}"] if "load" in d else []),
+        f"- flops: {d.get('flops', FLOPS_BEFORE)}",
         "",
         "| model | size | peer | params (M) | GFLOPs/img | peer GFLOPs/img | train img/s | ratio | "
-        "infer img/s | ratio | train peak GiB | ratio |",
-        "|" + " --- |" * 12,
+        "train FLOP/s ÷ U-Net's | infer img/s | ratio | train peak GiB | ratio |",
+        "|" + " --- |" * 13,
     ]
     for r in d["rows"]:
         o, p = r["ours"], r["peer"]
         if "error" in o:
-            parts.append(f"| {r['model']} | {r['size']} | {r['peer_name']} | {o['error']} |" + " |" * 8)
+            parts.append(f"| {r['model']} | {r['size']} | {r['peer_name']} | {o['error']} |" + " |" * 9)
             continue
 
         def f(v, fmt="{:.2f}"):
@@ -214,8 +237,8 @@ def render_section(d: dict) -> list[str]:
         parts.append(
             f"| {r['model']} | {r['size']} | {r['peer_name']} | {o['params'] / 1e6:.2f} | {f(o['gflops_per_img'])} "
             f"| {f(p.get('gflops_per_img'))} | {o['train_img_s']:.1f} | {ratio('train_img_s')} "
-            f"| {o['infer_img_s']:.1f} | {ratio('infer_img_s')} | {f(o.get('train_peak_mem_gib'))} "
-            f"| {ratio('train_peak_mem_gib')} |"
+            f"| {f(unet_flop_ratio(d['rows'], r))} | {o['infer_img_s']:.1f} | {ratio('infer_img_s')} "
+            f"| {f(o.get('train_peak_mem_gib'))} | {ratio('train_peak_mem_gib')} |"
         )
     return parts
 
@@ -230,6 +253,9 @@ def render_readme(results_dir: Path) -> None:
         "CPU runs share 2 cores with other jobs and use few iterations: treat their ratios as rough.",
         "GPU: LG-Net/PR-Net use the default max_tokens=4096; the peer for them, SegNet and U²-Net-P is",
         "BasicUNet at the same base width (a different FLOP budget: see the GFLOPs columns).",
+        "GFLOPs/img: the forward of one image, counted as each section's `flops` line says. Train FLOP/s ÷",
+        "U-Net's = (GFLOPs/img × train img/s) ÷ U-Net's in the same run (issue #24's goal: ≥ 0.5 for",
+        "LG-Net and PR-Net), meaningful only where the count is the model's math.",
     ]
     for path in sorted(results_dir.glob("*.json")):
         parts += render_section(json.loads(path.read_text(encoding="utf-8")))
@@ -321,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         "amp": device.type == "cuda",
         "threads": torch.get_num_threads(),
         "load": {"before": load_before, "after": load_after, "cpu_count": os.cpu_count(), "busy": busy},
+        "flops": FLOPS_COUNTED,
         "rows": rows,
         **({"tag": args.tag} if args.tag else {}),
         **({"note": args.note} if args.note else {}),
