@@ -147,9 +147,12 @@ def run(args: argparse.Namespace) -> int:
                 "the masks differ from what the model was evaluated with",
             )
         if precision != "auto":
+            evaluated = {"auto": "fp32"}.get(model.serving.precision, model.serving.precision)  # auto runs fp32 (#24)
             model = model.served_as(
                 precision=precision,
-                note=f"served in {precision} (--precision), evaluated with precision {model.serving.precision!r}",
+                note=f"served in {precision} (--precision), evaluated with precision {model.serving.precision!r}"
+                if precision != evaluated
+                else "",
             )
         models[model.role] = model
     options = {

@@ -130,6 +130,19 @@ def test_default_precision_is_fp32_on_the_cpu_and_recorded(infection_model, tmp_
     assert ran["threads"] == torch.get_num_threads()
 
 
+@pytest.mark.slow
+def test_fp32_asked_for_a_model_served_auto_is_what_was_evaluated_no_warning(infection_model, tmp_path, predict):
+    """``auto`` is served and evaluated in fp32 (core.resolve_precision), so ``--precision fp32`` changes
+    nothing that ran: no "served in fp32 (--precision)" warning (bf16 asked still warns: the test above)."""
+    out = tmp_path / "out"
+    code, _, _ = predict(infection_model, SAMPLE / "tr_im", out, "--precision", "fp32")
+    assert code == 0
+    rep = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    ran = rep["inference"]["infection"]
+    assert ran["precision"] == "fp32" and ran["precision_setting"] == "fp32"
+    assert not [w for w in rep["warnings"] if "--precision" in w], rep["warnings"]
+
+
 # ------------------------------------------------------------------------------------------ onnxruntime
 def _trained(tmp_path_factory, tiny_data, store, model: str) -> Path:
     from lungseg.config import load_params
