@@ -11,6 +11,11 @@ measured in the same process with the same input, batch and width:
 - ``attention_unet`` → ``AttentionUnet`` (channels ``base·(1..16)``, strides 2),
 - ``unetpp`` → ``BasicUNetPlusPlus`` (same features/act/norm as BasicUNet).
 
+FLOPs per image: the forward of one image counted on the model's math (``_report.textbook_flops``:
+the reference attention kernels on the ``meta`` device), so that they do not depend on the kernel
+that runs or on the thread count; the README table's "train FLOP/s ÷ U-Net's" is GFLOPs/img × train
+img/s over U-Net's in the same run.
+
 CUDA: bf16 autocast + channels_last, ``cudnn.benchmark``. CPU: fp32, with the torch thread count
 **pinned** (``--threads``, default 1: on a machine shared with other jobs, threads that compete for
 busy cores run tens of times slower) and the load average printed before and after the run (and
