@@ -4,7 +4,9 @@
 [--workdir DIR] [--results-dir DIR]`` trains and evaluates every missing cell (row × seed) of a table and
 writes one JSON record a run; ``lungseg results report`` regenerates the tables of the results page from
 those records alone; ``lungseg results check`` compares every record's identity with what today's code
-builds for its cell (``--mark`` marks records made by older code); ``lungseg results list`` shows the
+builds for its cell (``--mark`` marks records made by older code), that each record is what its file,
+table and numbers say and that the page is what the records generate (:mod:`lungseg.experiments.audit`;
+``--strict`` also refuses records made from uncommitted code); ``lungseg results list`` shows the
 tables, rows and profiles.
 
 Paths are arguments. Their defaults are resolved here, at the command line, from the working directory
@@ -157,11 +159,27 @@ def _add_check(rsub) -> None:
     chk.add_argument(
         "--renote", action="store_true", help="with --mark: write the notes of records marked unrecorded again"
     )
+    chk.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        help="the results page that must be what the records generate "
+        f"(default: {PATH_DEFAULTS['report'][1]} or ${PATH_DEFAULTS['report'][0]}, compared when it exists)",
+    )
+    chk.add_argument("--no-page", action="store_true", help="do not compare the results page with the records")
+    chk.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse records made from uncommitted code (git.dirty true, or not recorded) instead of warning",
+    )
 
 
 def _check(args: argparse.Namespace) -> int:
-    """``lungseg results check``: one line per record not current; exit 1 while any is neither current
-    nor marked as made by older code."""
+    """``lungseg results check``: one line per record not current; ``error: <file>: <problem>`` for
+    each record neither current nor marked as made by older code, each record that is not what its
+    file, table and numbers say (:func:`lungseg.experiments.audit.record_problems`) and each way the
+    page is not what the records generate; ``warning: <file>: …`` for each record made from
+    uncommitted code (an error with ``--strict``). Exit 1 on any error."""
     from lungseg.experiments import identity
 
     results_dir = _require_results_dir(args.results_dir)
@@ -169,20 +187,65 @@ def _check(args: argparse.Namespace) -> int:
         written = identity.mark_records(results_dir, Path.cwd(), args.stale_reason, renote=args.renote)
         print(f"marked {len(written)} record(s)")
     found = identity.check_records(results_dir)
-    for status in ("unrecorded", "stale", "differs", "missing"):
+    for status in ("unrecorded", "stale", "differs", "missing", "invalid"):
         for record, note in found.get(status, []):
             print(f"{status}: {record.table}/{record.profile}/{record.cell}: {note}")
     counts = ", ".join(f"{len(v)} {k}" for k, v in sorted(found.items()))
     print(f"{sum(len(v) for v in found.values())} records: {counts}")
-    bad = len(found.get("differs", [])) + len(found.get("missing", []))
-    if bad:
+    errors = [
+        f"{record.path}: identity {status}: {note}"
+        for status in ("differs", "missing", "invalid")
+        for record, note in found.get(status, [])
+    ]
+    unmarked = len(errors)
+    records = [r for v in found.values() for r, _ in v]
+    errors += _record_errors(records)
+    warnings = _code_state_lines(records)
+    errors += warnings if getattr(args, "strict", False) else []
+    for line in [] if getattr(args, "strict", False) else warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    errors += _page_errors(args, results_dir)
+    for line in errors:
+        print(f"error: {line}", file=sys.stderr)
+    if errors:
+        hint = " (records neither current nor marked as made by older code: re-run them, or --mark)"
         print(
-            f"error: {results_dir}: {bad} record(s) neither current nor marked as made by older code "
-            "(re-run them, or lungseg results check --mark)",
+            f"error: {results_dir}: {len(errors)} problem(s) above{hint if unmarked else ''}",
             file=sys.stderr,
         )
         return 1
     return 0
+
+
+def _record_errors(records) -> list[str]:
+    """``<file>: <problem>`` for each record that is not what its file, table and numbers say."""
+    from lungseg.experiments.audit import record_problems
+
+    return [
+        f"{r.path}: {problem}" for r in sorted(records, key=lambda r: str(r.path)) for problem in record_problems(r)
+    ]
+
+
+def _code_state_lines(records) -> list[str]:
+    """``<file>: made from a dirty tree …`` for each record made from uncommitted (or unrecorded) code."""
+    from lungseg.experiments.audit import code_state_note
+
+    notes = [(r.path, code_state_note(r)) for r in sorted(records, key=lambda r: str(r.path))]
+    return [f"{path}: {note}" for path, note in notes if note]
+
+
+def _page_errors(args: argparse.Namespace, results_dir: Path) -> list[str]:
+    """``<page>: <problem>`` for each way the results page is not what the records generate; the
+    default page is compared when it exists, a page named by ``--report`` must exist."""
+    from lungseg.experiments.report import page_problems
+
+    if getattr(args, "no_page", False):
+        return []
+    named = getattr(args, "report", None)
+    page = Path(named) if named is not None else default_path("report")
+    if not page.is_file():
+        return [f"{page}: results page not found"] if named is not None else []
+    return [f"{page}: {problem} (run lungseg results report)" for problem in page_problems(page, results_dir)]
 
 
 def _command(args: argparse.Namespace, table: str) -> str:

@@ -31,6 +31,7 @@ marked ``unrecorded``, and the page renders the marked ones as made by older cod
 
 from __future__ import annotations
 
+import functools
 import inspect
 import subprocess
 from collections.abc import Mapping
@@ -60,6 +61,11 @@ LANDMARKS: tuple[tuple[str, frozenset[str] | None, str], ...] = (
 )
 RECORDED = "recorded"
 UNRECORDED = "unrecorded"
+#: the commit since which the runner records the identity of every run: a record made at it or after
+#: it cannot be marked ``unrecorded`` (made "before records carried the resolved identity")
+IDENTITY_SINCE = "c90d91f"
+#: the first ``record_version`` whose runner records the identity
+RECORD_VERSION_WITH_IDENTITY = 2
 
 
 def constructor_arguments(name: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -131,18 +137,31 @@ def expected_identity(
     """What today's code builds for cell ``spec``/``profile``/``row`` (the profile with the record's
     command-line ``overrides``); ``in_channels``/``num_classes`` are the data's, ``device_type`` the
     run's (``train.precision`` is recorded as resolved there, #24)."""
-    from lungseg.artifacts.checkpoint import model_identity
     from lungseg.experiments.runner import build_params, effective_profile
-    from lungseg.training.presets import check_paper_size, resolve_preset
 
     prof = effective_profile(spec, profile, overrides)
     params = build_params(spec, row, prof, 0, device="cpu")
-    preset = check_paper_size(resolve_preset(params.train), prof.image_size, f"<{spec.dataset}>")
-    cfg = preset.config
+    return identity_of_train(
+        params.train,
+        prof.image_size,
+        f"<{spec.dataset}>",
+        in_channels=in_channels,
+        num_classes=num_classes,
+        device_type=device_type,
+    )
+
+
+def identity_of_train(train, image_size: int, where: str, *, in_channels: int, num_classes: int, device_type: str):
+    """The identity a run of the ``train`` section ``train`` (a :class:`lungseg.config.TrainConfig`; its
+    preset applied as the training applies it, to the keys it was given) on ``image_size``² data builds."""
     import torch
 
+    from lungseg.artifacts.checkpoint import model_identity
+    from lungseg.training.presets import check_paper_size, resolve_preset
     from lungseg.training.setup import resolve_precision
 
+    preset = check_paper_size(resolve_preset(train), image_size, where)
+    cfg = preset.config
     cfg = cfg.model_copy(update={"precision": resolve_precision(cfg, torch.device(device_type))})  # as recorded
     return make_identity(
         model_identity(cfg, in_channels, num_classes), cfg.model_dump(), preset.deviations, loss_of(cfg, num_classes)
@@ -192,32 +211,81 @@ def split_difference(record) -> str:
     return f"data split {ran.get('name')} (seed {ran.get('seed')}, {counts}) → {want['name']} (seed {want['seed']})"
 
 
-def staleness(record) -> tuple[str, str]:
+def staleness(record, repo: Path | None = None) -> tuple[str, str]:
     """``("current", "")``, ``("unrecorded", note)`` or ``("stale", note)`` (marked, made by older
-    code), ``("differs", what differs)`` (unmarked: the test fails) or ``("missing", …)`` (neither
-    recorded nor marked) for a record against what today's code builds for its cell — the model,
+    code), ``("differs", what differs)`` (unmarked: the test fails), ``("missing", …)`` (neither
+    recorded nor marked) or ``("invalid", why)`` (a marking neither the runner nor ``--mark`` writes:
+    :func:`marking_problem`) for a record against what today's code builds for its cell — the model,
     training and loss (:func:`expected_for`) and the data split (:func:`split_difference`; a record
-    marked ``unrecorded`` whose note does not name a split change it predates differs too)."""
+    marked ``unrecorded`` whose note does not name a split change it predates differs too).
+    ``repo``: the repository whose history judges an ``unrecorded`` mark (default: the one holding
+    the record's file)."""
     ident = record.identity
     if not ident:
         return "missing", "no identity (neither recorded nor marked unrecorded)"
+    if repo is None and record.path is not None:
+        from lungseg.tracking import repo_root
+
+        repo = repo_root(Path(record.path).parent)
+    problem = marking_problem(record, repo)
+    if problem:
+        return "invalid", problem
     split = split_difference(record)
     if ident.get("status") == UNRECORDED:
         note = str(ident.get("note") or "")
         return ("differs", split) if split and split not in note else (UNRECORDED, note)
-    if ident.get("stale"):  # recorded, and marked as made by older code (mark_records)
-        return "stale", str(ident["stale"])
     expected = expected_for(record)
     diff = differences(
-        {k: v for k, v in ident.items() if k != "status"}, {k: v for k, v in expected.items() if k != "status"}
+        {k: v for k, v in ident.items() if k not in ("status", "stale")},
+        {k: v for k, v in expected.items() if k != "status"},
     )
     diff += [split] if split else []
+    if ident.get("stale"):  # recorded, and marked as made by older code (mark_records)
+        if not diff:
+            return "invalid", (
+                f"identity marked stale ({ident['stale']}) but it is what today's code builds for its cell "
+                "(remove the mark)"
+            )
+        return "stale", str(ident["stale"])
     return ("current", "") if not diff else ("differs", "; ".join(diff))
+
+
+def marking_problem(record, repo: Path | None = None) -> str:
+    """Why ``record``'s ``identity.status`` cannot be what the runner or ``lungseg results check --mark``
+    wrote (``""`` when it can): a status other than ``recorded``/``unrecorded``; an ``unrecorded`` mark
+    on a record that carries identity fields, on a ``record_version`` 2 record (the runner that writes
+    version 2 records the identity), without a note, on a record made at or after
+    :data:`IDENTITY_SINCE`, or whose note is not what git history says of it (:func:`unrecorded_note`;
+    the last two only where ``repo``'s history holds the commits)."""
+    ident = record.identity or {}
+    status = ident.get("status")
+    if status not in (RECORDED, UNRECORDED):
+        return f"identity.status {status!r} is neither {RECORDED!r} nor {UNRECORDED!r}"
+    if status == RECORDED:
+        return ""
+    mark = f"identity.status {UNRECORDED!r}"
+    extra = sorted(set(ident) - {"status", "note"})
+    if extra:
+        return f"{mark} but the identity carries {', '.join(extra)}: a recorded identity marked unrecorded by hand"
+    if (record.record_version or 0) >= RECORD_VERSION_WITH_IDENTITY:
+        return f"{mark} in a record_version {record.record_version} record: that runner records the identity"
+    if not ident.get("note"):
+        return f"{mark} without a note (lungseg results check --mark writes it)"
+    commit = record.git.commit
+    if repo is None or not commit or not _git_knows(repo, IDENTITY_SINCE):
+        return ""
+    if _is_ancestor(IDENTITY_SINCE, commit, repo):
+        return f"{mark} but made at {commit[:10]}, not before {IDENTITY_SINCE} (every run since records its identity)"
+    want = unrecorded_note(record, repo)
+    if ident["note"] != want:
+        return f"identity.note {ident['note']!r} is not what git history says ({want!r}; --mark --renote writes it)"
+    return ""
 
 
 # ------------------------------------------------------------------------------------ older records
 
 
+@functools.lru_cache(maxsize=4096)
 def _is_ancestor(commit: str, of: str, repo: Path) -> bool | None:
     """Whether ``commit`` is ``of`` or comes before it in ``repo``'s history (None: git cannot tell)."""
     try:
@@ -227,6 +295,18 @@ def _is_ancestor(commit: str, of: str, repo: Path) -> bool | None:
     except OSError:
         return None
     return {0: True, 1: False}.get(out.returncode)
+
+
+@functools.lru_cache(maxsize=64)
+def _git_knows(repo: Path, commit: str) -> bool:
+    """Whether ``repo``'s history holds ``commit`` (not in a shallow clone that cut it, nor outside git)."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(repo), "cat-file", "-e", f"{commit}^{{commit}}"], capture_output=True, check=False
+        )
+    except OSError:
+        return False
+    return out.returncode == 0
 
 
 def unrecorded_note(record, repo: Path) -> str:
@@ -250,7 +330,7 @@ def unrecorded_identity(note: str) -> dict[str, Any]:
 
 def check_records(results_dir: str | Path) -> dict[str, list[tuple[Any, str]]]:
     """Every record under ``results_dir`` by :func:`staleness`: ``{"current"|"unrecorded"|"stale"|
-    "differs"|"missing": [(record, note), ...]}``."""
+    "differs"|"missing"|"invalid": [(record, note), ...]}``."""
     from lungseg.experiments.records import load_records
 
     out: dict[str, list[tuple[Any, str]]] = {}
@@ -282,7 +362,9 @@ def mark_records(
         names = ", ".join(f"{r.table}/{r.profile}/{r.cell}" for r, _ in differs)
         raise ConfigError(f"records differ from today's code ({names}): say why with --stale-reason")
     written = []
-    again = found.get(UNRECORDED, []) if renote else []
+    # --renote also writes again a note that is no longer what git history says (marking_problem)
+    noted = [(r, n) for r, n in found.get("invalid", []) if n.startswith("identity.note ")]
+    again = [*found.get(UNRECORDED, []), *noted] if renote else []
     for record, _note in [*found.get("missing", []), *again, *renoted]:
         new = dataclasses.replace(record, identity=unrecorded_identity(unrecorded_note(record, repo)))
         atomic_write_json(record.path, new.to_dict())

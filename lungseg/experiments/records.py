@@ -366,6 +366,19 @@ def as_records(records: Iterable[RunRecord | Mapping[str, Any]]) -> list[RunReco
     return [r if isinstance(r, RunRecord) else RunRecord.from_dict(r) for r in records]
 
 
+def records_digest(records: Iterable[RunRecord]) -> str:
+    """sha256 (hex) of ``records``' content, in cell order: each record's :meth:`RunRecord.to_dict` as
+    canonical JSON (sorted keys, no spaces), one a line. The page prints it in each table's block, so a
+    record edited after the page was generated — in any field, shown or not — makes the page differ
+    from what the records generate (``lungseg results check``)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for record in sorted(records, key=lambda r: (str(r.table), str(r.profile), str(r.row), r.seed or 0)):
+        digest.update(json.dumps(record.to_dict(), sort_keys=True, separators=(",", ":")).encode("utf-8") + b"\n")
+    return digest.hexdigest()
+
+
 def record_path(results_dir: str | Path, table: str, profile: str, row: str, seed: int) -> Path:
     """``<results_dir>/<table>/<profile>/<row>-seed<seed>.json``."""
     return Path(results_dir) / table / profile / f"{row}-seed{seed}.json"

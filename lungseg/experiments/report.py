@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lungseg.experiments.records import RunRecord, as_records, load_records
+from lungseg.experiments.records import RunRecord, as_records, load_records, records_digest
 from lungseg.experiments.specs import TABLES
 from lungseg.experiments.tables import POOLABLE, Metric, TableSpec, table_profiles
 from lungseg.io import atomic_write_text
@@ -238,7 +238,7 @@ class _TableLayout:
         """``seeds`` and our cells of one row (``not run`` when it has no record)."""
         if not recs:
             return ["—"] + ["not run"] * self.n_ours
-        cells = [",".join(str(s) for s in sorted(r.seed for r in recs))] + [c.format(recs) for c in self.cols]
+        cells = [_seeds_cell(recs)] + [c.format(recs) for c in self.cols]
         cells += [per_seed(recs, self.detail, self.suffix)] if self.detail is not None else []
         cells += [_paired_cell(ref_recs, recs, self.pair, is_ref)] if self.pair is not None else []
         return cells
@@ -250,6 +250,15 @@ class _TableLayout:
         if vals is not None:
             used.add(published_as)
         return [_fmt_published((vals or {}).get(m.name)) for m in self.pub_metrics]
+
+
+def _seeds_cell(recs: Sequence[RunRecord]) -> str:
+    """``0,1§,2``: the seeds of a row, ``§`` on those made from uncommitted code (:func:`_code_state_lines`)."""
+    from lungseg.experiments.audit import DIRTY, code_state
+
+    return ",".join(
+        f"{r.seed}" + ("§" if code_state(r) == DIRTY else "") for r in sorted(recs, key=lambda r: r.seed or 0)
+    )
 
 
 def _paired_cell(ref_recs: Sequence[RunRecord], recs: Sequence[RunRecord], metric: Metric, is_ref: bool) -> str:
@@ -331,7 +340,37 @@ def _origin_lines(spec: TableSpec, records: Sequence[RunRecord]) -> list[str]:
     out = [f"- **Data**: {d.describe()}" for d in data.values()]
     out.append(f"- **Device**: {'; '.join(_unique(r.device.describe() for r in records))}")
     out.append(f"- **Code**: git {', '.join(_unique(r.git.short() for r in records))}")
+    out += _code_state_lines(records)
     out.append(_render_time(spec, records))
+    out.append(
+        f"- **Records**: {len(records)} files, sha256 `{records_digest(records)[:16]}…` of their content "
+        "(`lungseg results check` recomputes it: a record edited after this page fails the check)"
+    )
+    return out
+
+
+def _code_state_lines(records: Sequence[RunRecord]) -> list[str]:
+    """The records made from uncommitted code (``§`` on their seed in the tables) and those whose code
+    state is not recorded: their commit does not name all the code that ran (they are kept: a record
+    is a measurement; :mod:`lungseg.experiments.audit`)."""
+    from lungseg.experiments.audit import DIRTY, UNKNOWN, code_state
+
+    out = []
+    for state, text in (
+        (
+            DIRTY,
+            "**§ Uncommitted code**: made while `lungseg/` had uncommitted changes (`git.dirty`), so the "
+            "commit named does not name all the code that ran",
+        ),
+        (
+            UNKNOWN,
+            "**Code state not recorded**: whether `lungseg/` had uncommitted changes is unknown (`git.dirty` "
+            "null; the commit was named by the environment)",
+        ),
+    ):
+        cells = [r.cell for r in records if code_state(r) == state]
+        if cells:
+            out.append(f"- {text} — {len(cells)} of {len(records)} records: {', '.join(cells)}")
     return out
 
 
@@ -635,8 +674,20 @@ def update_report(report: str | Path, results_dir: str | Path, tables: Mapping[s
     """Rewrite the generated blocks of ``report`` from the records, and the numbers the hand-written
     prose quotes through :data:`QUOTE` markers; append missing blocks at the end."""
     report = Path(report)
-    blocks = render_blocks(results_dir, tables)
     text = report.read_text(encoding="utf-8") if report.is_file() else "# Reproduced comparison tables\n"
+    atomic_write_text(report, regenerate(text, results_dir, tables))
+    return report
+
+
+def regenerate(
+    text: str,
+    results_dir: str | Path,
+    tables: Mapping[str, TableSpec] | None = None,
+    blocks: Mapping[str, str] | None = None,
+) -> str:
+    """The page ``text`` with its generated blocks and quoted numbers as the records generate them
+    (what :func:`update_report` writes)."""
+    blocks = render_blocks(results_dir, tables) if blocks is None else blocks
     text = fill_quotes(text, results_dir, tables)
     seen = set()
 
@@ -651,5 +702,33 @@ def update_report(report: str | Path, results_dir: str | Path, tables: Mapping[s
         text = text.rstrip("\n") + f"\n\n### {key}\n\n" + _wrap(key, blocks[key]) + "\n"
     if not text.endswith("\n"):
         text += "\n"
-    atomic_write_text(report, text)
-    return report
+    return text
+
+
+def page_problems(
+    report: str | Path, results_dir: str | Path, tables: Mapping[str, TableSpec] | None = None
+) -> list[str]:
+    """How the page ``report`` differs from what the records under ``results_dir`` generate (empty:
+    :func:`update_report` would change nothing): each generated block that differs or is missing, each
+    quoted number that differs, or a difference elsewhere. One line each."""
+    text = Path(report).read_text(encoding="utf-8")
+    blocks = render_blocks(results_dir, tables)
+    want = regenerate(text, results_dir, tables, blocks)
+    if want == text:
+        return []
+    have_blocks = {m.group("key"): m.group(0) for m in _BLOCK.finditer(text)}
+    want_blocks = {m.group("key"): m.group(0) for m in _BLOCK.finditer(want)}
+    out = [
+        f"block {k} is not what its records generate"
+        for k in want_blocks
+        if k in have_blocks and have_blocks[k] != want_blocks[k]
+    ]
+    out += [f"no block {k} (its table has records)" for k in want_blocks if k not in have_blocks]
+    have_q = [(m["key"], m["value"]) for m in QUOTE.finditer(text)]
+    want_q = [(m["key"], m["value"]) for m in QUOTE.finditer(want)]
+    out += [
+        f"quote {k} shows {a!r}, its records give {b!r}"
+        for (k, a), (_, b) in zip(have_q, want_q, strict=False)
+        if a != b
+    ]
+    return out or ["differs from what its records generate outside the generated blocks and quotes"]

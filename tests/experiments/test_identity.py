@@ -66,7 +66,9 @@ def test_staleness_tells_current_from_older_code():
     status, note = identity.staleness(_record(old))
     assert status == "differs" and "constructor.mrc_levels: 5 → 4" in note
     assert identity.staleness(_record(None))[0] == "missing"
-    marked = _record(identity.unrecorded_identity("made before mrc_levels 5 → 4, commit 4ccf5a1"))
+    # (record_version 1: the runner that writes version 2 records the identity; a v2 record marked
+    # unrecorded is refused, see test_a_hand_made_unrecorded_mark_is_refused)
+    marked = _record(identity.unrecorded_identity("made before mrc_levels 5 → 4, commit 4ccf5a1"), record_version=1)
     assert identity.staleness(marked) == ("unrecorded", "made before mrc_levels 5 → 4, commit 4ccf5a1")
     assert marked.made_by_older_code == "identity unrecorded (made before mrc_levels 5 → 4, commit 4ccf5a1)"
     assert _record(expected).made_by_older_code is None
@@ -89,29 +91,47 @@ def _write(folder: Path, rec: RunRecord) -> Path:
 
 
 def _check(results, **kw):
-    return cli._check(argparse.Namespace(results_dir=results, mark=False, stale_reason=None, renote=False, **kw))
+    args = {"results_dir": results, "mark": False, "stale_reason": None, "renote": False, "no_page": True, **kw}
+    return cli._check(argparse.Namespace(**args))
+
+
+#: a committed record today's code calls current (lgnet-table1/cpu/lgnet-seed0: recorded, clean tree)
+CURRENT = REPO / "docs" / "results" / "lgnet-table1" / "cpu" / "lgnet-seed0.json"
+
+
+def _full(seed=0, ident="same", version=2, commit=None) -> RunRecord:
+    """A complete record (the committed :data:`CURRENT` as seed ``seed``), with another identity,
+    record_version or commit when given."""
+    raw = json.loads(CURRENT.read_text(encoding="utf-8"))
+    raw["seed"] = raw["params"]["train"]["seed"] = seed
+    raw["record_version"] = version
+    if ident != "same":
+        raw["identity"] = ident
+    if commit is not None:
+        raw["git"]["commit"] = commit
+    return RunRecord.from_dict(raw)
 
 
 def test_check_command_fails_until_older_records_are_marked(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
     results = tmp_path / "results"
     expected = identity.expected_identity(T1, "cpu", T1.row("lgnet"))
-    current = _write(results, _record(expected))
-    older = _write(results, dataclasses.replace(_record(None), seed=1))
+    current = _write(results, _full(0, expected))
+    older = _write(results, _full(1, None, version=1, commit="50bcfe78ff1a233f0b08a9dc42e3c42378bf0342"))
     assert _check(results) == 1
     assert "missing: lgnet-table1/cpu/lgnet-seed1" in capsys.readouterr().out
-    assert cli._check(argparse.Namespace(results_dir=results, mark=True, stale_reason=None, renote=False)) == 0
+    assert _check(results, mark=True) == 0
     marked = RunRecord.read(older)
     assert marked.identity["status"] == "unrecorded" and "4ccf5a1" in marked.identity["note"]
     assert RunRecord.read(current).identity == expected  # a current record is left as it is
     # a recorded identity that today's code no longer builds: the mark needs a reason
     drift = json.loads(json.dumps(expected))
     drift["train"]["weight_decay"] = 0.5
-    _write(results, dataclasses.replace(_record(drift), seed=2))
+    _write(results, _full(2, drift))
     assert _check(results) == 1
     with pytest.raises(ConfigError, match="--stale-reason"):
         identity.mark_records(results, REPO)
-    assert cli._check(argparse.Namespace(results_dir=results, mark=True, stale_reason="before X", renote=False)) == 0
+    assert _check(results, mark=True, stale_reason="before X") == 0
     stale = RunRecord.read(results / "lgnet-table1" / "cpu" / "lgnet-seed2.json")
     assert stale.made_by_older_code.startswith("stale: before X (differs: train.weight_decay: 0.5 → 1e-05")
     # --renote writes the notes of the unrecorded ones again (from today's landmarks), nothing else
@@ -119,8 +139,7 @@ def test_check_command_fails_until_older_records_are_marked(tmp_path, capsys, mo
     raw = json.loads(path.read_text(encoding="utf-8"))
     raw["identity"]["note"] = "an older note"
     path.write_text(json.dumps(raw), encoding="utf-8")
-    ns = argparse.Namespace(results_dir=results, mark=True, stale_reason=None, renote=True)
-    assert cli._check(ns) == 0
+    assert _check(results, mark=True, renote=True) == 0
     assert RunRecord.read(path).identity == marked.identity
     assert RunRecord.read(results / "lgnet-table1" / "cpu" / "lgnet-seed2.json") == stale
 
