@@ -21,13 +21,16 @@
    a version is reused only when the very same evaluation (same ``metrics.json`` bytes, same evaluation
    run) is registered again — a repeated ``dvc repro`` — so a version's evaluation tags are always the
    ones of the evaluation it was decided on, never those of an older one;
-3. under a registry-wide lock, reads the current champion, decides, re-checks that the champion
-   has not moved, and only then sets the alias (``champion`` or ``challenger``) — aliases, never
-   the deprecated stages — then verifies the alias points where it was set;
-4. records the decision, both numbers and the fingerprints as tags on the version, writes the model
-   card (Markdown: :func:`model_card`) into the version's description, and writes the decision JSON
-   atomically to ``output`` — a file that must not exist yet (DVC deletes a stage's outputs before it
-   runs it).
+3. under a registry-wide lock, first finishes a decision an interrupted ``register`` left pending
+   (:mod:`lungseg.registry.decision`), reads the current champion, decides, re-checks that the champion
+   has not moved, writes the whole decision ahead as a pending record, and only then sets the alias
+   (``champion`` or ``challenger``) — aliases, never the deprecated stages — then verifies the alias
+   points where it was set;
+4. still under the lock, records the decision, both numbers and the fingerprints as tags on the version,
+   writes the model card (Markdown: :func:`model_card`) into the version's description and deletes the
+   pending record (so a kill anywhere in 3–4 is finished by the next ``register``, never lost); writes
+   the decision JSON atomically to ``output`` — a file that must not exist yet (DVC deletes a stage's
+   outputs before it runs it).
 
 Policy (also in docs/pipeline.md, "Registry policy"), checked in this order:
 
@@ -62,10 +65,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import socket
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -74,12 +74,11 @@ from typing import Any, NamedTuple
 from lungseg.artifacts.run_file import RunFile
 from lungseg.errors import ConfigError, DataError, LungsegError
 from lungseg.provenance import evaluation_fingerprint
+from lungseg.registry.decision import Journal, RegistryError, finish_pending, move_aliases, registry_lock, settle
+from lungseg.registry.decision import is_code as _is_code
 from lungseg.tracking import scoped_tracking_uri
 
 TAG = "lungseg."
-#: seconds after which a registry lock whose holder vanished is taken over
-LOCK_STALE_AFTER_S = 120.0
-LOCK_TIMEOUT_S = 300.0
 #: how much a promoted model must beat the best trivial predictor by, in units of ``register.metric``.
 #: On the bundled sample the all-foreground predictor scores Dice ~0.24 and the demo LG-Net ~0.65; a
 #: model that predicts all-foreground except a handful of pixels (an untrained net at lr 1e-9) lands
@@ -92,10 +91,6 @@ REGISTERED_MODEL_DESCRIPTION = (
     "register step promoted; each version's description is its model card (evaluation, trivial baselines, "
     "serving settings, how to predict). See docs/pipeline.md."
 )
-
-
-class RegistryError(LungsegError):
-    """The registry could not record the version or the decision."""
 
 
 @dataclass(frozen=True)
@@ -210,10 +205,6 @@ def _client(tracking_uri: str):
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
-def _is_code(exc: Exception, *codes: str) -> bool:
-    return getattr(exc, "error_code", None) in codes
-
-
 def _ensure_registered_model(client, name: str) -> None:
     """The registered model ``name`` with :data:`REGISTERED_MODEL_DESCRIPTION` (created quietly: the
     versions are created with the client, not ``mlflow.register_model``, which prints "Registered model
@@ -271,50 +262,6 @@ def _existing_version(client, name: str, run_id: str, evaluation_id: str):
         if mv.status == "READY" and tags.get(TAG + "evaluation_id") == evaluation_id:
             return mv
     return None
-
-
-@contextlib.contextmanager
-def registry_lock(client, name: str, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
-    """Mutual exclusion across processes and machines that share the tracking server.
-
-    Creating a registered model is atomic on the server (its name is unique), so the lock is the
-    registered model ``<name>.lock``: created to acquire, deleted to release. A lock older than
-    :data:`LOCK_STALE_AFTER_S` (holder crashed) is taken over.
-    """
-    from mlflow.exceptions import MlflowException
-
-    lock = f"{name}.lock"
-    holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    deadline = time.monotonic() + timeout
-    delay = 0.1
-    while True:
-        try:
-            client.create_registered_model(
-                lock,
-                tags={"holder": holder, "since": str(time.time())},
-                description="lungseg registration lock (transient; safe to delete if stale)",
-            )
-            break
-        except MlflowException as exc:
-            if not _is_code(exc, "RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
-                raise
-        with contextlib.suppress(MlflowException):
-            current = client.get_registered_model(lock)
-            since = float((current.tags or {}).get("since", "0") or 0)
-            if since and time.time() - since > LOCK_STALE_AFTER_S:
-                client.delete_registered_model(lock)  # stale: its holder is gone
-                continue
-        if time.monotonic() > deadline:
-            raise RegistryError(f"could not acquire the registry lock {lock!r} within {timeout:.0f}s")
-        time.sleep(delay)
-        delay = min(delay * 2, 2.0)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(MlflowException):
-            current = client.get_registered_model(lock)
-            if (current.tags or {}).get("holder") == holder:
-                client.delete_registered_model(lock)
 
 
 #: the registry's name for :func:`lungseg.tracking.scoped_tracking_uri` (one implementation)
@@ -554,31 +501,41 @@ def _judge(client, name: str, cfg, version: str, cand: _Candidate) -> tuple[bool
     return promote, before, reason, _version_of(champion)
 
 
-def _try_alias(client, name: str, cfg, version: str, cand: _Candidate) -> _Outcome | None:
-    """One attempt: decide, re-check that the champion has not moved since it was read, set the alias
-    and check it points at ``version``. None when the champion moved or the alias did not stick."""
+def _try_alias(client, name: str, cfg, version: str, cand: _Candidate, journal: Journal | None = None):
+    """One attempt: decide, re-check that the champion has not moved since it was read, write the
+    decision ahead (``journal``: :mod:`lungseg.registry.decision`), move the aliases and check the alias
+    points at ``version``. None when the champion moved or the alias did not stick."""
     promote, before, reason, champion_version = _judge(client, name, cfg, version, cand)
     # re-check: the champion must not have moved between the read and the write
     if _version_of(_alias_version(client, name, cfg.champion_alias)) != champion_version:
         return None
     alias = cfg.champion_alias if promote else cfg.challenger_alias
-    if not promote and champion_version == version:  # demoted: the alias never names a model the policy refuses
-        client.delete_registered_model_alias(name, cfg.champion_alias)
-    client.set_registered_model_alias(name, alias, version)
-    if _version_of(_alias_version(client, name, alias)) != version:
+    outcome = _Outcome(promote, before, reason, champion_version, alias)
+    if journal is not None:
+        journal.before_move(client, outcome)  # a kill from here on is finished by the next register
+    move = {"version": version, "promote": promote, "champion_version": champion_version, "alias": alias}
+    # demoted: the alias never names a model the policy refuses; a promoted challenger is no longer one
+    if not move_aliases(client, name, (cfg.champion_alias, cfg.challenger_alias), move):
         return None
-    if promote and _version_of(_alias_version(client, name, cfg.challenger_alias)) == version:
-        client.delete_registered_model_alias(name, cfg.challenger_alias)  # a promoted challenger is no longer one
-    return _Outcome(promote, before, reason, champion_version, alias)
+    return outcome
 
 
-def _move_alias(client, name: str, cfg, version: str, cand: _Candidate, attempts: int = 5) -> _Outcome:
-    """Under the registry lock, :func:`_try_alias` until it succeeds (``attempts`` at most)."""
+def _move_alias(
+    client, name: str, cfg, version: str, cand: _Candidate, attempts: int = 5, journal: Journal | None = None
+) -> _Outcome:
+    """Under the registry lock: a decision an interrupted register left pending finished first, then
+    :func:`_try_alias` until it succeeds (``attempts`` at most), then the decision recorded (``journal``)."""
     with registry_lock(client, name):
+        if journal is not None:
+            finish_pending(client, name)
         for _attempt in range(attempts):
-            outcome = _try_alias(client, name, cfg, version, cand)
+            outcome = _try_alias(client, name, cfg, version, cand, journal)
             if outcome is not None:
+                if journal is not None:
+                    journal.complete(client)
                 return outcome
+        if journal is not None:
+            journal.abandon(client)
         raise RegistryError(f"{name}: the champion kept moving during registration; run again")
 
 
@@ -609,21 +566,6 @@ def _decision(
         eval_run_id=cand.eval_run,
         training_model_uri=cand.training_model_uri,
     )
-
-
-def _tag_decision(client, name: str, version: str, decision: Decision, below_min_metric: bool) -> None:
-    """The decision, both numbers and when, as tags on the version."""
-    before = decision.champion_before
-    for key, value in {
-        TAG + "decision": decision.decision,
-        TAG + "decision_reason": decision.reason,
-        TAG + "candidate_value": repr(decision.candidate),
-        TAG + "champion_before_value": "none" if before is None else repr(before),
-        TAG + "champion_before_version": decision.champion_before_version or "none",
-        TAG + "below_min_metric": str(below_min_metric).lower(),
-        TAG + "decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }.items():
-        client.set_model_version_tag(name, version, key, value)
 
 
 # --------------------------------------------------------------------------------------------- API
@@ -958,11 +900,16 @@ def register(
     )
     try:
         version, reused, model_uri = _ready_version(client, tracking_uri, name, cfg, cand, log_served)
-        outcome = _move_alias(client, name, cfg, version, cand)
-        decision = _decision(name, version, cfg, cand, outcome, portable_uri(tracking_uri, output), reused, model_uri)
-        _tag_decision(client, name, version, decision, below_floor(cfg, candidate))
-        tags = dict(client.get_model_version(name, version).tags or {})
-        client.update_model_version(name, version, description=model_card(name, version, decision, cand, model, tags))
+        uri = portable_uri(tracking_uri, output)
+
+        def build(outcome: _Outcome, decided_at: str, tags: dict[str, str]):  # the whole decision, before the move
+            decision = _decision(name, version, cfg, cand, outcome, uri, reused, model_uri)
+            card = lambda d, t: model_card(name, version, d, cand, model, t)  # noqa: E731
+            return settle(decision, tags, below_floor(cfg, candidate), decided_at, card)
+
+        journal = Journal(name, version, (cfg.champion_alias, cfg.challenger_alias), build)
+        _move_alias(client, name, cfg, version, cand, journal=journal)
+        decision = journal.decision
     except MlflowException as exc:
         raise RegistryError(f"MLflow registry at {tracking_uri}: {exc.message}") from exc
     atomic_write_json(output, decision.to_dict())
