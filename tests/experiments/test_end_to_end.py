@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from lungseg.experiments import identity, report, runner
+from lungseg.experiments import audit, identity, report, runner
 from lungseg.experiments.specs import TABLES
 
 SPEC = TABLES["prnet-kaggle"]
@@ -74,6 +74,8 @@ def test_tiny_cell_records_real_metrics_and_resumes(tmp_path, shared_data, track
     (typed,) = report.load_records(results, "prnet-kaggle", "cpu")
     assert typed.to_dict() == rec and typed.settings.model == "unet" and typed.metric("dice_mean") == m["dice_mean"]
     assert "preset" not in rec["settings"] and rec["params"]["train"]["preset"] == "default"
+    # what the runner writes is what `lungseg results check` accepts: params, settings, numbers, file
+    assert audit.record_problems(typed) == [] and identity.staleness(typed)[0] == "current"
     block = report.render_block(SPEC, "cpu", [typed])
     assert f"{100 * m['dice_mean']:.1f} (n=1)" in block
     assert "pytest tiny cell" in block
