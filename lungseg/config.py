@@ -380,9 +380,12 @@ class EvaluateConfig(Section):
     """Post-processing of the labels, part of the served model (:mod:`lungseg.artifacts.serving`):
     ``auto`` = ``largest_components+fill_holes`` for a lung-field model (its only foreground label is
     ``lung``; lungmask's default), ``none`` for any other."""
-    tta: Literal["none", "flips"] = "none"
+    # issue #25: mirror (logits averaged, nnU-Net's inference) and auto (by the training preset)
+    tta: Literal["auto", "none", "flips", "mirror"] = "auto"
     """Test-time augmentation, part of the served model: ``flips`` averages the probabilities over the
-    four horizontal/vertical mirrorings (nnU-Net's mirroring in 2-D)."""
+    four horizontal/vertical mirrorings, ``mirror`` their logits (then sigmoid/softmax: nnU-Net's
+    ``_internal_maybe_mirror_and_predict``); ``auto`` = ``mirror`` for a model trained with
+    ``train.preset: nnunet``, ``none`` otherwise (:func:`lungseg.artifacts.serving.resolve_tta`)."""
     # issue #24: the served model's arithmetic (lungseg.artifacts.serving, part of the fingerprint)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """Arithmetic of the forward pass, part of the served model: ``bf16`` = bf16 autocast (evaluation

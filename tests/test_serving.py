@@ -36,8 +36,9 @@ def test_round_trip_fingerprint_and_what_it_covers():
         ServingSettings.for_model({**PRE, "dataset": "kaggle"}, 0.55),
         ServingSettings.for_model(PRE, 0.55, postprocess="largest_components+fill_holes"),
         ServingSettings.for_model(PRE, 0.55, tta="flips"),
+        ServingSettings.for_model(PRE, 0.55, tta="mirror"),
     ]
-    assert len({o.fingerprint() for o in others} | {s.fingerprint()}) == 7, "a setting is not in the fingerprint"
+    assert len({o.fingerprint() for o in others} | {s.fingerprint()}) == 8, "a setting is not in the fingerprint"
     assert s.differences(others[0]) == ["threshold: 0.55 vs 0.5"]
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.threshold = 0.5
@@ -129,7 +130,8 @@ def test_the_served_arithmetic_is_the_evaluated_one(precision, device, monkeypat
         ({"threshold": 1.5}, r"threshold must be a probability in \[0, 1\], got 1.5"),
         ({"threshold": float("nan")}, "threshold must be a probability"),
         ({"postprocess": "crf"}, "postprocess must be one of none, largest_components\\+fill_holes, got 'crf'"),
-        ({"tta": "rot90"}, "tta must be one of none, flips, got 'rot90'"),
+        ({"tta": "rot90"}, "tta must be one of none, flips, mirror, got 'rot90'"),
+        ({"tta": "auto"}, "tta must be one of none, flips, mirror, got 'auto'"),  # resolved before it is a setting
     ],
 )
 def test_values_outside_the_vocabulary_are_refused(kwargs, message):
@@ -233,3 +235,110 @@ def test_the_portable_model_serves_its_recorded_precision(tmp_path, monkeypatch)
     np.testing.assert_array_equal(model.predict(x), bf16)
     monkeypatch.setattr(core, "cpu_supports_bf16", lambda *a: False)
     np.testing.assert_array_equal(model.predict(x), fp32)
+
+
+# ------------------------------------------------------------------------------ tta mirror / auto (#25)
+def _old_flips(net, x):
+    """``forward_probabilities(net, x, "flips")`` as commit 43c178c wrote it (before ``mirror``), verbatim."""
+    import torch
+
+    from lungseg.artifacts.core import to_probabilities
+
+    total = None
+    for dims in ((), (-1,), (-2,), (-2, -1)):
+        p = to_probabilities(net(torch.flip(x, dims) if dims else x))
+        p = torch.flip(p, dims) if dims else p
+        total = p if total is None else total + p
+    return total / 4
+
+
+def test_mirror_averages_the_logits_as_nnunet_and_flips_is_unchanged():
+    """``mirror``: sigmoid/softmax of the mean of the four mirrored logits, each flipped back (nnU-Net's
+    ``_internal_maybe_mirror_and_predict``), by hand; ``flips`` gives bit for bit what it gave before."""
+    import torch
+
+    from lungseg.artifacts.core import forward_probabilities, mirrored_logits
+
+    torch.manual_seed(0)
+    for classes in (1, 3):
+        net = torch.nn.Conv2d(1, classes, 3, padding=1, bias=True).eval()
+        with torch.no_grad():
+            net.weight.mul_(8.0)  # logits of several units: the mean of probabilities and of logits differ
+            x = torch.rand(2, 1, 8, 8)
+            logits = [net(x), net(x.flip(-1)).flip(-1), net(x.flip(-2)).flip(-2), net(x.flip(-2, -1)).flip(-2, -1)]
+            mean = (logits[0] + logits[1] + logits[2] + logits[3]) / 4
+            want = torch.sigmoid(mean) if classes == 1 else torch.softmax(mean, dim=1)
+            torch.testing.assert_close(mirrored_logits(net, x), mean, rtol=0, atol=1e-6)
+            torch.testing.assert_close(forward_probabilities(net, x, "mirror"), want, rtol=0, atol=1e-6)
+            flips = forward_probabilities(net, x, "flips")
+            assert torch.equal(flips, _old_flips(net, x))  # models registered with flips serve as before
+            assert float((flips - want).abs().max()) > 1e-3  # mirror is not flips
+    with pytest.raises(ValueError, match="tta must be one of none, flips, mirror, got 'rot90'"):
+        forward_probabilities(net, x, "rot90")
+
+
+def test_mirror_is_exact_where_probabilities_saturate():
+    """A net whose logit is a fixed 2×2 table, whatever the input: over the four mirrorings each output pixel
+    sees every entry once. Table +40, +40, −60, −60 (sigmoids that round to 1 and to ~1e-26 in fp32): the
+    mean logit is −10 → p = sigmoid(−10), background; the mean of the probabilities (``flips``) is 0.5 →
+    foreground at threshold 0.5. ``mirror`` follows the logits, as nnU-Net, where probabilities saturate."""
+    import torch
+
+    from lungseg.artifacts.core import forward_probabilities, to_labels
+
+    class Table(torch.nn.Module):
+        def __init__(self, table):
+            super().__init__()
+            self.table = table
+
+        def forward(self, x):
+            return x * 0 + self.table
+
+    net = Table(torch.tensor([[40.0, 40.0], [-60.0, -60.0]])[None, None])
+    x = torch.zeros(1, 1, 2, 2)
+    got = forward_probabilities(net, x, "mirror")
+    torch.testing.assert_close(got, torch.sigmoid(torch.full_like(got, -10.0)), rtol=0, atol=0)
+    flips = forward_probabilities(net, x, "flips")
+    torch.testing.assert_close(flips, torch.full_like(got, 0.5), rtol=0, atol=1e-7)
+    assert to_labels(got, 0.5).sum() == 0 and to_labels(flips, 0.5).sum() == 4
+
+
+def test_tta_auto_resolves_by_the_training_preset():
+    from lungseg.artifacts.serving import resolve_tta, trained_preset
+
+    assert resolve_tta("auto", "nnunet") == "mirror"
+    assert resolve_tta("auto", "default") == resolve_tta("auto", "paper") == resolve_tta("auto", None) == "none"
+    for explicit in ("none", "flips", "mirror"):  # an explicit value is what is recorded, whatever the preset
+        assert resolve_tta(explicit, "nnunet") == resolve_tta(explicit, "default") == explicit
+    assert trained_preset({"config": {"preset": "nnunet"}}) == "nnunet"
+    assert trained_preset({"config": {"preset": "default"}}) == "default"
+    assert trained_preset({"config": {}}) == trained_preset({}) == trained_preset(None) == "default"
+
+
+def test_the_demo_model_keeps_tta_none_and_its_fingerprint():
+    """The demo (params.yaml: ``train.preset: default``, ``evaluate.tta: auto``) is evaluated with ``tta: none``
+    and the fingerprint its committed evaluation recorded (reports/medseg/metrics.json before #25:
+    ``sha256:c27b8e92…``, computed with the serving.py of commit 43c178c)."""
+    from pathlib import Path
+
+    from lungseg.config import load_params
+    from lungseg.evaluation.report import _serving_settings
+
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    assert params.evaluate.tta == "auto" and params.train.preset == "default"
+    ckpt = {
+        "preprocess": {"image_size": 64, "hu_window": [-1000.0, 400.0], "dataset": "medseg"},
+        "config": params.train.model_dump(),
+        "model_identity": {"name": "unet", "kwargs": {"num_classes": 1}},
+    }
+    meta = {"label_names": ["background", "infection"]}
+    s = _serving_settings(ckpt, meta, params.evaluate.threshold, params.evaluate.postprocess, params.evaluate.tta)
+    assert s.tta == "none"
+    assert s.fingerprint() == "sha256:c27b8e9267e5db4cf9d4d69ca710c07cc698f54cd1b1396830b2e165280e94c4"
+    nnunet = {**ckpt, "config": {**ckpt["config"], "preset": "nnunet"}}
+    assert _serving_settings(nnunet, meta, 0.5, "auto", "auto").tta == "mirror"
+    assert _serving_settings(nnunet, meta, 0.5, "auto", "none").tta == "none"  # explicit: as written
+    assert _serving_settings(nnunet, meta, 0.5, "auto", "flips").tta == "flips"
+    # a model registered with flips before #25: its recorded settings and fingerprint (commit 43c178c)
+    flips = ServingSettings.for_model(ckpt["preprocess"], 0.5, tta="flips")
+    assert flips.fingerprint() == "sha256:aed35e4107532aa7c6f6b1d86b8cd2d61eebd0f600774d0bbeea0163ec83e8f5"

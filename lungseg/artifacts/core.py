@@ -68,17 +68,37 @@ def to_probabilities(logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
 
 
-#: the mirrorings ``tta="flips"`` averages over: identity, columns, rows, both (nnU-Net's 2-D mirroring)
+#: the mirrorings ``tta="flips"`` and ``tta="mirror"`` average over: identity, columns, rows, both
+#: (nnU-Net's 2-D mirroring: every combination of the axes H and W)
 FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
+#: the serving ``tta`` values :func:`forward_probabilities` knows (:data:`lungseg.artifacts.serving.TTA`)
+TTA_MODES = ("none", "flips", "mirror")
+
+
+def mirrored_logits(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The mean of ``net``'s logits (fp32) over the mirrorings of :data:`FLIPS`, each flipped back — nnU-Net v2's
+    test-time mirroring (``nnunetv2/inference/predict_from_raw_data.py``,
+    ``nnUNetPredictor._internal_maybe_mirror_and_predict``: the network's raw outputs summed over every
+    combination of the mirror axes and divided by their number; softmax comes afterwards)."""
+    total = None
+    for dims in FLIPS:
+        y = net(torch.flip(x, dims) if dims else x).float()
+        y = torch.flip(y, dims) if dims else y
+        total = y if total is None else total + y
+    return total / len(FLIPS)
 
 
 def forward_probabilities(net: nn.Module, x: torch.Tensor, tta: str = "none") -> torch.Tensor:
-    """Probabilities of ``net`` on ``x`` ``(N, 1, s, s)`` (:func:`to_probabilities`); ``tta="flips"``:
-    the mean of the probabilities over the mirrorings of :data:`FLIPS`, each flipped back."""
+    """Probabilities of ``net`` on ``x`` ``(N, 1, s, s)`` (:func:`to_probabilities`). ``tta="flips"``: the
+    mean of the **probabilities** over the mirrorings of :data:`FLIPS`, each flipped back (kept as it was:
+    models served with it serve unchanged); ``tta="mirror"``: sigmoid/softmax of the mean **logits** over
+    them (:func:`mirrored_logits`, nnU-Net's ``_internal_maybe_mirror_and_predict``, #25)."""
     if tta == "none":
         return to_probabilities(net(x))
+    if tta == "mirror":
+        return to_probabilities(mirrored_logits(net, x))
     if tta != "flips":
-        raise ValueError(f"tta must be 'none' or 'flips', got {tta!r}")
+        raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
     total = None
     for dims in FLIPS:
         p = to_probabilities(net(torch.flip(x, dims) if dims else x))
@@ -136,14 +156,20 @@ def to_labels(probs: torch.Tensor, threshold: float) -> torch.Tensor:
 
 class ProbabilityNet(nn.Module):
     """``net`` followed by sigmoid/softmax: what an export carries (input ``(N, 1, s, s)`` in [0, 1],
-    output probabilities ``(N, C, s, s)``), so a consumer needs no knowledge of logits."""
+    output probabilities ``(N, C, s, s)``), so a consumer needs no knowledge of logits. ``tta="mirror"``:
+    the logits averaged over the four mirrorings first (:func:`mirrored_logits`), inside the graph — so an
+    ONNX export of it serves ``mirror`` exactly as PyTorch does (#25; no logits are rebuilt from
+    probabilities, which saturate in fp32)."""
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, tta: str = "none"):
         super().__init__()
+        if tta not in ("none", "mirror"):
+            raise ValueError(f"an exported network carries tta none or mirror, got {tta!r}")
         self.net = net
+        self.tta = tta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.net(x)  # (N, C, s, s)
+        logits = mirrored_logits(self.net, x) if self.tta == "mirror" else self.net(x)  # (N, C, s, s)
         if logits.shape[1] == 1:
             return torch.sigmoid(logits)
         return torch.softmax(logits, dim=1)
@@ -159,8 +185,9 @@ def predict_batch(
     tta: str = "none",
 ) -> torch.Tensor:
     """Probabilities ``(N, C, H, W)`` of one batch ``(N, 1, H, W)`` in [0, 1] at its own size: resize to
-    the model, run it (bf16 autocast when ``amp``; mirrored and averaged with ``tta="flips"``), resize the
-    probabilities back. Call it inside ``torch.inference_mode()``; ``images`` must be on the model's device."""
+    the model, run it (bf16 autocast when ``amp``; mirrored and averaged with ``tta="flips"`` /
+    ``"mirror"``), resize the probabilities back. Call it inside ``torch.inference_mode()``; ``images`` must
+    be on the model's device."""
     hw = tuple(images.shape[-2:])
     x = resize_to_model(images.float(), size)
     if channels_last:

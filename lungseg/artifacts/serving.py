@@ -24,9 +24,11 @@ Vocabulary (kept tiny and explicit; anything else is a ``ValueError`` naming the
   (one or two lungs; specks dropped) and their holes filled (lungmask's post-processing, in 2-D:
   evaluation scores slices). Binary models only. ``evaluate.postprocess: auto`` resolves to it for a
   lung-field model (:func:`resolve_postprocess`), to ``none`` otherwise.
-* ``tta``: ``"none"`` | ``"flips"`` — the probabilities averaged over the four mirrorings
-  (:func:`lungseg.artifacts.core.forward_probabilities`; it needs the network, so it acts before
-  :func:`apply`).
+* ``tta``: ``"none"`` | ``"flips"`` | ``"mirror"`` — ``flips``: the probabilities averaged over the four
+  mirrorings; ``mirror``: the **logits** averaged over them, then sigmoid/softmax (nnU-Net's
+  ``_internal_maybe_mirror_and_predict``, issue #25) (:func:`lungseg.artifacts.core.forward_probabilities`;
+  it needs the network, so it acts before :func:`apply`). ``evaluate.tta: auto`` resolves to
+  ``mirror`` for a model trained with ``train.preset: nnunet``, to ``none`` otherwise (:func:`resolve_tta`).
 * ``precision``: ``"auto"`` | ``"fp32"`` | ``"bf16"`` — the arithmetic of the network's forward pass
   (:func:`lungseg.artifacts.core.resolve_precision`). ``auto`` is what settings without the field
   mean and is served in fp32 on every device — the arithmetic evaluation scores it in (on the CPU),
@@ -54,7 +56,9 @@ from typing import Any
 import numpy as np
 
 POSTPROCESS = ("none", "largest_components+fill_holes")
-TTA = ("none", "flips")
+TTA = ("none", "flips", "mirror")
+#: the presets whose models ``evaluate.tta: auto`` serves with ``mirror`` (nnU-Net's inference, #25)
+MIRROR_PRESETS = frozenset({"nnunet"})
 #: the forward pass's arithmetic; ``auto`` = fp32 on every device (what evaluation scores it in, #20)
 PRECISION = ("auto", "fp32", "bf16")
 #: components smaller than this share of the slice's largest one are dropped by the post-processing
@@ -75,6 +79,23 @@ def resolve_postprocess(setting: str, label_names: list[str] | None) -> str:
     if setting != "auto":
         return setting
     return "largest_components+fill_holes" if is_lung_field(label_names) else "none"
+
+
+def trained_preset(ckpt: dict[str, Any] | None) -> str:
+    """The ``train.preset`` a checkpoint's model was trained with (its recorded effective ``config``);
+    ``default`` when it records none (trained before presets were recorded)."""
+    config = (ckpt or {}).get("config")
+    preset = config.get("preset") if isinstance(config, dict) else None
+    return str(preset) if preset else "default"
+
+
+def resolve_tta(setting: str, preset: str | None) -> str:
+    """``auto`` → ``mirror`` for a model trained with ``train.preset: nnunet`` (:data:`MIRROR_PRESETS`:
+    nnU-Net's inference mirrors and averages the logits), ``none`` for any other; an explicit value is
+    returned as it is (checked by :class:`ServingSettings`)."""
+    if setting != "auto":
+        return setting
+    return "mirror" if preset in MIRROR_PRESETS else "none"
 
 
 #: the preprocessing keys that change a served model's input (from the model's recorded ``preprocess``)
@@ -219,6 +240,7 @@ __all__ = [
     "POSTPROCESS",
     "PRECISION",
     "PREPROCESS_KEYS",
+    "MIRROR_PRESETS",
     "TTA",
     "ServingSettings",
     "apply",
@@ -226,4 +248,6 @@ __all__ = [
     "keep_large_components",
     "postprocess_labels",
     "resolve_postprocess",
+    "resolve_tta",
+    "trained_preset",
 ]

@@ -80,7 +80,7 @@ import torch
 
 from lungseg.artifacts.checkpoint import BEST, CHECKPOINT, build_model, load_checkpoint
 from lungseg.artifacts.run_file import RunFile
-from lungseg.artifacts.serving import ServingSettings, resolve_postprocess
+from lungseg.artifacts.serving import ServingSettings, resolve_postprocess, resolve_tta, trained_preset
 from lungseg.artifacts.serving import apply as apply_serving
 from lungseg.config import Params
 from lungseg.data.dataset import load_split
@@ -137,6 +137,9 @@ class EvalResult:
         ]
         vals = "  ".join(f"{k} {self.summary[k]:.4f}" for k in keys if self.summary[k] is not None)
         s = f"evaluated {self.n_images} {self.split} image(s) in {self.seconds:.1f} s → {self.output_dir}\n  {vals}"
+        tta = (self.summary.get("serving") or {}).get("tta")
+        if tta and tta != "none":  # auto resolves by the training preset (#25): say what was scored
+            s += f"\n  test-time augmentation: {tta}"
         if self.logging and self.logging.get("run_id"):
             parent = self.logging.get("parent_run_id")
             s += f"\n  logged to MLflow run {self.logging['run_id']} (under training run {parent})"
@@ -150,8 +153,9 @@ def predict(
     model: torch.nn.Module, images: np.ndarray, batch_size: int = 8, tta: str = "none", precision: str = "auto"
 ) -> np.ndarray:
     """Probabilities: ``(N, H, W)`` foreground (sigmoid) for 1-channel models, else ``(N, C, H, W)`` softmax;
-    with ``tta="flips"`` averaged over the mirrorings (:func:`lungseg.artifacts.core.forward_probabilities`,
-    what the served model does); ``precision="bf16"``: under bf16 autocast (the served arithmetic, #24)."""
+    with ``tta="flips"`` / ``"mirror"`` averaged over the mirrorings
+    (:func:`lungseg.artifacts.core.forward_probabilities`, what the served model does); ``precision="bf16"``:
+    under bf16 autocast (the served arithmetic, #24)."""
     from lungseg.artifacts.core import forward_probabilities
 
     model.eval()
@@ -325,7 +329,8 @@ def _serving_settings(
     ckpt: dict[str, Any], meta: dict[str, Any], threshold: float, postprocess: str, tta: str, precision: str = "auto"
 ) -> ServingSettings:
     """The settings this evaluation serves the model with (``postprocess: auto`` resolved by the model's
-    labels); a value outside the vocabulary is a :class:`ConfigError` (never evaluated as something else)."""
+    labels, ``tta: auto`` by the preset it was trained with: ``mirror`` under ``nnunet``, #25); a value
+    outside the vocabulary is a :class:`ConfigError` (never evaluated as something else)."""
     pre = dict(ckpt.get("preprocess") or {})
     if not pre and ckpt.get("image_size") is not None:
         pre = {"image_size": ckpt["image_size"]}
@@ -334,6 +339,7 @@ def _serving_settings(
         post = resolve_postprocess(postprocess, names)
         if post != "none" and int(ckpt["model_identity"]["kwargs"].get("num_classes", 1)) != 1:
             raise ValueError(f"postprocess {post!r} is for binary models")
+        tta = resolve_tta(tta, trained_preset(ckpt))
         return ServingSettings.for_model(pre, threshold, postprocess=post, tta=tta, precision=precision)
     except ValueError as exc:
         raise ConfigError(f"evaluate: {exc}") from exc

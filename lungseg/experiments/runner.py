@@ -67,6 +67,7 @@ __all__ = [
     "RECORD_VERSION",
     "CellOutcome",
     "CellRequest",
+    "EVALUATE",
     "PreparedData",
     "RunOptions",
     "build_params",
@@ -79,8 +80,10 @@ __all__ = [
     "git_commit",
     "prepare_dataset",
     "record_path",
+    "recorded_tta",
     "run_cell",
     "run_table",
+    "scored_tta",
     "settings_of",
     "sha256_file",
 ]
@@ -242,6 +245,27 @@ def settings_of(prof: Profile, row: Row) -> dict[str, Any]:
     )
 
 
+#: the ``evaluate`` section of every cell (``tta`` left at ``auto``: ``mirror`` under ``preset: nnunet``, #25)
+EVALUATE: dict[str, Any] = {"split": "test", "n_overlays": 2}
+
+
+def scored_tta(prof: Profile) -> str:
+    """The test-time augmentation a cell of ``prof`` is evaluated with: ``evaluate.tta`` of :data:`EVALUATE`
+    (``auto``) resolved by the profile's preset (:func:`lungseg.artifacts.serving.resolve_tta`), as
+    ``lungseg evaluate`` resolves it from the checkpoint — ``mirror`` for ``cpu-nnunet``, ``none`` otherwise."""
+    from lungseg.artifacts.serving import resolve_tta
+    from lungseg.config import EvaluateConfig
+
+    return resolve_tta(EvaluateConfig.model_validate(EVALUATE).tta, prof.preset)
+
+
+def recorded_tta(rec: dict[str, Any]) -> str:
+    """The test-time augmentation a record's metrics were scored with (``metrics.serving.tta``; ``none`` in
+    records written before serving settings were recorded, when there was none)."""
+    serving = (rec.get("metrics") or {}).get("serving") or {}
+    return str(serving.get("tta") or "none")
+
+
 def build_params(spec: TableSpec, row: Row, prof: Profile, seed: int, *, device: str = "auto"):
     """:class:`lungseg.config.Params` of one cell: library defaults + profile + row + seed."""
     from lungseg.config import params_from_dict
@@ -257,7 +281,7 @@ def build_params(spec: TableSpec, row: Row, prof: Profile, seed: int, *, device:
         {
             "preprocess": {"image_size": prof.image_size, "seed": 0, **_split_preprocess(spec)},
             "train": train,
-            "evaluate": {"split": "test", "n_overlays": 2},
+            "evaluate": dict(EVALUATE),
             "mlflow": {"experiment": MLFLOW_EXPERIMENT},
         },
         source=f"results:{spec.name}/{row.key}",
@@ -366,9 +390,12 @@ def _read_per_image(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def existing_record(path: Path, settings: dict[str, Any], split: dict[str, Any] | None = None) -> dict[str, Any] | None:
+def existing_record(
+    path: Path, settings: dict[str, Any], split: dict[str, Any] | None = None, tta: str | None = None
+) -> dict[str, Any] | None:
     """The finished record at ``path`` if it has ``settings`` (and, given, ran the data ``split``,
-    :func:`lungseg.experiments.tables.split_record`); ``ConfigError`` if it has others."""
+    :func:`lungseg.experiments.tables.split_record`, and was scored with the test-time augmentation ``tta``,
+    :func:`recorded_tta`); ``ConfigError`` if it has others."""
     if not path.is_file():
         return None
     try:
@@ -385,6 +412,12 @@ def existing_record(path: Path, settings: dict[str, Any], split: dict[str, Any] 
         raise ConfigError(
             f"{path}: made on the data split {ran}, the table's is now {split}; use --force to replace "
             "it (or another --results-dir): one mean ± std never mixes splits"
+        )
+    if tta is not None and recorded_tta(rec) != tta:
+        raise ConfigError(
+            f"{path}: scored with test-time augmentation {recorded_tta(rec)!r}, this evaluation uses {tta!r} "
+            "(evaluate.tta auto: mirror under preset nnunet); use --force to replace it (or another --results-dir): "
+            "one mean ± std never mixes evaluations"
         )
     return rec
 
@@ -442,6 +475,11 @@ def run_cell(request: CellRequest) -> RunRecord:
     metrics = _read_json(eval_dir / "metrics.json")
     if not isinstance(metrics, dict):
         raise DataError(eval_dir / "metrics.json", "evaluation wrote no metrics")
+    if recorded_tta({"metrics": metrics}) != scored_tta(prof):  # the record states what it was scored with (#25)
+        raise DataError(
+            eval_dir / "metrics.json",
+            f"scored with tta {recorded_tta({'metrics': metrics})!r}, the cell's is {scored_tta(prof)!r}",
+        )
     identity = trained_identity(request, train_dir)
     source = None
     if opts.score_at_source:
@@ -539,7 +577,7 @@ def run_table(
         settings = settings_of(prof, row)
         for seed in seeds:
             path = record_path(options.results_dir, spec.name, profile, row.key, seed)
-            if not force and existing_record(path, settings, split_record(spec)) is not None:
+            if not force and existing_record(path, settings, split_record(spec), scored_tta(prof)) is not None:
                 outcomes.append(CellOutcome(spec.name, profile, row.key, seed, "skipped", path))
                 log(outcomes[-1].describe())
             else:

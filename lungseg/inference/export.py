@@ -4,7 +4,10 @@ What is exported
     :class:`lungseg.artifacts.core.ProbabilityNet` — the network followed by its sigmoid/softmax, in
     fp32 on the CPU: input ``slices`` float32 ``(N, 1, s, s)`` in [0, 1] (``s`` = the recorded
     ``image_size``; resize and intensity are the consumer's job, as written in ``export.json``),
-    output ``probabilities`` ``(N, C, s, s)``.
+    output ``probabilities`` ``(N, C, s, s)``. With ``tta="mirror"`` (what ``lungseg predict --backend
+    onnxruntime`` exports at load for a model served with ``tta: mirror``, #25) the graph itself averages
+    the logits over the four mirrorings before the sigmoid/softmax (:func:`lungseg.artifacts.core.mirrored_logits`),
+    so its output is the PyTorch path's to the parity checked; ``export.json`` records ``tta``.
 
 How (first that exports *and* passes the parity check wins; every failed attempt is recorded)
     ONNX: (1) torch's TorchScript-based exporter (``torch.onnx.export(dynamo=False)``) with a dynamic
@@ -202,10 +205,12 @@ def export_model(
     *,
     tolerance: float = 1e-3,
     check_input: str = "",
+    tta: str = "none",
 ) -> ExportResult:
     """Export ``model`` (a :class:`lungseg.inference.predict.LoadedModel`) as ``fmt`` into ``output_dir``
     after checking it against PyTorch on ``check_slices`` (float32 [0, 1], any size); see the module
-    docstring. :class:`ExportError` when no way of exporting passes."""
+    docstring; ``tta``: ``none`` (the network) or ``mirror`` (its logits averaged over the mirrorings in the
+    graph). :class:`ExportError` when no way of exporting passes."""
     from lungseg import __version__
     from lungseg.io import atomic_dir, atomic_write_json
 
@@ -215,7 +220,9 @@ def export_model(
         raise ConfigError(f"--tolerance: must be > 0, got {tolerance}")
     t0 = time.perf_counter()
     size = int(model.preprocess["image_size"])
-    net = core.ProbabilityNet(model.net.to("cpu").float()).eval()
+    if tta not in ("none", "mirror"):
+        raise ConfigError(f"an export carries tta none or mirror, not {tta!r}")
+    net = core.ProbabilityNet(model.net.to("cpu").float(), tta=tta).eval()
     x = check_batch(check_slices, size)
     ref = _run_torch(net, x)
     name = model.identity["name"]
@@ -262,6 +269,7 @@ def export_model(
             extra.unlink()
         info = _export_info(model, fmt, file, exporter, batch, parity, failed, size, check_input, tmp / file)
         info["lungseg_version"] = __version__
+        info["tta"] = tta
         atomic_write_json(tmp / "export.json", info)
     return ExportResult(Path(output_dir), fmt, file, exporter, batch, parity, time.perf_counter() - t0, failed)
 
@@ -309,10 +317,11 @@ def _export_info(model, fmt, file, exporter, batch, parity, failed, size, check_
     }
 
 
-def carried_onnx(model) -> tuple[Path, dict[str, Any]] | None:
+def carried_onnx(model, tta: str = "none") -> tuple[Path, dict[str, Any]] | None:
     """The ONNX export a model's folder carries: ``export.json`` + ``model.onnx`` in the training folder
     itself or one folder below it (``lungseg export --output <model folder>/onnx``), exported from these
-    very weights (its ``weights_sha256`` equals the loaded model's; an export without it is not used).
+    very weights (its ``weights_sha256`` equals the loaded model's; an export without it is not used) with
+    this ``tta`` (an ``export.json`` without ``tta`` is a ``none`` export).
     None for an MLflow model (a registered version carries no export) or when there is none."""
     import json
 
@@ -331,6 +340,7 @@ def carried_onnx(model) -> tuple[Path, dict[str, Any]] | None:
             isinstance(info, dict)
             and info.get("format") == "onnx"
             and info.get("weights_sha256") == sha
+            and info.get("tta", "none") == tta
             and (info.get("parity") or {}).get("passed")
             and onnx_file.is_file()
         ):
@@ -338,13 +348,16 @@ def carried_onnx(model) -> tuple[Path, dict[str, Any]] | None:
     return None
 
 
-def onnxruntime_runner(model, check_slices: list[np.ndarray], *, threads: int | None = None, tolerance: float = 1e-3):
+def onnxruntime_runner(
+    model, check_slices: list[np.ndarray], *, threads: int | None = None, tolerance: float = 1e-3, tta: str = "none"
+):
     """``(run, record)``: ``run`` maps float32 ``(N, 1, s, s)`` in [0, 1] to the probabilities
     ``(N, C, s, s)`` of ``model``'s ONNX export in an onnxruntime ``InferenceSession`` (CPU, ``threads``
     intra-op threads, default torch's ``torch.get_num_threads()``, which follows ``OMP_NUM_THREADS``).
     The export is the one the model's folder carries (:func:`carried_onnx`), else made now by
     :func:`export_model` and checked against PyTorch on ``check_slices`` (:class:`ExportError` when no
-    export passes ``tolerance``). ``record``: where the file came from, exporter, batch, parity, threads."""
+    export passes ``tolerance``); ``tta="mirror"``: an export whose graph averages the mirrored logits
+    (:func:`export_model`). ``record``: where the file came from, exporter, batch, parity, threads, tta."""
     import tempfile
 
     import onnxruntime as ort
@@ -355,7 +368,7 @@ def onnxruntime_runner(model, check_slices: list[np.ndarray], *, threads: int | 
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3  # errors only: onnxruntime's warnings go to the C++ stderr
-    carried = carried_onnx(model)
+    carried = carried_onnx(model, tta)
     t0 = time.perf_counter()
     if carried is not None:
         path, info = carried
@@ -363,7 +376,7 @@ def onnxruntime_runner(model, check_slices: list[np.ndarray], *, threads: int | 
         origin, exporter, batch, parity = str(path), info.get("exporter"), info.get("batch"), info.get("parity")
     else:
         with tempfile.TemporaryDirectory(prefix="lungseg-onnx-") as tmp:
-            result = export_model(model, "onnx", Path(tmp) / "onnx", check_slices, tolerance=tolerance)
+            result = export_model(model, "onnx", Path(tmp) / "onnx", check_slices, tolerance=tolerance, tta=tta)
             path = result.output_dir / result.file
             session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         origin, exporter, batch, parity = "exported at load", result.exporter, result.batch, result.parity
@@ -381,6 +394,7 @@ def onnxruntime_runner(model, check_slices: list[np.ndarray], *, threads: int | 
         "batch": batch,
         "parity": parity,
         "threads": n_threads,
+        "tta": tta,
         "onnxruntime": ort.__version__,
         "seconds": round(time.perf_counter() - t0, 3),
     }

@@ -76,13 +76,17 @@ class LoadedModel:
     ``threshold``, post-processing ``auto``)."""
     notes: list[str] = field(default_factory=list)
     """Warnings about how it is served (e.g. without the post-processing it was evaluated with)."""
+    preset: str = "default"
+    """The ``train.preset`` the model was trained with (its checkpoint's record; ``default`` where the model
+    does not say): ``tta: auto`` resolves by it (:func:`lungseg.artifacts.serving.resolve_tta`, #25)."""
 
     def __post_init__(self) -> None:
-        from lungseg.artifacts.serving import ServingSettings, resolve_postprocess
+        from lungseg.artifacts.serving import ServingSettings, resolve_postprocess, resolve_tta
 
         if self.serving is None:
             post = resolve_postprocess("auto", self.label_names) if self.num_classes == 1 else "none"
-            self.serving = ServingSettings.for_model(self.preprocess, self.threshold, postprocess=post)
+            tta = resolve_tta("auto", self.preset)
+            self.serving = ServingSettings.for_model(self.preprocess, self.threshold, postprocess=post, tta=tta)
         self.threshold = self.serving.threshold
 
     def served_as(
@@ -92,15 +96,15 @@ class LoadedModel:
         ``--precision``); ``note`` is kept for the report's warnings."""
         import dataclasses
 
-        from lungseg.artifacts.serving import resolve_postprocess
+        from lungseg.artifacts.serving import resolve_postprocess, resolve_tta
 
         changes: dict[str, str] = {}
         if postprocess is not None:
             changes["postprocess"] = (
                 resolve_postprocess(postprocess, self.label_names) if self.num_classes == 1 else "none"
             )
-        if tta is not None:
-            changes["tta"] = tta
+        if tta is not None:  # auto: by the training preset, as evaluation resolves it (#25)
+            changes["tta"] = resolve_tta(tta, self.preset)
         if precision is not None:
             changes["precision"] = precision
         try:
@@ -156,13 +160,15 @@ def load_model(
     tracking_uri: str | None = None,
     threshold: float = 0.5,
     postprocess: str = "auto",
-    tta: str = "none",
+    tta: str = "auto",
     precision: str = "auto",
 ) -> LoadedModel:
     """The model named by ``spec`` (a training folder / checkpoint file, or an MLflow URI); see the
     module docstring. A registered model serves with the settings it was evaluated with (its metadata);
     a training folder, or a model logged before serving settings were recorded, with ``threshold``,
-    ``postprocess`` (``auto``: by its labels), ``tta`` and ``precision`` (the CLI passes ``evaluate.*``)."""
+    ``postprocess`` (``auto``: by its labels), ``tta`` (``auto``: ``mirror`` for a ``train.preset: nnunet``
+    model, ``none`` otherwise — as ``lungseg evaluate`` resolves it) and ``precision`` (the CLI passes
+    ``evaluate.*``)."""
     if is_mlflow_uri(spec):
         model = _from_mlflow(str(spec), tracking_uri, threshold)
         recorded = model.serving.fingerprint() if model.provenance.get("serving_recorded") else None
@@ -208,6 +214,7 @@ def _from_checkpoint(path: Path, threshold: float) -> LoadedModel:
             "such as models:/lungseg-lgnet@champion)"
         )
     from lungseg.artifacts.run_file import RUN_FILE, RunFile
+    from lungseg.artifacts.serving import trained_preset
     from lungseg.io import sha256_file
 
     ckpt = load_checkpoint(ckpt_path)
@@ -216,7 +223,10 @@ def _from_checkpoint(path: Path, threshold: float) -> LoadedModel:
     run = RunFile.find(ckpt_path.parent / RUN_FILE)  # the training folder's record of its MLflow run
     run_id = ckpt.get("mlflow_run_id") or (run.run_id if run else None)
     provenance = {"weights_sha256": sha256_file(ckpt_path), "run_id": run_id}
-    return LoadedModel(net, ckpt["model_identity"], pre, float(threshold), str(path), str(ckpt_path), provenance)
+    identity = ckpt["model_identity"]
+    return LoadedModel(
+        net, identity, pre, float(threshold), str(path), str(ckpt_path), provenance, preset=trained_preset(ckpt)
+    )
 
 
 def _pin_version(uri: str, store: str) -> tuple[str, dict[str, Any]]:
@@ -306,6 +316,7 @@ def _from_mlflow(uri: str, tracking_uri: str | None, threshold: float) -> Loaded
                 f"{uri}: not a lungseg model (no lungseg metadata, no training run to read checkpoints/best.pt from)"
             )
         from lungseg.artifacts.checkpoint import load_checkpoint
+        from lungseg.artifacts.serving import trained_preset
 
         try:
             ckpt_file = mlflow.artifacts.download_artifacts(
@@ -321,7 +332,9 @@ def _from_mlflow(uri: str, tracking_uri: str | None, threshold: float) -> Loaded
         pre = _require_preprocess(ckpt, where)
         net = _network(ckpt["model_identity"], ckpt["model_state"], where)
         provenance = {"run_id": model.run_id, **provenance, "weights_sha256": sha256_file(ckpt_file)}
-        return LoadedModel(net, ckpt["model_identity"], pre, float(threshold), uri, where, provenance)
+        return LoadedModel(
+            net, ckpt["model_identity"], pre, float(threshold), uri, where, provenance, preset=trained_preset(ckpt)
+        )
 
 
 # ----------------------------------------------------------------------------------------- inference
@@ -427,18 +440,20 @@ class SliceInference:
             from lungseg.inference.export import onnxruntime_runner
 
             picks = np.unique(np.linspace(0, len(slices) - 1, min(ONNX_CHECK_SLICES, len(slices))).round().astype(int))
-            self._runner, self.onnx = onnxruntime_runner(self.model, [slices[i] for i in picks])
+            tta = "mirror" if self.model.serving.tta == "mirror" else "none"  # mirror: in the exported graph (#25)
+            self._runner, self.onnx = onnxruntime_runner(self.model, [slices[i] for i in picks], tta=tta)
         return self._runner
 
     def _probabilities(self, batch: torch.Tensor, runner) -> torch.Tensor:
-        """Probabilities ``(N, C, H, W)`` of one batch at its own size, by the backend."""
+        """Probabilities ``(N, C, H, W)`` of one batch at its own size, by the backend (onnxruntime: ``flips``
+        averages four runs of the export here; ``mirror`` is one run of an export that mirrors inside)."""
         size, tta = self.model.image_size, self.model.serving.tta
         if runner is None:
             return core.predict_batch(self.net, batch, size, amp=self.amp, channels_last=self.channels_last, tta=tta)
         hw = tuple(batch.shape[-2:])
         x = core.resize_to_model(batch.float(), size)
         total = None
-        for dims in core.FLIPS if tta == "flips" else ((),):
+        for dims in core.FLIPS if tta == "flips" else ((),):  # mirror: the runner's graph averages the logits
             xi = torch.flip(x, dims) if dims else x
             p = torch.from_numpy(runner(np.ascontiguousarray(xi.numpy())))
             p = torch.flip(p, dims) if dims else p

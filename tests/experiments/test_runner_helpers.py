@@ -57,6 +57,30 @@ def test_existing_record_skips_same_settings_and_refuses_others(tmp_path):
     assert runner.existing_record(path, settings) is None
 
 
+def test_cpu_nnunet_cells_are_scored_with_mirror_and_older_records_are_not_mixed_in(tmp_path):
+    """#25: ``evaluate.tta`` stays ``auto`` in a cell's params, which the evaluation resolves to ``mirror`` for
+    the ``cpu-nnunet`` profile (``train.preset: nnunet``) and ``none`` for the others; a record scored with
+    another TTA (the cpu-nnunet records made before #25: ``none``) is refused unless ``--force``."""
+    from lungseg.experiments.specs import get_table
+
+    spec = get_table("infnet-protocol")
+    nnunet, cpu = runner.effective_profile(spec, "cpu-nnunet"), runner.effective_profile(spec, "cpu")
+    row = spec.row("unet")
+    assert runner.build_params(spec, row, nnunet, seed=0, device="cpu").evaluate.tta == "auto"
+    assert runner.scored_tta(nnunet) == "mirror" and runner.scored_tta(cpu) == "none"
+    settings = runner.settings_of(nnunet, row)
+    path = runner.record_path(tmp_path, spec.name, "cpu-nnunet", row.key, 0)
+    atomic_write_json(path, {"settings": settings, "metrics": {"dice_mean": 0.5, "serving": {"tta": "none"}}})
+    assert runner.recorded_tta(runner.existing_record(path, settings)) == "none"  # no tta asked: not checked
+    with pytest.raises(ConfigError, match="scored with test-time augmentation 'none', this evaluation uses 'mirror'"):
+        runner.existing_record(path, settings, tta="mirror")
+    atomic_write_json(path, {"settings": settings, "metrics": {"dice_mean": 0.5, "serving": {"tta": "mirror"}}})
+    assert runner.existing_record(path, settings, tta="mirror")["metrics"]["dice_mean"] == 0.5
+    old = runner.settings_of(cpu, row)  # a record from before serving settings were recorded: none
+    atomic_write_json(path, {"settings": old, "metrics": {"dice_mean": 0.4}})
+    assert runner.existing_record(path, old, tta="none")["metrics"]["dice_mean"] == 0.4
+
+
 def test_run_table_skips_finished_cells_without_touching_data(tmp_path):
     """All records present → nothing is preprocessed or trained (data root does not even exist)."""
     prof = runner.effective_profile(SPEC, "cpu")
