@@ -236,12 +236,14 @@ def _code_state_lines(records) -> list[str]:
 
 def _page_errors(args: argparse.Namespace, results_dir: Path) -> list[str]:
     """``<page>: <problem>`` for each way the results page is not what the records generate; the
-    default page is compared when it exists, a page named by ``--report`` must exist."""
+    default page is compared when it exists and the records are the default folder's, a page named by
+    ``--report`` must exist."""
     from lungseg.experiments.report import page_problems
 
-    if getattr(args, "no_page", False):
-        return []
     named = getattr(args, "report", None)
+    other_records = Path(results_dir).resolve() != default_path("results_dir").resolve()
+    if getattr(args, "no_page", False) or (named is None and other_records):
+        return []
     page = Path(named) if named is not None else default_path("report")
     if not page.is_file():
         return [f"{page}: results page not found"] if named is not None else []
