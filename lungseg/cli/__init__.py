@@ -73,6 +73,8 @@ def _check_output_folder(args: argparse.Namespace) -> None:
 
     inputs = [getattr(args, name, None) for name in INPUT_ARGUMENTS]
     keep = tuple(Path(str(x)) for x in inputs if x is not None and Path(str(x)).exists())
+    allowed = getattr(args, "_output_inside_input", None)  # an input a command may write into (export's model)
+    keep = tuple(x for x in keep if not (allowed and allowed(args, x)))
     check_output_dir(args.output, keep=keep)
 
 

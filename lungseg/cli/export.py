@@ -30,7 +30,18 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--max-check-slices", type=int, default=16, help="use at most this many slices (default 16)")
     p.add_argument("--tolerance", type=float, default=1e-3, help="largest accepted |Δ probability| (default 1e-3)")
     add_params_argument(p)
+    p.set_defaults(_output_inside_input=output_in_model_folder)
     return p
+
+
+def output_in_model_folder(args: argparse.Namespace, item: Path) -> bool:
+    """Whether ``item`` is the ``--model`` folder and ``--output`` a folder directly in it — ``lungseg export
+    --model RUN --output RUN/onnx``, the export the model folder carries (docs/inference.md): the one input
+    an export may be written into (still replaced atomically, under the output's lock; a folder there that
+    lungseg export did not write is refused unless --overwrite). Anything deeper, the folder itself or
+    another input stays refused (:func:`lungseg.io.check_output_dir`)."""
+    model = Path(str(args.model))
+    return item == model and model.is_dir() and Path(args.output).resolve().parent == model.resolve()
 
 
 def run(args: argparse.Namespace) -> int:

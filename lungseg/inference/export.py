@@ -212,7 +212,7 @@ def export_model(
     docstring; ``tta``: ``none`` (the network) or ``mirror`` (its logits averaged over the mirrorings in the
     graph). :class:`ExportError` when no way of exporting passes."""
     from lungseg import __version__
-    from lungseg.io import atomic_dir, atomic_write_json
+    from lungseg.io import atomic_dir, atomic_write_json, sha256_file
 
     if fmt not in FORMATS:
         raise ConfigError(f"--format: unknown format {fmt!r} (allowed: {', '.join(FORMATS)})")
@@ -270,6 +270,7 @@ def export_model(
         info = _export_info(model, fmt, file, exporter, batch, parity, failed, size, check_input, tmp / file)
         info["lungseg_version"] = __version__
         info["tta"] = tta
+        info["file_sha256"] = sha256_file(tmp / file)  # a carried export is used only while its file is this one
         atomic_write_json(tmp / "export.json", info)
     return ExportResult(Path(output_dir), fmt, file, exporter, batch, parity, time.perf_counter() - t0, failed)
 
@@ -321,9 +322,14 @@ def carried_onnx(model, tta: str = "none") -> tuple[Path, dict[str, Any]] | None
     """The ONNX export a model's folder carries: ``export.json`` + ``model.onnx`` in the training folder
     itself or one folder below it (``lungseg export --output <model folder>/onnx``), exported from these
     very weights (its ``weights_sha256`` equals the loaded model's; an export without it is not used) with
-    this ``tta`` (an ``export.json`` without ``tta`` is a ``none`` export).
+    this ``tta`` (an ``export.json`` without ``tta`` is a ``none`` export), whose ``model.onnx`` is still the
+    file exported (its sha256 is ``export.json``'s ``file_sha256``; one replaced since, or an export that
+    records none, is not used: a one-line note, and the caller exports at load).
     None for an MLflow model (a registered version carries no export) or when there is none."""
     import json
+    import logging
+
+    from lungseg.io import sha256_file
 
     sha = model.provenance.get("weights_sha256")
     where = Path(model.resolved_from or "")
@@ -344,7 +350,13 @@ def carried_onnx(model, tta: str = "none") -> tuple[Path, dict[str, Any]] | None
             and (info.get("parity") or {}).get("passed")
             and onnx_file.is_file()
         ):
-            return onnx_file, info
+            if info.get("file_sha256") == sha256_file(onnx_file):
+                return onnx_file, info
+            logging.getLogger(__name__).warning(
+                f"lungseg: note: {onnx_file} is not the file its export.json checked "
+                f"({'its sha256 differs' if info.get('file_sha256') else 'export.json records no file_sha256'}): "
+                "not used, exporting at load"
+            )
     return None
 
 
