@@ -5,7 +5,7 @@ training split's foreground statistics in its identity (``identity["input_norm"]
 :class:`lungseg.data.normalize.CTNormStats` record, ``{"scheme": "ct", "mean", "std",
 "percentile_00_5", "percentile_99_5", ...}``). :func:`lungseg.models.create_recorded` then builds the
 network with :func:`attach`: every forward (and a deep-supervision model's ``forward_heads``) first
-clips its input to the percentiles and z-scores it with the mean and std — nnU-Net's
+clips its input — exactly once per call, however the two call each other — to the percentiles and z-scores it with the mean and std — nnU-Net's
 ``CTNormalization.run`` (``nnunetv2/preprocessing/normalization/default_normalization_schemes.py``).
 So training, validation, ``evaluate``, ``predict``, the served MLflow model and an ONNX export (the
 pre-hook is traced) all apply the same numbers, and the input stays what every lungseg contract
@@ -17,6 +17,7 @@ This module knows nothing of the data layer (models are the bottom layer): the r
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import torch
@@ -42,32 +43,81 @@ class CTNorm:
         return (x.clamp(self.lo, self.hi) - self.mean) / self.std
 
 
-class _PreHook:
+class _Once:
+    """The input normalised exactly once per outer call (review of #25: UNet++'s and U²-Net-P's
+    ``forward`` call ``self.forward_heads``, so a pre-hook on ``forward`` plus a wrapped
+    ``forward_heads`` z-scored their input twice). One guard per network, shared by the forward
+    pre-hook, the forward hook that closes it (``always_call``: closed on an exception too) and the
+    ``forward_heads`` wrapper: whichever entry is outermost normalises; a nested entry (``forward``
+    → ``forward_heads``, ``forward_heads`` → ``self(...)``) passes its input through. The depth is
+    per thread (a served model answers concurrent requests) and is not pickled."""
+
     def __init__(self, norm: CTNorm):
         self.norm = norm
+        self._local = threading.local()
+
+    def __getstate__(self) -> dict:
+        return {"norm": self.norm}
+
+    def __setstate__(self, state: dict) -> None:
+        self.norm, self._local = state["norm"], threading.local()
+
+    @property
+    def depth(self) -> int:
+        return getattr(self._local, "depth", 0)
+
+    def enter(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` normalised if this is the outermost entry, else ``x``; the depth goes up by one."""
+        depth = self.depth
+        self._local.depth = depth + 1
+        return self.norm(x) if depth == 0 else x
+
+    def leave(self) -> None:
+        self._local.depth = max(self.depth - 1, 0)
+
+
+class _PreHook:
+    def __init__(self, once: _Once):
+        self.once = once
 
     def __call__(self, module: nn.Module, args: tuple) -> tuple:
-        return (self.norm(args[0]), *args[1:])
+        return (self.once.enter(args[0]), *args[1:])
+
+
+class _PostHook:
+    def __init__(self, once: _Once):
+        self.once = once
+
+    def __call__(self, module: nn.Module, args: tuple, output):
+        self.once.leave()
 
 
 class _Heads:
-    """A deep-supervision model's ``forward_heads`` with the input normalised first."""
+    """A deep-supervision model's ``forward_heads`` with the input normalised once (see :class:`_Once`)."""
 
-    def __init__(self, heads, norm: CTNorm):
-        self.heads, self.norm = heads, norm
+    def __init__(self, heads, once: _Once):
+        self.heads, self.once = heads, once
 
     def __call__(self, x: torch.Tensor, *args, **kwargs):
-        return self.heads(self.norm(x), *args, **kwargs)
+        x = self.once.enter(x)
+        try:
+            return self.heads(x, *args, **kwargs)
+        finally:
+            self.once.leave()
 
 
 def attach(net: nn.Module, record: dict[str, Any]) -> nn.Module:
-    """``net`` normalising its input by ``record`` in every forward (a forward pre-hook) and in
-    ``forward_heads`` where it has one; ``net.input_norm`` holds the record. Returns ``net``."""
-    norm = CTNorm(record)
-    net.register_forward_pre_hook(_PreHook(norm))
+    """``net`` normalising its input by ``record`` exactly once per call of ``net(x)`` or of
+    ``net.forward_heads(x)`` where it has one, however the two call each other (:class:`_Once`);
+    ``net.input_norm`` holds the record. Returns ``net``."""
+    if getattr(net, "input_norm", None) is not None:
+        raise ValueError("input_norm: the network already normalises its input (attach it once)")
+    once = _Once(CTNorm(record))
+    net.register_forward_pre_hook(_PreHook(once))
+    net.register_forward_hook(_PostHook(once), always_call=True)
     if callable(getattr(net, "forward_heads", None)):
-        net.forward_heads = _Heads(net.forward_heads, norm)
-    net.input_norm = norm.record
+        net.forward_heads = _Heads(net.forward_heads, once)
+    net.input_norm = once.norm.record
     return net
 
 
