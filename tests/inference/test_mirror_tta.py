@@ -129,13 +129,15 @@ def test_predict_from_the_checkpoint_serves_mirror_as_evaluated(preset_model, ev
 
 
 @pytest.mark.slow
-def test_the_portable_model_serves_the_evaluated_mirror(preset_model, evaluated, tmp_path):
+def test_the_portable_model_serves_the_evaluated_mirror(preset_model, evaluated, store, tmp_path):
     """The registered model is logged with the evaluation's settings (``lungseg register``): its ``predict``
-    is the logit-averaged probabilities."""
+    is the logit-averaged probabilities, and ``lungseg predict models:/…`` serves the recorded ``mirror``
+    whatever ``evaluate.tta`` says."""
     import mlflow
 
     from lungseg.artifacts.checkpoint import load_checkpoint
-    from lungseg.artifacts.pyfunc import save_model, synthetic_slices
+    from lungseg.artifacts.pyfunc import log_model, save_model, synthetic_slices
+    from lungseg.tracking import scoped_tracking_uri
 
     _, model_dir = preset_model
     ckpt = load_checkpoint(model_dir / "best.pt")
@@ -150,6 +152,16 @@ def test_the_portable_model_serves_the_evaluated_mirror(preset_model, evaluated,
     want = core.predict_array(net, x, 32, tta="mirror")[:, 0]
     np.testing.assert_allclose(pyfunc.predict(x), want, rtol=0, atol=1e-6)
     assert not np.allclose(want, core.predict_array(net, x, 32, tta="flips")[:, 0], atol=1e-6)
+
+    run_id = json.loads((model_dir / "mlflow_run.json").read_text(encoding="utf-8"))["run_id"]
+    with scoped_tracking_uri(store):
+        uri = log_model(
+            net, identity=ckpt["model_identity"], preprocess=ckpt["preprocess"], serving=serving, run_id=run_id
+        )
+        version = mlflow.register_model(uri, "lungseg-mirror-tests").version
+    registered = load_model(f"models:/lungseg-mirror-tests/{version}", tracking_uri=store, tta="none")
+    assert registered.serving.tta == "mirror"
+    assert registered.serving.fingerprint() == evaluated["serving_fingerprint"]
 
 
 def _saturated(model):
