@@ -497,6 +497,8 @@ class Lineage:
                 f"  promoted on: {e.get('metric')} = {e.get('metric_value')} ({e.get('decision')}: "
                 f"{e.get('decision_reason')}), evaluation set {e.get('eval_fingerprint')}"
             )
+            if e.get("decision_pending"):
+                lines.append(f"  pending:   {e['decision_pending']}")
         if self.params:
             lines.append("  params:    " + ", ".join(f"{k}={v}" for k, v in sorted(self.params.items())))
         return "\n".join(lines)
@@ -549,6 +551,8 @@ def describe(target: str, tracking_uri: str) -> Lineage:
         for k, v in version_tags.items()
         if k.startswith(prefix) and not k.startswith(TAG) and k not in copied
     }
+    if name and version:  # a decision an interrupted `lungseg register` left pending (lungseg/registry/decision.py)
+        evaluation.update(_pending_decision(client, name, version))
     return Lineage(
         run_id=run_id,
         model_name=name,
@@ -561,6 +565,22 @@ def describe(target: str, tracking_uri: str) -> Lineage:
         params=dict(run.data.params),
         evaluation=evaluation,
     )
+
+
+def _pending_decision(client, name: str, version: str) -> dict[str, str]:
+    """``{"decision_pending": line}`` when the registered model holds a decision of ``version`` that an
+    interrupted ``lungseg register`` left pending (its tag ``lungseg.pending_decision``), else ``{}``."""
+    raw = (client.get_registered_model(name).tags or {}).get("lungseg.pending_decision")
+    if not raw:
+        return {}
+    try:
+        record = json.loads(raw)
+        if str(record["move"]["version"]) != version:
+            return {}
+        what = f"{record['describe']} (decided {record.get('decided_at')})"
+    except (ValueError, TypeError, KeyError):
+        what = "a record lungseg cannot read"
+    return {"decision_pending": f"{what}; a `lungseg register` was interrupted: the next one finishes it"}
 
 
 def decision_target(record: str | Path, tracking_uri: str) -> tuple[str, dict[str, Any]]:

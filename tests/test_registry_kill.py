@@ -26,6 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
 from lungseg.config import params_from_dict
+from lungseg.lineage import describe
 from lungseg.registry import decision as journal
 from lungseg.registry import register
 from registry_helpers import log_tiny_model, write_candidate
@@ -40,6 +41,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 from lungseg.config import params_from_dict
+from lungseg.lineage import describe
 from lungseg.registry import register
 
 a = json.loads(sys.argv[1])
@@ -121,6 +123,10 @@ def test_a_kill_after_the_alias_move_is_finished_with_the_original_comparison(tm
         "alias": "champion",
     }
 
+    read = describe("models:/lsg-kill@champion", store.uri).describe()  # a read of the decision says so too
+    assert f"  pending:   lsg-kill v{version}: champion (dice_mean 0.7000 vs champion 0.5000 v{first.version}" in read
+    assert "; a `lungseg register` was interrupted: the next one finishes it" in read
+
     started = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="lungseg.registry"):
         again = register(_params(store.uri, "lsg-kill"), *b, tmp_path / "b2.json")
@@ -142,6 +148,7 @@ def test_a_kill_after_the_alias_move_is_finished_with_the_original_comparison(tm
     assert tags["lungseg.champion_before_version"] == first.version
     assert f"beats champion v{first.version}" in store.client.get_model_version("lsg-kill", version).description
     assert _pending(store.client) is None and _champion(store.client) == version
+    assert "pending:" not in describe("models:/lsg-kill@champion", store.uri).describe()
     assert not [m for m in store.client.search_registered_models() if m.name.endswith(".lock")]
 
     # a third run of the same evaluation still reports that comparison, not one against itself
