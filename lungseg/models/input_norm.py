@@ -5,7 +5,8 @@ training split's foreground statistics in its identity (``identity["input_norm"]
 :class:`lungseg.data.normalize.CTNormStats` record, ``{"scheme": "ct", "mean", "std",
 "percentile_00_5", "percentile_99_5", ...}``). :func:`lungseg.models.create_recorded` then builds the
 network with :func:`attach`: every forward (and a deep-supervision model's ``forward_heads``) first
-clips its input — exactly once per call, however the two call each other — to the percentiles and z-scores it with the mean and std — nnU-Net's
+clips its input to the percentiles and z-scores it with the mean and std (exactly once per call,
+however the two call each other) — nnU-Net's
 ``CTNormalization.run`` (``nnunetv2/preprocessing/normalization/default_normalization_schemes.py``).
 So training, validation, ``evaluate``, ``predict``, the served MLflow model and an ONNX export (the
 pre-hook is traced) all apply the same numbers, and the input stays what every lungseg contract
