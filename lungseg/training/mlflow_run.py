@@ -90,6 +90,8 @@ def open_run(
     state.run_id = run.run_id
     if continued:
         run.set_tags({"lungseg.continued_to_epochs": str(cfg.epochs)})
+    if state.epoch > 0:  # resumed or continued: the params (immutable) hold the first session's settings
+        run.set_tags(resume_tags(work / CHECKPOINT, cfg, state.epoch))
     if not is_new and cfg.preset != "default":
         run.set_tags({"preset_deviations": tags["preset_deviations"]})  # this session's (a resume may change them)
     write_run_file(work, run, params, cfg, None, output_dir, final=False)  # findable even if killed in epoch 1
@@ -99,6 +101,21 @@ def open_run(
         for row in state.history:  # a new run for a resumed training: carry the earlier epochs over
             run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
     return run
+
+
+def resume_tags(ckpt_path: Path, cfg: TrainConfig, after_epoch: int) -> dict[str, str]:
+    """The tags of a session that resumes or continues a run after epoch ``after_epoch`` from ``ckpt_path``
+    (MLflow params cannot change, so they keep the first session's values): ``lungseg.resume.<E>.precision``,
+    the resolved precision of the epochs from ``E + 1`` on, and ``lungseg.resume.<E>.changed.<key>`` =
+    ``old → new`` for each train setting (resolved, as the checkpoints record them) this session changed."""
+    saved = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True).get("config") or {}
+    now = cfg.model_dump()
+    prefix = f"lungseg.resume.{after_epoch}"
+    tags = {f"{prefix}.precision": str(cfg.precision)}
+    for key in sorted(set(saved) | set(now)):
+        if saved.get(key) != now.get(key):
+            tags[f"{prefix}.changed.{key}"] = f"{saved.get(key)} → {now.get(key)}"
+    return tags
 
 
 def _run_params(s: Setup, model: torch.nn.Module, tags: dict[str, str]) -> dict[str, Any]:
@@ -185,4 +202,13 @@ def write_run_file(
     ).to_file(work / RUN_FILE)
 
 
-__all__ = ["log_params", "log_portable_model", "log_results", "open_run", "run_tags", "start_run", "write_run_file"]
+__all__ = [
+    "log_params",
+    "log_portable_model",
+    "log_results",
+    "open_run",
+    "resume_tags",
+    "run_tags",
+    "start_run",
+    "write_run_file",
+]

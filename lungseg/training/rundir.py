@@ -186,8 +186,10 @@ def _refuse_restored_changes(ckpt: dict[str, Any], s: Setup, ckpt_path: Path) ->
 def _warn_changes(ckpt: dict[str, Any], s: Setup, data_dir: Path) -> None:
     """A warning for each train setting (not :data:`NEUTRAL_SETTINGS`) or data changed since ``ckpt``."""
     cfg = s.cfg
-    changed = sorted(
-        k for k, v in ckpt.get("config", {}).items() if k not in NEUTRAL_SETTINGS and cfg.model_dump().get(k) != v
+    changed = sorted(  # each named with its old → new value (#24)
+        f"{k} {v!r} → {cfg.model_dump().get(k)!r}"
+        for k, v in ckpt.get("config", {}).items()
+        if k not in NEUTRAL_SETTINGS and cfg.model_dump().get(k) != v
     )
     if changed:
         log.warning(
