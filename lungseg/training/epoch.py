@@ -21,6 +21,7 @@ from lungseg.metrics import dice_per_image_torch
 from lungseg.training.augment import augment
 from lungseg.training.distributed import SINGLE
 from lungseg.training.nnunet_augment import augment as nnunet_augment
+from lungseg.training.nnunet_augment import intensity_space as nnunet_space
 from lungseg.training.progress import Progress
 from lungseg.training.sampling import planned_batches
 from lungseg.training.setup import autocast, epoch_seed
@@ -78,7 +79,8 @@ def train_epoch(model, loss_fn, optimizer, x, y, cfg: TrainConfig, device, epoch
     losses, dices = [], []  # python floats, read back at sync points
     pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (loss, Dice) on the device, not yet read
     t0 = time.perf_counter()
-    for step, (xb, yb, size) in enumerate(epoch_batches(x, y, cfg, device, gen, ddp), 1):
+    space = nnunet_space(getattr(inner, "input_norm", None), x, y) if cfg.augment == "nnunet" else None  # #25
+    for step, (xb, yb, size) in enumerate(epoch_batches(x, y, cfg, device, gen, ddp, space), 1):
         # under DDP the wrapped module's forward returns the heads (never model.module.forward_heads:
         # DDP synchronises the gradients only of what runs through its own forward)
         outputs = forward(model if ddp.active or not heads else model.forward_heads, xb, cfg, device)
@@ -151,14 +153,18 @@ def batch_starts(n: int, batch_size: int, ddp) -> list[int]:
     return ddp.even_batches(starts, n, batch_size)  # DDP: only global batches that split evenly
 
 
-def epoch_batches(x, y, cfg: TrainConfig, device: torch.device, gen: torch.Generator, ddp=None):
+def epoch_batches(x, y, cfg: TrainConfig, device: torch.device, gen: torch.Generator, ddp=None, space=None):
     """An epoch's training batches, in order, as ``(images, masks, global batch size)``: the
     permutation and the augmentation drawn from ``gen`` (the epoch's CPU generator, seeded with
     ``(seed, epoch)``), each batch indexed where ``x``/``y`` live, moved to ``device`` if it is not
     there, augmented on ``device``, cut to this rank's part (DDP) and, on CUDA with
     ``channels_last``, laid out so — exactly what :func:`train_epoch` trains on (the epoch
-    benchmark stages the same batches with it)."""
+    benchmark stages the same batches with it). ``space``: the z-score nnU-Net's intensity
+    augmentation acts in (:func:`lungseg.training.nnunet_augment.intensity_space`; from ``x``/``y``'s
+    foreground when not given)."""
     ddp = ddp or SINGLE
+    if cfg.augment == "nnunet" and space is None:  # issue #25: nnU-Net augments z-scored data
+        space = nnunet_space(None, x, y)
     n = len(x)
     starts = batch_starts(n, cfg.batch_size, ddp)
     order = torch.randperm(n, generator=gen)
@@ -172,7 +178,7 @@ def epoch_batches(x, y, cfg: TrainConfig, device: torch.device, gen: torch.Gener
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
         yb = yb.long()  # (masks on the GPU are kept as uint8)
         if cfg.augment:  # on the batch's device, with parameters drawn on the CPU from gen
-            xb, yb = (nnunet_augment if cfg.augment == "nnunet" else augment)(xb, yb, gen)
+            xb, yb = nnunet_augment(xb, yb, gen, space=space) if cfg.augment == "nnunet" else augment(xb, yb, gen)
         xb, yb = ddp.shard(xb), ddp.shard(yb)  # DDP: this rank's part of the (augmented) global batch
         if device.type == "cuda" and cfg.channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)

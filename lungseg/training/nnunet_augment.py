@@ -36,8 +36,22 @@ binary mask a threshold at 0.5. That is nnU-Net's rule (``SpatialTransform._appl
 with ``bg_style_seg_sampling=False``: a label whose interpolated share exceeds 0.7 wins, the rest go
 to the arg-max; with shares summing to at most 1 both pick the arg-max).
 
-The intensity magnitudes (noise σ ≤ 0.1, …) are nnU-Net's, meant for z-scored input
-(:mod:`lungseg.data.normalize`); nothing is clipped afterwards (nnU-Net does not clip either).
+Intensity space
+    The intensity magnitudes (noise σ ≤ 0.1, brightness ×0.75–1.25, …) are nnU-Net's, and nnU-Net
+    applies them to *z-scored* data (its preprocessing normalises before the data loader:
+    ``nnUNetTrainer.get_training_transforms`` runs on ``CTNormalization.run``'s output), so noise
+    σ 0.1 is 0.1 foreground std and brightness scales about the foreground mean. lungseg stores the
+    slice in [0, 1] and the network z-scores it (:mod:`lungseg.models.input_norm`), so
+    :func:`apply` takes an :class:`IntensitySpace` and runs transforms 2–8 on
+    ``z = (x − mean) / std`` (after clipping to the percentiles where the space has them, as
+    ``CTNormalization.run`` does), then maps back with ``x = z·std + mean``. The space is
+    :func:`intensity_space`: the model's ``input_norm`` record (``preprocess.normalization:
+    ct_zscore``: the training split's foreground statistics) when it has one, otherwise (``window``
+    data) the same statistics — foreground mean and population std — computed from the training
+    images and masks. Without a space (``space=None``) the transforms act on the values as given.
+    Nothing is clipped after augmentation here; the ct_zscore network clips its input to the
+    percentiles again (a deviation: nnU-Net lets augmented values leave the range, docs/nnunet.md).
+    The spatial transform (1) and mirroring (9) are linear in the values and run in the stored units.
 
 Randomness
     :func:`draw` takes every random number from ``generator`` (a CPU generator) in a fixed order and
@@ -334,13 +348,57 @@ def _mirror(t: torch.Tensor, mirror: torch.Tensor) -> torch.Tensor:
     return t
 
 
+@dataclass(frozen=True)
+class IntensitySpace:
+    """The z-score nnU-Net's intensity transforms act in: ``z = (clip(x, lo, hi) − mean) / std``
+    (no clip where ``lo``/``hi`` are None); ``source``: ``input_norm`` (the model's ct_zscore record)
+    or ``training foreground`` (computed from the training images and masks)."""
+
+    mean: float
+    std: float
+    lo: float | None = None
+    hi: float | None = None
+    source: str = "input_norm"
+
+    def to_z(self, x: torch.Tensor) -> torch.Tensor:
+        if self.lo is not None and self.hi is not None:
+            x = x.clamp(self.lo, self.hi)
+        return (x - self.mean) / self.std
+
+    def from_z(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.std + self.mean
+
+
+def intensity_space(record: dict | None, images: torch.Tensor, masks: torch.Tensor) -> IntensitySpace:
+    """The :class:`IntensitySpace` of a training run: the model's ``input_norm`` ``record``
+    (ct_zscore data: mean, std and the 0.5/99.5 percentiles of the training foreground) when there
+    is one, else the foreground mean and population std (``np.std``, as nnU-Net's fingerprint) of
+    ``images`` ``(N, C, H, W)`` where ``masks`` ``(N, H, W)`` > 0, in float64 — the same statistics
+    from the same pixels. ``ValueError`` when there is no foreground (no z-score exists)."""
+    if record:
+        lo, hi = float(record["percentile_00_5"]), float(record["percentile_99_5"])
+        return IntensitySpace(float(record["mean"]), max(float(record["std"]), 1e-8), lo, hi, "input_norm")
+    fg = masks > 0
+    v = images.movedim(1, -1)[fg].to(torch.float64)  # (n_foreground, C): the channels pooled
+    if v.numel() == 0:
+        raise ValueError("nnU-Net augmentation: the training slices hold no foreground to z-score the intensities")
+    return IntensitySpace(float(v.mean()), max(float(v.std(correction=0)), 1e-8), None, None, "training foreground")
+
+
 def apply(
-    images: torch.Tensor, masks: torch.Tensor, params: NnunetAugmentParams, num_classes: int | None = None
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    params: NnunetAugmentParams,
+    num_classes: int | None = None,
+    space: IntensitySpace | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``params`` applied to ``images`` float ``(B, C, H, W)`` and ``masks`` integer ``(B, H, W)`` on
     their device, in nnU-Net's order; augmented copies. ``num_classes`` (labels 0..K−1) spares the
-    one look at ``masks.max()`` (a host sync on CUDA) when some image is resampled."""
+    one look at ``masks.max()`` (a host sync on CUDA) when some image is resampled. ``space``: the
+    z-score the intensity transforms (2–8) act in, as nnU-Net's act on z-scored data (module
+    docstring); None: on the values as given."""
     x, y = _spatial(images, masks, params, num_classes)
+    x = space.to_z(x) if space is not None else x
     x = _noise(x, params)
     x = _blur(x, params)
     x = _brightness(x, params)
@@ -348,14 +406,20 @@ def apply(
     x = _lowres(x, params)
     x = _gamma(x, params.gamma_inv_on, params.gamma_inv, invert=True)
     x = _gamma(x, params.gamma_on, params.gamma, invert=False)
+    x = space.from_z(x) if space is not None else x
     x, y = _mirror(x, params.mirror), _mirror(y, params.mirror)
     return x.contiguous(), y.contiguous()
 
 
 def augment(
-    images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator, num_classes: int | None = None
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    generator: torch.Generator,
+    num_classes: int | None = None,
+    space: IntensitySpace | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``images`` float ``(B, C, H, W)``, ``masks`` integer ``(B, H, W)`` (any device) → augmented
     copies on the same device; the parameters come from ``generator`` (CPU), as in
-    :func:`lungseg.training.augment.augment`."""
-    return apply(images, masks, draw(images.shape, generator), num_classes)
+    :func:`lungseg.training.augment.augment`; the intensity transforms act in ``space``
+    (:func:`intensity_space`; the training loop always gives one)."""
+    return apply(images, masks, draw(images.shape, generator), num_classes, space)

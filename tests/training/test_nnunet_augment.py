@@ -260,3 +260,74 @@ def test_cuda_matches_cpu_except_the_noise_field(tiny_data):
     assert xg.device.type == "cuda"
     torch.testing.assert_close(xg.cpu(), xc, atol=1e-4, rtol=1e-4)
     assert (yg.cpu() != yc).float().mean() < 1e-3
+
+
+def _lung_like(b=2, size=128):
+    """Stored [0, 1] slices whose foreground (a disk) has mean 0.45 and std 0.12, background 0.1."""
+    g = torch.Generator().manual_seed(3)
+    y = _disk(size, 30).expand(b, -1, -1).clone()
+    x = torch.full((b, 1, size, size), 0.1, dtype=torch.float64)
+    fg = y[:, None].bool()
+    x[fg] = (0.45 + 0.12 * torch.randn(int(fg.sum()), generator=g, dtype=torch.float64)).clamp(0, 1)
+    return x, y
+
+
+def test_intensity_transforms_act_in_z_units_as_nnunets_on_z_scored_data():
+    """Review of #25: nnU-Net's noise σ and brightness factor act on z-scored data (its preprocessing
+    normalises first), so σ 0.1 is 0.1 foreground std and ×1.25 keeps the foreground mean (z 0) at 0."""
+    x, y = _lung_like()
+    space = na.intensity_space(None, x, y)
+    v = x[:, 0][y > 0]
+    assert space.mean == pytest.approx(float(v.mean()), abs=1e-12)
+    assert space.std == pytest.approx(float(v.std(correction=0)), abs=1e-12)  # np.std, nnU-Net's fingerprint
+    assert space.source == "training foreground"
+    on = torch.tensor([True, True])
+    noise = _off(2, noise_on=on, noise_std=torch.tensor([0.1, 0.1], dtype=torch.float64), noise_seed=7)
+    xa, _ = na.apply(x, y, noise, space=space)
+    added_z = (xa - x) / space.std
+    assert float(added_z.std()) == pytest.approx(0.1, abs=0.003)  # nnU-Net: noise std 0.1 in z units
+    bright = _off(2, brightness_on=on, brightness=torch.tensor([[1.25], [1.25]], dtype=torch.float64))
+    xb, _ = na.apply(x, y, bright, space=space)
+    z_in, z_out = space.to_z(x), space.to_z(xb)
+    torch.testing.assert_close(z_out, 1.25 * z_in)  # the multiplication acts on z
+    fg = y[:, None] > 0
+    shift = float(z_out[fg].mean() - z_in[fg].mean())
+    assert abs(shift) < 1e-9  # the foreground mean (z 0) does not move; ×1.25 on [0, 1] moved it by +0.94 std
+    assert float(z_out[fg].std() / z_in[fg].std()) == pytest.approx(1.25, abs=1e-9)
+
+
+def test_a_ct_zscore_model_augments_in_its_recorded_space(monkeypatch, tiny_data):
+    """The space is the model's input_norm record (clip at the percentiles, its mean and std)."""
+    record = {"scheme": "ct", "mean": 0.4, "std": 0.2, "percentile_00_5": 0.1, "percentile_99_5": 0.8}
+    x, y = _real(tiny_data, 4)
+    space = na.intensity_space(record, x, y)
+    assert (space.mean, space.std, space.lo, space.hi, space.source) == (0.4, 0.2, 0.1, 0.8, "input_norm")
+    t = torch.tensor([[[[0.0, 0.5, 0.9]]]])
+    torch.testing.assert_close(space.to_z(t), torch.tensor([[[[-1.5, 0.5, 2.0]]]]))
+    torch.testing.assert_close(space.from_z(space.to_z(t)), t.clamp(0.1, 0.8))
+
+
+def test_the_training_loop_gives_the_augmentation_the_models_space(monkeypatch, tiny_data):
+    from lungseg.config import TrainConfig
+    from lungseg.losses import create_loss
+    from lungseg.models import create_recorded
+    from lungseg.training import epoch as ep
+
+    record = {"scheme": "ct", "mean": 0.4, "std": 0.2, "percentile_00_5": 0.1, "percentile_99_5": 0.8}
+    seen = []
+
+    def spy(xb, yb, gen, num_classes=None, space=None):
+        seen.append(space)
+        return xb, yb
+
+    monkeypatch.setattr(ep, "nnunet_augment", spy)
+    x, y = _real(tiny_data, 4)
+    cfg = TrainConfig(augment="nnunet", batch_size=2, epochs=1, iterations_per_epoch=1, oversample_foreground=0.0)
+    for norm, want in ((record, (0.4, 0.2)), (None, None)):
+        seen.clear()
+        kw = {"in_channels": 1, "num_classes": 1, "base_channels": 4}
+        net = create_recorded({"name": "unet", "kwargs": kw, **({"input_norm": norm} if norm else {})})
+        opt = torch.optim.SGD(net.parameters(), lr=0.0)
+        ep.train_epoch(net, create_loss("bce_dice"), opt, x, y, cfg, torch.device("cpu"), 1)
+        got = na.intensity_space(None, x, y) if want is None else na.IntensitySpace(*want, 0.1, 0.8, "input_norm")
+        assert seen == [got]
