@@ -27,8 +27,6 @@ from torch import nn
 
 OVERLAP = 0.5
 SIGMA_SCALE = 0.125
-#: nnU-Net's 2-D mirroring (all combinations of the axes H and W), as :data:`lungseg.artifacts.core.FLIPS`
-MIRRORS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
 
 
 class MainHead(nn.Module):
@@ -45,20 +43,18 @@ class MainHead(nn.Module):
 
 
 class MirroredLogits(nn.Module):
-    """The mean of ``net``'s logits over :data:`MIRRORS`, each flipped back (nnU-Net's
-    ``_internal_maybe_mirror_and_predict``, per window when wrapped by the sliding window)."""
+    """The mean of ``net``'s logits over the 2-D mirrorings, each flipped back: the served ``tta: mirror``
+    itself (:func:`lungseg.artifacts.core.mirrored_logits`, nnU-Net's ``_internal_maybe_mirror_and_predict``),
+    per window when wrapped by the sliding window."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = MainHead(net)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        total = None
-        for dims in MIRRORS:
-            y = self.net(torch.flip(x, dims)) if dims else self.net(x)
-            y = torch.flip(y, dims) if dims else y
-            total = y if total is None else total + y
-        return total / len(MIRRORS)
+        from lungseg.artifacts.core import mirrored_logits
+
+        return mirrored_logits(self.net, x)
 
 
 def sliding_window_logits(
