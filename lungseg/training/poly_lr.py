@@ -34,3 +34,20 @@ def poly_scheduler(optimizer: torch.optim.Optimizer, num_epochs: int) -> torch.o
     """:class:`~torch.optim.lr_scheduler.PolynomialLR` (power 0.9 over ``num_epochs``), to step once
     per epoch: epoch ``e`` then trains at :func:`poly_lr` ``(lr, e, num_epochs)``."""
     return torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=num_epochs, power=POLY_EXPONENT)
+
+
+def rebase_poly(scheduler: torch.optim.lr_scheduler.PolynomialLR, optimizer: torch.optim.Optimizer, num_epochs: int):
+    """A restored poly schedule re-planned for ``num_epochs`` (``--resume`` with another ``train.epochs``):
+    from the epoch it stopped after (``last_epoch``) on, each epoch ``e`` trains at
+    :func:`poly_lr` ``(initial lr, e, num_epochs)`` — the value a run planned for ``num_epochs``
+    has at that epoch. Without it a finished run continued with more epochs trains at lr 0
+    (``(1 − e/planned)^0.9`` reached 0 and ``PolynomialLR`` stays there past ``total_iters``).
+    Returns ``(old total, the lr of the next epoch)``."""
+    old, done = scheduler.total_iters, scheduler.last_epoch
+    if done >= num_epochs:  # nothing left to train under the new plan: keep the schedule as it was
+        return old, optimizer.param_groups[0]["lr"]
+    scheduler.total_iters = num_epochs
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+        group["lr"] = poly_lr(base, done, num_epochs, scheduler.power)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+    return old, optimizer.param_groups[0]["lr"]

@@ -160,6 +160,7 @@ def restore(ckpt_path: Path, s: Setup, data_dir: Path, model, optimizer, schedul
     optimizer.load_state_dict(ckpt["optimizer_state"])
     if scheduler is not None and ckpt.get("scheduler_state"):
         scheduler.load_state_dict(ckpt["scheduler_state"])
+        _rebase_poly(s.cfg, scheduler, optimizer)
     set_rng_state(ckpt["rng"])  # (a format-1 file's scaler_state, of a disabled GradScaler, is not needed)
     remove_stale_temporaries(ckpt_path.parent)  # a process killed while writing a checkpoint leaves one
     ddp.check_resume(ckpt, ckpt_path)
@@ -180,6 +181,24 @@ def _refuse_restored_changes(ckpt: dict[str, Any], s: Setup, ckpt_path: Path) ->
         raise ConfigError(
             f"{ckpt_path}: --resume restores the optimizer and schedule of the run, so train.{', '.join(changed)} "
             "cannot take effect; resume with the run's values, or train without --resume to start over"
+        )
+
+
+def _rebase_poly(cfg: TrainConfig, scheduler, optimizer) -> None:
+    """A poly schedule planned for other than ``train.epochs`` is re-planned for ``train.epochs``
+    (:func:`lungseg.training.poly_lr.rebase_poly`), with one warning line saying so (review of #25:
+    a finished poly run continued with more epochs trained at lr 0, weights unchanged, silently)."""
+    if cfg.scheduler != "poly" or scheduler.total_iters == cfg.epochs:
+        return
+    from lungseg.training.poly_lr import rebase_poly
+
+    old, lr = rebase_poly(scheduler, optimizer, cfg.epochs)
+    if scheduler.total_iters != old:
+        log.warning(
+            f"lungseg: warning: the poly schedule was planned for {old} epochs and is re-planned for "
+            f"{cfg.epochs}: from epoch {scheduler.last_epoch + 1} on the learning rate is a run planned for "
+            f"{cfg.epochs} epochs' (next {lr:.4g}); the epochs before kept the old plan, so the result "
+            f"differs from such a run"
         )
 
 

@@ -40,3 +40,46 @@ def test_optimizer_is_nnunets_sgd():
     g = opt.param_groups[0]
     assert isinstance(opt, torch.optim.SGD)
     assert (g["lr"], g["momentum"], g["nesterov"], g["weight_decay"]) == (1e-2, 0.99, True, 3e-5)
+
+
+def test_rebase_poly_continues_as_a_run_planned_for_the_new_total():
+    p = torch.nn.Parameter(torch.zeros(3))
+    opt = poly_lr.nnunet_optimizer([p])
+    sched = poly_lr.poly_scheduler(opt, 2)
+    for _ in range(2):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == 0.0  # the finished plan
+    assert poly_lr.rebase_poly(sched, opt, 5) == (2, pytest.approx(poly_lr.poly_lr(0.01, 2, 5)))
+    for epoch in (2, 3, 4):
+        assert opt.param_groups[0]["lr"] == pytest.approx(poly_lr.poly_lr(0.01, epoch, 5), rel=1e-12)
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-15)
+
+
+@pytest.mark.slow
+def test_resuming_a_finished_poly_run_with_more_epochs_trains_at_the_replanned_rate(tmp_path, tiny_data, caplog):
+    """Review of #25: epochs 2 → 4 with --resume trained at lr 0 (weights unchanged), silently."""
+    import logging
+
+    from lungseg.artifacts.checkpoint import load_checkpoint
+    from lungseg.config import load_params
+    from lungseg.training import train
+    from train_helpers import write_params
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    kw = {"scheduler": "poly", "optimizer": "sgd_nesterov", "lr": 0.01, "augment": False, "batch_size": 7}
+    out = tmp_path / "out"
+    train(load_params(write_params(tmp_path / "p.yaml", uri, epochs=2, **kw)), tiny_data, out)
+    before = load_checkpoint(out / "checkpoint.pt")
+    assert [r["lr"] for r in before["history"]] == pytest.approx([0.01, poly_lr.poly_lr(0.01, 1, 2)])
+    with caplog.at_level(logging.WARNING):
+        train(load_params(write_params(tmp_path / "q.yaml", uri, epochs=4, **kw)), tiny_data, out, resume=True)
+    after = load_checkpoint(out / "checkpoint.pt")
+    lrs = [r["lr"] for r in after["history"]]
+    assert lrs[2:] == pytest.approx([poly_lr.poly_lr(0.01, 2, 4), poly_lr.poly_lr(0.01, 3, 4)], rel=1e-9)
+    assert lrs[2] > 0.003  # not lr 0
+    changed = [k for k in before["model_state"] if not torch.equal(before["model_state"][k], after["model_state"][k])]
+    assert changed  # the weights trained on
+    assert any("poly schedule was planned for 2 epochs and is re-planned for 4" in r.message for r in caplog.records)
