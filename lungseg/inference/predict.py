@@ -397,6 +397,8 @@ class SliceInference:
                 self.notes.append("onnxruntime runs the fp32 export: served in fp32, not the model's bf16")
         else:
             self.precision, note = core.resolve_precision(setting, self.device.type)
+            if note and not any("(--precision)" in n for n in model.notes):  # bf16 is the evaluated setting (#24)
+                note += "; its evaluation scored bf16 (emulated on such a CPU): the masks may differ from those scored"
             self.notes += [note] if note else []
         for note in self.notes:
             log.warning(f"lungseg: note: {model.identity['name']}: {note}")
