@@ -398,7 +398,7 @@ class SliceInference:
         else:
             self.precision, note = core.resolve_precision(setting, self.device.type)
             if note and not any("(--precision)" in n for n in model.notes):  # bf16 is the evaluated setting (#24)
-                note += "; its evaluation scored bf16 (emulated on such a CPU): the masks may differ from those scored"
+                note += "; its evaluation scored bf16 (emulated where not native): masks may differ from those scored"
             self.notes += [note] if note else []
         for note in self.notes:
             log.warning(f"lungseg: note: {model.identity['name']}: {note}")
