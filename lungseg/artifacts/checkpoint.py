@@ -42,6 +42,7 @@ import torch
 from lungseg.config import TrainConfig, model_options
 from lungseg.errors import CheckpointError
 from lungseg.models import complete_options, create_recorded
+from lungseg.models.input_norm import KEYS as INPUT_NORM_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -126,12 +127,53 @@ def load_checkpoint(path: str | Path, expected: dict[str, Any] | None = None) ->
     with contextlib.suppress(ValueError, KeyError, TypeError):  # an unknown model name fails the comparison below
         stored = {**stored, "kwargs": complete_options(stored["name"], stored["kwargs"], recorded=True)}
     ckpt["model_identity"] = stored
+    if problem := norm_mismatch(stored, ckpt.get("preprocess")):
+        raise CheckpointError(f"{path}: {problem}")
     if expected is not None and stored != expected:
-        raise CheckpointError(
-            f"{path}: checkpoint is for {fmt_identity(ckpt['model_identity'])}, "
-            f"but the configuration asks for {fmt_identity(expected)}"
-        )
+        raise CheckpointError(f"{path}: {identity_difference(stored, expected)}")
     return ckpt
+
+
+def _fmt_norm(record: dict[str, Any] | None) -> str:
+    if not record:
+        return "none (window data)"
+    return "ct_zscore (" + ", ".join(f"{k} {record.get(k)!r}" for k in INPUT_NORM_KEYS) + ")"
+
+
+def norm_mismatch(identity: dict[str, Any], preprocess: dict[str, Any] | None) -> str | None:
+    """Why the ``preprocess`` record and the model identity's ``input_norm`` disagree, or None (review
+    of #25: a checkpoint whose preprocess says ``ct_zscore`` but whose identity carries no
+    ``input_norm`` — hand-edited — was predicted without normalisation, silently). The identity
+    decides what the network applies, so both must name the same normalisation and numbers."""
+    if preprocess is None:  # an old checkpoint without the record: nothing to check against
+        return None
+    scheme = preprocess.get("normalization", "window")
+    norm = identity.get("input_norm")
+    if scheme == "window" and not norm:
+        return None
+    recorded = preprocess.get("ct_norm") or {}
+    if scheme != "window" and norm and all(norm.get(k) == recorded.get(k) for k in INPUT_NORM_KEYS):
+        return None
+    return (
+        f"the preprocess record says normalization {_fmt_norm(recorded) if scheme != 'window' else 'window'} "
+        f"but the model identity's input_norm is {_fmt_norm(norm)}: the network would not apply the "
+        "normalisation it was trained with; not a checkpoint lungseg wrote (edited?)"
+    )
+
+
+def identity_difference(stored: dict[str, Any], expected: dict[str, Any]) -> str:
+    """``checkpoint is for X, but the configuration asks for Y`` naming what differs — the
+    architecture, or the input normalisation (``input_norm``: the data's ``preprocess.normalization``),
+    which :func:`fmt_identity` does not show."""
+    if {k: v for k, v in stored.items() if k != "input_norm"} != {
+        k: v for k, v in expected.items() if k != "input_norm"
+    }:
+        return f"checkpoint is for {fmt_identity(stored)}, but the configuration asks for {fmt_identity(expected)}"
+    return (
+        f"checkpoint is for {fmt_identity(stored)} with input normalisation {_fmt_norm(stored.get('input_norm'))}, "
+        f"but the data asks for {_fmt_norm(expected.get('input_norm'))} (preprocess.normalization of the data "
+        "differs from the run's: resume with the data it was trained on, or train without --resume)"
+    )
 
 
 def save_checkpoint(obj: Any, path: Path) -> None:
