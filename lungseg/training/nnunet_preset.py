@@ -42,6 +42,7 @@ from __future__ import annotations
 from typing import Any
 
 from lungseg.config import TrainConfig, check_train
+from lungseg.errors import ConfigError
 from lungseg.training.presets import PresetResult
 
 #: the source named in each deviation entry (``preset_deviations[key]["source"]``)
@@ -77,6 +78,13 @@ STRUCTURAL_DEVIATIONS: tuple[str, ...] = (
 )
 
 
+#: the note of the ``precise_bn`` deviation: lungseg's addition, on by default (``auto``), not nnU-Net's
+PRECISE_BN_NOTE = (
+    ", lungseg's addition: BatchNorm statistics recomputed before each validation (a no-op for a model "
+    "without BatchNorm); nnU-Net keeps the running averages"
+)
+
+
 def nnunet_loss_options(cfg: TrainConfig, loss_name: str) -> dict[str, Any]:
     """The loss options the preset gives ``loss_name``: :data:`NNUNET_LOSS_OPTIONS` for ``bce_dice``
     under ``preset: nnunet``, none otherwise (a written other loss keeps its defaults)."""
@@ -101,8 +109,26 @@ def resolve_nnunet(cfg: TrainConfig) -> PresetResult:
                 changes[key] = filled[key] = value
         elif mine != value:
             deviations[key] = {"value": mine, "paper": value, "source": SOURCE}
+    if cfg.precise_bn:  # lungseg's addition (#22), not nnU-Net's: recorded whenever it is on (review of #25)
+        deviations["precise_bn"] = {"value": cfg.precise_bn, "paper": False, "source": SOURCE, "note": PRECISE_BN_NOTE}
+    _refuse_filled_oversampling_without_iterations(
+        changes.get("iterations_per_epoch", cfg.iterations_per_epoch), filled
+    )
     config = check_train(cfg.model_copy(update=changes), "train (preset nnunet applied)")
     return PresetResult(config, deviations, filled)
+
+
+def _refuse_filled_oversampling_without_iterations(iterations: int, filled: dict[str, Any]) -> None:
+    """``iterations_per_epoch: 0`` written under the preset, which filled ``oversample_foreground``:
+    a ``ConfigError`` that says the preset filled it and how to fix it (review of #25: the generic
+    check named only ``oversample_foreground``, a key the user never wrote)."""
+    if filled.get("oversample_foreground") and not iterations:
+        raise ConfigError(
+            f"train.iterations_per_epoch: {iterations} (passes over the data) cannot take nnU-Net's "
+            f"foreground oversampling, which preset nnunet filled in (oversample_foreground "
+            f"{filled['oversample_foreground']}: batches drawn with replacement); write "
+            "train.oversample_foreground: 0 to train on passes without it, or a positive iterations_per_epoch"
+        )
 
 
 __all__ = [

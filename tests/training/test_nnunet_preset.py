@@ -16,8 +16,11 @@ import yaml
 from lungseg.config import TrainConfig, load_params
 from lungseg.errors import ConfigError
 from lungseg.training import nnunet_augment, sampling
-from lungseg.training.nnunet_preset import NNUNET_TRAIN, resolve_nnunet
+from lungseg.training.nnunet_preset import NNUNET_TRAIN, PRECISE_BN_NOTE, resolve_nnunet
 from lungseg.training.presets import resolve_preset
+
+#: lungseg's precise BN (#22), on by default, recorded as a deviation from nnU-Net (review of #25)
+PRECISE_BN = {"value": "auto", "paper": False, "source": "nnU-Net", "note": PRECISE_BN_NOTE}
 
 
 def test_every_setting_of_the_preset_is_nnunets():
@@ -32,7 +35,10 @@ def test_every_setting_of_the_preset_is_nnunets():
     assert cfg.early_stopping_patience == 0
     # the library defaults it replaced, all recorded as filled; nothing written, so no deviation
     assert result.filled == {k: v for k, v in NNUNET_TRAIN.items() if getattr(TrainConfig(), k) != v}
-    assert set(result.filled) == set(NNUNET_TRAIN) and result.deviations == {}
+    # nothing written, so no deviation but lungseg's own addition, precise BN (on by default: auto)
+    assert set(result.filled) == set(NNUNET_TRAIN) and result.deviations == {"precise_bn": PRECISE_BN}
+    assert resolve_preset(TrainConfig(preset="nnunet", precise_bn=False)).deviations == {}
+    assert resolve_preset(TrainConfig(preset="nnunet", precise_bn=True)).deviations["precise_bn"]["value"] is True
     assert cfg.batch_size == TrainConfig().batch_size  # not part of the recipe (nnU-Net plans it)
 
 
@@ -44,10 +50,13 @@ def test_a_written_key_is_honoured_and_recorded_against_nnunet():
         "epochs": {"value": 20, "paper": 1000, "source": "nnU-Net"},
         "iterations_per_epoch": {"value": 17, "paper": 250, "source": "nnU-Net"},
         "augment": {"value": True, "paper": "nnunet", "source": "nnU-Net"},
+        "precise_bn": PRECISE_BN,
     }  # lr 0.01 written equal to nnU-Net's: no deviation
     assert "lr" not in result.filled and "optimizer" in result.filled
     assert result.describe_deviations() == (
-        "epochs=20 (nnU-Net 1000); iterations_per_epoch=17 (nnU-Net 250); augment=True (nnU-Net nnunet)"
+        "epochs=20 (nnU-Net 1000); iterations_per_epoch=17 (nnU-Net 250); augment=True (nnU-Net nnunet); "
+        "precise_bn=auto (nnU-Net False, lungseg's addition: BatchNorm statistics recomputed before each "
+        "validation (a no-op for a model without BatchNorm); nnU-Net keeps the running averages)"
     )
 
 
@@ -195,7 +204,9 @@ def test_epoch_batches_apply_nnunets_augmentation_when_asked(tiny_data):
     plan = sampling.planned_batches(y, nn, ref_gen)
     for step, (xb, yb, size) in enumerate(got):
         assert torch.equal(raw[step][1], y[plan[step]])
-        ex, ey = nnunet_augment.augment(x[plan[step]], y[plan[step]], ref_gen)
+        # in the z-score of the training foreground (window data: no input_norm record), as nnU-Net
+        space = nnunet_augment.intensity_space(None, x, y)
+        ex, ey = nnunet_augment.augment(x[plan[step]], y[plan[step]], ref_gen, space=space)
         assert torch.equal(xb, ex) and torch.equal(yb, ey) and size == 4
     assert not all(torch.equal(a[0], b[0]) for a, b in zip(got, raw))  # it did augment
     gen = torch.Generator().manual_seed(11)
@@ -273,5 +284,19 @@ def test_a_run_under_the_preset_resumes_exactly(tmp_path, tiny_data, monkeypatch
     assert b["preset_deviations"] == {
         "epochs": {"value": 3, "paper": 1000, "source": "nnU-Net"},
         "iterations_per_epoch": {"value": 2, "paper": 250, "source": "nnU-Net"},
+        "precise_bn": PRECISE_BN,
     }
     assert np.isfinite(b["history"][-1]["train_loss"])
+
+
+def test_iterations_per_epoch_0_under_the_preset_says_the_preset_filled_the_oversampling(tmp_path):
+    """Review of #25: the error named only oversample_foreground, a key the user never wrote."""
+    with pytest.raises(ConfigError) as err:
+        resolve_preset(TrainConfig(preset="nnunet", iterations_per_epoch=0))
+    msg = str(err.value)
+    assert msg.startswith("train.iterations_per_epoch: 0") and "preset nnunet filled in" in msg
+    assert "oversample_foreground 0.33" in msg and "write train.oversample_foreground: 0" in msg
+    assert "a positive iterations_per_epoch" in msg and "\n" not in msg
+    # the two fixes it names both load
+    assert resolve_preset(TrainConfig(preset="nnunet", iterations_per_epoch=0, oversample_foreground=0.0)).config
+    assert resolve_preset(TrainConfig(preset="nnunet", iterations_per_epoch=5)).config.oversample_foreground == 0.33
