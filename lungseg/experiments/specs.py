@@ -122,7 +122,8 @@ _MEDSEG_CPU_PAPER = Profile(
 #: as a ``cpu`` epoch (nnU-Net: 250) — it and the epochs (nnU-Net: 1000) are recorded as deviations.
 _NNUNET_NOTE = (
     "`train.preset: nnunet` (SGD Nesterov 0.99, lr 0.01, wd 3e-5, poly 0.9, grad clip 12, Dice+CE with batch Dice, "
-    "a third of each batch with foreground, nnU-Net's augmentation) at the cpu budget: 64², base 8, batch 4, "
+    "1 image of each batch of 4 forced to hold foreground (nnU-Net's 0.33, rounded as nnU-Net does), "
+    "nnU-Net's augmentation) at the cpu budget: 64², base 8, batch 4, "
     "20 epochs instead of 1000, {iters} batches per epoch = ceil({n_train} training slices / 4) instead of 250, "
     "attention max_tokens 256"
 )

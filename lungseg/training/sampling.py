@@ -15,8 +15,13 @@ Here an item is a slice, not a case (a volume), so a forced position draws unifo
 slices that hold foreground, and a free position uniformly among all slices. When no slice holds
 foreground the forced positions fall back to all slices, as nnU-Net falls back to a random crop.
 
-:func:`batch_plan` gives an epoch's ``(n_iters, batch_size)`` slice indices from ``(seed, epoch)``
-alone (its own generator stream, apart from the augmentation's), so a resumed run sees the same batches.
+:func:`batch_plan` gives an epoch's ``(n_iters, batch_size)`` slice indices. Training
+(:func:`planned_batches`, called by ``lungseg.training.epoch.epoch_batches``) draws the plan from the
+epoch's CPU generator, seeded with ``(seed, epoch)``, right after the epoch's permutation and before
+the augmentation, which goes on drawing from the same generator: one stream shared with the
+augmentation (not a stream of its own), fixed by ``(seed, epoch)``, so a resumed run sees the same
+batches and the same augmentation. Called without a generator, :func:`batch_plan` uses
+:func:`plan_generator` (``epoch_seed(seed, epoch) + PLAN_STREAM``), a stream of its own.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from lungseg.training.setup import epoch_seed
 
 OVERSAMPLE_FOREGROUND_PERCENT = 0.33
 NUM_ITERATIONS_PER_EPOCH = 250
-#: added to the epoch's seed so the plan's random stream is not the augmentation's
+#: added to the epoch's seed for :func:`batch_plan` called without a generator (not the training's
+#: draw, which takes the epoch generator it shares with the augmentation: module docstring)
 PLAN_STREAM = 0x5A3C_96E1
 
 
