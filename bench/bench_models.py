@@ -25,7 +25,8 @@ Without ``--record`` nothing is written: the results are printed (as the README 
 would become). ``--record`` writes ``bench/results/<device>[-<tag>].json`` (``--tag`` keeps a
 re-run beside the first instead of replacing it) and re-renders ``bench/results/README.md`` from
 all JSON files, with each file's ``note`` (``--note``: why a run was made, how to read it) under
-its heading. ``--render-only`` re-renders the README without measuring.
+its heading. ``--render-only`` re-renders the README without measuring; ``--recount-flops FILE…``
+rewrites the FLOPs of records made with today's models before the count was fixed (timings kept).
 
 Usage::
 
@@ -248,6 +249,23 @@ def render_section(d: dict) -> list[str]:
     return parts
 
 
+def recount_flops(path: Path) -> None:
+    """Rewrite a result file's FLOPs counted on the models' math (:func:`flops`; its timings kept): for a
+    record made with today's models before the count was fixed (#24). FLOPs are a property of the model,
+    size and width, not of the run; the ``flops`` field says when they were recounted."""
+    d = json.loads(path.read_text(encoding="utf-8"))
+    base = d["base"]
+    for r in d["rows"]:
+        if "error" not in r["ours"]:
+            r["ours"]["gflops_per_img"] = flops(lambda: create_model(r["model"], base_channels=base), r["size"]) / 1e9
+        if r["peer"] and "error" not in r["peer"]:
+            count = flops(lambda: make_peer(r["peer_name"], base), r["size"])
+            r["peer"]["gflops_per_img"] = None if count is None else count / 1e9
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    d["flops"] = f"{FLOPS_COUNTED} (recounted {when} by --recount-flops; the timings are those of {d['date']})"
+    atomic_write_text(path, json.dumps(d, indent=1) + "\n")
+
+
 def render_readme(results_dir: Path) -> None:
     parts = [
         "# Model benchmark results",
@@ -291,7 +309,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tag", default=None, help="suffix of the result file (keeps a re-run beside the first)")
     ap.add_argument("--note", default=None, help="why this run was made / how to read it (shown in the README)")
     ap.add_argument("--render-only", action="store_true", help="only re-render README.md from the JSON files")
+    ap.add_argument(
+        "--recount-flops",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="recount the FLOPs of these result files on the models' math (timings kept) and re-render",
+    )
     args = ap.parse_args(argv)
+    if args.recount_flops:
+        for path in args.recount_flops:
+            recount_flops(path)
+            print(f"recounted {path}")
+        render_readme(args.results)
+        return 0
     if args.render_only:
         render_readme(args.results)
         print(f"wrote {args.results / 'README.md'}")

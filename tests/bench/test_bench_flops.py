@@ -126,3 +126,38 @@ def test_train_flop_rate_over_unet_is_rendered_from_the_counts(bench):
     assert "| prnet | 128 | BasicUNet | 0.00 | 12.00 | n/a | 1.0 | n/a | 0.50 | 1.0 |" in text
     del d["flops"]
     assert "- flops: counted on the kernel that ran" in "\n".join(bench.render_section(d))
+
+
+def test_recount_rewrites_only_the_flops_of_a_record_and_renders_it(bench, report, tmp_path):
+    """``--recount-flops``: a record of today's models made before the fix gets the counts of the math; its
+    timings and load stay as measured."""
+    import json
+
+    def row(model, gflops):
+        ours = {"params": 1, "gflops_per_img": gflops, "train_img_s": 2.0, "infer_img_s": 3.0}
+        peer = {"params": 1, "gflops_per_img": 9.0, "train_img_s": 1.0, "infer_img_s": 1.0}
+        return {"model": model, "size": 32, "peer_name": "BasicUNet", "ours": ours, "peer": peer}
+
+    d = {"device": "CPU x (2 threads)", "date": "2026-12-06 16:48 UTC", "torch": "t", "monai": "m", "python": "p"}
+    d.update(
+        command="c",
+        batch=2,
+        base=4,
+        iters=3,
+        warmup=1,
+        amp=False,
+        threads=2,
+        rows=[row("unet", 7.0), row("prnet", 0.1)],
+    )
+    path = tmp_path / "cpu-x.json"
+    path.write_text(json.dumps(d), encoding="utf-8")
+    assert bench.main(["--recount-flops", str(path), "--results", str(tmp_path)]) == 0
+    got = json.loads(path.read_text(encoding="utf-8"))
+    want = {m: report.textbook_flops(lambda m=m: create_model(m, base_channels=4), 32) / 1e9 for m in ("unet", "prnet")}
+    peer = report.textbook_flops(lambda: bench.make_peer("BasicUNet", 4), 32) / 1e9
+    for r, m in zip(got["rows"], ("unet", "prnet")):
+        assert r["ours"] == {"params": 1, "gflops_per_img": want[m], "train_img_s": 2.0, "infer_img_s": 3.0}
+        assert r["peer"]["gflops_per_img"] == peer and r["peer"]["train_img_s"] == 1.0
+    assert "recounted" in got["flops"] and "the timings are those of 2026-12-06 16:48 UTC" in got["flops"]
+    assert {k: v for k, v in got.items() if k not in ("rows", "flops")} == {k: v for k, v in d.items() if k != "rows"}
+    assert "- flops: the model's math" in (tmp_path / "README.md").read_text(encoding="utf-8")
