@@ -42,8 +42,12 @@ NEUTRAL_SETTINGS = (
 
 
 #: settings a resume cannot change: the optimizer and schedule states it restores carry their values
-#: (a changed lr was warned about but trained at the old one, while the checkpoint recorded the new)
-RESTORED_SETTINGS = ("lr", "weight_decay", "scheduler")
+#: (a changed lr was warned about but trained at the old one, while the checkpoint recorded the new);
+#: ``optimizer`` (#25): Adam's state loaded into SGD (or back) crashed the first step with a KeyError.
+#: The other keys #25 added are read afresh each epoch, nothing restored carries them, so a resume may
+#: change them (with the warning of :func:`_warn_changes`): ``iterations_per_epoch``,
+#: ``oversample_foreground`` (the batch plan is drawn from ``(seed, epoch)``), ``augment``, ``grad_clip``
+RESTORED_SETTINGS = ("lr", "weight_decay", "scheduler", "optimizer")
 
 
 def work_dir(output_dir: Path) -> Path:
@@ -126,6 +130,8 @@ def continue_finished(output_dir: Path, work: Path, cfg: TrainConfig, identity: 
     training it, or refuse (``ConfigError``/``CheckpointError`` for another architecture; nothing
     touched) when nothing is left to train."""
     ckpt = load_checkpoint(output_dir / CHECKPOINT, identity)
+    # before anything is copied or reopened: a refusal later left a .partial and its MLflow run FAILED
+    _refuse_restored_changes(ckpt, cfg, output_dir / CHECKPOINT)
     done, stale = int(ckpt["epoch"]), int(ckpt.get("stale", 0))
     if ckpt.get("stopped_early") and not early_stop_lifted(cfg, stale):
         raise ConfigError(
@@ -155,7 +161,7 @@ def restore(ckpt_path: Path, s: Setup, data_dir: Path, model, optimizer, schedul
     """The state of ``ckpt_path`` loaded into ``model``/``optimizer``/``scheduler`` and the RNGs, with
     a warning for each setting or data that changed since it was written."""
     ckpt = load_checkpoint(ckpt_path, s.identity)
-    _refuse_restored_changes(ckpt, s, ckpt_path)
+    _refuse_restored_changes(ckpt, s.cfg, ckpt_path)
     model.load_state_dict(ckpt["model_state"])
     optimizer.load_state_dict(ckpt["optimizer_state"])
     if scheduler is not None and ckpt.get("scheduler_state"):
@@ -172,10 +178,10 @@ def restore(ckpt_path: Path, s: Setup, data_dir: Path, model, optimizer, schedul
     return state
 
 
-def _refuse_restored_changes(ckpt: dict[str, Any], s: Setup, ckpt_path: Path) -> None:
+def _refuse_restored_changes(ckpt: dict[str, Any], cfg: TrainConfig, ckpt_path: Path) -> None:
     """A :data:`RESTORED_SETTINGS` value changed since ``ckpt``: a ``ConfigError`` (the restored optimizer
     and schedule would train at the old value while the run records the new one)."""
-    saved, now = ckpt.get("config") or {}, s.cfg.model_dump()
+    saved, now = ckpt.get("config") or {}, cfg.model_dump()
     changed = [f"{k} {saved[k]!r} → {now[k]!r}" for k in RESTORED_SETTINGS if k in saved and saved[k] != now.get(k)]
     if changed:
         raise ConfigError(
