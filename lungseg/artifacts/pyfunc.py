@@ -190,10 +190,13 @@ def _requirements() -> list[str]:
     ]
 
 
-def model_info(identity: dict[str, Any], preprocess: dict[str, Any], threshold: float, serving=None) -> dict[str, Any]:
+def model_info(
+    identity: dict[str, Any], preprocess: dict[str, Any], threshold: float, serving=None, serving_origin=None
+) -> dict[str, Any]:
     """What ``lungseg_model.json`` and the MLmodel metadata record. ``serving``
     (:class:`~lungseg.artifacts.serving.ServingSettings`; default: ``preprocess`` at ``threshold``) is
-    recorded whole with its fingerprint, and its threshold is the model's ``threshold``."""
+    recorded whole with its fingerprint, and its threshold is the model's ``threshold``;
+    ``serving_origin`` (``training``: resolved by the training run, not evaluated; review of #25) when given."""
     from lungseg import __version__
     from lungseg.artifacts.serving import ServingSettings
 
@@ -209,6 +212,7 @@ def model_info(identity: dict[str, Any], preprocess: dict[str, Any], threshold: 
         "input": INPUT_DOC,
         "output": OUTPUT_DOC,
         "lungseg_version": __version__,
+        **({"serving_origin": serving_origin} if serving_origin else {}),
     }
 
 
@@ -226,7 +230,7 @@ def signature_for(num_classes: int):
 
 
 def _prepare(
-    tmp: Path, net, identity: dict[str, Any], preprocess: dict[str, Any], threshold: float, serving=None
+    tmp: Path, net, identity: dict[str, Any], preprocess: dict[str, Any], threshold: float, serving=None, origin=None
 ) -> dict[str, Any]:
     """The arguments of ``pyfunc.save_model`` / ``Model.log`` shared by :func:`save_model` and :func:`log_model`."""
     import torch
@@ -235,7 +239,7 @@ def _prepare(
         raise ValueError("preprocess must record image_size (the model's input size)")
     state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
     torch.save(state, tmp / WEIGHTS)
-    info = model_info(identity, preprocess, threshold, serving)
+    info = model_info(identity, preprocess, threshold, serving, origin)
     (tmp / CONFIG).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return dict(
         python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
@@ -272,6 +276,7 @@ def log_model(
     serving=None,
     run_id: str | None = None,
     name: str = "model",
+    serving_origin: str | None = None,
 ) -> str:
     """Log the portable model of ``net`` to MLflow run ``run_id`` (the active run when None) in the
     current tracking store; returns its model URI (``models:/m-…``) to register.
@@ -280,7 +285,8 @@ def log_model(
     ``preprocess``); ``threshold`` is the binary decision threshold of the labels output, or ``serving``
     (:class:`~lungseg.artifacts.serving.ServingSettings`, what ``lungseg register`` passes: the settings
     the model was evaluated with) gives it and every other setting that changes the output — recorded
-    in the metadata as ``serving`` and ``serving_fingerprint``. The logged
+    in the metadata as ``serving`` and ``serving_fingerprint`` (``serving_origin: training`` where the
+    training run resolved them, not an evaluation: :func:`lungseg.training.mlflow_run.training_serving`). The logged
     model is created in **the run's experiment** first: MLflow's ``log_model(run_id=…)`` alone puts it
     in the *active* experiment (``Default``, whose artifacts live in the working directory's
     ``mlruns/``).
@@ -299,7 +305,7 @@ def log_model(
             flavor=mlflow.pyfunc,
             run_id=run_id,
             model_id=model_id,
-            **_prepare(Path(tmp), net, identity, preprocess, threshold, serving),
+            **_prepare(Path(tmp), net, identity, preprocess, threshold, serving, serving_origin),
         )
     return info.model_uri
 

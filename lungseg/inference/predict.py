@@ -40,6 +40,7 @@ import logging
 import sys
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -269,6 +270,18 @@ def _no_download_bars():
     return scoped_environ({"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"})
 
 
+def _serving_origin(meta: dict[str, Any], provenance: dict[str, Any]) -> str:
+    """Where a logged model's serving settings come from, for the report (review of #25): ``training``
+    (the training run resolved them from its params and preset; not evaluated), ``evaluation`` (``lungseg
+    register`` logged the registered version with the settings its evaluation scored), or ``not recorded``
+    (a model logged by a training run before lungseg recorded the origin: lungseg's defaults then, ``tta none``)."""
+    if meta.get("serving_origin"):
+        return str(meta["serving_origin"])
+    if meta.get("serving") and provenance.get("registered_model"):
+        return "evaluation"
+    return "not recorded (logged before lungseg recorded it: lungseg's defaults then, tta none)"
+
+
 def _from_mlflow(uri: str, tracking_uri: str | None, threshold: float) -> LoadedModel:
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -301,6 +314,7 @@ def _from_mlflow(uri: str, tracking_uri: str | None, threshold: float) -> Loaded
 
             recorded = meta.get("serving")  # what the registered version was evaluated with
             provenance["serving_recorded"] = bool(recorded)
+            provenance["serving_origin"] = _serving_origin(meta, provenance)
             return LoadedModel(
                 net,
                 meta["identity"],
@@ -360,6 +374,20 @@ def check_backend(backend: str) -> str:
     return backend
 
 
+#: the torch.compile backend of ``lungseg predict --compile``
+COMPILE_BACKEND = "inductor"
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def compiled_network(net: torch.nn.Module) -> torch.nn.Module:
+    """``net`` compiled (``torch.compile``, :data:`COMPILE_BACKEND`, static shapes) once per process: the
+    same network object (a cohort's model, both roles' engines) gets the same compiled module, so it is
+    compiled at its first batch only. The compile itself runs at that first call."""
+    if net not in _COMPILED:
+        _COMPILED[net] = torch.compile(net, backend=COMPILE_BACKEND, dynamic=False)
+    return _COMPILED[net]
+
+
 class SliceInference:
     """Batched slice inference of one model on one device (see the module docstring).
 
@@ -368,7 +396,10 @@ class SliceInference:
     ``bf16`` where the device lacks it falls back to fp32 with a note). ``backend="onnxruntime"`` (CPU):
     the model's ONNX export run by an onnxruntime ``InferenceSession`` with torch's thread count
     (:func:`lungseg.inference.export.onnxruntime_runner`: the export the model folder carries, else one
-    made and checked against PyTorch on slices of the scan at the first call); always fp32."""
+    made and checked against PyTorch on slices of the scan at the first call); always fp32. ``compile``
+    (torch backend only): the network through :func:`compiled_network`, every batch padded to
+    ``batch_size`` (one static shape: compiled once per process, at the first batch); a compile failure
+    is a one-line :class:`ConfigError` (#24)."""
 
     def __init__(
         self,
@@ -379,9 +410,12 @@ class SliceInference:
         amp: bool = True,
         channels_last: bool = True,
         backend: str = "torch",
+        compile: bool = False,
     ):
         self.model = model
         self.backend = check_backend(backend)
+        if compile and backend != "torch":
+            raise ConfigError(f"--compile compiles the torch backend: leave it out with --backend {backend}")
         self.device = resolve_device(device) if isinstance(device, str) else device
         cuda = self.device.type == "cuda"
         if backend == "onnxruntime" and cuda:
@@ -409,6 +443,9 @@ class SliceInference:
             self.net = self.net.to(memory_format=torch.channels_last)
         if cuda:
             torch.backends.cudnn.benchmark = True
+        self.compile = bool(compile)
+        if self.compile:
+            self.net = compiled_network(self.net)
         self.onnx: dict[str, Any] | None = None
         self._runner = None
 
@@ -422,6 +459,7 @@ class SliceInference:
             "device": self.device.type,
             "threads": torch.get_num_threads(),
             "batch_size": self.batch_size,
+            "compile": self.compile,
         }
         if self.onnx is not None:
             out["onnx"] = self.onnx
@@ -450,6 +488,8 @@ class SliceInference:
         """Probabilities ``(N, C, H, W)`` of one batch at its own size, by the backend (onnxruntime: ``flips``
         averages four runs of the export here; ``mirror`` is one run of an export that mirrors inside)."""
         size, tta = self.model.image_size, self.model.serving.tta
+        if runner is None and self.compile:
+            return self._compiled_probabilities(batch)
         if runner is None:
             return core.predict_batch(self.net, batch, size, amp=self.amp, channels_last=self.channels_last, tta=tta)
         hw = tuple(batch.shape[-2:])
@@ -462,6 +502,23 @@ class SliceInference:
             total = p if total is None else total + p
         n = len(core.FLIPS) if tta == "flips" else 1
         return core.resize_back(total / n if n > 1 else total, hw)
+
+    def _compiled_probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """:meth:`_probabilities` of the compiled network: a short batch (a volume's last) is padded to
+        ``batch_size`` with copies of its last slice, so that the network sees one shape, compiled once
+        (each slice's output does not depend on the others in eval mode); a compile failure is one line."""
+        n = batch.shape[0]
+        if n < self.batch_size:
+            batch = torch.cat([batch, batch[-1:].expand(self.batch_size - n, *batch.shape[1:])])
+        size, tta = self.model.image_size, self.model.serving.tta
+        try:
+            p = core.predict_batch(self.net, batch, size, amp=self.amp, channels_last=self.channels_last, tta=tta)
+        except Exception as exc:
+            reason = core.compile_failure(exc)
+            if reason:
+                raise ConfigError(f"--compile: torch.compile failed ({reason}); run without --compile") from exc
+            raise
+        return p[:n]
 
     def labels(self, slices: list[np.ndarray], *, desc: str = "") -> list[np.ndarray]:
         """uint8 labels per slice (each at its own size) for float32 slices in [0, 1]."""
@@ -532,6 +589,7 @@ def predict_scan(
     load_seconds: float | None = None,
     save_probabilities: bool = False,
     backend: str = "torch",
+    compile: bool = False,
 ) -> PredictResult:
     """Masks, report, summary and overlay for the scan at ``input_path`` (module docstring).
 
@@ -540,8 +598,9 @@ def predict_scan(
     intensity domain where the data cannot tell it (:mod:`lungseg.inference.volumes`);
     ``load_seconds``: how long loading the models took, for the report; ``save_probabilities``: also
     write each model's foreground probability map (float32, on the masks' grid) as ``<role>_probabilities``;
-    ``backend``: ``torch`` or ``onnxruntime`` (:class:`SliceInference`). The precision is each model's serving
-    setting (``LoadedModel.served_as(precision=…)``); what ran is in the report's ``inference``.
+    ``backend``: ``torch`` or ``onnxruntime``, ``compile``: the torch network compiled (:class:`SliceInference`).
+    The precision is each model's serving setting (``LoadedModel.served_as(precision=…)``); what ran is in
+    the report's ``inference``.
     """
     from lungseg.inference import volumes
     from lungseg.io import check_output_dir
@@ -555,7 +614,9 @@ def predict_scan(
     if dicom_seg:
         volumes.check_dicom_seg_source(scan)  # before inference: fail fast
     dev = resolve_device(device)
-    labels, probs, images01, warnings, ran = _infer(scan, models, dev, batch_size, save_probabilities, backend)
+    labels, probs, images01, warnings, ran = _infer(
+        scan, models, dev, batch_size, save_probabilities, backend, compile=compile
+    )
     t_infer = time.perf_counter() - t0
     report = _report(scan, models, labels, warnings, dev)
     report["inference"] = ran
@@ -571,6 +632,8 @@ def _infer(
     batch_size: int | None,
     probabilities: bool,
     backend: str = "torch",
+    *,
+    compile: bool = False,
 ):
     """Labels per role, foreground probabilities per role (``probabilities``), the [0, 1] slices the
     infection model saw (for the overlay), the warnings, what ran per role (:meth:`SliceInference.describe`)."""
@@ -587,7 +650,7 @@ def _infer(
         warnings += [f"{role} model: {x}" for x in w]
         if images01 is None or role == "infection":
             images01 = slices01  # the overlay shows what the infection model saw
-        engine = SliceInference(model, device=device, batch_size=batch_size, backend=backend)
+        engine = SliceInference(model, device=device, batch_size=batch_size, backend=backend, compile=compile)
         labels[role], fg = engine.run(slices01, desc=f"{scan.stem} ({role})", probabilities=probabilities)
         warnings += [f"{role} model: {x}" for x in engine.notes]
         ran[role] = engine.describe()

@@ -161,21 +161,48 @@ def log_results(params: Params, s: Setup, state: TrainState, run, work: Path, t0
     best_model = build_model(s.identity)
     best_model.load_state_dict(load_checkpoint(work / BEST, s.identity)["model_state"])
     best_model.eval()
-    return log_portable_model(run, best_model, s.identity, s.info.preprocess, params.evaluate.threshold)
+    serving = training_serving(params, s.cfg, s.identity, s.info.preprocess)
+    return log_portable_model(run, best_model, s.identity, s.info.preprocess, serving)
+
+
+#: what the model a training run logs records as the origin of its serving settings (review of #25)
+TRAINING_ORIGIN = "training"
+
+
+def training_serving(params: Params, cfg: TrainConfig, identity: dict[str, Any], preprocess: dict[str, Any]):
+    """The serving settings a training run can know, resolved as ``lungseg evaluate`` resolves them for
+    this model (:func:`lungseg.evaluation.report._serving_settings`): ``evaluate.threshold`` and
+    ``precision``, ``evaluate.postprocess`` (``auto``: by the labels), ``evaluate.tta`` (``auto``:
+    ``mirror`` under ``train.preset: nnunet``). Before the review of #25 the training run's model recorded
+    the defaults (``tta: none``), which ``mlflow.pyfunc.load_model`` and ``lungseg predict`` served,
+    while a folder predict mirrored and the evaluation scored the mirrored labels."""
+    from lungseg.artifacts.serving import ServingSettings, resolve_postprocess, resolve_tta
+
+    ev = params.evaluate
+    binary = int(identity["kwargs"].get("num_classes", 1)) == 1
+    post = resolve_postprocess(ev.postprocess, preprocess.get("label_names")) if binary else "none"
+    tta = resolve_tta(ev.tta, cfg.preset)
+    return ServingSettings.for_model(preprocess, ev.threshold, postprocess=post, tta=tta, precision=ev.precision)
 
 
 def log_portable_model(
-    run, model: torch.nn.Module, identity: dict[str, Any], preprocessing: dict[str, Any], threshold: float
+    run, model: torch.nn.Module, identity: dict[str, Any], preprocessing: dict[str, Any], serving
 ) -> str | None:
     """Log ``model`` (the ``best.pt`` weights) to ``run`` as the portable MLflow pyfunc model of
     :mod:`lungseg.artifacts.pyfunc` (its code, weights, preprocessing and a synthetic input example:
-    no patient data); its model URI, or None when the call was queued (the store is unreachable)."""
+    no patient data) with ``serving`` (:func:`training_serving`), recorded as of ``serving_origin:
+    training`` (not evaluated); its model URI, or None when the call was queued (the store is unreachable)."""
     result: dict[str, str] = {}
 
     def fn():
         with scoped_tracking_uri(run.tracking_uri):
             result["uri"] = log_model(
-                model, identity=identity, preprocess=preprocessing, threshold=threshold, run_id=run.run_id
+                model,
+                identity=identity,
+                preprocess=preprocessing,
+                serving=serving,
+                run_id=run.run_id,
+                serving_origin=TRAINING_ORIGIN,
             )
 
     return result.get("uri") if run.call("log_model(model)", fn) else None
@@ -204,11 +231,13 @@ def write_run_file(
 
 __all__ = [
     "log_params",
+    "TRAINING_ORIGIN",
     "log_portable_model",
     "log_results",
     "open_run",
     "resume_tags",
     "run_tags",
     "start_run",
+    "training_serving",
     "write_run_file",
 ]
