@@ -57,7 +57,14 @@ def run(args: argparse.Namespace) -> int:
     from lungseg.inference.predict import load_model
     from lungseg.tracking import resolve_tracking_uri
 
-    model = load_model(args.model, tracking_uri=resolve_tracking_uri(params), threshold=params.evaluate.threshold)
+    ev = params.evaluate  # a folder model is exported as predict serves it (tta auto: mirror under preset nnunet)
+    model = load_model(args.model, tracking_uri=resolve_tracking_uri(params), threshold=ev.threshold, tta=ev.tta)
+    tta = model.serving.tta  # review of #25: the plain network was exported while the model served mirror
+    if tta not in ("none", "mirror"):
+        raise ConfigError(
+            f"{args.model}: serves with tta {tta!r} (evaluate.tta), which an export cannot carry (none or mirror): "
+            "export a model served with tta none or mirror"
+        )
     scan = volumes.read_scan(args.check_input, require_spacing=False)  # pixels are enough here
     slices, _ = volumes.to_model_range(scan, model.preprocess)
     result = export_model(
@@ -67,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         slices[: args.max_check_slices],
         tolerance=args.tolerance,
         check_input=str(args.check_input),
+        tta=tta,
     )
     print(result.describe())
     return 0

@@ -66,11 +66,14 @@ class ExportResult:
     parity: dict[str, Any]
     seconds: float
     failed_attempts: list[str] = field(default_factory=list)
+    tta: str = "none"
+    """The test-time augmentation inside the exported graph (the model's serving ``tta``, review of #25)."""
 
     def describe(self) -> str:
         p = self.parity
         return (
-            f"exported {self.format} ({self.exporter}, batch {self.batch}) → {self.output_dir / self.file} "
+            f"exported {self.format} ({self.exporter}, batch {self.batch}, tta {self.tta}) "
+            f"→ {self.output_dir / self.file} "
             f"in {self.seconds:.1f} s\n  parity vs PyTorch on {p['n_slices']} real slice(s): max |Δp| "
             f"{p['max_abs_diff']:.2e}, Dice of masks {p['dice']:.6f} (tolerance {p['tolerance']:g})"
         )
@@ -272,7 +275,7 @@ def export_model(
         info["tta"] = tta
         info["file_sha256"] = sha256_file(tmp / file)  # a carried export is used only while its file is this one
         atomic_write_json(tmp / "export.json", info)
-    return ExportResult(Path(output_dir), fmt, file, exporter, batch, parity, time.perf_counter() - t0, failed)
+    return ExportResult(Path(output_dir), fmt, file, exporter, batch, parity, time.perf_counter() - t0, failed, tta)
 
 
 def _export_info(model, fmt, file, exporter, batch, parity, failed, size, check_input, path: Path) -> dict[str, Any]:
