@@ -493,6 +493,7 @@ def run_cell(request: CellRequest) -> RunRecord:
             spec.dataset,
             spec.input_dir(opts.data_root),
             threshold=params.evaluate.threshold,
+            serving=metrics.get("serving"),  # as the record's evaluation served it: tta, postprocess (#25)
         )
     record = RunRecord.from_dict(
         clean_json(

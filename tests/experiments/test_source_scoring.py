@@ -128,3 +128,62 @@ def test_tiny_medseg_cell_scored_at_512(tmp_path, shared_data, monkeypatch):
     assert all(r["tp"] + r["fp"] + r["tn"] + r["fn"] == 512 * 512 for r in src["per_image"])
     assert [r["id"] for r in src["per_image"]] == [r["id"] for r in rec["per_image"]]
     assert 0 <= src["metrics"]["dice_mean"] <= 1 and rec["metrics"]["n_images"] == 20
+    served = rec["metrics"]["serving"]  # the block is scored as the record's evaluation served the model (#25)
+    assert (src["tta"], src["postprocess"], src["threshold"]) == (served["tta"], served["postprocess"], 0.5)
+
+
+class Shift(torch.nn.Module):
+    """Logits ``40·(x − 0.5)`` moved one pixel right: not mirror-equivariant, so ``tta: mirror`` changes them."""
+
+    def forward(self, x):
+        return 40 * (torch.roll(x, shifts=1, dims=-1) - 0.5)
+
+
+def test_the_block_is_scored_with_the_records_mirroring():
+    """Review of #25: ``--score-at-source`` ran the network without the record's ``tta`` (``mirror`` under
+    the nnunet preset), so the block scored another model than the record's evaluation."""
+    rng = np.random.default_rng(0)
+    small = rng.random((1, 1, 8, 8)).astype(np.float32)
+    mask = _square(32, 32, 4, 6, 20, 26)
+    x = torch.from_numpy(small)
+    by_hand = []  # the logits of each mirroring, flipped back, averaged; sigmoid; resized; thresholded
+    for dims in ((), (-1,), (-2,), (-2, -1)):
+        flipped = torch.flip(x, dims) if dims else x
+        out = Shift()(flipped)
+        by_hand.append(torch.flip(out, dims) if dims else out)
+    probs = torch.sigmoid(torch.stack(by_hand).mean(0))
+    pred = F.interpolate(probs, size=mask.shape, mode="bilinear", align_corners=False)[0, 0].numpy() >= 0.5
+    tp, fp = int((pred & (mask == 1)).sum()), int((pred & (mask == 0)).sum())
+    out = source_scoring.score_at_source(Shift(), small, ["a"], {"a": mask}, tta="mirror")
+    assert (out["tta"], out["postprocess"]) == ("mirror", "none")
+    assert (out["per_image"][0]["tp"], out["per_image"][0]["fp"]) == (tp, fp)
+    plain = source_scoring.score_at_source(Shift(), small, ["a"], {"a": mask})
+    assert plain["tta"] == "none" and plain["per_image"][0]["dice"] != out["per_image"][0]["dice"]
+
+
+def test_the_block_is_scored_with_the_records_post_processing():
+    small = np.zeros((1, 1, 16, 16), np.float32)
+    small[0, 0, 2:10, 2:10] = 1  # a lung of 64 px with a hole of one pixel ...
+    small[0, 0, 5, 5] = 0
+    small[0, 0, 14, 14] = 1  # ... and a speck (1 px < 10 % of 64): dropped by the post-processing
+    mask = _square(16, 16, 2, 2, 10, 10)
+    post = "largest_components+fill_holes"
+    out = source_scoring.score_at_source(Echo(), small, ["a"], {"a": mask}, postprocess=post)
+    row = out["per_image"][0]
+    assert out["postprocess"] == post and (row["tp"], row["fp"], row["fn"]) == (64, 0, 0)
+    row = source_scoring.score_at_source(Echo(), small, ["a"], {"a": mask})["per_image"][0]
+    assert (row["tp"], row["fp"], row["fn"]) == (63, 1, 1)
+
+
+def test_the_serving_is_the_records_or_resolved_as_evaluate_resolves_it():
+    recorded = {"threshold": 0.4, "image_size": 32, "hu_window": None, "dataset": None}
+    recorded.update(postprocess="largest_components+fill_holes", tta="mirror")
+    assert source_scoring.serving_of({}, {}, 0.5, recorded) == (0.4, "mirror", "largest_components+fill_holes")
+    preset = {"config": {"preset": "nnunet"}, "preprocess": {"label_names": ["background", "infection"]}}
+    assert source_scoring.serving_of(preset, {}, 0.5, None) == (0.5, "mirror", "none")
+    lung = {"config": {"preset": "default"}}
+    assert source_scoring.serving_of(lung, {"label_names": ["background", "lung"]}, 0.5, None) == (
+        0.5,
+        "none",
+        "largest_components+fill_holes",
+    )
