@@ -73,21 +73,29 @@ def write_candidate(
     baselines: dict | None = None,
     preprocessing_mismatch: list[str] | None = None,
     eval_run_id: str | None = None,
+    identity: dict | None = None,
+    preprocess: dict | None = None,
+    extra_metrics: dict | None = None,
 ) -> tuple[Path, Path]:
     """``root/model/{mlflow_run.json, best.pt}`` and ``root/eval/metrics.json`` (bound to that model,
-    served at ``threshold``; ``eval_run_id`` written to ``mlflow_logging.json``); returns (model_dir, eval_dir)."""
+    served at ``threshold``; ``eval_run_id`` written to ``mlflow_logging.json``); returns (model_dir, eval_dir).
+    ``identity``/``preprocess``: another network (a fresh one of that identity) trained on other data
+    (default :data:`IDENTITY`, :data:`PREPROCESS`); ``extra_metrics``: more keys in ``metrics.json``."""
+    from lungseg.artifacts.checkpoint import build_model
     from lungseg.io import sha256_file
 
     model_dir, eval_dir = root / "model", root / "eval"
-    serving = ServingSettings.for_model(PREPROCESS, threshold)
+    preprocess = PREPROCESS if preprocess is None else preprocess
+    state = run_info.get("state_dict") if identity is None else build_model(identity).state_dict()
+    serving = ServingSettings.for_model(preprocess, threshold)
     model_dir.mkdir(parents=True, exist_ok=True)
     eval_dir.mkdir(parents=True, exist_ok=True)
     info = {k: v for k, v in run_info.items() if k != "state_dict"}
     ckpt = {
-        "model_identity": IDENTITY,
-        "model_state": run_info.get("state_dict"),
-        "preprocess": PREPROCESS,
-        "image_size": PREPROCESS["image_size"],
+        "model_identity": IDENTITY if identity is None else identity,
+        "model_state": state,
+        "preprocess": preprocess,
+        "image_size": preprocess["image_size"],
         "epoch": 1,
         "mlflow_run_id": info["run_id"],
     }
@@ -106,6 +114,7 @@ def write_candidate(
         "serving_fingerprint": serving.fingerprint(),
         "baselines": BASELINES if baselines is None else baselines,
         "preprocessing_mismatch": list(preprocessing_mismatch or []),
+        **(extra_metrics or {}),
     }
     if fingerprint is not None:
         metrics["data_fingerprint"] = fingerprint

@@ -28,11 +28,15 @@ def _candidate(value=0.8, run_id="run-new"):
         fingerprint_source="metrics.json",
         metrics={"split": "test"},
         eval_run=None,
+        serving={"dataset": "synthetic"},
+        label_names="background,infection",
     )
 
 
 def _version(version, value=0.5, run_id="run-old"):
     tags = {TAG + "metric": "dice_mean", TAG + "metric_value": repr(value), TAG + "eval_fingerprint": SET_A}
+    # what the number means, as register records it (lungseg.registry.comparable): like the candidate's
+    tags.update({TAG + "label_names": "background,infection", TAG + "dataset": "synthetic", TAG + "eval_split": "test"})
     return SimpleNamespace(version=str(version), status="READY", tags=tags, run_id=run_id)
 
 
@@ -160,6 +164,7 @@ def test_the_champions_own_run_is_compared_on_the_same_set_and_followed_onto_ano
     other_set = dataclasses.replace(_candidate(value=0.3, run_id="run-old"), fingerprint="sha256:" + "b" * 64)
     moved = registry._move_alias(ScriptedClient(champion_reads=["1"]), "m", CFG, "3", other_set)
     assert moved.promote and "re-evaluated on another set" in moved.reason
+    assert moved.before is None  # its number on the other set is no comparison: not reported
     # another served model (other serving settings) is not followed onto another set: not comparable there
     other_serving = dataclasses.replace(other_set, serving_fingerprint="sha256:" + "c" * 64)
     kept = registry._move_alias(ScriptedClient(champion_reads=["1"]), "m", CFG, "4", other_serving)

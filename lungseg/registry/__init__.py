@@ -54,6 +54,11 @@ Policy (also in docs/pipeline.md, "Registry policy"), checked in this order:
 * champion evaluated on a **different** set (or with no recorded fingerprint, or another metric) →
   not compared: the candidate becomes challenger, ``reason`` says so and what to do (re-evaluate
   the champion on this set and register it; see above).
+* more generally, only like is compared with like (:mod:`lungseg.registry.comparable`): metric key,
+  label names, dataset, split and evaluation set are tags of every version, and a champion that differs
+  in any (or does not record one) is not compared and its number not reported; a candidate that
+  segments **other labels** than the champion is refused before anything is registered (another task
+  under this name: choose another ``register.model_name``).
 
 The evaluation-set fingerprint is ``metrics.json["data_fingerprint"]`` when the evaluation wrote one
 (sha256 of the split's manifest ``id,image_sha256,mask_sha256`` rows, see
@@ -74,6 +79,7 @@ from typing import Any, NamedTuple
 from lungseg.artifacts.run_file import RunFile
 from lungseg.errors import ConfigError, DataError, LungsegError
 from lungseg.provenance import evaluation_fingerprint
+from lungseg.registry.comparable import differences, identity_tags, label_names, task_refusal
 from lungseg.registry.decision import Journal, RegistryError, finish_pending, move_aliases, registry_lock, settle
 from lungseg.registry.decision import is_code as _is_code
 from lungseg.tracking import scoped_tracking_uri
@@ -122,11 +128,16 @@ class Decision:
         return asdict(self)
 
     def describe(self) -> str:
-        before = "none" if self.champion_before is None else f"{self.champion_before:.4f}"
+        before, version = self.champion_before, self.champion_before_version
+        if version is None:
+            champion = "none"
+        elif before is None:  # an unlike champion: its number is no comparison and is not printed
+            champion = f"v{version} not compared"
+        else:
+            champion = f"{before:.4f} v{version}"
         return (
             f"{self.model_name} v{self.version}: {self.decision} ({self.metric} {self.candidate:.4f} vs champion "
-            f"{before}{'' if self.champion_before_version is None else f' v{self.champion_before_version}'}"
-            f"{self._trivial()}) — {self.reason}"
+            f"{champion}{self._trivial()}) — {self.reason}"
         )
 
     def _trivial(self) -> str:
@@ -297,6 +308,21 @@ def _champion_value(champion) -> float | None:
     return None
 
 
+def _identity(cfg, cand: _Candidate) -> dict[str, str]:
+    """What the candidate's number means (:mod:`lungseg.registry.comparable`): metric, labels, dataset,
+    split and evaluation set."""
+    dataset = (cand.serving or {}).get("dataset")
+    return identity_tags(cfg.metric, cand.label_names, dataset, cand.metrics.get("split"), cand.fingerprint)
+
+
+def _comparable_value(cfg, cand: _Candidate, champion) -> float | None:
+    """The champion's number when it is like the candidate's (same metric, labels, dataset, split and
+    evaluation set, all recorded), else None: an unlike number is never reported beside the candidate's."""
+    if champion is None or differences(champion.tags or {}, _identity(cfg, cand)):
+        return None
+    return _champion_value(champion)
+
+
 def _barrier(cfg, cand: _Candidate) -> str | None:
     """Why ``cand`` can never be promoted whatever the champion (None: it may be): evaluated on
     mismatched preprocessing without the register-time permission, below ``register.min_metric``, or no
@@ -324,46 +350,36 @@ def _barrier(cfg, cand: _Candidate) -> str | None:
 
 
 def _decide(cfg, cand: _Candidate, champion) -> tuple[bool, float | None, str]:
-    """(promote?, champion's number or None, reason)."""
-    candidate, fingerprint, run_id = cand.value, cand.fingerprint, cand.run_id
+    """(promote?, champion's number or None, reason). The champion's number is compared — and reported —
+    only when it is like the candidate's (:func:`lungseg.registry.comparable.differences`)."""
     barrier = _barrier(cfg, cand)
     if barrier is not None:
-        return False, _champion_value(champion), barrier
+        return False, _comparable_value(cfg, cand, champion), barrier
     if champion is None:
         return True, None, "no champion yet"
     tags = champion.tags or {}
-    try:
-        before = float(tags[TAG + "metric_value"])
-    except (KeyError, ValueError):
-        before = None
-    same_set = fingerprint is not None and tags.get(TAG + "eval_fingerprint") == fingerprint
+    before = _champion_value(champion)
+    unlike = differences(tags, _identity(cfg, cand))
+    same_set = cand.fingerprint is not None and tags.get(TAG + "eval_fingerprint") == cand.fingerprint
     same_serving = tags.get(TAG + "serving_fingerprint", "none") == (cand.serving_fingerprint or "none")
-    if champion.run_id and champion.run_id == run_id and not same_set and same_serving:
+    if champion.run_id and champion.run_id == cand.run_id and not same_set and same_serving:
         return (
             True,
-            before,
+            None,  # the champion's number is of another set: not a comparison
             f"same run as champion v{champion.version} re-evaluated on another set: the alias follows it",
         )
-    if tags.get(TAG + "metric") != cfg.metric or before is None:
+    if unlike or before is None:
+        what = "; ".join(unlike) or f"no recorded {cfg.metric} value"
+        where = "on a different evaluation set" if not same_set else "differently"
         return (
             False,
-            before,
+            None,
             (
-                f"champion v{champion.version} has no recorded {cfg.metric}: not compared; "
-                "re-evaluate and register the champion's run on this set to compare"
+                f"champion v{champion.version} was evaluated {where} (champion vs candidate: {what}): not "
+                "compared; re-evaluate and register the champion's run on this set to compare"
             ),
         )
-    if not same_set:
-        return (
-            False,
-            before,
-            (
-                f"champion v{champion.version} was evaluated on a different evaluation set "
-                f"({tags.get(TAG + 'eval_fingerprint', 'unknown')} vs {fingerprint or 'unknown'}): not compared; "
-                "re-evaluate and register the champion's run on this set to compare"
-            ),
-        )
-    better = candidate > before if cfg.greater_is_better else candidate < before
+    better = cand.value > before if cfg.greater_is_better else cand.value < before
     if better:
         return True, before, f"beats champion v{champion.version} on the same evaluation set"
     return False, before, f"does not beat champion v{champion.version} on the same evaluation set"
@@ -429,6 +445,8 @@ class _Candidate:
     evaluation_id: str = ""
     """sha256 of ``metrics.json`` and the evaluation run: a version is reused only for the same one."""
     training_model_uri: str | None = None
+    label_names: str = "not recorded"
+    """What the model segments (:func:`lungseg.registry.comparable.label_names`): part of what its number means."""
 
 
 class _Outcome(NamedTuple):
@@ -462,6 +480,7 @@ def _version_tags(cfg, cand: _Candidate) -> dict[str, str]:
         TAG + "min_margin_over_trivial": "none" if cand.margin is None else repr(cand.margin),
         TAG + "preprocessing_mismatch": "; ".join(cand.preprocessing_mismatch) or "none",
         TAG + "training_model_uri": cand.training_model_uri or "none",
+        **_identity(cfg, cand),  # metric, labels, dataset, split, evaluation set: what the number means
     }
 
 
@@ -752,6 +771,8 @@ def _card_evaluation(decision: Decision, cand: _Candidate) -> list[str]:
         rows.insert(0, decision.metric)
     before = decision.champion_before
     champ = "none" if before is None else f"{before:.4f} (v{decision.champion_before_version})"
+    if before is None and decision.champion_before_version is not None:
+        champ = f"v{decision.champion_before_version}, not compared (see the decision)"
     lines = [
         "## Evaluation it was decided on",
         f"Decision: **{decision.decision}** — {decision.reason}.",
@@ -897,8 +918,12 @@ def register(
         serving_fingerprint=serving.fingerprint(),
         evaluation_id=_evaluation_id(metrics_path, eval_run),
         training_model_uri=run_info["model_uri"],
+        label_names=label_names(model["preprocess"], model["identity"]),
     )
     try:
+        refusal = task_refusal(name, _alias_version(client, name, cfg.champion_alias), _identity(cfg, cand), run_id)
+        if refusal is not None:  # another task under this name: refused before anything is registered
+            raise DataError(metrics_path, refusal)
         version, reused, model_uri = _ready_version(client, tracking_uri, name, cfg, cand, log_served)
         uri = portable_uri(tracking_uri, output)
 
