@@ -181,6 +181,7 @@ def _check(args: argparse.Namespace) -> int:
     page is not what the records generate; ``warning: <file>: …`` for each record made from
     uncommitted code (an error with ``--strict``). Exit 1 on any error."""
     from lungseg.experiments import identity
+    from lungseg.experiments.report import tta_problems
 
     results_dir = _require_results_dir(args.results_dir)
     if args.mark:
@@ -200,6 +201,7 @@ def _check(args: argparse.Namespace) -> int:
     unmarked = len(errors)
     records = [r for v in found.values() for r, _ in v]
     errors += _record_errors(records)
+    errors += tta_problems(records)  # a row whose records were scored with different tta (review of #25)
     warnings = _code_state_lines(records)
     errors += warnings if getattr(args, "strict", False) else []
     for line in [] if getattr(args, "strict", False) else warnings:

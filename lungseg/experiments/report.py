@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lungseg.errors import DataError
 from lungseg.experiments.records import RunRecord, as_records, load_records, records_digest
 from lungseg.experiments.specs import TABLES
 from lungseg.experiments.tables import POOLABLE, Metric, TableSpec, table_profiles
@@ -43,6 +44,9 @@ __all__ = [
     "aggregate_rows",
     "load_records",
     "mixed_settings",
+    "mixed_tta",
+    "scoring_tta",
+    "tta_problems",
     "per_seed",
     "render_block",
     "render_blocks",
@@ -133,6 +137,41 @@ def aggregate_rows(spec: TableSpec, records: Records, suffix: str = "mean") -> d
         if recs:
             out[row.key] = {m.name: Column(m, suffix).summary(recs) for m in spec.metrics}
     return out
+
+
+def scoring_tta(r: RunRecord) -> str:
+    """The test-time augmentation a record's metrics were scored with: its evaluation's
+    ``metrics.serving.tta`` (``none`` in records written before serving settings were recorded, when there
+    was none) — :func:`lungseg.experiments.runner.recorded_tta`'s rule."""
+    serving = (r.metrics or {}).get("serving") or {}
+    return str(serving.get("tta") or "none")
+
+
+def mixed_tta(records: Records) -> list[tuple[Path | None, str]]:
+    """``(folder, problem)`` for each row whose records were scored with different test-time augmentation
+    (review of #25: a block averaged them silently); the problem names every file and its tta."""
+    by_row: dict[tuple[str | None, ...], list[RunRecord]] = {}
+    for r in as_records(records):
+        by_row.setdefault((r.table, r.profile, r.row), []).append(r)
+    out = []
+    for (_, _, row), recs in by_row.items():
+        ttas = _unique(scoring_tta(r) for r in recs)
+        if len(ttas) > 1:
+            files = ", ".join(f"{r.path.name if r.path else r.cell} tta {scoring_tta(r)}" for r in recs)
+            folder = recs[0].path.parent if recs[0].path else None
+            out.append(
+                (
+                    folder,
+                    f"row {row} holds records scored with different test-time augmentation ({files}): "
+                    "their mean and ± would mix them; re-run the odd ones (lungseg results run --force)",
+                )
+            )
+    return out
+
+
+def tta_problems(records: Records) -> list[str]:
+    """:func:`mixed_tta` as ``<folder>: <problem>`` lines (``lungseg results check``)."""
+    return [f"{folder}: {problem}" if folder else problem for folder, problem in mixed_tta(records)]
 
 
 def mixed_settings(records: Records) -> dict[str, list[Any]]:
@@ -309,9 +348,11 @@ def _settings_lines(spec: TableSpec, profile: str, records: Sequence[RunRecord])
     prof = spec.profiles[profile]
     settings = _unique(r.settings.without_model() for r in records)
     overrides = _unique(json.dumps(r.overrides or {}, sort_keys=True) for r in records)
+    ttas = _unique(scoring_tta(r) for r in records)  # one per row (render_block refuses a row mixing them)
     out = [
         f"- **Settings used**: {'; '.join(s.describe() for s in settings)}"
         + ("" if overrides == ["{}"] else f" (command-line overrides of the profile: {', '.join(overrides)})")
+        + f"; scored with test-time augmentation {' / '.join(ttas)} (`metrics.serving.tta`)"
     ]
     kw_lines = []
     for row in spec.rows:
@@ -520,6 +561,8 @@ def render_block(spec: TableSpec, profile: str, records: Records) -> str:
     records = as_records(records)
     if not records:
         return _render_empty(spec, profile)
+    for folder, problem in mixed_tta(records):  # never averaged silently (review of #25)
+        raise DataError(folder, problem)
     return "\n".join(
         _render_provenance(spec, profile, records) + _render_tables(spec, records) + _render_notes(spec, records)
     )
@@ -712,6 +755,9 @@ def page_problems(
     :func:`update_report` would change nothing): each generated block that differs or is missing, each
     quoted number that differs, or a difference elsewhere. One line each."""
     text = Path(report).read_text(encoding="utf-8")
+    mixed = tta_problems(load_records(results_dir))
+    if mixed:  # no block can be generated from them (render_block refuses): each named, once
+        return [f"cannot be generated: {problem}" for problem in mixed]
     blocks = render_blocks(results_dir, tables)
     have_blocks = {m.group("key"): m.group(0) for m in _BLOCK.finditer(text)}
     # a block no table/profile generates is left as it is by update_report: its numbers come from nowhere
