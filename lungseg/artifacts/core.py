@@ -23,6 +23,7 @@ Resizing
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -107,11 +108,21 @@ def forward_probabilities(net: nn.Module, x: torch.Tensor, tta: str = "none") ->
     return total / len(FLIPS)
 
 
-def cpu_supports_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """Whether this CPU computes bf16 natively — the x86 flags ``avx512_bf16`` or ``amx_bf16``, or an Arm
-    CPU's ``bf16`` (``/proc/cpuinfo``); where there is no ``/proc/cpuinfo``, oneDNN's own check
-    (``torch.ops.mkldnn._is_mkldnn_bf16_supported``). Without it ``torch.autocast("cpu", bfloat16)``
-    still runs, emulated and slower than fp32, so bf16 is only worth it where this is true."""
+#: the CPU flags of native bf16 arithmetic in ``/proc/cpuinfo``: x86 AVX-512 BF16 and AMX, Arm's bf16
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def onednn_bf16() -> bool:
+    """oneDNN's own check (``torch.ops.mkldnn._is_mkldnn_bf16_supported``): whether this torch build's
+    oneDNN has bf16 kernels for this CPU (false on a build without oneDNN)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def cpu_bf16_flags(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
+    """Whether ``cpuinfo`` lists a native bf16 flag (:data:`NATIVE_BF16_FLAGS`); ``None`` where it cannot be read."""
     try:
         with open(cpuinfo, encoding="utf-8", errors="replace") as fh:
             flags = set()
@@ -119,12 +130,48 @@ def cpu_supports_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
                 key, _, value = line.partition(":")
                 if key.strip().lower() in ("flags", "features"):
                     flags.update(value.split())
-        return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
     except OSError:
-        try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            return False
+        return None
+    return bool(flags & NATIVE_BF16_FLAGS)
+
+
+def cpu_supports_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bf16 natively — the one check of ``lungseg train`` (``train.precision``)
+    and ``lungseg predict`` (``--precision``), #24: oneDNN has bf16 kernels here (:func:`onednn_bf16`)
+    **and** ``/proc/cpuinfo`` lists a native bf16 flag (:func:`cpu_bf16_flags`; oneDNN also says yes on
+    an AVX-512 CPU without AVX-512 BF16, where it emulates); where there is no ``/proc/cpuinfo``,
+    oneDNN's check alone. Without it ``torch.autocast("cpu", bfloat16)`` still runs, emulated and
+    slower than fp32 (measured ~20× for a U-Net train step on this AVX2 EPYC), so bf16 is only worth
+    it where this is true. Answered once per process and ``cpuinfo``."""
+    return _cpu_supports_bf16(cpuinfo)
+
+
+@functools.cache
+def _cpu_supports_bf16(cpuinfo: str) -> bool:
+    flags = cpu_bf16_flags(cpuinfo)
+    return onednn_bf16() and flags is not False
+
+
+def compile_failure(exc: BaseException) -> str | None:
+    """``"<Type>: <first line>"`` of the backend's own error when ``exc`` comes from ``torch.compile``
+    (dynamo, or a backend such as inductor, whose error dynamo wraps), else ``None``: the one-line
+    reason of a ``train.compile`` and a ``lungseg predict --compile`` failure (#24)."""
+    import torch._dynamo.exc as dynamo_exc
+
+    kinds: list[type] = [dynamo_exc.TorchDynamoException]
+    try:
+        from torch._inductor.exc import InductorError
+
+        kinds.append(InductorError)
+    except ImportError:  # older torch
+        pass
+    if not isinstance(exc, tuple(kinds)):
+        return None
+    root = exc  # the backend's own error (dynamo wraps it)
+    while (inner := getattr(root, "inner_exception", None) or root.__cause__) is not None:
+        root = inner
+    first = (str(root).strip().splitlines() or [""])[0]
+    return f"{type(root).__name__}: {first}"
 
 
 def resolve_precision(precision: str, device_type: str) -> tuple[str, str | None]:

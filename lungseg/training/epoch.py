@@ -14,6 +14,7 @@ import time
 import numpy as np
 import torch
 
+from lungseg.artifacts.core import compile_failure
 from lungseg.config import TrainConfig
 from lungseg.errors import ConfigError, TrainingError
 from lungseg.losses import DeepSupervisionLoss
@@ -120,29 +121,10 @@ def forward(fn, xb: torch.Tensor, cfg: TrainConfig, device: torch.device):
         with autocast(cfg, device):
             return fn(xb)
     except Exception as exc:
-        if cfg.compile and _compile_error(exc):
-            root = exc  # the backend's own error (dynamo wraps it)
-            while (inner := getattr(root, "inner_exception", None) or root.__cause__) is not None:
-                root = inner
-            first = (str(root).strip().splitlines() or [""])[0]
-            raise TrainingError(
-                f"train.compile: torch.compile failed ({type(root).__name__}: {first}); set train.compile: false"
-            ) from exc
+        reason = compile_failure(exc) if cfg.compile else None
+        if reason:
+            raise TrainingError(f"train.compile: torch.compile failed ({reason}); set train.compile: false") from exc
         raise
-
-
-def _compile_error(exc: BaseException) -> bool:
-    """Whether ``exc`` comes from torch.compile (dynamo or a backend such as inductor)."""
-    import torch._dynamo.exc as dynamo_exc
-
-    kinds = [dynamo_exc.TorchDynamoException]
-    try:
-        from torch._inductor.exc import InductorError
-
-        kinds.append(InductorError)
-    except ImportError:  # older torch
-        pass
-    return isinstance(exc, tuple(kinds))
 
 
 def batch_starts(n: int, batch_size: int, ddp) -> list[int]:

@@ -4,7 +4,6 @@ seeding and determinism, the model, its loss, optimizer and schedule (see ``docs
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import random
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lungseg.artifacts import core
 from lungseg.artifacts.checkpoint import (
     RunInfo,
     build_model,
@@ -51,15 +51,24 @@ def pick_device(cfg: TrainConfig) -> torch.device:
     return torch.device(cfg.device)
 
 
-@functools.cache
 def cpu_bf16_supported() -> bool:
-    """Whether this CPU computes in bfloat16 natively (oneDNN's check: AVX-512 BF16 or AMX). Without
-    it ``torch.autocast("cpu", bfloat16)`` still runs, emulated — measured ~20× slower than fp32 for a
-    U-Net train step on an AVX2-only EPYC (``docs/training.md``, "Precision and compilation")."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a build without oneDNN
-        return False
+    """Whether this CPU computes in bfloat16 natively: :func:`lungseg.artifacts.core.cpu_supports_bf16`,
+    the one check ``lungseg predict --precision`` uses too (#24). Without it ``torch.autocast("cpu",
+    bfloat16)`` still runs, emulated — measured ~20× slower than fp32 for a U-Net train step on an
+    AVX2-only EPYC (``docs/training.md``, "Precision and compilation")."""
+    return core.cpu_supports_bf16()
+
+
+#: the environment variable that makes ``train.precision: bf16`` run bf16 on a CPU without native bf16 —
+#: emulated, several times slower: for measuring bf16's effect on quality there (#24, ``lungseg results run
+#: --precision bf16``); ``1`` forces it
+FORCE_BF16_EMULATION_ENV = "LUNGSEG_FORCE_BF16_EMULATION"
+
+
+def bf16_emulation_forced() -> bool:
+    """Whether :data:`FORCE_BF16_EMULATION_ENV` is ``1``: ``train.precision: bf16`` then stays bf16 on a
+    CPU without native bf16 (emulated) instead of falling back to fp32."""
+    return os.environ.get(FORCE_BF16_EMULATION_ENV, "") == "1"
 
 
 def resolve_precision(cfg: TrainConfig, device: torch.device, *, announce: bool = False) -> str:
@@ -75,7 +84,7 @@ def resolve_precision(cfg: TrainConfig, device: torch.device, *, announce: bool 
         return "bf16"
     if asked == "auto":
         return "bf16" if AUTO_CPU_BF16 and cpu_bf16_supported() else "fp32"
-    if cpu_bf16_supported():
+    if cpu_bf16_supported() or bf16_emulation_forced():  # forced: emulated, slow (lungseg results --precision)
         return "bf16"
     if announce:
         log.info("lungseg: note: train.precision: bf16, but this CPU has no native bf16 (AVX-512 BF16/AMX): fp32")
@@ -271,6 +280,7 @@ __all__ = [
     "AUTO_CPU_BF16",
     "Setup",
     "autocast",
+    "bf16_emulation_forced",
     "build_training",
     "compile_model",
     "cpu_bf16_supported",

@@ -60,7 +60,7 @@ def test_resolve_precision_serves_auto_in_fp32_everywhere(monkeypatch):
         core.resolve_precision("fp16", "cpu")
 
 
-def test_cpu_bf16_detection_reads_the_cpu_flags(tmp_path):
+def test_cpu_bf16_detection_reads_the_cpu_flags(tmp_path, monkeypatch):
     zen4 = tmp_path / "zen4"
     zen4.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_vnni\n\n", encoding="utf-8")
     spr = tmp_path / "spr"
@@ -69,9 +69,19 @@ def test_cpu_bf16_detection_reads_the_cpu_flags(tmp_path):
     avx2.write_text("flags\t\t: fpu sse avx avx2 fma\nbugs\t\t: bf16_bug_that_is_not_a_flag\n", encoding="utf-8")
     graviton3 = tmp_path / "arm"
     graviton3.write_text("Features\t: fp asimd sve bf16 i8mm\n", encoding="utf-8")
-    assert core.cpu_supports_bf16(str(zen4)) and core.cpu_supports_bf16(str(spr))
-    assert core.cpu_supports_bf16(str(graviton3))
-    assert not core.cpu_supports_bf16(str(avx2))
+    assert core.cpu_bf16_flags(str(zen4)) and core.cpu_bf16_flags(str(spr))
+    assert core.cpu_bf16_flags(str(graviton3))
+    assert core.cpu_bf16_flags(str(avx2)) is False
+    assert core.cpu_bf16_flags(str(tmp_path / "absent")) is None
+    # the one check (train and predict, #24): the native flag and oneDNN's bf16 kernels; oneDNN's alone
+    # where there is no /proc/cpuinfo
+    for onednn in (True, False):
+        monkeypatch.setattr(core, "onednn_bf16", lambda onednn=onednn: onednn)
+        core._cpu_supports_bf16.cache_clear()
+        assert core.cpu_supports_bf16(str(zen4)) is onednn and core.cpu_supports_bf16(str(graviton3)) is onednn
+        assert core.cpu_supports_bf16(str(avx2)) is False
+        assert core.cpu_supports_bf16(str(tmp_path / "absent")) is onednn
+    core._cpu_supports_bf16.cache_clear()
 
 
 @pytest.mark.slow

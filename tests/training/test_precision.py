@@ -80,8 +80,36 @@ def test_bf16_asked_on_a_cpu_without_it_says_so_in_one_line(native_bf16, caplog)
     assert notes == ["lungseg: note: train.precision: bf16, but this CPU has no native bf16 (AVX-512 BF16/AMX): fp32"]
 
 
-def test_the_detection_is_onednns():
-    assert setup.cpu_bf16_supported() is bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+def test_the_detection_is_the_one_predict_uses():
+    """One check for train and predict (#24): :func:`lungseg.artifacts.core.cpu_supports_bf16`, which
+    needs oneDNN's bf16 kernels and the CPU's native bf16 flag."""
+    from lungseg.artifacts import core
+
+    assert setup.cpu_bf16_supported() is core.cpu_supports_bf16()
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():  # no oneDNN bf16: never bf16
+        assert setup.cpu_bf16_supported() is False
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("patched", ["onednn", "flags", "check"])
+def test_train_and_predict_agree_when_the_check_is_patched(monkeypatch, native, patched):
+    """The bf16 detection patched either way, at either of its inputs (oneDNN's check, the CPU flags) or
+    as a whole: ``train.precision: bf16`` and ``predict --precision bf16`` resolve alike on a CPU."""
+    from lungseg.artifacts import core
+
+    if patched == "check":
+        monkeypatch.setattr(core, "cpu_supports_bf16", lambda *a: native)
+    else:
+        monkeypatch.setattr(core, "onednn_bf16", lambda: native if patched == "onednn" else True)
+        monkeypatch.setattr(core, "cpu_bf16_flags", lambda *a: native if patched == "flags" else True)
+        core._cpu_supports_bf16.cache_clear()
+    try:
+        want = "bf16" if native else "fp32"
+        assert setup.cpu_bf16_supported() is native
+        assert setup.resolve_precision(TrainConfig(precision="bf16"), CPU) == want
+        assert core.resolve_precision("bf16", "cpu")[0] == want
+    finally:
+        core._cpu_supports_bf16.cache_clear()  # the real answer again, once the patches are undone
 
 
 @pytest.mark.parametrize(("native", "dtype"), [(True, torch.bfloat16), (False, torch.float32)])
