@@ -286,7 +286,7 @@ def _parity(ref: tuple, got: tuple) -> dict:
     return {"max_abs_dp": float(np.abs(p_g - p_r).max()), "dice_vs_fp32": dice(lab_g, lab_r)}
 
 
-def _variant_methods(model, volume: np.ndarray, batch: int, bf16: bool = True) -> dict:
+def _variant_methods(model, volume: np.ndarray, batch: int, bf16: bool = True, compile: bool = False) -> dict:
     """name → (engine or None, run()) for one model at the current thread count (module docstring)."""
     from monai.inferers import SimpleInferer
 
@@ -300,6 +300,10 @@ def _variant_methods(model, volume: np.ndarray, batch: int, bf16: bool = True) -
     }
     if not bf16:
         del engines["lungseg-bf16"]
+    if compile:  # fp32, compiled at its first run (the parity pass): that run's time is recorded
+        engines["lungseg-compile"] = SliceInference(
+            model.served_as(precision="fp32"), device=cpu, batch_size=batch, compile=True
+        )
     methods = {k: (e, (lambda e=e: run_lungseg(e, volume))) for k, e in engines.items()}
     methods["monai-simple-fp32"] = (None, lambda: run_monai(SimpleInferer(), model.net, volume, batch, cpu, False))
     return methods
@@ -326,9 +330,14 @@ def _measure_variants(args, native: bool) -> dict:
             torch.set_num_threads(threads)
             loads.append(f"{name}, {threads} thread(s), before: {_load()}")
             print(loads[-1], flush=True)
-            methods = _variant_methods(model, volume, args.batch, bf16=not args.no_bf16)
+            methods = _variant_methods(model, volume, args.batch, bf16=not args.no_bf16, compile=args.compile)
             ref = methods["lungseg-fp32"][0].run(list(volume), probabilities=True)  # also the warm-up
-            parity = {k: _parity(ref, e.run(list(volume), probabilities=True)) for k, (e, _) in methods.items() if e}
+            parity, first = {}, {}
+            for k, (e, _) in methods.items():
+                if e:  # each engine's first run (the compiled one compiles here)
+                    t = time.perf_counter()
+                    parity[k] = _parity(ref, e.run(list(volume), probabilities=True))
+                    first[k] = time.perf_counter() - t
             run_monai_labels = methods["monai-simple-fp32"][1]()
             parity["monai-simple-fp32"] = {"max_abs_dp": None, "dice_vs_fp32": _dice(run_monai_labels, ref[0])}
             times: dict[str, list[float]] = {k: [] for k in methods}
@@ -347,6 +356,7 @@ def _measure_variants(args, native: bool) -> dict:
                         "speed_vs_lungseg_fp32": med["lungseg-fp32"] / med[k],
                         "speed_vs_monai_fp32": med["monai-simple-fp32"] / med[k],
                         "all_seconds": times[k],
+                        "first_run_seconds": first.get(k),
                         **parity[k],
                     }
                 )
@@ -499,6 +509,14 @@ def _render_variants(d: dict) -> list[str]:
             f"| {r['model']} | {r['threads']} | {r['method']} | {r['slices_per_s']:.1f} | "
             f"{r['speed_vs_lungseg_fp32']:.2f}× | {r['speed_vs_monai_fp32']:.2f}× | {dp} | {r['dice_vs_fp32']:.5f} |"
         )
+    for r in d["rows"]:
+        if r["method"] == "lungseg-compile" and r.get("first_run_seconds") is not None:
+            parts += [
+                "",
+                f"{r['model']}, {r['threads']} thread(s), lungseg-compile (`lungseg predict --compile`): first run "
+                f"(compiling) {r['first_run_seconds']:.1f} s against {r['seconds']:.1f} s once compiled — the "
+                f"compile ≈ {r['first_run_seconds'] - r['seconds']:.1f} s",
+            ]
     e = d.get("e2e")
     if e:
         parts += [
@@ -603,6 +621,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default="unet,lgnet,prnet", help="--variants: comma-separated models")
     ap.add_argument("--thread-counts", type=int, nargs="+", default=[1, 2], help="--variants/--e2e: torch threads")
     ap.add_argument("--no-bf16", action="store_true", help="--variants: leave the (emulated, slow) bf16 rows out")
+    ap.add_argument("--compile", action="store_true", help="--variants: also lungseg predict --compile (minutes)")
     ap.add_argument("--e2e", type=int, default=0, help="--variants: also time predict on an N-slice 512² NIfTI")
     ap.add_argument("--checkpoint", type=Path, default=ROOT / "models" / "medseg", help="--e2e: the model")
     ap.add_argument("--results", type=Path, default=RESULTS)

@@ -82,6 +82,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="torch (default) or onnxruntime (CPU, fp32: the ONNX export the model folder carries, else "
         "one exported at load and checked against PyTorch on slices of the scan)",
     )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch backend: compile the network (torch.compile, inductor) once per process, every batch padded "
+        "to --batch-size; the first batch waits for the compile (minutes on a CPU: see docs/inference.md)",
+    )
     p.add_argument("--batch-size", type=int, default=None, help="slices per batch (default 16 on CUDA, 4 on CPU)")
     add_params_argument(p)
     return p
@@ -132,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
     serving = {"tracking_uri": uri, "threshold": ev.threshold, "postprocess": ev.postprocess, "tta": ev.tta}
     serving["precision"] = ev.precision
     precision, backend = _precision_and_backend(args)
+    if args.compile and backend != "torch":
+        raise ConfigError(f"--compile compiles the torch backend: leave it out with --backend {backend}")
     specs = [(None, args.model)] if args.model else [("lung", args.lung_model), ("infection", args.infection_model)]
     models = {}
     for role, spec in specs:
@@ -163,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
         "intensity": args.intensity,
         "save_probabilities": args.save_probabilities,
         "backend": backend,
+        "compile": args.compile,
     }
     from lungseg.inference.cohort import find_cases, predict_cohort
 

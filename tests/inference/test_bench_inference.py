@@ -120,3 +120,28 @@ def test_a_tiny_variants_run_compares_fp32_bf16_onnxruntime_and_monai(bench, tmp
     assert rows["monai-simple-fp32"]["speed_vs_monai_fp32"] == 1.0 and d["loads"]
     page = (tmp_path / "INFERENCE.md").read_text(encoding="utf-8")
     assert "fp32 vs bf16 vs onnxruntime vs MONAI" in page and "| unet | 1 | lungseg-onnxruntime |" in page
+
+
+def test_the_compile_variant_records_its_first_run_and_parity(bench, tmp_path, monkeypatch):
+    """#24: ``--variants --compile`` adds ``lungseg-compile`` (``lungseg predict --compile``) with the time
+    of its first run (the compile) beside its steady time, rendered under the table. The compiler is a
+    backend that runs the traced graph as is (inductor takes minutes here: its parity is test_compile.py's)."""
+    import torch
+
+    from lungseg.inference import predict as predict_mod
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(predict_mod, "COMPILE_BACKEND", lambda gm, example_inputs, **kw: gm.forward)
+    sample = ROOT / "data" / "sample" / "medseg-covid100" / "tr_im"
+    args = ["--variants", "--compile", "--no-bf16", "--models", "unet", "--data", str(sample), "--slices", "3"]
+    args += ["--size", "32", "--base", "4", "--batch", "2", "--repeats", "1", "--thread-counts", "1"]
+    assert bench.main([*args, "--results", str(tmp_path), "--record"]) == 0
+    (record,) = (tmp_path / "inference").glob("*-variants.json")
+    rows = {r["method"]: r for r in json.loads(record.read_text(encoding="utf-8"))["rows"]}
+    assert set(rows) == {"lungseg-fp32", "lungseg-onnxruntime", "lungseg-compile", "monai-simple-fp32"}
+    assert rows["lungseg-compile"]["max_abs_dp"] <= 1e-5 and rows["lungseg-compile"]["dice_vs_fp32"] > 0.99
+    assert rows["lungseg-compile"]["first_run_seconds"] > 0 and rows["monai-simple-fp32"]["first_run_seconds"] is None
+    page = (tmp_path / "INFERENCE.md").read_text(encoding="utf-8")
+    assert "| unet | 1 | lungseg-compile |" in page
+    assert "unet, 1 thread(s), lungseg-compile (`lungseg predict --compile`): first run (compiling) " in page
+    torch._dynamo.reset()
