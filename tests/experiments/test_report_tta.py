@@ -6,11 +6,11 @@ names it; such a row is refused in one line naming the files (``lungseg results 
 from __future__ import annotations
 
 import pytest
+from test_report import SPEC, make_record, write
 
 from lungseg.errors import DataError
 from lungseg.experiments import report as rep
 from lungseg.experiments.report import load_records, render_block
-from test_report import SPEC, make_record, write
 
 
 def _scored(rec: dict, tta: str | None) -> dict:
