@@ -106,6 +106,13 @@ def _add_run(rsub) -> None:
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     for name, tp in (("image-size", int), ("base-channels", int), ("epochs", int), ("batch-size", int), ("lr", float)):
         r.add_argument(f"--{name}", type=tp, default=None, help=f"override the profile's {name} (recorded in each run)")
+    r.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default=None,
+        help="train.precision of every run (recorded in each run; default: the profile's, auto). bf16 on a CPU "
+        "without native bf16 is refused unless LUNGSEG_FORCE_BF16_EMULATION=1 (emulated, several times slower)",
+    )
     r.add_argument("--keep-checkpoints", action="store_true", help="keep *.pt files in the workdir")
     r.add_argument(
         "--score-at-source",
@@ -261,14 +268,16 @@ def _command(args: argparse.Namespace, table: str) -> str:
         parts += ["--rows", *args.rows]
     if Path(args.data_root) != default_path("data_root"):
         parts += ["--data-root", str(args.data_root)]
-    for name in ("image_size", "base_channels", "epochs", "batch_size", "lr"):
-        value = getattr(args, name)
+    for name in ("image_size", "base_channels", "epochs", "batch_size", "lr", "precision"):
+        value = getattr(args, name, None)
         if value is not None:
             parts += [f"--{name.replace('_', '-')}", str(value)]
     if args.device != "auto":
         parts += ["--device", args.device]
     if getattr(args, "score_at_source", False):
         parts += ["--score-at-source"]
+    if getattr(args, "precision", None) == "bf16" and os.environ.get("LUNGSEG_FORCE_BF16_EMULATION") == "1":
+        parts = ["LUNGSEG_FORCE_BF16_EMULATION=1", *parts]  # the run was forced to emulate bf16 (#24)
     return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -339,6 +348,7 @@ def run(args: argparse.Namespace) -> int:
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "lr": args.lr,
+        "precision": getattr(args, "precision", None),  # train.precision (#24)
     }
     failed = 0
     for name in names:

@@ -132,11 +132,20 @@ def make_identity(
 
 
 def expected_identity(
-    spec, profile: str, row, *, overrides=None, in_channels: int = 1, num_classes: int = 1, device_type: str = "cpu"
+    spec,
+    profile: str,
+    row,
+    *,
+    overrides=None,
+    in_channels: int = 1,
+    num_classes: int = 1,
+    device_type: str = "cpu",
+    bf16_emulated: bool = False,
 ):
     """What today's code builds for cell ``spec``/``profile``/``row`` (the profile with the record's
     command-line ``overrides``); ``in_channels``/``num_classes`` are the data's, ``device_type`` the
-    run's (``train.precision`` is recorded as resolved there, #24)."""
+    run's (``train.precision`` is recorded as resolved there, #24; ``bf16_emulated``: the run forced bf16 on a
+    CPU without it, ``LUNGSEG_FORCE_BF16_EMULATION``, so a ``bf16`` asked ran bf16)."""
     from lungseg.experiments.runner import build_params, effective_profile
 
     prof = effective_profile(spec, profile, overrides)
@@ -148,10 +157,13 @@ def expected_identity(
         in_channels=in_channels,
         num_classes=num_classes,
         device_type=device_type,
+        bf16_emulated=bf16_emulated,
     )
 
 
-def identity_of_train(train, image_size: int, where: str, *, in_channels: int, num_classes: int, device_type: str):
+def identity_of_train(
+    train, image_size: int, where: str, *, in_channels: int, num_classes: int, device_type: str, bf16_emulated=False
+):
     """The identity a run of the ``train`` section ``train`` (a :class:`lungseg.config.TrainConfig`; its
     preset applied as the training applies it, to the keys it was given) on ``image_size``² data builds."""
     import torch
@@ -162,7 +174,9 @@ def identity_of_train(train, image_size: int, where: str, *, in_channels: int, n
 
     preset = check_paper_size(resolve_preset(train), image_size, where)
     cfg = preset.config
-    cfg = cfg.model_copy(update={"precision": resolve_precision(cfg, torch.device(device_type))})  # as recorded
+    emulated = bf16_emulated and cfg.precision == "bf16"  # forced on a CPU without native bf16 (#24)
+    precision = "bf16" if emulated else resolve_precision(cfg, torch.device(device_type))
+    cfg = cfg.model_copy(update={"precision": precision})  # as recorded
     return make_identity(
         model_identity(cfg, in_channels, num_classes), cfg.model_dump(), preset.deviations, loss_of(cfg, num_classes)
     )
@@ -182,6 +196,7 @@ def expected_for(record) -> dict[str, Any]:
         in_channels=int(kwargs.get("in_channels", 1)),
         num_classes=int(kwargs.get("num_classes", 1)),
         device_type=record.device.type or "cpu",
+        bf16_emulated=record.device.extra.get("bf16") == "emulated",  # #24: a forced, emulated bf16 run
     )
 
 

@@ -59,7 +59,9 @@ from lungseg.provenance import folder_digest
 
 MLFLOW_EXPERIMENT = "lungseg-results"
 #: fields of :class:`Profile` that may be overridden from the command line
-OVERRIDABLE = ("image_size", "base_channels", "epochs", "batch_size", "lr")
+OVERRIDABLE = ("image_size", "base_channels", "epochs", "batch_size", "lr", "precision")
+#: the ``precision`` override's values (``train.precision``; set in the profile's ``extra_train``, #24)
+PRECISIONS = ("fp32", "bf16")
 
 __all__ = [
     "MLFLOW_EXPERIMENT",
@@ -70,7 +72,9 @@ __all__ = [
     "EVALUATE",
     "PreparedData",
     "RunOptions",
+    "bf16_mode",
     "build_params",
+    "check_precision",
     "clean_json",
     "code_at_start",
     "device_info",
@@ -198,6 +202,7 @@ def device_info(device: str) -> dict[str, Any]:
         info["name"] = name
         info["cpu_threads"] = torch.get_num_threads()
         info["cpu_count"] = os.cpu_count()
+        info["bf16"] = bf16_mode()  # how a bf16 run computes here: native, emulated (forced) or none (#24)
     return info
 
 
@@ -224,7 +229,36 @@ def effective_profile(spec: TableSpec, profile: str, overrides: Mapping[str, Any
     bad = set(overrides) - set(OVERRIDABLE)
     if bad:
         raise ConfigError(f"cannot override {sorted(bad)} (allowed: {', '.join(OVERRIDABLE)})")
-    return dataclasses.replace(spec.profiles[profile], **overrides)
+    precision = overrides.pop("precision", None)
+    if precision is not None and precision not in PRECISIONS:
+        raise ConfigError(f"precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    prof = dataclasses.replace(spec.profiles[profile], **overrides)
+    if precision is None:  # the profile's own precision (train.precision auto): settings as before the option
+        return prof
+    return dataclasses.replace(prof, extra_train={**prof.extra_train, "precision": precision})
+
+
+def bf16_mode() -> str:
+    """How this CPU runs bf16: ``native`` (:func:`lungseg.training.setup.cpu_bf16_supported`), ``emulated``
+    (not native, forced by ``LUNGSEG_FORCE_BF16_EMULATION=1``) or ``none`` (``train.precision: bf16`` falls
+    back to fp32 here)."""
+    from lungseg.training.setup import bf16_emulation_forced, cpu_bf16_supported
+
+    if cpu_bf16_supported():
+        return "native"
+    return "emulated" if bf16_emulation_forced() else "none"
+
+
+def check_precision(overrides: Mapping[str, Any] | None, device: str) -> None:
+    """A ``precision: bf16`` override on a CPU that would run it in fp32 (no native bf16, emulation not forced)
+    is a ``ConfigError``: a record claiming bf16 that ran fp32 is a wrong answer (#24)."""
+    if (overrides or {}).get("precision") != "bf16" or device_info(device)["type"] != "cpu":
+        return
+    if bf16_mode() == "none":
+        raise ConfigError(
+            "--precision bf16: this CPU has no native bf16 (avx512_bf16/AMX), so the runs would train in fp32; "
+            "set LUNGSEG_FORCE_BF16_EMULATION=1 to run it emulated (several times slower)"
+        )
 
 
 def settings_of(prof: Profile, row: Row) -> dict[str, Any]:
@@ -445,6 +479,7 @@ def trained_identity(request: CellRequest, train_dir: Path) -> dict[str, Any]:
         in_channels=int(ident["kwargs"].get("in_channels", 1)),
         num_classes=num_classes,
         device_type=device_info(request.options.device)["type"],
+        bf16_emulated=bf16_mode() == "emulated",
     )
     diff = differences(identity, expected)
     if diff:
@@ -557,6 +592,7 @@ def run_table(
     """Run every missing cell of ``spec`` (rows × seeds); returns one outcome a cell."""
     code_at_start()  # before anything else: fixes the code this process runs (cached for its records)
     prof = effective_profile(spec, profile, overrides)
+    check_precision(overrides, device)
     seeds = list(spec.seeds if seeds is None else seeds)
     if not seeds:
         raise ConfigError("no seeds given")
