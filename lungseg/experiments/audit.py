@@ -135,6 +135,7 @@ def params_identity(record: RunRecord) -> dict[str, Any]:
         in_channels=int(kwargs.get("in_channels", 1)),
         num_classes=int(kwargs.get("num_classes", 1)),
         device_type=record.device.type or "cpu",
+        bf16_emulated=record.device.extra.get("bf16") == "emulated",  # a forced, emulated bf16 run (#24)
     )
 
 

@@ -11,7 +11,7 @@ import pytest
 from lungseg.cli import build_parser
 from lungseg.cli.results import _command
 from lungseg.errors import ConfigError
-from lungseg.experiments import identity, runner
+from lungseg.experiments import audit, identity, runner
 from lungseg.experiments.records import RunRecord
 from lungseg.experiments.specs import TABLES
 from lungseg.training import setup
@@ -134,3 +134,4 @@ def test_tiny_forced_bf16_cell_records_bf16_and_emulation(tmp_path, shared_data,
     typed = RunRecord.from_dict(rec)
     assert rec["identity"] == identity.expected_for(typed)
     assert identity.staleness(typed)[0] == "current"
+    assert audit.record_problems(typed) == []  # `lungseg results check`: its params resolve to its identity
