@@ -81,7 +81,9 @@ def _killed_register(store, model_dir, eval_dir, out, method, key, **cfg) -> Non
         "out": str(out),
     }
     env = {**os.environ, "MLFLOW_TRACKING_URI": store.uri, "PYTHONPATH": os.pathsep.join(sys.path)}
-    done = subprocess.run([sys.executable, "-c", KILLER, json.dumps(args)], env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", KILLER, json.dumps(args)], env=env, capture_output=True, text=True, encoding="utf-8"
+    )
     assert done.returncode == -signal.SIGKILL, done.stdout + done.stderr
     assert not out.exists()
 

@@ -68,7 +68,9 @@ def test_a_tta_an_export_cannot_carry_is_refused_in_one_line(preset_folder, tmp_
     from lungseg.cli import main
 
     params = tmp_path / "flips.yaml"
-    params.write_text(yaml.safe_dump({"mlflow": {"tracking_uri": store}, "evaluate": {"tta": "flips"}}), "utf-8")
+    params.write_text(
+        yaml.safe_dump({"mlflow": {"tracking_uri": store}, "evaluate": {"tta": "flips"}}), encoding="utf-8"
+    )
     out = tmp_path / "never"
     args = ["export", "--model", str(preset_folder), "--format", "onnx", "--output", str(out)]
     code = main([*args, "--check-input", str(SAMPLE / "tr_im"), "--params", str(params)])
