@@ -61,9 +61,15 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, tracking_uri=resolve_tracking_uri(params), threshold=ev.threshold, tta=ev.tta)
     tta = model.serving.tta  # review of #25: the plain network was exported while the model served mirror
     if tta not in ("none", "mirror"):
+        origin = model.provenance.get("serving_origin")  # an MLflow model's own recorded settings win over params
+        where = (
+            f"recorded with the MLflow model ({origin}; evaluate.tta does not change it): export its training "
+            "folder with evaluate.tta none or mirror instead"
+            if origin
+            else "set evaluate.tta to none or mirror"
+        )
         raise ConfigError(
-            f"{args.model}: serves with tta {tta!r} (evaluate.tta), which an export cannot carry (none or mirror): "
-            "export a model served with tta none or mirror"
+            f"{args.model}: serves with tta {tta!r}, which an export cannot carry (none or mirror): {where}"
         )
     scan = volumes.read_scan(args.check_input, require_spacing=False)  # pixels are enough here
     slices, _ = volumes.to_model_range(scan, model.preprocess)

@@ -75,5 +75,5 @@ def test_a_tta_an_export_cannot_carry_is_refused_in_one_line(preset_folder, tmp_
     args = ["export", "--model", str(preset_folder), "--format", "onnx", "--output", str(out)]
     code = main([*args, "--check-input", str(SAMPLE / "tr_im"), "--params", str(params)])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "tta 'flips' (evaluate.tta)" in err
+    assert code == 2 and err.count("\n") == 1 and "tta 'flips'" in err and "set evaluate.tta to none or mirror" in err
     assert not out.exists()
