@@ -171,8 +171,8 @@ def identity_difference(stored: dict[str, Any], expected: dict[str, Any]) -> str
         return f"checkpoint is for {fmt_identity(stored)}, but the configuration asks for {fmt_identity(expected)}"
     return (
         f"checkpoint is for {fmt_identity(stored)} with input normalisation {_fmt_norm(stored.get('input_norm'))}, "
-        f"but the data asks for {_fmt_norm(expected.get('input_norm'))} (preprocess.normalization of the data "
-        "differs from the run's: resume with the data it was trained on, or train without --resume)"
+        f"but the data asks for {_fmt_norm(expected.get('input_norm'))} (the data's preprocess.normalization or its "
+        "statistics differ from the run's: resume with the data it was trained on, or train without --resume)"
     )
 
 
