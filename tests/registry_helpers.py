@@ -35,6 +35,15 @@ BASELINES = {
 }
 
 
+def register_params(tracking_uri: str, name: str, **register_cfg):
+    """:class:`lungseg.config.Params` of a ``register`` under ``name`` in ``tracking_uri`` with ``register_cfg``."""
+    from lungseg.config import params_from_dict
+
+    return params_from_dict(
+        {"register": {"model_name": name, **register_cfg}, "mlflow": {"tracking_uri": tracking_uri}}
+    )
+
+
 def tiny_network(seed: int = 0) -> torch.nn.Module:
     from lungseg.artifacts.checkpoint import build_model
 

@@ -16,10 +16,9 @@ import pytest
 from mlflow import MlflowClient
 
 from lungseg.cli import main
-from lungseg.config import params_from_dict
 from lungseg.errors import DataError
 from lungseg.registry import register
-from registry_helpers import PREPROCESS, log_tiny_model, write_candidate
+from registry_helpers import PREPROCESS, log_tiny_model, register_params, write_candidate
 
 SET_A = "sha256:" + "a" * 64
 SET_C = "sha256:" + "c" * 64
@@ -39,12 +38,6 @@ def tracking_uri(tmp_path_factory):
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
 
 
-def _params(tracking_uri, name, **register_cfg):
-    return params_from_dict(
-        {"register": {"model_name": name, **register_cfg}, "mlflow": {"tracking_uri": tracking_uri}}
-    )
-
-
 def _client(tracking_uri):
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
@@ -56,7 +49,7 @@ def _champion(client, name):
 def _binary_champion(tmp_path, tracking_uri, name, dice=0.2631):
     run = log_tiny_model(tracking_uri)
     d = register(
-        _params(tracking_uri, name),
+        register_params(tracking_uri, name),
         *write_candidate(tmp_path / "champ", run, dice=dice, fingerprint=SET_A, preprocess=BINARY),
         tmp_path / "champ.json",
     )
@@ -88,7 +81,7 @@ def test_a_three_class_model_under_the_binary_models_name_is_refused(tmp_path, t
     champ = _binary_champion(tmp_path, tracking_uri, name)
     assert client.get_model_version(name, champ.version).tags["lungseg.label_names"] == "background,infection"
     model_dir, eval_dir = _three_class(tmp_path, tracking_uri)
-    params = _params(tracking_uri, name, metric="dice_mean_fg_mean", min_metric=None)
+    params = register_params(tracking_uri, name, metric="dice_mean_fg_mean", min_metric=None)
     with pytest.raises(DataError) as err:
         register(params, model_dir, eval_dir, tmp_path / "d.json")
     line = str(err.value)
@@ -110,7 +103,7 @@ def test_a_three_class_model_under_the_binary_models_name_is_refused(tmp_path, t
     assert _champion(client, name) == champ.version and not (tmp_path / "d.json").exists()
     # the same metric key (dice_mean is written for a 3-class model too) does not make it comparable
     with pytest.raises(DataError, match="labels background,infection vs background,ggo,consolidation"):
-        register(_params(tracking_uri, name), model_dir, eval_dir, tmp_path / "d.json")
+        register(register_params(tracking_uri, name), model_dir, eval_dir, tmp_path / "d.json")
     # the CLI: one line, exit 2
     params_file = tmp_path / "params.yaml"
     params_file.write_text(json.dumps({k: params.to_dict()[k] for k in ("register", "mlflow")}), encoding="utf-8")
@@ -121,7 +114,7 @@ def test_a_three_class_model_under_the_binary_models_name_is_refused(tmp_path, t
     assert len(err_lines) == 1 and err_lines[0].startswith("error: ") and "other labels" in err_lines[0]
     # under its own name it is a model of its own: registered, compared with nothing but its trivial baselines
     own = register(
-        _params(tracking_uri, "lungseg-unet-covid-semiseg", metric="dice_mean_fg_mean", min_metric=None),
+        register_params(tracking_uri, "lungseg-unet-covid-semiseg", metric="dice_mean_fg_mean", min_metric=None),
         model_dir,
         eval_dir,
         tmp_path / "own.json",
@@ -139,7 +132,7 @@ def test_same_labels_on_another_dataset_is_a_challenger_not_compared(tmp_path, t
     client = _client(tracking_uri)
     champ = _binary_champion(tmp_path, tracking_uri, name, dice=0.40)
     other = register(
-        _params(tracking_uri, name),
+        register_params(tracking_uri, name),
         *write_candidate(
             tmp_path / "other",
             log_tiny_model(tracking_uri),
@@ -172,7 +165,7 @@ def test_another_metric_key_is_a_challenger_and_no_unlike_number_is_reported(tmp
     client = _client(tracking_uri)
     champ = _binary_champion(tmp_path, tracking_uri, name, dice=0.50)
     cand = register(
-        _params(tracking_uri, name, metric="iou_mean"),
+        register_params(tracking_uri, name, metric="iou_mean"),
         *write_candidate(
             tmp_path / "iou", log_tiny_model(tracking_uri), dice=0.90, fingerprint=SET_A, preprocess=BINARY
         ),
@@ -184,7 +177,7 @@ def test_another_metric_key_is_a_challenger_and_no_unlike_number_is_reported(tmp
     assert _champion(client, name) == champ.version
     # a below-the-floor candidate beside an unlike champion: its number is not reported either
     low = register(
-        _params(tracking_uri, name, metric="iou_mean", min_metric=0.9),
+        register_params(tracking_uri, name, metric="iou_mean", min_metric=0.9),
         *write_candidate(
             tmp_path / "low", log_tiny_model(tracking_uri), dice=0.5, fingerprint=SET_A, preprocess=BINARY
         ),
@@ -209,11 +202,11 @@ def test_like_for_like_is_compared_as_before(tmp_path, tracking_uri):
         run = log_tiny_model(tracking_uri)
         return write_candidate(tmp_path / tag, run, dice=dice, fingerprint=SET_A, preprocess=BINARY)
 
-    better = register(_params(tracking_uri, name), *cand("better", 0.60), tmp_path / "better.json")
+    better = register(register_params(tracking_uri, name), *cand("better", 0.60), tmp_path / "better.json")
     assert better.decision == "champion" and better.champion_before == pytest.approx(0.50)
     assert better.reason == f"beats champion v{champ.version} on the same evaluation set"
     assert f"(dice_mean 0.6000 vs champion 0.5000 v{champ.version}" in better.describe()
-    worse = register(_params(tracking_uri, name), *cand("worse", 0.55), tmp_path / "worse.json")
+    worse = register(register_params(tracking_uri, name), *cand("worse", 0.55), tmp_path / "worse.json")
     assert worse.decision == "challenger" and worse.champion_before == pytest.approx(0.60)
     assert worse.reason == f"does not beat champion v{better.version} on the same evaluation set"
     assert _champion(client, name) == better.version
@@ -226,18 +219,18 @@ def test_a_champion_that_does_not_record_its_labels_is_not_compared_until_regist
     client = _client(tracking_uri)
     run = log_tiny_model(tracking_uri)
     champ_dirs = write_candidate(tmp_path / "champ", run, dice=0.50, fingerprint=SET_A, preprocess=BINARY)
-    champ = register(_params(tracking_uri, name), *champ_dirs, tmp_path / "champ.json")
+    champ = register(register_params(tracking_uri, name), *champ_dirs, tmp_path / "champ.json")
     for key in ("lungseg.label_names", "lungseg.dataset"):
         client.delete_model_version_tag(name, champ.version, key)
     cand_dirs = write_candidate(
         tmp_path / "cand", log_tiny_model(tracking_uri), dice=0.60, fingerprint=SET_A, preprocess=BINARY
     )
-    first = register(_params(tracking_uri, name), *cand_dirs, tmp_path / "1.json")
+    first = register(register_params(tracking_uri, name), *cand_dirs, tmp_path / "1.json")
     assert first.decision == "challenger" and first.champion_before is None
     assert "labels not recorded by the champion; dataset not recorded by the champion" in first.reason
-    again = register(_params(tracking_uri, name), *champ_dirs, tmp_path / "2.json")
+    again = register(register_params(tracking_uri, name), *champ_dirs, tmp_path / "2.json")
     assert again.reused_version and again.version == champ.version and again.decision == "champion"
     assert client.get_model_version(name, champ.version).tags["lungseg.label_names"] == "background,infection"
-    decided = register(_params(tracking_uri, name), *cand_dirs, tmp_path / "3.json")
+    decided = register(register_params(tracking_uri, name), *cand_dirs, tmp_path / "3.json")
     assert decided.version == first.version and decided.decision == "champion"
     assert decided.champion_before == pytest.approx(0.50)

@@ -11,10 +11,9 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from lungseg.config import params_from_dict
 from lungseg.errors import DataError
 from lungseg.registry import register
-from registry_helpers import BASELINES, log_tiny_model, write_candidate
+from registry_helpers import BASELINES, log_tiny_model, register_params, write_candidate
 
 SET_A = "sha256:" + "a" * 64
 pytestmark = pytest.mark.slow
@@ -23,12 +22,6 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def tracking_uri(tmp_path_factory):
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-
-
-def _params(tracking_uri, name, **register_cfg):
-    return params_from_dict(
-        {"register": {"model_name": name, **register_cfg}, "mlflow": {"tracking_uri": tracking_uri}}
-    )
 
 
 def _aliases(client, name):
@@ -44,7 +37,7 @@ def test_a_metric_the_baselines_do_not_score_is_refused_not_skipped(tmp_path, tr
     metrics = json.loads((eval_dir / "metrics.json").read_text(encoding="utf-8"))
     metrics["roc_auc_pooled"] = 0.4819
     (eval_dir / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
-    params = _params(tracking_uri, name, metric="roc_auc_pooled")
+    params = register_params(tracking_uri, name, metric="roc_auc_pooled")
     with pytest.raises(DataError) as err:
         register(params, model_dir, eval_dir, tmp_path / "d.json")
     assert "the trivial baselines score no register.metric 'roc_auc_pooled'" in str(err.value)
@@ -58,7 +51,7 @@ def test_a_metric_the_baselines_do_not_score_is_refused_not_skipped(tmp_path, tr
     assert d.decision == "challenger" and "does not beat the best trivial predictor" in d.reason
     # the user may still turn the check off, explicitly
     d = register(
-        _params(tracking_uri, "lsg-auc-off", metric="roc_auc_pooled", min_margin_over_trivial=None),
+        register_params(tracking_uri, "lsg-auc-off", metric="roc_auc_pooled", min_margin_over_trivial=None),
         model_dir,
         eval_dir,
         tmp_path / "off.json",
@@ -75,10 +68,10 @@ def test_a_champion_that_fails_the_policy_now_is_demoted(tmp_path, tracking_uri)
     run_info = log_tiny_model(tracking_uri)
     model_dir, eval_dir = write_candidate(tmp_path / "a", run_info, dice=0.2220, fingerprint=SET_A, baselines=baselines)
     loose = register(
-        _params(tracking_uri, name, min_margin_over_trivial=None), model_dir, eval_dir, tmp_path / "1.json"
+        register_params(tracking_uri, name, min_margin_over_trivial=None), model_dir, eval_dir, tmp_path / "1.json"
     )
     assert loose.decision == "champion"
-    strict = register(_params(tracking_uri, name), model_dir, eval_dir, tmp_path / "2.json")
+    strict = register(register_params(tracking_uri, name), model_dir, eval_dir, tmp_path / "2.json")
     assert strict.version == loose.version and strict.reused_version
     assert strict.decision == "challenger"
     assert f"champion v{loose.version} no longer passes the policy, demoted" in strict.reason
@@ -92,7 +85,7 @@ def test_a_champion_that_fails_the_policy_now_is_demoted(tmp_path, tracking_uri)
     # a better model may now become champion: nothing stale stands in its way
     other = log_tiny_model(tracking_uri)
     good_dir, good_eval = write_candidate(tmp_path / "b", other, dice=0.45, fingerprint=SET_A, baselines=baselines)
-    good = register(_params(tracking_uri, name), good_dir, good_eval, tmp_path / "3.json")
+    good = register(register_params(tracking_uri, name), good_dir, good_eval, tmp_path / "3.json")
     assert good.decision == "champion" and good.reason == "no champion yet"
 
 
@@ -102,10 +95,10 @@ def test_a_version_decided_again_under_another_metric_carries_that_decision(tmp_
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     run_info = log_tiny_model(tracking_uri)
     model_dir, eval_dir = write_candidate(tmp_path / "a", run_info, dice=0.5, fingerprint=SET_A)
-    first = register(_params(tracking_uri, name), model_dir, eval_dir, tmp_path / "1.json")
+    first = register(register_params(tracking_uri, name), model_dir, eval_dir, tmp_path / "1.json")
     tags = client.get_model_version(name, first.version).tags
     assert (tags["lungseg.metric"], float(tags["lungseg.metric_value"])) == ("dice_mean", 0.5)
-    again = register(_params(tracking_uri, name, metric="iou_mean"), model_dir, eval_dir, tmp_path / "2.json")
+    again = register(register_params(tracking_uri, name, metric="iou_mean"), model_dir, eval_dir, tmp_path / "2.json")
     assert again.reused_version and again.version == first.version and again.metric == "iou_mean"
     tags = client.get_model_version(name, first.version).tags
     assert tags["lungseg.metric"] == "iou_mean"
