@@ -161,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
                 note=f"served in {precision} (--precision), evaluated with precision {model.serving.precision!r}"
                 if precision != evaluated
                 else "",
+                overridden=precision != evaluated,
             )
         models[model.role] = model
     options = {

@@ -80,6 +80,9 @@ class LoadedModel:
     preset: str = "default"
     """The ``train.preset`` the model was trained with (its checkpoint's record; ``default`` where the model
     does not say): ``tta: auto`` resolves by it (:func:`lungseg.artifacts.serving.resolve_tta`, #25)."""
+    precision_overridden: bool = False
+    """Whether ``--precision`` asked another arithmetic than the one the model was evaluated in
+    (:meth:`served_as` ``overridden``): a fallback note then does not blame the evaluation (#24)."""
 
     def __post_init__(self) -> None:
         from lungseg.artifacts.serving import ServingSettings, resolve_postprocess, resolve_tta
@@ -91,10 +94,17 @@ class LoadedModel:
         self.threshold = self.serving.threshold
 
     def served_as(
-        self, *, postprocess: str | None = None, tta: str | None = None, precision: str | None = None, note: str = ""
+        self,
+        *,
+        postprocess: str | None = None,
+        tta: str | None = None,
+        precision: str | None = None,
+        note: str = "",
+        overridden: bool = False,
     ) -> LoadedModel:
         """This model with other serving settings (``evaluate.*`` of a folder model, ``--no-postprocess``,
-        ``--precision``); ``note`` is kept for the report's warnings."""
+        ``--precision``); ``note`` is kept for the report's warnings; ``overridden``: ``precision`` is the user's
+        choice over the evaluated one (recorded in :attr:`precision_overridden`)."""
         import dataclasses
 
         from lungseg.artifacts.serving import resolve_postprocess, resolve_tta
@@ -113,7 +123,8 @@ class LoadedModel:
         except ValueError as exc:  # a value outside the vocabulary (serving.ServingSettings)
             raise ConfigError(str(exc)) from exc
         notes = self.notes + ([note] if note and serving != self.serving else [])
-        return dataclasses.replace(self, serving=serving, notes=notes)
+        overridden = self.precision_overridden or (overridden and precision is not None)
+        return dataclasses.replace(self, serving=serving, notes=notes, precision_overridden=overridden)
 
     @property
     def image_size(self) -> int:
@@ -431,7 +442,7 @@ class SliceInference:
                 self.notes.append("onnxruntime runs the fp32 export: served in fp32, not the model's bf16")
         else:
             self.precision, note = core.resolve_precision(setting, self.device.type)
-            if note and not any("(--precision)" in n for n in model.notes):  # bf16 is the evaluated setting (#24)
+            if note and not model.precision_overridden:  # bf16 is the evaluated setting (#24)
                 note += "; its evaluation scored bf16 (emulated where not native): masks may differ from those scored"
             self.notes += [note] if note else []
         for note in self.notes:
