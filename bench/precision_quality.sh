@@ -1,7 +1,7 @@
 #!/bin/bash
 # The README demo (params.yaml, LG-Net) trained per seed in fp32 and in bf16, each evaluated in fp32: the
 # quality side of `train.precision` (#24; docs/training.md, "Precision and compilation"). bf16 is FORCED
-# (the native-bf16 check is patched to True), so on a CPU without avx512_bf16/AMX it runs emulated, 5-7x
+# (LUNGSEG_FORCE_BF16_EMULATION=1), so on a CPU without avx512_bf16/AMX it runs emulated, 5-7x
 # slower. One run at a time, one thread, nice 10; resumable (a seed/precision with metrics is skipped).
 #   usage: bench/precision_quality.sh OUTDIR [SEED ...]     (default seeds 0 1 2 3 4; DATA=data/processed/medseg)
 set -u
@@ -25,13 +25,10 @@ yaml.safe_dump(d, open(sys.argv[2], "w"), sort_keys=False)
 PY
     echo "$(date -u +%T) start $name load $(cut -d' ' -f1-3 /proc/loadavg)" >> "$T/log.txt"
     t0=$(date +%s)
-    nice -n 10 python -c "
-import sys
-import lungseg.training.setup as S
-if '$p' == 'bf16':
-    S.cpu_bf16_supported = lambda: True  # forced: emulated on a CPU without native bf16
-from lungseg.cli import main
-sys.exit(main())" train --data "$DATA" --output "$T/$name.model" --params "$T/$name.yaml" > "$T/$name.train.log" 2>&1
+    # bf16 forced: emulated on a CPU without native bf16 (lungseg.training.setup.bf16_emulation_forced)
+    LUNGSEG_FORCE_BF16_EMULATION=$([ "$p" = bf16 ] && echo 1 || echo 0) nice -n 10 \
+        python -m lungseg.cli train --data "$DATA" --output "$T/$name.model" --params "$T/$name.yaml" \
+        > "$T/$name.train.log" 2>&1
     rc=$?
     t1=$(date +%s)
     nice -n 10 python -m lungseg.cli evaluate --model "$T/$name.model" --data "$DATA" --output "$T/$name.eval" \
