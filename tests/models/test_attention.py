@@ -203,13 +203,23 @@ def test_flex_formulation_gradients_with_an_autograd_stand_in(monkeypatch):
 
 # ---------- selector ----------
 def test_pcm_impl_selector():
-    assert PCM_IMPLS == ("auto", "reference", "blocked", "flex")
-    assert resolve_pcm_impl("auto", torch.device("cpu")) == "blocked"
+    assert PCM_IMPLS == ("auto", "reference", "blocked", "parallel", "flex")
+    cpu = torch.device("cpu")
+    assert resolve_pcm_impl("auto", cpu, threads=1) == "blocked"
+    assert resolve_pcm_impl("auto", cpu, threads=2) == "parallel"  # blocks over the threads (#24)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert resolve_pcm_impl("auto", cpu) == "blocked"  # torch's own thread count by default
+        torch.set_num_threads(2)
+        assert resolve_pcm_impl("auto", cpu) == "parallel"
+    finally:
+        torch.set_num_threads(threads)
     assert resolve_pcm_impl("auto", torch.device("meta")) == "reference"  # FLOP counting sees the textbook ops
-    assert resolve_pcm_impl("auto", torch.device("cuda")) == ("flex" if flex_available() else "blocked")
+    assert resolve_pcm_impl("auto", torch.device("cuda"), threads=2) == ("flex" if flex_available() else "blocked")
     for impl in PCM_IMPLS[1:]:
-        assert resolve_pcm_impl(impl, torch.device("cpu")) == impl
-    with pytest.raises(ValueError, match="unknown pcm_impl 'fast' .*auto, reference, blocked, flex"):
+        assert resolve_pcm_impl(impl, cpu) == impl
+    with pytest.raises(ValueError, match="unknown pcm_impl 'fast' .*auto, reference, blocked, parallel, flex"):
         resolve_pcm_impl("fast", torch.device("cpu"))
 
 

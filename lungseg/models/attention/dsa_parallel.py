@@ -1,8 +1,8 @@
 """The blocked DSA attention on several CPU threads (#24): the head-maps split into one chunk per
 thread, each chunk's forward and backward run by :class:`~lungseg.models.attention.dsa_attention.
 _BlockedSoftmaxAttention` (or its query-softmax twin) in its own Python thread, each thread's ops
-kept to one intra-op thread. ATen releases the GIL inside each op, so the chunks' GEMMs and exp2
-passes overlap; only the Python between them is serialised.
+kept to one intra-op thread (:func:`~lungseg.models.attention.workers.run_chunks`, shared with the
+parallel PCM).
 
 Why a candidate: the blocked kernel is the default on one thread only, because its many small GEMMs
 and passes parallelise poorly inside each op, and SDPA's flash kernel (parallel over batch × heads
@@ -14,23 +14,12 @@ Whether this wins is measured by ``bench/bench_attention.py`` (``parallel`` rows
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import torch
 
 from .dsa_attention import blocked_inputs, blocked_output, dsa_block_shape
-
-_POOL: ThreadPoolExecutor | None = None
-_POOL_SIZE = 0
-
-
-def _pool(workers: int) -> ThreadPoolExecutor:
-    global _POOL, _POOL_SIZE
-    if _POOL is None or _POOL_SIZE < workers:
-        _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lungseg-dsa")
-        _POOL_SIZE = workers
-    return _POOL
+from .workers import run_chunks
 
 
 class _Ctx(SimpleNamespace):
@@ -38,24 +27,6 @@ class _Ctx(SimpleNamespace):
 
     def save_for_backward(self, *tensors):
         self.saved_tensors = tensors
-
-
-def _no_grad(fn, *args):
-    with torch.no_grad():
-        return fn(*args)
-
-
-def _run_chunks(calls: list) -> list:
-    """``[fn(*args) for fn, *args in calls]``, one worker thread each, with torch's intra-op threads
-    at one meanwhile (the setting is process-wide: the chunks are the parallelism) and put back."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        pool = _pool(len(calls))
-        futures = [pool.submit(_no_grad, *call) for call in calls]
-        return [f.result() for f in futures]
-    finally:
-        torch.set_num_threads(threads)
 
 
 class _ParallelBlocked(torch.autograd.Function):
@@ -68,14 +39,14 @@ class _ParallelBlocked(torch.autograd.Function):
         bounds = [(s, min(s + size, g)) for s in range(0, g, size)]
         ctxs = [_Ctx() for _ in bounds]
         calls = [(op.forward, c, qt[a:b], kt[a:b], vt[a:b], scale, rows, group) for c, (a, b) in zip(ctxs, bounds)]
-        out = torch.cat(_run_chunks(calls))
+        out = torch.cat(run_chunks(calls))
         ctx.chunks, ctx.op = list(zip(ctxs, bounds)), op
         return out
 
     @staticmethod
     def backward(ctx, gout):
         gout = gout.contiguous()
-        grads = [r[:3] for r in _run_chunks([(ctx.op.backward, c, gout[a:b]) for c, (a, b) in ctx.chunks])]
+        grads = [r[:3] for r in run_chunks([(ctx.op.backward, c, gout[a:b]) for c, (a, b) in ctx.chunks])]
         ctx.chunks = None  # free the saved tensors
         return (*(torch.cat(parts) for parts in zip(*grads)), None, None, None, None, None)
 

@@ -12,7 +12,10 @@ PCM kernels (``pcm_impl``, one function computed three ways; ``tests/models/test
   row blocks of ~``PCM_BLOCK_ELEMS`` affinities, recomputed in backward, whose gradients use the
   symmetry of the affinity matrix. Equal to the reference in output and gradients to 1e-12 in
   float64 and 1e-5 (absolute) in float32, with and without pooling, for B > 1, odd N and rows whose
-  only positive score is the diagonal or that have none (θ_i = 0). The CPU default.
+  only positive score is the diagonal or that have none (θ_i = 0). The CPU default on one thread.
+- ``"parallel"``: the blocked kernel with its (image, row block) pairs split over torch's threads,
+  one intra-op thread each (#24; :mod:`~lungseg.models.attention.workers`); bitwise the blocked
+  kernel's result on one thread. The CPU default with several threads.
 - ``"flex"`` (:func:`pixel_correlation_flex`): FlexAttention with the score ``log(ReLU(s) + t)`` and
   an exact lse correction; compiled on CUDA (the GPU default). On CPU FlexAttention is forward-only:
   its forward is tested against the reference there (1e-5), and the correction's gradients with a
@@ -29,8 +32,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .tokens import DEFAULT_MAX_TOKENS, pool, positive_or_none, token_grid, unpool
+from .workers import run_chunks, split
 
-PCM_IMPLS = ("auto", "reference", "blocked", "flex")
+PCM_IMPLS = ("auto", "reference", "blocked", "parallel", "flex")
 """Valid ``pcm_impl`` values; see :func:`resolve_pcm_impl`."""
 
 #: Elements of one affinity block of the blocked PCM at c + C = 24 (2^17 fp32 = 512 KiB, one L2 of
@@ -60,20 +64,28 @@ def flex_available() -> bool:
     return True
 
 
-def resolve_pcm_impl(impl: str, device: torch.device) -> str:
+def resolve_pcm_impl(impl: str, device: torch.device, threads: int | None = None) -> str:
     """The PCM implementation that runs for ``impl`` on ``device``.
 
     ``"auto"``: ``"flex"`` on CUDA when FlexAttention is available, ``"reference"`` on the ``meta``
     device (nothing is computed there; the FLOP counter then sees the textbook matmuls, not the
-    blocked kernel's extra ones column and padding), else ``"blocked"`` (FlexAttention has no
-    backward on CPU). Other values are returned as they are (``ValueError`` when unknown).
+    blocked kernel's extra ones column and padding); on the CPU ``"blocked"`` when torch computes on
+    one thread (``threads``, default ``torch.get_num_threads()``) and ``"parallel"`` (the blocked
+    kernel's blocks split over the threads, one intra-op thread each) on several: the blocked
+    kernel's small GEMMs barely used a second core (LG-Net trained at 2 threads no faster than at
+    one, bench/results/README.md); elsewhere ``"blocked"`` (FlexAttention has no backward on CPU).
+    Other values are returned as they are (``ValueError`` when unknown).
     """
     check_pcm_impl(impl)
     if impl != "auto":
         return impl
     if device.type == "meta":
         return "reference"
-    return "flex" if device.type == "cuda" and flex_available() else "blocked"
+    if device.type == "cuda" and flex_available():
+        return "flex"
+    if device.type == "cpu" and (torch.get_num_threads() if threads is None else threads) > 1:
+        return "parallel"
+    return "blocked"
 
 
 def _pcm_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float) -> torch.Tensor:
@@ -131,6 +143,39 @@ def _pad_cols(x: torch.Tensor, multiple: int = 8) -> torch.Tensor:
     return x if m % multiple == 0 else F.pad(x, (0, multiple - m % multiple))
 
 
+def _blocks(b: int, n: int, rows: int) -> list[tuple[int, slice]]:
+    """The (image, row block) pairs of a blocked PCM over ``b`` images of ``n`` tokens, in order."""
+    return [(i, slice(s, s + rows)) for i in range(b) for s in range(0, n, rows)]
+
+
+def _forward_blocks(k: torch.Tensor, v1: torch.Tensor, acc: torch.Tensor, blocks: list[tuple[int, slice]]) -> None:
+    """``acc[i, r] = ReLU(k_r kᵀ) · v1`` for each (image i, rows r) of ``blocks`` (written in place)."""
+    for i, r in blocks:
+        a = torch.mm(k[i, r], k[i].t())  # (n, N)   S = cos
+        a.relu_()  # A = ReLU(S)
+        torch.mm(a, v1[i], out=acc[i, r])  # (n, ≥C+1)
+
+
+def _backward_blocks(k, left, right, g_num, gkt, gv, blocks: list[tuple[int, slice]]) -> None:
+    """``∂L/∂v`` and ``∂L/∂k`` (transposed) of each (image i, rows r) of ``blocks`` (written in place)."""
+    for i, r in blocks:
+        kti = k[i].t()
+        a = torch.mm(k[i, r], kti)  # (n, N)   S recomputed
+        g = torch.mm(left[i, r], right[i])  # (n, N)   (∂L/∂A)_r + (∂L/∂A)ᵀ_r
+        g = torch.ops.aten.threshold_backward(g, a, 0)  # (n, N)   ⊙ [S > 0] (ReLU's backward)
+        a.relu_()  # A_r
+        torch.mm(a, g_num[i], out=gv[i, r])  # (n, C)   A symmetric: (Aᵀ)_r = A_r
+        gkt[i, :, r] = torch.mm(kti, g.t())  # (c, n)
+
+
+def _run_blocks(fn, blocks: list[tuple[int, slice]], workers: int, *args) -> None:
+    """``fn(*args, blocks)``, the blocks split over ``workers`` threads (each writes its own rows)."""
+    if workers <= 1:
+        fn(*args, blocks)
+        return
+    run_chunks([(fn, *args, blocks[a:b]) for a, b in split(len(blocks), workers)])
+
+
 class _BlockedPCM(torch.autograd.Function):
     """PCM on unit-norm tokens ``k`` (B,N,c) and values ``v`` (B,N,C), one block of rows at a time.
 
@@ -147,30 +192,30 @@ class _BlockedPCM(torch.autograd.Function):
     over the batch (the block then stays ~``PCM_BLOCK_ELEMS`` whatever B is), the forward's output
     width C+1 zero-padded to a multiple of 8, and ``∂L/∂k_r`` computed transposed (``kᵀ·Gᵀ``, c×n):
     MKL ran ``G·k`` with c = 8 output columns at about a fifth of the transposed form's speed.
+
+    ``workers`` > 1 (``pcm_impl="parallel"``): the (image, block) pairs are split into ``workers``
+    contiguous chunks, each run on its own thread with one intra-op thread
+    (:func:`~lungseg.models.attention.workers.run_chunks`). Every block is the same arithmetic as on
+    one thread and writes only its own rows, so the result is bitwise that of ``workers=1`` computed
+    on one torch thread.
     """
 
     @staticmethod
-    def forward(ctx, k: torch.Tensor, v: torch.Tensor, eps: float, rows: int) -> torch.Tensor:
+    def forward(ctx, k: torch.Tensor, v: torch.Tensor, eps: float, rows: int, workers: int = 1) -> torch.Tensor:
         b, n, _ = k.shape
         cv = v.shape[-1]
         v1 = _pad_cols(torch.cat([v, v.new_ones(b, n, 1)], dim=-1)).contiguous()  # (B, N, ≥C+1)   col C → row sums
         acc = v.new_empty(v1.shape)  # (B, N, ≥C+1)   [Σ_j A_ij v_j, Σ_j A_ij, 0…]
-        for i in range(b):
-            ki, kti, vi, acci = k[i], k[i].t(), v1[i], acc[i]
-            for s in range(0, n, rows):
-                a = torch.mm(ki[s : s + rows], kti)  # (n, N)   S = cos
-                a.relu_()  # A = ReLU(S)
-                torch.mm(a, vi, out=acci[s : s + rows])  # (n, ≥C+1)
+        _run_blocks(_forward_blocks, _blocks(b, n, rows), workers, k, v1, acc)
         den = acc[..., cv : cv + 1] + eps  # (B, N, 1)
         y = acc[..., :cv] / den  # (B, N, C)
         ctx.save_for_backward(k, v, y, den)
-        ctx.rows = rows
+        ctx.rows, ctx.workers = rows, workers
         return y
 
     @staticmethod
     def backward(ctx, gy: torch.Tensor):
         k, v, y, den = ctx.saved_tensors
-        rows = ctx.rows
         b, n, c = k.shape
         gy = gy.to(y.dtype)
         g_num = gy / den  # (B, N, C)
@@ -179,17 +224,8 @@ class _BlockedPCM(torch.autograd.Function):
         left = torch.cat([g_num, v, g_den, ones], dim=-1)  # (B, N, 2C+2)
         right = torch.cat([v, g_num, ones, g_den], dim=-1).transpose(1, 2).contiguous()  # (B, 2C+2, N)
         gkt, gv = k.new_empty(b, c, n), torch.empty_like(v)  # ∂L/∂k transposed (B, c, N); ∂L/∂v (B, N, C)
-        for i in range(b):
-            ki, kti = k[i], k[i].t()
-            for s in range(0, n, rows):
-                r = slice(s, s + rows)
-                a = torch.mm(ki[r], kti)  # (n, N)   S recomputed
-                g = torch.mm(left[i, r], right[i])  # (n, N)   (∂L/∂A)_r + (∂L/∂A)ᵀ_r
-                g = torch.ops.aten.threshold_backward(g, a, 0)  # (n, N)   ⊙ [S > 0] (ReLU's backward)
-                a.relu_()  # A_r
-                torch.mm(a, g_num[i], out=gv[i, r])  # (n, C)   A symmetric: (Aᵀ)_r = A_r
-                gkt[i, :, r] = torch.mm(kti, g.t())  # (c, n)
-        return gkt.transpose(1, 2), gv, None, None
+        _run_blocks(_backward_blocks, _blocks(b, n, ctx.rows), ctx.workers, k, left, right, g_num, gkt, gv)
+        return gkt.transpose(1, 2), gv, None, None, None
 
 
 def block_rows_for(n: int, channels: int, block_elems: int | None = None) -> int:
@@ -207,7 +243,12 @@ def block_rows_for(n: int, channels: int, block_elems: int | None = None) -> int
 
 
 def pixel_correlation_blocked(
-    theta: torch.Tensor, value: torch.Tensor, *, eps: float = 1e-6, block_rows: int | None = None
+    theta: torch.Tensor,
+    value: torch.Tensor,
+    *,
+    eps: float = 1e-6,
+    block_rows: int | None = None,
+    workers: int = 1,
 ) -> torch.Tensor:
     """PCM (same function as :func:`pixel_correlation`) as one autograd op that never holds N×N.
 
@@ -215,16 +256,20 @@ def pixel_correlation_blocked(
     and the channels); forward saves only O(N·C) and backward
     recomputes each block. Runs on any device; computes in the promoted dtype of θ and v with
     autocast off (mixed precision would change the affinities' rounding, not the memory).
+    ``workers`` > 1: the (image, block) pairs split over that many threads (``pcm_impl="parallel"``;
+    bitwise the one-thread result, see :class:`_BlockedPCM`).
     """
     if block_rows is not None and block_rows < 1:
         raise ValueError(f"block_rows must be >= 1 or None, got {block_rows}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     b, c, h, w = theta.shape
     n = h * w
     k, v = _tokens(theta, value)  # (B, N, c), (B, N, C)
     dt = torch.promote_types(k.dtype, v.dtype)
     rows = block_rows_for(n, c + value.shape[1]) if block_rows is None else min(block_rows, n)
     with torch.autocast(k.device.type, enabled=False):
-        y = _BlockedPCM.apply(k.to(dt).contiguous(), v.to(dt).contiguous(), float(eps), rows)  # (B, N, C)
+        y = _BlockedPCM.apply(k.to(dt).contiguous(), v.to(dt).contiguous(), float(eps), rows, workers)  # (B, N, C)
     return _to_map(y, h, w)
 
 
@@ -311,7 +356,8 @@ def pcm(
 
     ``impl`` (see :func:`resolve_pcm_impl`): ``"reference"`` = :func:`pixel_correlation`
     (``chunk_rows``), ``"blocked"`` = :func:`pixel_correlation_blocked` (``block_rows``),
-    ``"flex"`` = :func:`pixel_correlation_flex`, ``"auto"`` = flex on CUDA, else blocked.
+    ``"parallel"`` = the same over ``torch.get_num_threads()`` threads, ``"flex"`` =
+    :func:`pixel_correlation_flex`, ``"auto"`` = flex on CUDA, blocked / parallel on the CPU by threads.
     """
     size = tuple(theta.shape[-2:])
     grid = token_grid(*size, max_tokens)
@@ -323,8 +369,9 @@ def pcm(
         impl = "reference"
     if impl == "reference":
         y = pixel_correlation(t, v, eps=eps, chunk_rows=chunk_rows)
-    elif impl == "blocked":
-        y = pixel_correlation_blocked(t, v, eps=eps, block_rows=block_rows)
+    elif impl in ("blocked", "parallel"):
+        workers = torch.get_num_threads() if impl == "parallel" else 1
+        y = pixel_correlation_blocked(t, v, eps=eps, block_rows=block_rows, workers=workers)
     else:
         y = pixel_correlation_flex(t, v, eps=eps)
     return unpool(y, size)
