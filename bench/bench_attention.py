@@ -9,7 +9,8 @@ Three parts, all measured in one run:
    (3 × the forward's ``2·B·N²·(c + C)`` matmul FLOPs per train step), peak extra memory of the
    train step, and the largest difference to the reference (output and both gradients).
    Implementations: ``reference`` (today's autograd ops, checkpointed chunks of 1024 rows),
-   ``blocked`` (the custom autograd op), ``flex`` (CUDA only: compiled FlexAttention). Beside them,
+   ``blocked`` (the custom autograd op), ``parallel`` (CPU with several threads: the blocked op's
+   blocks split over the threads, #24), ``flex`` (CUDA only: compiled FlexAttention). Beside them,
    PR-Net's DSA softmax attention (forward + backward, useful GFLOP/s = 3 × ``4·B·h·N²·d``): SDPA with
    the per-head q/k/v strided (the first version) and contiguous (``dsa_impl="reference"``), and
    the blocked kernel (``dsa_impl="blocked"``, the default on one CPU thread), with its largest
@@ -207,7 +208,9 @@ def _best_times(fns: dict, reps: int, device, warmup: bool = True) -> dict:
 
 
 def kernel_rows(args, device, dtype) -> list[dict]:
-    impls = ["reference", "blocked"] + (["flex"] if device.type == "cuda" and flex_available() else [])
+    impls = ["reference", "blocked"]
+    impls += ["parallel"] if device.type == "cpu" and args.threads > 1 else []  # blocks over the threads (#24)
+    impls += ["flex"] if device.type == "cuda" and flex_available() else []
     rows = []
     for n_tokens in args.kernel_tokens:
         side = math.isqrt(n_tokens)
@@ -322,6 +325,8 @@ MODEL_VARIANTS = {
     "unet": ("unet", {}),
     "lgnet/reference": ("lgnet", {"pcm_impl": "reference"}),
     "lgnet/auto": ("lgnet", {"pcm_impl": "auto"}),
+    "lgnet/blocked": ("lgnet", {"pcm_impl": "blocked"}),
+    "lgnet/parallel": ("lgnet", {"pcm_impl": "parallel"}),  # blocked, (image, block) pairs over the threads (#24)
     "prnet/reference": ("prnet", {"dsa_impl": "reference"}),
     "prnet/auto": ("prnet", {"dsa_impl": "auto"}),
     "prnet/blocked": ("prnet", {"dsa_impl": "blocked"}),

@@ -33,12 +33,15 @@ Choices where paper and architecture.md are silent:
 - ``pcm_impl`` (default ``"auto"``) picks the PCM kernel, the same function in every case
   (:func:`lungseg.models.attention.resolve_pcm_impl`): ``"blocked"`` (CPU and any device: one
   autograd op over blocks of ``pcm_block_rows`` rows, never N×N, backward recomputes each block;
-  exact against the reference in forward and gradients, tested), ``"flex"`` (CUDA:
+  exact against the reference in forward and gradients, tested), ``"parallel"`` (CPU: the blocked
+  kernel's blocks split over torch's threads, one intra-op thread each; bitwise the blocked
+  kernel on one thread, tested), ``"flex"`` (CUDA:
   FlexAttention with a ``log(ReLU(s))`` score and an exact lse correction; its forward tested
   against the reference on CPU, the correction's gradients with a dense stand-in for the kernel;
   the CUDA kernel itself not run in this repository's tests), ``"reference"`` (the original
   autograd ops, rows in checkpointed chunks of ``chunk_rows=1024``; ``None`` = one chunk).
-  ``"auto"`` = flex on CUDA, blocked elsewhere. The choice changes speed and memory, not the
+  ``"auto"`` = flex on CUDA, blocked on one CPU thread, parallel on several, blocked elsewhere.
+  The choice changes speed and memory, not the
   parameters, so a checkpoint loads under any of them.
 - With ``use_mrc = use_lg_attention = use_ff = False`` the network is exactly
   ``UNet(up="bilinear")`` (same modules, same parameter count; tested).

@@ -3,10 +3,12 @@
 - :mod:`~lungseg.models.attention.tokens`: the ``max_tokens`` budget shared by PCM and DSA (pool to
   a grid of at most ``max_tokens`` pixels, attend there, resize back) and its justification;
 - :mod:`~lungseg.models.attention.pcm_attention`: PCM and LG-Attention (LG-Net), computed by the
-  ``pcm_impl`` kernels ``reference`` / ``blocked`` / ``flex``;
+  ``pcm_impl`` kernels ``reference`` / ``blocked`` / ``parallel`` / ``flex``;
 - :mod:`~lungseg.models.attention.dsa_attention`: DSA, gated conv and PAM (PR-Net), computed by the
   ``dsa_impl`` kernels ``reference`` / ``blocked`` / ``parallel`` (the blocked kernel over chunks of
   head-maps, one thread each: :mod:`~lungseg.models.attention.dsa_parallel`);
+- :mod:`~lungseg.models.attention.workers`: the chunks of a blocked kernel on several CPU threads
+  (the ``parallel`` PCM and DSA);
 - :mod:`~lungseg.models.attention.gate`: the additive attention gate (Attention U-Net).
 
 Every public name is re-exported here (``from lungseg.models.attention import LGAttention`` as
