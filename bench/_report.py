@@ -92,3 +92,73 @@ def textbook_flops(build, size: int, in_channels: int = 1) -> int:
     with counter, torch.no_grad(), sdpa_kernel([SDPBackend.MATH]):
         model(torch.zeros(1, in_channels, size, size, device="meta"))
     return counter.get_total_flops()
+
+
+#: Cores' worth of CPU time other processes may use, on average over a CPU measurement, before the
+#: record is flagged busy: a quarter of a core (a niced test run on the other core uses ~1).
+OTHER_BUSY_CORES = 0.25
+
+
+class OtherWork:
+    """The CPU time other processes used while a measurement ran: the machine's busy time
+    (``/proc/stat``: everything but idle and iowait) minus this process's own (all its threads, and
+    the children it waited for), over the wall time, in cores. Unlike the load average after a run,
+    it does not count the benchmark's own threads (at ``--threads`` = cores the 1-min load after a
+    quiet run is already ~2). ``cores()`` is ``None`` where ``/proc/stat`` is missing."""
+
+    def __init__(self):
+        self._start = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float] | None:
+        import os
+        import time
+
+        try:
+            ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        except (OSError, ValueError):
+            return None
+        # user nice system idle iowait irq softirq steal [guest guest_nice: already in user/nice]
+        busy = sum(ticks[:8]) - ticks[3] - ticks[4]
+        t = os.times()
+        own = t.user + t.system + t.children_user + t.children_system
+        return busy / os.sysconf("SC_CLK_TCK"), own, time.monotonic()
+
+    def cores(self) -> float | None:
+        end = self._sample()
+        if self._start is None or end is None or end[2] <= self._start[2]:
+            return None
+        busy, own, wall = (e - s for e, s in zip(end, self._start))
+        return round(max(0.0, (busy - own) / wall), 3)
+
+
+def is_busy(load1: float, threads: int) -> bool:
+    """Before a run: more runnable work than the cores left free for this benchmark's threads (a
+    warning only; the record's flag is :func:`busy_flag`)."""
+    import os
+
+    return load1 > max((os.cpu_count() or 1) - threads, 0) + 0.5
+
+
+def busy_flag(other_cores: float | None, load_before1: float, threads: int) -> bool:
+    """A CPU record's busy flag: other processes used more than :data:`OTHER_BUSY_CORES` during the
+    run (:class:`OtherWork`), or, without ``/proc/stat``, the load before the run was too high."""
+    if other_cores is not None:
+        return other_cores > OTHER_BUSY_CORES
+    return is_busy(load_before1, threads)
+
+
+def load_text(load: dict, busy_words: str = "numbers not comparable") -> str:
+    """A record's ``load`` as one line: the load averages, the other processes' CPU (when measured)
+    and the busy flag. Records made before ``other_cores`` existed were flagged by the load after
+    the run, which counts the benchmark's own threads: said so."""
+    before, after = load["before"], load["after"]
+    text = f"{before[0]:.2f} before, {after[0]:.2f} after (1-min load average, {load.get('cpu_count')} cores)"
+    other = load.get("other_cores")
+    if other is not None:
+        text += f"; other processes used {other:.2f} cores on average during the run"
+    if load.get("busy"):
+        text += f" — **the machine was busy: {busy_words}**"
+        if "other_cores" not in load:
+            text += " (flagged by the load after the run, which counts this benchmark's own threads)"
+    return text

@@ -55,7 +55,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _report import add_record_arguments, check_tag, device_label, write_record  # noqa: E402
+from _report import (  # noqa: E402
+    OtherWork,
+    add_record_arguments,
+    busy_flag,
+    check_tag,
+    device_label,
+    is_busy,
+    load_text,
+    write_record,
+)
 
 from lungseg.io import atomic_write_text  # noqa: E402
 
@@ -76,11 +85,6 @@ def prepare_data(source: Path, size: int, folder: Path) -> Path:
 
 def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
-
-
-def is_busy(load1: float, threads: int) -> bool:
-    """More runnable work than the cores left free for this benchmark's threads."""
-    return load1 > max((os.cpu_count() or 1) - threads, 0) + 0.5
 
 
 def _sync(device: torch.device) -> None:
@@ -325,7 +329,6 @@ def render_variants(d: dict) -> list[str]:
     """A ``--variants`` record: per threads and model, each variant's step, its speed-up over fp32 and
     its training FLOP/s against U-Net's in the same variant and thread count."""
     s, load = d["settings"], d["load"]
-    busy = " — **the machine was busy: numbers rough**" if load.get("busy") else ""
     by = {(r["threads"], r["model"], r["variant"]): r for r in d["rows"]}
     lines = [
         "",
@@ -334,8 +337,7 @@ def render_variants(d: dict) -> list[str]:
         *([f"> {d['note']}", ""] if d.get("note") else []),
         f"- date: {d['date']}; torch {d['torch']}, python {d['python']}; bf16: "
         + ("native (AVX-512 BF16/AMX)" if d["bf16_native"] else "**emulated** (this CPU has no native bf16)"),
-        f"- load: {load['before'][0]:.2f} before, {load['after'][0]:.2f} after (1-min load average, "
-        f"{load['cpu_count']} cores){busy}",
+        f"- load: {load_text(load, 'numbers rough')}",
         f"- command: `{d['command']}`",
         f"- settings: train step (forward, loss, backward, Adam) at {s['size']}², base {s['base']}, batch "
         f"{s['batch']}, LG-Net/PR-Net max_tokens {s['max_tokens']}, on real slices; median of {s['repeats']} "
@@ -362,13 +364,13 @@ def measure_variants(args: argparse.Namespace, argv: list[str] | None) -> dict:
     """The ``--variants`` run and its record."""
     from lungseg.training.setup import cpu_bf16_supported
 
-    load_before = loadavg()
+    load_before, other = loadavg(), OtherWork()
     print(f"load average {load_before} on {os.cpu_count()} cores; threads {args.thread_counts}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-epoch-") as tmp:
         rows = variant_rows(args, prepare_data(args.source, args.size, Path(tmp)))
-    load_after = loadavg()
+    load_after, other_cores = loadavg(), other.cores()
     threads = max(args.thread_counts)
-    busy = is_busy(load_before[0], threads) or is_busy(load_after[0], threads)
+    busy = busy_flag(other_cores, load_before[0], threads)
     name, slug = device_label(torch.device("cpu"), threads)
     name = name.replace(f"({threads} threads)", f"({' and '.join(map(str, args.thread_counts))} threads)")
     return {
@@ -380,7 +382,13 @@ def measure_variants(args: argparse.Namespace, argv: list[str] | None) -> dict:
         "python": platform.python_version(),
         "command": "python bench/bench_epoch.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "bf16_native": cpu_bf16_supported(),
-        "load": {"before": load_before, "after": load_after, "cpu_count": os.cpu_count(), "busy": busy},
+        "load": {
+            "before": load_before,
+            "after": load_after,
+            "cpu_count": os.cpu_count(),
+            "other_cores": other_cores,
+            "busy": busy,
+        },
         "settings": {
             "size": args.size,
             "base": args.base,
@@ -401,17 +409,13 @@ def render_section(d: dict) -> list[str]:
         return render_variants(d)
     s, m = d["settings"], d["summary"]
     load = d.get("load") or {}
-    busy = " — **the machine was busy: numbers not comparable**" if load.get("busy") else ""
     return [
         "",
         f"## {d['device']}" + (f" ({d['tag']})" if d.get("tag") else ""),
         "",
         *([f"> {d['note']}", ""] if d.get("note") else []),
         f"- date: {d['date']}; torch {d['torch']}, python {d['python']}, torch threads {d['threads']} (pinned)",
-        f"- load: {load['before'][0]:.2f} before, {load['after'][0]:.2f} after (1-min load average, "
-        f"{load['cpu_count']} cores){busy}"
-        if load
-        else "- load: not recorded",
+        f"- load: {load_text(load)}" if load else "- load: not recorded",
         f"- command: `{d['command']}`",
         f"- settings: {s['model']} base {s['base']} at {s['size']}², batch {s['batch']}, {m['images_per_epoch']} "
         f"images an epoch ({s['source']}), {s['precision']}, {_placement(d['data_on_device'], s['data_on_device'])}, "
@@ -506,7 +510,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         ap.error("--device cuda: no CUDA device")
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
-    load_before = loadavg()
+    load_before, other = loadavg(), OtherWork()
     print(f"torch threads {torch.get_num_threads()} (pinned); load average {load_before} on {os.cpu_count()} cores")
     if device.type == "cpu" and is_busy(load_before[0], args.threads):
         print(
@@ -515,8 +519,8 @@ def main(argv: list[str] | None = None) -> dict | None:
             flush=True,
         )
     measured = measure(args, device)
-    load_after = loadavg()
-    busy = device.type == "cpu" and (is_busy(load_before[0], args.threads) or is_busy(load_after[0], args.threads))
+    load_after, other_cores = loadavg(), other.cores()
+    busy = device.type == "cpu" and busy_flag(other_cores, load_before[0], args.threads)
     name, slug = device_label(device, torch.get_num_threads())
     result = {
         "device": name,
@@ -526,7 +530,13 @@ def main(argv: list[str] | None = None) -> dict | None:
         "python": platform.python_version(),
         "command": "python bench/bench_epoch.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "threads": torch.get_num_threads(),
-        "load": {"before": load_before, "after": load_after, "cpu_count": os.cpu_count(), "busy": busy},
+        "load": {
+            "before": load_before,
+            "after": load_after,
+            "cpu_count": os.cpu_count(),
+            "other_cores": other_cores,
+            "busy": busy,
+        },
         "settings": {
             "model": args.model,
             "base": args.base,
@@ -543,7 +553,10 @@ def main(argv: list[str] | None = None) -> dict | None:
         "tag": args.tag,
         "note": args.note,
     }
-    print(f"load average after: {load_after}" + ("  (busy: numbers not comparable)" if busy else ""))
+    print(
+        f"load average after: {load_after}; other processes used {other_cores} cores"
+        + ("  (busy: numbers not comparable)" if busy else "")
+    )
     print("\n".join(render_section(result)))
     if args.record:
         target = record(result, args.results)

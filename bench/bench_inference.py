@@ -66,6 +66,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _report import OTHER_BUSY_CORES, OtherWork, busy_flag  # noqa: E402
 
 from lungseg.io import atomic_write_text  # noqa: E402
 
@@ -330,6 +333,7 @@ def _measure_variants(args, native: bool) -> dict:
             torch.set_num_threads(threads)
             loads.append(f"{name}, {threads} thread(s), before: {_load()}")
             print(loads[-1], flush=True)
+            load1, other = os.getloadavg()[0], OtherWork()
             methods = _variant_methods(model, volume, args.batch, bf16=not args.no_bf16, compile=args.compile)
             ref = methods["lungseg-fp32"][0].run(list(volume), probabilities=True)  # also the warm-up
             parity, first = {}, {}
@@ -345,6 +349,8 @@ def _measure_variants(args, native: bool) -> dict:
                 for k, (_, fn) in methods.items():
                     times[k].append(timed(fn, torch.device("cpu"), 1)[0])
             med = {k: statistics.median(v) for k, v in times.items()}
+            other_cores = other.cores()  # the CPU other processes took while this model and thread count ran
+            busy = busy_flag(other_cores, load1, threads)
             for k in methods:
                 rows.append(
                     {
@@ -357,6 +363,8 @@ def _measure_variants(args, native: bool) -> dict:
                         "speed_vs_monai_fp32": med["monai-simple-fp32"] / med[k],
                         "all_seconds": times[k],
                         "first_run_seconds": first.get(k),
+                        "other_cores": other_cores,
+                        "busy": busy,
                         **parity[k],
                     }
                 )
@@ -403,12 +411,13 @@ def measure_e2e(args) -> dict:
                 env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)}
                 cmd = [sys.executable, "-m", "lungseg", "predict", "--model", str(model_dir), "--input"]
                 cmd += [str(scan), "--output", str(out), "--device", "cpu", "--backend", backend.split()[0]]
-                load = _load()
+                load, load1, other = _load(), os.getloadavg()[0], OtherWork()
                 t = time.perf_counter()
                 done = subprocess.run(
                     cmd, check=True, capture_output=True, env=env, cwd=tmp, text=True, encoding="utf-8"
                 )
                 wall = time.perf_counter() - t
+                other_cores = other.cores()  # the waited-for subprocess counts as this process's own CPU
                 found = re.search(r"in ([0-9.]+) s \(read, predict, write\)", done.stdout)
                 rep = json.loads((out / "report.json").read_text(encoding="utf-8"))
                 rows.append(
@@ -421,6 +430,8 @@ def measure_e2e(args) -> dict:
                         "slices": len(zyx),
                         "shape": list(zyx.shape[1:]),
                         "load_before": load,
+                        "other_cores": other_cores,
+                        "busy": busy_flag(other_cores, load1, threads),
                         "summary": rep["summary"],
                     }
                 )
@@ -499,16 +510,19 @@ def _render_variants(d: dict) -> list[str]:
         f"real slices at {s['size']}², batch {s['batch']}, median of {s['repeats']} interleaved rounds",
         "- load: " + "; ".join(d["loads"]),
         "",
-        "| model | threads | method | slices/s | speed vs lungseg fp32 | speed vs MONAI fp32 | max \\|Δp\\| vs fp32 "
-        "| Dice of masks vs fp32 |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| model | threads | method | slices/s | runs s (min–max) | speed vs lungseg fp32 | speed vs MONAI fp32 "
+        "| max \\|Δp\\| vs fp32 | Dice of masks vs fp32 | other processes' cores |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in d["rows"]:
         dp = "—" if r["max_abs_dp"] is None else f"{r['max_abs_dp']:.2g}"
+        runs = f"{min(r['all_seconds']):.2f}–{max(r['all_seconds']):.2f}" if r.get("all_seconds") else "—"
         parts.append(
-            f"| {r['model']} | {r['threads']} | {r['method']} | {r['slices_per_s']:.1f} | "
-            f"{r['speed_vs_lungseg_fp32']:.2f}× | {r['speed_vs_monai_fp32']:.2f}× | {dp} | {r['dice_vs_fp32']:.5f} |"
+            f"| {r['model']} | {r['threads']} | {r['method']} | {r['slices_per_s']:.1f} | {runs} | "
+            f"{r['speed_vs_lungseg_fp32']:.2f}× | {r['speed_vs_monai_fp32']:.2f}× | {dp} | {r['dice_vs_fp32']:.5f} | "
+            f"{_other(r)} |"
         )
+    parts += _busy_lines(d["rows"] + list((d.get("e2e") or {}).get("rows", [])))
     for r in d["rows"]:
         if r["method"] == "lungseg-compile" and r.get("first_run_seconds") is not None:
             parts += [
@@ -527,16 +541,36 @@ def _render_variants(d: dict) -> list[str]:
             f"made once beforehand in {e['export_seconds']:.1f} s):",
             "",
             "| backend | threads | read → masks → report s | load models s | command wall s (with imports) "
-            "| load average before |",
-            "| --- | --- | --- | --- | --- | --- |",
+            "| load average before | other processes' cores |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
         ]
         for r in e["rows"]:
             t = r["report_timing_s"]
             parts.append(
                 f"| {r['backend']} | {r['threads']} | {r['read_predict_write_seconds']:.1f} | {t['load_models']:.1f} | "
-                f"{r['wall_seconds']:.1f} | {r['load_before'].removeprefix('load average ')} |"
+                f"{r['wall_seconds']:.1f} | {r['load_before'].removeprefix('load average ')} | {_other(r)} |"
             )
     return parts
+
+
+def _other(row: dict) -> str:
+    """A row's other-process CPU (cores, ``—`` in records made before it was measured), † when busy."""
+    if row.get("other_cores") is None:
+        return "—"
+    return f"{row['other_cores']:.2f}" + (" †" if row.get("busy") else "")
+
+
+def _busy_lines(rows: list[dict]) -> list[str]:
+    """The warning under a table with busy rows, or the note that the record predates the measure."""
+    if any(r.get("busy") for r in rows):
+        return [
+            "",
+            f"† **busy**: other processes used more than {OTHER_BUSY_CORES} cores on average while that model and "
+            "thread count (or that command) ran — its numbers are rough, not a quiet machine's.",
+        ]
+    if rows and all(r.get("other_cores") is None for r in rows):
+        return ["", "(Recorded before the other processes' CPU was measured: judge the run by its load lines.)"]
+    return []
 
 
 def _without_note(argv: list[str]) -> list[str]:

@@ -56,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _report import textbook_flops  # noqa: E402
+from _report import OtherWork, busy_flag, is_busy, load_text, textbook_flops  # noqa: E402
 
 from lungseg.io import atomic_write_text  # noqa: E402
 from lungseg.models import create_model, list_models  # noqa: E402
@@ -174,18 +174,11 @@ def load_note(load: dict | None) -> str:
     """The load average seen before/after a run, as a README line."""
     if not load:
         return "not recorded (run made before the load was recorded)"
-    before, after = load.get("before"), load.get("after")
-    busy = " — **the machine was busy: numbers not comparable**" if load.get("busy") else ""
-    return f"{before[0]:.2f} before, {after[0]:.2f} after (1-min load average, {load.get('cpu_count')} cores){busy}"
+    return load_text(load)
 
 
 def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
-
-
-def is_busy(load1: float, threads: int) -> bool:
-    """More runnable work than the cores left free for this benchmark's threads."""
-    return load1 > max((os.cpu_count() or 1) - threads, 0) + 0.5
 
 
 #: How the FLOPs of a new record are counted (its ``flops`` field), and what a record without the field did.
@@ -333,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--threads {args.threads}: must be ≥ 1")
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)  # pinned: the default (every core) is what a busy machine punishes most
-    load_before = loadavg()
+    load_before, other = loadavg(), OtherWork()
     print(
         f"torch threads {torch.get_num_threads()} (pinned); load average {load_before} on {os.cpu_count()} cores",
         flush=True,
@@ -367,8 +360,8 @@ def main(argv: list[str] | None = None) -> int:
                     "peer": peer_cache[peer_name, size],
                 }
             )
-    load_after = loadavg()
-    busy = device.type == "cpu" and (is_busy(load_before[0], args.threads) or is_busy(load_after[0], args.threads))
+    load_after, other_cores = loadavg(), other.cores()
+    busy = device.type == "cpu" and busy_flag(other_cores, load_before[0], args.threads)
     result = {
         "device": name,
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -382,13 +375,22 @@ def main(argv: list[str] | None = None) -> int:
         "warmup": args.warmup,
         "amp": device.type == "cuda",
         "threads": torch.get_num_threads(),
-        "load": {"before": load_before, "after": load_after, "cpu_count": os.cpu_count(), "busy": busy},
+        "load": {
+            "before": load_before,
+            "after": load_after,
+            "cpu_count": os.cpu_count(),
+            "other_cores": other_cores,
+            "busy": busy,
+        },
         "flops": FLOPS_COUNTED,
         "rows": rows,
         **({"tag": args.tag} if args.tag else {}),
         **({"note": args.note} if args.note else {}),
     }
-    print(f"load average after: {load_after}" + ("  (busy: numbers not comparable)" if busy else ""))
+    print(
+        f"load average after: {load_after}; other processes used {other_cores} cores"
+        + ("  (busy: numbers not comparable)" if busy else "")
+    )
     if not args.record:
         print("\n".join(render_section(result)))
         print("\nnot recorded (pass --record to write it into the committed results)")

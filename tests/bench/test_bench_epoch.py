@@ -46,7 +46,7 @@ def test_a_plain_run_measures_both_and_writes_nothing(bench, tmp_path, capsys):
     assert summary["images_per_epoch"] == 8
     assert summary["ratio"] == pytest.approx(statistics.median(r["ratio"] for r in rows))
     assert result["data_on_device"] is None and result["threads"] == 1
-    assert set(result["load"]) == {"before", "after", "cpu_count", "busy"}
+    assert set(result["load"]) == {"before", "after", "cpu_count", "other_cores", "busy"}
     assert result["settings"]["source"] == "data/sample/medseg-covid100"
 
 

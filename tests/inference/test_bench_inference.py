@@ -118,8 +118,50 @@ def test_a_tiny_variants_run_compares_fp32_bf16_onnxruntime_and_monai(bench, tmp
     assert 0 < rows["lungseg-bf16"]["max_abs_dp"] <= 0.1  # bf16 did run (forced where the CPU lacks it)
     assert all(r["dice_vs_fp32"] > 0.99 for r in rows.values())
     assert rows["monai-simple-fp32"]["speed_vs_monai_fp32"] == 1.0 and d["loads"]
+    for r in rows.values():  # the CPU other processes took during the block, and the flag judged from it
+        assert r["other_cores"] >= 0 and r["busy"] == (r["other_cores"] > 0.25)
     page = (tmp_path / "INFERENCE.md").read_text(encoding="utf-8")
     assert "fp32 vs bf16 vs onnxruntime vs MONAI" in page and "| unet | 1 | lungseg-onnxruntime |" in page
+
+
+def test_busy_rows_are_marked_and_old_records_say_the_measure_is_missing(bench, tmp_path):
+    """#24 review F6: a variants row whose model/thread block ran while other processes took CPU is
+    marked † with a warning under the table, and its runs' spread is shown; a record made before the
+    measure says so instead of passing for quiet."""
+    row = {
+        "model": "unet",
+        "threads": 1,
+        "method": "lungseg-fp32",
+        "slices_per_s": 2.0,
+        "all_seconds": [3.2, 4.0, 9.5],
+        "speed_vs_lungseg_fp32": 1.0,
+        "speed_vs_monai_fp32": 1.1,
+        "max_abs_dp": 0.0,
+        "dice_vs_fp32": 1.0,
+    }
+    record = {
+        "kind": "variants",
+        "device": "CPU x (1 thread)",
+        "slug": "cpu-x-1-thread-variants",
+        "date": "2026-12-06",
+        "torch": "t",
+        "onnxruntime": "o",
+        "monai": "m",
+        "python": "p",
+        "bf16_native": False,
+        "command": "python bench/bench_inference.py --variants",
+        "settings": {"models": "unet", "base": 4, "size": 32, "slices": 3, "batch": 2, "repeats": 3},
+        "loads": ["unet, 1 thread(s), before: load average 0.1 0.1 0.1"],
+        "rows": [{**row, "other_cores": 0.9, "busy": True}],
+    }
+    (tmp_path / "inference").mkdir()
+    (tmp_path / "inference" / "a.json").write_text(json.dumps(record), encoding="utf-8")
+    (tmp_path / "inference" / "b.json").write_text(json.dumps({**record, "rows": [row]}), encoding="utf-8")
+    page = bench.render(tmp_path).read_text(encoding="utf-8")
+    assert "| unet | 1 | lungseg-fp32 | 2.0 | 3.20–9.50 | 1.00× | 1.10× | 0 | 1.00000 | 0.90 † |" in page
+    assert "† **busy**: other processes used more than 0.25 cores" in page
+    assert "| 3.20–9.50 | 1.00× | 1.10× | 0 | 1.00000 | — |" in page
+    assert "(Recorded before the other processes' CPU was measured" in page
 
 
 def test_the_compile_variant_records_its_first_run_and_parity(bench, tmp_path, monkeypatch):
