@@ -148,6 +148,14 @@ def busy_flag(other_cores: float | None, load_before1: float, threads: int) -> b
     return is_busy(load_before1, threads)
 
 
+def load_record(before: list, after: list, other_cores: float | None, busy: bool) -> dict:
+    """A CPU record's ``load`` field: the load averages before/after, the cores, the other processes'
+    CPU (:class:`OtherWork`) and the busy flag judged from it (:func:`busy_flag`)."""
+    import os
+
+    return {"before": before, "after": after, "cpu_count": os.cpu_count(), "other_cores": other_cores, "busy": busy}
+
+
 def load_text(load: dict, busy_words: str = "numbers not comparable") -> str:
     """A record's ``load`` as one line: the load averages, the other processes' CPU (when measured)
     and the busy flag. Records made before ``other_cores`` existed were flagged by the load after

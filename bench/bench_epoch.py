@@ -62,6 +62,7 @@ from _report import (  # noqa: E402
     check_tag,
     device_label,
     is_busy,
+    load_record,
     load_text,
     write_record,
 )
@@ -382,13 +383,7 @@ def measure_variants(args: argparse.Namespace, argv: list[str] | None) -> dict:
         "python": platform.python_version(),
         "command": "python bench/bench_epoch.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "bf16_native": cpu_bf16_supported(),
-        "load": {
-            "before": load_before,
-            "after": load_after,
-            "cpu_count": os.cpu_count(),
-            "other_cores": other_cores,
-            "busy": busy,
-        },
+        "load": load_record(load_before, load_after, other_cores, busy),
         "settings": {
             "size": args.size,
             "base": args.base,
@@ -530,13 +525,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         "python": platform.python_version(),
         "command": "python bench/bench_epoch.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "threads": torch.get_num_threads(),
-        "load": {
-            "before": load_before,
-            "after": load_after,
-            "cpu_count": os.cpu_count(),
-            "other_cores": other_cores,
-            "busy": busy,
-        },
+        "load": load_record(load_before, load_after, other_cores, busy),
         "settings": {
             "model": args.model,
             "base": args.base,

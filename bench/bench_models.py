@@ -56,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _report import OtherWork, busy_flag, is_busy, load_text, textbook_flops  # noqa: E402
+from _report import OtherWork, busy_flag, is_busy, load_record, load_text, textbook_flops  # noqa: E402
 
 from lungseg.io import atomic_write_text  # noqa: E402
 from lungseg.models import create_model, list_models  # noqa: E402
@@ -375,13 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         "warmup": args.warmup,
         "amp": device.type == "cuda",
         "threads": torch.get_num_threads(),
-        "load": {
-            "before": load_before,
-            "after": load_after,
-            "cpu_count": os.cpu_count(),
-            "other_cores": other_cores,
-            "busy": busy,
-        },
+        "load": load_record(load_before, load_after, other_cores, busy),
         "flops": FLOPS_COUNTED,
         "rows": rows,
         **({"tag": args.tag} if args.tag else {}),
