@@ -188,7 +188,7 @@ def _check(args: argparse.Namespace) -> int:
     page is not what the records generate; ``warning: <file>: …`` for each record made from
     uncommitted code (an error with ``--strict``). Exit 1 on any error."""
     from lungseg.experiments import identity
-    from lungseg.experiments.report import tta_problems
+    from lungseg.experiments.report import mix_problems
 
     results_dir = _require_results_dir(args.results_dir)
     if args.mark:
@@ -208,7 +208,7 @@ def _check(args: argparse.Namespace) -> int:
     unmarked = len(errors)
     records = [r for v in found.values() for r, _ in v]
     errors += _record_errors(records)
-    errors += tta_problems(records)  # a row whose records were scored with different tta (review of #25)
+    errors += mix_problems(records)  # a row mixing records of different tta or precision (reviews of #25, #24)
     warnings = _code_state_lines(records)
     errors += warnings if getattr(args, "strict", False) else []
     for line in [] if getattr(args, "strict", False) else warnings:

@@ -122,9 +122,11 @@ def params_identity(record: RunRecord) -> dict[str, Any]:
     ``extra_train``; the record's params hold every key, so which were given is taken from its
     settings), on the record's image size, channels and classes and device type."""
     from lungseg.config import TrainConfig, params_from_dict
-    from lungseg.experiments.identity import identity_of_train
+    from lungseg.experiments.identity import identity_of_train, recorded_bf16
+    from lungseg.experiments.runner import record_params
 
-    train = params_from_dict(dict(record.params or {}), source=str(record.path or "record")).train
+    # read as the runner writes them: train.amp at its deprecated default (true, a no-op) left out (#24)
+    train = params_from_dict(record_params(record.params or {}), source=str(record.path or "record")).train
     given = {*RUNNER_TRAIN_KEYS, *record.settings.extra_train, *(("preset",) if record.settings.preset else ())}
     train = TrainConfig.model_construct(_fields_set=given & set(train.model_fields_set), **dict(train))
     kwargs = (record.identity or {}).get("model", {}).get("kwargs", {})
@@ -135,7 +137,7 @@ def params_identity(record: RunRecord) -> dict[str, Any]:
         in_channels=int(kwargs.get("in_channels", 1)),
         num_classes=int(kwargs.get("num_classes", 1)),
         device_type=record.device.type or "cpu",
-        bf16_emulated=record.device.extra.get("bf16") == "emulated",  # a forced, emulated bf16 run (#24)
+        cpu_bf16=recorded_bf16(record),  # what the record says ran, never the checking CPU (#24)
     )
 
 

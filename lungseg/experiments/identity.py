@@ -140,12 +140,13 @@ def expected_identity(
     in_channels: int = 1,
     num_classes: int = 1,
     device_type: str = "cpu",
-    bf16_emulated: bool = False,
+    cpu_bf16: str = "none",
 ):
     """What today's code builds for cell ``spec``/``profile``/``row`` (the profile with the record's
     command-line ``overrides``); ``in_channels``/``num_classes`` are the data's, ``device_type`` the
-    run's (``train.precision`` is recorded as resolved there, #24; ``bf16_emulated``: the run forced bf16 on a
-    CPU without it, ``LUNGSEG_FORCE_BF16_EMULATION``, so a ``bf16`` asked ran bf16)."""
+    run's (``train.precision`` is recorded as resolved there, #24); ``cpu_bf16``: how the run's CPU ran
+    bf16 (``native``, ``emulated`` — forced, ``LUNGSEG_FORCE_BF16_EMULATION`` — or ``none``: a record's
+    ``device.bf16``, :func:`recorded_bf16`), so the expectation never depends on the checking machine."""
     from lungseg.experiments.runner import build_params, effective_profile
 
     prof = effective_profile(spec, profile, overrides)
@@ -157,15 +158,16 @@ def expected_identity(
         in_channels=in_channels,
         num_classes=num_classes,
         device_type=device_type,
-        bf16_emulated=bf16_emulated,
+        cpu_bf16=cpu_bf16,
     )
 
 
 def identity_of_train(
-    train, image_size: int, where: str, *, in_channels: int, num_classes: int, device_type: str, bf16_emulated=False
+    train, image_size: int, where: str, *, in_channels: int, num_classes: int, device_type: str, cpu_bf16: str
 ):
     """The identity a run of the ``train`` section ``train`` (a :class:`lungseg.config.TrainConfig`; its
-    preset applied as the training applies it, to the keys it was given) on ``image_size``² data builds."""
+    preset applied as the training applies it, to the keys it was given) on ``image_size``² data builds,
+    its precision resolved on ``device_type`` with a CPU running bf16 as ``cpu_bf16`` says (#24)."""
     import torch
 
     from lungseg.artifacts.checkpoint import model_identity
@@ -174,8 +176,7 @@ def identity_of_train(
 
     preset = check_paper_size(resolve_preset(train), image_size, where)
     cfg = preset.config
-    emulated = bf16_emulated and cfg.precision == "bf16"  # forced on a CPU without native bf16 (#24)
-    precision = "bf16" if emulated else resolve_precision(cfg, torch.device(device_type))
+    precision = resolve_precision(cfg, torch.device(device_type), cpu_bf16=cpu_bf16)
     cfg = cfg.model_copy(update={"precision": precision})  # as recorded
     return make_identity(
         model_identity(cfg, in_channels, num_classes), cfg.model_dump(), preset.deviations, loss_of(cfg, num_classes)
@@ -196,8 +197,15 @@ def expected_for(record) -> dict[str, Any]:
         in_channels=int(kwargs.get("in_channels", 1)),
         num_classes=int(kwargs.get("num_classes", 1)),
         device_type=record.device.type or "cpu",
-        bf16_emulated=record.device.extra.get("bf16") == "emulated",  # #24: a forced, emulated bf16 run
+        cpu_bf16=recorded_bf16(record),  # what the record says ran, never the checking CPU (#24)
     )
+
+
+def recorded_bf16(record) -> str:
+    """How ``record``'s run computed bf16 on its CPU: its ``device.bf16`` — ``native`` or ``emulated`` (it
+    ran bf16), ``none`` when absent (the runner records it only for a run that ran bf16, #24). What
+    :func:`expected_for` and ``lungseg results check`` judge a record's precision by, never the checking CPU."""
+    return str(record.device.extra.get("bf16") or "none")
 
 
 def differences(recorded: Mapping[str, Any], expected: Mapping[str, Any], prefix: str = "") -> list[str]:

@@ -43,8 +43,12 @@ __all__ = [
     "Summary",
     "aggregate_rows",
     "load_records",
+    "ROW_INVARIANTS",
+    "mix_problems",
+    "mixed_rows",
     "mixed_settings",
     "mixed_tta",
+    "ran_precision",
     "scoring_tta",
     "tta_problems",
     "per_seed",
@@ -147,31 +151,60 @@ def scoring_tta(r: RunRecord) -> str:
     return str(serving.get("tta") or "none")
 
 
-def mixed_tta(records: Records) -> list[tuple[Path | None, str]]:
-    """``(folder, problem)`` for each row whose records were scored with different test-time augmentation
-    (review of #25: a block averaged them silently); the problem names every file and its tta."""
+def ran_precision(r: RunRecord) -> str:
+    """The arithmetic a record's run trained in (review of #24, F4): its recorded identity's
+    ``train.precision`` (resolved where it ran); for a record without it (made before ``train.precision``
+    existed), what its settings asked (``extra_train.precision``) or, not asked, what the training did then:
+    bf16 autocast on CUDA (``amp: true``), fp32 on a CPU."""
+    ident = r.identity or {}
+    recorded = (ident.get("train") or {}).get("precision") if ident.get("status") == "recorded" else None
+    if recorded:
+        return str(recorded)
+    asked = str((r.settings.extra_train or {}).get("precision") or "auto")
+    if asked != "auto":
+        return asked
+    return "bf16" if r.device.type == "cuda" else "fp32"
+
+
+#: what every record of a row must share, besides what it asked (its settings: a mix of those is a warning),
+#: for its mean and ± to mean anything — ``(how they differ, name, of a record)``: the test-time augmentation
+#: it was scored with (review of #25) and the precision it trained in (review of #24)
+ROW_INVARIANTS = (
+    ("scored with different test-time augmentation", "tta", scoring_tta),
+    ("trained in different precision", "precision", ran_precision),
+)
+
+
+def mixed_rows(records: Records) -> list[tuple[Path | None, str]]:
+    """``(folder, problem)`` for each row whose records differ in one of :data:`ROW_INVARIANTS` (a block
+    averaged them silently); the problem names every file and its value."""
     by_row: dict[tuple[str | None, ...], list[RunRecord]] = {}
     for r in as_records(records):
         by_row.setdefault((r.table, r.profile, r.row), []).append(r)
     out = []
     for (_, _, row), recs in by_row.items():
-        ttas = _unique(scoring_tta(r) for r in recs)
-        if len(ttas) > 1:
-            files = ", ".join(f"{r.path.name if r.path else r.cell} tta {scoring_tta(r)}" for r in recs)
+        for how, name, of in ROW_INVARIANTS:
+            if len(_unique(of(r) for r in recs)) < 2:
+                continue
+            files = ", ".join(f"{r.path.name if r.path else r.cell} {name} {of(r)}" for r in recs)
             folder = recs[0].path.parent if recs[0].path else None
             out.append(
                 (
                     folder,
-                    f"row {row} holds records scored with different test-time augmentation ({files}): "
+                    f"row {row} holds records {how} ({files}): "
                     "their mean and ± would mix them; re-run the odd ones (lungseg results run --force)",
                 )
             )
     return out
 
 
-def tta_problems(records: Records) -> list[str]:
-    """:func:`mixed_tta` as ``<folder>: <problem>`` lines (``lungseg results check``)."""
-    return [f"{folder}: {problem}" if folder else problem for folder, problem in mixed_tta(records)]
+def mix_problems(records: Records) -> list[str]:
+    """:func:`mixed_rows` as ``<folder>: <problem>`` lines (``lungseg results check``)."""
+    return [f"{folder}: {problem}" if folder else problem for folder, problem in mixed_rows(records)]
+
+
+#: the former names (review of #25), now covering every one of :data:`ROW_INVARIANTS`
+mixed_tta, tta_problems = mixed_rows, mix_problems
 
 
 def mixed_settings(records: Records) -> dict[str, list[Any]]:
@@ -561,7 +594,7 @@ def render_block(spec: TableSpec, profile: str, records: Records) -> str:
     records = as_records(records)
     if not records:
         return _render_empty(spec, profile)
-    for folder, problem in mixed_tta(records):  # never averaged silently (review of #25)
+    for folder, problem in mixed_rows(records):  # never averaged silently (reviews of #25 and #24)
         raise DataError(folder, problem)
     return "\n".join(
         _render_provenance(spec, profile, records) + _render_tables(spec, records) + _render_notes(spec, records)
@@ -755,7 +788,7 @@ def page_problems(
     :func:`update_report` would change nothing): each generated block that differs or is missing, each
     quoted number that differs, or a difference elsewhere. One line each."""
     text = Path(report).read_text(encoding="utf-8")
-    mixed = tta_problems(load_records(results_dir))
+    mixed = mix_problems(load_records(results_dir))
     if mixed:  # no block can be generated from them (render_block refuses): each named, once
         return [f"cannot be generated: {problem}" for problem in mixed]
     blocks = render_blocks(results_dir, tables)

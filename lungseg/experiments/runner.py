@@ -83,6 +83,7 @@ __all__ = [
     "folder_digest",
     "git_commit",
     "prepare_dataset",
+    "record_params",
     "record_path",
     "recorded_tta",
     "run_cell",
@@ -176,8 +177,10 @@ def code_at_start() -> dict[str, Any]:
     return {**git_commit(), "taken": "at process start"}
 
 
-def device_info(device: str) -> dict[str, Any]:
-    """The device a run with ``train.device = device`` uses, by name."""
+def device_info(device: str, *, ran_bf16: bool = False) -> dict[str, Any]:
+    """The device a run with ``train.device = device`` uses, by name; on a CPU, for a run that ran bf16
+    (``ran_bf16``: its resolved ``train.precision``), ``bf16``: how it computed it, ``native`` or ``emulated``
+    (#24; absent for a run that did not: ``results check`` reads its absence as "did not run bf16")."""
     import torch
 
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
@@ -202,7 +205,8 @@ def device_info(device: str) -> dict[str, Any]:
         info["name"] = name
         info["cpu_threads"] = torch.get_num_threads()
         info["cpu_count"] = os.cpu_count()
-        info["bf16"] = bf16_mode()  # how a bf16 run computes here: native, emulated (forced) or none (#24)
+        if ran_bf16:
+            info["bf16"] = bf16_mode()  # how it computed bf16 here: native or emulated (forced) (#24)
     return info
 
 
@@ -241,12 +245,22 @@ def effective_profile(spec: TableSpec, profile: str, overrides: Mapping[str, Any
 def bf16_mode() -> str:
     """How this CPU runs bf16: ``native`` (:func:`lungseg.training.setup.cpu_bf16_supported`), ``emulated``
     (not native, forced by ``LUNGSEG_FORCE_BF16_EMULATION=1``) or ``none`` (``train.precision: bf16`` falls
-    back to fp32 here)."""
-    from lungseg.training.setup import bf16_emulation_forced, cpu_bf16_supported
+    back to fp32 here): :func:`lungseg.training.setup.cpu_bf16_mode`, what the training resolves with."""
+    from lungseg.training.setup import cpu_bf16_mode
 
-    if cpu_bf16_supported():
-        return "native"
-    return "emulated" if bf16_emulation_forced() else "none"
+    return cpu_bf16_mode()
+
+
+def record_params(params: Any) -> dict[str, Any]:
+    """A run's params as its record stores them (a :class:`lungseg.config.Params` dumped, or a record's
+    ``params`` as read) and ``lungseg results check`` reads them: without ``train.amp`` at its default
+    ``true`` — the deprecated spelling of ``precision`` that leaves the choice to it, a no-op, but read
+    back beside ``precision: fp32`` a contradiction (``ConfigError``, #24). ``amp: false`` is kept."""
+    data = params.to_dict() if hasattr(params, "to_dict") else dict(params)
+    train = data.get("train")
+    if isinstance(train, Mapping) and train.get("amp") is True:
+        data = {**data, "train": {k: v for k, v in train.items() if k != "amp"}}
+    return data
 
 
 def check_precision(overrides: Mapping[str, Any] | None, device: str) -> None:
@@ -479,7 +493,7 @@ def trained_identity(request: CellRequest, train_dir: Path) -> dict[str, Any]:
         in_channels=int(ident["kwargs"].get("in_channels", 1)),
         num_classes=num_classes,
         device_type=device_info(request.options.device)["type"],
-        bf16_emulated=bf16_mode() == "emulated",
+        cpu_bf16=bf16_mode(),  # this CPU's, where the run ran
     )
     diff = differences(identity, expected)
     if diff:
@@ -544,7 +558,7 @@ def run_cell(request: CellRequest) -> RunRecord:
                 "settings": settings_of(prof, row),
                 "identity": identity,
                 "overrides": {k: v for k, v in opts.overrides.items() if v is not None},
-                "params": params.to_dict(),
+                "params": record_params(params),
                 "metrics": metrics,
                 "per_image": _read_per_image(eval_dir / "per_image.csv"),
                 "train_metrics": _read_json(train_dir / "train_metrics.json"),
@@ -554,7 +568,9 @@ def run_cell(request: CellRequest) -> RunRecord:
                 ).to_dict(),
                 "started_at": started.isoformat(timespec="seconds"),
                 "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "device": Device.from_dict(device_info(opts.device)).to_dict(),
+                "device": Device.from_dict(
+                    device_info(opts.device, ran_bf16=identity["train"].get("precision") == "bf16")
+                ).to_dict(),
                 "git": GitInfo.from_dict(code_at_start()).to_dict(),
                 "data": request.data.provenance,
                 "command": opts.command,

@@ -20,7 +20,7 @@ from lungseg.io import atomic_write_json, sha256_file
 from lungseg.lineage import run_context_tags, source_tags
 from lungseg.tracking import ResilientRun, git_commit, portable_path, portable_uri, scoped_tracking_uri
 from lungseg.training import precise_bn, rundir
-from lungseg.training.setup import Setup
+from lungseg.training.setup import Setup, cpu_bf16_mode
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def open_run(
     if continued:
         run.set_tags({"lungseg.continued_to_epochs": str(cfg.epochs)})
     if state.epoch > 0:  # resumed or continued: the params (immutable) hold the first session's settings
-        run.set_tags(resume_tags(work / CHECKPOINT, cfg, state.epoch))
+        run.set_tags(resume_tags(work / CHECKPOINT, cfg, state.epoch, s.device))
     if not is_new and cfg.preset != "default":
         run.set_tags({"preset_deviations": tags["preset_deviations"]})  # this session's (a resume may change them)
     write_run_file(work, run, params, cfg, None, output_dir, final=False)  # findable even if killed in epoch 1
@@ -103,15 +103,20 @@ def open_run(
     return run
 
 
-def resume_tags(ckpt_path: Path, cfg: TrainConfig, after_epoch: int) -> dict[str, str]:
+def resume_tags(
+    ckpt_path: Path, cfg: TrainConfig, after_epoch: int, device: torch.device | None = None
+) -> dict[str, str]:
     """The tags of a session that resumes or continues a run after epoch ``after_epoch`` from ``ckpt_path``
     (MLflow params cannot change, so they keep the first session's values): ``lungseg.resume.<E>.precision``,
     the resolved precision of the epochs from ``E + 1`` on, and ``lungseg.resume.<E>.changed.<key>`` =
-    ``old → new`` for each train setting (resolved, as the checkpoints record them) this session changed."""
+    ``old → new`` for each train setting (resolved, as the checkpoints record them) this session changed;
+    with bf16 on a CPU ``device`` (default), ``lungseg.resume.<E>.bf16``: ``native`` or ``emulated`` (#24)."""
     saved = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True).get("config") or {}
     now = cfg.model_dump()
     prefix = f"lungseg.resume.{after_epoch}"
     tags = {f"{prefix}.precision": str(cfg.precision)}
+    if cfg.precision == "bf16" and (device is None or device.type == "cpu"):  # how this CPU ran it (#24)
+        tags[f"{prefix}.bf16"] = cpu_bf16_mode()
     for key in sorted(set(saved) | set(now)):
         if saved.get(key) != now.get(key):
             tags[f"{prefix}.changed.{key}"] = f"{saved.get(key)} → {now.get(key)}"

@@ -71,20 +71,32 @@ def bf16_emulation_forced() -> bool:
     return os.environ.get(FORCE_BF16_EMULATION_ENV, "") == "1"
 
 
-def resolve_precision(cfg: TrainConfig, device: torch.device, *, announce: bool = False) -> str:
+def cpu_bf16_mode() -> str:
+    """How this CPU runs bf16: ``native`` (:func:`cpu_bf16_supported`), ``emulated`` (not native, forced by
+    :data:`FORCE_BF16_EMULATION_ENV`) or ``none`` (``train.precision: bf16`` falls back to fp32 here)."""
+    if cpu_bf16_supported():
+        return "native"
+    return "emulated" if bf16_emulation_forced() else "none"
+
+
+def resolve_precision(
+    cfg: TrainConfig, device: torch.device, *, announce: bool = False, cpu_bf16: str | None = None
+) -> str:
     """``train.precision`` (with the deprecated ``amp``) on ``device``: ``"bf16"`` or ``"fp32"``.
 
     ``auto``: bf16 on CUDA (the former ``amp: true``), fp32 on a CPU (:data:`AUTO_CPU_BF16`);
     ``bf16`` on a CPU without native bf16 (:func:`cpu_bf16_supported`): fp32, with a note
-    (``announce``) — emulated bf16 would be many times slower, never faster."""
+    (``announce``) — emulated bf16 would be many times slower, never faster. ``cpu_bf16``: how the CPU
+    runs bf16 (:func:`cpu_bf16_mode`'s values; a record's ``device.bf16``, #24), this CPU's when None."""
     asked = cfg.precision if cfg.amp else "fp32"  # amp: false is the deprecated spelling of fp32
     if asked == "fp32":
         return "fp32"
     if device.type == "cuda":
         return "bf16"
+    mode = cpu_bf16_mode() if cpu_bf16 is None else cpu_bf16
     if asked == "auto":
-        return "bf16" if AUTO_CPU_BF16 and cpu_bf16_supported() else "fp32"
-    if cpu_bf16_supported() or bf16_emulation_forced():  # forced: emulated, slow (lungseg results --precision)
+        return "bf16" if AUTO_CPU_BF16 and mode == "native" else "fp32"
+    if mode in ("native", "emulated"):  # emulated: forced, slow (lungseg results --precision)
         return "bf16"
     if announce:
         log.info("lungseg: note: train.precision: bf16, but this CPU has no native bf16 (AVX-512 BF16/AMX): fp32")
@@ -283,6 +295,7 @@ __all__ = [
     "bf16_emulation_forced",
     "build_training",
     "compile_model",
+    "cpu_bf16_mode",
     "cpu_bf16_supported",
     "deterministic",
     "describe_preset",

@@ -63,27 +63,28 @@ def test_bf16_allowed_when_emulation_forced(no_native_bf16, monkeypatch):
     monkeypatch.setenv(ENV, "1")
     assert setup.bf16_emulation_forced() and runner.bf16_mode() == "emulated"
     runner.check_precision({"precision": "bf16"}, "cpu")  # no error
-    assert runner.device_info("cpu")["bf16"] == "emulated"
+    assert runner.device_info("cpu", ran_bf16=True)["bf16"] == "emulated"
+    assert "bf16" not in runner.device_info("cpu")  # a run that did not run bf16 says nothing of it (review F9)
     cfg = runner.build_params(SPEC, SPEC.row("unet"), runner.effective_profile(SPEC, "cpu", {"precision": "bf16"}), 0)
     assert setup.resolve_precision(cfg.train, setup.torch.device("cpu")) == "bf16"
     monkeypatch.setenv(ENV, "0")  # only "1" forces it
     assert runner.bf16_mode() == "none"
     monkeypatch.setattr(setup, "cpu_bf16_supported", lambda: True)
-    assert runner.bf16_mode() == "native" and runner.device_info("cpu")["bf16"] == "native"
+    assert runner.bf16_mode() == "native" and runner.device_info("cpu", ran_bf16=True)["bf16"] == "native"
     runner.check_precision({"precision": "bf16"}, "cpu")
 
 
 def test_identity_of_an_emulated_record_expects_bf16(no_native_bf16):
     """Checked later without the variable, a record that says it emulated bf16 is still expected to be bf16."""
     row = SPEC.row("unet")
-    emulated = identity.expected_identity(SPEC, "cpu", row, overrides={"precision": "bf16"}, bf16_emulated=True)
+    emulated = identity.expected_identity(SPEC, "cpu", row, overrides={"precision": "bf16"}, cpu_bf16="emulated")
     assert emulated["train"]["precision"] == "bf16"
     plain = identity.expected_identity(SPEC, "cpu", row, overrides={"precision": "bf16"})
     assert {k: v for k, v in emulated["train"].items() if k != "precision"} == {
         k: v for k, v in plain["train"].items() if k != "precision"
     }
     # an fp32 override is not turned into bf16 by the flag
-    fp32 = identity.expected_identity(SPEC, "cpu", row, overrides={"precision": "fp32"}, bf16_emulated=True)
+    fp32 = identity.expected_identity(SPEC, "cpu", row, overrides={"precision": "fp32"}, cpu_bf16="emulated")
     assert fp32["train"]["precision"] == "fp32"
     rec = RunRecord.from_dict(
         {
