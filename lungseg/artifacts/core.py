@@ -158,7 +158,7 @@ def compile_failure(exc: BaseException) -> str | None:
     reason of a ``train.compile`` and a ``lungseg predict --compile`` failure (#24)."""
     import torch._dynamo.exc as dynamo_exc
 
-    kinds: list[type] = [dynamo_exc.TorchDynamoException]
+    kinds: list[type] = [dynamo_exc.TorchDynamoException, dynamo_exc.FailOnRecompileLimitHit]
     try:
         from torch._inductor.exc import InductorError
 
@@ -172,6 +172,48 @@ def compile_failure(exc: BaseException) -> str | None:
         root = inner
     first = (str(root).strip().splitlines() or [""])[0]
     return f"{type(root).__name__}: {first}"
+
+
+#: why a compiled call is refused after it ran: torch.compile handed no graph to the backend (#24)
+NO_GRAPH = "torch.compile compiled no graph: the network ran eager (torch's settings disabled or skipped the compile)"
+
+
+def compile_blocked() -> str | None:
+    """Why ``torch.compile`` would compile nothing in this process (so ``train.compile`` / ``predict
+    --compile`` are refused before they start, #24), else ``None``: ``TORCH_COMPILE_DISABLE=1``
+    (``torch._dynamo.config.disable``) makes every compiled call run eager without a word."""
+    import torch._dynamo.config as dynamo_config
+
+    if getattr(dynamo_config, "disable", False):
+        return "torch.compile is disabled in this process (TORCH_COMPILE_DISABLE=1 / torch._dynamo.config.disable)"
+    return None
+
+
+class CountingBackend:
+    """A ``torch.compile`` backend: ``backend`` (a registered name such as ``"inductor"``, or a backend
+    callable) that counts the graphs it compiled (``graphs``), so that ``compile: true`` is recorded only
+    when a graph really was compiled (#24)."""
+
+    def __init__(self, backend: Any):
+        self.backend, self.graphs = backend, 0
+
+    def __call__(self, gm, example_inputs, **kwargs):
+        from torch._dynamo.backends.registry import lookup_backend
+
+        inner = lookup_backend(self.backend) if isinstance(self.backend, str) else self.backend
+        compiled = inner(gm, example_inputs, **kwargs)  # (a failure raises: nothing counted)
+        self.graphs += 1
+        return compiled
+
+
+def strict_compile():
+    """The context of every call of a compiled network (#24): a compile error raises (dynamo would
+    otherwise run the frame eager under ``TORCHDYNAMO_SUPPRESS_ERRORS=1``), and so does a shape past
+    dynamo's recompile limit (shared by every model of one class in a process), which would otherwise
+    run eager too."""
+    import torch._dynamo.config as dynamo_config
+
+    return dynamo_config.patch(suppress_errors=False, fail_on_recompile_limit_hit=True)
 
 
 def resolve_precision(precision: str, device_type: str) -> tuple[str, str | None]:

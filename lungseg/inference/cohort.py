@@ -16,7 +16,9 @@ Output (:func:`predict_cohort`)
 
     One bad case (a :class:`~lungseg.errors.LungsegError`: unreadable file, no spacing, …) is reported
     on its row and in the progress line, and the other cases still run; :attr:`CohortResult.failed`
-    tells the caller (the CLI exits 1). A bug (any other exception) stops the run, as everywhere.
+    tells the caller (the CLI exits 1). A bug (any other exception) stops the run, as everywhere, and so
+    does a :class:`~lungseg.errors.ConfigError` (the command's settings, not a case's); ``--compile``
+    compiles before anything is written, so that its failure ends the command in one line (#24).
 
     ``resume=True`` (``--continue``, as ``nnUNetv2_predict --continue_prediction``) keeps the cases
     already done in ``<output>`` whose input is unchanged (name, size, modification time of its files)
@@ -41,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from lungseg.data import formats
-from lungseg.errors import DataError, LungsegError
+from lungseg.errors import ConfigError, DataError, LungsegError
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +242,27 @@ def _clock(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def _compile_first(models: dict[str, Any], options: dict[str, Any]) -> None:
+    """``--compile``: each model's network compiled now, by one blank slice through the engine the cases
+    use (the same static shape: the graph the cases then reuse), so that a compile failure ends the
+    command in one line before anything is written instead of failing every case in turn (#24)."""
+    if not options.get("compile"):
+        return
+    import numpy as np
+
+    from lungseg.inference.predict import SliceInference
+
+    for model in models.values():
+        engine = SliceInference(
+            model,
+            device=options.get("device", "auto"),
+            batch_size=options.get("batch_size"),
+            backend=options.get("backend", "torch"),
+            compile=True,
+        )
+        engine.run([np.zeros((model.image_size, model.image_size), np.float32)], desc="compile")
+
+
 def predict_cohort(
     input_dir: str | Path, output_dir: str | Path, models: dict[str, Any], *, resume: bool = False, **scan_options
 ) -> CohortResult:
@@ -254,6 +277,7 @@ def predict_cohort(
         raise DataError(input_dir, "not a cohort folder (NIfTI files and/or one sub-folder per case)")
     cases, others = found
     models_record = _models_record(models, scan_options)
+    _compile_first(models, scan_options)  # a compile failure ends the command before anything is written
     previous = _prepare_output(output_dir, input_dir, models_record, resume)
     record = {"input": str(input_dir.resolve()), "models": models_record, "left_out": others, "cases": {}}
     rows: dict[str, dict[str, Any]] = {}
@@ -272,6 +296,8 @@ def predict_cohort(
         t = time.perf_counter()
         try:
             done = predict_scan(case.path, out, models, **scan_options)
+        except ConfigError:
+            raise  # the command's settings (--compile, --device …), not this case's: ends the cohort at once
         except LungsegError as exc:
             rows[case.name] = burden_row(case.name, None, str(exc))
             record["cases"][case.name] = {"status": "failed", "error": str(exc), "input": seen}

@@ -388,14 +388,26 @@ def check_backend(backend: str) -> str:
 #: the torch.compile backend of ``lungseg predict --compile``
 COMPILE_BACKEND = "inductor"
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: the one note of ``--compile`` with an effective bf16 precision (#24): compiled bf16 is not eager bf16
+COMPILE_BF16_NOTE = (
+    "--compile with bf16: the compiled network rounds bf16 otherwise than eager bf16 (what a bf16 "
+    "evaluation scored), so a few mask pixels may differ from an eager bf16 run"
+)
+#: the compiled module → its :class:`~lungseg.artifacts.core.CountingBackend` (the graphs it compiled)
+_BACKENDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def compiled_network(net: torch.nn.Module) -> torch.nn.Module:
     """``net`` compiled (``torch.compile``, :data:`COMPILE_BACKEND`, static shapes) once per process: the
     same network object (a cohort's model, both roles' engines) gets the same compiled module, so it is
-    compiled at its first batch only. The compile itself runs at that first call."""
+    compiled at its first batch only. The compile itself runs at that first call. Refused in one line
+    where torch.compile is disabled (:func:`~lungseg.artifacts.core.compile_blocked`, #24)."""
+    if why := core.compile_blocked():
+        raise ConfigError(f"--compile: {why}; run without --compile")
     if net not in _COMPILED:
-        _COMPILED[net] = torch.compile(net, backend=COMPILE_BACKEND, dynamic=False)
+        backend = core.CountingBackend(COMPILE_BACKEND)
+        _COMPILED[net] = torch.compile(net, backend=backend, dynamic=False)
+        _BACKENDS[_COMPILED[net]] = backend
     return _COMPILED[net]
 
 
@@ -457,6 +469,9 @@ class SliceInference:
         self.compile = bool(compile)
         if self.compile:
             self.net = compiled_network(self.net)
+            if self.precision == "bf16":  # inductor's bf16 kernels round otherwise than eager autocast (#24)
+                self.notes.append(COMPILE_BF16_NOTE)
+                log.warning(f"lungseg: note: {model.identity['name']}: {COMPILE_BF16_NOTE}")
         self.onnx: dict[str, Any] | None = None
         self._runner = None
 
@@ -470,7 +485,7 @@ class SliceInference:
             "device": self.device.type,
             "threads": torch.get_num_threads(),
             "batch_size": self.batch_size,
-            "compile": self.compile,
+            "compile": self.compile and _BACKENDS[self.net].graphs > 0,  # a graph really compiled (#24)
         }
         if self.onnx is not None:
             out["onnx"] = self.onnx
@@ -517,18 +532,23 @@ class SliceInference:
     def _compiled_probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         """:meth:`_probabilities` of the compiled network: a short batch (a volume's last) is padded to
         ``batch_size`` with copies of its last slice, so that the network sees one shape, compiled once
-        (each slice's output does not depend on the others in eval mode); a compile failure is one line."""
+        (each slice's output does not depend on the others in eval mode); a compile failure is one line —
+        also under ``TORCHDYNAMO_SUPPRESS_ERRORS=1`` (:func:`~lungseg.artifacts.core.strict_compile`) — and
+        so is a call after which no graph was ever compiled (it ran eager; #24)."""
         n = batch.shape[0]
         if n < self.batch_size:
             batch = torch.cat([batch, batch[-1:].expand(self.batch_size - n, *batch.shape[1:])])
         size, tta = self.model.image_size, self.model.serving.tta
         try:
-            p = core.predict_batch(self.net, batch, size, amp=self.amp, channels_last=self.channels_last, tta=tta)
+            with core.strict_compile():
+                p = core.predict_batch(self.net, batch, size, amp=self.amp, channels_last=self.channels_last, tta=tta)
         except Exception as exc:
             reason = core.compile_failure(exc)
             if reason:
                 raise ConfigError(f"--compile: torch.compile failed ({reason}); run without --compile") from exc
             raise
+        if not _BACKENDS[self.net].graphs:
+            raise ConfigError(f"--compile: {core.NO_GRAPH}; run without --compile")
         return p[:n]
 
     def labels(self, slices: list[np.ndarray], *, desc: str = "") -> list[np.ndarray]:

@@ -5,7 +5,9 @@ says ``compile: true``, a compile failure is one line with nothing written, and 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ import torch
 import torch._inductor.compile_fx as compile_fx
 from PIL import Image
 
+from lungseg.artifacts import core
 from lungseg.errors import ConfigError
 from lungseg.inference import predict as predict_mod
 from lungseg.inference import volumes
@@ -54,13 +57,13 @@ def test_the_network_sees_one_shape_and_is_compiled_once(infection_model, monkey
     torch._dynamo.reset()
 
 
+def _failing(*args, **kwargs):  # what a missing C++ compiler looks like to the caller
+    raise RuntimeError("no C++ compiler found\nmore detail")
+
+
 def test_a_compile_failure_is_one_line(infection_model, monkeypatch, tmp_path, predict):
     torch._dynamo.reset()
-
-    def failing(*args, **kwargs):  # what a missing C++ compiler looks like to the caller
-        raise RuntimeError("no C++ compiler found\nmore detail")
-
-    monkeypatch.setattr(compile_fx, "compile_fx", failing)
+    monkeypatch.setattr(compile_fx, "compile_fx", _failing)
     model = load_model(infection_model)
     engine = SliceInference(model, device="cpu", compile=True)
     with pytest.raises(ConfigError, match=r"^--compile: torch.compile failed \(.*no C\+\+ compiler found") as info:
@@ -71,6 +74,153 @@ def test_a_compile_failure_is_one_line(infection_model, monkeypatch, tmp_path, p
     assert code != 0 and err.strip().count("\n") == 0
     assert err.strip().startswith("error: --compile: torch.compile failed (") and "no C++ compiler found" in err
     assert not out.exists()  # nothing written
+    torch._dynamo.reset()
+
+
+def _counting_backend(monkeypatch) -> list:
+    """:data:`COMPILE_BACKEND` replaced by a backend that runs the graph as is; the graphs it got."""
+    graphs: list = []
+
+    def counting(gm, example_inputs, **kwargs):
+        graphs.append(gm)
+        return gm.forward
+
+    monkeypatch.setattr(predict_mod, "COMPILE_BACKEND", counting)
+    return graphs
+
+
+def test_compile_is_refused_where_torch_compile_is_disabled(infection_model, monkeypatch, tmp_path, predict):
+    """TORCH_COMPILE_DISABLE=1 (``torch._dynamo.config.disable``) would run the network eager: refused in
+    one line before anything is written, as a one-scan and a cohort command (#24)."""
+    torch._dynamo.reset()
+    want = "--compile: torch.compile is disabled in this process (TORCH_COMPILE_DISABLE=1"
+    cohort = _cohort(tmp_path)
+    with torch._dynamo.config.patch(disable=True):  # what TORCH_COMPILE_DISABLE=1 sets
+        with pytest.raises(ConfigError, match="^" + want.replace("(", r"\(")):
+            SliceInference(load_model(infection_model), device="cpu", compile=True)
+        for scan in (SAMPLE / "tr_im", cohort):
+            out = tmp_path / f"out_{scan.name}"
+            code, _, err = predict(infection_model, scan, out, "--compile")
+            assert code != 0 and err.strip().count("\n") == 0 and err.strip().startswith("error: " + want), err
+            assert not out.exists()
+    torch._dynamo.reset()
+
+
+def test_suppressed_dynamo_errors_still_fail_the_command(infection_model, monkeypatch, tmp_path, predict):
+    """TORCHDYNAMO_SUPPRESS_ERRORS=1 (``suppress_errors``) would turn a compile failure into an eager run
+    recorded as compiled: the compiled calls run with errors raised, so it is the one-line failure (#24)."""
+    torch._dynamo.reset()
+    monkeypatch.setattr(compile_fx, "compile_fx", _failing)
+    model = load_model(infection_model)
+    with torch._dynamo.config.patch(suppress_errors=True):  # what TORCHDYNAMO_SUPPRESS_ERRORS=1 sets
+        with pytest.raises(ConfigError, match=r"^--compile: torch.compile failed \(.*no C\+\+ compiler found"):
+            SliceInference(model, device="cpu", compile=True).run(_sample_slices(model)[:2])
+        out = tmp_path / "out"
+        code, _, err = predict(infection_model, SAMPLE / "tr_im", out, "--compile")
+        assert code != 0 and err.strip().startswith("error: --compile: torch.compile failed (") and not out.exists()
+        assert torch._dynamo.config.suppress_errors is True  # (the user's setting is back after each call)
+    torch._dynamo.reset()
+
+
+def test_a_call_that_compiled_no_graph_fails_and_compile_is_recorded_from_the_graphs(
+    infection_model, monkeypatch, tmp_path, predict
+):
+    """Whatever else makes dynamo run the network eager (here ``torch.compiler.set_stance("force_eager")``)
+    is caught after the call: no graph compiled → one-line error, nothing written; ``describe()`` says
+    ``compile: true`` only once a graph was compiled (#24)."""
+    torch._dynamo.reset()
+    graphs = _counting_backend(monkeypatch)
+    model = load_model(infection_model)
+    engine = SliceInference(model, device="cpu", batch_size=4, compile=True)
+    assert engine.describe()["compile"] is False  # nothing compiled yet
+    with torch.compiler.set_stance("force_eager"):
+        with pytest.raises(ConfigError, match=r"^--compile: torch.compile compiled no graph: the network ran eager"):
+            engine.run(_sample_slices(model)[:2])
+        out = tmp_path / "out"
+        code, _, err = predict(infection_model, SAMPLE / "tr_im", out, "--compile")
+        assert (
+            code != 0
+            and err.strip().startswith("error: --compile: torch.compile compiled no graph")
+            and not out.exists()
+        )
+    assert graphs == [] and engine.describe()["compile"] is False
+    engine.run(_sample_slices(model)[:2])
+    assert len(graphs) == 1 and engine.describe()["compile"] is True
+    torch._dynamo.reset()
+
+
+def test_past_the_recompile_limit_is_a_failure_not_eager(infection_model, monkeypatch):
+    """Dynamo's recompile limit is shared by every network of one class in a process; past it a new
+    network would run eager: with ``--compile`` that is the one-line failure (#24)."""
+    torch._dynamo.reset()
+    graphs = _counting_backend(monkeypatch)
+    first, second = load_model(infection_model), load_model(infection_model)  # two network objects, one class
+    slices = _sample_slices(first)[:2]
+    with torch._dynamo.config.patch(recompile_limit=1):
+        SliceInference(first, device="cpu", compile=True).run(slices)
+        with pytest.raises(ConfigError, match=r"^--compile: torch.compile failed \(.*recompile") as info:
+            SliceInference(second, device="cpu", compile=True).run(slices)
+    assert "\n" not in str(info.value)
+    assert len(graphs) == 1
+    torch._dynamo.reset()
+
+
+def test_compile_with_bf16_says_its_masks_are_not_eager_bf16s(infection_model, monkeypatch, tmp_path, predict):
+    """Compiled bf16 rounds otherwise than eager bf16 (measured: 182 of 22 × 512² pixels differ on the
+    sample): with an effective bf16 precision ``--compile`` says so in one note, in the report's
+    warnings; not in fp32 nor where bf16 falls back to fp32 (#24)."""
+    torch._dynamo.reset()
+    _counting_backend(monkeypatch)
+    model = load_model(infection_model)
+    monkeypatch.setattr(core, "cpu_supports_bf16", lambda *a: True)  # as on a CPU with native bf16
+    bf16 = SliceInference(model.served_as(precision="bf16"), device="cpu", compile=True)
+    assert bf16.precision == "bf16" and bf16.notes.count(predict_mod.COMPILE_BF16_NOTE) == 1
+    for other in (
+        SliceInference(model, device="cpu", compile=True),
+        SliceInference(model.served_as(precision="bf16"), device="cpu"),
+    ):
+        assert predict_mod.COMPILE_BF16_NOTE not in other.notes
+    out = tmp_path / "out"
+    code, _, err = predict(infection_model, SAMPLE / "tr_im", out, "--compile", "--precision", "bf16")
+    assert code == 0, err
+    rep = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert rep["inference"]["infection"]["precision"] == "bf16" and rep["inference"]["infection"]["compile"] is True
+    assert sum(predict_mod.COMPILE_BF16_NOTE in w for w in rep["warnings"]) == 1
+    monkeypatch.setattr(core, "cpu_supports_bf16", lambda *a: False)  # bf16 falls back to fp32: no such note
+    fallback = SliceInference(model.served_as(precision="bf16"), device="cpu", compile=True)
+    assert fallback.precision == "fp32" and predict_mod.COMPILE_BF16_NOTE not in fallback.notes
+    torch._dynamo.reset()
+
+
+def _cohort(tmp_path) -> Path:
+    """Two cases (sub-folders of 3 real sample slices each)."""
+    root = tmp_path / "cohort"
+    for i, name in enumerate(("case_a", "case_b")):
+        (root / name).mkdir(parents=True)
+        for f in sorted((SAMPLE / "tr_im").glob("*.png"))[3 * i : 3 * i + 3]:
+            shutil.copyfile(f, root / name / f.name)
+    return root
+
+
+def test_a_compile_failure_ends_a_cohort_before_anything_is_written(infection_model, monkeypatch, tmp_path, predict):
+    """In a cohort the compile runs once, before the output is made: a failure is the command's one-line
+    error (no burden.csv with every case failed); compiled, the cases reuse that graph (#24)."""
+    torch._dynamo.reset()
+    calls = []
+    monkeypatch.setattr(compile_fx, "compile_fx", lambda *a, **k: calls.append(1) or _failing())
+    cohort, out = _cohort(tmp_path), tmp_path / "out"
+    code, _, err = predict(infection_model, cohort, out, "--compile")
+    assert code != 0 and err.strip().count("\n") == 0, err
+    assert err.strip().startswith("error: --compile: torch.compile failed (") and "no C++ compiler found" in err
+    assert not out.exists() and len(calls) == 1  # compiled once, not once per case
+    torch._dynamo.reset()
+    graphs = _counting_backend(monkeypatch)
+    code, _, err = predict(infection_model, cohort, out, "--compile")
+    assert code == 0, err
+    for case in ("case_a", "case_b"):
+        rep = json.loads((out / case / "report.json").read_text(encoding="utf-8"))
+        assert rep["inference"]["infection"]["compile"] is True
+    assert len(graphs) == 1
     torch._dynamo.reset()
 
 
