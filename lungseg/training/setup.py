@@ -26,7 +26,7 @@ from lungseg.artifacts.checkpoint import (
 from lungseg.config import Params, TrainConfig, check_train, model_options
 from lungseg.data.dataset import load_split, read_meta
 from lungseg.data.normalize import input_norm
-from lungseg.errors import ConfigError
+from lungseg.errors import ConfigError, TrainingError
 from lungseg.losses import create_loss, default_loss_for
 from lungseg.tracking import data_hash
 from lungseg.training.nnunet_preset import nnunet_loss_options
@@ -119,11 +119,46 @@ def compile_model(model: torch.nn.Module) -> torch.nn.Module:
     """``train.compile``: ``model`` compiled in place (``nn.Module.compile``, inductor, static shapes:
     one graph per batch size and mode), so its state keys and the saved files stay the same; a deep
     supervision model's ``forward_heads`` (what its train step calls) is compiled too. A compile
-    error is raised where it happens, at the first step — never a silent fall-back to eager."""
-    model.compile(backend="inductor", dynamic=False)
+    error is raised where it happens, at the first step — never a silent fall-back to eager (#24):
+    refused where torch.compile is disabled (:func:`check_compile`), each compiled call strict
+    (:func:`_strict`: errors raise also under ``TORCHDYNAMO_SUPPRESS_ERRORS=1``, and a call after which
+    no graph was ever compiled fails)."""
+    check_compile()
+    backend = core.CountingBackend("inductor")
+    model.compile(backend=backend, dynamic=False)
+    model._compiled_call_impl = _strict(model._compiled_call_impl, backend)  # what Module.__call__ runs
     if callable(getattr(model, "forward_heads", None)) and getattr(model, "deep_supervision_weights", None):
-        model.forward_heads = torch.compile(model.forward_heads, backend="inductor", dynamic=False)
+        heads = core.CountingBackend("inductor")
+        model.forward_heads = _strict(torch.compile(model.forward_heads, backend=heads, dynamic=False), heads)
     return model
+
+
+def check_compile() -> None:
+    """``train.compile`` refused in one line where torch.compile would compile nothing (#24)."""
+    if why := core.compile_blocked():
+        raise TrainingError(f"train.compile: {why}; set train.compile: false")
+
+
+def _strict(fn, backend: core.CountingBackend):
+    """``fn`` (compiled with ``backend``) called under :func:`lungseg.artifacts.core.strict_compile`; a
+    compile error, or a call after which ``backend`` has compiled no graph (it ran eager), is a
+    :class:`TrainingError` naming the setting."""
+
+    def call(*args, **kwargs):
+        try:
+            with core.strict_compile():
+                out = fn(*args, **kwargs)
+        except Exception as exc:
+            reason = core.compile_failure(exc)
+            if reason:
+                why = f"train.compile: torch.compile failed ({reason}); set train.compile: false"
+                raise TrainingError(why) from exc
+            raise
+        if not backend.graphs:
+            raise TrainingError(f"train.compile: {core.NO_GRAPH}; set train.compile: false")
+        return out
+
+    return call
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -234,6 +269,8 @@ def prepare(params: Params, data_dir: Path, ddp) -> Setup:
         identity = {**identity, "input_norm": norm}
     device = ddp.device(pick_device(cfg))
     ddp.check(cfg, device)
+    if cfg.compile:
+        check_compile()  # before anything is written (#24)
     cfg = cfg.model_copy(update={"precision": resolve_precision(cfg, device, announce=ddp.is_main)})  # recorded
     dhash, dhash_source = data_hash(data_dir)
     loss_name = default_loss_for(cfg.model) if cfg.loss == "auto" else cfg.loss
@@ -294,6 +331,7 @@ __all__ = [
     "autocast",
     "bf16_emulation_forced",
     "build_training",
+    "check_compile",
     "compile_model",
     "cpu_bf16_mode",
     "cpu_bf16_supported",

@@ -62,6 +62,87 @@ def test_a_compile_failure_is_one_line_naming_the_setting(monkeypatch):
         epoch_mod.forward(lambda x: (_ for _ in ()).throw(RuntimeError("boom")), None, TrainConfig(compile=True), cpu)
 
 
+class Heads(Net):  # a deep-supervised model: its train step calls forward_heads
+    deep_supervision_weights = (1.0, 0.5)
+
+    def forward_heads(self, x):
+        y = self(x)
+        return [y, y[:, :1]]
+
+
+def _counting(monkeypatch) -> list:
+    graphs: list = []
+    monkeypatch.setattr(compile_fx, "compile_fx", lambda gm, *a, **k: graphs.append(gm) or gm.forward)
+    return graphs
+
+
+def _failing(*args, **kwargs):
+    raise RuntimeError("no C++ compiler found\nmore detail")
+
+
+FAILED = r"^train.compile: torch.compile failed \(.*no C\+\+ compiler found.*\); set train.compile: false$"
+
+
+def test_train_compile_is_refused_where_torch_compile_is_disabled(tmp_path, tiny_data):
+    """TORCH_COMPILE_DISABLE=1 (``torch._dynamo.config.disable``) would train eager and record
+    ``compile: True``: refused in one line, before anything is written (#24)."""
+    want = r"^train.compile: torch.compile is disabled in this process \(TORCH_COMPILE_DISABLE=1"
+    with torch._dynamo.config.patch(disable=True):
+        with pytest.raises(TrainingError, match=want):
+            setup.compile_model(Net())
+        params = load_params(write_params(tmp_path / "p.yaml", f"sqlite:///{tmp_path / 'm.db'}", compile=True))
+        with pytest.raises(TrainingError, match=want):
+            train(params, tiny_data, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_suppressed_dynamo_errors_still_fail_every_compiled_call(monkeypatch):
+    """TORCHDYNAMO_SUPPRESS_ERRORS=1 would turn a compile failure into eager training recorded as
+    compiled: each compiled call (the step, validation's plain call, deep supervision's forward_heads)
+    runs with errors raised, so it is the one-line failure (#24)."""
+    torch._dynamo.reset()
+    monkeypatch.setattr(compile_fx, "compile_fx", _failing)
+    cpu, x = torch.device("cpu"), torch.randn(2, 1, 8, 8)
+    with torch._dynamo.config.patch(suppress_errors=True):
+        model = setup.compile_model(Heads())
+        with pytest.raises(TrainingError, match=FAILED):
+            epoch_mod.forward(model.forward_heads, x, TrainConfig(compile=True), cpu)
+        with pytest.raises(TrainingError, match=FAILED):
+            model(x)  # (validation calls the model itself)
+        assert torch._dynamo.config.suppress_errors is True  # the user's setting, back after each call
+    torch._dynamo.reset()
+
+
+def test_a_call_that_compiled_no_graph_fails(monkeypatch):
+    """Whatever else makes dynamo run the model eager (here ``torch.compiler.set_stance("force_eager")``)
+    is caught after the call: no graph compiled is a one-line error, not an eager step (#24)."""
+    torch._dynamo.reset()
+    graphs = _counting(monkeypatch)
+    model, x = setup.compile_model(Heads()), torch.randn(2, 1, 8, 8)
+    with torch.compiler.set_stance("force_eager"):
+        for call in (model, model.forward_heads):
+            with pytest.raises(TrainingError, match=r"^train.compile: torch.compile compiled no graph: .* ran eager"):
+                call(x)
+    assert graphs == []
+    model(x), model.forward_heads(x)
+    assert len(graphs) == 2  # (each compiled callable its own graph)
+    torch._dynamo.reset()
+
+
+def test_past_the_recompile_limit_is_a_failure_not_eager(monkeypatch):
+    """Dynamo's recompile limit is shared by every model compiled in a process (one code object:
+    ``Module._call_impl``); past it, a model would train eager recorded as compiled: a failure (#24)."""
+    torch._dynamo.reset()
+    graphs = _counting(monkeypatch)
+    x = torch.randn(2, 1, 8, 8)
+    with torch._dynamo.config.patch(recompile_limit=1):
+        setup.compile_model(Net())(x)
+        with pytest.raises(TrainingError, match=r"^train.compile: torch.compile failed \(.*recompile limit"):
+            setup.compile_model(Net())(x)
+    assert len(graphs) == 1
+    torch._dynamo.reset()
+
+
 @pytest.mark.slow
 def test_a_compiled_run_resumes_exactly(tmp_path, tiny_data):
     """Compiled: 2 epochs straight vs 1 epoch and a ``--resume`` in a fresh compile — bitwise the same
