@@ -82,7 +82,8 @@ def resolve_dsa_impl(impl: str, device: torch.device, threads: int | None = None
     check_dsa_impl(impl)
     if impl != "auto":
         return impl
-    if device.type != "cpu":
+    if device.type != "cpu" or torch.compiler.is_compiling():
+        # compiling: the forward runs the reference anyway; the thread count (below) is a graph break
         return "reference"
     # several threads: the blocked kernel over chunks of head-maps, one thread each (#24, dsa_parallel.py;
     # measured ahead of SDPA at 2 threads, bench/results/ATTENTION.md)

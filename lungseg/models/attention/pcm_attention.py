@@ -83,6 +83,8 @@ def resolve_pcm_impl(impl: str, device: torch.device, threads: int | None = None
         return "reference"
     if device.type == "cuda" and flex_available():
         return "flex"
+    if torch.compiler.is_compiling():
+        return "reference"  # see pcm(); asked before the thread count, which dynamo cannot trace (a graph break)
     if device.type == "cpu" and (torch.get_num_threads() if threads is None else threads) > 1:
         return "parallel"
     return "blocked"
@@ -366,6 +368,11 @@ def pcm(
     if impl != "reference" and torch.jit.is_tracing():
         # a tracer (TorchScript, ONNX export) records plain tensor ops, not a Python autograd.Function
         # or a compiled kernel: export the reference ops, the same function
+        impl = "reference"
+    if impl in ("blocked", "parallel") and torch.compiler.is_compiling():
+        # torch.compile (train.compile, predict --compile): the blocked kernels' Python loops and worker
+        # threads break the graph dozens of times (PR-Net's and LG-Net's inductor compiles took 6–13 min
+        # at 32²); the reference ops are the same function and one graph that inductor can fuse
         impl = "reference"
     if impl == "reference":
         y = pixel_correlation(t, v, eps=eps, chunk_rows=chunk_rows)
