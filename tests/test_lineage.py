@@ -18,21 +18,33 @@ def sh(*cmd, cwd):
     subprocess.run(list(cmd), cwd=cwd, check=True, capture_output=True, text=True, encoding="utf-8")
 
 
-@pytest.fixture
-def dvc_repo(tmp_path, sample_dir):
-    """A git + DVC repo holding 4 real MedSeg slices under data/raw/medseg (dvc add-ed, committed),
-    with a local-folder DVC remote that has not been pushed to yet."""
-    repo = tmp_path / "repo"
+@pytest.fixture(scope="module")
+def _dvc_repo_built(tmp_path_factory, sample_dir):
+    """:func:`dvc_repo` built once for the module (three ``dvc`` commands: ~9 s on 2 busy cores); its
+    remote is named relative to the repository (``../remote``, which DVC keeps relative in
+    .dvc/config), so every copy has a remote of its own beside it."""
+    repo = tmp_path_factory.mktemp("dvc-repo") / "repo"
     (repo / "data" / "raw" / "medseg" / "tr_im").mkdir(parents=True)
     for src in sorted((sample_dir / "tr_im").glob("*.png"))[:4]:
         shutil.copy(src, repo / "data" / "raw" / "medseg" / "tr_im" / src.name)
     sh("git", "init", "-q", cwd=repo)
     sh("dvc", "init", "-q", cwd=repo)
-    sh("dvc", "remote", "add", "-d", "store", str(tmp_path / "remote"), cwd=repo)
+    sh("dvc", "remote", "add", "-d", "store", "../remote", cwd=repo)
     sh("dvc", "add", "-q", "data/raw/medseg", cwd=repo)
     sh(*GIT, "add", "-A", cwd=repo)
     sh(*GIT, "commit", "-qm", "v1", cwd=repo)
     sh(*GIT, "tag", "v1", cwd=repo)
+    return repo
+
+
+@pytest.fixture
+def dvc_repo(tmp_path, _dvc_repo_built):
+    """A git + DVC repo holding 4 real MedSeg slices under data/raw/medseg (dvc add-ed, committed),
+    with a local-folder DVC remote (``tmp_path / "remote"``) that has not been pushed to yet: a copy of
+    :func:`_dvc_repo_built` of the test's own, which it may change."""
+    repo = tmp_path / "repo"
+    shutil.copytree(_dvc_repo_built, repo, symlinks=True)
+    assert not (_dvc_repo_built.parent / "remote").exists()  # no test pushed into the original's remote
     return repo
 
 
