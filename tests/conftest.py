@@ -15,6 +15,50 @@ SAMPLE = REPO / "data" / "sample"
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
+#: The longest test files, longest first: each file's setup + call + teardown times summed from
+#: ``pytest -n 2 --dist loadfile --durations=0`` (the whole suite, 2 busy cores, Dec 2026; seconds in
+#: the comments). ``make test`` runs files whole on 2 workers (``--dist loadfile``), so the wall time is
+#: the busier worker's: handed out first, these few long files are spread over both workers and the run
+#: ends on short files. xdist's own order (files with the most tests first) handed them out last, and
+#: one worker ran e.g. test_server_workflow alone for minutes while the other had finished. Only the
+#: order of whole files changes; the tests of a file keep theirs. Keep the list to files over ~1 min.
+LONGEST_FIRST = (
+    "tests/integration/test_dvc_pipeline.py",  # 702
+    "tests/integration/test_lineage_pipeline.py",  # 595
+    "tests/integration/test_image_pipeline.py",  # 583 (with Docker, as CI runs it)
+    "tests/training/test_launch.py",  # 451
+    "tests/training/test_train.py",  # 367
+    "tests/test_packaging.py",  # 341
+    "tests/integration/test_server_workflow.py",  # 288
+    "tests/integration/test_kfp_local.py",  # 275
+    "tests/training/test_distributed.py",  # 236
+    "tests/training/test_readme_sweep.py",  # 164
+    "tests/inference/test_export.py",  # 135
+    "tests/test_tracking.py",  # 127
+    "tests/bench/test_bench_ddp.py",  # 115
+    "tests/training/test_precise_bn.py",  # 97
+    "tests/inference/test_precision_backend.py",  # 91
+    "tests/evaluation/test_evaluate.py",  # 79
+    "tests/training/test_compile.py",  # 76
+    "tests/pipelines/test_pipeline_spec.py",  # 76
+    "tests/test_registry_kill.py",  # 72
+)
+
+
+def pytest_configure(config):
+    # xdist's default --loadscope-reorder sorts files by their number of tests, which would undo
+    # LONGEST_FIRST (the long end-to-end files have one to seven tests each); the order is then the
+    # collection's, as pytest_collection_modifyitems leaves it
+    if getattr(config.option, "loadscopereorder", None):
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items):
+    """The files of :data:`LONGEST_FIRST` first, in its order; the others after them in collection order
+    (a stable sort on the file: each file's tests stay together and in their order)."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
+
 
 def locale_kept_by_the_test():
     """Around one test (a generator: before, ``yield``, after): fail it by name, putting the locale back, if
