@@ -115,7 +115,7 @@ class OtherWork:
         import time
 
         try:
-            ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+            ticks = [int(x) for x in Path("/proc/stat").read_text(encoding="ascii").split("\n", 1)[0].split()[1:]]
         except (OSError, ValueError):
             return None
         # user nice system idle iowait irq softirq steal [guest guest_nice: already in user/nice]
