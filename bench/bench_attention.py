@@ -68,7 +68,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _report import add_record_arguments, check_tag, device_label, write_record  # noqa: E402
+from _report import OtherWork, add_record_arguments, busy_flag, check_tag, device_label, write_record  # noqa: E402
 from _report import textbook_flops as _textbook_flops  # noqa: E402
 
 from lungseg.io import atomic_write_text  # noqa: E402
@@ -451,7 +451,11 @@ def render(results_dir: Path) -> None:
             f"- command: `{d['command']}`",
         ]
         if d.get("load"):
-            parts.append(f"- load average (1 min): {d['load']['before']} before, {d['load']['after']} after")
+            load = d["load"]
+            line = f"- load average (1 min): {load['before']} before, {load['after']} after"
+            if load.get("other_cores") is not None:
+                line += f"; other processes used {load['other_cores']:.2f} cores on average during the run"
+            parts.append(line + (" — **the machine was busy: numbers rough**" if load.get("busy") else ""))
         if d.get("kernel"):
             parts += [
                 "",
@@ -565,14 +569,16 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--models: unknown {sorted(unknown)}; valid: {list(MODEL_VARIANTS)}")
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else torch.float32
-    load_before = round(os.getloadavg()[0], 2)
+    load_before, other = round(os.getloadavg()[0], 2), OtherWork()
     print(f"torch threads {threads}; load average {os.getloadavg()} on {os.cpu_count()} cores", flush=True)
     result = {"kernel": kernel_rows(args, device, dtype) if args.kernel_tokens else []}
     result["dsa"] = [] if args.no_dsa else dsa_rows(args, device, dtype)
     result["models"] = model_rows(args, device) if args.models else []
     result["exact512"] = exact512_rows(args, device, dtype) if args.exact512 else []
-    load = {"before": load_before, "after": round(os.getloadavg()[0], 2)}
-    print(f"load average after: {os.getloadavg()}", flush=True)
+    other_cores = other.cores()
+    busy = device.type == "cpu" and busy_flag(other_cores, load_before, threads)
+    load = {"before": load_before, "after": round(os.getloadavg()[0], 2), "other_cores": other_cores, "busy": busy}
+    print(f"load average after: {os.getloadavg()}; other processes used {other_cores} cores", flush=True)
     if not args.record:
         return 0
     name, label = device_label(device, threads)

@@ -273,9 +273,53 @@ def render_readme(results_dir: Path) -> None:
         "U-Net's = (GFLOPs/img × train img/s) ÷ U-Net's in the same run (issue #24's goal: ≥ 0.5 for",
         "LG-Net and PR-Net), meaningful only where the count is the model's math.",
     ]
-    for path in sorted(results_dir.glob("*.json")):
-        parts += render_section(json.loads(path.read_text(encoding="utf-8")))
+    records = [json.loads(path.read_text(encoding="utf-8")) for path in sorted(results_dir.glob("*.json"))]
+    parts += goal_summary(records)
+    for d in records:
+        parts += render_section(d)
     atomic_write_text(results_dir / "README.md", "\n".join(parts) + "\n")
+
+
+def goal_summary(records: list[dict]) -> list[str]:
+    """Issue #24's goal over every record, newest first: LG-Net's and PR-Net's train FLOP/s ÷ U-Net's
+    per run, so the current numbers and their spread are read before the sections (each run's own
+    section follows). Only records whose FLOPs are the models' math and that measured all three."""
+    lines = []
+    for d in sorted(records, key=lambda d: d["date"], reverse=True):
+        rows = {(r["model"], r["size"]): r for r in d["rows"]}
+        for model, size in rows:
+            if model != "lgnet" or ("prnet", size) not in rows or ("unet", size) not in rows:
+                continue
+            if not str(d.get("flops", "")).startswith(FLOPS_COUNTED):
+                continue
+            ratios = [unet_flop_ratio(d["rows"], rows[m, size]) for m in ("lgnet", "prnet")]
+            if None in ratios:
+                continue
+            load = d.get("load") or {}
+            other = load.get("other_cores")
+            quiet = "not measured" if other is None else ("busy" if load.get("busy") else "quiet")
+            lines.append(
+                f"| {d['date']} | {d['device']}"
+                + (f" ({d['tag']})" if d.get("tag") else "")
+                + f" | {size}² | {d['iters']} | {ratios[0]:.2f} | {ratios[1]:.2f} | "
+                + ("—" if other is None else f"{other:.2f}")
+                + f" | {quiet} |"
+            )
+    if not lines:
+        return []
+    return [
+        "",
+        "## Issue #24's goal, every run (newest first)",
+        "",
+        "Train FLOP/s ÷ U-Net's in the same run (goal ≥ 0.5). Other processes' CPU: cores' worth used by other",
+        "processes during the run (measured since 2026-12-06 21:30; a busy run's ratios are rough). Earlier runs",
+        "were flagged by the load after the run, which counts the bench's own threads. LG-Net's PCM on 2 threads:",
+        "the blocked kernel before 2026-12-06 21:30 UTC, the parallel one (`pcm_impl: auto`, #24) since.",
+        "",
+        "| date | device (tag) | size | timed iterations | LG-Net | PR-Net | other processes' CPU | machine |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        *lines,
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -102,3 +102,26 @@ def test_record_writes_the_json_with_threads_and_load_and_renders_them(bench, tm
     assert d["load"]["busy"] == (d["load"]["other_cores"] > 0.25)  # judged by the other processes, not the load after
     readme = (tmp_path / "README.md").read_text(encoding="utf-8")
     assert ", torch threads 1 (pinned)" in readme and "- load: " in readme
+
+
+def test_the_goal_summary_lists_every_run_newest_first_with_its_machine_state(bench):
+    """#24: the README opens with LG-Net's and PR-Net's train FLOP/s ÷ U-Net's of every run, newest
+    first, each with the other processes' CPU and whether the run was quiet, busy or not measured."""
+    unet = {"model": "unet", "size": 128, "peer_name": "BasicUNet", "peer": {}}
+    rows = [
+        {**unet, "ours": {"gflops_per_img": 1.0, "train_img_s": 10.0}},
+        {**unet, "model": "lgnet", "ours": {"gflops_per_img": 8.0, "train_img_s": 0.75}},
+        {**unet, "model": "prnet", "ours": {"gflops_per_img": 10.0, "train_img_s": 0.5}},
+    ]
+    base = {"device": "CPU x (2 threads)", "iters": 10, "flops": bench.FLOPS_COUNTED, "rows": rows}
+    old = {**base, "date": "2026-12-06 19:20 UTC", "load": {"busy": True}}
+    new = {**base, "date": "2026-12-06 21:44 UTC", "tag": "q", "load": {"other_cores": 0.0, "busy": False}}
+    busy = {**base, "date": "2026-12-06 21:40 UTC", "load": {"other_cores": 0.8, "busy": True}}
+    uncounted = {**base, "date": "2026-12-06 22:00 UTC", "flops": "forward FLOPs of the kernel that ran"}
+    lines = bench.goal_summary([old, new, busy, uncounted])
+    table = [line for line in lines if line.startswith("| 2026")]
+    assert table == [
+        "| 2026-12-06 21:44 UTC | CPU x (2 threads) (q) | 128² | 10 | 0.60 | 0.50 | 0.00 | quiet |",
+        "| 2026-12-06 21:40 UTC | CPU x (2 threads) | 128² | 10 | 0.60 | 0.50 | 0.80 | busy |",
+        "| 2026-12-06 19:20 UTC | CPU x (2 threads) | 128² | 10 | 0.60 | 0.50 | — | not measured |",
+    ]
