@@ -297,7 +297,10 @@ def goal_summary(records: list[dict]) -> list[str]:
                 continue
             load = d.get("load") or {}
             other = load.get("other_cores")
-            quiet = "not measured" if other is None else ("busy" if load.get("busy") else "quiet")
+            if other is None:  # flagged, if at all, by the load after the run (it counts the bench's threads)
+                quiet = "not measured (old flag: busy)" if load.get("busy") else "not measured"
+            else:
+                quiet = "busy" if load.get("busy") else "quiet"
             lines.append(
                 f"| {d['date']} | {d['device']}"
                 + (f" ({d['tag']})" if d.get("tag") else "")

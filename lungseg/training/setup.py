@@ -122,8 +122,13 @@ def compile_model(model: torch.nn.Module) -> torch.nn.Module:
     error is raised where it happens, at the first step — never a silent fall-back to eager (#24):
     refused where torch.compile is disabled (:func:`check_compile`), each compiled call strict
     (:func:`_strict`: errors raise also under ``TORCHDYNAMO_SUPPRESS_ERRORS=1``, and a call after which
-    no graph was ever compiled fails)."""
+    no graph was ever compiled fails). Dynamo's caches are reset first: graphs compiled earlier in the
+    process are compiled again when next called."""
     check_compile()
+    # a training owns the process's compile state: dynamo's recompile limit (8 per code object) is
+    # shared by every model of a class in a process, and each compile's own backend counts as a
+    # recompile, so without a reset the 9th training in one process (a notebook, a sweep) was refused
+    torch._dynamo.reset()
     backend = core.CountingBackend("inductor")
     model.compile(backend=backend, dynamic=False)
     model._compiled_call_impl = _strict(model._compiled_call_impl, backend)  # what Module.__call__ runs

@@ -123,5 +123,5 @@ def test_the_goal_summary_lists_every_run_newest_first_with_its_machine_state(be
     assert table == [
         "| 2026-12-06 21:44 UTC | CPU x (2 threads) (q) | 128² | 10 | 0.60 | 0.50 | 0.00 | quiet |",
         "| 2026-12-06 21:40 UTC | CPU x (2 threads) | 128² | 10 | 0.60 | 0.50 | 0.80 | busy |",
-        "| 2026-12-06 19:20 UTC | CPU x (2 threads) | 128² | 10 | 0.60 | 0.50 | — | not measured |",
+        "| 2026-12-06 19:20 UTC | CPU x (2 threads) | 128² | 10 | 0.60 | 0.50 | — | not measured (old flag: busy) |",
     ]

@@ -85,3 +85,13 @@ def test_auto_picks_the_parallel_kernel_on_several_cpu_threads():
     assert resolve_dsa_impl("auto", torch.device("cpu"), threads=2) == "parallel"
     assert resolve_dsa_impl("auto", torch.device("cuda"), threads=2) == "reference"
     assert resolve_dsa_impl("parallel", torch.device("cpu"), threads=1) == "parallel"
+
+
+def test_a_second_derivative_through_the_parallel_kernel_is_refused_not_zero():
+    """As the blocked DSA kernel's backward, the parallel one's has no graph for a second derivative:
+    refused, not a detached gradient (#24 re-review F2)."""
+    q, k, v = (torch.randn(1, 2, 9, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    y = softmax_attention_parallel(q, k, v, workers=2)
+    (g,) = torch.autograd.grad(y.square().sum(), v, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        g.square().sum().backward()

@@ -174,3 +174,17 @@ def test_parallel_kernels_run_under_inference_mode(name, kw):
         torch.set_num_threads(threads)
     assert got.is_inference()
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_second_derivative_through_the_blocked_kernels_is_refused_not_zero(workers):
+    """The blocked PCM's backward writes into preallocated outputs: it has no graph for a second
+    derivative. With workers > 1 the gradient came back detached and a gradient penalty silently added
+    nothing (#24 re-review F2); now both refuse (``once_differentiable``)."""
+    theta, value, _ = _inputs(1, 2, 3, 4, 4, torch.float64)
+    theta.requires_grad_()
+    value.requires_grad_()
+    y = pixel_correlation_blocked(theta, value, block_rows=3, workers=workers)
+    (g,) = torch.autograd.grad(y.square().sum(), value, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        g.square().sum().backward()

@@ -130,16 +130,30 @@ def test_a_call_that_compiled_no_graph_fails(monkeypatch):
 
 
 def test_past_the_recompile_limit_is_a_failure_not_eager(monkeypatch):
-    """Dynamo's recompile limit is shared by every model compiled in a process (one code object:
-    ``Module._call_impl``); past it, a model would train eager recorded as compiled: a failure (#24)."""
+    """Dynamo's recompile limit: past it (here one graph, and a second input shape), a model would train
+    eager recorded as compiled: a failure (#24)."""
+    torch._dynamo.reset()
+    graphs = _counting(monkeypatch)
+    with torch._dynamo.config.patch(recompile_limit=1):
+        model = setup.compile_model(Net())
+        model(torch.randn(2, 1, 8, 8))
+        with pytest.raises(TrainingError, match=r"^train.compile: torch.compile failed \(.*recompile limit"):
+            model(torch.randn(2, 1, 16, 16))
+    assert len(graphs) == 1
+    torch._dynamo.reset()
+
+
+def test_many_compiled_trainings_in_one_process_each_compile(monkeypatch):
+    """The recompile limit (8) is shared by every model of a class in a process and each compile's own
+    counting backend is a recompile: the 9th compiled model of a notebook or a sweep was refused
+    (#24 re-review F1). Each training resets dynamo first, so each compiles its own graph."""
     torch._dynamo.reset()
     graphs = _counting(monkeypatch)
     x = torch.randn(2, 1, 8, 8)
-    with torch._dynamo.config.patch(recompile_limit=1):
-        setup.compile_model(Net())(x)
-        with pytest.raises(TrainingError, match=r"^train.compile: torch.compile failed \(.*recompile limit"):
-            setup.compile_model(Net())(x)
-    assert len(graphs) == 1
+    for _ in range(10):
+        net = Net()
+        torch.testing.assert_close(setup.compile_model(net)(x), net.forward(x), rtol=0, atol=0)
+    assert len(graphs) == 10
     torch._dynamo.reset()
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 from .tokens import DEFAULT_MAX_TOKENS, pool, positive_or_none, token_grid, unpool
@@ -216,6 +217,7 @@ class _BlockedPCM(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # its GEMMs write into preallocated outputs: no graph for a second derivative
     def backward(ctx, gy: torch.Tensor):
         k, v, y, den = ctx.saved_tensors
         b, n, c = k.shape
