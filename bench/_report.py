@@ -165,6 +165,8 @@ def load_text(load: dict, busy_words: str = "numbers not comparable") -> str:
     other = load.get("other_cores")
     if other is not None:
         text += f"; other processes used {other:.2f} cores on average during the run"
+        if load.get("other_cores_max_per_model") is not None:
+            text += f" ({load['other_cores_max_per_model']:.2f} during the worst model's measurement)"
     if load.get("busy"):
         text += f" — **the machine was busy: {busy_words}**"
         if "other_cores" not in load:

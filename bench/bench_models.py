@@ -389,14 +389,18 @@ def main(argv: list[str] | None = None) -> int:
     import monai
 
     name, label = device_label(device)
-    rows, peer_cache = [], {}
+    rows, peer_cache, windows = [], {}, []  # windows: the other processes' CPU while each model ran
     for size in args.sizes:
         for model_name in args.models or list_models():
             peer_name = PEER_OF.get(model_name, "BasicUNet")
             if (peer_name, size) not in peer_cache:
+                window = OtherWork()
                 peer_cache[peer_name, size] = run_one(lambda: make_peer(peer_name, args.base), size, args, device)
+                windows.append(window.cores())
                 print(f"{size} peer {peer_name}: {peer_cache[peer_name, size]}", flush=True)
+            window = OtherWork()
             ours = run_one(lambda: create_model(model_name, base_channels=args.base), size, args, device)
+            windows.append(window.cores())
             print(f"{size} {model_name}: {ours}", flush=True)
             rows.append(
                 {
@@ -408,7 +412,12 @@ def main(argv: list[str] | None = None) -> int:
                 }
             )
     load_after, other_cores = loadavg(), other.cores()
-    busy = device.type == "cpu" and busy_flag(other_cores, load_before[0], args.threads)
+    # busy when other processes took CPU over the whole run or during any one model's measurement (a
+    # spike during U-Net's alone would skew every ratio to U-Net while the run's average stays low)
+    worst = max((w for w in windows if w is not None), default=None)
+    busy = device.type == "cpu" and (
+        busy_flag(other_cores, load_before[0], args.threads) or (worst is not None and busy_flag(worst, 0.0, 1))
+    )
     result = {
         "device": name,
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -422,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         "warmup": args.warmup,
         "amp": device.type == "cuda",
         "threads": torch.get_num_threads(),
-        "load": load_record(load_before, load_after, other_cores, busy),
+        "load": {**load_record(load_before, load_after, other_cores, busy), "other_cores_max_per_model": worst},
         "flops": FLOPS_COUNTED,
         "rows": rows,
         **({"tag": args.tag} if args.tag else {}),

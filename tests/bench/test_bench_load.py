@@ -61,6 +61,11 @@ def test_load_text_names_the_measure_and_explains_an_old_busy_flag(report):
         "0.10 before, 1.90 after (1-min load average, 2 cores); "
         "other processes used 0.05 cores on average during the run"
     )
+    per_model = {**new, "other_cores_max_per_model": 0.6, "busy": True}
+    assert report.load_text(per_model) == (
+        "0.10 before, 1.90 after (1-min load average, 2 cores); other processes used 0.05 cores on average "
+        "during the run (0.60 during the worst model's measurement) — **the machine was busy: numbers not comparable**"
+    )
     busy = {**new, "other_cores": 1.1, "busy": True}
     assert report.load_text(busy).endswith(
         "cores on average during the run — **the machine was busy: numbers not comparable**"
