@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from lungseg.experiments.tables import split_record
 
 REPO = Path(__file__).resolve().parents[2]
 KAGGLE = TABLES["prnet-kaggle"]
-KAGGLE_RAW = REPO.parent / "shared" / "data" / KAGGLE.input_subdir
+KAGGLE_RAW = Path(os.environ.get("LUNGSEG_SHARED_DATA", REPO.parent / "shared" / "data")) / KAGGLE.input_subdir
 
 
 def _record(split=None, ident=None, table="prnet-kaggle", row="prnet", model="prnet", **kw):

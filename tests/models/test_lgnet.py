@@ -47,7 +47,7 @@ def test_bad_mrc_levels_name_the_option(bad):
 
 
 def test_bad_pcm_impl_names_the_valid_values():
-    with pytest.raises(ValueError, match="unknown pcm_impl 'triton'.*auto, reference, blocked, flex"):
+    with pytest.raises(ValueError, match="unknown pcm_impl 'triton'.*auto, reference, blocked, parallel, flex"):
         create_model("lgnet", base_channels=4, pcm_impl="triton")
 
 
