@@ -216,6 +216,24 @@ def strict_compile():
     return dynamo_config.patch(suppress_errors=False, fail_on_recompile_limit_hit=True)
 
 
+def run_compiled(fn, backend: CountingBackend, refuse):
+    """``fn()``, a call of a network compiled with ``backend``, under :func:`strict_compile` (#24); a
+    compile failure (:func:`compile_failure`) or a call after which ``backend`` has compiled no graph
+    (it ran eager: :data:`NO_GRAPH`) raises ``refuse(why)``, the caller's one-line error (``train.compile``
+    and ``lungseg predict --compile`` word it for their setting); any other exception propagates."""
+    try:
+        with strict_compile():
+            out = fn()
+    except Exception as exc:
+        reason = compile_failure(exc)
+        if reason:
+            raise refuse(f"torch.compile failed ({reason})") from exc
+        raise
+    if not backend.graphs:
+        raise refuse(NO_GRAPH)
+    return out
+
+
 def resolve_precision(precision: str, device_type: str) -> tuple[str, str | None]:
     """The arithmetic a forward pass on ``device_type`` runs in for a serving ``precision``
     (:data:`lungseg.artifacts.serving.PRECISION`): ``("fp32" | "bf16", note)``. ``auto`` = fp32 on every

@@ -397,13 +397,17 @@ COMPILE_BF16_NOTE = (
 _BACKENDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def _compile_refused(why: str) -> ConfigError:
+    return ConfigError(f"--compile: {why}; run without --compile")
+
+
 def compiled_network(net: torch.nn.Module) -> torch.nn.Module:
     """``net`` compiled (``torch.compile``, :data:`COMPILE_BACKEND`, static shapes) once per process: the
     same network object (a cohort's model, both roles' engines) gets the same compiled module, so it is
     compiled at its first batch only. The compile itself runs at that first call. Refused in one line
     where torch.compile is disabled (:func:`~lungseg.artifacts.core.compile_blocked`, #24)."""
     if why := core.compile_blocked():
-        raise ConfigError(f"--compile: {why}; run without --compile")
+        raise _compile_refused(why)
     if net not in _COMPILED:
         backend = core.CountingBackend(COMPILE_BACKEND)
         _COMPILED[net] = torch.compile(net, backend=backend, dynamic=False)
@@ -539,16 +543,11 @@ class SliceInference:
         if n < self.batch_size:
             batch = torch.cat([batch, batch[-1:].expand(self.batch_size - n, *batch.shape[1:])])
         size, tta = self.model.image_size, self.model.serving.tta
-        try:
-            with core.strict_compile():
-                p = core.predict_batch(self.net, batch, size, amp=self.amp, channels_last=self.channels_last, tta=tta)
-        except Exception as exc:
-            reason = core.compile_failure(exc)
-            if reason:
-                raise ConfigError(f"--compile: torch.compile failed ({reason}); run without --compile") from exc
-            raise
-        if not _BACKENDS[self.net].graphs:
-            raise ConfigError(f"--compile: {core.NO_GRAPH}; run without --compile")
+        p = core.run_compiled(
+            lambda: core.predict_batch(self.net, batch, size, amp=self.amp, channels_last=self.channels_last, tta=tta),
+            _BACKENDS[self.net],
+            _compile_refused,
+        )
         return p[:n]
 
     def labels(self, slices: list[np.ndarray], *, desc: str = "") -> list[np.ndarray]:

@@ -138,30 +138,23 @@ def compile_model(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def _compile_refused(why: str) -> TrainingError:
+    return TrainingError(f"train.compile: {why}; set train.compile: false")
+
+
 def check_compile() -> None:
     """``train.compile`` refused in one line where torch.compile would compile nothing (#24)."""
     if why := core.compile_blocked():
-        raise TrainingError(f"train.compile: {why}; set train.compile: false")
+        raise _compile_refused(why)
 
 
 def _strict(fn, backend: core.CountingBackend):
-    """``fn`` (compiled with ``backend``) called under :func:`lungseg.artifacts.core.strict_compile`; a
+    """``fn`` (compiled with ``backend``) called through :func:`lungseg.artifacts.core.run_compiled`: a
     compile error, or a call after which ``backend`` has compiled no graph (it ran eager), is a
     :class:`TrainingError` naming the setting."""
 
     def call(*args, **kwargs):
-        try:
-            with core.strict_compile():
-                out = fn(*args, **kwargs)
-        except Exception as exc:
-            reason = core.compile_failure(exc)
-            if reason:
-                why = f"train.compile: torch.compile failed ({reason}); set train.compile: false"
-                raise TrainingError(why) from exc
-            raise
-        if not backend.graphs:
-            raise TrainingError(f"train.compile: {core.NO_GRAPH}; set train.compile: false")
-        return out
+        return core.run_compiled(lambda: fn(*args, **kwargs), backend, _compile_refused)
 
     return call
 
