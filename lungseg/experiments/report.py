@@ -47,10 +47,8 @@ __all__ = [
     "mix_problems",
     "mixed_rows",
     "mixed_settings",
-    "mixed_tta",
     "ran_precision",
     "scoring_tta",
-    "tta_problems",
     "per_seed",
     "render_block",
     "render_blocks",
@@ -201,10 +199,6 @@ def mixed_rows(records: Records) -> list[tuple[Path | None, str]]:
 def mix_problems(records: Records) -> list[str]:
     """:func:`mixed_rows` as ``<folder>: <problem>`` lines (``lungseg results check``)."""
     return [f"{folder}: {problem}" if folder else problem for folder, problem in mixed_rows(records)]
-
-
-#: the former names (review of #25), now covering every one of :data:`ROW_INVARIANTS`
-mixed_tta, tta_problems = mixed_rows, mix_problems
 
 
 def mixed_settings(records: Records) -> dict[str, list[Any]]:

@@ -40,13 +40,13 @@ def test_a_row_mixing_tta_is_refused_naming_the_files(tmp_path):
     text = str(err.value)
     assert "\n" not in text and text.startswith(str(tmp_path / SPEC.name / "cpu") + ": row lgnet")
     assert "lgnet-seed0.json tta mirror, lgnet-seed1.json tta none" in text
-    (line,) = rep.tta_problems(records)
+    (line,) = rep.mix_problems(records)
     assert line == text
     # the same row of another profile is not mixed with it
     other = make_record("lgnet", 0, 0.6)
     other["profile"] = "cpu-nnunet"
     write(tmp_path, _scored(other, "none"))
-    assert len(rep.tta_problems(load_records(tmp_path))) == 1
+    assert len(rep.mix_problems(load_records(tmp_path))) == 1
     # the page reports it instead of failing
     page = tmp_path / "results.md"
     page.write_text("# Results\n", encoding="utf-8")
