@@ -20,7 +20,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .dsa_attention import blocked_inputs, blocked_output, dsa_block_shape
-from .workers import run_chunks
+from .workers import run_chunks, split
 
 
 class _Ctx(SimpleNamespace):
@@ -35,9 +35,7 @@ class _ParallelBlocked(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, qt, kt, vt, scale: float, rows: int, group: int, op, workers: int):
-        g = qt.shape[0]
-        size = math.ceil(g / workers)
-        bounds = [(s, min(s + size, g)) for s in range(0, g, size)]
+        bounds = split(qt.shape[0], workers)  # the largest chunk has ceil(G / workers) head-maps
         ctxs = [_Ctx() for _ in bounds]
         calls = [(op.forward, c, qt[a:b], kt[a:b], vt[a:b], scale, rows, group) for c, (a, b) in zip(ctxs, bounds)]
         out = torch.cat(run_chunks(calls))
