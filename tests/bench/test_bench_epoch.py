@@ -4,23 +4,18 @@ is what the script measures (on a GPU, by whoever records it)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import statistics
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from bench_helpers import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_epoch", ROOT / "bench" / "bench_epoch.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("bench_epoch")
 
 
 TINY = ["--device", "cpu", "--size", "32", "--base", "2", "--batch", "2", "--images", "9", "--repeats", "2"]

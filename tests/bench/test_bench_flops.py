@@ -5,38 +5,25 @@ one), and the blocked kernels' GEMMs carry an extra ones row and padding."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench_helpers import load_bench
 from lungseg.models import create_model
 from lungseg.models.attention import DilatedSelfAttention
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load(name: str):
-    sys.path.insert(0, str(ROOT / "bench"))
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
 def report():
-    return _load("_report")
+    return load_bench("_report")
 
 
 @pytest.fixture(scope="module")
 def bench():
-    return _load("bench_models")
+    return load_bench("bench_models")
 
 
 @pytest.fixture

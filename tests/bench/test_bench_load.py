@@ -4,7 +4,6 @@ run, which counts the benchmark's own threads and flagged every 2-thread run on 
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import time
@@ -12,16 +11,12 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from bench_helpers import load_bench
 
 
 @pytest.fixture(scope="module")
 def report():
-    sys.path.insert(0, str(ROOT / "bench"))
-    spec = importlib.util.spec_from_file_location("_report", ROOT / "bench" / "_report.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("_report")
 
 
 def test_other_cores_is_the_machine_s_busy_time_minus_this_process_s_over_the_wall_time(report, monkeypatch):

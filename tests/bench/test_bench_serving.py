@@ -3,13 +3,13 @@ processed split; SERVING.md is the rendering of the committed JSON."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 
+from bench_helpers import load_bench
 from train_helpers import processed_sample
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -17,10 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_serving", ROOT / "bench" / "bench_serving.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("bench_serving")
 
 
 def test_committed_rendering_is_the_rendering_of_the_committed_json(bench, tmp_path):

@@ -4,23 +4,19 @@ refused in one line (exit 1); fp32 against bf16 of equal settings is compared.""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
+from bench_helpers import load_bench
 from lungseg.io import atomic_write_json
 
-ROOT = Path(__file__).resolve().parents[2]
 TABLE, PROFILE = "lgnet-table1", "cpu"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("precision_results", ROOT / "bench" / "precision_results.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("precision_results")
 
 
 def _write(folder: Path, seed: int, precision: str, dice: float, epochs: int = 1) -> Path:

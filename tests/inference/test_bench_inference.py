@@ -3,12 +3,13 @@ committed INFERENCE.md is the rendering of the committed JSON results (no hand e
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
 
 import pytest
+
+from bench_helpers import load_bench
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
@@ -16,10 +17,7 @@ RESULTS = ROOT / "bench" / "results"
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_inference", ROOT / "bench" / "bench_inference.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("bench_inference")
 
 
 def test_committed_rendering_is_the_rendering_of_the_committed_json(bench, tmp_path):
